@@ -1,0 +1,28 @@
+"""Sovereign: a control plane for isolated GPU enclaves serving classified and civilian tenants.
+
+:func:`create_app` is the one place the application is assembled: configuration, services
+(``app.extensions["sovereign"]``), the API and the error handlers. Importing the package does
+no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+__version__ = "0.1.0"
+
+
+def create_app(config: Mapping[str, Any] | None = None, **overrides: Any) -> Flask:
+    """Build the Flask app; ``overrides`` replace backends (see ``build_services``)."""
+    from sovereign import api  # noqa: PLC0415 - keep package import free of Flask setup
+    from sovereign import config as settings  # noqa: PLC0415
+    from sovereign.bootstrap import build_services  # noqa: PLC0415
+
+    app = settings.new_app()
+    settings.load(app, config)
+    app.extensions["sovereign"] = build_services(app.config, **overrides)
+    api.register(app)
+    return app

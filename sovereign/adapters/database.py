@@ -1,0 +1,444 @@
+"""Database engines, repositories and the unit of work (SQLAlchemy 2.0 Core).
+
+Owns the mapping between rows and domain objects, the transaction boundary, SQLite's pragmas,
+optimistic locking (``version``) plus ``SELECT ... FOR UPDATE`` where the database has it, and
+the translation of driver errors into :mod:`sovereign.errors`, once, here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+
+from audit.sql import SqlAuditStore, compartments_within, encode_compartments
+from sovereign.adapters.tables import approvals, enclave_requests, images, tenants
+from sovereign.domain.labels import Label, LabelScheme
+from sovereign.domain.policy import Visibility
+from sovereign.domain.requests import (
+    COMMITTED_STATES,
+    Approval,
+    Decision,
+    EnclaveRequest,
+    RequestState,
+)
+from sovereign.domain.tenants import Image, Resources, Tenant, TenantKind
+from sovereign.errors import (
+    ConcurrentUpdateError,
+    DependencyUnavailableError,
+    InvalidInputError,
+)
+from sovereign.services.ports import Page, RequestFilter
+
+
+def create_engine(url: str, *, pool_size: int = 5) -> sa.Engine:
+    """An engine for ``url``; SQLite gets WAL, full sync, foreign keys and a busy timeout."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return sa.create_engine(url, pool_size=pool_size, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see create_engine)
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    # INSERT OR REPLACE must fire delete triggers (append-only tables rely on it).
+    cur.execute("PRAGMA recursive_triggers=ON")
+    cur.close()
+
+
+def _sqlite_begin(conn: sa.Connection) -> None:
+    # pysqlite defers BEGIN on its own; we take control so that writers take the write lock up
+    # front (BEGIN IMMEDIATE: no lock-upgrade deadlocks, the busy timeout applies) while
+    # read-only units use a plain deferred BEGIN and never wait for writers under WAL.
+    mode = "DEFERRED" if conn.get_execution_options().get("sovereign_readonly") else "IMMEDIATE"
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn driver errors into the control plane's: lost database -> 503, races -> 409."""
+    try:
+        yield
+    except exc.IntegrityError as e:
+        raise ConcurrentUpdateError(kind="record", ident="(constraint)") from e
+    except (exc.OperationalError, exc.InterfaceError) as e:
+        raise DependencyUnavailableError(dependency="database") from e
+    except exc.DBAPIError as e:
+        if e.connection_invalidated:
+            raise DependencyUnavailableError(dependency="database") from e
+        raise
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite returns naive datetimes; everything stored is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _decode_compartments(text: str) -> list[str]:
+    return [c for c in text.split(",") if c]
+
+
+class _Labels:
+    """Rebuilds labels from their stored form with the configured scheme."""
+
+    def __init__(self, scheme: LabelScheme) -> None:
+        self.scheme = scheme
+
+    def load(self, level: str, compartments: str) -> Label:
+        return self.scheme.label(level, _decode_compartments(compartments))
+
+
+def _visible(
+    level_col: sa.ColumnElement[Any], comp_col: sa.ColumnElement[Any], v: Visibility
+) -> sa.ColumnElement[bool]:
+    return sa.and_(level_col.in_(v.levels), compartments_within(comp_col, v.compartments))
+
+
+class SqlTenantRepository:
+    """Tenants in the ``tenants`` table."""
+
+    def __init__(self, conn: sa.Connection, labels: _Labels) -> None:
+        self._conn = conn
+        self._labels = labels
+
+    def _row(self, r: Any) -> Tenant:
+        return Tenant(
+            id=r.id,
+            name=r.name,
+            display_name=r.display_name,
+            kind=TenantKind(r.kind),
+            max_label=self._labels.load(r.max_level, r.max_compartments),
+            quota=Resources(r.quota_vcpus, r.quota_memory_mib, r.quota_gpus, r.quota_disk_gib),
+        )
+
+    def get(self, name: str) -> Tenant | None:
+        r = self._conn.execute(sa.select(tenants).where(tenants.c.name == name)).first()
+        return self._row(r) if r else None
+
+    def list(self) -> list[Tenant]:
+        return [self._row(r) for r in self._conn.execute(sa.select(tenants).order_by("name"))]
+
+    def add(self, tenant: Tenant) -> None:
+        self._conn.execute(
+            tenants.insert().values(
+                id=tenant.id,
+                name=tenant.name,
+                display_name=tenant.display_name,
+                kind=tenant.kind.value,
+                max_level=tenant.max_label.level,
+                max_compartments=encode_compartments(tenant.max_label.compartments),
+                quota_vcpus=tenant.quota.vcpus,
+                quota_memory_mib=tenant.quota.memory_mib,
+                quota_gpus=tenant.quota.gpus,
+                quota_disk_gib=tenant.quota.disk_gib,
+                created_at=datetime.now(UTC),
+            )
+        )
+
+
+class SqlImageRepository:
+    """The image catalog in the ``images`` table."""
+
+    def __init__(self, conn: sa.Connection, labels: _Labels) -> None:
+        self._conn = conn
+        self._labels = labels
+
+    def _row(self, r: Any) -> Image:
+        return Image(
+            id=r.id,
+            name=r.name,
+            format=r.format,
+            checksum=r.checksum,
+            max_label=self._labels.load(r.max_level, r.max_compartments),
+            description=r.description,
+        )
+
+    def get(self, name: str) -> Image | None:
+        r = self._conn.execute(sa.select(images).where(images.c.name == name)).first()
+        return self._row(r) if r else None
+
+    def list(self) -> list[Image]:
+        return [self._row(r) for r in self._conn.execute(sa.select(images).order_by("name"))]
+
+    def add(self, image: Image) -> None:
+        self._conn.execute(
+            images.insert().values(
+                id=image.id,
+                name=image.name,
+                format=image.format,
+                checksum=image.checksum,
+                max_level=image.max_label.level,
+                max_compartments=encode_compartments(image.max_label.compartments),
+                description=image.description,
+                created_at=datetime.now(UTC),
+            )
+        )
+
+
+def encode_cursor(created_at: datetime, ident: uuid.UUID) -> str:
+    """An opaque keyset cursor for the row after which the next page starts."""
+    raw = json.dumps([_utc(created_at).isoformat(), str(ident)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """:raises InvalidInputError: if the cursor was not made by :func:`encode_cursor`."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        stamp, ident = json.loads(raw)
+        return datetime.fromisoformat(stamp), uuid.UUID(ident)
+    except (binascii.Error, ValueError, TypeError) as e:
+        raise InvalidInputError(reason="cursor is not valid; use the one a page returned") from e
+
+
+class SqlRequestRepository:
+    """Requests in ``enclave_requests`` and their decisions in ``approvals``."""
+
+    def __init__(self, conn: sa.Connection, labels: _Labels) -> None:
+        self._conn = conn
+        self._labels = labels
+        # Approvals already stored per loaded request, so update() inserts only new ones.
+        self._stored_approvals: dict[uuid.UUID, int] = {}
+
+    def _request(self, r: Any, decisions: list[Approval]) -> EnclaveRequest:
+        self._stored_approvals[r.id] = len(decisions)
+        return EnclaveRequest(
+            id=r.id,
+            tenant=r.tenant,
+            requester=r.requester,
+            requester_name=r.requester_name,
+            label=self._labels.load(r.label_level, r.label_compartments),
+            resources=Resources(r.vcpus, r.memory_mib, r.gpus, r.disk_gib),
+            gpu_model=r.gpu_model,
+            image=r.image,
+            purpose=r.purpose,
+            lease_hours=r.lease_hours,
+            state=RequestState(r.state),
+            reason=r.reason,
+            created_at=_utc(r.created_at),
+            updated_at=_utc(r.updated_at),
+            approvals=decisions,
+            version=r.version,
+        )
+
+    def _approvals_for(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Approval]]:
+        found: dict[uuid.UUID, list[Approval]] = {i: [] for i in ids}
+        if not ids:
+            return found
+        stmt = (
+            sa.select(approvals)
+            .where(approvals.c.request_id.in_(ids))
+            .order_by(approvals.c.decided_at, approvals.c.id)
+        )
+        for a in self._conn.execute(stmt):
+            found[a.request_id].append(
+                Approval(
+                    officer=a.officer,
+                    officer_name=a.officer_name,
+                    decision=Decision(a.decision),
+                    reason=a.reason,
+                    decided_at=_utc(a.decided_at),
+                )
+            )
+        return found
+
+    def add(self, request: EnclaveRequest) -> None:
+        self._conn.execute(enclave_requests.insert().values(**self._values(request)))
+        self._insert_approvals(request, 0)
+        self._stored_approvals[request.id] = len(request.approvals)
+
+    def get(self, request_id: uuid.UUID, *, for_update: bool = False) -> EnclaveRequest | None:
+        stmt = sa.select(enclave_requests).where(enclave_requests.c.id == request_id)
+        if for_update:
+            # PostgreSQL locks the row; SQLite ignores it (BEGIN IMMEDIATE already serialises
+            # writers there) and the version check in update() catches the rest.
+            stmt = stmt.with_for_update()
+        r = self._conn.execute(stmt).first()
+        if r is None:
+            return None
+        return self._request(r, self._approvals_for([r.id])[r.id])
+
+    def update(self, request: EnclaveRequest) -> None:
+        values = self._values(request)
+        del values["id"], values["created_at"]
+        values["version"] = request.version + 1
+        result = self._conn.execute(
+            enclave_requests.update()
+            .where(enclave_requests.c.id == request.id)
+            .where(enclave_requests.c.version == request.version)
+            .values(**values)
+        )
+        if result.rowcount != 1:
+            raise ConcurrentUpdateError(kind="request", ident=str(request.id))
+        request.version += 1
+        self._insert_approvals(request, self._stored_approvals.get(request.id, 0))
+        self._stored_approvals[request.id] = len(request.approvals)
+
+    def _insert_approvals(self, request: EnclaveRequest, already: int) -> None:
+        new = request.approvals[already:]
+        if new:
+            self._conn.execute(
+                approvals.insert(),
+                [
+                    {
+                        "id": uuid.uuid4(),
+                        "request_id": request.id,
+                        "officer": a.officer,
+                        "officer_name": a.officer_name,
+                        "decision": a.decision.value,
+                        "reason": a.reason,
+                        "decided_at": a.decided_at,
+                    }
+                    for a in new
+                ],
+            )
+
+    @staticmethod
+    def _values(request: EnclaveRequest) -> dict[str, Any]:
+        return {
+            "id": request.id,
+            "tenant": request.tenant,
+            "requester": request.requester,
+            "requester_name": request.requester_name,
+            "label_level": request.label.level,
+            "label_compartments": encode_compartments(request.label.compartments),
+            "vcpus": request.resources.vcpus,
+            "memory_mib": request.resources.memory_mib,
+            "gpus": request.resources.gpus,
+            "gpu_model": request.gpu_model,
+            "disk_gib": request.resources.disk_gib,
+            "image": request.image,
+            "purpose": request.purpose,
+            "lease_hours": request.lease_hours,
+            "state": request.state.value,
+            "reason": request.reason,
+            "created_at": request.created_at,
+            "updated_at": request.updated_at,
+            "version": request.version,
+        }
+
+    def list(self, visibility: Visibility, query: RequestFilter) -> Page[EnclaveRequest]:
+        t = enclave_requests
+        stmt = sa.select(t).where(_visible(t.c.label_level, t.c.label_compartments, visibility))
+        if visibility.tenants is not None:
+            stmt = stmt.where(t.c.tenant.in_(sorted(visibility.tenants)))
+        if query.state is not None:
+            stmt = stmt.where(t.c.state == query.state.value)
+        if query.tenant is not None:
+            stmt = stmt.where(t.c.tenant == query.tenant)
+        if query.cursor is not None:
+            stamp, ident = decode_cursor(query.cursor)
+            stmt = stmt.where(
+                sa.or_(t.c.created_at < stamp, sa.and_(t.c.created_at == stamp, t.c.id < ident))
+            )
+        stmt = stmt.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(query.limit + 1)
+        rows = list(self._conn.execute(stmt))
+        more = len(rows) > query.limit
+        rows = rows[: query.limit]
+        decisions = self._approvals_for([r.id for r in rows])
+        items = [self._request(r, decisions[r.id]) for r in rows]
+        last = rows[-1] if more else None
+        return Page(items, encode_cursor(last.created_at, last.id) if last else None)
+
+    def committed_usage(self, tenant: str) -> Resources:
+        t = enclave_requests
+        r = self._conn.execute(
+            sa.select(
+                sa.func.coalesce(sa.func.sum(t.c.vcpus), 0),
+                sa.func.coalesce(sa.func.sum(t.c.memory_mib), 0),
+                sa.func.coalesce(sa.func.sum(t.c.gpus), 0),
+                sa.func.coalesce(sa.func.sum(t.c.disk_gib), 0),
+            ).where(t.c.tenant == tenant, t.c.state.in_([s.value for s in COMMITTED_STATES]))
+        ).one()
+        return Resources(int(r[0]), int(r[1]), int(r[2]), int(r[3]))
+
+
+class SqlUnitOfWork:
+    """One database transaction: repositories and the audit store share its connection."""
+
+    tenants: SqlTenantRepository
+    images: SqlImageRepository
+    requests: SqlRequestRepository
+    audit: SqlAuditStore
+
+    def __init__(self, engine: sa.Engine, scheme: LabelScheme, *, readonly: bool = False) -> None:
+        self._engine = engine
+        self._labels = _Labels(scheme)
+        self._readonly = readonly
+        self._conn: sa.Connection | None = None
+        self._tx: sa.RootTransaction | None = None
+
+    def __enter__(self) -> Self:
+        with translate_errors():
+            self._conn = self._engine.connect()
+            if self._readonly:
+                self._conn = self._conn.execution_options(sovereign_readonly=True)
+            self._tx = self._conn.begin()
+        self.tenants = SqlTenantRepository(self._conn, self._labels)
+        self.images = SqlImageRepository(self._conn, self._labels)
+        self.requests = SqlRequestRepository(self._conn, self._labels)
+        self.audit = SqlAuditStore(self._conn)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self._tx is not None and self._tx.is_active:
+                self._tx.rollback()
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = self._tx = None
+        if isinstance(exc_value, exc.DBAPIError):
+            with translate_errors():
+                raise exc_value
+
+    def commit(self) -> None:
+        """Commit durably. :raises DependencyUnavailableError: if the database is lost."""
+        assert self._tx is not None, "commit() outside of 'with'"
+        with translate_errors():
+            self._tx.commit()
+
+
+class SqlUnitOfWorkFactory:
+    """Makes :class:`SqlUnitOfWork` instances over one engine."""
+
+    def __init__(self, engine: sa.Engine, scheme: LabelScheme) -> None:
+        self.engine = engine
+        self.scheme = scheme
+
+    def __call__(self, *, readonly: bool = False) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self.engine, self.scheme, readonly=readonly)
+
+
+class DatabaseProbe:
+    """Readiness of the database: a trivial query."""
+
+    name = "database"
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+
+    def ping(self) -> None:
+        """:raises DependencyUnavailableError: if the query fails."""
+        with translate_errors(), self._engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))

@@ -1,0 +1,193 @@
+"""Keycloak: verify bearer access tokens exactly as the realm issues them.
+
+Owns discovery and key retrieval (through python-keycloak), the JWKS cache, token verification
+(PyJWT) and the mapping of claims to a :class:`Principal`. Every keycloak or JWT exception is
+translated here. Tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import jwt
+from keycloak import KeycloakOpenID
+from keycloak.exceptions import KeycloakError
+
+from sovereign.domain.identity import Principal, Role
+from sovereign.domain.labels import LabelScheme
+from sovereign.errors import AuthenticationError, DependencyUnavailableError, LabelError
+
+log = logging.getLogger(__name__)
+
+#: Keycloak signs access tokens with RS256 by default. Pinning the list (instead of reading
+#: the token header) defeats ``alg: none`` and HS256-with-the-public-key confusion.
+ALGORITHMS = ["RS256"]
+#: Clock skew tolerated between the IdP and us, in seconds, for exp / nbf / iat.
+LEEWAY_S = 30
+#: Claims a Keycloak access token always has; a token without one is refused.
+REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
+#: Keycloak marks access tokens ``typ: Bearer`` and ID tokens ``typ: ID``; only the former
+#: authorise API calls.
+ACCESS_TOKEN_TYP = "Bearer"  # noqa: S105 - a token type name, not a secret
+#: An unknown ``kid`` triggers a JWKS refresh, at most this often (seconds), so that a flood of
+#: forged tokens cannot turn us into a load generator against the IdP.
+JWKS_MIN_REFRESH_S = 10.0
+
+
+class KeycloakIdentityProvider:
+    """Verifies tokens of one Keycloak realm and maps their claims to principals."""
+
+    def __init__(
+        self,
+        *,
+        server_url: str,
+        realm: str,
+        client_id: str,
+        audience: str,
+        scheme: LabelScheme,
+        tenant_group_prefix: str = "/tenants/",
+        timeout_s: int = 5,
+        trust_dev_idp: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._oidc = KeycloakOpenID(
+            server_url=server_url.rstrip("/") + "/",
+            realm_name=realm,
+            client_id=client_id,
+            timeout=timeout_s,
+        )
+        self._audience = audience
+        self._scheme = scheme
+        self._prefix = tenant_group_prefix
+        self._trust_dev = trust_dev_idp
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._issuer: str | None = None
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at = float("-inf")
+
+    # -- discovery and keys ------------------------------------------------------------------
+
+    def _discover(self) -> str:
+        if self._issuer is None:
+            with _translate():
+                config: dict[str, Any] = self._oidc.well_known()
+            if config.get("sovereign_dev_idp") and not self._trust_dev:
+                # The dev stand-in announces itself; outside development we refuse it.
+                raise DependencyUnavailableError(
+                    "The identity provider is the development stand-in, which is not trusted "
+                    "outside development.",
+                    dependency="identity provider",
+                )
+            self._issuer = str(config["issuer"])
+        return self._issuer
+
+    def _refresh_keys(self) -> None:
+        with _translate():
+            jwks: dict[str, Any] = self._oidc.certs()
+        keys = {}
+        for jwk in jwks.get("keys", []):
+            if jwk.get("use", "sig") == "sig" and jwk.get("kid") and jwk.get("kty") == "RSA":
+                keys[jwk["kid"]] = jwt.PyJWK(jwk, algorithm="RS256")
+        self._keys = keys
+        self._fetched_at = self._clock()
+
+    def _key(self, kid: str) -> jwt.PyJWK:
+        with self._lock:
+            key = self._keys.get(kid)
+            if key is None and self._clock() - self._fetched_at >= JWKS_MIN_REFRESH_S:
+                self._refresh_keys()
+                key = self._keys.get(kid)
+        if key is None:
+            raise AuthenticationError(reason="token signed with an unknown key")
+        return key
+
+    # -- the port ----------------------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Fetch the realm's discovery document. :raises DependencyUnavailableError:."""
+        with _translate():
+            self._oidc.well_known()
+
+    def authenticate(self, token: str) -> Principal:
+        """Verify ``token`` fully and return its principal.
+
+        :raises AuthenticationError: for any token that does not verify.
+        :raises DependencyUnavailableError: if the IdP is needed and unreachable.
+        """
+        issuer = self._discover()
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as e:
+            raise AuthenticationError(reason="malformed token") from e
+        if header.get("alg") not in ALGORITHMS:
+            raise AuthenticationError(reason=f"algorithm {header.get('alg')!r} is not accepted")
+        kid = header.get("kid")
+        if not isinstance(kid, str):
+            raise AuthenticationError(reason="token has no key id")
+        key = self._key(kid)
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key=key,
+                algorithms=ALGORITHMS,
+                audience=self._audience,
+                issuer=issuer,
+                leeway=LEEWAY_S,
+                options={"require": REQUIRED_CLAIMS, "verify_signature": True},
+            )
+        except jwt.ExpiredSignatureError as e:
+            raise AuthenticationError(reason="token has expired") from e
+        except jwt.InvalidAudienceError as e:
+            raise AuthenticationError(reason="token is not for this service") from e
+        except jwt.InvalidIssuerError as e:
+            raise AuthenticationError(reason="token is from another issuer") from e
+        except jwt.ImmatureSignatureError as e:
+            raise AuthenticationError(reason="token is not valid yet") from e
+        except jwt.PyJWTError as e:
+            raise AuthenticationError(reason="token does not verify") from e
+        if claims.get("typ", ACCESS_TOKEN_TYP) != ACCESS_TOKEN_TYP:
+            raise AuthenticationError(reason="not an access token")
+        return self.principal(claims)
+
+    def principal(self, claims: dict[str, Any]) -> Principal:
+        """Map verified claims to a principal. :raises AuthenticationError: bad clearance."""
+        realm_roles = (claims.get("realm_access") or {}).get("roles") or []
+        roles = frozenset(Role(r) for r in realm_roles if r in Role._value2member_map_)
+        groups = claims.get("groups") or []
+        tenants = frozenset(
+            g[len(self._prefix) :]
+            for g in groups
+            if isinstance(g, str) and g.startswith(self._prefix) and len(g) > len(self._prefix)
+        )
+        clearance = None
+        level = claims.get("clearance")
+        if level is not None:
+            try:
+                clearance = self._scheme.label(str(level), claims.get("compartments") or [])
+            except LabelError as e:
+                raise AuthenticationError(reason=f"clearance claim not understood: {e}") from e
+        auth_time = claims.get("auth_time")
+        return Principal(
+            subject=str(claims["sub"]),
+            username=str(claims.get("preferred_username") or claims["sub"]),
+            roles=roles,
+            clearance=clearance,
+            tenants=tenants,
+            auth_time=int(auth_time) if isinstance(auth_time, int | float) else None,
+        )
+
+
+@contextmanager
+def _translate() -> Iterator[None]:
+    """Keycloak and network errors become DependencyUnavailableError, here and only here."""
+    try:
+        yield
+    except (KeycloakError, OSError) as e:
+        log.warning("identity provider unreachable: %s", type(e).__name__)
+        raise DependencyUnavailableError(dependency="identity provider") from e

@@ -1,0 +1,186 @@
+"""In-memory backends for fast unit tests of the services.
+
+Owns :class:`MemoryStore` and :class:`MemoryUnitOfWork`, which behave like the SQL ones where
+the services can tell: a unit works on a private copy, commit publishes it (refusing a request
+changed meanwhile), anything else is rolled back, and audit events commit with the change.
+The contract tests in ``tests/contract`` hold both backends to the same behaviour.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+from audit import AuditEvent, AuditQuery, MemoryAuditStore, StoredEvent
+from sovereign.adapters.database import decode_cursor, encode_cursor
+from sovereign.domain.policy import Visibility
+from sovereign.domain.requests import COMMITTED_STATES, EnclaveRequest
+from sovereign.domain.tenants import Image, Resources, Tenant
+from sovereign.errors import ConcurrentUpdateError
+from sovereign.services.ports import Page, RequestFilter
+
+
+@dataclass
+class MemoryStore:
+    """The shared "database" of the in-memory backend."""
+
+    tenants: dict[str, Tenant] = field(default_factory=dict)
+    images: dict[str, Image] = field(default_factory=dict)
+    requests: dict[uuid.UUID, EnclaveRequest] = field(default_factory=dict)
+    audit: MemoryAuditStore = field(default_factory=MemoryAuditStore)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class MemoryTenantRepository:
+    """Tenants in a dict."""
+
+    def __init__(self, data: dict[str, Tenant]) -> None:
+        self.data = data
+
+    def get(self, name: str) -> Tenant | None:
+        return self.data.get(name)
+
+    def list(self) -> list[Tenant]:
+        return [self.data[k] for k in sorted(self.data)]
+
+    def add(self, tenant: Tenant) -> None:
+        if tenant.name in self.data:
+            raise ConcurrentUpdateError(kind="tenant", ident=tenant.name)
+        self.data[tenant.name] = tenant
+
+
+class MemoryImageRepository:
+    """Images in a dict."""
+
+    def __init__(self, data: dict[str, Image]) -> None:
+        self.data = data
+
+    def get(self, name: str) -> Image | None:
+        return self.data.get(name)
+
+    def list(self) -> list[Image]:
+        return [self.data[k] for k in sorted(self.data)]
+
+    def add(self, image: Image) -> None:
+        if image.name in self.data:
+            raise ConcurrentUpdateError(kind="image", ident=image.name)
+        self.data[image.name] = image
+
+
+class MemoryRequestRepository:
+    """Requests in a dict; ``versions`` remembers what each was when the unit began."""
+
+    def __init__(self, data: dict[uuid.UUID, EnclaveRequest]) -> None:
+        self.data = data
+        self.versions = {k: r.version for k, r in data.items()}
+        self.touched: set[uuid.UUID] = set()
+
+    def add(self, request: EnclaveRequest) -> None:
+        self.data[request.id] = copy.deepcopy(request)
+        self.touched.add(request.id)
+
+    def get(self, request_id: uuid.UUID, *, for_update: bool = False) -> EnclaveRequest | None:
+        found = self.data.get(request_id)
+        return copy.deepcopy(found) if found else None
+
+    def update(self, request: EnclaveRequest) -> None:
+        stored = self.data.get(request.id)
+        if stored is None or stored.version != request.version:
+            raise ConcurrentUpdateError(kind="request", ident=str(request.id))
+        request.version += 1
+        self.data[request.id] = copy.deepcopy(request)
+        self.touched.add(request.id)
+
+    def list(self, visibility: Visibility, query: RequestFilter) -> Page[EnclaveRequest]:
+        found = [
+            r
+            for r in self.data.values()
+            if r.label.level in visibility.levels
+            and r.label.compartments <= visibility.compartments
+            and (visibility.tenants is None or r.tenant in visibility.tenants)
+            and (query.state is None or r.state is query.state)
+            and (query.tenant is None or r.tenant == query.tenant)
+        ]
+        found.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        if query.cursor is not None:
+            after = decode_cursor(query.cursor)
+            found = [r for r in found if (r.created_at, r.id) < after]
+        page = found[: query.limit]
+        more = len(found) > query.limit
+        cursor = encode_cursor(page[-1].created_at, page[-1].id) if more else None
+        return Page([copy.deepcopy(r) for r in page], cursor)
+
+    def committed_usage(self, tenant: str) -> Resources:
+        total = Resources()
+        for r in self.data.values():
+            if r.tenant == tenant and r.state in COMMITTED_STATES:
+                total += r.resources
+        return total
+
+
+class _PendingAudit:
+    """Events buffered until the unit commits, like rows in an open transaction."""
+
+    def __init__(self, store: MemoryAuditStore) -> None:
+        self.store = store
+        self.pending: list[AuditEvent] = []
+
+    def append(self, events: Iterable[AuditEvent]) -> list[int]:
+        if self.store.fail:
+            raise OSError("audit store unavailable (simulated)")
+        self.pending.extend(events)
+        return []
+
+    def query(self, query: AuditQuery) -> list[StoredEvent]:
+        return self.store.query(query)
+
+
+class MemoryUnitOfWork:
+    """A unit over private copies of a :class:`MemoryStore`."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+
+    def __enter__(self) -> Self:
+        with self._store.lock:
+            self.tenants = MemoryTenantRepository(dict(self._store.tenants))
+            self.images = MemoryImageRepository(dict(self._store.images))
+            self.requests = MemoryRequestRepository(dict(self._store.requests))
+        self.audit = _PendingAudit(self._store.audit)
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.audit.pending.clear()
+
+    def commit(self) -> None:
+        """Publish the unit's changes. :raises ConcurrentUpdateError: lost a race."""
+        store = self._store
+        with store.lock:
+            for rid in self.requests.touched:
+                current = store.requests.get(rid)
+                seen = self.requests.versions.get(rid)
+                if (current.version if current else None) != seen:
+                    raise ConcurrentUpdateError(kind="request", ident=str(rid))
+            store.audit.append(self.audit.pending)
+            store.tenants.update(self.tenants.data)
+            store.images.update(self.images.data)
+            for rid in self.requests.touched:
+                store.requests[rid] = self.requests.data[rid]
+        self.audit.pending = []
+
+
+class MemoryUnitOfWorkFactory:
+    """Makes units over one shared :class:`MemoryStore`."""
+
+    def __init__(self, store: MemoryStore | None = None) -> None:
+        self.store = store or MemoryStore()
+
+    def __call__(self, *, readonly: bool = False) -> MemoryUnitOfWork:
+        return MemoryUnitOfWork(self.store)

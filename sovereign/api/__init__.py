@@ -1,0 +1,18 @@
+"""The HTTP interface: REST API v1, operational endpoints and the problem handler table.
+
+Owns the blueprints and their registration. Views reach services through ``current_app``;
+they never import adapters, SQLAlchemy, hvac or libvirt.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from sovereign.api import ops, problems, v1
+
+
+def register(app: Flask) -> None:
+    """Install the API, the ops endpoints and the error handlers on ``app``."""
+    problems.register(app)
+    ops.install(app)
+    app.register_blueprint(v1.blueprint)

@@ -1,0 +1,108 @@
+"""RFC 9457 problem details: the one table from errors to HTTP responses.
+
+Owns the mapping of :mod:`sovereign.errors` classes and HTTP exceptions to status codes, and
+the rendering of ``application/problem+json``. Registered on the app (not a blueprint) so that
+routing 404/405 and body-size 413 get the same treatment. ``detail`` is only shown for errors
+marked safe; anything unexpected is logged with the request id and answered generically.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, g, json, request
+from werkzeug.exceptions import HTTPException
+
+from sovereign.errors import (
+    AuthenticationError,
+    ConflictError,
+    DependencyUnavailableError,
+    InvalidInputError,
+    NotFoundError,
+    PolicyDeniedError,
+    SovereignError,
+)
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+#: Problem type URIs are URNs under this prefix plus the error's ``code``.
+TYPE_PREFIX = "urn:sovereign:problem:"
+
+#: Most specific first; the first class an error is an instance of decides the status.
+STATUS_BY_ERROR: tuple[tuple[type[SovereignError], int, str], ...] = (
+    (InvalidInputError, 422, "Invalid input"),
+    (AuthenticationError, 401, "Authentication required"),
+    (PolicyDeniedError, 403, "Forbidden"),
+    (NotFoundError, 404, "Not found"),
+    (ConflictError, 409, "Conflict"),
+    (DependencyUnavailableError, 503, "Service unavailable"),
+    (SovereignError, 500, "Internal error"),
+)
+
+
+def problem(
+    status: int,
+    title: str,
+    *,
+    detail: str | None = None,
+    type_: str = "about:blank",
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> Response:
+    """An ``application/problem+json`` response (RFC 9457 section 3)."""
+    body: dict[str, Any] = {"type": type_, "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    body["instance"] = request.path
+    request_id = g.get("request_id")
+    if request_id:
+        body["request_id"] = request_id
+    body.update(extensions)
+    response = Response(json.dumps(body), status=status, mimetype=PROBLEM_JSON)
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def _sovereign_error(error: SovereignError) -> Response:
+    status, title = next((s, t) for cls, s, t in STATUS_BY_ERROR if isinstance(error, cls))
+    extensions: dict[str, Any] = {}
+    headers: dict[str, str] = {}
+    if isinstance(error, InvalidInputError) and error.errors:
+        extensions["errors"] = error.errors
+    if isinstance(error, DependencyUnavailableError):
+        extensions["dependency"] = error.dependency
+        headers["Retry-After"] = "5"
+    if isinstance(error, AuthenticationError):
+        # RFC 6750 section 3: tell the client which scheme and why.
+        headers["WWW-Authenticate"] = 'Bearer realm="sovereign", error="invalid_token"'
+    if status >= 500 and not error.safe:
+        log.error("unhandled %s: %s", type(error).__name__, error.message, exc_info=error)
+    return problem(
+        status,
+        title,
+        detail=error.message if error.safe else None,
+        type_=TYPE_PREFIX + error.code,
+        headers=headers,
+        **extensions,
+    )
+
+
+def _http_error(error: HTTPException) -> Response:
+    status = error.code or 500
+    headers = {k: v for k, v in error.get_headers() if k.lower() not in {"content-type"}}
+    return problem(status, error.name, detail=error.description, headers=headers)
+
+
+def _unexpected(error: Exception) -> Response:
+    log.exception("unexpected error", exc_info=error)
+    return problem(500, "Internal error", type_=TYPE_PREFIX + "internal-error")
+
+
+def register(app: Flask) -> None:
+    """Install the handler table on ``app``."""
+    app.register_error_handler(SovereignError, _sovereign_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)

@@ -1,0 +1,263 @@
+"""Operations: parse -> call -> serialise, and the OpenAPI document built from the same schemas.
+
+Owns :class:`Api`, the registry that turns a view function plus its body, query and response
+schemas into a Flask route, and :func:`openapi`, which describes every registered operation.
+Because validation and documentation read the same pydantic models, they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, request
+from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import models_json_schema
+from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+
+from sovereign.api.schemas import Problem
+from sovereign.bootstrap import Services
+from sovereign.errors import AuthenticationError, InvalidInputError
+from sovereign.services.recording import CallContext
+
+View = Callable[..., BaseModel]
+
+PROBLEM_RESPONSES = {
+    "400": "Malformed request (bad JSON)",
+    "401": "Missing or invalid bearer token",
+    "403": "Not allowed by policy",
+    "404": "Not found, or not visible to you",
+    "409": "Conflict with the current state",
+    "413": "Body too large",
+    "415": "Body is not application/json",
+    "422": "Invalid input",
+    "503": "A dependency is unavailable",
+}
+
+
+@dataclass
+class Operation:
+    """One documented endpoint."""
+
+    method: str
+    rule: str
+    view: View
+    summary: str
+    tag: str
+    response: type[BaseModel]
+    body: type[BaseModel] | None = None
+    body_optional: bool = False
+    query: type[BaseModel] | None = None
+    status: int = 200
+    auth: bool = True
+    roles: str = ""
+    path_params: list[str] = field(default_factory=list)
+
+
+def services() -> Services:
+    """The app's services (built once by ``create_app``)."""
+    found: Services = current_app.extensions["sovereign"]
+    return found
+
+
+def call_context() -> CallContext:
+    """The authenticated caller of this request. :raises AuthenticationError: no valid token."""
+    ctx: CallContext | None = g.get("call_context")
+    if ctx is not None:
+        return ctx
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationError(reason="a bearer token is required")
+    principal = services().identity.authenticate(token.strip())
+    ctx = CallContext(
+        principal=principal, request_id=g.get("request_id", ""), source=request.remote_addr or ""
+    )
+    g.call_context = ctx
+    return ctx
+
+
+def _validation_errors(e: ValidationError) -> list[dict[str, Any]]:
+    return [
+        {"loc": [str(p) for p in err["loc"]], "msg": err["msg"], "type": err["type"]}
+        for err in e.errors(include_url=False, include_input=False, include_context=False)
+    ]
+
+
+def parse_body(model: type[BaseModel], *, optional: bool = False) -> BaseModel:
+    """Validate the JSON body against ``model``.
+
+    :raises UnsupportedMediaType: (415) if the body is not JSON.
+    :raises BadRequest: (400) if it does not parse.
+    :raises InvalidInputError: (422) if it does not fit the schema.
+    """
+    raw = request.get_data(cache=False)  # enforces MAX_CONTENT_LENGTH (413) first
+    if not raw and optional:
+        data: Any = {}
+    else:
+        if request.mimetype != "application/json":
+            raise UnsupportedMediaType("The body must be application/json.")
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise BadRequest(f"The body is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise InvalidInputError(reason="the body must be a JSON object")
+    try:
+        return model.model_validate(data, strict=True)
+    except ValidationError as e:
+        raise InvalidInputError(
+            reason="the body does not match the schema", errors=_validation_errors(e)
+        ) from e
+
+
+def parse_query(model: type[BaseModel]) -> BaseModel:
+    """Validate query parameters against ``model``. :raises InvalidInputError: (422)."""
+    try:
+        return model.model_validate(request.args.to_dict())
+    except ValidationError as e:
+        raise InvalidInputError(
+            reason="the query parameters are not valid", errors=_validation_errors(e)
+        ) from e
+
+
+class Api:
+    """A registry of operations on a blueprint."""
+
+    def __init__(self, blueprint: Blueprint) -> None:
+        self.blueprint = blueprint
+        self.operations: list[Operation] = []
+
+    def route(
+        self,
+        method: str,
+        rule: str,
+        *,
+        summary: str,
+        tag: str,
+        response: type[BaseModel],
+        body: type[BaseModel] | None = None,
+        body_optional: bool = False,
+        query: type[BaseModel] | None = None,
+        status: int = 200,
+        auth: bool = True,
+        roles: str = "",
+    ) -> Callable[[View], View]:
+        """Register ``view`` for ``method rule``; it receives the caller, body, query, params."""
+
+        def decorate(view: View) -> View:
+            op = Operation(
+                method=method,
+                rule=rule,
+                view=view,
+                summary=summary,
+                tag=tag,
+                response=response,
+                body=body,
+                body_optional=body_optional,
+                query=query,
+                status=status,
+                auth=auth,
+                roles=roles,
+                path_params=re.findall(r"<(?:\w+:)?(\w+)>", rule),
+            )
+            self.operations.append(op)
+
+            def endpoint(**params: Any) -> Response:
+                kwargs: dict[str, Any] = dict(params)
+                if op.auth:
+                    kwargs["ctx"] = call_context()
+                if op.body is not None:
+                    kwargs["body"] = parse_body(op.body, optional=op.body_optional)
+                if op.query is not None:
+                    kwargs["query"] = parse_query(op.query)
+                result = op.view(**kwargs)
+                return Response(
+                    result.model_dump_json(), status=op.status, mimetype="application/json"
+                )
+
+            self.blueprint.add_url_rule(
+                rule, endpoint=view.__name__, view_func=endpoint, methods=[method]
+            )
+            return view
+
+        return decorate
+
+
+def openapi(api: Api, prefix: str, *, title: str, version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document for every operation registered on ``api``."""
+    models: set[type[BaseModel]] = {Problem}
+    for op in api.operations:
+        models.add(op.response)
+        if op.body is not None:
+            models.add(op.body)
+    _, defs = models_json_schema(
+        [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
+        ref_template="#/components/schemas/{model}",
+    )
+    paths: dict[str, dict[str, Any]] = {}
+    for op in api.operations:
+        path = prefix + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", op.rule)
+        parameters: list[dict[str, Any]] = [
+            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+            for p in op.path_params
+        ]
+        if op.query is not None:
+            schema = op.query.model_json_schema()
+            required = set(schema.get("required", []))
+            parameters += [
+                {"name": name, "in": "query", "required": name in required, "schema": prop}
+                for name, prop in schema.get("properties", {}).items()
+            ]
+        ref = {"$ref": f"#/components/schemas/{op.response.__name__}"}
+        problem_ref = {"$ref": "#/components/schemas/Problem"}
+        responses: dict[str, Any] = {
+            str(op.status): {
+                "description": "Success",
+                "content": {"application/json": {"schema": ref}},
+            }
+        }
+        for code, text in PROBLEM_RESPONSES.items():
+            if code in {"400", "413", "415"} and op.body is None:
+                continue
+            if code in {"401", "403"} and not op.auth:
+                continue
+            responses[code] = {
+                "description": text,
+                "content": {"application/problem+json": {"schema": problem_ref}},
+            }
+        operation: dict[str, Any] = {
+            "operationId": op.view.__name__,
+            "summary": op.summary,
+            "tags": [op.tag],
+            "parameters": parameters,
+            "responses": responses,
+        }
+        if op.roles:
+            operation["description"] = f"Allowed for: {op.roles}."
+        if op.auth:
+            operation["security"] = [{"bearer": []}]
+        if op.body is not None:
+            operation["requestBody"] = {
+                "required": not op.body_optional,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{op.body.__name__}"}
+                    }
+                },
+            }
+        paths.setdefault(path, {})[op.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version},
+        "paths": paths,
+        "components": {
+            "schemas": defs.get("$defs", {}),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+        },
+    }

@@ -1,0 +1,334 @@
+"""The API's request and response schemas (pydantic), the single source of the OpenAPI document.
+
+Owns the shape of every body and query the API accepts or returns, with limits. Unknown fields
+are refused. Domain objects are turned into responses here, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from audit import StoredEvent
+from sovereign.domain.identity import Principal
+from sovereign.domain.labels import Label
+from sovereign.domain.policy import AccessPolicy
+from sovereign.domain.requests import EnclaveRequest, RequestState
+from sovereign.domain.tenants import Image, Resources, Tenant
+
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+Reason = Annotated[str, Field(max_length=2000)]
+
+
+class Strict(BaseModel):
+    """Base of every input schema: unknown fields are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- inputs -----------------------------------------------------------------------------------
+
+
+class LabelIn(Strict):
+    """A security label: a level and compartments, e.g. ``{"level": "SECRET", ...}``."""
+
+    level: Annotated[str, Field(min_length=1, max_length=64)]
+    compartments: Annotated[list[Name], Field(max_length=32)] = []
+
+
+class ResourcesIn(Strict):
+    """What the enclave needs."""
+
+    vcpus: Annotated[int, Field(ge=1, le=1024)]
+    memory_mib: Annotated[int, Field(ge=256, le=16 * 1024 * 1024)]
+    gpus: Annotated[int, Field(ge=0, le=64)] = 0
+    gpu_model: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    disk_gib: Annotated[int, Field(ge=1, le=1024 * 1024)]
+
+
+class RequestCreate(Strict):
+    """A request for an enclave."""
+
+    tenant: Name
+    label: LabelIn
+    resources: ResourcesIn
+    image: Annotated[str, Field(min_length=1, max_length=128)]
+    purpose: Annotated[str, Field(min_length=1, max_length=2000)]
+    lease_hours: Annotated[int, Field(ge=1, le=24 * 365)]
+
+
+class ApproveIn(Strict):
+    """An approval, with an optional comment."""
+
+    reason: Reason = ""
+
+
+class RejectIn(Strict):
+    """A rejection; the reason is required."""
+
+    reason: Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+class CancelIn(Strict):
+    """A cancellation, with an optional reason."""
+
+    reason: Reason = ""
+
+
+class PageQuery(Strict):
+    """Pagination: page size and the cursor returned by the previous page."""
+
+    limit: Annotated[int, Field(ge=1, le=200)] = 50
+    cursor: Annotated[str, Field(max_length=512)] | None = None
+
+
+class RequestQuery(PageQuery):
+    """Filters for listing requests."""
+
+    state: RequestState | None = None
+    tenant: Name | None = None
+
+
+class EventQuery(PageQuery):
+    """Filters for listing audit events; the cursor is a sequence number."""
+
+    actor: Annotated[str, Field(max_length=255)] | None = None
+    action: Annotated[str, Field(max_length=100)] | None = None
+    target: Annotated[str, Field(max_length=255)] | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    cursor: Annotated[str, Field(pattern=r"^[0-9]{1,19}$")] | None = None
+
+
+# -- outputs ----------------------------------------------------------------------------------
+
+
+class LabelOut(BaseModel):
+    """A security label."""
+
+    level: str
+    compartments: list[str]
+
+    @classmethod
+    def of(cls, label: Label) -> LabelOut:
+        """From a domain label."""
+        return cls(level=label.level, compartments=sorted(label.compartments))
+
+
+class ResourcesOut(BaseModel):
+    """An amount of compute."""
+
+    vcpus: int
+    memory_mib: int
+    gpus: int
+    disk_gib: int
+
+    @classmethod
+    def of(cls, r: Resources) -> ResourcesOut:
+        """From domain resources."""
+        return cls(vcpus=r.vcpus, memory_mib=r.memory_mib, gpus=r.gpus, disk_gib=r.disk_gib)
+
+
+class ApprovalOut(BaseModel):
+    """One officer's decision."""
+
+    officer: str
+    officer_name: str
+    decision: Literal["approve", "reject"]
+    reason: str
+    decided_at: datetime
+
+
+class RequestOut(BaseModel):
+    """An enclave request and where it stands."""
+
+    id: uuid.UUID
+    tenant: str
+    requester: str
+    requester_name: str
+    label: LabelOut
+    resources: ResourcesOut
+    gpu_model: str | None
+    image: str
+    purpose: str
+    lease_hours: int
+    state: RequestState
+    reason: str
+    approvals: list[ApprovalOut]
+    approvals_needed: int
+    approvals_received: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, r: EnclaveRequest, policy: AccessPolicy) -> RequestOut:
+        """From a domain request; ``policy`` says how many approvals it needs."""
+        return cls(
+            id=r.id,
+            tenant=r.tenant,
+            requester=r.requester,
+            requester_name=r.requester_name,
+            label=LabelOut.of(r.label),
+            resources=ResourcesOut.of(r.resources),
+            gpu_model=r.gpu_model,
+            image=r.image,
+            purpose=r.purpose,
+            lease_hours=r.lease_hours,
+            state=r.state,
+            reason=r.reason,
+            approvals=[
+                ApprovalOut(
+                    officer=a.officer,
+                    officer_name=a.officer_name,
+                    decision=a.decision.value,
+                    reason=a.reason,
+                    decided_at=a.decided_at,
+                )
+                for a in r.approvals
+            ],
+            approvals_needed=policy.approvals_needed(r.label),
+            approvals_received=len(set(r.approvers)),
+            created_at=r.created_at,
+            updated_at=r.updated_at,
+        )
+
+
+class RequestPage(BaseModel):
+    """A page of requests; pass ``next_cursor`` as ``cursor`` for the next one."""
+
+    items: list[RequestOut]
+    next_cursor: str | None
+
+
+class TenantOut(BaseModel):
+    """A tenant, its ceiling and quota."""
+
+    name: str
+    display_name: str
+    kind: Literal["classified", "civilian"]
+    max_label: LabelOut
+    quota: ResourcesOut
+
+    @classmethod
+    def of(cls, t: Tenant) -> TenantOut:
+        """From a domain tenant."""
+        return cls(
+            name=t.name,
+            display_name=t.display_name,
+            kind=t.kind.value,
+            max_label=LabelOut.of(t.max_label),
+            quota=ResourcesOut.of(t.quota),
+        )
+
+
+class TenantList(BaseModel):
+    """Tenants the caller may see."""
+
+    items: list[TenantOut]
+
+
+class ImageOut(BaseModel):
+    """An approved base image."""
+
+    name: str
+    format: str
+    checksum: str
+    max_label: LabelOut
+    description: str
+
+    @classmethod
+    def of(cls, i: Image) -> ImageOut:
+        """From a domain image."""
+        return cls(
+            name=i.name,
+            format=i.format,
+            checksum=i.checksum,
+            max_label=LabelOut.of(i.max_label),
+            description=i.description,
+        )
+
+
+class ImageList(BaseModel):
+    """The image catalog."""
+
+    items: list[ImageOut]
+
+
+class MeOut(BaseModel):
+    """The caller, as the control plane sees them."""
+
+    subject: str
+    username: str
+    roles: list[str]
+    clearance: LabelOut | None
+    tenants: list[str]
+
+    @classmethod
+    def of(cls, p: Principal) -> MeOut:
+        """From a principal."""
+        return cls(
+            subject=p.subject,
+            username=p.username,
+            roles=sorted(r.value for r in p.roles),
+            clearance=LabelOut.of(p.clearance) if p.clearance else None,
+            tenants=sorted(p.tenants),
+        )
+
+
+class AuditEventOut(BaseModel):
+    """One recorded decision."""
+
+    seq: int
+    id: uuid.UUID
+    time: datetime
+    actor: str
+    action: str
+    target: str
+    outcome: Literal["allow", "deny", "error"]
+    reason: str
+    label: LabelOut | None
+    request_id: str
+    source: str
+    details: dict[str, Any]
+
+    @classmethod
+    def of(cls, s: StoredEvent) -> AuditEventOut:
+        """From a stored event."""
+        e = s.event
+        return cls(
+            seq=s.seq,
+            id=e.id,
+            time=e.time,
+            actor=e.actor,
+            action=e.action,
+            target=e.target,
+            outcome=e.outcome.value,
+            reason=e.reason,
+            label=LabelOut.model_validate(e.label) if e.label else None,
+            request_id=e.request_id,
+            source=e.source,
+            details=e.details,
+        )
+
+
+class AuditEventPage(BaseModel):
+    """A page of audit events, newest first."""
+
+    items: list[AuditEventOut]
+    next_cursor: str | None
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem details object."""
+
+    type: str
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    request_id: str | None = None
+    errors: list[dict[str, Any]] | None = None
+    dependency: str | None = None

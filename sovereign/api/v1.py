@@ -1,0 +1,178 @@
+"""REST API v1: thin views, parse -> service -> serialise.
+
+Owns the endpoints under ``/api/v1``. Views hold no policy and catch no domain errors: the
+services decide, and the app-level handler table in :mod:`sovereign.api.problems` answers.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from flask import Blueprint
+
+from sovereign.api import schemas as s
+from sovereign.api.routing import Api, services
+from sovereign.domain.requests import EnclaveRequest
+from sovereign.domain.tenants import Resources
+from sovereign.services.auditing import EventFilter
+from sovereign.services.ports import RequestFilter
+from sovereign.services.recording import CallContext
+from sovereign.services.requests import RequestDraft
+
+PREFIX = "/api/v1"
+blueprint = Blueprint("api_v1", __name__, url_prefix=PREFIX)
+api = Api(blueprint)
+
+
+def _out(request: EnclaveRequest) -> s.RequestOut:
+    return s.RequestOut.of(request, services().policy)
+
+
+@api.route(
+    "POST",
+    "/requests",
+    summary="Request an enclave",
+    tag="requests",
+    body=s.RequestCreate,
+    response=s.RequestOut,
+    status=201,
+    roles="analysts, for their own tenants, at labels their clearance and the tenant allow",
+)
+def create_request(ctx: CallContext, body: s.RequestCreate) -> s.RequestOut:
+    """File a request; it starts ``pending``."""
+    r = body.resources
+    draft = RequestDraft(
+        tenant=body.tenant,
+        label=body.label.model_dump(),
+        resources=Resources(
+            vcpus=r.vcpus, memory_mib=r.memory_mib, gpus=r.gpus, disk_gib=r.disk_gib
+        ),
+        gpu_model=r.gpu_model,
+        image=body.image,
+        purpose=body.purpose,
+        lease_hours=body.lease_hours,
+    )
+    return _out(services().requests.create(ctx, draft))
+
+
+@api.route(
+    "GET",
+    "/requests",
+    summary="List requests",
+    tag="requests",
+    query=s.RequestQuery,
+    response=s.RequestPage,
+    roles="analysts (their tenants), officers and auditors; always up to your clearance",
+)
+def list_requests(ctx: CallContext, query: s.RequestQuery) -> s.RequestPage:
+    """Newest first, one page at a time."""
+    page = services().requests.list(
+        ctx,
+        RequestFilter(
+            state=query.state, tenant=query.tenant, limit=query.limit, cursor=query.cursor
+        ),
+    )
+    return s.RequestPage(items=[_out(r) for r in page.items], next_cursor=page.next_cursor)
+
+
+@api.route(
+    "GET",
+    "/requests/<uuid:request_id>",
+    summary="Get one request",
+    tag="requests",
+    response=s.RequestOut,
+    roles="whoever may list it; others get 404",
+)
+def get_request(ctx: CallContext, request_id: uuid.UUID) -> s.RequestOut:
+    """One request with its approvals."""
+    return _out(services().requests.get(ctx, request_id))
+
+
+@api.route(
+    "POST",
+    "/requests/<uuid:request_id>/approve",
+    summary="Approve a request",
+    tag="requests",
+    body=s.ApproveIn,
+    body_optional=True,
+    response=s.RequestOut,
+    roles="security officers cleared for the label, never the requester",
+)
+def approve_request(ctx: CallContext, request_id: uuid.UUID, body: s.ApproveIn) -> s.RequestOut:
+    """Add your approval; two distinct officers are needed at or above the threshold level."""
+    return _out(services().requests.approve(ctx, request_id, body.reason))
+
+
+@api.route(
+    "POST",
+    "/requests/<uuid:request_id>/reject",
+    summary="Reject a request",
+    tag="requests",
+    body=s.RejectIn,
+    response=s.RequestOut,
+    roles="security officers cleared for the label, never the requester",
+)
+def reject_request(ctx: CallContext, request_id: uuid.UUID, body: s.RejectIn) -> s.RequestOut:
+    """Reject with a reason; final."""
+    return _out(services().requests.reject(ctx, request_id, body.reason))
+
+
+@api.route(
+    "POST",
+    "/requests/<uuid:request_id>/cancel",
+    summary="Cancel a pending request",
+    tag="requests",
+    body=s.CancelIn,
+    body_optional=True,
+    response=s.RequestOut,
+    roles="the requester",
+)
+def cancel_request(ctx: CallContext, request_id: uuid.UUID, body: s.CancelIn) -> s.RequestOut:
+    """Withdraw your own pending request."""
+    return _out(services().requests.cancel(ctx, request_id, body.reason))
+
+
+@api.route("GET", "/tenants", summary="List tenants", tag="catalog", response=s.TenantList)
+def list_tenants(ctx: CallContext) -> s.TenantList:
+    """Analysts see their own tenants; officers, auditors and operators see all."""
+    return s.TenantList(items=[s.TenantOut.of(t) for t in services().catalog.tenants(ctx)])
+
+
+@api.route("GET", "/images", summary="List approved images", tag="catalog", response=s.ImageList)
+def list_images(ctx: CallContext) -> s.ImageList:
+    """The approved image catalog and each image's highest label."""
+    return s.ImageList(items=[s.ImageOut.of(i) for i in services().catalog.images(ctx)])
+
+
+@api.route("GET", "/me", summary="Who am I", tag="identity", response=s.MeOut)
+def me(ctx: CallContext) -> s.MeOut:
+    """Your subject, roles, clearance and tenants as verified from your token."""
+    return s.MeOut.of(ctx.principal)
+
+
+@api.route(
+    "GET",
+    "/audit/events",
+    summary="List audit events",
+    tag="audit",
+    query=s.EventQuery,
+    response=s.AuditEventPage,
+    roles="auditors and officers, up to their clearance",
+)
+def list_audit_events(ctx: CallContext, query: s.EventQuery) -> s.AuditEventPage:
+    """Newest first; filter by actor, action, target and time range."""
+    page = services().audit.events(
+        ctx,
+        EventFilter(
+            actor=query.actor,
+            action=query.action,
+            target=query.target,
+            since=query.since,
+            until=query.until,
+            before=int(query.cursor) if query.cursor else None,
+            limit=query.limit,
+        ),
+    )
+    return s.AuditEventPage(
+        items=[s.AuditEventOut.of(e) for e in page.items], next_cursor=page.next_cursor
+    )

@@ -1,0 +1,126 @@
+"""The one place services are assembled from configuration.
+
+Owns :func:`build_services`: it picks backends (SQL or in-memory unit of work, Keycloak identity
+provider, probes) and wires them into the services. Tests pass overrides instead of patching.
+Creating services performs no network I/O: connections open on first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sovereign.domain.labels import LabelScheme
+from sovereign.domain.policy import AccessPolicy
+from sovereign.errors import ConfigurationError
+from sovereign.services.auditing import AuditReadService
+from sovereign.services.catalog import CatalogService
+from sovereign.services.ports import IdentityProvider, Probe, UnitOfWorkFactory
+from sovereign.services.recording import Clock, utcnow
+from sovereign.services.requests import RequestService
+
+
+@dataclass
+class Services:
+    """Everything the API, CLI and worker use, built once per app."""
+
+    scheme: LabelScheme
+    policy: AccessPolicy
+    uow: UnitOfWorkFactory
+    identity: IdentityProvider
+    requests: RequestService
+    catalog: CatalogService
+    audit: AuditReadService
+    probes: Sequence[Probe] = field(default_factory=list)
+    #: Backend objects to dispose of on shutdown (engines).
+    resources: list[Any] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        for resource in self.resources:
+            resource.dispose()
+
+
+def build_services(
+    config: Mapping[str, Any],
+    *,
+    uow: UnitOfWorkFactory | None = None,
+    identity: IdentityProvider | None = None,
+    probes: Sequence[Probe] | None = None,
+    clock: Clock = utcnow,
+) -> Services:
+    """Assemble the services for ``config``; keyword overrides replace backends."""
+    scheme = LabelScheme(config["LABEL_LEVELS"], config["LABEL_COMPARTMENTS"])
+    policy = AccessPolicy(
+        scheme,
+        two_person_level=config["TWO_PERSON_LEVEL"],
+        max_lease_hours=int(config["MAX_LEASE_HOURS"]),
+    )
+    resources: list[Any] = []
+    default_probes: list[Probe] = []
+    if uow is None:
+        from sovereign.adapters.database import (  # noqa: PLC0415 - only when SQL is used
+            DatabaseProbe,
+            SqlUnitOfWorkFactory,
+            create_engine,
+        )
+
+        engine = create_engine(config["DATABASE_URL"])
+        resources.append(engine)
+        uow = SqlUnitOfWorkFactory(engine, scheme)
+        default_probes.append(DatabaseProbe(engine))
+    if identity is None:
+        identity = _keycloak(config, scheme)
+    default_probes.append(_IdentityProbe(identity))
+    if config.get("VAULT_ADDR"):
+        from sovereign.adapters.vault import VaultProbe  # noqa: PLC0415
+
+        default_probes.append(
+            VaultProbe(config["VAULT_ADDR"], config.get("VAULT_TOKEN"), config["VAULT_TIMEOUT_S"])
+        )
+    if config.get("HYPERVISOR_URIS"):
+        from sovereign.adapters.hypervisor import HypervisorProbe  # noqa: PLC0415
+
+        default_probes.append(HypervisorProbe(config["HYPERVISOR_URIS"]))
+    return Services(
+        scheme=scheme,
+        policy=policy,
+        uow=uow,
+        identity=identity,
+        requests=RequestService(uow, policy, gpu_models=config["GPU_MODELS"], clock=clock),
+        catalog=CatalogService(uow, scheme, clock),
+        audit=AuditReadService(uow, policy, clock),
+        probes=list(probes) if probes is not None else default_probes,
+        resources=resources,
+    )
+
+
+def _keycloak(config: Mapping[str, Any], scheme: LabelScheme) -> IdentityProvider:
+    from sovereign.adapters.keycloak import KeycloakIdentityProvider  # noqa: PLC0415
+
+    if not config.get("IDP_URL"):
+        raise ConfigurationError(reason="SOVEREIGN_IDP_URL is not set")
+    return KeycloakIdentityProvider(
+        server_url=config["IDP_URL"],
+        realm=config["IDP_REALM"],
+        client_id=config["IDP_CLIENT_ID"],
+        audience=config["IDP_AUDIENCE"],
+        scheme=scheme,
+        tenant_group_prefix=config["TENANT_GROUP_PREFIX"],
+        timeout_s=int(config["IDP_TIMEOUT_S"]),
+        # The dev stand-in announces itself; only production refuses to trust it.
+        trust_dev_idp=config["ENV"] != "production",
+    )
+
+
+class _IdentityProbe:
+    """Readiness of the identity provider (its discovery document answers)."""
+
+    name = "identity provider"
+
+    def __init__(self, identity: IdentityProvider) -> None:
+        self._identity = identity
+
+    def ping(self) -> None:
+        self._identity.ping()

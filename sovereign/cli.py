@@ -1,0 +1,232 @@
+"""The ``sovereign`` command line.
+
+Owns the commands operators and developers type: ``dev`` (the embedded default) and
+``dev token``, ``db upgrade`` / ``db current``, ``bootstrap``, and ``serve`` (production under
+gunicorn). Each command builds what it needs from configuration; nothing runs at import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import ExitStack
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import click
+from flask import Flask
+
+from sovereign import config as settings
+from sovereign.errors import SovereignError
+
+DEMO_DEFINITION = "demo.json"
+
+
+def _config(**overrides: Any) -> Flask:
+    """An app carrying only configuration (no services), for commands that need no IdP."""
+    app = settings.new_app()
+    settings.load(app, overrides or None, check=False)
+    return app
+
+
+def _fail(error: SovereignError) -> None:
+    click.secho(f"error: {error.message}", fg="red", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="sovereign")
+def main() -> None:
+    """Sovereign: isolated GPU enclaves for classified and civilian tenants."""
+
+
+# -- db ---------------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema migrations."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+def db_upgrade(revision: str) -> None:
+    """Migrate the database (SOVEREIGN_DATABASE_URL) to the newest schema."""
+    from sovereign.adapters.migrations import upgrade  # noqa: PLC0415
+
+    url = _config().config["DATABASE_URL"]
+    try:
+        upgrade(url, revision)
+    except SovereignError as e:
+        _fail(e)
+    click.echo(f"database at {_redact(url)} is at {revision}")
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the schema revision of the database and the newest one shipped."""
+    from sovereign.adapters.migrations import current_revision, head_revision  # noqa: PLC0415
+
+    url = _config().config["DATABASE_URL"]
+    try:
+        click.echo(f"current: {current_revision(url)}  head: {head_revision(url)}")
+    except SovereignError as e:
+        _fail(e)
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for output."""
+    from sqlalchemy.engine import make_url  # noqa: PLC0415
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# -- bootstrap --------------------------------------------------------------------------------
+
+
+def _bootstrap(app: Flask, definition: dict[str, Any]) -> list[str]:
+    from sovereign.domain.identity import Principal  # noqa: PLC0415
+    from sovereign.services.recording import CallContext  # noqa: PLC0415
+
+    ctx = CallContext(
+        principal=Principal(subject="system", username="bootstrap"),
+        actor="system:bootstrap",
+        source="cli",
+    )
+    created: list[str] = app.extensions["sovereign"].catalog.bootstrap(ctx, definition)
+    return created
+
+
+@main.command()
+@click.argument("definition", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def bootstrap(definition: Path) -> None:
+    """Create the tenants and images in DEFINITION (JSON) that do not exist yet."""
+    from sovereign import create_app  # noqa: PLC0415
+
+    try:
+        data = json.loads(definition.read_text())
+        created = _bootstrap(create_app(), data)
+    except json.JSONDecodeError as e:
+        click.secho(f"error: {definition} is not valid JSON: {e}", fg="red", err=True)
+        sys.exit(2)
+    except SovereignError as e:
+        _fail(e)
+    click.echo(f"created {len(created)}: {', '.join(created) or 'nothing new'}")
+
+
+# -- serve ------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--bind", default=None, help="host:port (default 127.0.0.1:SOVEREIGN_PORT).")
+@click.option("--workers", default=2, show_default=True, help="gunicorn worker processes.")
+def serve(bind: str | None, workers: int) -> None:
+    """Run the control plane under gunicorn (production)."""
+    port = _config().config["PORT"]
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        bind or f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--access-logfile",
+        "-",
+        "sovereign.wsgi:app",
+    ]
+    os.execv(sys.executable, argv)  # noqa: S606 - replaces this process with gunicorn
+
+
+# -- dev --------------------------------------------------------------------------------------
+
+
+@main.group(invoke_without_command=True)
+@click.option("--port", type=int, default=None, help="API port (default SOVEREIGN_PORT, 8700).")
+@click.option("--vault-port", type=int, default=8710, show_default=True)
+@click.option("--idp-port", type=int, default=8720, show_default=True)
+@click.pass_context
+def dev(ctx: click.Context, port: int | None, vault_port: int, idp_port: int) -> None:
+    """Run the embedded default: SQLite, OpenBao dev server, dev IdP, libvirt test driver."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from werkzeug.serving import make_server  # noqa: PLC0415
+
+    from sovereign import create_app, devstack  # noqa: PLC0415
+    from sovereign.adapters.migrations import upgrade  # noqa: PLC0415
+    from sovereign.devidp import DEMO_PASSWORD, DEMO_USERS  # noqa: PLC0415
+
+    os.environ.setdefault("SOVEREIGN_ENV", "development")
+    base = _config(ENV="development")
+    port = port or int(base.config["PORT"])
+    with ExitStack() as stack:
+        try:
+            click.echo("starting OpenBao dev server and the development identity provider ...")
+            running = devstack.start(
+                stack,
+                Path(base.instance_path),
+                vault_port=vault_port,
+                idp_port=idp_port,
+                api_port=port,
+            )
+            click.echo("migrating the database ...")
+            upgrade(base.config["DATABASE_URL"])
+            app = create_app(running.config)
+            demo = json.loads((resources.files("sovereign") / "data" / DEMO_DEFINITION).read_text())
+            created = _bootstrap(app, demo)
+            if created:
+                click.echo(f"seeded {', '.join(created)}")
+        except SovereignError as e:
+            _fail(e)
+        server = make_server("127.0.0.1", port, app, threaded=True)
+        url = f"http://127.0.0.1:{port}"
+        click.echo("")
+        click.secho(f"Sovereign control plane (embedded default) at {url}", bold=True)
+        click.echo(f"  API         {url}/api/v1   (OpenAPI: {url}/api/openapi.json)")
+        click.echo(f"  readiness   {url}/readyz")
+        click.echo(f"  identity    {running.idp_url}/realms/sovereign  (development stand-in)")
+        click.echo(f"  database    {_redact(base.config['DATABASE_URL'])}")
+        click.echo(f"  hypervisors {len(running.config['HYPERVISOR_URIS'])} simulated hosts")
+        click.echo(f"Demo users (password '{DEMO_PASSWORD}'):")
+        for user in DEMO_USERS:
+            clearance = user.clearance or "no clearance"
+            click.echo(f"  {user.username:<17} {', '.join(user.roles):<17} {clearance}")
+        click.echo("Get a token:  .venv/bin/sovereign dev token analyst-defence")
+        click.echo("Stop with Ctrl-C.")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            click.echo("stopping ...")
+        finally:
+            server.server_close()
+
+
+@dev.command("token")
+@click.argument("username")
+@click.option("--password", default=None, help="Defaults to the demo password.")
+def dev_token(username: str, password: str | None) -> None:
+    """Print an access token for a demo USER from the running embedded default."""
+    from sovereign import devstack  # noqa: PLC0415
+    from sovereign.devidp import DEMO_PASSWORD, password_token  # noqa: PLC0415
+    from sovereign.errors import AuthenticationError, DependencyUnavailableError  # noqa: PLC0415
+
+    base = _config(ENV="development")
+    state = Path(base.instance_path) / "dev" / devstack.STATE_FILE
+    if not state.exists():
+        click.secho("error: the embedded default is not running (start it: make run)", err=True)
+        sys.exit(2)
+    idp_url = json.loads(state.read_text())["idp_url"]
+    try:
+        token = password_token(idp_url, username, password or DEMO_PASSWORD)
+    except Exception as e:  # noqa: BLE001 - python-keycloak raises many kinds; say what failed
+        kind = AuthenticationError if "401" in str(e) else DependencyUnavailableError
+        message = (
+            f"unknown user or wrong password for {username!r}"
+            if kind is AuthenticationError
+            else f"identity provider at {idp_url} did not answer"
+        )
+        click.secho(f"error: {message}", fg="red", err=True)
+        sys.exit(2)
+    click.echo(token)

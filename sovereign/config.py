@@ -1,0 +1,112 @@
+"""Configuration: defaults < instance file < ``SOVEREIGN_*`` environment < test mapping.
+
+Owns the configuration keys, their defaults and the checks that refuse unsafe combinations
+(the development identity provider or a root Vault token outside development). Nothing here
+performs I/O beyond reading the optional instance file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from sovereign.domain.labels import DEFAULT_COMPARTMENTS, DEFAULT_LEVELS
+from sovereign.errors import ConfigurationError
+
+ENVIRONMENTS = ("production", "development", "testing")
+
+DEFAULTS: dict[str, Any] = {
+    # Production is the default so that nothing dev-only is trusted by accident.
+    "ENV": "production",
+    "PORT": 8700,
+    # None: an SQLite file in the instance folder.
+    "DATABASE_URL": None,
+    "LABEL_LEVELS": list(DEFAULT_LEVELS),
+    "LABEL_COMPARTMENTS": list(DEFAULT_COMPARTMENTS),
+    "TWO_PERSON_LEVEL": "CONFIDENTIAL",
+    "MAX_LEASE_HOURS": 720,
+    "GPU_MODELS": ["H100-SXM5-80GB"],
+    # Identity: a Keycloak realm.
+    "IDP_URL": None,
+    "IDP_REALM": "sovereign",
+    "IDP_CLIENT_ID": "sovereign",
+    "IDP_AUDIENCE": "sovereign",
+    "IDP_TIMEOUT_S": 5,
+    # Only groups under this path are tenant memberships ("/tenants/research" -> "research").
+    "TENANT_GROUP_PREFIX": "/tenants/",
+    # Vault / OpenBao.
+    "VAULT_ADDR": None,
+    "VAULT_TOKEN": None,
+    "VAULT_TIMEOUT_S": 5,
+    # libvirt URIs of the hypervisors checked by /readyz.
+    "HYPERVISOR_URIS": [],
+    # Request bodies above this are refused with 413 before they are parsed.
+    "MAX_CONTENT_LENGTH": 64 * 1024,
+    # Pagination.
+    "PAGE_SIZE_DEFAULT": 50,
+    "PAGE_SIZE_MAX": 200,
+}
+
+INSTANCE_FILE = "sovereign.cfg"
+
+
+def new_app() -> Flask:
+    """A bare Flask app named ``sovereign``; ``SOVEREIGN_INSTANCE_PATH`` moves its instance
+    folder (SQLite file, dev stack state, instance config)."""
+    return Flask(
+        "sovereign",
+        instance_path=os.environ.get("SOVEREIGN_INSTANCE_PATH") or None,
+        instance_relative_config=True,
+    )
+
+
+def load(app: Flask, overrides: Mapping[str, Any] | None = None, *, check: bool = True) -> None:
+    """Fill ``app.config`` in precedence order and (unless ``check`` is off) check it.
+
+    :raises ConfigurationError: if the result is unsafe or inconsistent.
+    """
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_pyfile(INSTANCE_FILE, silent=True)
+    app.config.from_prefixed_env("SOVEREIGN")
+    if overrides:
+        app.config.from_mapping(overrides)
+    if app.config["DATABASE_URL"] is None:
+        Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+        app.config["DATABASE_URL"] = f"sqlite:///{Path(app.instance_path) / 'sovereign.db'}"
+    if check:
+        verify(app.config)
+
+
+def verify(config: Mapping[str, Any]) -> None:
+    """Refuse configurations that would weaken security.
+
+    :raises ConfigurationError: naming the offending keys.
+    """
+    env = config["ENV"]
+    if env not in ENVIRONMENTS:
+        raise ConfigurationError(
+            reason=f"ENV must be one of {', '.join(ENVIRONMENTS)}, not {env!r}"
+        )
+    if env == "production":
+        if config.get("IDP_DEV"):
+            raise ConfigurationError(
+                reason="the development identity provider is refused in production"
+            )
+        if not config.get("IDP_URL"):
+            raise ConfigurationError(reason="SOVEREIGN_IDP_URL must point at a Keycloak server")
+        if str(config["DATABASE_URL"]).startswith("sqlite") and not os.environ.get(
+            "SOVEREIGN_ALLOW_SQLITE"
+        ):
+            # A single-file database cannot be shared by several replicas.
+            raise ConfigurationError(
+                reason="production needs PostgreSQL (set SOVEREIGN_DATABASE_URL), "
+                "or SOVEREIGN_ALLOW_SQLITE=1 for a single-node install"
+            )
+    if config["TWO_PERSON_LEVEL"] not in config["LABEL_LEVELS"]:
+        raise ConfigurationError(
+            reason=f"TWO_PERSON_LEVEL {config['TWO_PERSON_LEVEL']!r} is not in LABEL_LEVELS"
+        )

@@ -1,0 +1,201 @@
+"""The access policy: every rule about who may see, request, decide or cancel.
+
+Owns label dominance checks against principals, separation of duties (never the requester), the
+two-person rule, tenant membership, tenant and image ceilings and quotas. Pure functions of their
+arguments; the services call them and record the outcome in the audit log. A rule that says no
+raises :class:`PolicyDeniedError` (or :class:`QuotaExceededError`) with the reason an officer
+would want to read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sovereign.domain.identity import Principal, Role
+from sovereign.domain.labels import Label, LabelScheme
+from sovereign.domain.requests import Approval, Decision, EnclaveRequest, RequestState
+from sovereign.domain.tenants import Image, Resources, Tenant
+from sovereign.errors import ConflictError, PolicyDeniedError, QuotaExceededError
+
+#: Roles that may read requests at all (each further filtered by tenant and clearance).
+REQUEST_READERS = frozenset({Role.ANALYST, Role.OFFICER, Role.AUDITOR})
+#: Roles that may read the audit log.
+AUDIT_READERS = frozenset({Role.OFFICER, Role.AUDITOR})
+
+
+@dataclass(frozen=True)
+class Visibility:
+    """What a principal may list: levels and compartments it dominates, and tenants (None: all)."""
+
+    levels: tuple[str, ...]
+    compartments: frozenset[str]
+    tenants: frozenset[str] | None
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    """The configured rules: the label scheme, the two-person threshold and lease limits."""
+
+    scheme: LabelScheme
+    #: Requests at or above this level need two distinct officers.
+    two_person_level: str = "CONFIDENTIAL"
+    max_lease_hours: int = 720
+
+    def __post_init__(self) -> None:
+        # Fail at start-up, not at the first classified request, if the threshold is unknown.
+        self.scheme.rank(self.two_person_level)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def can_see(self, principal: Principal, request: EnclaveRequest) -> bool:
+        """Whether ``principal`` may know that ``request`` exists."""
+        if not principal.cleared_for(request.label):
+            return False
+        if principal.has_role(Role.OFFICER) or principal.has_role(Role.AUDITOR):
+            return True
+        return principal.has_role(Role.ANALYST) and request.tenant in principal.tenants
+
+    def request_visibility(self, principal: Principal) -> Visibility:
+        """The filter that lists exactly what :meth:`can_see` allows.
+
+        :raises PolicyDeniedError: if the principal holds no role that reads requests.
+        """
+        if not principal.roles & REQUEST_READERS:
+            raise PolicyDeniedError(
+                reason="reading requests needs the analyst, officer or auditor role"
+            )
+        return self._visibility(principal, all_tenants=bool(principal.roles & AUDIT_READERS))
+
+    def audit_visibility(self, principal: Principal) -> Visibility:
+        """The filter for audit events: officers and auditors, up to their clearance.
+
+        :raises PolicyDeniedError: for any other role.
+        """
+        if not principal.roles & AUDIT_READERS:
+            raise PolicyDeniedError(
+                reason="reading the audit log needs the auditor or officer role"
+            )
+        return self._visibility(principal, all_tenants=True)
+
+    def _visibility(self, principal: Principal, *, all_tenants: bool) -> Visibility:
+        clearance = principal.clearance
+        return Visibility(
+            levels=self.scheme.dominated_levels(clearance) if clearance else (),
+            compartments=clearance.compartments if clearance else frozenset(),
+            tenants=None if all_tenants else principal.tenants,
+        )
+
+    # -- requesting --------------------------------------------------------------------------
+
+    def check_request(
+        self,
+        principal: Principal,
+        tenant: Tenant,
+        label: Label,
+        image: Image,
+        *,
+        resources: Resources,
+        lease_hours: int,
+        committed: Resources,
+    ) -> None:
+        """Check that ``principal`` may ask ``tenant`` for this enclave.
+
+        :raises PolicyDeniedError: for role, membership, clearance, ceiling or lease violations.
+        :raises QuotaExceededError: if the tenant's committed usage plus this would exceed quota.
+        """
+        if not principal.has_role(Role.ANALYST):
+            raise PolicyDeniedError(reason="only analysts may request enclaves")
+        if tenant.name not in principal.tenants:
+            raise PolicyDeniedError(reason=f"you are not a member of tenant {tenant.name!r}")
+        if not principal.cleared_for(label):
+            raise PolicyDeniedError(reason=f"your clearance does not dominate {label}")
+        if not tenant.max_label.dominates(label):
+            raise PolicyDeniedError(
+                reason=f"tenant {tenant.name!r} may not hold {label} (maximum {tenant.max_label})"
+            )
+        if not image.max_label.dominates(label):
+            raise PolicyDeniedError(
+                reason=f"image {image.name!r} may not run at {label} (maximum {image.max_label})"
+            )
+        if lease_hours > self.max_lease_hours:
+            raise PolicyDeniedError(
+                reason=f"lease of {lease_hours} h exceeds the maximum of {self.max_lease_hours} h"
+            )
+        self.check_quota(tenant, committed, resources)
+
+    @staticmethod
+    def check_quota(tenant: Tenant, committed: Resources, resources: Resources) -> None:
+        """:raises QuotaExceededError: if ``committed + resources`` does not fit the quota."""
+        over = (committed + resources).exceeded(tenant.quota)
+        if over:
+            raise QuotaExceededError(tenant=tenant.name, reason="; ".join(over))
+
+    # -- deciding ----------------------------------------------------------------------------
+
+    def approvals_needed(self, label: Label) -> int:
+        """Two distinct officers at or above the threshold level, one below it."""
+        return 2 if label.rank >= self.scheme.rank(self.two_person_level) else 1
+
+    def decide(
+        self,
+        principal: Principal,
+        request: EnclaveRequest,
+        decision: Decision,
+        reason: str,
+        now: datetime,
+        *,
+        tenant: Tenant,
+        committed: Resources,
+    ) -> Approval:
+        """Record an officer's decision on ``request``, moving it on when it is complete.
+
+        A rejection by any officer is final. An approval completes the request once
+        :meth:`approvals_needed` distinct officers have approved; the quota is checked again
+        at every approval, against the tenant's usage at that moment.
+
+        :raises PolicyDeniedError: if the principal is not an officer, is the requester, or is
+            not cleared for the request's label.
+        :raises ConflictError: if the request is no longer pending or the officer already decided.
+        :raises QuotaExceededError: if approving would exceed the tenant's quota.
+        """
+        if not principal.has_role(Role.OFFICER):
+            raise PolicyDeniedError(reason="only security officers may approve or reject")
+        if principal.subject == request.requester:
+            raise PolicyDeniedError(reason="officers may not decide on their own requests")
+        if not principal.cleared_for(request.label):
+            raise PolicyDeniedError(reason=f"your clearance does not dominate {request.label}")
+        if request.state is not RequestState.PENDING:
+            raise ConflictError(reason=f"request is {request.state.value}, not pending")
+        if any(a.officer == principal.subject for a in request.approvals):
+            raise ConflictError(reason="you have already decided on this request")
+        if decision is Decision.APPROVE:
+            self.check_quota(tenant, committed, request.resources)
+        approval = Approval(
+            officer=principal.subject,
+            officer_name=principal.username,
+            decision=decision,
+            reason=reason,
+            decided_at=now,
+        )
+        request.record(approval)
+        if decision is Decision.REJECT:
+            request.reason = reason
+            request.transition(RequestState.REJECTED, now)
+        elif len(set(request.approvers)) >= self.approvals_needed(request.label):
+            request.transition(RequestState.APPROVED, now)
+        return approval
+
+    # -- cancelling --------------------------------------------------------------------------
+
+    @staticmethod
+    def check_cancel(principal: Principal, request: EnclaveRequest) -> None:
+        """Only the requester may cancel, and only while the request is pending.
+
+        :raises PolicyDeniedError: for anyone but the requester.
+        :raises ConflictError: if the request is no longer pending.
+        """
+        if principal.subject != request.requester:
+            raise PolicyDeniedError(reason="only the requester may cancel a request")
+        if request.state is not RequestState.PENDING:
+            raise ConflictError(reason=f"request is {request.state.value}, not pending")

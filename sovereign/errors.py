@@ -1,0 +1,141 @@
+"""The control plane's error tree.
+
+Owns the exception classes that services and the domain raise. It knows nothing about HTTP:
+the API maps each class to a status in one table (``sovereign.api.problems``). Each error has a
+``msg_fmt`` filled from keyword arguments and a ``safe`` flag saying whether its message may be
+shown to the caller; unsafe errors are logged and answered with a generic text.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class SovereignError(Exception):
+    """Base of every error the control plane raises on purpose."""
+
+    msg_fmt: ClassVar[str] = "An unexpected error occurred."
+    #: Whether the message may be shown to the caller as the problem ``detail``.
+    safe: ClassVar[bool] = False
+    #: Short machine-readable slug, used for the problem ``type``.
+    code: ClassVar[str] = "internal-error"
+
+    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
+        self.kwargs = kwargs
+        if message is None:
+            message = self.msg_fmt.format(**kwargs)
+        self.message = message
+        super().__init__(message)
+
+
+class InvalidInputError(SovereignError):
+    """The input is well-formed but its values are not acceptable."""
+
+    msg_fmt = "Invalid input: {reason}"
+    safe = True
+    code = "invalid-input"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        errors: list[dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.errors = errors or []
+        super().__init__(message, **kwargs)
+
+
+class LabelError(InvalidInputError):
+    """A security label names an unknown level or compartment."""
+
+    msg_fmt = "Invalid label: {reason}"
+    code = "invalid-label"
+
+
+class AuthenticationError(SovereignError):
+    """No credentials, or credentials that do not verify."""
+
+    msg_fmt = "Authentication failed: {reason}"
+    safe = True
+    code = "unauthenticated"
+
+
+class PolicyDeniedError(SovereignError):
+    """The caller is known but policy forbids the action."""
+
+    msg_fmt = "Not allowed: {reason}"
+    safe = True
+    code = "forbidden"
+
+    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
+        self.reason = str(kwargs.get("reason", message or ""))
+        super().__init__(message, **kwargs)
+
+
+class NotFoundError(SovereignError):
+    """The thing does not exist, or the caller may not know that it exists."""
+
+    msg_fmt = "{kind} {ident} not found."
+    safe = True
+    code = "not-found"
+
+
+class ConflictError(SovereignError):
+    """The action does not fit the current state of the thing."""
+
+    msg_fmt = "Conflict: {reason}"
+    safe = True
+    code = "conflict"
+
+
+class InvalidTransitionError(ConflictError):
+    """A state machine was asked for a transition it does not have."""
+
+    msg_fmt = "Cannot go from {current} to {target}."
+    code = "invalid-transition"
+
+
+class ConcurrentUpdateError(ConflictError):
+    """Someone else changed the same thing at the same moment; retrying may succeed."""
+
+    msg_fmt = "{kind} {ident} was changed concurrently; retry."
+    code = "concurrent-update"
+
+
+class QuotaExceededError(ConflictError):
+    """The tenant's quota cannot hold the request."""
+
+    msg_fmt = "Quota exceeded for tenant {tenant}: {reason}"
+    code = "quota-exceeded"
+
+
+class DependencyUnavailableError(SovereignError):
+    """A backing system (database, Vault, identity provider, hypervisor) did not answer."""
+
+    msg_fmt = "{dependency} is unavailable."
+    safe = True
+    code = "dependency-unavailable"
+
+    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
+        self.dependency = str(kwargs.get("dependency", "a dependency"))
+        super().__init__(message, **kwargs)
+
+
+class AuditUnavailableError(DependencyUnavailableError):
+    """The audit log could not record a decision, so the decision did not happen."""
+
+    msg_fmt = "The audit log could not be written; nothing was changed."
+    code = "audit-unavailable"
+
+    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("dependency", "audit log")
+        super().__init__(message, **kwargs)
+
+
+class ConfigurationError(SovereignError):
+    """The configuration is inconsistent or unsafe (e.g. the dev IdP in production)."""
+
+    msg_fmt = "Configuration error: {reason}"
+    safe = False
+    code = "configuration-error"

@@ -1,0 +1,129 @@
+"""Use cases for tenants and the image catalog: read them, and seed them at bootstrap.
+
+Owns who may read which tenants (analysts: their own; officers, auditors, operators: all) and
+the idempotent bootstrap that creates tenants and images from a definition file.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from audit import Outcome
+from sovereign.domain.identity import Role
+from sovereign.domain.labels import LabelScheme
+from sovereign.domain.tenants import Image, Resources, Tenant, TenantKind
+from sovereign.errors import InvalidInputError
+from sovereign.services.ports import UnitOfWorkFactory
+from sovereign.services.recording import CallContext, Clock, Recorder, utcnow
+
+ALL_TENANT_READERS = frozenset({Role.OFFICER, Role.AUDITOR, Role.OPERATOR})
+
+
+class CatalogService:
+    """Tenants and images."""
+
+    def __init__(
+        self, uow_factory: UnitOfWorkFactory, scheme: LabelScheme, clock: Clock = utcnow
+    ) -> None:
+        self._uow = uow_factory
+        self._scheme = scheme
+        self._recorder = Recorder(uow_factory, clock)
+
+    def tenants(self, ctx: CallContext) -> list[Tenant]:
+        """Tenants the caller may know about."""
+        with self._uow(readonly=True) as uow:
+            found = uow.tenants.list()
+        if ctx.principal.roles & ALL_TENANT_READERS:
+            return found
+        return [t for t in found if t.name in ctx.principal.tenants]
+
+    def images(self, ctx: CallContext) -> list[Image]:
+        """Images whose ceiling the caller could use: all of them, for any signed-in user."""
+        del ctx  # every authenticated user may read the catalog
+        with self._uow(readonly=True) as uow:
+            return uow.images.list()
+
+    def bootstrap(self, ctx: CallContext, definition: Mapping[str, Any]) -> list[str]:
+        """Create the tenants and images in ``definition`` that do not exist yet.
+
+        Returns the names created. Idempotent: existing names are left as they are.
+
+        :raises InvalidInputError: if the definition is malformed.
+        """
+        tenants = [self._tenant(t) for t in _items(definition, "tenants")]
+        images = [self._image(i) for i in _items(definition, "images")]
+        created: list[str] = []
+        with self._uow() as uow:
+            for tenant in tenants:
+                if uow.tenants.get(tenant.name) is None:
+                    uow.tenants.add(tenant)
+                    created.append(f"tenant/{tenant.name}")
+                    self._recorder.append(
+                        uow,
+                        self._recorder.event(
+                            ctx,
+                            "tenant:create",
+                            f"tenant/{tenant.name}",
+                            Outcome.ALLOW,
+                            label=tenant.max_label,
+                            details={"kind": tenant.kind.value, "quota": vars(tenant.quota)},
+                        ),
+                    )
+            for image in images:
+                if uow.images.get(image.name) is None:
+                    uow.images.add(image)
+                    created.append(f"image/{image.name}")
+                    self._recorder.append(
+                        uow,
+                        self._recorder.event(
+                            ctx,
+                            "image:create",
+                            f"image/{image.name}",
+                            Outcome.ALLOW,
+                            label=image.max_label,
+                            details={"checksum": image.checksum, "format": image.format},
+                        ),
+                    )
+            uow.commit()
+        return created
+
+    def _tenant(self, data: Mapping[str, Any]) -> Tenant:
+        try:
+            quota = data.get("quota", {})
+            return Tenant(
+                id=uuid.uuid4(),
+                name=str(data["name"]),
+                display_name=str(data.get("display_name", "")),
+                kind=TenantKind(data["kind"]),
+                max_label=self._scheme.parse(data["max_label"]),
+                quota=Resources(
+                    vcpus=int(quota.get("vcpus", 0)),
+                    memory_mib=int(quota.get("memory_mib", 0)),
+                    gpus=int(quota.get("gpus", 0)),
+                    disk_gib=int(quota.get("disk_gib", 0)),
+                ),
+            )
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            raise InvalidInputError(reason=f"bad tenant definition {dict(data)!r}: {e}") from e
+
+    def _image(self, data: Mapping[str, Any]) -> Image:
+        try:
+            return Image(
+                id=uuid.uuid4(),
+                name=str(data["name"]),
+                format=str(data["format"]),
+                checksum=str(data["checksum"]),
+                max_label=self._scheme.parse(data["max_label"]),
+                description=str(data.get("description", "")),
+            )
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
+            raise InvalidInputError(reason=f"bad image definition {dict(data)!r}: {e}") from e
+
+
+def _items(definition: Mapping[str, Any], key: str) -> Sequence[Mapping[str, Any]]:
+    items = definition.get(key, [])
+    if not isinstance(items, list) or not all(isinstance(i, Mapping) for i in items):
+        raise InvalidInputError(reason=f"{key!r} must be a list of objects")
+    return items

@@ -1,0 +1,156 @@
+"""The ports the services depend on, as ``typing.Protocol``.
+
+Owns the interfaces of the repositories, the unit of work, the identity provider and the
+readiness probes. Real backends live in :mod:`sovereign.adapters`, in-memory ones for unit tests
+in :mod:`sovereign.adapters.memory`; a contract test runs each port against all of them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Generic, Protocol, Self, TypeVar
+
+from audit import AuditStore
+from sovereign.domain.identity import Principal
+from sovereign.domain.policy import Visibility
+from sovereign.domain.requests import EnclaveRequest, RequestState
+from sovereign.domain.tenants import Image, Resources, Tenant
+
+
+@dataclass(frozen=True)
+class RequestFilter:
+    """What to list: optional state and tenant, a page size and a cursor from the last page."""
+
+    state: RequestState | None = None
+    tenant: str | None = None
+    limit: int = 50
+    cursor: str | None = None
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of results and the cursor of the next (None on the last page)."""
+
+    items: list[T]
+    next_cursor: str | None
+
+
+class TenantRepository(Protocol):
+    """Tenants by unique name."""
+
+    def get(self, name: str) -> Tenant | None:
+        """The tenant called ``name``, or None."""
+        ...
+
+    def list(self) -> list[Tenant]:
+        """All tenants, by name."""
+        ...
+
+    def add(self, tenant: Tenant) -> None:
+        """Store a new tenant."""
+        ...
+
+
+class ImageRepository(Protocol):
+    """The approved image catalog."""
+
+    def get(self, name: str) -> Image | None:
+        """The image called ``name``, or None."""
+        ...
+
+    def list(self) -> list[Image]:
+        """All images, by name."""
+        ...
+
+    def add(self, image: Image) -> None:
+        """Store a new image."""
+        ...
+
+
+class RequestRepository(Protocol):
+    """Enclave requests with their approvals."""
+
+    def add(self, request: EnclaveRequest) -> None:
+        """Store a new request."""
+        ...
+
+    def get(self, request_id: uuid.UUID, *, for_update: bool = False) -> EnclaveRequest | None:
+        """The request, or None; ``for_update`` locks its row until the transaction ends."""
+        ...
+
+    def update(self, request: EnclaveRequest) -> None:
+        """Store changes and new approvals.
+
+        :raises ConcurrentUpdateError: if the row changed since it was read.
+        """
+        ...
+
+    def list(self, visibility: Visibility, query: RequestFilter) -> Page[EnclaveRequest]:
+        """Requests ``visibility`` allows, newest first. :raises InvalidInputError: bad cursor."""
+        ...
+
+    def committed_usage(self, tenant: str) -> Resources:
+        """Resources held by the tenant's requests in committed states."""
+        ...
+
+
+class UnitOfWork(Protocol):
+    """One transaction over the repositories and the audit store; rolls back unless committed."""
+
+    # Read-only properties (not plain attributes) so implementations may narrow the types.
+    @property
+    def tenants(self) -> TenantRepository: ...
+    @property
+    def images(self) -> ImageRepository: ...
+    @property
+    def requests(self) -> RequestRepository: ...
+    @property
+    def audit(self) -> AuditStore: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    def commit(self) -> None:
+        """Make everything done in this unit durable, audit events included."""
+        ...
+
+
+class UnitOfWorkFactory(Protocol):
+    """Makes a fresh unit of work per use case."""
+
+    def __call__(self, *, readonly: bool = False) -> UnitOfWork:
+        """A new unit; ``readonly`` ones may skip write locks and must not commit changes."""
+        ...
+
+
+class IdentityProvider(Protocol):
+    """Turns a bearer token into a principal, verifying it fully."""
+
+    def authenticate(self, token: str) -> Principal:
+        """:raises AuthenticationError: for any token that does not verify."""
+        ...
+
+    def ping(self) -> None:
+        """:raises DependencyUnavailableError: if the provider cannot be reached."""
+        ...
+
+
+class Probe(Protocol):
+    """A readiness check of one dependency."""
+
+    name: str
+
+    def ping(self) -> None:
+        """:raises DependencyUnavailableError: if the dependency is not ready."""
+        ...

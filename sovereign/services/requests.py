@@ -1,0 +1,264 @@
+"""Use cases for enclave requests: create, read, list, approve, reject, cancel.
+
+Owns the coordination of policy, repositories and the audit log for requests. Every change and
+its audit event commit together; every refusal is recorded with its reason; requests the caller
+may not see answer "not found" so their existence does not leak.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from audit import Outcome
+from sovereign.domain.labels import Label, LabelScheme
+from sovereign.domain.policy import AccessPolicy
+from sovereign.domain.requests import Decision, EnclaveRequest, RequestState
+from sovereign.domain.tenants import Resources
+from sovereign.errors import (
+    AuditUnavailableError,
+    ConcurrentUpdateError,
+    DependencyUnavailableError,
+    InvalidInputError,
+    NotFoundError,
+    SovereignError,
+)
+from sovereign.services.ports import Page, RequestFilter, UnitOfWork, UnitOfWorkFactory
+from sovereign.services.recording import CallContext, Clock, Recorder, utcnow
+
+#: How often a decision is retried when another one changed the request at the same moment.
+CONCURRENCY_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class RequestDraft:
+    """What an analyst asks for, already shape-checked by the API."""
+
+    tenant: str
+    label: Mapping[str, Any]
+    resources: Resources
+    gpu_model: str | None
+    image: str
+    purpose: str
+    lease_hours: int
+
+
+def request_target(request_id: uuid.UUID) -> str:
+    """The audit target name of a request."""
+    return f"request/{request_id}"
+
+
+class RequestService:
+    """Enclave requests from draft to decision."""
+
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        policy: AccessPolicy,
+        *,
+        gpu_models: Collection[str],
+        clock: Clock = utcnow,
+    ) -> None:
+        self._uow = uow_factory
+        self._policy = policy
+        self._gpu_models = frozenset(gpu_models)
+        self._clock = clock
+        self._recorder = Recorder(uow_factory, clock)
+
+    @property
+    def scheme(self) -> LabelScheme:
+        """The label scheme requests are checked against."""
+        return self._policy.scheme
+
+    # -- create ------------------------------------------------------------------------------
+
+    def create(self, ctx: CallContext, draft: RequestDraft) -> EnclaveRequest:
+        """File a new request in ``pending``.
+
+        :raises InvalidInputError: unknown tenant, image, label or GPU model.
+        :raises PolicyDeniedError: membership, clearance, ceilings, lease.
+        :raises QuotaExceededError: if the tenant's quota cannot hold it.
+        """
+        label: Label | None = None
+        try:
+            label = self.scheme.parse(draft.label)
+            self._check_gpus(draft)
+            with self._uow() as uow:
+                tenant = uow.tenants.get(draft.tenant)
+                if tenant is None:
+                    raise InvalidInputError(reason=f"unknown tenant {draft.tenant!r}")
+                image = uow.images.get(draft.image)
+                if image is None:
+                    raise InvalidInputError(reason=f"unknown image {draft.image!r}")
+                self._policy.check_request(
+                    ctx.principal,
+                    tenant,
+                    label,
+                    image,
+                    resources=draft.resources,
+                    lease_hours=draft.lease_hours,
+                    committed=uow.requests.committed_usage(tenant.name),
+                )
+                now = self._clock()
+                request = EnclaveRequest(
+                    id=uuid.uuid4(),
+                    tenant=tenant.name,
+                    requester=ctx.principal.subject,
+                    requester_name=ctx.principal.username,
+                    label=label,
+                    resources=draft.resources,
+                    gpu_model=draft.gpu_model,
+                    image=image.name,
+                    purpose=draft.purpose,
+                    lease_hours=draft.lease_hours,
+                    state=RequestState.PENDING,
+                    created_at=now,
+                    updated_at=now,
+                )
+                uow.requests.add(request)
+                self._recorder.append(
+                    uow,
+                    self._recorder.event(
+                        ctx,
+                        "request:create",
+                        request_target(request.id),
+                        Outcome.ALLOW,
+                        label=label,
+                        details={
+                            "tenant": tenant.name,
+                            "image": image.name,
+                            "resources": vars(draft.resources),
+                            "approvals_needed": self._policy.approvals_needed(label),
+                        },
+                    ),
+                )
+                uow.commit()
+                return request
+        except (AuditUnavailableError, DependencyUnavailableError):
+            raise
+        except SovereignError as e:
+            self._recorder.denial(ctx, "request:create", f"tenant/{draft.tenant}", e, label=label)
+            raise
+
+    def _check_gpus(self, draft: RequestDraft) -> None:
+        if draft.resources.gpus > 0 and draft.gpu_model is None:
+            raise InvalidInputError(reason="gpu_model is required when gpus > 0")
+        if draft.gpu_model is not None and draft.gpu_model not in self._gpu_models:
+            known = ", ".join(sorted(self._gpu_models))
+            raise InvalidInputError(reason=f"unknown gpu_model {draft.gpu_model!r}; known: {known}")
+
+    # -- read --------------------------------------------------------------------------------
+
+    def get(self, ctx: CallContext, request_id: uuid.UUID) -> EnclaveRequest:
+        """The request, if the caller may see it. :raises NotFoundError: otherwise."""
+        with self._uow(readonly=True) as uow:
+            request = uow.requests.get(request_id)
+        if request is None or not self._policy.can_see(ctx.principal, request):
+            error = NotFoundError(kind="request", ident=str(request_id))
+            self._recorder.denial(ctx, "request:read", request_target(request_id), error)
+            raise error
+        return request
+
+    def list(self, ctx: CallContext, query: RequestFilter) -> Page[EnclaveRequest]:
+        """Requests the caller may see, newest first. :raises PolicyDeniedError: no such role."""
+        try:
+            visibility = self._policy.request_visibility(ctx.principal)
+        except SovereignError as e:
+            self._recorder.denial(ctx, "request:list", "requests", e)
+            raise
+        with self._uow(readonly=True) as uow:
+            return uow.requests.list(visibility, query)
+
+    # -- decide ------------------------------------------------------------------------------
+
+    def approve(self, ctx: CallContext, request_id: uuid.UUID, reason: str) -> EnclaveRequest:
+        """Add the caller's approval; the request is approved once enough officers agree."""
+        return self._decide(ctx, request_id, Decision.APPROVE, reason)
+
+    def reject(self, ctx: CallContext, request_id: uuid.UUID, reason: str) -> EnclaveRequest:
+        """Reject the request; final. ``reason`` is required."""
+        if not reason.strip():
+            raise InvalidInputError(reason="a reason is required to reject a request")
+        return self._decide(ctx, request_id, Decision.REJECT, reason)
+
+    def _decide(
+        self, ctx: CallContext, request_id: uuid.UUID, decision: Decision, reason: str
+    ) -> EnclaveRequest:
+        def step(uow: UnitOfWork, request: EnclaveRequest) -> None:
+            tenant = uow.tenants.get(request.tenant)
+            assert tenant is not None, "foreign key guarantees the tenant"
+            self._policy.decide(
+                ctx.principal,
+                request,
+                decision,
+                reason,
+                self._clock(),
+                tenant=tenant,
+                committed=uow.requests.committed_usage(tenant.name),
+            )
+
+        return self._change(ctx, request_id, f"request:{decision.value}", step, reason)
+
+    def cancel(self, ctx: CallContext, request_id: uuid.UUID, reason: str = "") -> EnclaveRequest:
+        """Withdraw a pending request; only its requester may."""
+
+        def step(_uow: UnitOfWork, request: EnclaveRequest) -> None:
+            self._policy.check_cancel(ctx.principal, request)
+            request.reason = reason
+            request.transition(RequestState.CANCELLED, self._clock())
+
+        return self._change(ctx, request_id, "request:cancel", step, reason)
+
+    def _change(
+        self,
+        ctx: CallContext,
+        request_id: uuid.UUID,
+        action: str,
+        step: Callable[[UnitOfWork, EnclaveRequest], None],
+        reason: str,
+    ) -> EnclaveRequest:
+        """Load, check visibility, apply ``step``, store and audit; retry on a lost race."""
+        target = request_target(request_id)
+        label: Label | None = None
+        for attempt in range(CONCURRENCY_RETRIES):
+            try:
+                with self._uow() as uow:
+                    request = uow.requests.get(request_id, for_update=True)
+                    if request is None or not self._policy.can_see(ctx.principal, request):
+                        raise NotFoundError(kind="request", ident=str(request_id))
+                    label = request.label
+                    before = request.state
+                    step(uow, request)
+                    uow.requests.update(request)
+                    self._recorder.append(
+                        uow,
+                        self._recorder.event(
+                            ctx,
+                            action,
+                            target,
+                            Outcome.ALLOW,
+                            reason=reason,
+                            label=request.label,
+                            details={
+                                "from": before.value,
+                                "to": request.state.value,
+                                "approvals": len(request.approvers),
+                                "approvals_needed": self._policy.approvals_needed(request.label),
+                            },
+                        ),
+                    )
+                    uow.commit()
+                    return request
+            except ConcurrentUpdateError:
+                if attempt == CONCURRENCY_RETRIES - 1:
+                    raise
+            except (AuditUnavailableError, DependencyUnavailableError):
+                raise
+            except SovereignError as e:
+                # The denial carries the request's label (when it was loaded), so only readers
+                # cleared for the request learn of the attempt.
+                self._recorder.denial(ctx, action, target, e, label=label)
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
