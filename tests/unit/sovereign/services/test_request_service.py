@@ -92,8 +92,8 @@ def test_denied_attempts_are_recorded_with_reason(service: RequestService, store
 
 
 def test_requester_who_is_also_officer_cannot_approve(service: RequestService):
-    from sovereign.domain.identity import Role  # noqa: PLC0415
-    from tests.support.factories import principal  # noqa: PLC0415
+    from sovereign.domain.identity import Role
+    from tests.support.factories import principal
 
     dual = principal(
         "dual", Role.ANALYST, Role.OFFICER, compartments=("NATO",), tenants=("defence",)

@@ -1,0 +1,56 @@
+# Sovereign: the two commands.
+#   make run   install what is missing and start the control plane on its embedded default
+#   make test  install test dependencies and run the whole suite (lint, types, contracts, tests)
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Debian packages: libvirt (test driver + headers for libvirt-python) for running; PostgreSQL
+# for the test suite's throwaway clusters.
+APT_RUN  := libvirt0 libvirt-dev pkg-config gcc
+APT_TEST := $(APT_RUN) postgresql
+
+.PHONY: run test lint typecheck contracts pytest bench clean help
+
+help:
+	@echo "make run    start the control plane on the embedded default (http://127.0.0.1:$${SOVEREIGN_PORT:-8700})"
+	@echo "make test   install test dependencies and run lint, types, import contracts and tests"
+	@echo "make bench  run the benchmarks under bench/"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.run-installed: pyproject.toml | $(BIN)/python
+	bash .ci/apt-install $(APT_RUN)
+	$(BIN)/pip install --quiet -e '.[devstack,libvirt]'
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml | $(BIN)/python
+	bash .ci/apt-install $(APT_TEST)
+	$(BIN)/pip install --quiet -e '.[devstack,libvirt,postgres,test]'
+	touch $@ $(VENV)/.run-installed
+
+run: $(VENV)/.run-installed
+	$(BIN)/sovereign dev
+
+lint: $(VENV)/.test-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.test-installed
+	$(BIN)/mypy
+
+contracts: $(VENV)/.test-installed
+	$(BIN)/lint-imports
+
+pytest: $(VENV)/.test-installed
+	$(BIN)/python -m pytest
+
+test: lint typecheck contracts pytest
+
+bench: $(VENV)/.test-installed
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) instance .mypy_cache .ruff_cache .pytest_cache
