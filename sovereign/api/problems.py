@@ -32,13 +32,14 @@ TYPE_PREFIX = "urn:sovereign:problem:"
 
 #: Most specific first; the first class an error is an instance of decides the status.
 STATUS_BY_ERROR: tuple[tuple[type[SovereignError], int, str], ...] = (
-    (InvalidInputError, 422, "Invalid input"),
-    (AuthenticationError, 401, "Authentication required"),
+    # Titles are the HTTP reason phrases, so an error looks the same whichever layer raised it.
+    (InvalidInputError, 422, "Unprocessable Content"),
+    (AuthenticationError, 401, "Unauthorized"),
     (PolicyDeniedError, 403, "Forbidden"),
-    (NotFoundError, 404, "Not found"),
+    (NotFoundError, 404, "Not Found"),
     (ConflictError, 409, "Conflict"),
-    (DependencyUnavailableError, 503, "Service unavailable"),
-    (SovereignError, 500, "Internal error"),
+    (DependencyUnavailableError, 503, "Service Unavailable"),
+    (SovereignError, 500, "Internal Server Error"),
 )
 
 
@@ -98,7 +99,7 @@ def _http_error(error: HTTPException) -> Response:
 
 def _unexpected(error: Exception) -> Response:
     log.exception("unexpected error", exc_info=error)
-    return problem(500, "Internal error", type_=TYPE_PREFIX + "internal-error")
+    return problem(500, "Internal Server Error", type_=TYPE_PREFIX + "internal-error")
 
 
 def register(app: Flask) -> None:

@@ -1,0 +1,108 @@
+"""The README's first command, for real: ``sovereign dev`` as a subprocess, then an analyst
+gets a token with ``sovereign dev token`` and files a request over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from sovereign.devstack import free_port
+
+pytestmark = [pytest.mark.vault, pytest.mark.idp, pytest.mark.libvirt]
+SOVEREIGN = str(Path(sys.executable).with_name("sovereign"))
+
+
+def test_embedded_default_serves_the_whole_flow(tmp_path: Path):
+    api, bao, idp = free_port(), free_port(), free_port()
+    env = {**os.environ, "SOVEREIGN_INSTANCE_PATH": str(tmp_path), "SOVEREIGN_ENV": "development"}
+    log = (tmp_path / "dev.log").open("w")
+    proc = subprocess.Popen(
+        [SOVEREIGN, "dev", "--port", str(api), "--vault-port", str(bao), "--idp-port", str(idp)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{api}"
+    try:
+        deadline = time.monotonic() + 60
+        ready = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                ready = requests.get(f"{base}/readyz", timeout=2)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        output = (tmp_path / "dev.log").read_text()
+        assert ready is not None, output
+        assert ready.status_code == 200, ready.text
+        assert set(ready.json()["checks"]) == {
+            "database",
+            "identity provider",
+            "vault",
+            "hypervisors",
+        }
+        assert "analyst-defence" in output
+        assert "officer-2" in output
+
+        def token(user: str) -> str:
+            done = subprocess.run(
+                [SOVEREIGN, "dev", "token", user],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            return done.stdout.strip()
+
+        body = {
+            "tenant": "defence",
+            "label": {"level": "SECRET", "compartments": ["NATO"]},
+            "resources": {
+                "vcpus": 4,
+                "memory_mib": 8192,
+                "gpus": 1,
+                "gpu_model": "H100-SXM5-80GB",
+                "disk_gib": 20,
+            },
+            "image": "debian-12-cuda",
+            "purpose": "e2e",
+            "lease_hours": 4,
+        }
+        created = requests.post(
+            f"{base}/api/v1/requests",
+            json=body,
+            headers={"Authorization": f"Bearer {token('analyst-defence')}"},
+            timeout=10,
+        )
+        assert created.status_code == 201, created.text
+        rid = created.json()["id"]
+        for officer in ("officer-1", "officer-2"):
+            r = requests.post(
+                f"{base}/api/v1/requests/{rid}/approve",
+                headers={"Authorization": f"Bearer {token(officer)}"},
+                timeout=10,
+            )
+            assert r.status_code == 200, r.text
+        assert r.json()["state"] == "approved"
+
+        wrong = subprocess.run(
+            [SOVEREIGN, "dev", "token", "mallory"], env=env, capture_output=True, text=True
+        )
+        assert wrong.returncode == 2
+        assert "unknown user or wrong password" in wrong.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
+    assert proc.returncode == 0
+    # The stack cleaned up after itself: state file gone, OpenBao no longer answers.
+    assert not (tmp_path / "dev" / "devstack.json").exists()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{bao}/v1/sys/health", timeout=2)

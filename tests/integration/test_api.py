@@ -1,0 +1,372 @@
+"""The REST API end to end in-process: real tokens from the dev IdP over HTTP, real SQLite,
+the Flask test client. Every rule the issue names is exercised through HTTP here."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from sovereign import create_app
+from sovereign.adapters.migrations import upgrade
+from sovereign.api import v1
+from tests.support.factories import DEFENCE, RESEARCH
+
+pytestmark = pytest.mark.idp
+
+BODY: dict[str, Any] = {
+    "tenant": "defence",
+    "label": {"level": "SECRET", "compartments": ["NATO"]},
+    "resources": {
+        "vcpus": 16,
+        "memory_mib": 65536,
+        "gpus": 2,
+        "gpu_model": "H100-SXM5-80GB",
+        "disk_gib": 200,
+    },
+    "image": "debian-12-cuda",
+    "purpose": "fine-tune a translation model",
+    "lease_hours": 24,
+}
+CIVIL: dict[str, Any] = {
+    **BODY,
+    "tenant": "research",
+    "label": {"level": "UNCLASSIFIED", "compartments": []},
+    "image": "ubuntu-24.04-research",
+}
+
+
+@pytest.fixture
+def app(tmp_path: Path, idp: Any) -> Iterator[Flask]:
+    url = f"sqlite:///{tmp_path / 'api.db'}"
+    upgrade(url)
+    app = create_app({"ENV": "testing", "DATABASE_URL": url, "IDP_URL": idp.url, "IDP_DEV": True})
+    import json
+    from importlib import resources
+
+    from sovereign.cli import _bootstrap
+
+    _bootstrap(app, json.loads((resources.files("sovereign") / "data" / "demo.json").read_text()))
+    yield app
+    app.extensions["sovereign"].close()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+Call = Callable[..., Any]
+
+
+@pytest.fixture
+def call(client: FlaskClient, token: Callable[[str], str]) -> Call:
+    """``call(user, method, path, json=...)`` with that user's real bearer token."""
+
+    def do(user: str | None, method: str, path: str, **kw: Any) -> Any:
+        headers = kw.pop("headers", {})
+        if user:
+            headers["Authorization"] = f"Bearer {token(user)}"
+        return client.open(path, method=method, headers=headers, **kw)
+
+    return do
+
+
+def problem(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/problem+json"
+    body = response.get_json()
+    assert body["status"] == status
+    assert "Traceback" not in response.get_data(as_text=True)
+    return body
+
+
+def test_two_officers_approve_a_secret_request_and_it_is_all_recorded(call: Call):
+    r = call("analyst-defence", "POST", "/api/v1/requests", json=BODY)
+    assert r.status_code == 201, r.get_json()
+    req = r.get_json()
+    assert req["state"] == "pending"
+    assert req["approvals_needed"] == 2
+    path = f"/api/v1/requests/{req['id']}"
+
+    r = call("officer-1", "POST", f"{path}/approve", json={"reason": "justified"})
+    assert r.status_code == 200
+    assert r.get_json()["state"] == "pending"
+    assert r.get_json()["approvals_received"] == 1
+    assert r.get_json()["approvals"][0]["officer_name"] == "officer-1"
+
+    body = problem(call("analyst-defence", "POST", f"{path}/approve"), 403)
+    assert "only security officers" in body["detail"]
+    problem(call("officer-1", "POST", f"{path}/approve"), 409)
+
+    r = call("officer-2", "POST", f"{path}/approve")  # no body: the reason is optional
+    assert r.status_code == 200
+    assert r.get_json()["state"] == "approved"
+    assert {a["officer_name"] for a in r.get_json()["approvals"]} == {"officer-1", "officer-2"}
+
+    events = call("auditor", "GET", f"/api/v1/audit/events?target=request/{req['id']}").get_json()
+    seen = [(e["action"], e["outcome"], e["actor"]) for e in reversed(events["items"])]
+    assert seen == [
+        ("request:create", "allow", "user:analyst-defence"),
+        ("request:approve", "allow", "user:officer-1"),
+        ("request:approve", "deny", "user:analyst-defence"),
+        ("request:approve", "deny", "user:officer-1"),
+        ("request:approve", "allow", "user:officer-2"),
+    ]
+    assert all(e["label"] == {"level": "SECRET", "compartments": ["NATO"]} for e in events["items"])
+
+
+def test_unclassified_needs_one_officer_and_reject_is_final(call: Call):
+    rid = call("analyst-research", "POST", "/api/v1/requests", json=CIVIL).get_json()["id"]
+    r = call("officer-1", "POST", f"/api/v1/requests/{rid}/approve", json={})
+    assert r.get_json()["state"] == "approved"
+    rid = call("analyst-research", "POST", "/api/v1/requests", json=CIVIL).get_json()["id"]
+    body = problem(call("officer-1", "POST", f"/api/v1/requests/{rid}/reject", json={}), 422)
+    assert body["errors"][0]["loc"] == ["reason"]
+    r = call("officer-1", "POST", f"/api/v1/requests/{rid}/reject", json={"reason": "no budget"})
+    assert r.get_json()["state"] == "rejected"
+    assert r.get_json()["reason"] == "no budget"
+    problem(call("officer-2", "POST", f"/api/v1/requests/{rid}/approve"), 409)
+
+
+def test_only_requester_cancels(call: Call):
+    rid = call("analyst-defence", "POST", "/api/v1/requests", json=BODY).get_json()["id"]
+    problem(call("officer-1", "POST", f"/api/v1/requests/{rid}/cancel"), 403)
+    r = call("analyst-defence", "POST", f"/api/v1/requests/{rid}/cancel", json={"reason": "oops"})
+    assert r.get_json()["state"] == "cancelled"
+
+
+def test_existence_does_not_leak(call: Call):
+    rid = call("analyst-defence", "POST", "/api/v1/requests", json=BODY).get_json()["id"]
+    for user in ("analyst-research", "operator"):
+        body = problem(call(user, "GET", f"/api/v1/requests/{rid}"), 404)
+        assert body["type"] == "urn:sovereign:problem:not-found"
+    unknown = problem(call("auditor", "GET", f"/api/v1/requests/{uuid.uuid4()}"), 404)
+    assert (unknown["title"], unknown["type"]) == (body["title"], body["type"])
+    listed = call("analyst-research", "GET", "/api/v1/requests").get_json()["items"]
+    assert rid not in {r["id"] for r in listed}
+    assert call("auditor", "GET", f"/api/v1/requests/{rid}").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("user", "change", "status", "fragment"),
+    [
+        ("analyst-research", {}, 403, "not a member of tenant 'defence'"),
+        (
+            "analyst-defence",
+            {"label": {"level": "SECRET", "compartments": ["EU"]}},
+            403,
+            "clearance",
+        ),
+        ("analyst-defence", {"label": {"level": "COSMIC"}}, 422, "unknown level 'COSMIC'"),
+        ("analyst-defence", {"tenant": "ghost"}, 422, "unknown tenant"),
+        ("analyst-defence", {"image": "ubuntu-24.04-research"}, 403, "may not run at SECRET"),
+        ("analyst-defence", {"lease_hours": 5000}, 403, "exceeds the maximum"),
+        ("officer-1", {}, 403, "only analysts"),
+    ],
+)
+def test_request_rules(call: Call, user, change, status, fragment):
+    body = problem(call(user, "POST", "/api/v1/requests", json={**BODY, **change}), status)
+    assert fragment in body["detail"]
+
+
+def test_quota_is_enforced_through_the_api(call: Call):
+    big = {**BODY, "resources": {**BODY["resources"], "gpus": 5}}
+    first = call("analyst-defence", "POST", "/api/v1/requests", json=big).get_json()["id"]
+    second = call("analyst-defence", "POST", "/api/v1/requests", json=big).get_json()["id"]
+    for officer in ("officer-1", "officer-2"):
+        call(officer, "POST", f"/api/v1/requests/{first}/approve")
+    body = problem(call("officer-1", "POST", f"/api/v1/requests/{second}/approve"), 409)
+    assert body["type"] == "urn:sovereign:problem:quota-exceeded"
+    problem(call("analyst-defence", "POST", "/api/v1/requests", json=big), 409)
+
+
+def test_listing_filters_and_pages(call: Call):
+    ids = [
+        call("analyst-defence", "POST", "/api/v1/requests", json=BODY).get_json()["id"]
+        for _ in range(5)
+    ]
+    call("analyst-research", "POST", "/api/v1/requests", json=CIVIL)
+    call("analyst-defence", "POST", f"/api/v1/requests/{ids[0]}/cancel")
+    got, cursor = [], None
+    while True:
+        q = "limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = call("analyst-defence", "GET", f"/api/v1/requests?{q}").get_json()
+        got += [r["id"] for r in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert got == list(reversed(ids))
+    cancelled = call("officer-1", "GET", "/api/v1/requests?state=cancelled").get_json()["items"]
+    assert [r["id"] for r in cancelled] == [ids[0]]
+    research = call("officer-1", "GET", "/api/v1/requests?tenant=research").get_json()["items"]
+    assert [r["tenant"] for r in research] == ["research"]
+    problem(call("officer-1", "GET", "/api/v1/requests?state=bogus"), 422)
+    problem(call("officer-1", "GET", "/api/v1/requests?limit=1000"), 422)
+    problem(call("officer-1", "GET", "/api/v1/requests?cursor=nonsense"), 422)
+    problem(call("officer-1", "GET", "/api/v1/requests?colour=red"), 422)
+    problem(call("operator", "GET", "/api/v1/requests"), 403)
+
+
+def test_me_tenants_images(call: Call):
+    me = call("analyst-defence", "GET", "/api/v1/me").get_json()
+    assert me["username"] == "analyst-defence"
+    assert me["roles"] == ["analyst"]
+    assert me["clearance"] == {"level": "SECRET", "compartments": ["NATO"]}
+    assert me["tenants"] == ["defence"]
+    assert call("operator", "GET", "/api/v1/me").get_json()["clearance"] is None
+    mine = call("analyst-research", "GET", "/api/v1/tenants").get_json()["items"]
+    assert [t["name"] for t in mine] == ["research"]
+    everyone = call("officer-1", "GET", "/api/v1/tenants").get_json()["items"]
+    assert {t["name"]: t["kind"] for t in everyone} == {
+        "defence": "classified",
+        "research": "civilian",
+    }
+    assert everyone[0]["quota"]["gpus"] == DEFENCE.quota.gpus
+    assert RESEARCH.max_label.level == "UNCLASSIFIED"
+    images = call("analyst-research", "GET", "/api/v1/images").get_json()["items"]
+    levels = {i["name"]: i["max_label"]["level"] for i in images}
+    assert levels == {"debian-12-cuda": "SECRET", "ubuntu-24.04-research": "UNCLASSIFIED"}
+
+
+def test_audit_events_need_the_right_role_and_filter(call: Call):
+    call("analyst-defence", "POST", "/api/v1/requests", json=BODY)
+    problem(call("analyst-defence", "GET", "/api/v1/audit/events"), 403)
+    problem(call("operator", "GET", "/api/v1/audit/events"), 403)
+    problem(call("operator", "GET", "/api/v1/requests"), 403)
+    created = call("officer-1", "GET", "/api/v1/audit/events?action=request:create").get_json()
+    assert [e["actor"] for e in created["items"]] == ["user:analyst-defence"]
+    by_actor = call("auditor", "GET", "/api/v1/audit/events?actor=user:operator").get_json()
+    assert {e["action"] for e in by_actor["items"]} == {"audit:read", "request:list"}
+    since = call("auditor", "GET", "/api/v1/audit/events?since=2999-01-01T00:00:00Z").get_json()
+    assert since["items"] == []
+    first = call("auditor", "GET", "/api/v1/audit/events?limit=1").get_json()
+    older = call("auditor", "GET", f"/api/v1/audit/events?cursor={first['next_cursor']}").get_json()
+    assert first["items"][0]["seq"] > older["items"][0]["seq"]
+    problem(call("auditor", "GET", "/api/v1/audit/events?since=yesterday"), 422)
+
+
+# -- problem+json for everything ------------------------------------------------------------
+
+
+def test_authentication_problems(call: Call):
+    body = problem(call(None, "GET", "/api/v1/me"), 401)
+    assert body["type"] == "urn:sovereign:problem:unauthenticated"
+    r = call(None, "GET", "/api/v1/me", headers={"Authorization": "Bearer not-a-jwt"})
+    problem(r, 401)
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    problem(call(None, "GET", "/api/v1/me", headers={"Authorization": "Basic dTpw"}), 401)
+
+
+def test_http_level_problems(call: Call, client: FlaskClient, token: Callable[[str], str]):
+    problem(client.get("/nowhere"), 404)
+    r = client.delete("/api/v1/requests")
+    problem(r, 405)
+    assert "GET" in r.headers["Allow"]
+    problem(call("analyst-defence", "GET", "/api/v1/requests/not-a-uuid"), 404)
+    auth = {"Authorization": f"Bearer {token('analyst-defence')}"}
+    body = problem(
+        client.post("/api/v1/requests", data="{", headers=auth, content_type="application/json"),
+        400,
+    )
+    assert "not valid JSON" in body["detail"]
+    problem(
+        client.post(
+            "/api/v1/requests",
+            data="tenant=x",
+            headers=auth,
+            content_type="application/x-www-form-urlencoded",
+        ),
+        415,
+    )
+    problem(
+        client.post(
+            "/api/v1/requests", data=b"[" * 70_000, headers=auth, content_type="application/json"
+        ),
+        413,
+    )
+    problem(client.post("/api/v1/requests", json=[1, 2], headers=auth), 422)
+    unknown = problem(
+        client.post("/api/v1/requests", json={**BODY, "admin": True}, headers=auth), 422
+    )
+    assert unknown["errors"] == [
+        {"loc": ["admin"], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"}
+    ]
+    wrong_type = problem(
+        client.post("/api/v1/requests", json={**BODY, "lease_hours": "24"}, headers=auth), 422
+    )
+    assert wrong_type["errors"][0]["loc"] == ["lease_hours"]
+    missing = problem(
+        client.post("/api/v1/requests", json={"tenant": "defence"}, headers=auth), 422
+    )
+    assert {tuple(e["loc"]) for e in missing["errors"]} >= {("label",), ("resources",), ("image",)}
+
+
+def test_request_ids_are_echoed_or_made(client: FlaskClient):
+    r = client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert r.headers["X-Request-ID"] == "abc-123"
+    r = client.get("/healthz", headers={"X-Request-ID": "bad id; drop"})
+    assert len(r.headers["X-Request-ID"]) == 32
+
+
+# -- ops ------------------------------------------------------------------------------------
+
+
+def test_openapi_is_generated_from_the_validating_schemas(client: FlaskClient):
+    doc = client.get("/api/openapi.json").get_json()
+    assert doc["openapi"].startswith("3.")
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    registered = {
+        (op.method, "/api/v1" + op.rule.replace("<uuid:request_id>", "{request_id}"))
+        for op in v1.api.operations
+    }
+    assert documented == registered
+    create = doc["paths"]["/api/v1/requests"]["post"]
+    assert create["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/RequestCreate"
+    )
+    schema = doc["components"]["schemas"]["RequestCreate"]
+    assert schema["additionalProperties"] is False
+    assert set(schema["required"]) == {
+        "tenant",
+        "label",
+        "resources",
+        "image",
+        "purpose",
+        "lease_hours",
+    }
+    assert doc["components"]["schemas"]["ResourcesIn"]["properties"]["gpus"]["maximum"] == 64
+    for ops in doc["paths"].values():
+        for op in ops.values():
+            for ref in _refs(op):
+                assert ref.split("/")[-1] in doc["components"]["schemas"], ref
+
+
+def _refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "$ref":
+                yield v
+            else:
+                yield from _refs(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _refs(v)
+
+
+def test_health_ready_metrics(client: FlaskClient, call: Call):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json()["checks"] == {"database": "ok", "identity provider": "ok"}
+    call("analyst-defence", "GET", "/api/v1/me")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert (
+        'sovereign_http_requests_total{endpoint="/api/v1/me",method="GET",status="200"} 1.0' in text
+    )
+    assert "sovereign_http_request_duration_seconds_bucket" in text

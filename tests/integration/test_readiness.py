@@ -1,0 +1,77 @@
+"""/readyz against real dependencies: a real OpenBao dev server, sealed and stopped mid-run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import hvac
+import pytest
+
+from sovereign import create_app
+from sovereign.adapters.migrations import upgrade
+from sovereign.devstack import OpenBaoDevServer, hypervisor_uris
+
+pytestmark = [pytest.mark.vault, pytest.mark.idp, pytest.mark.libvirt]
+
+
+@pytest.fixture
+def bao(tmp_path: Path) -> Iterator[OpenBaoDevServer]:
+    with OpenBaoDevServer(tmp_path / "bao") as server:
+        yield server
+
+
+def test_ready_then_vault_sealed_then_stopped(tmp_path: Path, idp: Any, bao: OpenBaoDevServer):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    upgrade(url)
+    app = create_app(
+        {
+            "ENV": "testing",
+            "DATABASE_URL": url,
+            "IDP_URL": idp.url,
+            "VAULT_ADDR": bao.addr,
+            "VAULT_TOKEN": bao.token,
+            "HYPERVISOR_URIS": hypervisor_uris(),
+        }
+    )
+    client = app.test_client()
+    ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.get_json()
+    assert ready.get_json()["checks"] == {
+        "database": "ok",
+        "identity provider": "ok",
+        "vault": "ok",
+        "hypervisors": "ok",
+    }
+    assert len(hypervisor_uris()) == 2
+
+    hvac.Client(url=bao.addr, token=bao.token).sys.seal()
+    sealed = client.get("/readyz")
+    assert sealed.status_code == 503
+    assert sealed.mimetype == "application/problem+json"
+    assert sealed.get_json()["checks"]["vault"] == "vault is sealed"
+    assert sealed.get_json()["detail"] == "unavailable: vault"
+
+    bao.stop()
+    down = client.get("/readyz").get_json()
+    assert down["checks"]["vault"] == "vault is unavailable."
+    assert down["checks"]["database"] == "ok"
+    app.extensions["sovereign"].close()
+
+
+def test_missing_hypervisor_is_reported(tmp_path: Path, idp: Any):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    upgrade(url)
+    app = create_app(
+        {
+            "ENV": "testing",
+            "DATABASE_URL": url,
+            "IDP_URL": idp.url,
+            "HYPERVISOR_URIS": [f"test:///{tmp_path}/missing-host.xml"],
+        }
+    )
+    body = app.test_client().get("/readyz").get_json()
+    assert body["status"] == 503
+    assert "missing-host.xml is unavailable" in body["checks"]["hypervisors"]
+    app.extensions["sovereign"].close()
