@@ -93,7 +93,11 @@ def test_embedded_default_serves_the_whole_flow(tmp_path: Path):
         assert r.json()["state"] == "approved"
 
         wrong = subprocess.run(
-            [SOVEREIGN, "dev", "token", "mallory"], env=env, capture_output=True, text=True
+            [SOVEREIGN, "dev", "token", "mallory"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert wrong.returncode == 2
         assert "unknown user or wrong password" in wrong.stderr
