@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sovereign import config as settings
+from sovereign.errors import ConfigurationError
+
+BASE = {"ENV": "production", "IDP_URL": "https://idp.example/", "DATABASE_URL": "postgresql://db/x"}
+
+
+def load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **overrides):
+    monkeypatch.setenv("SOVEREIGN_INSTANCE_PATH", str(tmp_path))
+    app = settings.new_app()
+    settings.load(app, {**BASE, **overrides})
+    return app.config
+
+
+def test_production_is_the_default_environment():
+    assert settings.DEFAULTS["ENV"] == "production"
+
+
+def test_production_refuses_the_dev_idp(tmp_path, monkeypatch):
+    with pytest.raises(ConfigurationError, match="development identity provider is refused"):
+        load(tmp_path, monkeypatch, IDP_DEV=True)
+
+
+def test_production_needs_an_idp_and_postgres(tmp_path, monkeypatch):
+    with pytest.raises(ConfigurationError, match="SOVEREIGN_IDP_URL"):
+        load(tmp_path, monkeypatch, IDP_URL=None)
+    monkeypatch.delenv("SOVEREIGN_ALLOW_SQLITE", raising=False)
+    with pytest.raises(ConfigurationError, match="PostgreSQL"):
+        load(tmp_path, monkeypatch, DATABASE_URL=None)
+    monkeypatch.setenv("SOVEREIGN_ALLOW_SQLITE", "1")
+    assert load(tmp_path, monkeypatch, DATABASE_URL=None)["DATABASE_URL"].startswith("sqlite:///")
+
+
+def test_unknown_environment_and_threshold_refused(tmp_path, monkeypatch):
+    with pytest.raises(ConfigurationError, match="ENV must be one of"):
+        load(tmp_path, monkeypatch, ENV="staging")
+    with pytest.raises(ConfigurationError, match="TWO_PERSON_LEVEL"):
+        load(tmp_path, monkeypatch, TWO_PERSON_LEVEL="TOP SECRET")
+
+
+def test_precedence_defaults_file_env_mapping(tmp_path, monkeypatch):
+    (tmp_path / "sovereign.cfg").write_text(
+        "PORT = 9000\nMAX_LEASE_HOURS = 10\nPAGE_SIZE_MAX = 7\n"
+    )
+    monkeypatch.setenv("SOVEREIGN_MAX_LEASE_HOURS", "20")
+    monkeypatch.setenv("SOVEREIGN_PAGE_SIZE_MAX", "8")
+    cfg = load(tmp_path, monkeypatch, PAGE_SIZE_MAX=9)
+    assert cfg["PORT"] == 9000  # file over default
+    assert cfg["MAX_LEASE_HOURS"] == 20  # environment over file (parsed as JSON)
+    assert cfg["PAGE_SIZE_MAX"] == 9  # mapping over environment
+    assert cfg["TWO_PERSON_LEVEL"] == "CONFIDENTIAL"
+
+
+def test_development_allows_the_dev_idp(tmp_path, monkeypatch):
+    cfg = load(tmp_path, monkeypatch, ENV="development", IDP_DEV=True, DATABASE_URL=None)
+    assert cfg["DATABASE_URL"] == f"sqlite:///{tmp_path / 'sovereign.db'}"
