@@ -94,13 +94,23 @@ def _decode_compartments(text: str) -> list[str]:
 
 
 class _Labels:
-    """Rebuilds labels from their stored form with the configured scheme."""
+    """Rebuilds labels from their stored form with the configured scheme.
+
+    Labels are immutable and few distinct ones exist, so each stored form is parsed once.
+    """
 
     def __init__(self, scheme: LabelScheme) -> None:
         self.scheme = scheme
+        self._cache: dict[tuple[str, str], Label] = {}
 
     def load(self, level: str, compartments: str) -> Label:
-        return self.scheme.label(level, _decode_compartments(compartments))
+        key = (level, compartments)
+        label = self._cache.get(key)
+        if label is None:
+            label = self.scheme.label(level, _decode_compartments(compartments))
+            if len(self._cache) < 4096:  # bounded: the label lattice is small in practice
+                self._cache[key] = label
+        return label
 
 
 def _visible(
@@ -126,8 +136,11 @@ class SqlTenantRepository:
             quota=Resources(r.quota_vcpus, r.quota_memory_mib, r.quota_gpus, r.quota_disk_gib),
         )
 
-    def get(self, name: str) -> Tenant | None:
-        r = self._conn.execute(sa.select(tenants).where(tenants.c.name == name)).first()
+    def get(self, name: str, *, for_update: bool = False) -> Tenant | None:
+        stmt = sa.select(tenants).where(tenants.c.name == name)
+        if for_update:
+            stmt = stmt.with_for_update()
+        r = self._conn.execute(stmt).first()
         return self._row(r) if r else None
 
     def list(self) -> list[Tenant]:
@@ -376,9 +389,16 @@ class SqlUnitOfWork:
     requests: SqlRequestRepository
     audit: SqlAuditStore
 
-    def __init__(self, engine: sa.Engine, scheme: LabelScheme, *, readonly: bool = False) -> None:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        scheme: LabelScheme,
+        *,
+        readonly: bool = False,
+        labels: _Labels | None = None,
+    ) -> None:
         self._engine = engine
-        self._labels = _Labels(scheme)
+        self._labels = labels or _Labels(scheme)
         self._readonly = readonly
         self._conn: sa.Connection | None = None
         self._tx: sa.RootTransaction | None = None
@@ -425,9 +445,10 @@ class SqlUnitOfWorkFactory:
     def __init__(self, engine: sa.Engine, scheme: LabelScheme) -> None:
         self.engine = engine
         self.scheme = scheme
+        self._labels = _Labels(scheme)
 
     def __call__(self, *, readonly: bool = False) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self.engine, self.scheme, readonly=readonly)
+        return SqlUnitOfWork(self.engine, self.scheme, readonly=readonly, labels=self._labels)
 
 
 class DatabaseProbe:

@@ -42,7 +42,7 @@ class MemoryTenantRepository:
     def __init__(self, data: dict[str, Tenant]) -> None:
         self.data = data
 
-    def get(self, name: str) -> Tenant | None:
+    def get(self, name: str, *, for_update: bool = False) -> Tenant | None:
         return self.data.get(name)
 
     def list(self) -> list[Tenant]:

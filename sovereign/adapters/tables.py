@@ -72,7 +72,9 @@ enclave_requests = sa.Table(
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
+    # Keyset pages, newest first: all tenants, and one tenant (an analyst's view).
     sa.Index("ix_enclave_requests_created", "created_at", "id"),
+    sa.Index("ix_enclave_requests_tenant_created", "tenant", "created_at", "id"),
     sa.Index("ix_enclave_requests_tenant_state", "tenant", "state"),
     sa.Index("ix_enclave_requests_state", "state"),
 )

@@ -43,8 +43,8 @@ class Page(Generic[T]):
 class TenantRepository(Protocol):
     """Tenants by unique name."""
 
-    def get(self, name: str) -> Tenant | None:
-        """The tenant called ``name``, or None."""
+    def get(self, name: str, *, for_update: bool = False) -> Tenant | None:
+        """The tenant called ``name``, or None; ``for_update`` locks it until commit."""
         ...
 
     def list(self) -> list[Tenant]:

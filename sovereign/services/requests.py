@@ -85,62 +85,65 @@ class RequestService:
         try:
             label = self.scheme.parse(draft.label)
             self._check_gpus(draft)
-            with self._uow() as uow:
+            # Checks read in a unit of their own, so the write lock is held only for the
+            # insert and its audit event. The quota at request time counts committed usage,
+            # which creating a request does not change; approvals re-check it under a lock.
+            with self._uow(readonly=True) as uow:
                 tenant = uow.tenants.get(draft.tenant)
                 if tenant is None:
                     raise InvalidInputError(reason=f"unknown tenant {draft.tenant!r}")
                 image = uow.images.get(draft.image)
                 if image is None:
                     raise InvalidInputError(reason=f"unknown image {draft.image!r}")
-                self._policy.check_request(
-                    ctx.principal,
-                    tenant,
-                    label,
-                    image,
-                    resources=draft.resources,
-                    lease_hours=draft.lease_hours,
-                    committed=uow.requests.committed_usage(tenant.name),
-                )
-                now = self._clock()
-                request = EnclaveRequest(
-                    id=uuid.uuid4(),
-                    tenant=tenant.name,
-                    requester=ctx.principal.subject,
-                    requester_name=ctx.principal.username,
-                    label=label,
-                    resources=draft.resources,
-                    gpu_model=draft.gpu_model,
-                    image=image.name,
-                    purpose=draft.purpose,
-                    lease_hours=draft.lease_hours,
-                    state=RequestState.PENDING,
-                    created_at=now,
-                    updated_at=now,
-                )
+                committed = uow.requests.committed_usage(tenant.name)
+            self._policy.check_request(
+                ctx.principal,
+                tenant,
+                label,
+                image,
+                resources=draft.resources,
+                lease_hours=draft.lease_hours,
+                committed=committed,
+            )
+            now = self._clock()
+            request = EnclaveRequest(
+                id=uuid.uuid4(),
+                tenant=tenant.name,
+                requester=ctx.principal.subject,
+                requester_name=ctx.principal.username,
+                label=label,
+                resources=draft.resources,
+                gpu_model=draft.gpu_model,
+                image=image.name,
+                purpose=draft.purpose,
+                lease_hours=draft.lease_hours,
+                state=RequestState.PENDING,
+                created_at=now,
+                updated_at=now,
+            )
+            event = self._recorder.event(
+                ctx,
+                "request:create",
+                request_target(request.id),
+                Outcome.ALLOW,
+                label=label,
+                details={
+                    "tenant": tenant.name,
+                    "image": image.name,
+                    "resources": vars(draft.resources),
+                    "approvals_needed": self._policy.approvals_needed(label),
+                },
+            )
+            with self._uow() as uow:
                 uow.requests.add(request)
-                self._recorder.append(
-                    uow,
-                    self._recorder.event(
-                        ctx,
-                        "request:create",
-                        request_target(request.id),
-                        Outcome.ALLOW,
-                        label=label,
-                        details={
-                            "tenant": tenant.name,
-                            "image": image.name,
-                            "resources": vars(draft.resources),
-                            "approvals_needed": self._policy.approvals_needed(label),
-                        },
-                    ),
-                )
+                self._recorder.append(uow, event)
                 uow.commit()
-                return request
         except (AuditUnavailableError, DependencyUnavailableError):
             raise
         except SovereignError as e:
             self._recorder.denial(ctx, "request:create", f"tenant/{draft.tenant}", e, label=label)
             raise
+        return request
 
     def _check_gpus(self, draft: RequestDraft) -> None:
         if draft.resources.gpus > 0 and draft.gpu_model is None:
@@ -187,7 +190,9 @@ class RequestService:
         self, ctx: CallContext, request_id: uuid.UUID, decision: Decision, reason: str
     ) -> EnclaveRequest:
         def step(uow: UnitOfWork, request: EnclaveRequest) -> None:
-            tenant = uow.tenants.get(request.tenant)
+            # Lock the tenant: approvals of two of its requests must not both fit the same
+            # remaining quota.
+            tenant = uow.tenants.get(request.tenant, for_update=decision is Decision.APPROVE)
             assert tenant is not None, "foreign key guarantees the tenant"
             self._policy.decide(
                 ctx.principal,

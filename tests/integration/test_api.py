@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 
 from sovereign import create_app
 from sovereign.adapters.migrations import upgrade
-from sovereign.api import v1
+from sovereign.api import schemas, v1
 from tests.support.factories import DEFENCE, RESEARCH
 
 pytestmark = pytest.mark.idp
@@ -90,6 +90,8 @@ def test_two_officers_approve_a_secret_request_and_it_is_all_recorded(call: Call
     r = call("analyst-defence", "POST", "/api/v1/requests", json=BODY)
     assert r.status_code == 201, r.get_json()
     req = r.get_json()
+    # What the API answers must match the schema the OpenAPI document publishes.
+    schemas.RequestOut.model_validate(req)
     assert req["state"] == "pending"
     assert req["approvals_needed"] == 2
     path = f"/api/v1/requests/{req['id']}"
@@ -110,6 +112,8 @@ def test_two_officers_approve_a_secret_request_and_it_is_all_recorded(call: Call
     assert {a["officer_name"] for a in r.get_json()["approvals"]} == {"officer-1", "officer-2"}
 
     events = call("auditor", "GET", f"/api/v1/audit/events?target=request/{req['id']}").get_json()
+    schemas.AuditEventPage.model_validate(events)
+    schemas.RequestPage.model_validate(call("auditor", "GET", "/api/v1/requests").get_json())
     seen = [(e["action"], e["outcome"], e["actor"]) for e in reversed(events["items"])]
     assert seen == [
         ("request:create", "allow", "user:analyst-defence"),

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from sovereign.adapters.migrations import head_revision
 from sovereign.cli import main
 
 pytestmark = pytest.mark.idp
@@ -34,7 +35,8 @@ def test_db_upgrade_current_and_bootstrap(env: dict[str, str], tmp_path: Path):
     assert result.exit_code == 0, result.output
     assert "is at head" in result.output
     result = runner.invoke(main, ["db", "current"])
-    assert "current: 0001  head: 0001" in result.output
+    head = head_revision("sqlite://")
+    assert f"current: {head}  head: {head}" in result.output
 
     definition = tmp_path / "tenants.json"
     definition.write_text(

@@ -18,7 +18,7 @@ from sovereign.domain.identity import Role
 from sovereign.domain.labels import LabelScheme
 from sovereign.domain.policy import AccessPolicy
 from sovereign.domain.requests import RequestState
-from sovereign.errors import ConflictError, SovereignError
+from sovereign.errors import ConflictError, QuotaExceededError, SovereignError
 from sovereign.services.requests import RequestService
 from tests.conftest import make_database
 from tests.support.factories import (
@@ -133,3 +133,24 @@ def test_approve_racing_cancel_ends_consistent(service):
                 "request:approve" if final.state is RequestState.APPROVED else "request:cancel",
             ]
         )
+
+
+def test_approvals_racing_for_the_last_quota_never_overrun_it(service):
+    svc, uow = service
+    # The defence quota holds 8 GPUs; two requests of 5 each fit alone, never together.
+    for _ in range(ROUNDS // 2):
+        ids = [
+            svc.create(ctx(ANALYST_DEFENCE), draft(gpus=5, level="RESTRICTED", compartments=())).id
+            for _ in range(2)
+        ]
+        results = race(*(lambda rid=rid: svc.approve(ctx(OFFICER_1), rid, "") for rid in ids))
+        assert sum(isinstance(x, QuotaExceededError) for x in results) == 1, results
+        with uow() as u:
+            assert u.requests.committed_usage("defence").gpus == 5
+        # Free the quota for the next round.
+        approved = next(r for r in results if not isinstance(r, Exception))
+        with uow() as u:
+            r = u.requests.get(approved.id)
+            r.state = RequestState.TERMINATED
+            u.requests.update(r)
+            u.commit()

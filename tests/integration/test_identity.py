@@ -190,6 +190,22 @@ def test_jwks_is_refreshed_on_unknown_kid_but_rate_limited(server: Any, real_tok
     assert len(fetches) == 2
 
 
+def test_verified_tokens_are_cached_until_they_expire(
+    verifier: KeycloakIdentityProvider, real_token: str, monkeypatch: pytest.MonkeyPatch
+):
+    verifier.authenticate(real_token)
+    # With the keys gone (and no refresh allowed yet) only the cache can answer.
+    verifier._keys = {}
+    assert verifier.authenticate(real_token).username == "analyst-defence"
+    other = mint(real_token, jti="another")
+    with pytest.raises(AuthenticationError, match="unknown key"):
+        verifier.authenticate(other)  # a different token is never served from the cache
+    later = time.time() + 3600
+    monkeypatch.setattr("sovereign.adapters.keycloak.time.time", lambda: later)
+    with pytest.raises(AuthenticationError):
+        verifier.authenticate(real_token)  # past exp the cache lets go and verification runs
+
+
 def test_garbage_is_refused(verifier: KeycloakIdentityProvider):
     for token in ("", "abc", "a.b.c", "eyJhbGciOiJSUzI1NiJ9.e30.c2ln"):
         with pytest.raises(AuthenticationError):
