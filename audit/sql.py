@@ -1,22 +1,36 @@
-"""The SQL backend of the audit store (SQLite and PostgreSQL through SQLAlchemy Core).
+"""The SQL backend of the audit log (SQLite and PostgreSQL through SQLAlchemy Core).
 
-Owns the ``audit_events`` table and :class:`SqlAuditStore`, which appends on the caller's
-connection so that an event commits or rolls back with the change it records. Also owns the
-label encoding used to filter by dominance in SQL (:func:`encode_compartments`,
-:func:`compartments_within`), shared with the control plane's own tables.
+Owns the log's tables and the code that reads and writes them:
+
+- ``audit_pending``: where business transactions append events (fail-closed: the insert is part
+  of the caller's transaction, so no event means no change). A queue, drained by the sequencer.
+- ``audit_log``: the sequenced log. One row per leaf: ``seq`` is the leaf index (0-based,
+  contiguous), ``entry`` the event's canonical bytes, ``leaf_hash`` = SHA-256(0x00 || entry),
+  and a few columns copied out of the entry for filtering.
+- ``audit_nodes``: the hash of every complete perfect subtree, ``(level, idx)`` covering leaves
+  ``[idx * 2**level, (idx + 1) * 2**level)``, so any inclusion or consistency proof needs only
+  O(log n) point reads. A node table (rather than tiles) because both databases index it well
+  and a proof is ~2 log2(n) primary-key lookups: well under the 5 ms budget at 10**6 leaves.
+- ``audit_checkpoints``: every signed checkpoint (C2SP tlog-checkpoint notes).
+
+Database triggers make the log tables insert-only (see the migrations); the proofs are the real
+guarantee. Also owns the label encoding used to filter by dominance in SQL
+(:func:`encode_compartments`, :func:`compartments_within`), shared with the control plane.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from audit.event import AuditEvent, Outcome
+from audit.merkle import consistency_proof, inclusion_proof
 from audit.store import AuditQuery, StoredEvent
 
 NAMING_CONVENTION = {
@@ -29,14 +43,22 @@ NAMING_CONVENTION = {
 
 metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
-# SQLite only autoincrements an INTEGER PRIMARY KEY, PostgreSQL wants BIGINT for a log.
-SeqType = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+# SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL wants BIGINT for a log.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
-audit_events = sa.Table(
-    "audit_events",
+audit_pending = sa.Table(
+    "audit_pending",
     metadata,
-    sa.Column("seq", SeqType, primary_key=True, autoincrement=True),
-    sa.Column("id", sa.Uuid, nullable=False, unique=True),
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("entry", sa.LargeBinary, nullable=False),
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("entry", sa.LargeBinary, nullable=False),
+    sa.Column("leaf_hash", sa.LargeBinary(32), nullable=False),
     sa.Column("time", sa.DateTime(timezone=True), nullable=False, index=True),
     sa.Column("actor", sa.String(255), nullable=False, index=True),
     sa.Column("action", sa.String(100), nullable=False, index=True),
@@ -44,8 +66,27 @@ audit_events = sa.Table(
     sa.Column("outcome", sa.String(10), nullable=False),
     sa.Column("label_level", sa.String(64), nullable=True),
     sa.Column("label_compartments", sa.String(1024), nullable=True),
-    sa.Column("entry", sa.LargeBinary, nullable=False),
 )
+
+audit_nodes = sa.Table(
+    "audit_nodes",
+    metadata,
+    sa.Column("level", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("hash", sa.LargeBinary(32), nullable=False),
+)
+
+audit_checkpoints = sa.Table(
+    "audit_checkpoints",
+    metadata,
+    sa.Column("size", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("root_hash", sa.LargeBinary(32), nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Column("signed_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+#: Tables that only ever grow; triggers refuse UPDATE and DELETE (and TRUNCATE) on them.
+APPEND_ONLY_TABLES = ("audit_log", "audit_nodes", "audit_checkpoints")
 
 
 def encode_compartments(compartments: Iterable[str]) -> str:
@@ -73,7 +114,7 @@ def _utc(value: datetime) -> datetime:
 
 
 def event_from_entry(entry: bytes) -> AuditEvent:
-    """Rebuild an event from its canonical bytes."""
+    """Rebuild an event from its canonical bytes. :raises ValueError: if they are not one."""
     data = json.loads(entry)
     return AuditEvent(
         id=uuid.UUID(data["id"]),
@@ -90,41 +131,38 @@ def event_from_entry(entry: bytes) -> AuditEvent:
     )
 
 
+def index_columns(entry: bytes) -> dict[str, Any]:
+    """The filter columns of ``audit_log`` for an entry, read from the entry itself."""
+    data = json.loads(entry)
+    label = data.get("label")
+    return {
+        "time": datetime.fromisoformat(data["time"].replace("Z", "+00:00")),
+        "actor": data["actor"],
+        "action": data["action"],
+        "target": data["target"],
+        "outcome": data["outcome"],
+        "label_level": label["level"] if label else None,
+        "label_compartments": encode_compartments(label["compartments"]) if label else None,
+    }
+
+
 class SqlAuditStore:
-    """Appends and queries events on a connection owned by the caller's unit of work."""
+    """Appends events to the pending queue in the caller's transaction; queries the log."""
 
     def __init__(self, connection: sa.Connection) -> None:
         self._conn = connection
 
-    def append(self, events: Iterable[AuditEvent]) -> list[int]:
-        """Insert ``events`` in the caller's transaction; errors propagate to fail it."""
-        seqs: list[int] = []
-        for event in events:
-            label = event.label
-            result = self._conn.execute(
-                audit_events.insert().values(
-                    id=event.id,
-                    time=event.time,
-                    actor=event.actor,
-                    action=event.action,
-                    target=event.target,
-                    outcome=event.outcome.value,
-                    label_level=label["level"] if label else None,
-                    label_compartments=(
-                        encode_compartments(label.get("compartments", [])) if label else None
-                    ),
-                    entry=event.canonical_bytes(),
-                )
-            )
-            pk = result.inserted_primary_key
-            assert pk is not None
-            seqs.append(int(pk[0]))
-        return seqs
+    def append(self, events: Iterable[AuditEvent]) -> None:
+        """Queue ``events`` in the caller's transaction; errors propagate to fail it."""
+        rows = [{"entry": e.canonical_bytes()} for e in events]
+        if rows:
+            self._conn.execute(audit_pending.insert(), rows)
 
     def query(self, query: AuditQuery) -> list[StoredEvent]:
-        """Events matching ``query``, newest first, using the table's indexes."""
-        t = audit_events
-        stmt = sa.select(t.c.seq, t.c.entry).order_by(t.c.seq.desc()).limit(query.limit)
+        """Sequenced events matching ``query``, newest first, using the table's indexes."""
+        t = audit_log
+        order = t.c.seq.asc() if query.ascending else t.c.seq.desc()
+        stmt = sa.select(t.c.seq, t.c.entry, t.c.leaf_hash).order_by(order).limit(query.limit)
         if query.actor is not None:
             stmt = stmt.where(t.c.actor == query.actor)
         if query.action is not None:
@@ -137,6 +175,8 @@ class SqlAuditStore:
             stmt = stmt.where(t.c.time < query.until)
         if query.before_seq is not None:
             stmt = stmt.where(t.c.seq < query.before_seq)
+        if query.after_seq is not None:
+            stmt = stmt.where(t.c.seq > query.after_seq)
         if query.levels is not None:
             stmt = stmt.where(sa.or_(t.c.label_level.is_(None), t.c.label_level.in_(query.levels)))
         if query.compartments is not None:
@@ -147,6 +187,112 @@ class SqlAuditStore:
                 )
             )
         return [
-            StoredEvent(seq=row.seq, event=event_from_entry(row.entry))
+            StoredEvent(seq=row.seq, event=event_from_entry(row.entry), leaf_hash=row.leaf_hash)
             for row in self._conn.execute(stmt)
         ]
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """A signed checkpoint as stored: its size, root and the signed note text."""
+
+    size: int
+    root_hash: bytes
+    note: str
+
+
+class MissingNodeError(LookupError):
+    """A node or leaf the tree needs is not in the database (deleted, or never written)."""
+
+
+class SqlLogReader:
+    """Reads the sequenced log, its nodes and checkpoints, and builds proofs from them."""
+
+    def __init__(self, connection: sa.Connection) -> None:
+        self._conn = connection
+
+    def size(self) -> int:
+        """Number of sequenced events (leaves)."""
+        top = self._conn.execute(sa.select(sa.func.max(audit_log.c.seq))).scalar()
+        return 0 if top is None else int(top) + 1
+
+    def pending(self) -> int:
+        """Number of events waiting for the sequencer."""
+        return int(
+            self._conn.execute(sa.select(sa.func.count()).select_from(audit_pending)).scalar_one()
+        )
+
+    def node(self, level: int, index: int) -> bytes:
+        """Hash of the perfect subtree ``(level, index)``; level 0 is a leaf hash.
+
+        :raises MissingNodeError: if it is not stored.
+        """
+        if level == 0:
+            found = self._conn.execute(
+                sa.select(audit_log.c.leaf_hash).where(audit_log.c.seq == index)
+            ).scalar()
+        else:
+            found = self._conn.execute(
+                sa.select(audit_nodes.c.hash).where(
+                    audit_nodes.c.level == level, audit_nodes.c.idx == index
+                )
+            ).scalar()
+        if found is None:
+            raise MissingNodeError(f"no stored hash for level {level}, index {index}")
+        return bytes(found)
+
+    def entry(self, seq: int) -> bytes:
+        """The canonical bytes of event ``seq``. :raises MissingNodeError: if absent."""
+        found = self._conn.execute(
+            sa.select(audit_log.c.entry).where(audit_log.c.seq == seq)
+        ).scalar()
+        if found is None:
+            raise MissingNodeError(f"no event with seq {seq}")
+        return bytes(found)
+
+    def entries(self, batch: int = 10_000) -> Iterator[tuple[int, bytes, bytes]]:
+        """Every stored ``(seq, entry, leaf_hash)`` in seq order, read in batches."""
+        last = -1
+        t = audit_log
+        while True:
+            rows = self._conn.execute(
+                sa.select(t.c.seq, t.c.entry, t.c.leaf_hash)
+                .where(t.c.seq > last)
+                .order_by(t.c.seq)
+                .limit(batch)
+            ).all()
+            if not rows:
+                return
+            for row in rows:
+                yield int(row[0]), bytes(row[1]), bytes(row[2])
+            last = int(rows[-1][0])
+
+    def checkpoints(self) -> list[StoredCheckpoint]:
+        """Every stored checkpoint, smallest first."""
+        t = audit_checkpoints
+        return [
+            StoredCheckpoint(int(r.size), bytes(r.root_hash), r.note)
+            for r in self._conn.execute(sa.select(t).order_by(t.c.size))
+        ]
+
+    def latest_checkpoint(self) -> StoredCheckpoint | None:
+        """The largest stored checkpoint, if any."""
+        t = audit_checkpoints
+        r = self._conn.execute(sa.select(t).order_by(t.c.size.desc()).limit(1)).first()
+        return StoredCheckpoint(int(r.size), bytes(r.root_hash), r.note) if r else None
+
+    def checkpoint_at_least(self, size: int) -> StoredCheckpoint | None:
+        """The smallest checkpoint covering ``size`` leaves, if any."""
+        t = audit_checkpoints
+        r = self._conn.execute(
+            sa.select(t).where(t.c.size >= size).order_by(t.c.size).limit(1)
+        ).first()
+        return StoredCheckpoint(int(r.size), bytes(r.root_hash), r.note) if r else None
+
+    def inclusion_proof(self, seq: int, size: int) -> list[bytes]:
+        """RFC 9162 inclusion path of leaf ``seq`` in the tree of ``size`` leaves."""
+        return inclusion_proof(seq, size, self.node)
+
+    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        """RFC 9162 consistency proof between two tree sizes."""
+        return consistency_proof(old_size, new_size, self.node)

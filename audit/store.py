@@ -13,14 +13,16 @@ from datetime import datetime
 from typing import Protocol
 
 from audit.event import AuditEvent
+from audit.merkle import leaf_hash
 
 
 @dataclass(frozen=True)
 class StoredEvent:
-    """An event and the position the log gave it."""
+    """An event, the position the log gave it (its leaf index) and its leaf hash."""
 
     seq: int
     event: AuditEvent
+    leaf_hash: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,10 @@ class AuditQuery:
     compartments: frozenset[str] | None = None
     #: Return events with ``seq`` strictly below this (pages go newest first).
     before_seq: int | None = None
+    #: Return events with ``seq`` strictly above this.
+    after_seq: int | None = None
+    #: Oldest first instead of newest first.
+    ascending: bool = False
     limit: int = 50
 
     def matches(self, stored: StoredEvent) -> bool:
@@ -54,6 +60,7 @@ class AuditQuery:
             and (self.since is None or e.time >= self.since)
             and (self.until is None or e.time < self.until)
             and (self.before_seq is None or stored.seq < self.before_seq)
+            and (self.after_seq is None or stored.seq > self.after_seq)
             and (label is None or self.levels is None or label["level"] in self.levels)
             and (
                 label is None
@@ -64,10 +71,14 @@ class AuditQuery:
 
 
 class AuditStore(Protocol):
-    """Where events go. ``append`` joins the caller's transaction and raises if it cannot."""
+    """Where events go. ``append`` joins the caller's transaction and raises if it cannot.
 
-    def append(self, events: Iterable[AuditEvent]) -> list[int]:
-        """Record ``events`` in order; returns their sequence numbers. :raises: on any failure."""
+    Appended events get their sequence number later, from the sequencer; ``query`` returns
+    sequenced events only.
+    """
+
+    def append(self, events: Iterable[AuditEvent]) -> None:
+        """Queue ``events`` in order in the caller's transaction. :raises: on any failure."""
         ...
 
     def query(self, query: AuditQuery) -> list[StoredEvent]:
@@ -76,24 +87,21 @@ class AuditStore(Protocol):
 
 
 class MemoryAuditStore:
-    """An in-memory store for unit tests; ``fail`` makes the next append raise."""
+    """An in-memory store for unit tests that sequences at once; ``fail`` makes appends raise."""
 
     def __init__(self) -> None:
         self.events: list[StoredEvent] = []
         self.fail = False
 
-    def append(self, events: Iterable[AuditEvent]) -> list[int]:
+    def append(self, events: Iterable[AuditEvent]) -> None:
         """Record ``events``; raises ``OSError`` when ``fail`` is set, like a full disk would."""
         if self.fail:
             raise OSError("audit store unavailable (simulated)")
-        seqs = []
         for event in events:
-            seq = len(self.events) + 1
-            self.events.append(StoredEvent(seq, event))
-            seqs.append(seq)
-        return seqs
+            entry = event.canonical_bytes()
+            self.events.append(StoredEvent(len(self.events), event, leaf_hash(entry)))
 
     def query(self, query: AuditQuery) -> list[StoredEvent]:
         """Events matching ``query``, newest first."""
-        found = [s for s in reversed(self.events) if query.matches(s)]
-        return found[: query.limit]
+        ordered = self.events if query.ascending else list(reversed(self.events))
+        return [s for s in ordered if query.matches(s)][: query.limit]

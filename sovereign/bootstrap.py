@@ -16,7 +16,7 @@ from sovereign.domain.policy import AccessPolicy
 from sovereign.errors import ConfigurationError
 from sovereign.services.auditing import AuditReadService
 from sovereign.services.catalog import CatalogService
-from sovereign.services.ports import IdentityProvider, Probe, UnitOfWorkFactory
+from sovereign.services.ports import AuditLog, IdentityProvider, Probe, UnitOfWorkFactory
 from sovereign.services.recording import Clock, utcnow
 from sovereign.services.requests import RequestService
 
@@ -47,6 +47,7 @@ def build_services(
     *,
     uow: UnitOfWorkFactory | None = None,
     identity: IdentityProvider | None = None,
+    audit_log: AuditLog | None = None,
     probes: Sequence[Probe] | None = None,
     clock: Clock = utcnow,
 ) -> Services:
@@ -70,6 +71,8 @@ def build_services(
         resources.append(engine)
         uow = SqlUnitOfWorkFactory(engine, scheme)
         default_probes.append(DatabaseProbe(engine))
+        if audit_log is None:
+            audit_log = _sql_audit_log(config, engine)
     if identity is None:
         identity = _keycloak(config, scheme)
     default_probes.append(_IdentityProbe(identity))
@@ -90,10 +93,26 @@ def build_services(
         identity=identity,
         requests=RequestService(uow, policy, gpu_models=config["GPU_MODELS"], clock=clock),
         catalog=CatalogService(uow, scheme, clock),
-        audit=AuditReadService(uow, policy, clock),
+        audit=AuditReadService(uow, policy, clock, audit_log),
         probes=list(probes) if probes is not None else default_probes,
         resources=resources,
     )
+
+
+def _sql_audit_log(config: Mapping[str, Any], engine: Any) -> AuditLog:
+    from pathlib import Path  # noqa: PLC0415
+
+    from audit.witness import WitnessFile  # noqa: PLC0415
+    from sovereign.adapters.auditlog import SqlAuditLog, file_signer  # noqa: PLC0415
+
+    signer = file_signer(
+        config["AUDIT_ORIGIN"],
+        Path(config["AUDIT_SIGNING_KEY"]),
+        # A production key is provisioned deliberately, never conjured on first start.
+        create=config["ENV"] != "production",
+    )
+    witness = WitnessFile(config["AUDIT_WITNESS_PATH"]) if config["AUDIT_WITNESS_PATH"] else None
+    return SqlAuditLog(engine, signer, config["AUDIT_ORIGIN"], witness)
 
 
 def _keycloak(config: Mapping[str, Any], scheme: LabelScheme) -> IdentityProvider:

@@ -7,6 +7,7 @@ gunicorn). Each command builds what it needs from configuration; nothing runs at
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -117,6 +118,163 @@ def bootstrap(definition: Path) -> None:
     click.echo(f"created {len(created)}: {', '.join(created) or 'nothing new'}")
 
 
+# -- audit ------------------------------------------------------------------------------------
+
+
+@main.group()
+def audit() -> None:
+    """The tamper-evident audit log: verify it, prove events, export, publish the key."""
+
+
+def _audit_log() -> Any:
+    from sovereign import create_app  # noqa: PLC0415
+
+    return create_app().extensions["sovereign"].audit.log
+
+
+@audit.command("verify")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def audit_verify(quiet: bool) -> None:
+    """Rebuild the Merkle tree from every stored event and check it against every signed
+    checkpoint and the witness file. Exit 0 when intact, 1 naming the first bad index."""
+    from audit.verify import LogVerificationError  # noqa: PLC0415
+
+    def progress(done: int, total: int) -> None:
+        if not quiet:
+            click.echo(f"  verified {done:,} of {total:,} events", err=True)
+
+    try:
+        report = _audit_log().verify(progress)
+    except LogVerificationError as e:
+        where = f" (first bad index {e.index})" if e.index is not None else ""
+        click.secho(f"audit log NOT intact{where}: {e}", fg="red", err=True)
+        sys.exit(1)
+    except SovereignError as e:
+        _fail(e)
+    click.echo(
+        f"audit log intact: {report.size:,} events, root {report.root_hash.hex()}, "
+        f"{report.checkpoints} signed checkpoints and {report.witnessed} witnessed ones match"
+    )
+
+
+@audit.command("prove")
+@click.option("--seq", type=click.IntRange(min=0), required=True, help="Event sequence number.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE.")
+def audit_prove(seq: int, out: Path | None) -> None:
+    """Write a C2SP tlog-proof for event SEQ that anyone can verify offline."""
+    try:
+        text = _audit_log().proof(seq)
+    except SovereignError as e:
+        _fail(e)
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        click.echo(f"wrote proof of event {seq} to {out}", err=True)
+
+
+@audit.command("verify-proof")
+@click.argument("proof_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--key", "keys", multiple=True, required=True, help="Verifier key, or @FILE.")
+@click.option("--origin", default=None, help="Require this log origin.")
+def audit_verify_proof(proof_file: Path, keys: tuple[str, ...], origin: str | None) -> None:
+    """Verify a proof offline: no database, no network, only the log's public key."""
+    from audit.note import NoteError, parse_verifier_key  # noqa: PLC0415
+    from audit.proof import TlogProofError, verify_proof  # noqa: PLC0415
+
+    try:
+        verifiers = [
+            parse_verifier_key(line.strip())
+            for key in keys
+            for line in (Path(key[1:]).read_text().splitlines() if key.startswith("@") else [key])
+            if line.strip()
+        ]
+        verified = verify_proof(proof_file.read_text(), verifiers, origin)
+    except (NoteError, TlogProofError, OSError) as e:
+        click.secho(f"proof does NOT verify: {e}", fg="red", err=True)
+        sys.exit(1)
+    cp = verified.checkpoint
+    click.echo(
+        f"proof verifies: event {verified.index} is in {cp.origin} at size {cp.size} "
+        f"(root {cp.root_hash.hex()})"
+    )
+    click.echo(verified.entry.decode())
+
+
+@audit.command("export")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "cef", "rfc5424"]), default="jsonl")
+@click.option("--since", type=click.DateTime(), help="Only events at or after (UTC).")
+@click.option("--until", type=click.DateTime(), help="Only events before (UTC).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE.")
+def audit_export(fmt: str, since: Any, until: Any, out: Path | None) -> None:
+    """Export sequenced events, oldest first, each with its seq and leaf hash."""
+    from datetime import UTC  # noqa: PLC0415
+
+    from audit.store import AuditQuery  # noqa: PLC0415
+
+    query = AuditQuery(
+        since=since.replace(tzinfo=UTC) if since else None,
+        until=until.replace(tzinfo=UTC) if until else None,
+        limit=1000,
+    )
+    try:
+        lines = _audit_log().export(fmt, query)
+        with out.open("w") if out else contextlib.nullcontext(sys.stdout) as sink:
+            count = 0
+            for line in lines:
+                sink.write(line + "\n")
+                count += 1
+    except SovereignError as e:
+        _fail(e)
+    click.echo(f"exported {count} events as {fmt}", err=True)
+
+
+@audit.command("public-key")
+def audit_public_key() -> None:
+    """Print the log's note verifier key(s), newest first."""
+    try:
+        for key in _audit_log().public_keys:
+            click.echo(key)
+    except SovereignError as e:
+        _fail(e)
+
+
+@audit.command("sequence")
+def audit_sequence() -> None:
+    """Sequence queued events and sign a checkpoint now (the worker does this continuously)."""
+    try:
+        run = _audit_log().sequence()
+    except SovereignError as e:
+        _fail(e)
+    click.echo(f"sequenced {run.sequenced} events; log size {run.size}")
+
+
+# -- worker -----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--interval", type=float, default=None, help="Seconds between runs.")
+def worker(interval: float | None) -> None:
+    """Run the background work: the audit sequencer (and, later, the reconciler)."""
+    import time  # noqa: PLC0415
+
+    from sovereign import create_app  # noqa: PLC0415
+
+    app = create_app()
+    log_ = app.extensions["sovereign"].audit.log
+    pause = interval if interval is not None else float(app.config["AUDIT_SEQUENCER_INTERVAL_S"])
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    click.echo(f"worker: sequencing the audit log every {pause} s (Ctrl-C to stop)")
+    while True:
+        try:
+            run = log_.sequence()
+            if run.sequenced:
+                click.echo(f"sequenced {run.sequenced}; size {run.size}")
+        except SovereignError as e:
+            click.secho(f"worker: {e.message}", fg="red", err=True)
+        time.sleep(pause)
+
+
 # -- serve ------------------------------------------------------------------------------------
 
 
@@ -156,6 +314,7 @@ def dev(ctx: click.Context, port: int | None, vault_port: int, idp_port: int) ->
     from werkzeug.serving import make_server  # noqa: PLC0415
 
     from sovereign import create_app, devstack  # noqa: PLC0415
+    from sovereign.adapters.auditlog import SequencerThread  # noqa: PLC0415
     from sovereign.adapters.migrations import upgrade  # noqa: PLC0415
     from sovereign.devidp import DEMO_PASSWORD, DEMO_USERS  # noqa: PLC0415
 
@@ -179,6 +338,11 @@ def dev(ctx: click.Context, port: int | None, vault_port: int, idp_port: int) ->
             created = _bootstrap(app, demo)
             if created:
                 click.echo(f"seeded {', '.join(created)}")
+            sequencer = SequencerThread(
+                app.extensions["sovereign"].audit.log, app.config["AUDIT_SEQUENCER_INTERVAL_S"]
+            )
+            sequencer.start()
+            stack.callback(sequencer.stop)
         except SovereignError as e:
             _fail(e)
         server = make_server("127.0.0.1", port, app, threaded=True)
@@ -190,6 +354,8 @@ def dev(ctx: click.Context, port: int | None, vault_port: int, idp_port: int) ->
         click.echo(f"  identity    {running.idp_url}/realms/sovereign  (development stand-in)")
         click.echo(f"  database    {_redact(base.config['DATABASE_URL'])}")
         click.echo(f"  hypervisors {len(running.config['HYPERVISOR_URIS'])} simulated hosts")
+        origin, witness = app.config["AUDIT_ORIGIN"], app.config["AUDIT_WITNESS_PATH"]
+        click.echo(f"  audit log   {origin}, witness {witness}")
         click.echo(f"Demo users (password '{DEMO_PASSWORD}'):")
         for user in DEMO_USERS:
             clearance = user.clearance or "no clearance"

@@ -46,6 +46,14 @@ DEFAULTS: dict[str, Any] = {
     "HYPERVISOR_URIS": [],
     # Request bodies above this are refused with 413 before they are parsed.
     "MAX_CONTENT_LENGTH": 64 * 1024,
+    # The tamper-evident audit log: its origin line (also the signing key's name), the Ed25519
+    # checkpoint signing key file (None: in the instance folder, created outside production),
+    # the witness file outside the database (None: in the instance folder; point it at WORM
+    # storage in production), and how often the in-process sequencer runs.
+    "AUDIT_ORIGIN": "sovereign.local/audit",
+    "AUDIT_SIGNING_KEY": None,
+    "AUDIT_WITNESS_PATH": None,
+    "AUDIT_SEQUENCER_INTERVAL_S": 0.5,
     # Pagination.
     "PAGE_SIZE_DEFAULT": 50,
     "PAGE_SIZE_MAX": 200,
@@ -77,6 +85,11 @@ def load(app: Flask, overrides: Mapping[str, Any] | None = None, *, check: bool 
     if app.config["DATABASE_URL"] is None:
         Path(app.instance_path).mkdir(parents=True, exist_ok=True)
         app.config["DATABASE_URL"] = f"sqlite:///{Path(app.instance_path) / 'sovereign.db'}"
+    instance = Path(app.instance_path)
+    if app.config["AUDIT_SIGNING_KEY"] is None:
+        app.config["AUDIT_SIGNING_KEY"] = str(instance / "audit-checkpoint.key")
+    if app.config["AUDIT_WITNESS_PATH"] is None:
+        app.config["AUDIT_WITNESS_PATH"] = str(instance / "audit-witness.jsonl")
     if check:
         verify(app.config)
 

@@ -130,11 +130,10 @@ class _PendingAudit:
         self.store = store
         self.pending: list[AuditEvent] = []
 
-    def append(self, events: Iterable[AuditEvent]) -> list[int]:
+    def append(self, events: Iterable[AuditEvent]) -> None:
         if self.store.fail:
             raise OSError("audit store unavailable (simulated)")
         self.pending.extend(events)
-        return []
 
     def query(self, query: AuditQuery) -> list[StoredEvent]:
         return self.store.query(query)

@@ -23,7 +23,16 @@ from sovereign.bootstrap import Services
 from sovereign.errors import AuthenticationError, InvalidInputError
 from sovereign.services.recording import CallContext
 
-View = Callable[..., BaseModel]
+View = Callable[..., BaseModel | str]
+TEXT = "text/plain"
+
+PATH_PARAM = re.compile(r"<(?:(\w+):)?(\w+)>")
+#: OpenAPI schemas of werkzeug's URL converters.
+PATH_SCHEMAS: dict[str, dict[str, Any]] = {
+    "string": {"type": "string"},
+    "int": {"type": "integer", "minimum": 0},
+    "uuid": {"type": "string", "format": "uuid"},
+}
 
 PROBLEM_RESPONSES = {
     "400": "Malformed request (bad JSON)",
@@ -47,14 +56,17 @@ class Operation:
     view: View
     summary: str
     tag: str
-    response: type[BaseModel]
+    response: type[BaseModel] | None
     body: type[BaseModel] | None = None
     body_optional: bool = False
     query: type[BaseModel] | None = None
     status: int = 200
     auth: bool = True
     roles: str = ""
-    path_params: list[str] = field(default_factory=list)
+    #: (name, werkzeug converter) of each path parameter.
+    path_params: list[tuple[str, str]] = field(default_factory=list)
+    #: ``text/plain`` operations return a string (signed notes, proofs, keys) instead of JSON.
+    media_type: str = "application/json"
 
 
 def services() -> Services:
@@ -138,13 +150,14 @@ class Api:
         *,
         summary: str,
         tag: str,
-        response: type[BaseModel],
+        response: type[BaseModel] | None,
         body: type[BaseModel] | None = None,
         body_optional: bool = False,
         query: type[BaseModel] | None = None,
         status: int = 200,
         auth: bool = True,
         roles: str = "",
+        media_type: str = "application/json",
     ) -> Callable[[View], View]:
         """Register ``view`` for ``method rule``; it receives the caller, body, query, params."""
 
@@ -162,7 +175,10 @@ class Api:
                 status=status,
                 auth=auth,
                 roles=roles,
-                path_params=re.findall(r"<(?:\w+:)?(\w+)>", rule),
+                path_params=[
+                    (n, c or "string") for c, n in re.findall(r"<(?:(\w+):)?(\w+)>", rule)
+                ],
+                media_type=media_type,
             )
             self.operations.append(op)
 
@@ -175,9 +191,8 @@ class Api:
                 if op.query is not None:
                     kwargs["query"] = parse_query(op.query)
                 result = op.view(**kwargs)
-                return Response(
-                    result.model_dump_json(), status=op.status, mimetype="application/json"
-                )
+                body = result if isinstance(result, str) else result.model_dump_json()
+                return Response(body, status=op.status, mimetype=op.media_type)
 
             self.blueprint.add_url_rule(
                 rule, endpoint=view.__name__, view_func=endpoint, methods=[method]
@@ -191,7 +206,8 @@ def openapi(api: Api, prefix: str, *, title: str, version: str) -> dict[str, Any
     """The OpenAPI 3.1 document for every operation registered on ``api``."""
     models: set[type[BaseModel]] = {Problem}
     for op in api.operations:
-        models.add(op.response)
+        if op.response is not None:
+            models.add(op.response)
         if op.body is not None:
             models.add(op.body)
     _, defs = models_json_schema(
@@ -202,8 +218,8 @@ def openapi(api: Api, prefix: str, *, title: str, version: str) -> dict[str, Any
     for op in api.operations:
         path = prefix + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", op.rule)
         parameters: list[dict[str, Any]] = [
-            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-            for p in op.path_params
+            {"name": name, "in": "path", "required": True, "schema": PATH_SCHEMAS[converter]}
+            for name, converter in op.path_params
         ]
         if op.query is not None:
             schema = op.query.model_json_schema()
@@ -212,12 +228,16 @@ def openapi(api: Api, prefix: str, *, title: str, version: str) -> dict[str, Any
                 {"name": name, "in": "query", "required": name in required, "schema": prop}
                 for name, prop in schema.get("properties", {}).items()
             ]
-        ref = {"$ref": f"#/components/schemas/{op.response.__name__}"}
+        schema_ref: dict[str, Any] = (
+            {"$ref": f"#/components/schemas/{op.response.__name__}"}
+            if op.response is not None
+            else {"type": "string"}
+        )
         problem_ref = {"$ref": "#/components/schemas/Problem"}
         responses: dict[str, Any] = {
             str(op.status): {
                 "description": "Success",
-                "content": {"application/json": {"schema": ref}},
+                "content": {op.media_type: {"schema": schema_ref}},
             }
         }
         for code, text in PROBLEM_RESPONSES.items():

@@ -279,9 +279,10 @@ class MeOut(BaseModel):
 
 
 class AuditEventOut(BaseModel):
-    """One recorded decision."""
+    """One recorded decision, with its place in the Merkle log."""
 
     seq: int
+    leaf_hash: str
     id: uuid.UUID
     time: datetime
     actor: str
@@ -300,6 +301,7 @@ class AuditEventOut(BaseModel):
         e = s.event
         return cls(
             seq=s.seq,
+            leaf_hash=s.leaf_hash.hex(),
             id=e.id,
             time=e.time,
             actor=e.actor,
@@ -319,6 +321,23 @@ class AuditEventPage(BaseModel):
 
     items: list[AuditEventOut]
     next_cursor: str | None
+
+
+class ConsistencyQuery(Strict):
+    """Two signed tree sizes."""
+
+    from_: Annotated[int, Field(alias="from", ge=1)]
+    to: Annotated[int, Field(ge=1)]
+
+
+class ConsistencyOut(BaseModel):
+    """An RFC 9162 consistency proof between two signed checkpoints (hashes in base64)."""
+
+    old_size: int
+    new_size: int
+    proof: list[str]
+    old_checkpoint: str
+    new_checkpoint: str
 
 
 class Problem(BaseModel):

@@ -6,12 +6,13 @@ services decide, and the app-level handler table in :mod:`sovereign.api.problems
 
 from __future__ import annotations
 
+import base64
 import uuid
 
 from flask import Blueprint
 
 from sovereign.api import schemas as s
-from sovereign.api.routing import Api, services
+from sovereign.api.routing import TEXT, Api, services
 from sovereign.domain.requests import EnclaveRequest
 from sovereign.domain.tenants import Resources
 from sovereign.services.auditing import EventFilter
@@ -176,3 +177,69 @@ def list_audit_events(ctx: CallContext, query: s.EventQuery) -> s.AuditEventPage
     return s.AuditEventPage(
         items=[s.AuditEventOut.of(e) for e in page.items], next_cursor=page.next_cursor
     )
+
+
+@api.route(
+    "GET",
+    "/audit/checkpoint",
+    summary="Latest signed checkpoint",
+    tag="audit",
+    response=None,
+    media_type=TEXT,
+    roles="every signed-in user",
+)
+def audit_checkpoint(ctx: CallContext) -> str:
+    """The latest C2SP tlog-checkpoint signed note (text/plain)."""
+    del ctx
+    return services().audit.checkpoint()
+
+
+@api.route(
+    "GET",
+    "/audit/proof/<int:seq>",
+    summary="Inclusion proof of one event",
+    tag="audit",
+    response=None,
+    media_type=TEXT,
+    roles="auditors and officers cleared for the event's label",
+)
+def audit_proof(ctx: CallContext, seq: int) -> str:
+    """A C2SP tlog-proof@v1: the event's bytes, its index, the path and the signed checkpoint;
+    verify it offline with ``sovereign audit verify-proof FILE --key KEY``."""
+    return services().audit.proof(ctx, seq)
+
+
+@api.route(
+    "GET",
+    "/audit/consistency",
+    summary="Consistency proof between two checkpoints",
+    tag="audit",
+    query=s.ConsistencyQuery,
+    response=s.ConsistencyOut,
+    roles="auditors and officers",
+)
+def audit_consistency(ctx: CallContext, query: s.ConsistencyQuery) -> s.ConsistencyOut:
+    """Proof that the log at ``to`` extends the log at ``from`` (RFC 9162 2.1.4)."""
+    c = services().audit.consistency(ctx, query.from_, query.to)
+    return s.ConsistencyOut(
+        old_size=c.old_size,
+        new_size=c.new_size,
+        proof=[base64.b64encode(h).decode() for h in c.path],
+        old_checkpoint=c.old_checkpoint,
+        new_checkpoint=c.new_checkpoint,
+    )
+
+
+@api.route(
+    "GET",
+    "/audit/public-key",
+    summary="The log's public key",
+    tag="audit",
+    response=None,
+    media_type=TEXT,
+    auth=False,
+    roles="anyone",
+)
+def audit_public_key() -> str:
+    """The signed-note verifier key(s) of the log, one per line, newest first."""
+    return "".join(f"{key}\n" for key in services().audit.public_keys())

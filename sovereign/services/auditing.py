@@ -1,7 +1,9 @@
-"""Use cases for reading the audit log.
+"""Use cases for reading and proving the audit log.
 
-Owns who may read which events: officers and auditors, only events whose label their clearance
-dominates (unlabelled events are visible to all of them). Denied reads are themselves recorded.
+Owns who may read which events and proofs: officers and auditors, only events whose label their
+clearance dominates (unlabelled events are visible to all of them); a proof carries the event,
+so it follows the same rule. Checkpoints and the public key reveal nothing about events and are
+open to every signed-in user. Denied reads are themselves recorded.
 """
 
 from __future__ import annotations
@@ -10,9 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from audit import AuditQuery, StoredEvent
-from sovereign.domain.policy import AccessPolicy
-from sovereign.errors import SovereignError
-from sovereign.services.ports import Page, UnitOfWorkFactory
+from sovereign.domain.policy import AccessPolicy, Visibility
+from sovereign.errors import (
+    DependencyUnavailableError,
+    InvalidInputError,
+    NotFoundError,
+    SovereignError,
+)
+from sovereign.services.ports import AuditLog, Consistency, Page, UnitOfWorkFactory
 from sovereign.services.recording import CallContext, Clock, Recorder, utcnow
 
 
@@ -30,22 +37,70 @@ class EventFilter:
 
 
 class AuditReadService:
-    """Reading the audit log, filtered by the reader's clearance."""
+    """Reading the audit log, filtered by the reader's clearance, and proving it."""
 
     def __init__(
-        self, uow_factory: UnitOfWorkFactory, policy: AccessPolicy, clock: Clock = utcnow
+        self,
+        uow_factory: UnitOfWorkFactory,
+        policy: AccessPolicy,
+        clock: Clock = utcnow,
+        log: AuditLog | None = None,
     ) -> None:
         self._uow = uow_factory
         self._policy = policy
         self._recorder = Recorder(uow_factory, clock)
+        self._log = log
+
+    @property
+    def log(self) -> AuditLog:
+        """The tamper-evident log. :raises DependencyUnavailableError: if none is configured."""
+        if self._log is None:
+            raise DependencyUnavailableError(dependency="audit log")
+        return self._log
+
+    def public_keys(self) -> list[str]:
+        """The note verifier keys that checkpoints and proofs verify under."""
+        return self.log.public_keys
+
+    def checkpoint(self) -> str:
+        """The latest signed checkpoint. :raises NotFoundError: none signed yet."""
+        return self.log.checkpoint()
+
+    def _readable(self, ctx: CallContext, action: str, target: str) -> Visibility:
+        try:
+            return self._policy.audit_visibility(ctx.principal)
+        except SovereignError as e:
+            self._recorder.denial(ctx, action, target, e)
+            raise
+
+    def proof(self, ctx: CallContext, seq: int) -> str:
+        """A tlog-proof for event ``seq`` if the caller may read that event.
+
+        :raises PolicyDeniedError: wrong role. :raises NotFoundError: unknown, not yet
+            checkpointed, or above the caller's clearance.
+        """
+        visibility = self._readable(ctx, "audit:prove", f"audit/{seq}")
+        stored = self.log.event(seq)
+        label = stored.event.label
+        if label is not None and not (
+            label["level"] in visibility.levels
+            and set(label.get("compartments", [])) <= visibility.compartments
+        ):
+            error = NotFoundError(kind="audit event", ident=str(seq))
+            self._recorder.denial(ctx, "audit:prove", f"audit/{seq}", error)
+            raise error
+        return self.log.proof(seq)
+
+    def consistency(self, ctx: CallContext, old_size: int, new_size: int) -> Consistency:
+        """A consistency proof between two signed sizes (auditors and officers)."""
+        self._readable(ctx, "audit:consistency", f"audit/{old_size}..{new_size}")
+        if not 0 < old_size <= new_size:
+            raise InvalidInputError(reason="need 0 < from <= to")
+        return self.log.consistency(old_size, new_size)
 
     def events(self, ctx: CallContext, flt: EventFilter) -> Page[StoredEvent]:
         """Events the caller may read, newest first. :raises PolicyDeniedError: wrong role."""
-        try:
-            visibility = self._policy.audit_visibility(ctx.principal)
-        except SovereignError as e:
-            self._recorder.denial(ctx, "audit:read", "audit-log", e)
-            raise
+        visibility = self._readable(ctx, "audit:read", "audit-log")
         query = AuditQuery(
             actor=flt.actor,
             action=flt.action,

@@ -8,11 +8,12 @@ in :mod:`sovereign.adapters.memory`; a contract test runs each port against all 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Generic, Protocol, Self, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
-from audit import AuditStore
+from audit import AuditStore, StoredEvent
 from sovereign.domain.identity import Principal
 from sovereign.domain.policy import Visibility
 from sovereign.domain.requests import EnclaveRequest, RequestState
@@ -131,6 +132,50 @@ class UnitOfWorkFactory(Protocol):
 
     def __call__(self, *, readonly: bool = False) -> UnitOfWork:
         """A new unit; ``readonly`` ones may skip write locks and must not commit changes."""
+        ...
+
+
+@dataclass(frozen=True)
+class Consistency:
+    """A consistency proof between two signed tree sizes, with both signed checkpoints."""
+
+    old_size: int
+    new_size: int
+    path: list[bytes]
+    old_checkpoint: str
+    new_checkpoint: str
+
+
+class AuditLog(Protocol):
+    """The tamper-evident log: sequencing, checkpoints, proofs, verification, export."""
+
+    @property
+    def public_keys(self) -> list[str]:
+        """Note verifier keys under which the log's checkpoints verify."""
+        ...
+
+    def sequence(self) -> Any:
+        """Sequence queued events and sign a checkpoint. :raises ConflictError: on tamper."""
+        ...
+
+    def checkpoint(self) -> str:
+        """The latest signed checkpoint note. :raises NotFoundError: none yet."""
+        ...
+
+    def event(self, seq: int) -> StoredEvent:
+        """Sequenced event ``seq``. :raises NotFoundError:."""
+        ...
+
+    def proof(self, seq: int) -> str:
+        """The tlog-proof text for event ``seq``. :raises NotFoundError:."""
+        ...
+
+    def consistency(self, old_size: int, new_size: int) -> Consistency:
+        """Consistency between two signed sizes. :raises NotFoundError:."""
+        ...
+
+    def verify(self, progress: Callable[[int, int], None] | None = None) -> Any:
+        """Rebuild and check the whole log. :raises LogVerificationError:."""
         ...
 
 

@@ -20,6 +20,7 @@ from sovereign.domain.tenants import Resources
 from sovereign.errors import ConcurrentUpdateError, InvalidInputError
 from sovereign.services.ports import RequestFilter, UnitOfWorkFactory
 from tests.conftest import make_database
+from tests.support.audit import sequence
 from tests.support.factories import (
     ANALYST_DEFENCE,
     ANALYST_RESEARCH,
@@ -227,6 +228,7 @@ def test_audit_store_filters(uow: UnitOfWorkFactory):
     with uow() as u:
         u.audit.append(events)
         u.commit()
+    sequence(uow)
     with uow() as u:
         q = u.audit.query
         assert [s.event.action for s in q(AuditQuery())] == [

@@ -21,6 +21,7 @@ from sovereign.domain.requests import RequestState
 from sovereign.errors import ConflictError, QuotaExceededError, SovereignError
 from sovereign.services.requests import RequestService
 from tests.conftest import make_database
+from tests.support.audit import sequence
 from tests.support.factories import (
     ANALYST_DEFENCE,
     DEFENCE,
@@ -81,6 +82,7 @@ def test_two_officers_approving_at_once(service):
         final = svc.get(ctx(OFFICER_1), rid)
         assert final.state is RequestState.APPROVED
         assert sorted(final.approvers) == sorted([OFFICER_1.subject, OFFICER_2.subject])
+        sequence(uow)
         with uow() as u:
             events = u.audit.query(AuditQuery(target=f"request/{rid}", action="request:approve"))
         assert sorted(e.event.details["to"] for e in events) == ["approved", "pending"]
@@ -121,6 +123,7 @@ def test_approve_racing_cancel_ends_consistent(service):
             assert isinstance(approve, ConflictError) and not isinstance(cancel, Exception)
             assert final.approvals == []
         outcomes.add(final.state)
+        sequence(uow)
         with uow() as u:
             allowed = [
                 e.event.action

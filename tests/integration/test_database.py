@@ -48,7 +48,7 @@ def test_a_failing_audit_write_fails_the_change(request, kind, tmp_path: Path):
     with engine.begin() as conn:
         if kind == "sqlite":
             conn.exec_driver_sql(
-                "CREATE TRIGGER audit_broken BEFORE INSERT ON audit_events "
+                "CREATE TRIGGER audit_broken BEFORE INSERT ON audit_pending "
                 "BEGIN SELECT RAISE(ABORT, 'audit disk full'); END"
             )
         else:
@@ -57,7 +57,7 @@ def test_a_failing_audit_write_fails_the_change(request, kind, tmp_path: Path):
                 "RAISE EXCEPTION 'audit disk full'; END $$ LANGUAGE plpgsql"
             )
             conn.exec_driver_sql(
-                "CREATE TRIGGER audit_broken BEFORE INSERT ON audit_events "
+                "CREATE TRIGGER audit_broken BEFORE INSERT ON audit_pending "
                 "FOR EACH ROW EXECUTE FUNCTION audit_broken()"
             )
     with pytest.raises(AuditUnavailableError):
@@ -67,7 +67,7 @@ def test_a_failing_audit_write_fails_the_change(request, kind, tmp_path: Path):
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM approvals")).scalar() == 0
         assert conn.execute(sa.text("SELECT count(*) FROM enclave_requests")).scalar() == 1
-        assert conn.execute(sa.text("SELECT count(*) FROM audit_events")).scalar() == 1
+        assert conn.execute(sa.text("SELECT count(*) FROM audit_pending")).scalar() == 1
     engine.dispose()
 
 

@@ -29,6 +29,8 @@ def test_ready_then_vault_sealed_then_stopped(tmp_path: Path, idp: Any, bao: Ope
         {
             "ENV": "testing",
             "DATABASE_URL": url,
+            "AUDIT_SIGNING_KEY": str(tmp_path / "audit.key"),
+            "AUDIT_WITNESS_PATH": str(tmp_path / "witness.jsonl"),
             "IDP_URL": idp.url,
             "VAULT_ADDR": bao.addr,
             "VAULT_TOKEN": bao.token,
@@ -67,6 +69,8 @@ def test_missing_hypervisor_is_reported(tmp_path: Path, idp: Any):
         {
             "ENV": "testing",
             "DATABASE_URL": url,
+            "AUDIT_SIGNING_KEY": str(tmp_path / "audit.key"),
+            "AUDIT_WITNESS_PATH": str(tmp_path / "witness.jsonl"),
             "IDP_URL": idp.url,
             "HYPERVISOR_URIS": [f"test:///{tmp_path}/missing-host.xml"],
         }

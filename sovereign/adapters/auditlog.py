@@ -1,0 +1,215 @@
+"""The tamper-evident audit log behind the control plane: sequencer, signer, witness, proofs.
+
+Owns the wiring of the ``audit`` library to the control plane's database: the checkpoint
+signer (a local Ed25519 key file for now; Vault transit later), the witness file, the
+sequencer (run in-process every ~0.5 s by the embedded default, or by ``sovereign worker``),
+and the reads behind the auditor API and CLI. Translates the library's errors once, here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from audit.export import export
+from audit.note import NoteError, NoteVerifier
+from audit.proof import Proof, format_proof
+from audit.sequencer import Sequencer, SequencerRun, TamperError
+from audit.signer import Ed25519FileSigner, Signer, SignerError
+from audit.sql import MissingNodeError, SqlAuditStore, SqlLogReader
+from audit.store import AuditQuery, StoredEvent
+from audit.verify import LogVerificationError, VerifyReport, verify_log
+from audit.witness import WitnessError, WitnessFile
+from sovereign.adapters.database import translate_errors
+from sovereign.errors import (
+    ConfigurationError,
+    ConflictError,
+    DependencyUnavailableError,
+    NotFoundError,
+)
+from sovereign.services.ports import Consistency
+
+log = logging.getLogger(__name__)
+
+
+def file_signer(name: str, path: Path, *, create: bool) -> Ed25519FileSigner:
+    """The checkpoint signing key at ``path`` (created with mode 0600 when allowed and missing).
+
+    :raises ConfigurationError: if the key is missing (and may not be created) or unusable.
+    """
+    try:
+        if not path.exists() and create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            log.warning("created a new audit checkpoint signing key at %s", path)
+            return Ed25519FileSigner(name, path, create=True)
+        return Ed25519FileSigner(name, path)
+    except (SignerError, NoteError) as e:
+        raise ConfigurationError(reason=f"audit signing key: {e}") from e
+
+
+class SqlAuditLog:
+    """The control plane's view of its Merkle audit log."""
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        signer: Signer,
+        origin: str,
+        witness: WitnessFile | None,
+    ) -> None:
+        self._engine = engine
+        self._signer = signer
+        self.origin = origin
+        self._witness = witness
+        self.sequencer = Sequencer(engine, signer, origin, witness=witness)
+        self.verifier = NoteVerifier.from_public_key(signer.name, signer.public_key)
+
+    @property
+    def public_keys(self) -> list[str]:
+        """The note verifier keys under which checkpoints verify (newest first)."""
+        return [self.verifier.verifier_key]
+
+    def sequence(self) -> SequencerRun:
+        """Run the sequencer once. :raises ConflictError: if the stored tree was tampered with."""
+        try:
+            with translate_errors():
+                return self.sequencer.run_once()
+        except TamperError as e:
+            log.critical("audit log tamper detected: %s", e)
+            raise ConflictError(reason=f"audit log integrity check failed: {e}") from e
+
+    @contextmanager
+    def _connect(self) -> Iterator[sa.Connection]:
+        with translate_errors(), self._engine.connect() as conn:
+            yield conn
+
+    def checkpoint(self) -> str:
+        """The latest signed checkpoint note. :raises NotFoundError: none signed yet."""
+        with self._connect() as conn:
+            reader = SqlLogReader(conn)
+            latest = reader.latest_checkpoint()
+            if latest is None:
+                raise NotFoundError(kind="checkpoint", ident="(none signed yet)")
+            return latest.note
+
+    def event(self, seq: int) -> StoredEvent:
+        """Sequenced event ``seq``. :raises NotFoundError: not (yet) in the log."""
+        with self._connect() as conn:
+            found = SqlAuditStore(conn).query(
+                AuditQuery(after_seq=seq - 1, limit=1, ascending=True)
+            )
+            if not found or found[0].seq != seq:
+                raise NotFoundError(kind="audit event", ident=str(seq))
+            return found[0]
+
+    def proof(self, seq: int) -> str:
+        """A C2SP tlog-proof of event ``seq`` under the smallest checkpoint that covers it.
+
+        :raises NotFoundError: if the event is not covered by a signed checkpoint yet.
+        """
+        with self._connect() as conn:
+            reader = SqlLogReader(conn)
+            cp = reader.checkpoint_at_least(seq + 1)
+            if cp is None:
+                raise NotFoundError(kind="audit event", ident=f"{seq} (not checkpointed yet)")
+            try:
+                path = reader.inclusion_proof(seq, cp.size)
+                entry = reader.entry(seq)
+            except MissingNodeError as e:
+                raise ConflictError(reason=f"audit log is missing data: {e}") from e
+            return format_proof(
+                Proof(entry=entry, index=seq, path=tuple(path), checkpoint_note=cp.note)
+            )
+
+    def consistency(self, old_size: int, new_size: int) -> Consistency:
+        """A consistency proof between two signed sizes.
+
+        :raises NotFoundError: if either size has no signed checkpoint.
+        """
+        with self._connect() as conn:
+            reader = SqlLogReader(conn)
+            notes = {c.size: c.note for c in reader.checkpoints() if c.size in (old_size, new_size)}
+            for size in (old_size, new_size):
+                if size not in notes:
+                    raise NotFoundError(kind="checkpoint", ident=f"at size {size}")
+            try:
+                path = reader.consistency_proof(old_size, new_size)
+            except (MissingNodeError, ValueError) as e:
+                raise ConflictError(reason=f"cannot prove consistency: {e}") from e
+            return Consistency(old_size, new_size, path, notes[old_size], notes[new_size])
+
+    def verify(self, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+        """Rebuild and check the whole log against its checkpoints and the witness.
+
+        :raises LogVerificationError: naming the first problem.
+        """
+        try:
+            witnessed = self._witness.read() if self._witness is not None else []
+        except WitnessError as e:
+            raise LogVerificationError(str(e)) from e
+        with self._connect() as conn:
+            reader = SqlLogReader(conn)
+            return verify_log(
+                reader, [self.verifier], self.origin, witness=witnessed, progress=progress
+            )
+
+    def export(self, fmt: str, query: AuditQuery) -> Iterator[str]:
+        """Lines of the events matching ``query`` (oldest first) in ``fmt``."""
+        with translate_errors(), self._engine.connect() as conn:
+            store = SqlAuditStore(conn)
+            after = -1
+            while True:
+                page = store.query(
+                    AuditQuery(
+                        since=query.since,
+                        until=query.until,
+                        after_seq=after,
+                        limit=query.limit,
+                        ascending=True,
+                    )
+                )
+                if not page:
+                    return
+                yield from export(page, fmt)
+                after = page[-1].seq
+
+    def stats(self) -> tuple[int, int]:
+        """(sequenced events, events waiting for the sequencer)."""
+        with self._connect() as conn:
+            reader = SqlLogReader(conn)
+            return reader.size(), reader.pending()
+
+
+class SequencerThread:
+    """Runs the sequencer every ``interval_s`` in a daemon thread (the embedded default)."""
+
+    def __init__(self, log_: SqlAuditLog, interval_s: float = 0.5) -> None:
+        self._log = log_
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="audit-sequencer", daemon=True)
+
+    def start(self) -> None:
+        """Start sequencing in the background."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after a last run, so nothing queued is left unsequenced."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._once()
+
+    def _once(self) -> None:
+        try:
+            self._log.sequence()
+        except (ConflictError, DependencyUnavailableError) as e:
+            log.error("audit sequencer: %s", e.message)  # noqa: TRY400 - the message says it all
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._once()
