@@ -108,6 +108,12 @@ def compartments_within(
     return expr == ","
 
 
+def _as_bytes(value: Any) -> bytes:
+    """Stored bytes, even if someone wrote text into a blob column (SQLite allows it): the
+    verifier must then report a mismatch, not crash."""
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
 def _utc(value: datetime) -> datetime:
     # SQLite hands back naive datetimes; every time stored here is UTC.
     return value if value.tzinfo else value.replace(tzinfo=UTC)
@@ -264,7 +270,7 @@ class SqlLogReader:
             if not rows:
                 return
             for row in rows:
-                yield int(row[0]), bytes(row[1]), bytes(row[2])
+                yield int(row[0]), _as_bytes(row[1]), _as_bytes(row[2])
             last = int(rows[-1][0])
 
     def checkpoints(self) -> list[StoredCheckpoint]:

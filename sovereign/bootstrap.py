@@ -99,6 +99,13 @@ def build_services(
     )
 
 
+def build_audit_log(config: Mapping[str, Any]) -> AuditLog:
+    """The audit log alone, for auditors' commands that need no identity provider."""
+    from sovereign.adapters.database import create_engine  # noqa: PLC0415
+
+    return _sql_audit_log(config, create_engine(config["DATABASE_URL"]))
+
+
 def _sql_audit_log(config: Mapping[str, Any], engine: Any) -> AuditLog:
     from pathlib import Path  # noqa: PLC0415
 

@@ -127,9 +127,12 @@ def audit() -> None:
 
 
 def _audit_log() -> Any:
-    from sovereign import create_app  # noqa: PLC0415
+    from sovereign.bootstrap import build_audit_log  # noqa: PLC0415
 
-    return create_app().extensions["sovereign"].audit.log
+    try:
+        return build_audit_log(_config().config)
+    except SovereignError as e:
+        _fail(e)
 
 
 @audit.command("verify")

@@ -92,6 +92,20 @@ def test_embedded_default_serves_the_whole_flow(tmp_path: Path):
             assert r.status_code == 200, r.text
         assert r.json()["state"] == "approved"
 
+        # The in-process sequencer puts the decisions into the Merkle log within a second.
+        auditor = {"Authorization": f"Bearer {token('auditor')}"}
+        deadline = time.monotonic() + 15
+        seen: set[str] = set()
+        while time.monotonic() < deadline and not {"request:create", "request:approve"} <= seen:
+            page = requests.get(
+                f"{base}/api/v1/audit/events?target=request/{rid}", headers=auditor, timeout=10
+            ).json()
+            seen = {e["action"] for e in page["items"]}
+            time.sleep(0.2)
+        assert {"request:create", "request:approve"} <= seen
+        checkpoint = requests.get(f"{base}/api/v1/audit/checkpoint", headers=auditor, timeout=10)
+        assert checkpoint.text.startswith("sovereign.local/audit\n")
+
         wrong = subprocess.run(
             [SOVEREIGN, "dev", "token", "mallory"],
             env=env,
@@ -106,6 +120,12 @@ def test_embedded_default_serves_the_whole_flow(tmp_path: Path):
         proc.wait(timeout=30)
         log.close()
     assert proc.returncode == 0
+    # The log survives the stop and verifies from the command line.
+    verified = subprocess.run(
+        [SOVEREIGN, "audit", "verify"], env=env, capture_output=True, text=True, check=False
+    )
+    assert verified.returncode == 0, verified.stderr
+    assert "audit log intact" in verified.stdout
     # The stack cleaned up after itself: state file gone, OpenBao no longer answers.
     assert not (tmp_path / "dev" / "devstack.json").exists()
     with pytest.raises(requests.ConnectionError):

@@ -3,6 +3,8 @@ the Flask test client. Every rule the issue names is exercised through HTTP here
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,6 +15,10 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from audit.checkpoint import open_checkpoint
+from audit.merkle import leaf_hash, verify_consistency
+from audit.note import parse_verifier_key
+from audit.proof import verify_proof
 from sovereign import create_app
 from sovereign.adapters.migrations import upgrade
 from sovereign.api import schemas, v1
@@ -387,3 +393,51 @@ def test_health_ready_metrics(client: FlaskClient, call: Call):
         'sovereign_http_requests_total{endpoint="/api/v1/me",method="GET",status="200"} 1.0' in text
     )
     assert "sovereign_http_request_duration_seconds_bucket" in text
+
+
+# -- the tamper-evident log through the API -------------------------------------------------
+
+
+def test_checkpoint_proof_and_public_key_verify_offline(call: Call, client: FlaskClient):
+    call("analyst-defence", "POST", "/api/v1/requests", json=BODY)
+    first = call("auditor", "GET", "/api/v1/audit/checkpoint")
+    assert first.status_code == 200
+    assert first.mimetype == "text/plain"
+    call("analyst-research", "POST", "/api/v1/requests", json=CIVIL)
+    second = call("auditor", "GET", "/api/v1/audit/checkpoint").get_data(as_text=True)
+
+    keys = client.get("/api/v1/audit/public-key")  # no token needed: the key is public
+    assert keys.status_code == 200
+    verifiers = [parse_verifier_key(k) for k in keys.get_data(as_text=True).split()]
+    old = open_checkpoint(first.get_data(as_text=True), verifiers)
+    new = open_checkpoint(second, verifiers)
+    assert new.size > old.size
+
+    events = call("auditor", "GET", "/api/v1/audit/events?action=request:create").get_json()
+    for item in events["items"]:
+        text = call("auditor", "GET", f"/api/v1/audit/proof/{item['seq']}").get_data(as_text=True)
+        proven = verify_proof(text, verifiers)
+        assert proven.index == item["seq"]
+        assert json.loads(proven.entry)["id"] == str(item["id"])
+        assert leaf_hash(proven.entry).hex() == item["leaf_hash"]
+
+    c = call("auditor", "GET", f"/api/v1/audit/consistency?from={old.size}&to={new.size}")
+    assert c.status_code == 200, c.get_json()
+    body = c.get_json()
+    path = [base64.b64decode(h) for h in body["proof"]]
+    verify_consistency(old.size, new.size, old.root_hash, new.root_hash, path)
+    assert open_checkpoint(body["new_checkpoint"], verifiers) == new
+
+
+def test_proof_rules(call: Call):
+    call("analyst-defence", "POST", "/api/v1/requests", json=BODY)
+    seq = call("auditor", "GET", "/api/v1/audit/events?action=request:create").get_json()["items"][
+        0
+    ]["seq"]
+    problem(call("analyst-defence", "GET", f"/api/v1/audit/proof/{seq}"), 403)
+    problem(call("auditor", "GET", "/api/v1/audit/proof/999999"), 404)
+    problem(call("auditor", "GET", "/api/v1/audit/proof/-1"), 404)
+    problem(call("auditor", "GET", "/api/v1/audit/consistency?from=2&to=1"), 422)
+    problem(call("auditor", "GET", "/api/v1/audit/consistency?from=1"), 422)
+    problem(call("auditor", "GET", "/api/v1/audit/consistency?from=1&to=99999"), 404)
+    problem(call(None, "GET", "/api/v1/audit/checkpoint"), 401)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
+from audit.signer import Ed25519Signer
 from sovereign.adapters.migrations import head_revision
 from sovereign.cli import main
 
@@ -81,3 +83,60 @@ def test_help_lists_the_commands():
     result = CliRunner().invoke(main, ["--help"])
     for command in ("bootstrap", "db", "dev", "serve"):
         assert command in result.output
+
+
+def test_auditor_tools(env: dict[str, str], tmp_path: Path):
+    runner = CliRunner()
+    assert runner.invoke(main, ["db", "upgrade"]).exit_code == 0
+    demo = Path(__file__).parents[2] / "sovereign" / "data" / "demo.json"
+    assert runner.invoke(main, ["bootstrap", str(demo)]).exit_code == 0
+    sequenced = runner.invoke(main, ["audit", "sequence"])
+    assert "sequenced 4 events; log size 4" in sequenced.output
+
+    verified = runner.invoke(main, ["audit", "verify"])
+    assert verified.exit_code == 0, verified.output
+    assert "audit log intact: 4 events" in verified.output
+    assert "1 signed checkpoints and 1 witnessed ones match" in verified.output
+
+    key = runner.invoke(main, ["audit", "public-key"]).output.strip()
+    assert key.startswith("sovereign.local/audit+")
+    proof = tmp_path / "event-2.proof"
+    assert runner.invoke(main, ["audit", "prove", "--seq", "2", "--out", str(proof)]).exit_code == 0
+    assert proof.read_text().startswith("c2sp.org/tlog-proof@v1\n")
+    ok = runner.invoke(main, ["audit", "verify-proof", str(proof), "--key", key])
+    assert ok.exit_code == 0, ok.output
+    assert "proof verifies: event 2 is in sovereign.local/audit at size 4" in ok.output
+    keyfile = tmp_path / "log.pub"
+    keyfile.write_text(key + "\n")
+    assert (
+        runner.invoke(main, ["audit", "verify-proof", str(proof), "--key", f"@{keyfile}"]).exit_code
+        == 0
+    )
+    stranger = Ed25519Signer.generate("sovereign.local/audit").verifier_key
+    bad = runner.invoke(main, ["audit", "verify-proof", str(proof), "--key", stranger])
+    assert bad.exit_code == 1
+    assert "proof does NOT verify" in bad.output
+    proof.write_text(proof.read_text().replace("index 2", "index 3"))
+    assert runner.invoke(main, ["audit", "verify-proof", str(proof), "--key", key]).exit_code == 1
+    missing = runner.invoke(main, ["audit", "prove", "--seq", "99"])
+    assert missing.exit_code == 2
+
+    for fmt, marker in (("jsonl", '"seq":0'), ("cef", "CEF:0|Sovereign|"), ("rfc5424", "<86>1 ")):
+        out = tmp_path / f"export.{fmt}"
+        result = runner.invoke(main, ["audit", "export", "--format", fmt, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        lines = out.read_text().splitlines()
+        assert len(lines) == 4
+        assert marker in lines[0]
+    empty = runner.invoke(main, ["audit", "export", "--since", "2999-01-01"])
+    assert "exported 0 events" in empty.output
+
+    # A database owner edits an event behind the triggers' back: verify names it.
+    db = sqlite3.connect(tmp_path / "sovereign.db")
+    db.execute("DROP TRIGGER audit_log_no_update")
+    db.execute("UPDATE audit_log SET entry = replace(entry, 'research', 'r3search') WHERE seq = 0")
+    db.commit()
+    db.close()
+    broken = runner.invoke(main, ["audit", "verify", "--quiet"])
+    assert broken.exit_code == 1
+    assert "NOT intact (first bad index 0)" in broken.output
