@@ -179,6 +179,62 @@ class AuditLog(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class KeyRef:
+    """Where a key lives in the secret store: mount, name and version. Never the key itself."""
+
+    mount: str
+    name: str
+    version: int = 1
+
+
+@dataclass(frozen=True)
+class WrappedSecret:
+    """A data key encrypted under a store key (e.g. ``vault:v1:...``), safe to keep in the
+    database; only the store can unwrap it."""
+
+    key: KeyRef
+    ciphertext: str
+
+
+class SecretStore(Protocol):
+    """Per-enclave keys and data keys in Vault (or OpenBao): create, derive, rotate, destroy.
+
+    Plaintext data keys exist only in memory, for the moment they are handed on; only
+    :class:`KeyRef` and :class:`WrappedSecret` values are ever stored.
+    """
+
+    def create_key(self, mount: str, name: str) -> KeyRef:
+        """Create a non-exportable AES-256-GCM key (idempotent). :raises
+        DependencyUnavailableError: Vault down, sealed, slow or refusing."""
+        ...
+
+    def data_key(self, key: KeyRef, context: bytes) -> tuple[bytes, WrappedSecret]:
+        """A fresh 256-bit data key: plaintext (in memory only) and its wrapped copy."""
+        ...
+
+    def unwrap(self, wrapped: WrappedSecret, context: bytes) -> bytes:
+        """The plaintext of a wrapped data key. :raises NotFoundError: key destroyed."""
+        ...
+
+    def rotate(self, key: KeyRef) -> KeyRef:
+        """Rotate the key; returns the new version."""
+        ...
+
+    def rewrap(self, wrapped: WrappedSecret, context: bytes) -> WrappedSecret:
+        """Re-encrypt a wrapped secret under the key's latest version (no plaintext out)."""
+        ...
+
+    def destroy_key(self, key: KeyRef) -> dict[str, Any]:
+        """Crypto-erase: allow deletion and delete the key; returns what Vault answered
+        (status, no secrets) for the audit event. Idempotent."""
+        ...
+
+    def ping(self) -> None:
+        """:raises DependencyUnavailableError: if the store cannot be used."""
+        ...
+
+
 class IdentityProvider(Protocol):
     """Turns a bearer token into a principal, verifying it fully."""
 
