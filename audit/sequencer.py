@@ -6,7 +6,9 @@ that safe with several control-plane processes; on SQLite the write lock does (t
 begin write transactions IMMEDIATE, as the control plane's does).
 
 Each run, in one transaction per batch: restore the tree's frontier from the stored nodes, check
-it against the latest signed checkpoint (so a tampered database is never extended or signed),
+it against the latest signed checkpoint (so it never signs a root inconsistent with an earlier
+signed checkpoint; tampering in the middle of the log that leaves the frontier intact is caught
+by ``verify``, and the next checkpoint still commits to the original history),
 assign contiguous indices to the oldest queued events, store leaves and completed nodes, drop
 them from the queue, commit durably. Only then sign a checkpoint for the new size, store it and
 append it to the witness. The log therefore never signs two checkpoints that are inconsistent.
@@ -136,7 +138,11 @@ class Sequencer:
                     audit_nodes.insert(),
                     [{"level": lvl, "idx": idx, "hash": h} for lvl, idx, h in nodes],
                 )
-            conn.execute(audit_pending.delete().where(audit_pending.c.id <= pending[-1][0]))
+            # Exactly the rows read: under READ COMMITTED a lower id committed after our SELECT
+            # must stay queued for the next batch, not vanish (fail-closed means no lost event).
+            conn.execute(
+                audit_pending.delete().where(audit_pending.c.id.in_([r[0] for r in pending]))
+            )
         return len(pending)
 
     def _trusted_frontier(self, reader: SqlLogReader, size: int) -> Frontier:

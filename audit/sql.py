@@ -137,6 +137,18 @@ def event_from_entry(entry: bytes) -> AuditEvent:
     )
 
 
+#: The columns of ``audit_log`` copied out of each entry for filtering.
+INDEX_COLUMNS = (
+    "time",
+    "actor",
+    "action",
+    "target",
+    "outcome",
+    "label_level",
+    "label_compartments",
+)
+
+
 def index_columns(entry: bytes) -> dict[str, Any]:
     """The filter columns of ``audit_log`` for an entry, read from the entry itself."""
     data = json.loads(entry)
@@ -258,19 +270,28 @@ class SqlLogReader:
 
     def entries(self, batch: int = 10_000) -> Iterator[tuple[int, bytes, bytes]]:
         """Every stored ``(seq, entry, leaf_hash)`` in seq order, read in batches."""
+        for row in self._rows((audit_log.c.entry, audit_log.c.leaf_hash), batch):
+            yield int(row[0]), _as_bytes(row[1]), _as_bytes(row[2])
+
+    def filter_columns(self, batch: int = 10_000) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
+        """Every ``(seq, entry, filter columns as stored)``, to check them against the entry."""
+        names = list(INDEX_COLUMNS)
+        cols = (audit_log.c.entry, *(audit_log.c[n] for n in names))
+        for row in self._rows(cols, batch):
+            stored = dict(zip(names, row[2:], strict=True))
+            stored["time"] = _utc(stored["time"]) if stored["time"] is not None else None
+            yield int(row[0]), _as_bytes(row[1]), stored
+
+    def _rows(self, columns: tuple[Any, ...], batch: int) -> Iterator[Any]:
         last = -1
         t = audit_log
         while True:
             rows = self._conn.execute(
-                sa.select(t.c.seq, t.c.entry, t.c.leaf_hash)
-                .where(t.c.seq > last)
-                .order_by(t.c.seq)
-                .limit(batch)
+                sa.select(t.c.seq, *columns).where(t.c.seq > last).order_by(t.c.seq).limit(batch)
             ).all()
             if not rows:
                 return
-            for row in rows:
-                yield int(row[0]), _as_bytes(row[1]), _as_bytes(row[2])
+            yield from rows
             last = int(rows[-1][0])
 
     def checkpoints(self) -> list[StoredCheckpoint]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from audit.checkpoint import CheckpointError, open_checkpoint
 from audit.merkle import Frontier, leaf_hashes
 from audit.note import NoteError, NoteVerifier
-from audit.sql import SqlLogReader
+from audit.sql import SqlLogReader, index_columns
 from audit.witness import WitnessedCheckpoint
 
 #: How many events are hashed between two progress reports.
@@ -84,8 +84,14 @@ def verify_log(
     *,
     witness: Sequence[WitnessedCheckpoint] = (),
     progress: Callable[[int, int], None] | None = None,
+    check_columns: bool = True,
 ) -> VerifyReport:
     """Rebuild the tree from the stored events and check it against every signed checkpoint.
+
+    With ``check_columns`` (the default) a second pass also checks that the filter columns
+    queries use (actor, action, target, time, outcome, label) say what each event's bytes say,
+    so no event can be hidden from, or misattributed in, a filtered view. That pass parses
+    every event and costs more than the hashing; ``check_columns=False`` proves the tree only.
 
     :raises LogVerificationError: describing the first problem found.
     """
@@ -133,12 +139,27 @@ def verify_log(
     if progress is not None:
         progress(expected, total)
     frontier = rebuilt.frontier
+    if check_columns:
+        _check_columns(reader)
     return VerifyReport(
         size=frontier.size,
         root_hash=frontier.root(),
         checkpoints=len(signed),
         witnessed=len(witnessed),
     )
+
+
+def _check_columns(reader: SqlLogReader) -> None:
+    """Every event's filter columns must equal what its (already verified) bytes say."""
+    for seq, entry, stored in reader.filter_columns():
+        expected = index_columns(entry)
+        for name, value in expected.items():
+            if stored[name] != value:
+                raise LogVerificationError(
+                    f"event {seq}'s stored {name} is {stored[name]!r} but the event says "
+                    f"{value!r}: filtered views could hide or misattribute it",
+                    index=seq,
+                )
 
 
 class _Rebuilder:

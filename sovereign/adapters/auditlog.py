@@ -143,7 +143,9 @@ class SqlAuditLog:
                 raise ConflictError(reason=f"cannot prove consistency: {e}") from e
             return Consistency(old_size, new_size, path, notes[old_size], notes[new_size])
 
-    def verify(self, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+    def verify(
+        self, progress: Callable[[int, int], None] | None = None, *, check_columns: bool = True
+    ) -> VerifyReport:
         """Rebuild and check the whole log against its checkpoints and the witness.
 
         :raises LogVerificationError: naming the first problem.
@@ -155,7 +157,12 @@ class SqlAuditLog:
         with self._connect() as conn:
             reader = SqlLogReader(conn)
             return verify_log(
-                reader, [self.verifier], self.origin, witness=witnessed, progress=progress
+                reader,
+                [self.verifier],
+                self.origin,
+                witness=witnessed,
+                progress=progress,
+                check_columns=check_columns,
             )
 
     def export(self, fmt: str, query: AuditQuery) -> Iterator[str]:

@@ -174,7 +174,9 @@ class AuditLog(Protocol):
         """Consistency between two signed sizes. :raises NotFoundError:."""
         ...
 
-    def verify(self, progress: Callable[[int, int], None] | None = None) -> Any:
+    def verify(
+        self, progress: Callable[[int, int], None] | None = None, *, check_columns: bool = True
+    ) -> Any:
         """Rebuild and check the whole log. :raises LogVerificationError:."""
         ...
 
