@@ -412,6 +412,32 @@ def test_errors_carry_expected_and_computed() -> None:
     assert issubclass(ConsistencyProofError, ProofError)
 
 
+def test_malformed_proofs_say_what_is_wrong() -> None:
+    tree = _ct_tree()
+    leaf, root = leaf_hash(CT_LEAVES[2]), CT_ROOTS[4]
+    proof = tree.inclusion_proof(2, 5)
+    with pytest.raises(ProofError, match="too many hashes"):
+        verify_inclusion(leaf, 2, 5, [*proof, SOME_HASH], root)
+    with pytest.raises(ProofError, match="too few hashes"):
+        verify_inclusion(leaf, 2, 5, proof[:-1], root)
+    with pytest.raises(ProofError, match="proof hash 1 must be 32 bytes"):
+        verify_inclusion(leaf, 2, 5, [proof[0], proof[1][:-1], proof[2]], root)
+    with pytest.raises(ProofError, match="leaf hash must be 32 bytes"):
+        verify_inclusion(leaf + b"\x00", 2, 5, proof, root)
+
+    proof = tree.consistency_proof(3, 7)
+    with pytest.raises(ProofError, match="too many hashes"):
+        verify_consistency(3, 7, CT_ROOTS[2], CT_ROOTS[6], [*proof, SOME_HASH])
+    with pytest.raises(ProofError, match="too few hashes"):
+        verify_consistency(3, 7, CT_ROOTS[2], CT_ROOTS[6], proof[:-1])
+    with pytest.raises(ProofError, match="proof hash 0 must be 32 bytes"):
+        verify_consistency(3, 7, CT_ROOTS[2], CT_ROOTS[6], [b"", *proof[1:]])
+    with pytest.raises(ProofError, match="cannot precede"):
+        verify_consistency(7, 3, CT_ROOTS[6], CT_ROOTS[2], proof)
+    with pytest.raises(ProofError, match="cannot precede"):
+        verify_consistency(-1, 3, CT_ROOTS[6], CT_ROOTS[2], proof)
+
+
 def test_size_is_bound_by_the_root_not_by_the_proof() -> None:
     """RFC 9162 verification trusts the (size, root) pair it is given, e.g. from a checkpoint.
 
