@@ -21,7 +21,8 @@ import sqlalchemy as sa
 from sqlalchemy import event, exc
 
 from audit.sql import SqlAuditStore, compartments_within, encode_compartments
-from sovereign.adapters.tables import approvals, enclave_requests, images, tenants
+from sovereign.adapters.tables import approvals, enclave_keys, enclave_requests, images, tenants
+from sovereign.domain.keys import EnclaveKeys, KeyRef, WrappedSecret
 from sovereign.domain.labels import Label, LabelScheme
 from sovereign.domain.policy import Visibility
 from sovereign.domain.requests import (
@@ -381,12 +382,60 @@ class SqlRequestRepository:
         return Resources(int(r[0]), int(r[1]), int(r[2]), int(r[3]))
 
 
+class SqlKeyRepository:
+    """Key references in ``enclave_keys``."""
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self._conn = conn
+
+    @staticmethod
+    def _values(keys: EnclaveKeys) -> dict[str, Any]:
+        return {
+            "mount": keys.key.mount,
+            "key_name": keys.key.name,
+            "key_version": keys.key.version,
+            "luks_wrapped": keys.luks.ciphertext,
+            "vtpm_wrapped": keys.vtpm.ciphertext,
+            "created_at": keys.created_at,
+            "destroyed_at": keys.destroyed_at,
+        }
+
+    def add(self, keys: EnclaveKeys) -> None:
+        self._conn.execute(
+            enclave_keys.insert().values(request_id=keys.request_id, **self._values(keys))
+        )
+
+    def get(self, request_id: uuid.UUID) -> EnclaveKeys | None:
+        r = self._conn.execute(
+            sa.select(enclave_keys).where(enclave_keys.c.request_id == request_id)
+        ).first()
+        if r is None:
+            return None
+        ref = KeyRef(r.mount, r.key_name, r.key_version)
+        return EnclaveKeys(
+            request_id=r.request_id,
+            key=ref,
+            luks=WrappedSecret(ref, r.luks_wrapped),
+            vtpm=WrappedSecret(ref, r.vtpm_wrapped),
+            created_at=_utc(r.created_at),
+            destroyed_at=_utc(r.destroyed_at) if r.destroyed_at else None,
+        )
+
+    def update(self, keys: EnclaveKeys) -> None:
+        self._conn.execute(
+            enclave_keys.update()
+            .where(enclave_keys.c.request_id == keys.request_id)
+            .values(**self._values(keys))
+        )
+
+
 class SqlUnitOfWork:
     """One database transaction: repositories and the audit store share its connection."""
 
     tenants: SqlTenantRepository
     images: SqlImageRepository
     requests: SqlRequestRepository
+    keys: SqlKeyRepository
     audit: SqlAuditStore
 
     def __init__(
@@ -412,6 +461,7 @@ class SqlUnitOfWork:
         self.tenants = SqlTenantRepository(self._conn, self._labels)
         self.images = SqlImageRepository(self._conn, self._labels)
         self.requests = SqlRequestRepository(self._conn, self._labels)
+        self.keys = SqlKeyRepository(self._conn)
         self.audit = SqlAuditStore(self._conn)
         return self
 

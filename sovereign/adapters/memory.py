@@ -18,6 +18,7 @@ from typing import Self
 
 from audit import AuditEvent, AuditQuery, MemoryAuditStore, StoredEvent
 from sovereign.adapters.database import decode_cursor, encode_cursor
+from sovereign.domain.keys import EnclaveKeys
 from sovereign.domain.policy import Visibility
 from sovereign.domain.requests import COMMITTED_STATES, EnclaveRequest
 from sovereign.domain.tenants import Image, Resources, Tenant
@@ -32,6 +33,7 @@ class MemoryStore:
     tenants: dict[str, Tenant] = field(default_factory=dict)
     images: dict[str, Image] = field(default_factory=dict)
     requests: dict[uuid.UUID, EnclaveRequest] = field(default_factory=dict)
+    keys: dict[uuid.UUID, EnclaveKeys] = field(default_factory=dict)
     audit: MemoryAuditStore = field(default_factory=MemoryAuditStore)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -123,6 +125,24 @@ class MemoryRequestRepository:
         return total
 
 
+class MemoryKeyRepository:
+    """Key references in a dict."""
+
+    def __init__(self, data: dict[uuid.UUID, EnclaveKeys]) -> None:
+        self.data = data
+
+    def add(self, keys: EnclaveKeys) -> None:
+        if keys.request_id in self.data:
+            raise ConcurrentUpdateError(kind="keys", ident=str(keys.request_id))
+        self.data[keys.request_id] = keys
+
+    def get(self, request_id: uuid.UUID) -> EnclaveKeys | None:
+        return self.data.get(request_id)
+
+    def update(self, keys: EnclaveKeys) -> None:
+        self.data[keys.request_id] = keys
+
+
 class _PendingAudit:
     """Events buffered until the unit commits, like rows in an open transaction."""
 
@@ -150,6 +170,7 @@ class MemoryUnitOfWork:
             self.tenants = MemoryTenantRepository(dict(self._store.tenants))
             self.images = MemoryImageRepository(dict(self._store.images))
             self.requests = MemoryRequestRepository(dict(self._store.requests))
+            self.keys = MemoryKeyRepository(dict(self._store.keys))
         self.audit = _PendingAudit(self._store.audit)
         return self
 
@@ -170,6 +191,7 @@ class MemoryUnitOfWork:
             store.audit.append(self.audit.pending)
             store.tenants.update(self.tenants.data)
             store.images.update(self.images.data)
+            store.keys.update(self.keys.data)
             for rid in self.requests.touched:
                 store.requests[rid] = self.requests.data[rid]
         self.audit.pending = []

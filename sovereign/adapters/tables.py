@@ -98,3 +98,22 @@ approvals = sa.Table(
     # The database itself guarantees "two *distinct* officers", even under races.
     sa.UniqueConstraint("request_id", "officer", name="uq_approvals_request_officer"),
 )
+
+enclave_keys = sa.Table(
+    "enclave_keys",
+    metadata,
+    # References only: Vault mount, key name and version, and data keys wrapped by that key.
+    sa.Column(
+        "request_id",
+        sa.Uuid,
+        sa.ForeignKey("enclave_requests.id"),
+        primary_key=True,
+    ),
+    sa.Column("mount", sa.String(128), nullable=False),
+    sa.Column("key_name", sa.String(128), nullable=False),
+    sa.Column("key_version", sa.Integer, nullable=False),
+    sa.Column("luks_wrapped", sa.String(1024), nullable=False),
+    sa.Column("vtpm_wrapped", sa.String(1024), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("destroyed_at", Timestamp, nullable=True),
+)

@@ -15,6 +15,7 @@ from typing import Any, Generic, Protocol, Self, TypeVar
 
 from audit import AuditStore, StoredEvent
 from sovereign.domain.identity import Principal
+from sovereign.domain.keys import EnclaveKeys, KeyRef, WrappedSecret
 from sovereign.domain.policy import Visibility
 from sovereign.domain.requests import EnclaveRequest, RequestState
 from sovereign.domain.tenants import Image, Resources, Tenant
@@ -100,6 +101,22 @@ class RequestRepository(Protocol):
         ...
 
 
+class KeyRepository(Protocol):
+    """Key references per enclave (never key material)."""
+
+    def add(self, keys: EnclaveKeys) -> None:
+        """Store an enclave's key references."""
+        ...
+
+    def get(self, request_id: uuid.UUID) -> EnclaveKeys | None:
+        """The key references of an enclave, or None."""
+        ...
+
+    def update(self, keys: EnclaveKeys) -> None:
+        """Store changed references (rotation, destruction)."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction over the repositories and the audit store; rolls back unless committed."""
 
@@ -110,6 +127,8 @@ class UnitOfWork(Protocol):
     def images(self) -> ImageRepository: ...
     @property
     def requests(self) -> RequestRepository: ...
+    @property
+    def keys(self) -> KeyRepository: ...
     @property
     def audit(self) -> AuditStore: ...
 
@@ -179,24 +198,6 @@ class AuditLog(Protocol):
     ) -> Any:
         """Rebuild and check the whole log. :raises LogVerificationError:."""
         ...
-
-
-@dataclass(frozen=True)
-class KeyRef:
-    """Where a key lives in the secret store: mount, name and version. Never the key itself."""
-
-    mount: str
-    name: str
-    version: int = 1
-
-
-@dataclass(frozen=True)
-class WrappedSecret:
-    """A data key encrypted under a store key (e.g. ``vault:v1:...``), safe to keep in the
-    database; only the store can unwrap it."""
-
-    key: KeyRef
-    ciphertext: str
 
 
 class SecretStore(Protocol):

@@ -85,6 +85,21 @@ class Recorder:
         except Exception as e:
             raise AuditUnavailableError from e
 
+    def failure(
+        self,
+        ctx: CallContext,
+        action: str,
+        target: str,
+        error: SovereignError,
+        *,
+        label: Label | None = None,
+    ) -> None:
+        """Record that ``action`` failed on a dependency (outcome ``error``), in its own unit.
+
+        :raises AuditUnavailableError: if even that cannot be written.
+        """
+        self._record_alone(ctx, action, target, error=error, outcome=Outcome.ERROR, label=label)
+
     def denial(
         self,
         ctx: CallContext,
@@ -98,11 +113,23 @@ class Recorder:
 
         :raises AuditUnavailableError: if even that cannot be written.
         """
+        self._record_alone(ctx, action, target, error=error, outcome=Outcome.DENY, label=label)
+
+    def _record_alone(
+        self,
+        ctx: CallContext,
+        action: str,
+        target: str,
+        *,
+        error: SovereignError,
+        outcome: Outcome,
+        label: Label | None,
+    ) -> None:
         event = self.event(
             ctx,
             action,
             target,
-            Outcome.DENY,
+            outcome,
             reason=error.message,
             label=label,
             details={"error": error.code},

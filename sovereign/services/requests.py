@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Collection, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from sovereign.errors import (
     NotFoundError,
     SovereignError,
 )
+from sovereign.services.keys import KeyService
 from sovereign.services.ports import Page, RequestFilter, UnitOfWork, UnitOfWorkFactory
 from sovereign.services.recording import CallContext, Clock, Recorder, utcnow
 
@@ -59,10 +61,12 @@ class RequestService:
         policy: AccessPolicy,
         *,
         gpu_models: Collection[str],
+        keys: KeyService | None = None,
         clock: Clock = utcnow,
     ) -> None:
         self._uow = uow_factory
         self._policy = policy
+        self._keys = keys
         self._gpu_models = frozenset(gpu_models)
         self._clock = clock
         self._recorder = Recorder(uow_factory, clock)
@@ -216,6 +220,20 @@ class RequestService:
 
         return self._change(ctx, request_id, "request:cancel", step, reason)
 
+    def _on_approval(
+        self, uow: UnitOfWork, ctx: CallContext, request: EnclaveRequest, before: RequestState
+    ) -> AbstractContextManager[object]:
+        """Create the enclave's keys in Vault when this decision completed the approval."""
+        if (
+            self._keys is None
+            or before is not RequestState.PENDING
+            or request.state is not RequestState.APPROVED
+        ):
+            return nullcontext()
+        tenant = uow.tenants.get(request.tenant)
+        assert tenant is not None, "foreign key guarantees the tenant"
+        return self._keys.provisioned(uow, ctx, request, tenant)
+
     def _change(
         self,
         ctx: CallContext,
@@ -236,30 +254,38 @@ class RequestService:
                     label = request.label
                     before = request.state
                     step(uow, request)
-                    uow.requests.update(request)
-                    self._recorder.append(
-                        uow,
-                        self._recorder.event(
-                            ctx,
-                            action,
-                            target,
-                            Outcome.ALLOW,
-                            reason=reason,
-                            label=request.label,
-                            details={
-                                "from": before.value,
-                                "to": request.state.value,
-                                "approvals": len(request.approvers),
-                                "approvals_needed": self._policy.approvals_needed(request.label),
-                            },
-                        ),
-                    )
-                    uow.commit()
+                    with self._on_approval(uow, ctx, request, before):
+                        uow.requests.update(request)
+                        self._recorder.append(
+                            uow,
+                            self._recorder.event(
+                                ctx,
+                                action,
+                                target,
+                                Outcome.ALLOW,
+                                reason=reason,
+                                label=request.label,
+                                details={
+                                    "from": before.value,
+                                    "to": request.state.value,
+                                    "approvals": len(request.approvers),
+                                    "approvals_needed": self._policy.approvals_needed(
+                                        request.label
+                                    ),
+                                },
+                            ),
+                        )
+                        uow.commit()
                     return request
             except ConcurrentUpdateError:
                 if attempt == CONCURRENCY_RETRIES - 1:
                     raise
-            except (AuditUnavailableError, DependencyUnavailableError):
+            except AuditUnavailableError:
+                raise
+            except DependencyUnavailableError as e:
+                # Nothing changed (the unit rolled back, keys were discarded); the request is
+                # as it was and the officer can retry. The failure itself is on the record.
+                self._recorder.failure(ctx, action, target, e, label=label)
                 raise
             except SovereignError as e:
                 # The denial carries the request's label (when it was loaded), so only readers

@@ -1,0 +1,205 @@
+"""Use cases for enclave keys: create them at approval, rotate, crypto-erase at termination.
+
+Owns the coordination of the secret store (Vault), the key references in the database and the
+audit events about keys. Plaintext data keys never leave this module except to the caller that
+hands them to the hypervisor, and are never stored or logged. Nothing half-created remains:
+a key created in Vault whose references could not be stored is destroyed again.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from audit import Outcome
+from sovereign.domain.identity import Role
+from sovereign.domain.keys import EnclaveKeys, KeyRef, enclave_key_name, key_mount
+from sovereign.domain.requests import EnclaveRequest
+from sovereign.domain.tenants import Tenant
+from sovereign.errors import (
+    AuditUnavailableError,
+    DependencyUnavailableError,
+    NotFoundError,
+    PolicyDeniedError,
+    SovereignError,
+)
+from sovereign.services.ports import SecretStore, UnitOfWork, UnitOfWorkFactory
+from sovereign.services.recording import CallContext, Clock, Recorder, utcnow
+
+log = logging.getLogger(__name__)
+
+_Step = Callable[["CallContext", "UnitOfWork", "EnclaveRequest", "EnclaveKeys"], "EnclaveKeys"]
+
+#: Associated context of the two data keys of an enclave (what each is for).
+LUKS_CONTEXT = b"luks"
+VTPM_CONTEXT = b"vtpm"
+
+
+@dataclass(frozen=True)
+class EnclaveSecrets:
+    """Plaintext secrets for the hypervisor, in memory only, for the moment of use."""
+
+    luks_passphrase: bytes
+    vtpm_secret: bytes
+
+    def __repr__(self) -> str:
+        return "EnclaveSecrets(<redacted>)"
+
+
+class KeyService:
+    """Per-enclave keys in the secret store, their references in the database."""
+
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        store: SecretStore,
+        *,
+        mount_prefix: str = "sovereign-",
+        clock: Clock = utcnow,
+    ) -> None:
+        self._uow = uow_factory
+        self.store = store
+        self._prefix = mount_prefix
+        self._clock = clock
+        self._recorder = Recorder(uow_factory, clock)
+
+    @contextmanager
+    def provisioned(
+        self, uow: UnitOfWork, ctx: CallContext, request: EnclaveRequest, tenant: Tenant
+    ) -> Iterator[EnclaveKeys]:
+        """Create the enclave's key and data keys inside ``uow`` (3 Vault round trips).
+
+        If anything after the key's creation fails (Vault, the database, the commit), the key
+        is destroyed again so no orphan key remains.
+
+        :raises DependencyUnavailableError: if Vault cannot be used.
+        """
+        ref = self.store.create_key(key_mount(tenant, self._prefix), enclave_key_name(request.id))
+        try:
+            luks = self.store.data_key(ref, LUKS_CONTEXT)[1]
+            vtpm = self.store.data_key(ref, VTPM_CONTEXT)[1]
+            keys = EnclaveKeys(request.id, luks.key, luks, vtpm, self._clock())
+            uow.keys.add(keys)
+            self._recorder.append(
+                uow,
+                self._recorder.event(
+                    ctx,
+                    "key:create",
+                    f"key/{ref.mount}/{ref.name}",
+                    Outcome.ALLOW,
+                    label=request.label,
+                    details={"request": str(request.id), "key_version": keys.key.version},
+                ),
+            )
+            yield keys
+        except BaseException:
+            self._discard(ref)
+            raise
+
+    def _discard(self, ref: KeyRef) -> None:
+        try:
+            self.store.destroy_key(ref)
+        except SovereignError:
+            # Logged, not raised: the original failure is what the caller must see. The key
+            # holds no data yet (no wrapped copy was stored), so it protects nothing.
+            log.exception("could not discard enclave key %s/%s", ref.mount, ref.name)
+
+    def secrets(self, request_id: uuid.UUID) -> EnclaveSecrets:
+        """Unwrap the LUKS passphrase and vTPM secret for the hypervisor (in memory only).
+
+        :raises NotFoundError: no keys, or keys already destroyed.
+        """
+        with self._uow(readonly=True) as uow:
+            keys = uow.keys.get(request_id)
+        if keys is None or keys.destroyed_at is not None:
+            raise NotFoundError(kind="enclave keys", ident=str(request_id))
+        return EnclaveSecrets(
+            luks_passphrase=self.store.unwrap(keys.luks, LUKS_CONTEXT),
+            vtpm_secret=self.store.unwrap(keys.vtpm, VTPM_CONTEXT),
+        )
+
+    def _officer_keys(
+        self, ctx: CallContext, request_id: uuid.UUID, uow: UnitOfWork
+    ) -> tuple[EnclaveRequest, EnclaveKeys]:
+        request = uow.requests.get(request_id)
+        if request is None or not ctx.principal.cleared_for(request.label):
+            raise NotFoundError(kind="request", ident=str(request_id))
+        if not (ctx.principal.has_role(Role.OFFICER) or ctx.actor.startswith("system:")):
+            raise PolicyDeniedError(reason="only security officers manage enclave keys")
+        keys = uow.keys.get(request_id)
+        if keys is None or keys.destroyed_at is not None:
+            raise NotFoundError(kind="enclave keys", ident=str(request_id))
+        return request, keys
+
+    def rotate(self, ctx: CallContext, request_id: uuid.UUID) -> EnclaveKeys:
+        """Rotate the enclave's key and rewrap its data keys under the new version."""
+        return self._guarded(ctx, request_id, "key:rotate", self._rotate)
+
+    def crypto_erase(self, ctx: CallContext, request_id: uuid.UUID) -> EnclaveKeys:
+        """Destroy the enclave's key in Vault (crypto-erase) and record Vault's answer.
+
+        Afterwards the wrapped data keys can never be unwrapped again.
+        """
+        return self._guarded(ctx, request_id, "key:destroy", self._destroy)
+
+    def _rotate(
+        self, ctx: CallContext, uow: UnitOfWork, request: EnclaveRequest, keys: EnclaveKeys
+    ) -> EnclaveKeys:
+        new_ref = self.store.rotate(keys.key)
+        luks = self.store.rewrap(keys.luks, LUKS_CONTEXT)
+        vtpm = self.store.rewrap(keys.vtpm, VTPM_CONTEXT)
+        rotated = EnclaveKeys(request.id, new_ref, luks, vtpm, keys.created_at)
+        uow.keys.update(rotated)
+        self._recorder.append(
+            uow,
+            self._recorder.event(
+                ctx,
+                "key:rotate",
+                f"key/{new_ref.mount}/{new_ref.name}",
+                Outcome.ALLOW,
+                label=request.label,
+                details={"from_version": keys.key.version, "to_version": new_ref.version},
+            ),
+        )
+        return rotated
+
+    def _destroy(
+        self, ctx: CallContext, uow: UnitOfWork, request: EnclaveRequest, keys: EnclaveKeys
+    ) -> EnclaveKeys:
+        answer = self.store.destroy_key(keys.key)
+        destroyed = keys.destroyed(self._clock())
+        uow.keys.update(destroyed)
+        self._recorder.append(
+            uow,
+            self._recorder.event(
+                ctx,
+                "key:destroy",
+                f"key/{keys.key.mount}/{keys.key.name}",
+                Outcome.ALLOW,
+                label=request.label,
+                details={"request": str(request.id), "vault": answer},
+            ),
+        )
+        return destroyed
+
+    def _guarded(
+        self, ctx: CallContext, request_id: uuid.UUID, action: str, step: _Step
+    ) -> EnclaveKeys:
+        target = f"request/{request_id}"
+        try:
+            with self._uow() as uow:
+                request, keys = self._officer_keys(ctx, request_id, uow)
+                result = step(ctx, uow, request, keys)
+                uow.commit()
+        except AuditUnavailableError:
+            raise
+        except DependencyUnavailableError as e:
+            self._recorder.failure(ctx, action, target, e)
+            raise
+        except SovereignError as e:
+            self._recorder.denial(ctx, action, target, e)
+            raise
+        return result
