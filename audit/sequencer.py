@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -76,10 +76,15 @@ class Sequencer:
         witness: WitnessFile | None = None,
         batch: int = DEFAULT_BATCH,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        trusted: Callable[[], Sequence[NoteVerifier]] | None = None,
     ) -> None:
         self._engine = engine
         self._signer = signer
-        self._verifier = [NoteVerifier.from_public_key(signer.name, signer.public_key)]
+        # The keys earlier checkpoints may be signed with: by default the signer's current key;
+        # after a key rotation the caller passes every published key.
+        self._trusted = trusted or (
+            lambda: [NoteVerifier.from_public_key(signer.name, signer.public_key)]
+        )
         self.origin = origin
         self._witness = witness
         self._batch = batch
@@ -165,7 +170,7 @@ class Sequencer:
 
     def _open(self, note: str) -> Checkpoint:
         try:
-            return open_checkpoint(note, self._verifier, self.origin)
+            return open_checkpoint(note, self._trusted(), self.origin)
         except (NoteError, ValueError) as e:
             raise TamperError(f"stored checkpoint does not verify: {e}") from e
 

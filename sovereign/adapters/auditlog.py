@@ -17,7 +17,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from audit.export import export
-from audit.note import NoteError, NoteVerifier
+from audit.note import NoteError, NoteVerifier, parse_verifier_key
 from audit.proof import Proof, format_proof
 from audit.sequencer import Sequencer, SequencerRun, TamperError
 from audit.signer import Ed25519FileSigner, Signer, SignerError
@@ -66,18 +66,34 @@ class SqlAuditLog:
         self._signer = signer
         self.origin = origin
         self._witness = witness
-        self.sequencer = Sequencer(engine, signer, origin, witness=witness)
+        self.sequencer = Sequencer(
+            engine, signer, origin, witness=witness, trusted=lambda: self.verifiers
+        )
         self.verifier = NoteVerifier.from_public_key(signer.name, signer.public_key)
 
     @property
     def public_keys(self) -> list[str]:
-        """The note verifier keys under which checkpoints verify (newest first)."""
-        return [self.verifier.verifier_key]
+        """The note verifier keys under which checkpoints verify (newest first).
+
+        A Vault-held key publishes every version it still holds, so checkpoints signed before
+        a rotation stay verifiable.
+        """
+        every = getattr(self._signer, "public_keys_all", None)
+        return list(every()) if every is not None else [self.verifier.verifier_key]
+
+    @property
+    def verifiers(self) -> list[NoteVerifier]:
+        """Every published key, parsed."""
+        return [parse_verifier_key(k) for k in self.public_keys]
 
     def sequence(self) -> SequencerRun:
         """Run the sequencer once. :raises ConflictError: if the stored tree was tampered with."""
+        refresh = getattr(self._signer, "refresh", None)
         try:
             with translate_errors():
+                if refresh is not None:
+                    # Between checkpoints, so a rotated Vault key is picked up (never mid-note).
+                    refresh()
                 return self.sequencer.run_once()
         except TamperError as e:
             log.critical("audit log tamper detected: %s", e)
@@ -158,7 +174,7 @@ class SqlAuditLog:
             reader = SqlLogReader(conn)
             return verify_log(
                 reader,
-                [self.verifier],
+                self.verifiers,
                 self.origin,
                 witness=witnessed,
                 progress=progress,
