@@ -7,6 +7,7 @@ Creating services performs no network I/O: connections open on first use.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,9 +17,18 @@ from sovereign.domain.policy import AccessPolicy
 from sovereign.errors import ConfigurationError
 from sovereign.services.auditing import AuditReadService
 from sovereign.services.catalog import CatalogService
-from sovereign.services.ports import AuditLog, IdentityProvider, Probe, UnitOfWorkFactory
+from sovereign.services.keys import KeyService
+from sovereign.services.ports import (
+    AuditLog,
+    IdentityProvider,
+    Probe,
+    SecretStore,
+    UnitOfWorkFactory,
+)
 from sovereign.services.recording import Clock, utcnow
 from sovereign.services.requests import RequestService
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,6 +42,7 @@ class Services:
     requests: RequestService
     catalog: CatalogService
     audit: AuditReadService
+    keys: KeyService
     probes: Sequence[Probe] = field(default_factory=list)
     #: Backend objects to dispose of on shutdown (engines).
     resources: list[Any] = field(default_factory=list)
@@ -48,6 +59,7 @@ def build_services(
     uow: UnitOfWorkFactory | None = None,
     identity: IdentityProvider | None = None,
     audit_log: AuditLog | None = None,
+    secrets: SecretStore | None = None,
     probes: Sequence[Probe] | None = None,
     clock: Clock = utcnow,
 ) -> Services:
@@ -76,12 +88,15 @@ def build_services(
     if identity is None:
         identity = _keycloak(config, scheme)
     default_probes.append(_IdentityProbe(identity))
+    if secrets is None:
+        secrets = build_secret_store(config)
     if config.get("VAULT_ADDR"):
         from sovereign.adapters.vault import VaultProbe  # noqa: PLC0415
 
         default_probes.append(
             VaultProbe(config["VAULT_ADDR"], config.get("VAULT_TOKEN"), config["VAULT_TIMEOUT_S"])
         )
+    keys = KeyService(uow, secrets, mount_prefix=config["VAULT_MOUNT_PREFIX"], clock=clock)
     if config.get("HYPERVISOR_URIS"):
         from sovereign.adapters.hypervisor import HypervisorProbe  # noqa: PLC0415
 
@@ -91,12 +106,51 @@ def build_services(
         policy=policy,
         uow=uow,
         identity=identity,
-        requests=RequestService(uow, policy, gpu_models=config["GPU_MODELS"], clock=clock),
+        requests=RequestService(
+            uow, policy, gpu_models=config["GPU_MODELS"], keys=keys, clock=clock
+        ),
+        keys=keys,
         catalog=CatalogService(uow, scheme, clock),
         audit=AuditReadService(uow, policy, clock, audit_log),
         probes=list(probes) if probes is not None else default_probes,
         resources=resources,
     )
+
+
+def vault_clients(config: Mapping[str, Any]) -> Any:
+    """An authenticated hvac client factory: AppRole, or the dev server's token."""
+    from sovereign.adapters.vault import AppRoleAuth, TokenAuth, VaultClients  # noqa: PLC0415
+
+    if config.get("VAULT_ROLE_ID"):
+        auth: Any = AppRoleAuth(
+            config["VAULT_ROLE_ID"],
+            secret_id_file=config.get("VAULT_SECRET_ID_FILE"),
+            wrapped_token=config.get("VAULT_WRAPPED_SECRET_ID"),
+        )
+    elif config.get("VAULT_TOKEN"):
+        auth = TokenAuth(config["VAULT_TOKEN"])
+    else:
+        raise ConfigurationError(reason="Vault needs SOVEREIGN_VAULT_ROLE_ID (or a dev token)")
+    return VaultClients(
+        config["VAULT_ADDR"],
+        auth,
+        timeout_s=float(config["VAULT_TIMEOUT_S"]),
+        verify=config.get("VAULT_CA_BUNDLE") or True,
+    )
+
+
+def build_secret_store(config: Mapping[str, Any]) -> SecretStore:
+    """Vault when configured; outside production an in-memory store, with a loud warning."""
+    if config.get("VAULT_ADDR"):
+        from sovereign.adapters.vault import VaultSecretStore  # noqa: PLC0415
+
+        return VaultSecretStore(vault_clients(config))
+    if config["ENV"] == "production":
+        raise ConfigurationError(reason="production keeps keys in Vault: set SOVEREIGN_VAULT_ADDR")
+    from sovereign.adapters.memory_secrets import MemorySecretStore  # noqa: PLC0415
+
+    log.warning("no Vault configured: enclave keys live in memory (development only)")
+    return MemorySecretStore()
 
 
 def build_audit_log(config: Mapping[str, Any]) -> AuditLog:
@@ -112,14 +166,24 @@ def _sql_audit_log(config: Mapping[str, Any], engine: Any) -> AuditLog:
     from audit.witness import WitnessFile  # noqa: PLC0415
     from sovereign.adapters.auditlog import SqlAuditLog, file_signer  # noqa: PLC0415
 
-    signer = file_signer(
-        config["AUDIT_ORIGIN"],
-        Path(config["AUDIT_SIGNING_KEY"]),
-        # A production key is provisioned deliberately, never conjured on first start.
-        create=config["ENV"] != "production",
-    )
+    signer: Any
+    if config["AUDIT_SIGNER"] == "vault":
+        from sovereign.adapters.vault_signer import VaultTransitSigner  # noqa: PLC0415
+
+        # The private key never leaves Vault: it signs each checkpoint note.
+        signer = VaultTransitSigner(vault_clients(config), config["AUDIT_ORIGIN"])
+    elif config["AUDIT_SIGNER"] == "file":
+        signer = file_signer(
+            config["AUDIT_ORIGIN"],
+            Path(config["AUDIT_SIGNING_KEY"]),
+            # A production key is provisioned deliberately, never conjured on first start.
+            create=config["ENV"] != "production",
+        )
+    else:
+        raise ConfigurationError(reason="AUDIT_SIGNER must be 'vault' or 'file'")
     witness = WitnessFile(config["AUDIT_WITNESS_PATH"]) if config["AUDIT_WITNESS_PATH"] else None
-    return SqlAuditLog(engine, signer, config["AUDIT_ORIGIN"], witness)
+    keys_file = Path(config["AUDIT_KEYS_PATH"]) if config.get("AUDIT_KEYS_PATH") else None
+    return SqlAuditLog(engine, signer, config["AUDIT_ORIGIN"], witness, keys_file=keys_file)
 
 
 def _keycloak(config: Mapping[str, Any], scheme: LabelScheme) -> IdentityProvider:

@@ -38,10 +38,17 @@ DEFAULTS: dict[str, Any] = {
     "IDP_TIMEOUT_S": 5,
     # Only groups under this path are tenant memberships ("/tenants/research" -> "research").
     "TENANT_GROUP_PREFIX": "/tenants/",
-    # Vault / OpenBao.
+    # Vault / OpenBao. Production authenticates with AppRole (role id + secret id file, or a
+    # response-wrapped secret id); a plain token is for the dev server only.
     "VAULT_ADDR": None,
     "VAULT_TOKEN": None,
+    "VAULT_ROLE_ID": None,
+    "VAULT_SECRET_ID_FILE": None,
+    "VAULT_WRAPPED_SECRET_ID": None,
     "VAULT_TIMEOUT_S": 5,
+    "VAULT_CA_BUNDLE": None,
+    # Transit mounts are "<prefix>civilian" and "<prefix><classified tenant>".
+    "VAULT_MOUNT_PREFIX": "sovereign-",
     # libvirt URIs of the hypervisors checked by /readyz.
     "HYPERVISOR_URIS": [],
     # Request bodies above this are refused with 413 before they are parsed.
@@ -54,6 +61,12 @@ DEFAULTS: dict[str, Any] = {
     "AUDIT_SIGNING_KEY": None,
     "AUDIT_WITNESS_PATH": None,
     "AUDIT_SEQUENCER_INTERVAL_S": 0.5,
+    # "vault": checkpoints signed by the Ed25519 transit key (needs VAULT_ADDR); "file": the
+    # key file above. None: vault when Vault is configured, else file.
+    "AUDIT_SIGNER": None,
+    # Every verifier key the log has signed with, kept beside the witness (outside the
+    # database) so rotated or lost keys' checkpoints stay verifiable.
+    "AUDIT_KEYS_PATH": None,
     # Pagination.
     "PAGE_SIZE_DEFAULT": 50,
     "PAGE_SIZE_MAX": 200,
@@ -90,6 +103,12 @@ def load(app: Flask, overrides: Mapping[str, Any] | None = None, *, check: bool 
         app.config["AUDIT_SIGNING_KEY"] = str(instance / "audit-checkpoint.key")
     if app.config["AUDIT_WITNESS_PATH"] is None:
         app.config["AUDIT_WITNESS_PATH"] = str(instance / "audit-witness.jsonl")
+    if app.config["AUDIT_KEYS_PATH"] is None:
+        app.config["AUDIT_KEYS_PATH"] = str(
+            Path(app.config["AUDIT_WITNESS_PATH"]).with_name("audit-keys.txt")
+        )
+    if app.config["AUDIT_SIGNER"] is None:
+        app.config["AUDIT_SIGNER"] = "vault" if app.config["VAULT_ADDR"] else "file"
     if check:
         verify(app.config)
 
@@ -111,6 +130,15 @@ def verify(config: Mapping[str, Any]) -> None:
             )
         if not config.get("IDP_URL"):
             raise ConfigurationError(reason="SOVEREIGN_IDP_URL must point at a Keycloak server")
+        if not config.get("VAULT_ADDR"):
+            raise ConfigurationError(
+                reason="production keeps keys in Vault: set SOVEREIGN_VAULT_ADDR"
+            )
+        if config.get("VAULT_TOKEN"):
+            raise ConfigurationError(
+                reason="a static Vault token is for the dev server only; use AppRole "
+                "(SOVEREIGN_VAULT_ROLE_ID and SOVEREIGN_VAULT_SECRET_ID_FILE)"
+            )
         if str(config["DATABASE_URL"]).startswith("sqlite") and not os.environ.get(
             "SOVEREIGN_ALLOW_SQLITE"
         ):

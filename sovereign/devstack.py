@@ -55,16 +55,34 @@ class OpenBaoDevServer:
     """An OpenBao ``-dev`` server: in-memory, unsealed, with a root token we choose.
 
     It also binds ``port + 1`` for cluster traffic. Used by ``sovereign dev`` and by tests.
+    With ``audit`` (the default) it declares a file audit device writing JSON lines to
+    :attr:`audit_log`: OpenBao cannot enable audit devices through the API, only in a
+    ``-config`` HCL file, which it reads alongside ``-dev``. Secrets in the entries are HMAC'd.
     """
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, *, audit: bool = True) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.addr = f"http://127.0.0.1:{self.port}"
         # Dev-only root token: random per start, kept in memory and in the 0600 state file.
         self.token = "dev-" + secrets.token_urlsafe(18)
+        self.audit_log: Path | None = workdir / "audit.log" if audit else None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
+
+    def _write_config(self) -> Path:
+        """The HCL file declaring the file audit device (a JSON string is a valid HCL one)."""
+        assert self.audit_log is not None
+        config = self.workdir / "openbao.hcl"
+        config.write_text(
+            'audit "file" "file" {\n'
+            "  options {\n"
+            f"    file_path = {json.dumps(str(self.audit_log))}\n"
+            '    mode      = "0600"\n'
+            "  }\n"
+            "}\n"
+        )
+        return config
 
     def start(self, timeout_s: float = 20.0) -> None:
         """Start the server and wait until it answers unsealed.
@@ -72,16 +90,19 @@ class OpenBaoDevServer:
         :raises DependencyUnavailableError: if it does not come up in time.
         """
         self.workdir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            openbao_binary(),
+            "server",
+            "-dev",
+            f"-dev-root-token-id={self.token}",
+            f"-dev-listen-address=127.0.0.1:{self.port}",
+            "-dev-no-store-token",
+        ]
+        if self.audit_log is not None:
+            argv.append(f"-config={self._write_config()}")
         self._log = (self.workdir / "openbao.log").open("wb")
         self._proc = subprocess.Popen(  # noqa: S603 - fixed argv, our own binary
-            [
-                openbao_binary(),
-                "server",
-                "-dev",
-                f"-dev-root-token-id={self.token}",
-                f"-dev-listen-address=127.0.0.1:{self.port}",
-                "-dev-no-store-token",
-            ],
+            argv,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
@@ -156,6 +177,7 @@ def start(
     api_port: int,
 ) -> DevStack:
     """Start OpenBao and the dev IdP; their shutdown is registered on ``stack``."""
+    from sovereign.adapters.vault import bootstrap_dev_vault  # noqa: PLC0415
     from sovereign.devidp import start_dev_idp  # noqa: PLC0415 - dev-only dependency
 
     if os.environ.get("SOVEREIGN_ENV", "development") != "development":
@@ -166,6 +188,8 @@ def start(
     bao = OpenBaoDevServer(workdir / "openbao", vault_port)
     bao.start()
     stack.callback(bao.stop)
+    # Transit mounts, the audit signing key, policies and AppRole roles, as production has them.
+    bootstrap_dev_vault(bao.addr, bao.token)
     handle, _idp_app = start_dev_idp(
         environment="development",
         port=idp_port,

@@ -9,6 +9,7 @@ and the reads behind the auditor API and CLI. Translates the library's errors on
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -61,8 +62,11 @@ class SqlAuditLog:
         signer: Signer,
         origin: str,
         witness: WitnessFile | None,
+        *,
+        keys_file: Path | None = None,
     ) -> None:
         self._engine = engine
+        self._keys_file = keys_file
         self._signer = signer
         self.origin = origin
         self._witness = witness
@@ -79,7 +83,24 @@ class SqlAuditLog:
         a rotation stay verifiable.
         """
         every = getattr(self._signer, "public_keys_all", None)
-        return list(every()) if every is not None else [self.verifier.verifier_key]
+        current = list(every()) if every is not None else [self.verifier.verifier_key]
+        if self._keys_file is None:
+            return current
+        return current + [k for k in reversed(self._remember(current)) if k not in current]
+
+    def _remember(self, current: list[str]) -> list[str]:
+        """Append keys never seen before to the keys file (outside the database, so a database
+        owner cannot slip in a key of their own); return every key it lists, oldest first."""
+        assert self._keys_file is not None
+        known = self._keys_file.read_text().split() if self._keys_file.exists() else []
+        new = [k for k in reversed(current) if k not in known]
+        if new:
+            self._keys_file.parent.mkdir(parents=True, exist_ok=True)
+            with self._keys_file.open("a") as handle:
+                handle.write("".join(f"{k}\n" for k in new))
+                handle.flush()
+                os.fsync(handle.fileno())
+        return known + new
 
     @property
     def verifiers(self) -> list[NoteVerifier]:

@@ -34,6 +34,7 @@ def test_ready_then_vault_sealed_then_stopped(tmp_path: Path, idp: Any, bao: Ope
             "IDP_URL": idp.url,
             "VAULT_ADDR": bao.addr,
             "VAULT_TOKEN": bao.token,
+            "AUDIT_SIGNER": "file",
             "HYPERVISOR_URIS": hypervisor_uris(),
         }
     )

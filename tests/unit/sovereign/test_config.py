@@ -7,7 +7,13 @@ import pytest
 from sovereign import config as settings
 from sovereign.errors import ConfigurationError
 
-BASE = {"ENV": "production", "IDP_URL": "https://idp.example/", "DATABASE_URL": "postgresql://db/x"}
+BASE = {
+    "ENV": "production",
+    "IDP_URL": "https://idp.example/",
+    "DATABASE_URL": "postgresql://db/x",
+    "VAULT_ADDR": "https://vault.example:8200",
+    "VAULT_ROLE_ID": "role",
+}
 
 
 def load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **overrides):
@@ -34,6 +40,16 @@ def test_production_needs_an_idp_and_postgres(tmp_path, monkeypatch):
         load(tmp_path, monkeypatch, DATABASE_URL=None)
     monkeypatch.setenv("SOVEREIGN_ALLOW_SQLITE", "1")
     assert load(tmp_path, monkeypatch, DATABASE_URL=None)["DATABASE_URL"].startswith("sqlite:///")
+
+
+def test_production_needs_vault_with_approle(tmp_path, monkeypatch):
+    with pytest.raises(ConfigurationError, match="SOVEREIGN_VAULT_ADDR"):
+        load(tmp_path, monkeypatch, VAULT_ADDR=None)
+    with pytest.raises(ConfigurationError, match="static Vault token is for the dev server"):
+        load(tmp_path, monkeypatch, VAULT_TOKEN="root")
+    cfg = load(tmp_path, monkeypatch)
+    assert cfg["AUDIT_SIGNER"] == "vault"
+    assert cfg["AUDIT_KEYS_PATH"] == str(tmp_path / "audit-keys.txt")
 
 
 def test_unknown_environment_and_threshold_refused(tmp_path, monkeypatch):
