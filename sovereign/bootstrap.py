@@ -153,21 +153,27 @@ def build_secret_store(config: Mapping[str, Any]) -> SecretStore:
     return MemorySecretStore()
 
 
-def build_audit_log(config: Mapping[str, Any]) -> AuditLog:
-    """The audit log alone, for auditors' commands that need no identity provider."""
+def build_audit_log(config: Mapping[str, Any], *, read_only: bool = False) -> AuditLog:
+    """The audit log alone, for auditors' commands that need no identity provider.
+
+    ``read_only`` logs need no signing key (nor Vault): verify, prove and export use the
+    published keys in the keys file.
+    """
     from sovereign.adapters.database import create_engine  # noqa: PLC0415
 
-    return _sql_audit_log(config, create_engine(config["DATABASE_URL"]))
+    return _sql_audit_log(config, create_engine(config["DATABASE_URL"]), read_only=read_only)
 
 
-def _sql_audit_log(config: Mapping[str, Any], engine: Any) -> AuditLog:
+def _sql_audit_log(config: Mapping[str, Any], engine: Any, *, read_only: bool = False) -> AuditLog:
     from pathlib import Path  # noqa: PLC0415
 
     from audit.witness import WitnessFile  # noqa: PLC0415
     from sovereign.adapters.auditlog import SqlAuditLog, file_signer  # noqa: PLC0415
 
     signer: Any
-    if config["AUDIT_SIGNER"] == "vault":
+    if read_only:
+        signer = None
+    elif config["AUDIT_SIGNER"] == "vault":
         from sovereign.adapters.vault_signer import VaultTransitSigner  # noqa: PLC0415
 
         # The private key never leaves Vault: it signs each checkpoint note.

@@ -126,11 +126,11 @@ def audit() -> None:
     """The tamper-evident audit log: verify it, prove events, export, publish the key."""
 
 
-def _audit_log() -> Any:
+def _audit_log(*, read_only: bool = True) -> Any:
     from sovereign.bootstrap import build_audit_log  # noqa: PLC0415
 
     try:
-        return build_audit_log(_config().config)
+        return build_audit_log(_config().config, read_only=read_only)
     except SovereignError as e:
         _fail(e)
 
@@ -251,7 +251,7 @@ def audit_public_key() -> None:
 def audit_sequence() -> None:
     """Sequence queued events and sign a checkpoint now (the worker does this continuously)."""
     try:
-        run = _audit_log().sequence()
+        run = _audit_log(read_only=False).sequence()
     except SovereignError as e:
         _fail(e)
     click.echo(f"sequenced {run.sequenced} events; log size {run.size}")

@@ -59,34 +59,43 @@ class SqlAuditLog:
     def __init__(
         self,
         engine: sa.Engine,
-        signer: Signer,
+        signer: Signer | None,
         origin: str,
         witness: WitnessFile | None,
         *,
         keys_file: Path | None = None,
     ) -> None:
+        """``signer`` None gives a read-only log (verify, prove, export need no key)."""
         self._engine = engine
         self._keys_file = keys_file
         self._signer = signer
         self.origin = origin
         self._witness = witness
-        self.sequencer = Sequencer(
-            engine, signer, origin, witness=witness, trusted=lambda: self.verifiers
+        self.sequencer = (
+            Sequencer(engine, signer, origin, witness=witness, trusted=lambda: self.verifiers)
+            if signer is not None
+            else None
         )
-        self.verifier = NoteVerifier.from_public_key(signer.name, signer.public_key)
 
     @property
     def public_keys(self) -> list[str]:
-        """The note verifier keys under which checkpoints verify (newest first).
-
-        A Vault-held key publishes every version it still holds, so checkpoints signed before
-        a rotation stay verifiable.
+        """The note verifier keys under which checkpoints verify (newest first): the signer's
+        (every version a Vault key still holds) and every key recorded in the keys file, so
+        checkpoints signed before a rotation, or by a key since lost, stay verifiable.
         """
-        every = getattr(self._signer, "public_keys_all", None)
-        current = list(every()) if every is not None else [self.verifier.verifier_key]
+        current = self._current_keys()
         if self._keys_file is None:
             return current
         return current + [k for k in reversed(self._remember(current)) if k not in current]
+
+    def _current_keys(self) -> list[str]:
+        signer = self._signer
+        if signer is None:
+            return []
+        every = getattr(signer, "public_keys_all", None)
+        if every is not None:
+            return list(every())
+        return [NoteVerifier.from_public_key(signer.name, signer.public_key).verifier_key]
 
     def _remember(self, current: list[str]) -> list[str]:
         """Append keys never seen before to the keys file (outside the database, so a database
@@ -109,12 +118,16 @@ class SqlAuditLog:
 
     def sequence(self) -> SequencerRun:
         """Run the sequencer once. :raises ConflictError: if the stored tree was tampered with."""
+        if self.sequencer is None:
+            raise ConfigurationError(reason="this audit log is read-only: no signing key")
         refresh = getattr(self._signer, "refresh", None)
         try:
             with translate_errors():
                 if refresh is not None:
                     # Between checkpoints, so a rotated Vault key is picked up (never mid-note).
                     refresh()
+                # Publish the signing key (keys file) before anything is signed with it.
+                _ = self.public_keys
                 return self.sequencer.run_once()
         except TamperError as e:
             log.critical("audit log tamper detected: %s", e)

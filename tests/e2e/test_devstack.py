@@ -130,3 +130,52 @@ def test_embedded_default_serves_the_whole_flow(tmp_path: Path):
     assert not (tmp_path / "dev" / "devstack.json").exists()
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{bao}/v1/sys/health", timeout=2)
+
+
+def test_a_restarted_embedded_default_keeps_a_verifiable_log(tmp_path: Path):
+    """The dev OpenBao is in memory, so each start signs with a new Vault key; the keys file
+    beside the witness keeps every key, and the whole log still verifies."""
+    env = {**os.environ, "SOVEREIGN_INSTANCE_PATH": str(tmp_path), "SOVEREIGN_ENV": "development"}
+    for _ in range(2):
+        api = free_port()
+        proc = subprocess.Popen(
+            [
+                SOVEREIGN,
+                "dev",
+                "--port",
+                str(api),
+                "--vault-port",
+                str(free_port()),
+                "--idp-port",
+                str(free_port()),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    if requests.get(f"http://127.0.0.1:{api}/readyz", timeout=2).ok:
+                        break
+                except requests.ConnectionError:
+                    time.sleep(0.2)
+            time.sleep(1.5)  # let the in-process sequencer sign a checkpoint
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+    keys = subprocess.run(
+        [SOVEREIGN, "audit", "public-key"], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert len(keys) == 2
+    assert keys[0] != keys[1]
+    verified = subprocess.run(
+        [SOVEREIGN, "audit", "verify", "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stderr
+    assert "audit log intact: 4 events" in verified.stdout
