@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from audit import StoredEvent
 from sovereign.domain.identity import Principal
+from sovereign.domain.keys import EnclaveKeys
 from sovereign.domain.labels import Label
 from sovereign.domain.policy import AccessPolicy
 from sovereign.domain.requests import EnclaveRequest, RequestState
@@ -338,6 +339,27 @@ class ConsistencyOut(BaseModel):
     proof: list[str]
     old_checkpoint: str
     new_checkpoint: str
+
+
+class KeysOut(BaseModel):
+    """An enclave's key references in Vault (never key material)."""
+
+    mount: str
+    name: str
+    version: int
+    created_at: datetime
+    destroyed_at: datetime | None
+
+    @classmethod
+    def of(cls, k: EnclaveKeys) -> KeysOut:
+        """From the domain record."""
+        return cls(
+            mount=k.key.mount,
+            name=k.key.name,
+            version=k.key.version,
+            created_at=k.created_at,
+            destroyed_at=k.destroyed_at,
+        )
 
 
 class Problem(BaseModel):

@@ -133,6 +133,19 @@ def cancel_request(ctx: CallContext, request_id: uuid.UUID, body: s.CancelIn) ->
     return _out(services().requests.cancel(ctx, request_id, body.reason))
 
 
+@api.route(
+    "POST",
+    "/requests/<uuid:request_id>/keys/rotate",
+    summary="Rotate an enclave's key",
+    tag="keys",
+    response=s.KeysOut,
+    roles="security officers cleared for the label",
+)
+def rotate_keys(ctx: CallContext, request_id: uuid.UUID) -> s.KeysOut:
+    """Rotate the enclave's Vault key and rewrap its data keys (no plaintext leaves Vault)."""
+    return s.KeysOut.of(services().keys.rotate(ctx, request_id))
+
+
 @api.route("GET", "/tenants", summary="List tenants", tag="catalog", response=s.TenantList)
 def list_tenants(ctx: CallContext) -> s.TenantList:
     """Analysts see their own tenants; officers, auditors and operators see all."""

@@ -161,3 +161,22 @@ def test_vault_down_at_approval_is_a_503_and_nothing_changes(
     ]
     assert len(failures) == 2
     assert all("vault" in e["reason"] for e in failures)
+
+
+def test_officer_rotates_through_the_api(app: Flask, token: Callable[[str], str]):
+    rid = approve_all(app, token)
+    client = app.test_client()
+    before = app.extensions["sovereign"].keys.secrets(uuid.UUID(rid))
+    denied = client.post(
+        f"/api/v1/requests/{rid}/keys/rotate",
+        headers={"Authorization": f"Bearer {token('analyst-defence')}"},
+    )
+    assert denied.status_code == 403
+    r = client.post(
+        f"/api/v1/requests/{rid}/keys/rotate",
+        headers={"Authorization": f"Bearer {token('officer-1')}"},
+    )
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["version"] == 2
+    assert r.get_json()["mount"] == "sovereign-defence"
+    assert app.extensions["sovereign"].keys.secrets(uuid.UUID(rid)) == before
