@@ -48,6 +48,11 @@ class EnclaveKeys:
         return replace(self, destroyed_at=when)
 
 
+#: Mount suffixes that are not a classified tenant's domain (the audit signing key, KV config,
+#: the shared civilian domain): no classified tenant may be named after them.
+RESERVED_DOMAINS = frozenset({"audit", "config", "civilian"})
+
+
 def key_mount(tenant: Tenant, prefix: str = "sovereign-") -> str:
     """The transit mount of the tenant's security domain: one for all civilian tenants, one
     per classified tenant, so a classified tenant's keys never share a mount with anyone's."""

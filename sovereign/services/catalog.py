@@ -12,6 +12,7 @@ from typing import Any
 
 from audit import Outcome
 from sovereign.domain.identity import Role
+from sovereign.domain.keys import RESERVED_DOMAINS
 from sovereign.domain.labels import LabelScheme
 from sovereign.domain.tenants import Image, Resources, Tenant, TenantKind
 from sovereign.errors import InvalidInputError
@@ -53,6 +54,12 @@ class CatalogService:
         :raises InvalidInputError: if the definition is malformed.
         """
         tenants = [self._tenant(t) for t in _items(definition, "tenants")]
+        for tenant in tenants:
+            if tenant.kind is TenantKind.CLASSIFIED and tenant.name in RESERVED_DOMAINS:
+                # Its key mount would be another domain's (e.g. the audit signing key's).
+                raise InvalidInputError(
+                    reason=f"a classified tenant may not be named {tenant.name!r} (reserved)"
+                )
         images = [self._image(i) for i in _items(definition, "images")]
         created: list[str] = []
         with self._uow() as uow:

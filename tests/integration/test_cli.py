@@ -71,6 +71,11 @@ def test_bootstrap_reports_bad_files(env: dict[str, str], tmp_path: Path):
     result = runner.invoke(main, ["bootstrap", str(bad)])
     assert result.exit_code == 2
     assert "not valid JSON" in result.output
+    reserved = {"tenants": [{"name": "audit", "kind": "classified", "max_label": "SECRET"}]}
+    bad.write_text(json.dumps(reserved))
+    result = runner.invoke(main, ["bootstrap", str(bad)])
+    assert result.exit_code == 2
+    assert "may not be named 'audit'" in result.output
     bad.write_text(
         json.dumps({"tenants": [{"name": "x", "kind": "martian", "max_label": "SECRET"}]})
     )
