@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from audit.event import AuditEvent, Outcome
-from audit.merkle import consistency_proof, inclusion_proof
+from audit.merkle import NodeGetter, consistency_proof, inclusion_proof
 from audit.store import AuditQuery, StoredEvent
 
 NAMING_CONVENTION = {
@@ -318,8 +318,49 @@ class SqlLogReader:
 
     def inclusion_proof(self, seq: int, size: int) -> list[bytes]:
         """RFC 9162 inclusion path of leaf ``seq`` in the tree of ``size`` leaves."""
-        return inclusion_proof(seq, size, self.node)
+        return self._prefetched(lambda get: inclusion_proof(seq, size, get))
 
     def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         """RFC 9162 consistency proof between two tree sizes."""
-        return consistency_proof(old_size, new_size, self.node)
+        return self._prefetched(lambda get: consistency_proof(old_size, new_size, get))
+
+    def _prefetched(self, compute: Callable[[NodeGetter], list[bytes]]) -> list[bytes]:
+        """Run a proof twice: once to learn which nodes it reads (which nodes a proof needs
+        depends only on the sizes and indices, never on hash values), then with all of them
+        fetched in two queries instead of ~2 log2(n) point reads."""
+        wanted: set[tuple[int, int]] = set()
+
+        def record(level: int, index: int) -> bytes:
+            wanted.add((level, index))
+            return bytes(32)
+
+        compute(record)
+        found = self.nodes(wanted)
+
+        def get(level: int, index: int) -> bytes:
+            try:
+                return found[(level, index)]
+            except KeyError:
+                raise MissingNodeError(f"no stored hash for level {level}, index {index}") from None
+
+        return compute(get)
+
+    def nodes(self, wanted: Collection[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        """The stored hashes of ``wanted`` (level, index) pairs; missing ones are left out."""
+        found: dict[tuple[int, int], bytes] = {}
+        leaves = sorted(i for lvl, i in wanted if lvl == 0)
+        if leaves:
+            rows = self._conn.execute(
+                sa.select(audit_log.c.seq, audit_log.c.leaf_hash).where(audit_log.c.seq.in_(leaves))
+            )
+            found.update(((0, int(r[0])), bytes(r[1])) for r in rows)
+        inner = sorted((lvl, i) for lvl, i in wanted if lvl > 0)
+        if inner:
+            t = audit_nodes
+            rows = self._conn.execute(
+                sa.select(t.c.level, t.c.idx, t.c.hash).where(
+                    sa.or_(*(sa.and_(t.c.level == lvl, t.c.idx == i) for lvl, i in inner))
+                )
+            )
+            found.update(((int(r[0]), int(r[1])), bytes(r[2])) for r in rows)
+        return found

@@ -63,6 +63,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+# bench/audit.py shares its name with the audit package, and Python puts this script's folder
+# first on sys.path: take it off, so that ``import audit`` finds the library.
+if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.remove(sys.path[0])
+
 import sqlalchemy as sa
 
 from audit.sql import encode_compartments
