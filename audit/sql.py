@@ -357,10 +357,10 @@ class SqlLogReader:
         inner = sorted((lvl, i) for lvl, i in wanted if lvl > 0)
         if inner:
             t = audit_nodes
-            rows = self._conn.execute(
+            node_rows = self._conn.execute(
                 sa.select(t.c.level, t.c.idx, t.c.hash).where(
                     sa.or_(*(sa.and_(t.c.level == lvl, t.c.idx == i) for lvl, i in inner))
                 )
             )
-            found.update(((int(r[0]), int(r[1])), bytes(r[2])) for r in rows)
+            found.update(((int(r[0]), int(r[1])), bytes(r[2])) for r in node_rows)
         return found
