@@ -63,11 +63,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-# bench/audit.py shares its name with the audit package, and Python puts this script's folder
-# first on sys.path: take it off, so that ``import audit`` finds the library.
-if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.remove(sys.path[0])
-
+import benchkit  # first: it takes bench/ off sys.path (see its docstring)
 import sqlalchemy as sa
 
 from audit.sql import encode_compartments
@@ -153,12 +149,10 @@ BARE_APP = textwrap.dedent(
     '''
 )
 
-_STARTED = time.monotonic()
+_STARTED = benchkit.STARTED
 
 
-def log(message: str) -> None:
-    """Print a progress line with the elapsed time to stderr."""
-    print(f"[bench/api {time.monotonic() - _STARTED:6.1f}s] {message}", file=sys.stderr, flush=True)
+log = benchkit.progress("bench/api")
 
 
 # -- the client (runs in the pool's processes) --------------------------------------------------
@@ -289,11 +283,7 @@ class Result:
         return self.errors / max(1, self.calls + self.errors)
 
 
-def percentile(ordered: list[float], share: float) -> float:
-    """Nearest-rank percentile of already sorted values (0 when there are none)."""
-    if not ordered:
-        return 0.0
-    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
+percentile = benchkit.percentile
 
 
 def http_request(
@@ -607,9 +597,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        status = main()
-    except KeyboardInterrupt:
-        log("interrupted; everything started here has been stopped")
-        status = 130
-    raise SystemExit(status)
+    benchkit.run(main, log)

@@ -82,11 +82,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-# This script shares its name with the package it measures, and Python puts the script's folder
-# first on sys.path: take it off, so that ``import audit`` finds the library, not this file.
-if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.remove(sys.path[0])
-
+import benchkit  # first: it takes bench/ off sys.path (see its docstring)
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -117,21 +113,13 @@ PROOF_WARMUP = 20
 PROOF_CHECKS = 20
 STOP_TIMEOUT_S = 30
 
-_STARTED = time.monotonic()
+_STARTED = benchkit.STARTED
 
 
-def log(message: str) -> None:
-    """Print a progress line with the elapsed time to stderr."""
-    print(
-        f"[bench/audit {time.monotonic() - _STARTED:6.1f}s] {message}", file=sys.stderr, flush=True
-    )
+log = benchkit.progress("bench/audit")
 
 
-def percentile(ordered: Sequence[float], share: float) -> float:
-    """Nearest-rank percentile of already sorted values (0 when there are none)."""
-    if not ordered:
-        return 0.0
-    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
+percentile = benchkit.percentile
 
 
 def rate(count: int, seconds: float) -> float:
@@ -973,9 +961,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        status = main()
-    except KeyboardInterrupt:
-        log("interrupted; everything started here has been stopped")
-        status = 130
-    raise SystemExit(status)
+    benchkit.run(main, log)

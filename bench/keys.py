@@ -63,7 +63,6 @@ import json
 import os
 import signal
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -74,11 +73,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
-# The bench folder holds audit.py, which would shadow the ``audit`` package the control plane
-# imports: take the script's folder off sys.path.
-if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.remove(sys.path[0])
-
+import benchkit  # first: it takes bench/ off sys.path (see its docstring)
 import hvac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -116,21 +111,13 @@ OPEN_SEALED_ITEMS = 256
 
 T = TypeVar("T")
 
-_STARTED = time.monotonic()
+_STARTED = benchkit.STARTED
 
 
-def log(message: str) -> None:
-    """Print a progress line with the elapsed time to stderr."""
-    print(
-        f"[bench/keys {time.monotonic() - _STARTED:6.1f}s] {message}", file=sys.stderr, flush=True
-    )
+log = benchkit.progress("bench/keys")
 
 
-def percentile(ordered: Sequence[float], share: float) -> float:
-    """Nearest-rank percentile of already sorted values (0 when there are none)."""
-    if not ordered:
-        return 0.0
-    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
+percentile = benchkit.percentile
 
 
 def ms(seconds: float) -> float:
@@ -530,9 +517,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        status = main()
-    except KeyboardInterrupt:
-        log("interrupted; everything started here has been stopped")
-        status = 130
-    raise SystemExit(status)
+    benchkit.run(main, log)

@@ -1,0 +1,45 @@
+"""What the benchmarks share: progress lines, percentiles and the entry point.
+
+Importing it also takes this folder off ``sys.path``: Python puts a script's folder first, and
+``bench/audit.py`` shares its name with the ``audit`` package the benchmarks measure. So every
+benchmark imports this module before anything from the project.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+#: When the benchmark process started (for the elapsed time in progress lines and reports).
+STARTED = time.monotonic()
+
+
+def progress(name: str) -> Callable[[str], None]:
+    """A function printing ``[name  elapsed] message`` lines to stderr."""
+
+    def log(message: str) -> None:
+        print(f"[{name} {time.monotonic() - STARTED:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return log
+
+
+def percentile(ordered: Sequence[float], share: float) -> float:
+    """Nearest-rank percentile of already sorted values (0 when there are none)."""
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
+
+
+def run(main: Callable[[], int], log: Callable[[str], None]) -> None:
+    """Run ``main`` as the process; Ctrl-C exits 130 after ``main``'s own cleanup ran."""
+    try:
+        status = main()
+    except KeyboardInterrupt:
+        log("interrupted; everything started here has been stopped")
+        status = 130
+    raise SystemExit(status)
