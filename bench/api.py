@@ -63,7 +63,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import benchkit  # first: it takes bench/ off sys.path (see its docstring)
+import benchkit  # first: it stops bench/audit.py shadowing the audit package
 import sqlalchemy as sa
 
 from audit.sql import encode_compartments

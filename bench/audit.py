@@ -82,7 +82,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import benchkit  # first: it takes bench/ off sys.path (see its docstring)
+import benchkit  # first: it stops bench/audit.py shadowing the audit package
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy import event

@@ -73,7 +73,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
-import benchkit  # first: it takes bench/ off sys.path (see its docstring)
+import benchkit  # first: it stops bench/audit.py shadowing the audit package
 import hvac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
