@@ -67,9 +67,6 @@ DEFAULTS: dict[str, Any] = {
     # Every verifier key the log has signed with, kept beside the witness (outside the
     # database) so rotated or lost keys' checkpoints stay verifiable.
     "AUDIT_KEYS_PATH": None,
-    # Pagination.
-    "PAGE_SIZE_DEFAULT": 50,
-    "PAGE_SIZE_MAX": 200,
 }
 
 INSTANCE_FILE = "sovereign.cfg"

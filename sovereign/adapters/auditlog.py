@@ -235,11 +235,6 @@ class SqlAuditLog:
                 yield from export(page, fmt)
                 after = page[-1].seq
 
-    def stats(self) -> tuple[int, int]:
-        """(sequenced events, events waiting for the sequencer)."""
-        with self._connect() as conn:
-            reader = SqlLogReader(conn)
-            return reader.size(), reader.pending()
 
 
 class SequencerThread:

@@ -61,14 +61,14 @@ def test_unknown_environment_and_threshold_refused(tmp_path, monkeypatch):
 
 def test_precedence_defaults_file_env_mapping(tmp_path, monkeypatch):
     (tmp_path / "sovereign.cfg").write_text(
-        "PORT = 9000\nMAX_LEASE_HOURS = 10\nPAGE_SIZE_MAX = 7\n"
+        "PORT = 9000\nMAX_LEASE_HOURS = 10\nVAULT_TIMEOUT_S = 7\n"
     )
     monkeypatch.setenv("SOVEREIGN_MAX_LEASE_HOURS", "20")
-    monkeypatch.setenv("SOVEREIGN_PAGE_SIZE_MAX", "8")
-    cfg = load(tmp_path, monkeypatch, PAGE_SIZE_MAX=9)
+    monkeypatch.setenv("SOVEREIGN_VAULT_TIMEOUT_S", "8")
+    cfg = load(tmp_path, monkeypatch, VAULT_TIMEOUT_S=9)
     assert cfg["PORT"] == 9000  # file over default
     assert cfg["MAX_LEASE_HOURS"] == 20  # environment over file (parsed as JSON)
-    assert cfg["PAGE_SIZE_MAX"] == 9  # mapping over environment
+    assert cfg["VAULT_TIMEOUT_S"] == 9  # mapping over environment
     assert cfg["TWO_PERSON_LEVEL"] == "CONFIDENTIAL"
 
 
