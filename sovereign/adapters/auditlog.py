@@ -236,7 +236,6 @@ class SqlAuditLog:
                 after = page[-1].seq
 
 
-
 class SequencerThread:
     """Runs the sequencer every ``interval_s`` in a daemon thread (the embedded default)."""
 
