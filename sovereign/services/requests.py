@@ -142,7 +142,10 @@ class RequestService:
                 uow.requests.add(request)
                 self._recorder.append(uow, event)
                 uow.commit()
-        except (AuditUnavailableError, DependencyUnavailableError):
+        except AuditUnavailableError:
+            raise
+        except DependencyUnavailableError as e:
+            self._recorder.failure(ctx, "request:create", f"tenant/{draft.tenant}", e, label=label)
             raise
         except SovereignError as e:
             self._recorder.denial(ctx, "request:create", f"tenant/{draft.tenant}", e, label=label)
