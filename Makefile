@@ -5,10 +5,13 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# Debian packages: libvirt (test driver + headers for libvirt-python) for running; PostgreSQL
-# for the test suite's throwaway clusters.
+# Debian packages: libvirt (test driver + headers for libvirt-python) for running. The test
+# suite adds PostgreSQL (throwaway clusters), a real libvirtd with QEMU, swtpm and what builds a
+# tiny guest (busybox, cpio; the kernel is fetched with apt-get download), and Chromium for the
+# browser tests.
 APT_RUN  := libvirt0 libvirt-dev pkg-config gcc
-APT_TEST := $(APT_RUN) postgresql
+APT_TEST := $(APT_RUN) postgresql qemu-system-x86 qemu-utils libvirt-daemon-system swtpm swtpm-tools \
+            busybox-static cpio chromium
 
 .PHONY: run test lint typecheck contracts pytest bench clean help
 
