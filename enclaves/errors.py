@@ -23,5 +23,34 @@ class HypervisorUnavailableError(EnclaveError):
     """The hypervisor cannot be reached: connection refused, lost, timed out or unusable."""
 
 
-class DomainNotFoundError(EnclaveError):
+class UnsupportedError(EnclaveError):
+    """The hypervisor's driver does not implement the call or one of its flags.
+
+    libvirt says so with ``VIR_ERR_NO_SUPPORT`` ("this function is not supported by the
+    connection driver") or with ``VIR_ERR_INVALID_ARG`` "unsupported flags"; the test driver,
+    for example, has no secret driver and no volume wipe.
+    """
+
+
+class NotFoundError(EnclaveError):
+    """The hypervisor has no object of the requested kind with that name or UUID."""
+
+
+class DomainNotFoundError(NotFoundError):
     """The hypervisor has no domain with the requested name or UUID."""
+
+
+class StoragePoolNotFoundError(NotFoundError):
+    """The hypervisor has no storage pool with the requested name."""
+
+
+class VolumeNotFoundError(NotFoundError):
+    """The storage pool has no volume with the requested name."""
+
+
+class SecretNotFoundError(NotFoundError):
+    """The hypervisor has no libvirt secret with the requested UUID."""
+
+
+class NetworkNotFoundError(NotFoundError):
+    """The hypervisor has no virtual network with the requested name."""

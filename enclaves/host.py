@@ -5,7 +5,10 @@ limit), noticing that it died (``virConnectIsAlive``) and opening it again, clos
 few host-wide reads the control plane needs: ``virNodeGetInfo``, ``virConnectGetCapabilities``
 (``<host><topology><cells>``), ``virConnectGetLibVersion``, ``virConnectGetType`` and the PCI
 node devices (``virConnectListAllNodeDevices`` with ``CAP_PCI_DEV``). It also owns the one
-translation of ``libvirt.libvirtError`` into :mod:`enclaves.errors` (:func:`_translate`).
+translation of ``libvirt.libvirtError`` into :mod:`enclaves.errors` (:func:`_translate`), and
+the process's one libvirt event loop: libvirt's default implementation, registered before the
+first connection opens and run in a daemon thread, which delivers domain events
+(:meth:`enclaves.guest.Guests.watch`) and the keepalive that notices a dead remote host.
 
 It must not interpret node device XML (GPUs, IOMMU groups and NUMA placement are
 ``enclaves.inventory``'s job), build domain XML, or make policy decisions. libvirt-python is
@@ -17,14 +20,28 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 from xml.etree import ElementTree
 
-from enclaves.errors import DomainNotFoundError, EnclaveError, HypervisorUnavailableError
+from enclaves.errors import (
+    DomainNotFoundError,
+    EnclaveError,
+    HypervisorUnavailableError,
+    NetworkNotFoundError,
+    NotFoundError,
+    SecretNotFoundError,
+    StoragePoolNotFoundError,
+    UnsupportedError,
+    VolumeNotFoundError,
+)
+
+log = logging.getLogger(__name__)
 
 #: libvirt error codes that mean "this connection is unusable", whatever the call was.
 _CONNECTION_ERROR_CODES = (
@@ -37,6 +54,18 @@ _CONNECTION_ERROR_CODES = (
 #: Error domains of libvirt's client transport: an error raised there (rather than relayed from
 #: the daemon, which keeps the daemon-side domain) means the channel to the host failed.
 _TRANSPORT_ERROR_DOMAINS = ("VIR_FROM_REMOTE", "VIR_FROM_RPC")
+#: libvirt error codes for "no such object", by the class that reports them.
+_NOT_FOUND_ERROR_CODES: tuple[tuple[str, type[NotFoundError]], ...] = (
+    ("VIR_ERR_NO_DOMAIN", DomainNotFoundError),
+    ("VIR_ERR_NO_STORAGE_POOL", StoragePoolNotFoundError),
+    ("VIR_ERR_NO_STORAGE_VOL", VolumeNotFoundError),
+    ("VIR_ERR_NO_SECRET", SecretNotFoundError),
+    ("VIR_ERR_NO_NETWORK", NetworkNotFoundError),
+)
+#: What libvirt's ``virCheckFlags`` says (with ``VIR_ERR_INVALID_ARG``) when a driver does not
+#: know a flag; the text has been stable since libvirt 0.9 and is the only way to tell this
+#: case from a genuinely invalid argument.
+_UNSUPPORTED_FLAGS_TEXT = "unsupported flags"
 
 
 def _import_libvirt() -> Any:
@@ -78,6 +107,21 @@ def _is_connection_error(libvirt: Any, exc: Any) -> bool:
     return exc.get_error_code() in codes or exc.get_error_domain() in domains
 
 
+def _error_class(libvirt: Any, exc: Any) -> type[EnclaveError]:
+    """Pick the :mod:`enclaves.errors` class for a libvirtError by its code."""
+    if _is_connection_error(libvirt, exc):
+        return HypervisorUnavailableError
+    code = exc.get_error_code()
+    for name, error_class in _NOT_FOUND_ERROR_CODES:
+        if code == getattr(libvirt, name, None):
+            return error_class
+    if code == libvirt.VIR_ERR_NO_SUPPORT or (
+        code == libvirt.VIR_ERR_INVALID_ARG and _UNSUPPORTED_FLAGS_TEXT in str(exc)
+    ):
+        return UnsupportedError
+    return EnclaveError
+
+
 @contextlib.contextmanager
 def _translate(action: str, *, unavailable: bool = False) -> Iterator[None]:
     """Translate a ``libvirt.libvirtError`` raised in the block into an :class:`EnclaveError`.
@@ -85,10 +129,17 @@ def _translate(action: str, *, unavailable: bool = False) -> Iterator[None]:
     This is the only place libvirt errors are translated. ``action`` says what was being done
     ("opening test:///...") and leads the message, which also carries libvirt's error code.
     With ``unavailable`` every libvirt error means the hypervisor is unavailable (opening and
-    pinging); otherwise the error code picks the class.
+    pinging); otherwise the error code picks the class. ``action`` must never contain secret
+    material: it ends up in the message.
 
     :raises HypervisorUnavailableError: when the connection failed, or ``unavailable`` is set.
     :raises DomainNotFoundError: when libvirt reports ``VIR_ERR_NO_DOMAIN``.
+    :raises StoragePoolNotFoundError: when libvirt reports ``VIR_ERR_NO_STORAGE_POOL``.
+    :raises VolumeNotFoundError: when libvirt reports ``VIR_ERR_NO_STORAGE_VOL``.
+    :raises SecretNotFoundError: when libvirt reports ``VIR_ERR_NO_SECRET``.
+    :raises NetworkNotFoundError: when libvirt reports ``VIR_ERR_NO_NETWORK``.
+    :raises UnsupportedError: when the driver lacks the function (``VIR_ERR_NO_SUPPORT``) or
+        one of the flags passed to it.
     :raises EnclaveError: for any other libvirt error.
     """
     libvirt = _import_libvirt()
@@ -97,14 +148,47 @@ def _translate(action: str, *, unavailable: bool = False) -> Iterator[None]:
     except libvirt.libvirtError as exc:
         code = exc.get_error_code()
         message = f"{action} failed: {exc} (libvirt error code {code})"
-        error_class: type[EnclaveError]
-        if unavailable or _is_connection_error(libvirt, exc):
-            error_class = HypervisorUnavailableError
-        elif code == libvirt.VIR_ERR_NO_DOMAIN:
-            error_class = DomainNotFoundError
-        else:
-            error_class = EnclaveError
+        error_class = HypervisorUnavailableError if unavailable else _error_class(libvirt, exc)
         raise error_class(message) from exc
+
+
+_EVENT_LOOP_LOCK = threading.Lock()
+#: The event loop thread once started (a list so that no ``global`` statement is needed).
+_EVENT_LOOP_STARTED: list[threading.Thread] = []
+
+
+def _start_event_loop(libvirt: Any) -> None:
+    """Register libvirt's default event loop and run it in one daemon thread, once per process.
+
+    libvirt delivers domain events, and runs the keepalive that notices a dead remote
+    connection, only through an event loop registered *before* the connection is opened, so
+    :meth:`LibvirtHost.connect` calls this first. A process that forks must do so before its
+    first connection (gunicorn without ``--preload``): the thread does not survive a fork.
+
+    :raises HypervisorUnavailableError: if libvirt refuses to register its event loop.
+    """
+    with _EVENT_LOOP_LOCK:
+        if _EVENT_LOOP_STARTED:
+            return
+        with _translate("registering libvirt's default event loop", unavailable=True):
+            libvirt.virEventRegisterDefaultImpl()
+        # A daemon thread: it blocks in poll() forever and must not keep the process alive.
+        thread = threading.Thread(
+            target=_run_event_loop, args=(libvirt,), name="libvirt-event-loop", daemon=True
+        )
+        thread.start()
+        _EVENT_LOOP_STARTED.append(thread)
+
+
+def _run_event_loop(libvirt: Any) -> None:
+    """Dispatch libvirt events (domain lifecycle, keepalive) until the process exits."""
+    while True:
+        try:
+            libvirt.virEventRunDefaultImpl()
+        except libvirt.libvirtError:
+            # One failed iteration (a poll() error) must not end event delivery for good.
+            log.exception("libvirt event loop iteration failed")
+            time.sleep(0.1)
 
 
 def _close_quietly(libvirt: Any, conn: Any) -> None:
@@ -247,9 +331,13 @@ class LibvirtHost:
     def connect(self) -> Any:
         """Return a live ``libvirt.virConnect``, opening or reopening it when needed.
 
+        The first call in a process also starts libvirt's event loop thread (see
+        :func:`_start_event_loop`).
+
         :raises HypervisorUnavailableError: if libvirt-python is missing or the open fails.
         """
         libvirt = _import_libvirt()
+        _start_event_loop(libvirt)
         with self._lock:
             if self._conn is not None:
                 if _is_alive(libvirt, self._conn):

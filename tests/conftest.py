@@ -13,7 +13,12 @@ import pytest
 
 from sovereign.adapters.migrations import upgrade
 from sovereign.devstack import free_port
+from tests.support.guest_image import guest_image
+from tests.support.libvirtd import libvirtd
 from tests.support.postgres import PgCluster, start_cluster
+
+#: Session fixtures of the real hypervisor: a libvirtd answering qemu:///system, the test guest.
+__all__ = ["guest_image", "libvirtd"]
 
 
 @pytest.fixture(scope="session")
