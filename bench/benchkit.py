@@ -1,9 +1,10 @@
 """What the benchmarks share: progress lines, percentiles and the entry point.
 
-Importing it also makes ``import audit`` mean the package: Python puts a script's folder first
-on ``sys.path``, and ``bench/audit.py`` shares its name with the ``audit`` package the
-benchmarks measure. It imports the package with this folder off the path, then puts the folder
-back at the end, where worker processes that re-import a benchmark still find this module.
+Importing it also makes ``import audit`` and ``import enclaves`` mean the packages: Python puts
+a script's folder first on ``sys.path``, and ``bench/audit.py`` and ``bench/enclaves.py`` share
+their names with the packages the benchmarks measure. It imports the packages with this folder
+off the path, then puts the folder back at the end, where worker processes that re-import a
+benchmark still find this module.
 So every benchmark imports this module before anything from the project.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 import audit  # noqa: E402, F401 - now cached in sys.modules as the package, not bench/audit.py
+import enclaves  # noqa: E402, F401 - likewise, not bench/enclaves.py
 
 sys.path.append(str(_HERE))
 

@@ -10,21 +10,28 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from sovereign.domain.labels import LabelScheme
 from sovereign.domain.policy import AccessPolicy
 from sovereign.errors import ConfigurationError
+from sovereign.services.actions import ActionService
 from sovereign.services.auditing import AuditReadService
 from sovereign.services.catalog import CatalogService
+from sovereign.services.enclaves import EnclaveService
+from sovereign.services.hosts import HostService
 from sovereign.services.keys import KeyService
 from sovereign.services.ports import (
     AuditLog,
+    Hypervisor,
     IdentityProvider,
     Probe,
+    Sanitizer,
     SecretStore,
     UnitOfWorkFactory,
 )
+from sovereign.services.reconciler import Reconciler
 from sovereign.services.recording import Clock, utcnow
 from sovereign.services.requests import RequestService
 
@@ -43,6 +50,11 @@ class Services:
     catalog: CatalogService
     audit: AuditReadService
     keys: KeyService
+    hypervisor: Hypervisor
+    actions: ActionService
+    hosts: HostService
+    enclaves: EnclaveService
+    reconciler_settings: dict[str, Any] = field(default_factory=dict)
     probes: Sequence[Probe] = field(default_factory=list)
     #: Backend objects to dispose of on shutdown (engines).
     resources: list[Any] = field(default_factory=list)
@@ -51,6 +63,21 @@ class Services:
         """Release pooled connections."""
         for resource in self.resources:
             resource.dispose()
+        close = getattr(self.hypervisor, "close", None)
+        if close is not None:
+            close()
+
+    def reconciler(self, *, sanitizer: Sanitizer | None = None, **overrides: Any) -> Reconciler:
+        """A reconciler over these services (one per worker thread or process)."""
+        settings = {**self.reconciler_settings, **overrides}
+        return Reconciler(
+            self.uow,
+            self.hypervisor,
+            self.keys,
+            self.scheme,
+            sanitizer=sanitizer,
+            **settings,
+        )
 
 
 def build_services(
@@ -61,6 +88,7 @@ def build_services(
     audit_log: AuditLog | None = None,
     secrets: SecretStore | None = None,
     probes: Sequence[Probe] | None = None,
+    hypervisor: Hypervisor | None = None,
     clock: Clock = utcnow,
 ) -> Services:
     """Assemble the services for ``config``; keyword overrides replace backends."""
@@ -101,6 +129,13 @@ def build_services(
         from sovereign.adapters.hypervisor import HypervisorProbe  # noqa: PLC0415
 
         default_probes.append(HypervisorProbe(config["HYPERVISOR_URIS"]))
+    if hypervisor is None:
+        hypervisor = build_hypervisor(config)
+    actions = ActionService(
+        uow, ttl=timedelta(seconds=int(config["DUAL_ACTION_TTL_S"])), clock=clock
+    )
+    hosts = HostService(uow, hypervisor, scheme, actions, clock=clock)
+    enclaves = EnclaveService(uow, policy, keys, actions, hypervisor, clock=clock)
     return Services(
         scheme=scheme,
         policy=policy,
@@ -112,8 +147,39 @@ def build_services(
         keys=keys,
         catalog=CatalogService(uow, scheme, clock),
         audit=AuditReadService(uow, policy, clock, audit_log),
+        hypervisor=hypervisor,
+        actions=actions,
+        hosts=hosts,
+        enclaves=enclaves,
+        reconciler_settings={
+            "clock": clock,
+            "claim_ttl": timedelta(seconds=int(config["RECONCILER_CLAIM_TTL_S"])),
+            "max_attempts": int(config["RECONCILER_MAX_ATTEMPTS"]),
+        },
         probes=list(probes) if probes is not None else default_probes,
         resources=resources,
+    )
+
+
+def build_hypervisor(config: Mapping[str, Any]) -> Hypervisor:
+    """The libvirt hypervisor adapter laid out by the ENCLAVE_* settings (connects lazily)."""
+    from sovereign.adapters.hypervisor import GuestSettings, LibvirtHypervisor  # noqa: PLC0415
+
+    network = config["ENCLAVE_NETWORK"]
+    if network not in ("isolated", "none"):
+        raise ConfigurationError(reason="ENCLAVE_NETWORK must be 'isolated' or 'none'")
+    return LibvirtHypervisor(
+        GuestSettings(
+            pool_path=config["ENCLAVE_POOL_PATH"],
+            console_dir=config["ENCLAVE_CONSOLE_DIR"],
+            network=network,
+            kernel=config["ENCLAVE_KERNEL"],
+            initrd=config["ENCLAVE_INITRD"],
+            cmdline=config["ENCLAVE_CMDLINE"] or "",
+            machine=config["ENCLAVE_MACHINE"],
+            security_model=config["ENCLAVE_SECURITY_MODEL"],
+            stop_timeout_s=float(config["ENCLAVE_STOP_TIMEOUT_S"]),
+        )
     )
 
 

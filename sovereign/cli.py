@@ -44,6 +44,12 @@ def main() -> None:
     """Sovereign: isolated GPU enclaves for classified and civilian tenants."""
 
 
+def _register_groups() -> None:
+    from sovereign.cli_hosts import hosts  # noqa: PLC0415
+
+    main.add_command(hosts)
+
+
 # -- db ---------------------------------------------------------------------------------------
 
 
@@ -262,25 +268,40 @@ def audit_sequence() -> None:
 
 @main.command()
 @click.option("--interval", type=float, default=None, help="Seconds between runs.")
-def worker(interval: float | None) -> None:
-    """Run the background work: the audit sequencer (and, later, the reconciler)."""
+@click.option("--no-reconcile", is_flag=True, help="Only sequence the audit log.")
+def worker(interval: float | None, no_reconcile: bool) -> None:
+    """Run the background work: the reconciler (provisioning, teardown, sanitization, drift)
+    and the audit sequencer. Several workers may run at once."""
     import time  # noqa: PLC0415
 
     from sovereign import create_app  # noqa: PLC0415
+    from sovereign.worker import crash_hook, describe  # noqa: PLC0415
 
     app = create_app()
-    log_ = app.extensions["sovereign"].audit.log
-    pause = interval if interval is not None else float(app.config["AUDIT_SEQUENCER_INTERVAL_S"])
+    services = app.extensions["sovereign"]
+    log_ = services.audit.log
+    pause = interval if interval is not None else float(app.config["RECONCILER_INTERVAL_S"])
+    reconciler = None
+    if not no_reconcile:
+        reconciler = services.reconciler(after_step=crash_hook(app.config["ENV"]))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    click.echo(f"worker: sequencing the audit log every {pause} s (Ctrl-C to stop)")
+    what = "reconciling and sequencing" if reconciler else "sequencing the audit log"
+    click.echo(f"worker {reconciler.worker if reconciler else ''}: {what} every {pause} s")
     while True:
+        busy = False
         try:
+            if reconciler is not None:
+                report = reconciler.run_once()
+                busy = report.busy
+                if busy:
+                    click.echo(describe(report))
             run = log_.sequence()
             if run.sequenced:
                 click.echo(f"sequenced {run.sequenced}; size {run.size}")
         except SovereignError as e:
             click.secho(f"worker: {e.message}", fg="red", err=True)
-        time.sleep(pause)
+        if not busy:
+            time.sleep(pause)
 
 
 # -- serve ------------------------------------------------------------------------------------
@@ -288,8 +309,15 @@ def worker(interval: float | None) -> None:
 
 @main.command()
 @click.option("--bind", default=None, help="host:port (default 127.0.0.1:SOVEREIGN_PORT).")
-@click.option("--workers", default=2, show_default=True, help="gunicorn worker processes.")
-def serve(bind: str | None, workers: int) -> None:
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    help="gunicorn worker processes (console sessions live in one process: use sticky "
+    "routing when more than one).",
+)
+@click.option("--threads", default=8, show_default=True, help="threads per worker.")
+def serve(bind: str | None, workers: int, threads: int) -> None:
     """Run the control plane under gunicorn (production)."""
     port = _config().config["PORT"]
     argv = [
@@ -300,6 +328,8 @@ def serve(bind: str | None, workers: int) -> None:
         bind or f"127.0.0.1:{port}",
         "--workers",
         str(workers),
+        "--threads",
+        str(threads),
         "--access-logfile",
         "-",
         "sovereign.wsgi:app",
@@ -322,7 +352,6 @@ def dev(ctx: click.Context, port: int | None, vault_port: int, idp_port: int) ->
     from werkzeug.serving import make_server  # noqa: PLC0415
 
     from sovereign import create_app, devstack  # noqa: PLC0415
-    from sovereign.adapters.auditlog import SequencerThread  # noqa: PLC0415
     from sovereign.adapters.migrations import upgrade  # noqa: PLC0415
     from sovereign.devidp import DEMO_PASSWORD, DEMO_USERS  # noqa: PLC0415
 
@@ -346,11 +375,7 @@ def dev(ctx: click.Context, port: int | None, vault_port: int, idp_port: int) ->
             created = _bootstrap(app, demo)
             if created:
                 click.echo(f"seeded {', '.join(created)}")
-            sequencer = SequencerThread(
-                app.extensions["sovereign"].audit.log, app.config["AUDIT_SEQUENCER_INTERVAL_S"]
-            )
-            sequencer.start()
-            stack.callback(sequencer.stop)
+            _start_background(stack, app)
         except SovereignError as e:
             _fail(e)
         server = make_server("127.0.0.1", port, app, threaded=True)
@@ -381,6 +406,57 @@ def dev(ctx: click.Context, port: int | None, vault_port: int, idp_port: int) ->
             server.server_close()
 
 
+def _start_background(stack: ExitStack, app: Flask) -> None:
+    """Start the in-process audit sequencer and reconciler; ``stack`` stops them."""
+    from sovereign.adapters.auditlog import SequencerThread  # noqa: PLC0415
+    from sovereign.worker import ReconcilerThread, describe  # noqa: PLC0415
+
+    services = app.extensions["sovereign"]
+    sequencer = SequencerThread(services.audit.log, app.config["AUDIT_SEQUENCER_INTERVAL_S"])
+    sequencer.start()
+    stack.callback(sequencer.stop)
+    for line in _register_bundled_hosts(services):
+        click.echo(line)
+    reconciler = ReconcilerThread(
+        services.reconciler(),
+        float(app.config["RECONCILER_INTERVAL_S"]),
+        on_report=lambda report: click.echo(f"reconciler: {describe(report)}"),
+    )
+    reconciler.start()
+    stack.callback(reconciler.stop)
+
+
+#: The embedded default's simulated hosts: name -> (site, accreditation).
+BUNDLED_HOST_SETUP = {
+    "secret-h100x8": (
+        "hall-a/rack-1",
+        {"level": "SECRET", "compartments": ["CRYPTO", "EU", "NATO"]},
+    ),
+    "civilian-h100x4": ("hall-b/rack-7", {"level": "UNCLASSIFIED", "compartments": []}),
+}
+
+
+def _register_bundled_hosts(services: Any) -> list[str]:
+    """Register the bundled test-driver hosts that are not registered yet."""
+    from enclaves.hosts import bundled_host_uri  # noqa: PLC0415
+    from sovereign.cli_hosts import cli_context  # noqa: PLC0415
+
+    known = {host.name for host in services.hosts.list(cli_context())}
+    lines = []
+    for name, (site, label) in BUNDLED_HOST_SETUP.items():
+        if name in known:
+            continue
+        host = services.hosts.add(
+            cli_context(),
+            name=name,
+            uri=bundled_host_uri(name),
+            site=site,
+            accreditation=services.scheme.parse(label),
+        )
+        lines.append(f"registered simulated host {host.name} ({host.accreditation})")
+    return lines
+
+
 @dev.command("token")
 @click.argument("username")
 @click.option("--password", default=None, help="Defaults to the demo password.")
@@ -408,3 +484,6 @@ def dev_token(username: str, password: str | None) -> None:
         click.secho(f"error: {message}", fg="red", err=True)
         sys.exit(2)
     click.echo(token)
+
+
+_register_groups()

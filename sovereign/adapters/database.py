@@ -21,6 +21,12 @@ import sqlalchemy as sa
 from sqlalchemy import event, exc
 
 from audit.sql import SqlAuditStore, compartments_within, encode_compartments
+from sovereign.adapters.fleetdb import (
+    SqlActionRepository,
+    SqlEnclaveRepository,
+    SqlGpuRepository,
+    SqlHostRepository,
+)
 from sovereign.adapters.tables import approvals, enclave_keys, enclave_requests, images, tenants
 from sovereign.domain.keys import EnclaveKeys, KeyRef, WrappedSecret
 from sovereign.domain.labels import Label, LabelScheme
@@ -436,6 +442,10 @@ class SqlUnitOfWork:
     images: SqlImageRepository
     requests: SqlRequestRepository
     keys: SqlKeyRepository
+    hosts: SqlHostRepository
+    gpus: SqlGpuRepository
+    enclaves: SqlEnclaveRepository
+    actions: SqlActionRepository
     audit: SqlAuditStore
 
     def __init__(
@@ -462,6 +472,10 @@ class SqlUnitOfWork:
         self.images = SqlImageRepository(self._conn, self._labels)
         self.requests = SqlRequestRepository(self._conn, self._labels)
         self.keys = SqlKeyRepository(self._conn)
+        self.hosts = SqlHostRepository(self._conn, self._labels)
+        self.gpus = SqlGpuRepository(self._conn, self._labels)
+        self.enclaves = SqlEnclaveRepository(self._conn, self._labels)
+        self.actions = SqlActionRepository(self._conn, self._labels)
         self.audit = SqlAuditStore(self._conn)
         return self
 

@@ -117,3 +117,102 @@ enclave_keys = sa.Table(
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("destroyed_at", Timestamp, nullable=True),
 )
+
+hosts = sa.Table(
+    "hosts",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("uri", sa.String(1024), nullable=False, unique=True),
+    sa.Column("site", sa.String(128), nullable=False),
+    sa.Column("accreditation_level", sa.String(64), nullable=False),
+    sa.Column("accreditation_compartments", sa.String(1024), nullable=False),
+    sa.Column("domain_type", sa.String(8), nullable=False),
+    sa.Column("vcpus", sa.Integer, nullable=False),
+    sa.Column("memory_mib", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("reason", sa.String(2000), nullable=False, server_default=""),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.CheckConstraint("state IN ('active', 'draining', 'quarantined')", name="state"),
+    sa.CheckConstraint("domain_type IN ('kvm', 'qemu')", name="domain_type"),
+)
+
+gpus = sa.Table(
+    "gpus",
+    metadata,
+    # One row per physical GPU: a GPU cannot be recorded (or allocated) twice.
+    sa.Column("host", sa.String(64), sa.ForeignKey("hosts.name"), primary_key=True),
+    sa.Column("address", sa.String(16), primary_key=True),
+    sa.Column("model", sa.String(64), nullable=False),
+    sa.Column("numa_node", sa.Integer, nullable=True),
+    sa.Column("iommu_group", sa.Integer, nullable=True),
+    sa.Column("group_members", sa.String(1024), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("enclave_id", sa.Uuid, nullable=True),
+    sa.Column("last_label_level", sa.String(64), nullable=True),
+    sa.Column("last_label_compartments", sa.String(1024), nullable=True),
+    sa.Column("last_tenant", sa.String(64), nullable=True),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.CheckConstraint(
+        "state IN ('free', 'allocated', 'dirty', 'sanitizing', 'quarantined')", name="state"
+    ),
+    # An allocated GPU always names its enclave.
+    sa.CheckConstraint("state != 'allocated' OR enclave_id IS NOT NULL", name="allocated_enclave"),
+    sa.Index("ix_gpus_state", "state"),
+    sa.Index("ix_gpus_enclave", "enclave_id"),
+)
+
+enclaves = sa.Table(
+    "enclaves",
+    metadata,
+    # One enclave per approved request; its life is the request's state.
+    sa.Column("id", sa.Uuid, sa.ForeignKey("enclave_requests.id"), primary_key=True),
+    sa.Column("host", sa.String(64), sa.ForeignKey("hosts.name"), nullable=False),
+    sa.Column("gpus", sa.String(1024), nullable=False),
+    sa.Column("domain_name", sa.String(64), nullable=False, unique=True),
+    sa.Column("label_level", sa.String(64), nullable=False),
+    sa.Column("label_compartments", sa.String(1024), nullable=False),
+    sa.Column("classified", sa.Boolean, nullable=False),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("vcpus", sa.Integer, nullable=False),
+    sa.Column("memory_mib", sa.Integer, nullable=False),
+    sa.Column("disk_gib", sa.Integer, nullable=False),
+    sa.Column("lease_expires_at", Timestamp, nullable=False),
+    sa.Column("step", sa.String(32), nullable=False, server_default=""),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("error", sa.String(2000), nullable=False, server_default=""),
+    sa.Column("claimed_by", sa.String(128), nullable=True),
+    sa.Column("claim_until", Timestamp, nullable=True),
+    sa.Column("retry_at", Timestamp, nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("ended_at", Timestamp, nullable=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Index("ix_enclaves_host_open", "host", "ended_at"),
+    sa.Index("ix_enclaves_open", "ended_at"),
+)
+
+dual_actions = sa.Table(
+    "dual_actions",
+    metadata,
+    # Actions that need two distinct officers: proposed by one, confirmed by another.
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("params", sa.String(4000), nullable=False),
+    sa.Column("label_level", sa.String(64), nullable=False),
+    sa.Column("label_compartments", sa.String(1024), nullable=False),
+    sa.Column("reason", sa.String(2000), nullable=False),
+    sa.Column("proposer", sa.String(255), nullable=False),
+    sa.Column("proposer_name", sa.String(255), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("confirmer", sa.String(255), nullable=True),
+    sa.Column("confirmer_name", sa.String(255), nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("expires_at", Timestamp, nullable=False),
+    sa.Column("decided_at", Timestamp, nullable=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.CheckConstraint("confirmer IS NULL OR confirmer != proposer", name="two_people"),
+    sa.Index("ix_dual_actions_state", "state"),
+)

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from flask import Flask
 
-from sovereign.api import ops, problems, v1
+from sovereign.api import (
+    ops,
+    problems,
+    v1,
+    v1_fleet,  # noqa: F401 - adds the fleet routes to v1's blueprint
+)
 
 
 def register(app: Flask) -> None:

@@ -53,6 +53,17 @@ class EnclaveKeys:
 RESERVED_DOMAINS = frozenset({"audit", "config", "civilian"})
 
 
+@dataclass(frozen=True)
+class EnclaveSecrets:
+    """Plaintext secrets for the hypervisor, in memory only, for the moment of use."""
+
+    luks_passphrase: bytes
+    vtpm_secret: bytes
+
+    def __repr__(self) -> str:
+        return "EnclaveSecrets(<redacted>)"
+
+
 def key_mount(tenant: Tenant, prefix: str = "sovereign-") -> str:
     """The transit mount of the tenant's security domain: one for all civilian tenants, one
     per classified tenant, so a classified tenant's keys never share a mount with anyone's."""

@@ -12,11 +12,16 @@ import logging
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from audit import Outcome
 from sovereign.domain.identity import Role
-from sovereign.domain.keys import EnclaveKeys, KeyRef, enclave_key_name, key_mount
+from sovereign.domain.keys import (
+    EnclaveKeys,
+    EnclaveSecrets,
+    KeyRef,
+    enclave_key_name,
+    key_mount,
+)
 from sovereign.domain.requests import EnclaveRequest
 from sovereign.domain.tenants import Tenant
 from sovereign.errors import (
@@ -36,17 +41,6 @@ _Step = Callable[["CallContext", "UnitOfWork", "EnclaveRequest", "EnclaveKeys"],
 #: Associated context of the two data keys of an enclave (what each is for).
 LUKS_CONTEXT = b"luks"
 VTPM_CONTEXT = b"vtpm"
-
-
-@dataclass(frozen=True)
-class EnclaveSecrets:
-    """Plaintext secrets for the hypervisor, in memory only, for the moment of use."""
-
-    luks_passphrase: bytes
-    vtpm_secret: bytes
-
-    def __repr__(self) -> str:
-        return "EnclaveSecrets(<redacted>)"
 
 
 class KeyService:

@@ -7,15 +7,20 @@ in :mod:`sovereign.adapters.memory`; a contract test runs each port against all 
 
 from __future__ import annotations
 
+import builtins
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
 
 from audit import AuditStore, StoredEvent
+from sovereign.domain.actions import ActionState, DualAction
+from sovereign.domain.fleet import Enclave, Gpu, Host
 from sovereign.domain.identity import Principal
-from sovereign.domain.keys import EnclaveKeys, KeyRef, WrappedSecret
+from sovereign.domain.keys import EnclaveKeys, EnclaveSecrets, KeyRef, WrappedSecret
+from sovereign.domain.placement import GpuStatus
 from sovereign.domain.policy import Visibility
 from sovereign.domain.requests import EnclaveRequest, RequestState
 from sovereign.domain.tenants import Image, Resources, Tenant
@@ -117,6 +122,97 @@ class KeyRepository(Protocol):
         ...
 
 
+class HostRepository(Protocol):
+    """Hypervisor hosts by unique name."""
+
+    def add(self, host: Host) -> None:
+        """Store a new host."""
+        ...
+
+    def get(self, name: str, *, for_update: bool = False) -> Host | None:
+        """The host called ``name``, or None."""
+        ...
+
+    def list(self) -> list[Host]:
+        """All hosts, by name."""
+        ...
+
+    def lock_all(self) -> None:
+        """Serialise placements until the transaction ends."""
+        ...
+
+    def update(self, host: Host) -> None:
+        """Store changes. :raises ConcurrentUpdateError: if it changed since it was read."""
+        ...
+
+
+class GpuRepository(Protocol):
+    """Whole GPUs of the hosts."""
+
+    def add(self, gpu: Gpu) -> None:
+        """Store a newly discovered GPU."""
+        ...
+
+    def list(self, host: str | None = None) -> list[Gpu]:
+        """GPUs of one host, or all, by host and address."""
+        ...
+
+    def for_enclave(self, enclave_id: uuid.UUID) -> builtins.list[Gpu]:
+        """GPUs that name the enclave."""
+        ...
+
+    def update(self, gpu: Gpu, expected: GpuStatus) -> None:
+        """Compare-and-set on the stored state. :raises ConcurrentUpdateError: lost a race."""
+        ...
+
+
+class EnclaveRepository(Protocol):
+    """Placed enclaves and the reconciler's progress on them."""
+
+    def add(self, enclave: Enclave) -> None:
+        """Store a newly placed enclave."""
+        ...
+
+    def get(self, enclave_id: uuid.UUID, *, for_update: bool = False) -> Enclave | None:
+        """The enclave, or None."""
+        ...
+
+    def list(self, *, open_only: bool = True, host: str | None = None) -> list[Enclave]:
+        """Enclaves not yet ended (or all), oldest first."""
+        ...
+
+    def claimable(
+        self, worker: str, now: datetime, limit: int, *, states: Collection[str]
+    ) -> builtins.list[Enclave]:
+        """Open enclaves in request ``states`` that ``worker`` may take now (locked,
+        skipping other workers' rows on PostgreSQL)."""
+        ...
+
+    def update(self, enclave: Enclave) -> None:
+        """Store changes. :raises ConcurrentUpdateError: if it changed since it was read."""
+        ...
+
+
+class ActionRepository(Protocol):
+    """Two-person actions awaiting (or having had) their second officer."""
+
+    def add(self, action: DualAction) -> None:
+        """Store a new proposal."""
+        ...
+
+    def get(self, action_id: uuid.UUID, *, for_update: bool = False) -> DualAction | None:
+        """The proposal, or None."""
+        ...
+
+    def list(self, state: ActionState | None = None) -> list[DualAction]:
+        """Proposals, newest first."""
+        ...
+
+    def update(self, action: DualAction) -> None:
+        """Store a decision. :raises ConcurrentUpdateError: if it changed meanwhile."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction over the repositories and the audit store; rolls back unless committed."""
 
@@ -129,6 +225,14 @@ class UnitOfWork(Protocol):
     def requests(self) -> RequestRepository: ...
     @property
     def keys(self) -> KeyRepository: ...
+    @property
+    def hosts(self) -> HostRepository: ...
+    @property
+    def gpus(self) -> GpuRepository: ...
+    @property
+    def enclaves(self) -> EnclaveRepository: ...
+    @property
+    def actions(self) -> ActionRepository: ...
     @property
     def audit(self) -> AuditStore: ...
 
@@ -235,6 +339,99 @@ class SecretStore(Protocol):
 
     def ping(self) -> None:
         """:raises DependencyUnavailableError: if the store cannot be used."""
+        ...
+
+
+@dataclass(frozen=True)
+class DiscoveredGpu:
+    """A GPU as the hypervisor reports it (PCI node device)."""
+
+    address: str
+    model: str
+    numa_node: int | None
+    iommu_group: int | None
+    #: Every PCI function of the GPU's IOMMU group, itself included.
+    group_members: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What a hypervisor says about itself: driver, capacity and GPUs."""
+
+    hypervisor_type: str
+    cpus: int
+    memory_mib: int
+    gpus: tuple[DiscoveredGpu, ...]
+
+
+@dataclass(frozen=True)
+class DomainFacts:
+    """One domain found on a host."""
+
+    domain_uuid: uuid.UUID
+    name: str
+    running: bool
+    #: The enclave the domain says it belongs to (our metadata), None for foreign domains.
+    enclave_id: uuid.UUID | None
+
+
+@dataclass(frozen=True)
+class EnclavePlan:
+    """Everything the hypervisor side needs to build or tear down one enclave."""
+
+    enclave_id: uuid.UUID
+    uri: str
+    domain_name: str
+    domain_type: str
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    gpus: tuple[DiscoveredGpu, ...]
+    label: str
+    classified: bool
+
+
+class Hypervisor(Protocol):
+    """The fleet's hypervisors, addressed by libvirt URI.
+
+    Every provisioning and teardown step is idempotent: repeating a step that was done (or
+    undoing one that never happened) succeeds, which is what lets the reconciler resume after a
+    crash at any point.
+    """
+
+    def discover(self, uri: str) -> HostFacts:
+        """Capacity and GPUs of the host. :raises DependencyUnavailableError: unreachable."""
+        ...
+
+    def domains(self, uri: str) -> list[DomainFacts]:
+        """Every domain defined on the host."""
+        ...
+
+    def provision(self, step: str, plan: EnclavePlan, secrets: EnclaveSecrets | None) -> str:
+        """Do provisioning ``step``; returns a note for the audit event (never a secret).
+
+        :raises DependencyUnavailableError: the host cannot be reached (retry later).
+        :raises ConflictError: the host refused the step (e.g. the GPU is in use elsewhere).
+        """
+        ...
+
+    def teardown(self, step: str, plan: EnclavePlan) -> str:
+        """Do teardown ``step``; returns a note for the audit event."""
+        ...
+
+    def console(self, plan: EnclavePlan, max_bytes: int) -> str:
+        """The tail of the enclave's serial console log ('' when there is none)."""
+        ...
+
+
+class Sanitizer(Protocol):
+    """Clears a GPU between tenants (isolation rule 2) and says what it did."""
+
+    def sanitize(self, uri: str, address: str) -> dict[str, Any]:
+        """Sanitize one GPU; returns the evidence for the audit event (method, result...).
+
+        :raises DependencyUnavailableError: if it cannot be done now (retried later).
+        """
         ...
 
 

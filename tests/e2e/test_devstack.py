@@ -9,10 +9,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
+from sovereign.devidp.users import CONSOLE_CLIENT_ID
 from sovereign.devstack import free_port
 
 pytestmark = [pytest.mark.vault, pytest.mark.idp, pytest.mark.libvirt]
@@ -50,6 +52,17 @@ def test_embedded_default_serves_the_whole_flow(tmp_path: Path):
         }
         assert "analyst-defence" in output
         assert "officer-2" in output
+        # The dev IdP knows the console on this port: sign-in comes back to it, and so does
+        # sign-out (an unregistered post-logout redirect is refused with 400).
+        logout = f"http://127.0.0.1:{idp}/realms/sovereign/protocol/openid-connect/logout"
+        signed_out = [(f"{base}/", 200), (f"http://localhost:{api}/", 200)]
+        for console, status in [*signed_out, ("http://127.0.0.1:1/", 400)]:
+            r = requests.get(
+                logout,
+                params={"client_id": CONSOLE_CLIENT_ID, "post_logout_redirect_uri": console},
+                timeout=10,
+            )
+            assert r.status_code == status, r.text
 
         def token(user: str) -> str:
             done = subprocess.run(
@@ -92,6 +105,17 @@ def test_embedded_default_serves_the_whole_flow(tmp_path: Path):
             assert r.status_code == 200, r.text
         assert r.json()["state"] == "approved"
 
+        # The in-process reconciler places and starts it on the simulated SECRET host.
+        analyst = {"Authorization": f"Bearer {token('analyst-defence')}"}
+        enclave = wait_for_state(base, rid, "running", analyst)
+        assert enclave["host"] == "secret-h100x8"
+        assert len(enclave["gpus"]) == enclave["request"]["resources"]["gpus"]
+        r = requests.post(
+            f"{base}/api/v1/enclaves/{rid}/terminate", headers=analyst, json={}, timeout=10
+        )
+        assert r.status_code == 200, r.text
+        wait_for_state(base, rid, "terminated", analyst)
+
         # The in-process sequencer puts the decisions into the Merkle log within a second.
         auditor = {"Authorization": f"Bearer {token('auditor')}"}
         deadline = time.monotonic() + 15
@@ -130,6 +154,19 @@ def test_embedded_default_serves_the_whole_flow(tmp_path: Path):
     assert not (tmp_path / "dev" / "devstack.json").exists()
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{bao}/v1/sys/health", timeout=2)
+
+
+def wait_for_state(base: str, rid: str, state: str, headers: dict[str, str]) -> dict[str, Any]:
+    """Poll the enclave until it reaches ``state`` (15 s at most)."""
+    deadline = time.monotonic() + 15
+    while True:
+        enclave: dict[str, Any] = requests.get(
+            f"{base}/api/v1/enclaves/{rid}", headers=headers, timeout=10
+        ).json()
+        if enclave["state"] == state or time.monotonic() > deadline:
+            assert enclave["state"] == state, enclave
+            return enclave
+        time.sleep(0.2)
 
 
 def test_a_restarted_embedded_default_keeps_a_verifiable_log(tmp_path: Path):
@@ -178,4 +215,6 @@ def test_a_restarted_embedded_default_keeps_a_verifiable_log(tmp_path: Path):
         check=False,
     )
     assert verified.returncode == 0, verified.stderr
-    assert "audit log intact: 4 events" in verified.stdout
+    # First start: 4 catalog entries, 2 bundled hosts, 12 GPUs sanitized (2 events each);
+    # the second start adds nothing (all already there).
+    assert f"audit log intact: {4 + 2 + 12 * 2} events" in verified.stdout

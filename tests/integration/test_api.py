@@ -19,9 +19,8 @@ from audit.checkpoint import open_checkpoint
 from audit.merkle import leaf_hash, verify_consistency
 from audit.note import parse_verifier_key
 from audit.proof import verify_proof
-from sovereign import create_app
-from sovereign.adapters.migrations import upgrade
 from sovereign.api import schemas, v1
+from tests.support.apps import make_app
 from tests.support.factories import DEFENCE, RESEARCH
 
 pytestmark = pytest.mark.idp
@@ -50,24 +49,7 @@ CIVIL: dict[str, Any] = {
 
 @pytest.fixture
 def app(tmp_path: Path, idp: Any) -> Iterator[Flask]:
-    url = f"sqlite:///{tmp_path / 'api.db'}"
-    upgrade(url)
-    app = create_app(
-        {
-            "ENV": "testing",
-            "DATABASE_URL": url,
-            "IDP_URL": idp.url,
-            "IDP_DEV": True,
-            "AUDIT_SIGNING_KEY": str(tmp_path / "audit.key"),
-            "AUDIT_WITNESS_PATH": str(tmp_path / "witness.jsonl"),
-        }
-    )
-    import json
-    from importlib import resources
-
-    from sovereign.cli import _bootstrap
-
-    _bootstrap(app, json.loads((resources.files("sovereign") / "data" / "demo.json").read_text()))
+    app = make_app(tmp_path, idp.url)
     yield app
     app.extensions["sovereign"].close()
 

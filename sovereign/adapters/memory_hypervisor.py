@@ -1,0 +1,147 @@
+"""An in-memory fleet of hypervisors for fast tests of the reconciler.
+
+Owns :class:`MemoryHypervisor`, which keeps domains, volumes, secrets and networks per URI in
+dictionaries and behaves like :class:`~sovereign.adapters.hypervisor.LibvirtHypervisor` where
+the reconciler can tell: every step idempotent, a GPU held by another domain refused, unknown
+steps refused. Tests can make a URI unreachable or make one step fail. The contract test in
+``tests/contract/test_hypervisor_port.py`` holds both to the same behaviour.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from sovereign.domain.keys import EnclaveSecrets
+from sovereign.errors import ConflictError, DependencyUnavailableError
+from sovereign.services.ports import DiscoveredGpu, DomainFacts, EnclavePlan, HostFacts
+
+
+@dataclass
+class MemoryHost:
+    """One simulated hypervisor."""
+
+    cpus: int = 64
+    memory_mib: int = 512 * 1024
+    gpus: tuple[DiscoveredGpu, ...] = ()
+    #: Domain uuid -> (name, running, enclave id, GPU addresses).
+    domains: dict[uuid.UUID, tuple[str, bool, uuid.UUID | None, frozenset[str]]] = field(
+        default_factory=dict
+    )
+    volumes: set[str] = field(default_factory=set)
+    secrets: set[uuid.UUID] = field(default_factory=set)
+    networks: set[str] = field(default_factory=set)
+    reachable: bool = True
+
+
+class MemoryHypervisor:
+    """Hypervisors in memory, addressed by URI."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, MemoryHost] = {}
+        #: "provision:step" or "teardown:step" -> error raised the next time that step runs,
+        #: before it has any effect ...
+        self.failures: dict[str, BaseException] = {}
+        #: ... or after it took effect (a worker dying between the hypervisor and the record).
+        self.after_effect: dict[str, BaseException] = {}
+        #: Every step done, in order, as (uri, "provision:volume", enclave id).
+        self.calls: list[tuple[str, str, uuid.UUID]] = []
+
+    def add_host(self, uri: str, host: MemoryHost) -> MemoryHost:
+        """Make a host exist at ``uri``."""
+        self.hosts[uri] = host
+        return host
+
+    def _host(self, uri: str) -> MemoryHost:
+        host = self.hosts.get(uri)
+        if host is None or not host.reachable:
+            raise DependencyUnavailableError(
+                f"hypervisor {uri} is unavailable", dependency="hypervisor"
+            )
+        return host
+
+    def _fail(self, key: str) -> None:
+        error = self.failures.pop(key, None)
+        if error is not None:
+            raise error
+
+    def _fail_after(self, key: str) -> None:
+        error = self.after_effect.pop(key, None)
+        if error is not None:
+            raise error
+
+    def discover(self, uri: str) -> HostFacts:
+        """The host's capacity and GPUs."""
+        host = self._host(uri)
+        return HostFacts("MEMORY", host.cpus, host.memory_mib, host.gpus)
+
+    def domains(self, uri: str) -> list[DomainFacts]:
+        """Every domain on the host."""
+        host = self._host(uri)
+        return [
+            DomainFacts(domain_uuid=key, name=name, running=running, enclave_id=enclave)
+            for key, (name, running, enclave, _gpus) in sorted(host.domains.items())
+        ]
+
+    def provision(self, step: str, plan: EnclavePlan, secrets: EnclaveSecrets | None) -> str:
+        """One idempotent provisioning step."""
+        host = self._host(plan.uri)
+        self._fail(f"provision:{step}")
+        self.calls.append((plan.uri, f"provision:{step}", plan.enclave_id))
+        key = plan.enclave_id
+        if step == "volume":
+            host.volumes.add(plan.domain_name)
+        elif step == "secrets":
+            if secrets is None:
+                raise ConflictError(reason="no secrets")
+            host.secrets |= {uuid.uuid5(key, "luks"), uuid.uuid5(key, "vtpm")}
+        elif step == "network":
+            host.networks.add(f"net-{key.hex[:12]}")
+        elif step == "define":
+            wanted = frozenset(m for gpu in plan.gpus for m in gpu.group_members)
+            present = {m for gpu in host.gpus for m in gpu.group_members}
+            if not wanted <= present:
+                raise ConflictError(reason=f"host has no GPU {sorted(wanted - present)}")
+            for other, (name, _r, _e, gpus) in host.domains.items():
+                if other != key and gpus & wanted:
+                    raise ConflictError(reason=f"GPU already passed to domain {name}")
+            running = host.domains.get(key, ("", False, None, frozenset()))[1]
+            host.domains[key] = (plan.domain_name, running, key, wanted)
+        elif step == "start":
+            if key not in host.domains:
+                raise ConflictError(reason=f"domain {plan.domain_name} is not defined")
+            name, _running, enclave, gpus = host.domains[key]
+            host.domains[key] = (name, True, enclave, gpus)
+        else:
+            raise ValueError(f"unknown provisioning step {step!r}")
+        self._fail_after(f"provision:{step}")
+        return f"{step} done"
+
+    def teardown(self, step: str, plan: EnclavePlan) -> str:
+        """One idempotent teardown step."""
+        host = self._host(plan.uri)
+        self._fail(f"teardown:{step}")
+        self.calls.append((plan.uri, f"teardown:{step}", plan.enclave_id))
+        key = plan.enclave_id
+        if step == "stop":
+            if key in host.domains:
+                name, _running, enclave, gpus = host.domains[key]
+                host.domains[key] = (name, False, enclave, gpus)
+        elif step == "undefine":
+            host.domains.pop(key, None)
+        elif step == "volume":
+            host.volumes.discard(plan.domain_name)
+        elif step == "secrets":
+            host.secrets -= {uuid.uuid5(key, "luks"), uuid.uuid5(key, "vtpm")}
+        elif step == "network":
+            host.networks.discard(f"net-{key.hex[:12]}")
+        else:
+            raise ValueError(f"unknown teardown step {step!r}")
+        self._fail_after(f"teardown:{step}")
+        return f"{step} done"
+
+    def console(self, plan: EnclavePlan, max_bytes: int) -> str:
+        """A fixed console line for a running domain."""
+        host = self._host(plan.uri)
+        running = host.domains.get(plan.enclave_id, ("", False, None, frozenset()))[1]
+        return f"{plan.domain_name} console\n"[-max_bytes:] if running else ""

@@ -1,0 +1,256 @@
+"""Schemas of the fleet endpoints: hosts, GPUs, enclaves, placement previews, two-person actions
+and the kill switch (pydantic; the same models validate input and generate OpenAPI).
+
+Owns the shape of those bodies and how fleet domain objects become responses.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from sovereign.api.schemas import LabelIn, LabelOut, Name, PageQuery, Reason, RequestOut, Strict
+from sovereign.domain.actions import DualAction
+from sovereign.domain.fleet import Gpu, Host
+from sovereign.domain.placement import Placement
+from sovereign.domain.policy import AccessPolicy
+from sovereign.domain.requests import RequestState
+from sovereign.services.enclaves import EnclaveView, KillResult
+
+RequiredReason = Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+class HostCreate(Strict):
+    """A hypervisor to register (it starts at the lowest accreditation over the API)."""
+
+    name: Name
+    uri: Annotated[str, Field(min_length=3, max_length=1024, pattern=r"^[a-z0-9+]+://")]
+    site: Annotated[str, Field(min_length=1, max_length=128)]
+    domain_type: Literal["kvm", "qemu"] = "kvm"
+
+
+class HostStateIn(Strict):
+    """Take a host out of service, or return it."""
+
+    state: Literal["active", "draining", "quarantined"]
+    reason: Reason = ""
+
+
+class AccreditationIn(Strict):
+    """A new accreditation for a host (two officers)."""
+
+    accreditation: LabelIn
+    reason: RequiredReason
+
+
+class HostOut(BaseModel):
+    """A hypervisor host."""
+
+    name: str
+    uri: str
+    site: str
+    accreditation: LabelOut
+    domain_type: str
+    state: str
+    reason: str
+    vcpus: int
+    memory_mib: int
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, h: Host) -> HostOut:
+        """From a domain host."""
+        return cls(
+            name=h.name,
+            uri=h.uri,
+            site=h.site,
+            accreditation=LabelOut.of(h.accreditation),
+            domain_type=h.domain_type,
+            state=h.state,
+            reason=h.reason,
+            vcpus=h.vcpus,
+            memory_mib=h.memory_mib,
+            created_at=h.created_at,
+            updated_at=h.updated_at,
+        )
+
+
+class HostList(BaseModel):
+    """Hosts, by name."""
+
+    items: list[HostOut]
+
+
+class GpuQuery(Strict):
+    """Filter GPUs by host."""
+
+    host: Name | None = None
+
+
+class GpuOut(BaseModel):
+    """One whole GPU, its state and the label of its last tenant (if you are cleared for it)."""
+
+    host: str
+    address: str
+    model: str
+    numa_node: int | None
+    iommu_group: int | None
+    group_members: list[str]
+    state: str
+    enclave_id: uuid.UUID | None
+    last_label: LabelOut | None
+    last_tenant: str | None
+    updated_at: datetime | None
+
+    @classmethod
+    def of(cls, g: Gpu) -> GpuOut:
+        """From a domain GPU."""
+        return cls(
+            host=g.host,
+            address=g.address,
+            model=g.model,
+            numa_node=g.numa_node,
+            iommu_group=g.iommu_group,
+            group_members=list(g.group_members),
+            state=g.state,
+            enclave_id=g.enclave_id if g.state == "allocated" else None,
+            last_label=LabelOut.of(g.last_label) if g.last_label else None,
+            last_tenant=g.last_tenant,
+            updated_at=g.updated_at,
+        )
+
+
+class GpuList(BaseModel):
+    """GPUs, by host and address."""
+
+    items: list[GpuOut]
+
+
+class EnclaveQuery(PageQuery):
+    """Filters for listing enclaves."""
+
+    state: RequestState | None = None
+    tenant: Name | None = None
+
+
+class PlacementOut(BaseModel):
+    """Where an enclave runs (or would run) and why other hosts were not chosen."""
+
+    host: str | None
+    gpus: list[str]
+    gpu_model: str | None
+    rejected: dict[str, str]
+
+
+class EnclaveOut(BaseModel):
+    """An enclave: its request, host, GPUs and progress."""
+
+    id: uuid.UUID
+    state: RequestState
+    request: RequestOut
+    host: str | None
+    site: str | None
+    gpus: list[str]
+    domain_name: str | None
+    lease_expires_at: datetime | None
+    step: str
+    error: str
+
+    @classmethod
+    def of(cls, v: EnclaveView, policy: AccessPolicy) -> EnclaveOut:
+        """From a service view."""
+        e = v.enclave
+        return cls(
+            id=v.request.id,
+            state=v.request.state,
+            request=RequestOut.of(v.request, policy),
+            host=e.host if e else None,
+            site=v.host_site,
+            gpus=list(e.gpus) if e else [],
+            domain_name=e.domain_name if e else None,
+            lease_expires_at=e.lease_expires_at if e else None,
+            step=e.step if e else "",
+            error=e.error if e else "",
+        )
+
+
+class EnclaveList(BaseModel):
+    """Enclaves, newest first; a page may hold fewer than ``limit`` (pending requests are
+    left out), pass ``next_cursor`` on while it is not null."""
+
+    items: list[EnclaveOut]
+    next_cursor: str | None
+
+
+class TerminateIn(Strict):
+    """Why the enclave is ended."""
+
+    reason: Reason = ""
+
+
+class KillSwitchIn(Strict):
+    """Which enclaves to end at once: a label, a tenant, or both (all must match)."""
+
+    label: LabelIn | None = None
+    tenant: Name | None = None
+    reason: RequiredReason
+
+
+class ActionOut(BaseModel):
+    """A two-person action and its status."""
+
+    id: uuid.UUID
+    kind: str
+    params: dict[str, Any]
+    label: LabelOut
+    reason: str
+    state: str
+    status: str
+    proposer_name: str
+    confirmer_name: str | None
+    created_at: datetime
+    expires_at: datetime
+
+    @classmethod
+    def of(cls, a: DualAction) -> ActionOut:
+        """From a domain action."""
+        return cls(
+            id=a.id,
+            kind=a.kind.value,
+            params=a.params,
+            label=LabelOut.of(a.label),
+            reason=a.reason,
+            state=a.state.value,
+            status=a.status(),
+            proposer_name=a.proposer_name,
+            confirmer_name=a.confirmer_name,
+            created_at=a.created_at,
+            expires_at=a.expires_at,
+        )
+
+
+class ActionList(BaseModel):
+    """Pending two-person actions you are cleared for."""
+
+    items: list[ActionOut]
+
+
+class KillOut(BaseModel):
+    """Enclaves ended now, or the proposal a second officer must confirm."""
+
+    ended: list[uuid.UUID]
+    proposal: ActionOut | None
+
+    @classmethod
+    def of(cls, r: KillResult) -> KillOut:
+        """From the service's result."""
+        return cls(ended=list(r.ended), proposal=ActionOut.of(r.proposal) if r.proposal else None)
+
+
+def placement_out(p: Placement) -> PlacementOut:
+    """From a domain placement."""
+    return PlacementOut(host=p.host, gpus=list(p.gpus), gpu_model=p.gpu_model, rejected=p.reasons)

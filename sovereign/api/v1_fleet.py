@@ -1,0 +1,242 @@
+"""REST API v1, the fleet: hosts, GPUs, enclaves, placement previews, two-person actions and the
+kill switch. Thin views on the same ``api`` registry as :mod:`sovereign.api.v1`.
+
+Owns those endpoints. As everywhere in the API, views hold no policy and catch no domain
+errors: the services decide and audit, the problem table answers.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sovereign.api import fleet_schemas as f
+from sovereign.api.routing import TEXT, services
+from sovereign.api.v1 import api
+from sovereign.services.ports import RequestFilter
+from sovereign.services.recording import CallContext
+
+HOST_READERS = "security officers, operators and auditors"
+
+
+@api.route(
+    "GET", "/hosts", summary="List hosts", tag="hosts", response=f.HostList, roles=HOST_READERS
+)
+def list_hosts(ctx: CallContext) -> f.HostList:
+    """Every hypervisor with its accreditation, state and capacity."""
+    return f.HostList(items=[f.HostOut.of(h) for h in services().hosts.list(ctx)])
+
+
+@api.route(
+    "POST",
+    "/hosts",
+    summary="Register a host",
+    tag="hosts",
+    body=f.HostCreate,
+    response=f.HostOut,
+    status=201,
+    roles="operators and officers; the host starts at the lowest accreditation",
+)
+def add_host(ctx: CallContext, body: f.HostCreate) -> f.HostOut:
+    """Discover the host's GPUs (they start dirty and are sanitized before first use)."""
+    host = services().hosts.add(
+        ctx,
+        name=body.name,
+        uri=body.uri,
+        site=body.site,
+        accreditation=services().scheme.lowest,
+        domain_type=body.domain_type,
+    )
+    return f.HostOut.of(host)
+
+
+@api.route(
+    "GET",
+    "/hosts/<name>",
+    summary="Get one host",
+    tag="hosts",
+    response=f.HostOut,
+    roles=HOST_READERS,
+)
+def get_host(ctx: CallContext, name: str) -> f.HostOut:
+    """One host."""
+    return f.HostOut.of(services().hosts.get(ctx, name))
+
+
+@api.route(
+    "POST",
+    "/hosts/<name>/discover",
+    summary="Rediscover a host's GPUs",
+    tag="hosts",
+    response=f.HostOut,
+    roles="operators and officers",
+)
+def discover_host(ctx: CallContext, name: str) -> f.HostOut:
+    """New GPUs start dirty; GPUs that vanished are quarantined."""
+    return f.HostOut.of(services().hosts.discover(ctx, name))
+
+
+@api.route(
+    "POST",
+    "/hosts/<name>/state",
+    summary="Drain, quarantine or reactivate a host",
+    tag="hosts",
+    body=f.HostStateIn,
+    response=f.HostOut,
+    roles="operators and officers drain and quarantine; officers cleared for the host reactivate",
+)
+def set_host_state(ctx: CallContext, name: str, body: f.HostStateIn) -> f.HostOut:
+    """Draining and quarantine stop new placements; running enclaves stay until ended."""
+    return f.HostOut.of(services().hosts.set_state(ctx, name, body.state, body.reason))
+
+
+@api.route(
+    "POST",
+    "/hosts/<name>/accreditation",
+    summary="Propose a new accreditation",
+    tag="hosts",
+    body=f.AccreditationIn,
+    response=f.ActionOut,
+    status=202,
+    roles="security officers; a second officer confirms with POST /actions/{id}/confirm",
+)
+def propose_accreditation(ctx: CallContext, name: str, body: f.AccreditationIn) -> f.ActionOut:
+    """Two officers change a host's accreditation, like a classified approval."""
+    label = services().scheme.parse(body.accreditation.model_dump())
+    return f.ActionOut.of(services().hosts.propose_accreditation(ctx, name, label, body.reason))
+
+
+@api.route(
+    "GET",
+    "/gpus",
+    summary="List GPUs",
+    tag="hosts",
+    query=f.GpuQuery,
+    response=f.GpuList,
+    roles=HOST_READERS,
+)
+def list_gpus(ctx: CallContext, query: f.GpuQuery) -> f.GpuList:
+    """Every GPU with its state; the last tenant's label only if you are cleared for it."""
+    return f.GpuList(items=[f.GpuOut.of(g) for g in services().hosts.gpus(ctx, query.host)])
+
+
+@api.route(
+    "GET",
+    "/enclaves",
+    summary="List enclaves",
+    tag="enclaves",
+    query=f.EnclaveQuery,
+    response=f.EnclaveList,
+    roles="analysts (their tenants), officers and auditors; up to your clearance",
+)
+def list_enclaves(ctx: CallContext, query: f.EnclaveQuery) -> f.EnclaveList:
+    """Approved requests and their enclaves, newest first."""
+    page = services().enclaves.list(
+        ctx,
+        RequestFilter(
+            state=query.state, tenant=query.tenant, limit=query.limit, cursor=query.cursor
+        ),
+    )
+    policy = services().policy
+    return f.EnclaveList(
+        items=[f.EnclaveOut.of(v, policy) for v in page.items], next_cursor=page.next_cursor
+    )
+
+
+@api.route(
+    "GET",
+    "/enclaves/<uuid:enclave_id>",
+    summary="Get one enclave",
+    tag="enclaves",
+    response=f.EnclaveOut,
+    roles="whoever may see its request; others get 404",
+)
+def get_enclave(ctx: CallContext, enclave_id: uuid.UUID) -> f.EnclaveOut:
+    """Where it runs, its GPUs, its lease and how far provisioning got."""
+    return f.EnclaveOut.of(services().enclaves.get(ctx, enclave_id), services().policy)
+
+
+@api.route(
+    "GET",
+    "/enclaves/<uuid:enclave_id>/console",
+    summary="Serial console tail",
+    tag="enclaves",
+    response=None,
+    media_type=TEXT,
+    roles="its requester and officers cleared for it",
+)
+def enclave_console(ctx: CallContext, enclave_id: uuid.UUID) -> str:
+    """The last 8 KiB of the enclave's serial console log (text/plain)."""
+    return services().enclaves.console(ctx, enclave_id)
+
+
+@api.route(
+    "POST",
+    "/enclaves/<uuid:enclave_id>/terminate",
+    summary="Terminate an enclave",
+    tag="enclaves",
+    body=f.TerminateIn,
+    body_optional=True,
+    response=f.EnclaveOut,
+    roles="its requester, or an officer cleared for it",
+)
+def terminate_enclave(ctx: CallContext, enclave_id: uuid.UUID, body: f.TerminateIn) -> f.EnclaveOut:
+    """The reconciler destroys the domain, volume, secrets and keys; its GPUs go dirty."""
+    services().enclaves.terminate(ctx, enclave_id, body.reason)
+    return f.EnclaveOut.of(services().enclaves.get(ctx, enclave_id), services().policy)
+
+
+@api.route(
+    "GET",
+    "/requests/<uuid:request_id>/placement",
+    summary="Placement preview",
+    tag="requests",
+    response=f.PlacementOut,
+    roles="security officers cleared for the request",
+)
+def placement_preview(ctx: CallContext, request_id: uuid.UUID) -> f.PlacementOut:
+    """Which host would take the request now, and why every other host would not."""
+    return f.placement_out(services().enclaves.preview(ctx, request_id))
+
+
+@api.route(
+    "POST",
+    "/kill-switch",
+    summary="Terminate every enclave of a label or tenant",
+    tag="enclaves",
+    body=f.KillSwitchIn,
+    response=f.KillOut,
+    roles="security officers; at or above the two-person level a second officer confirms",
+)
+def kill_switch(ctx: CallContext, body: f.KillSwitchIn) -> f.KillOut:
+    """Ends them and crypto-erases their keys at once, or returns the pending proposal."""
+    label = services().scheme.parse(body.label.model_dump()) if body.label else None
+    result = services().enclaves.kill_switch(
+        ctx, label=label, tenant=body.tenant, reason=body.reason
+    )
+    return f.KillOut.of(result)
+
+
+@api.route(
+    "GET",
+    "/actions",
+    summary="Pending two-person actions",
+    tag="actions",
+    response=f.ActionList,
+    roles="security officers, up to their clearance",
+)
+def list_actions(ctx: CallContext) -> f.ActionList:
+    """Proposals waiting for a second officer."""
+    return f.ActionList(items=[f.ActionOut.of(a) for a in services().actions.list(ctx)])
+
+
+@api.route(
+    "POST",
+    "/actions/<uuid:action_id>/confirm",
+    summary="Confirm a two-person action",
+    tag="actions",
+    response=f.ActionOut,
+    roles="a security officer other than the proposer, cleared for its label",
+)
+def confirm_action(ctx: CallContext, action_id: uuid.UUID) -> f.ActionOut:
+    """Carries the action out in the same transaction as the confirmation."""
+    return f.ActionOut.of(services().actions.confirm(ctx, action_id))

@@ -1,0 +1,198 @@
+"""Hosts, their GPUs and the enclaves placed on them, as the control plane records them.
+
+Owns :class:`Host`, :class:`Gpu` and :class:`Enclave` with their state machines: a host is
+``active``, ``draining`` or ``quarantined``; a GPU goes ``free -> allocated -> dirty ->
+sanitizing -> free`` (isolation rule 2: a dirty GPU is never allocated) and may be
+``quarantined`` from any state but ``allocated``; an enclave records where a request was placed
+and how far provisioning or teardown got (its life itself is the request's state). It also turns
+records into the snapshot :mod:`sovereign.domain.placement` decides on. It must not talk to
+libvirt or the database.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from sovereign.domain.labels import Label
+from sovereign.domain.placement import GpuState, GpuStatus, HostState, HostStatus
+from sovereign.errors import InvalidTransitionError
+
+HOST_STATES: tuple[HostStatus, ...] = ("active", "draining", "quarantined")
+GPU_STATES: tuple[GpuStatus, ...] = ("free", "allocated", "dirty", "sanitizing", "quarantined")
+DOMAIN_TYPES = ("kvm", "qemu")
+
+GPU_TRANSITIONS: dict[str, frozenset[str]] = {
+    "free": frozenset({"allocated", "quarantined"}),
+    # The enclave ended: whatever ran on it may have left data in GPU memory.
+    "allocated": frozenset({"dirty"}),
+    "dirty": frozenset({"sanitizing", "quarantined"}),
+    # A failed sanitization sends it back to dirty (retried) or to quarantine.
+    "sanitizing": frozenset({"free", "dirty", "quarantined"}),
+    # Leaving quarantine goes through sanitization: nobody vouches for what happened meanwhile.
+    "quarantined": frozenset({"dirty"}),
+}
+
+#: Steps of provisioning, in order; each is idempotent on the hypervisor.
+PROVISION_STEPS: tuple[str, ...] = ("secrets", "volume", "network", "define", "start")
+#: Steps of teardown, in order; each is idempotent and tolerates a missing object.
+TEARDOWN_STEPS: tuple[str, ...] = ("stop", "undefine", "volume", "secrets", "network", "keys")
+
+
+@dataclass
+class Gpu:
+    """One whole GPU of a host."""
+
+    host: str
+    address: str
+    model: str
+    numa_node: int | None
+    iommu_group: int | None
+    group_members: tuple[str, ...]
+    state: GpuStatus = "free"
+    #: The enclave (request id) holding it while ``allocated``, last holder afterwards.
+    enclave_id: uuid.UUID | None = None
+    #: Label and tenant of the last enclave that used it (shown to officers).
+    last_label: Label | None = None
+    last_tenant: str | None = None
+    updated_at: datetime | None = None
+
+    def move(self, target: GpuStatus, now: datetime) -> None:
+        """Change state. :raises InvalidTransitionError: if the GPU machine has no such edge."""
+        if target not in GPU_TRANSITIONS[self.state]:
+            raise InvalidTransitionError(current=f"gpu {self.state}", target=target)
+        self.state = target
+        self.updated_at = now
+
+
+@dataclass
+class Host:
+    """A hypervisor the control plane may place enclaves on."""
+
+    id: uuid.UUID
+    name: str
+    uri: str
+    site: str
+    accreditation: Label
+    domain_type: str
+    vcpus: int
+    memory_mib: int
+    created_at: datetime
+    updated_at: datetime
+    state: HostStatus = "active"
+    #: Why the host is draining or quarantined (empty when active).
+    reason: str = ""
+    version: int = 1
+
+
+@dataclass
+class Enclave:
+    """Where a request's enclave lives and how far the reconciler got with it."""
+
+    id: uuid.UUID
+    host: str
+    gpus: tuple[str, ...]
+    domain_name: str
+    #: The label and tenant kind of the enclave (copied from its request).
+    label: Label
+    classified: bool
+    tenant: str
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    lease_expires_at: datetime
+    created_at: datetime
+    updated_at: datetime
+    #: The last provisioning or teardown step done (``""`` before the first).
+    step: str = ""
+    #: Consecutive failed attempts at the current step, and the last error.
+    attempts: int = 0
+    error: str = ""
+    #: Which worker holds the enclave, until when (so two workers never work on one).
+    claimed_by: str | None = None
+    claim_until: datetime | None = None
+    #: Earliest time a retry may be tried (backoff after a failed step).
+    retry_at: datetime | None = None
+    version: int = 1
+    ended_at: datetime | None = None
+
+    def claimable(self, now: datetime, worker: str) -> bool:
+        """Whether ``worker`` may work on the enclave now (unclaimed, or claim lapsed/own)."""
+        if self.retry_at is not None and self.retry_at > now:
+            return False
+        return self.claimed_by in (None, worker) or (
+            self.claim_until is not None and self.claim_until <= now
+        )
+
+    def claim(self, worker: str, now: datetime, ttl: timedelta) -> None:
+        """Take the enclave for ``ttl``."""
+        self.claimed_by = worker
+        self.claim_until = now + ttl
+        self.updated_at = now
+
+    def release(self, now: datetime) -> None:
+        """Give the claim back."""
+        self.claimed_by = None
+        self.claim_until = None
+        self.updated_at = now
+
+
+@dataclass(frozen=True)
+class FleetView:
+    """Hosts with their GPUs and live enclaves, as one consistent read."""
+
+    hosts: Sequence[Host]
+    gpus: Sequence[Gpu]
+    #: Enclaves that occupy a host (not yet terminated).
+    enclaves: Sequence[Enclave] = field(default_factory=tuple)
+
+    def snapshot(self) -> list[HostState]:
+        """The placement snapshot: per host, labels carried, free capacity and GPU states."""
+        by_host: dict[str, list[Gpu]] = {}
+        for gpu in self.gpus:
+            by_host.setdefault(gpu.host, []).append(gpu)
+        used: dict[str, list[Enclave]] = {}
+        for enclave in self.enclaves:
+            used.setdefault(enclave.host, []).append(enclave)
+        return [
+            _host_state(host, by_host.get(host.name, []), used.get(host.name, []))
+            for host in self.hosts
+        ]
+
+
+def _host_state(host: Host, gpus: Iterable[Gpu], enclaves: Sequence[Enclave]) -> HostState:
+    kinds = {enclave.classified for enclave in enclaves}
+    return HostState(
+        name=host.name,
+        accreditation=host.accreditation,
+        state=host.state,
+        labels_present=frozenset(str(enclave.label) for enclave in enclaves),
+        # Mixed kinds cannot happen while the rules hold; reporting "classified" then keeps
+        # civilian requests off the host until an officer looks.
+        classified_present=(True in kinds) if kinds else None,
+        free_vcpus=host.vcpus - sum(enclave.vcpus for enclave in enclaves),
+        free_memory_mib=host.memory_mib - sum(enclave.memory_mib for enclave in enclaves),
+        gpus=tuple(
+            GpuState(
+                address=gpu.address,
+                model=gpu.model,
+                numa_node=gpu.numa_node,
+                iommu_group=gpu.iommu_group,
+                group_members=gpu.group_members,
+                state=gpu.state,
+            )
+            for gpu in sorted(gpus, key=lambda g: g.address)
+        ),
+    )
+
+
+def domain_name(enclave_id: uuid.UUID) -> str:
+    """The libvirt domain name of an enclave (stable, unique, no label in it)."""
+    return f"sov-{enclave_id.hex[:16]}"
+
+
+def with_state(host: Host, state: HostStatus, reason: str, now: datetime) -> Host:
+    """A copy of ``host`` in ``state``."""
+    return replace(host, state=state, reason=reason, updated_at=now)

@@ -1,0 +1,363 @@
+"""Use cases for enclaves as users see them: list, read, console, terminate, kill switch, and the
+placement preview officers see before approving.
+
+Owns who may see and end an enclave (the request's visibility rules; the requester or an officer
+cleared for it may terminate; only officers pull the kill switch, two of them when it touches a
+label at or above the two-person level) and the immediate effects of ending: the request moves to
+``terminating`` (an approved request not yet placed is cancelled and its keys erased) and the
+reconciler does the rest. The kill switch also crypto-erases the keys at once, so data is
+unreadable even before the domains are gone.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any
+
+from audit import Outcome
+from sovereign.domain.actions import ActionKind, DualAction, check_officer
+from sovereign.domain.fleet import Enclave, FleetView, Gpu
+from sovereign.domain.identity import Role
+from sovereign.domain.labels import Label
+from sovereign.domain.placement import Placement, PlacementRequest, place
+from sovereign.domain.policy import AccessPolicy, Visibility
+from sovereign.domain.requests import EnclaveRequest, RequestState
+from sovereign.domain.tenants import TenantKind
+from sovereign.errors import (
+    AuditUnavailableError,
+    InvalidInputError,
+    NotFoundError,
+    PolicyDeniedError,
+    SovereignError,
+)
+from sovereign.services.actions import ActionService
+from sovereign.services.keys import KeyService
+from sovereign.services.ports import (
+    Hypervisor,
+    Page,
+    RequestFilter,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
+from sovereign.services.reconciler import plan_for
+from sovereign.services.recording import CallContext, Clock, Recorder, utcnow
+from sovereign.services.requests import request_target
+
+log = logging.getLogger(__name__)
+S = RequestState
+#: States a termination applies to (an enclave exists, or is about to).
+ENDABLE = frozenset({S.PROVISIONING, S.RUNNING, S.FAILED, S.EXPIRED})
+#: States the kill switch sweeps up.
+KILLABLE = ENDABLE | {S.APPROVED}
+#: Bytes of serial console shown by default.
+CONSOLE_TAIL_BYTES = 8192
+
+
+@dataclass(frozen=True)
+class EnclaveView:
+    """A request together with where its enclave runs (None before placement)."""
+
+    request: EnclaveRequest
+    enclave: Enclave | None
+    host_site: str | None
+    gpus: tuple[Gpu, ...]
+
+
+@dataclass(frozen=True)
+class KillResult:
+    """What the kill switch did: ended enclaves, or a proposal awaiting a second officer."""
+
+    ended: tuple[uuid.UUID, ...]
+    proposal: DualAction | None
+
+
+class EnclaveService:
+    """Enclaves for analysts, officers and auditors."""
+
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        policy: AccessPolicy,
+        keys: KeyService,
+        actions: ActionService,
+        hypervisor: Hypervisor,
+        *,
+        clock: Clock = utcnow,
+    ) -> None:
+        self._uow = uow_factory
+        self._policy = policy
+        self._keys = keys
+        self._actions = actions
+        self._hypervisor = hypervisor
+        self._clock = clock
+        self._recorder = Recorder(uow_factory, clock)
+        actions.register(ActionKind.KILL_SWITCH, self._kill_confirmed, self._erase_after_kill)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _view(self, uow: UnitOfWork, request: EnclaveRequest) -> EnclaveView:
+        enclave = uow.enclaves.get(request.id)
+        site = None
+        gpus: tuple[Gpu, ...] = ()
+        if enclave is not None:
+            host = uow.hosts.get(enclave.host)
+            site = host.site if host else None
+            gpus = tuple(g for g in uow.gpus.list(enclave.host) if g.address in enclave.gpus)
+        return EnclaveView(request, enclave, site, gpus)
+
+    def list(self, ctx: CallContext, query: RequestFilter) -> Page[EnclaveView]:
+        """Requests past approval the caller may see, with their enclaves, newest first.
+
+        Pages follow the request pages, so a page may hold fewer items than the limit (pending,
+        rejected and cancelled requests are left out); ``next_cursor`` says whether more follow.
+        """
+        try:
+            visibility = self._policy.request_visibility(ctx.principal)
+        except SovereignError as e:
+            self._recorder.denial(ctx, "enclave:list", "enclaves", e)
+            raise
+        with self._uow(readonly=True) as uow:
+            page = uow.requests.list(visibility, query)
+            views = [
+                self._view(uow, r)
+                for r in page.items
+                if r.state not in (S.PENDING, S.REJECTED, S.CANCELLED)
+            ]
+        return Page(views, page.next_cursor)
+
+    def get(self, ctx: CallContext, enclave_id: uuid.UUID) -> EnclaveView:
+        """One enclave, if the caller may see its request. :raises NotFoundError:."""
+        with self._uow(readonly=True) as uow:
+            request = uow.requests.get(enclave_id)
+            if request is not None and self._policy.can_see(ctx.principal, request):
+                return self._view(uow, request)
+        error = NotFoundError(kind="enclave", ident=str(enclave_id))
+        self._recorder.denial(ctx, "enclave:read", f"enclave/{enclave_id}", error)
+        raise error
+
+    def console(
+        self, ctx: CallContext, enclave_id: uuid.UUID, max_bytes: int = CONSOLE_TAIL_BYTES
+    ) -> str:
+        """The tail of the enclave's serial console: its requester and cleared officers."""
+        view = self.get(ctx, enclave_id)
+        request = view.request
+        mine = request.requester == ctx.principal.subject
+        if not (mine or ctx.principal.has_role(Role.OFFICER)):
+            error = PolicyDeniedError(reason="only the requester and officers read the console")
+            self._recorder.denial(ctx, "enclave:console", f"enclave/{enclave_id}", error)
+            raise error
+        if view.enclave is None or view.enclave.ended_at is not None:
+            return ""
+        with self._uow(readonly=True) as uow:
+            plan = plan_for(uow, view.enclave)
+        return self._hypervisor.console(plan, max_bytes)
+
+    def preview(self, ctx: CallContext, request_id: uuid.UUID) -> Placement:
+        """Where the request would be placed now, and why every other host would not."""
+        target = request_target(request_id)
+        with self._uow(readonly=True) as uow:
+            request = uow.requests.get(request_id)
+            try:
+                if request is None or not ctx.principal.cleared_for(request.label):
+                    raise NotFoundError(kind="request", ident=str(request_id))
+                if not ctx.principal.has_role(Role.OFFICER):
+                    raise PolicyDeniedError(reason="only officers see placement previews")
+            except SovereignError as e:
+                self._recorder.denial(ctx, "request:preview", target, e)
+                raise
+            tenant = uow.tenants.get(request.tenant)
+            assert tenant is not None
+            fleet = FleetView(uow.hosts.list(), uow.gpus.list(), uow.enclaves.list())
+        wanted = PlacementRequest(
+            label=request.label,
+            classified=tenant.kind is TenantKind.CLASSIFIED,
+            gpus=request.resources.gpus,
+            gpu_model=request.gpu_model,
+            vcpus=request.resources.vcpus,
+            memory_mib=request.resources.memory_mib,
+        )
+        return place(wanted, fleet.snapshot())
+
+    # -- ending ------------------------------------------------------------------------------
+
+    def terminate(self, ctx: CallContext, enclave_id: uuid.UUID, reason: str) -> EnclaveRequest:
+        """End an enclave: its requester, or an officer cleared for it.
+
+        :raises NotFoundError: not visible. :raises PolicyDeniedError: someone else's.
+        :raises InvalidTransitionError: already ending or ended.
+        """
+        target = f"enclave/{enclave_id}"
+        label: Label | None = None
+        erase = False
+        try:
+            with self._uow() as uow:
+                request = uow.requests.get(enclave_id, for_update=True)
+                if request is None or not self._policy.can_see(ctx.principal, request):
+                    raise NotFoundError(kind="enclave", ident=str(enclave_id))
+                label = request.label
+                mine = request.requester == ctx.principal.subject
+                if not (mine or ctx.principal.has_role(Role.OFFICER)):
+                    raise PolicyDeniedError(
+                        reason="only the requester or a security officer may terminate it"
+                    )
+                before = request.state
+                erase = self._end(uow, request, reason)
+                self._recorder.append(
+                    uow,
+                    self._recorder.event(
+                        ctx,
+                        "enclave:terminate",
+                        target,
+                        Outcome.ALLOW,
+                        reason=reason,
+                        label=request.label,
+                        details={"from": before.value, "to": request.state.value},
+                    ),
+                )
+                uow.commit()
+        except AuditUnavailableError:
+            raise
+        except SovereignError as e:
+            self._recorder.denial(ctx, "enclave:terminate", target, e, label=label)
+            raise
+        if erase:
+            self._erase(ctx, [enclave_id])
+        return request
+
+    def _end(self, uow: UnitOfWork, request: EnclaveRequest, reason: str) -> bool:
+        """Move ``request`` towards its end; returns True if its keys must be erased now
+        (approved but never placed: no reconciler teardown will run for it)."""
+        request.reason = reason
+        if request.state is S.APPROVED and uow.enclaves.get(request.id) is None:
+            request.transition(S.CANCELLED, self._clock())
+            uow.requests.update(request)
+            return True
+        # Raises InvalidTransitionError for requests already ending or ended.
+        request.transition(S.TERMINATING, self._clock())
+        uow.requests.update(request)
+        return False
+
+    def _erase(self, ctx: CallContext, ids: builtins.list[uuid.UUID]) -> None:
+        # The caller's decision to end the enclave is what authorises the erasure (an analyst
+        # may end their own enclave but holds no key-management role); the events still name
+        # the caller's subject.
+        eraser = replace(ctx, actor="system:crypto-erase")
+        for enclave_id in ids:
+            try:
+                self._keys.crypto_erase(eraser, enclave_id)
+            except NotFoundError:
+                continue
+            except SovereignError:
+                # The reconciler's teardown erases the keys again (idempotently).
+                log.exception("crypto-erase of enclave %s failed; teardown will retry", enclave_id)
+
+    # -- kill switch -------------------------------------------------------------------------
+
+    def kill_switch(
+        self, ctx: CallContext, *, label: Label | None, tenant: str | None, reason: str
+    ) -> KillResult:
+        """End every enclave of ``label`` and/or ``tenant`` and erase their keys.
+
+        Below the two-person level it acts at once; at or above it, the first officer's call is
+        a proposal that a second officer confirms (``POST /actions/{id}/confirm``).
+
+        :raises InvalidInputError: neither label nor tenant, or no reason.
+        :raises PolicyDeniedError: not an officer cleared for the label.
+        """
+        if label is None and tenant is None:
+            raise InvalidInputError(reason="name a label, a tenant, or both")
+        if not reason.strip():
+            raise InvalidInputError(reason="a reason is required")
+        with self._uow(readonly=True) as uow:
+            scope = self._scope(uow, label, tenant)
+        highest = self._highest(scope, label)
+        params: dict[str, Any] = {
+            "label": label.to_dict() if label else None,
+            "tenant": tenant,
+        }
+        if highest is not None and self._policy.approvals_needed(highest) > 1:
+            proposal = self._actions.propose(ctx, ActionKind.KILL_SWITCH, params, highest, reason)
+            return KillResult(ended=(), proposal=proposal)
+        target = "kill-switch"
+        try:
+            check_officer(ctx.principal, highest or self._policy.scheme.lowest)
+            with self._uow() as uow:
+                ended = self._kill(uow, ctx, params, reason)
+                uow.commit()
+        except AuditUnavailableError:
+            raise
+        except SovereignError as e:
+            self._recorder.denial(ctx, "enclave:kill", target, e, label=highest)
+            raise
+        self._erase(ctx, list(ended))
+        return KillResult(ended=tuple(ended), proposal=None)
+
+    def _scope(
+        self, uow: UnitOfWork, label: Label | None, tenant: str | None
+    ) -> builtins.list[EnclaveRequest]:
+        scheme = self._policy.scheme
+        visibility = Visibility(tuple(scheme.levels), scheme.compartments, None)
+        found: builtins.list[EnclaveRequest] = []
+        cursor: str | None = None
+        while True:
+            page = uow.requests.list(
+                visibility, RequestFilter(tenant=tenant, limit=200, cursor=cursor)
+            )
+            found += [
+                r for r in page.items if r.state in KILLABLE and (label is None or r.label == label)
+            ]
+            if page.next_cursor is None:
+                return found
+            cursor = page.next_cursor
+
+    @staticmethod
+    def _highest(scope: builtins.list[EnclaveRequest], label: Label | None) -> Label | None:
+        labels = [r.label for r in scope] + ([label] if label else [])
+        if not labels:
+            return None
+        return max(labels, key=lambda lab: (lab.rank, len(lab.compartments)))
+
+    def _kill(
+        self, uow: UnitOfWork, ctx: CallContext, params: dict[str, Any], reason: str
+    ) -> builtins.list[uuid.UUID]:
+        label = self._policy.scheme.parse(params["label"]) if params.get("label") else None
+        ended = []
+        for request in self._scope(uow, label, params.get("tenant")):
+            if not ctx.principal.cleared_for(request.label):
+                # Not naming the label: the caller may not learn what is above them.
+                raise PolicyDeniedError(
+                    reason="the kill switch's scope includes enclaves above your clearance; "
+                    "an officer cleared for all of them must do it"
+                )
+            current = uow.requests.get(request.id, for_update=True)
+            assert current is not None
+            before = current.state
+            self._end(uow, current, f"kill switch: {reason}")
+            ended.append(current.id)
+            self._recorder.append(
+                uow,
+                self._recorder.event(
+                    ctx,
+                    "enclave:kill",
+                    f"enclave/{current.id}",
+                    Outcome.ALLOW,
+                    reason=reason,
+                    label=current.label,
+                    details={"from": before.value, "to": current.state.value, **params},
+                ),
+            )
+        return ended
+
+    def _kill_confirmed(
+        self, uow: UnitOfWork, ctx: CallContext, action: DualAction
+    ) -> dict[str, Any]:
+        ended = self._kill(uow, ctx, action.params, action.reason)
+        return {"ended": [str(e) for e in ended]}
+
+    def _erase_after_kill(
+        self, ctx: CallContext, _action: DualAction, details: dict[str, Any]
+    ) -> None:
+        self._erase(ctx, [uuid.UUID(e) for e in details["ended"]])

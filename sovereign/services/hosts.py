@@ -1,0 +1,350 @@
+"""Use cases for hosts and their GPUs: add, rediscover, drain, quarantine, activate, accredit.
+
+Owns the coordination of the hypervisor's inventory with the host and GPU records and the audit
+log. Rules: GPUs of a newly added or rediscovered host start ``dirty`` (nobody vouches for what
+ran on them before; the reconciler sanitizes them before first use); a GPU that disappeared is
+quarantined; a host's accreditation is set when an operator adds it from the command line and
+changed only by two officers (:mod:`sovereign.services.actions`); over the API an operator may
+add hosts at the lowest level only. Officers, operators and auditors read hosts; a GPU's last
+label is shown only to readers cleared for it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import uuid
+from dataclasses import replace
+from typing import Any
+
+from audit import Outcome
+from sovereign.domain.actions import ActionKind, DualAction, check_officer
+from sovereign.domain.fleet import DOMAIN_TYPES, Gpu, Host
+from sovereign.domain.identity import Role
+from sovereign.domain.labels import Label, LabelScheme
+from sovereign.domain.placement import HostStatus
+from sovereign.errors import (
+    AuditUnavailableError,
+    ConflictError,
+    DependencyUnavailableError,
+    InvalidInputError,
+    NotFoundError,
+    PolicyDeniedError,
+    SovereignError,
+)
+from sovereign.services.actions import ActionService
+from sovereign.services.ports import (
+    HostFacts,
+    Hypervisor,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
+from sovereign.services.recording import CallContext, Clock, Recorder, utcnow
+
+#: Roles that may read hosts and GPUs.
+HOST_READERS = frozenset({Role.OFFICER, Role.OPERATOR, Role.AUDITOR})
+#: Roles that may add hosts and take them out of service (draining, quarantine).
+HOST_OPERATORS = frozenset({Role.OFFICER, Role.OPERATOR})
+
+
+def host_target(name: str) -> str:
+    """The audit target name of a host."""
+    return f"host/{name}"
+
+
+def _is_system(ctx: CallContext) -> bool:
+    return ctx.actor.startswith("system:")
+
+
+class HostService:
+    """The fleet's hosts and GPUs."""
+
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        hypervisor: Hypervisor,
+        scheme: LabelScheme,
+        actions: ActionService,
+        *,
+        clock: Clock = utcnow,
+    ) -> None:
+        self._uow = uow_factory
+        self._hypervisor = hypervisor
+        self._scheme = scheme
+        self._actions = actions
+        self._clock = clock
+        self._recorder = Recorder(uow_factory, clock)
+        actions.register(ActionKind.ACCREDIT_HOST, self._accredit)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _check_reader(self, ctx: CallContext, action: str) -> None:
+        if not (ctx.principal.roles & HOST_READERS or _is_system(ctx)):
+            error = PolicyDeniedError(
+                reason="reading hosts needs the officer, operator or auditor role"
+            )
+            self._recorder.denial(ctx, action, "hosts", error)
+            raise error
+
+    def list(self, ctx: CallContext) -> list[Host]:
+        """Every host, by name."""
+        self._check_reader(ctx, "host:list")
+        with self._uow(readonly=True) as uow:
+            return uow.hosts.list()
+
+    def get(self, ctx: CallContext, name: str) -> Host:
+        """One host. :raises NotFoundError:."""
+        self._check_reader(ctx, "host:read")
+        with self._uow(readonly=True) as uow:
+            host = uow.hosts.get(name)
+        if host is None:
+            raise NotFoundError(kind="host", ident=name)
+        return host
+
+    def gpus(self, ctx: CallContext, host: str | None = None) -> builtins.list[Gpu]:
+        """GPUs (of one host, or all); last labels the caller is not cleared for are hidden."""
+        self._check_reader(ctx, "gpu:list")
+        with self._uow(readonly=True) as uow:
+            found = uow.gpus.list(host)
+        return [
+            gpu
+            if gpu.last_label is None or ctx.principal.cleared_for(gpu.last_label)
+            else replace(gpu, last_label=None, last_tenant=None, enclave_id=None)
+            for gpu in found
+        ]
+
+    # -- adding and rediscovering ------------------------------------------------------------
+
+    def add(
+        self,
+        ctx: CallContext,
+        *,
+        name: str,
+        uri: str,
+        site: str,
+        accreditation: Label,
+        domain_type: str = "kvm",
+    ) -> Host:
+        """Register a hypervisor and its GPUs (all ``dirty`` until sanitized).
+
+        :raises InvalidInputError: bad domain type.
+        :raises PolicyDeniedError: not an operator or officer; over the API, an accreditation
+            above the lowest level (that takes two officers).
+        :raises ConflictError: a host with this name or URI exists.
+        :raises DependencyUnavailableError: the hypervisor cannot be reached.
+        """
+        target = host_target(name)
+        try:
+            if domain_type not in DOMAIN_TYPES:
+                raise InvalidInputError(reason=f"domain_type must be one of {DOMAIN_TYPES}")
+            if not _is_system(ctx):
+                if not ctx.principal.roles & HOST_OPERATORS:
+                    raise PolicyDeniedError(reason="adding hosts needs the operator role")
+                if accreditation != self._scheme.lowest:
+                    raise PolicyDeniedError(
+                        reason=f"over the API hosts start at {self._scheme.lowest}; raising a "
+                        "host's accreditation takes two officers"
+                    )
+            with self._uow(readonly=True) as uow:
+                if uow.hosts.get(name) is not None or any(h.uri == uri for h in uow.hosts.list()):
+                    raise ConflictError(reason=f"a host called {name!r} or at {uri} exists")
+            facts = self._hypervisor.discover(uri)
+            now = self._clock()
+            host = Host(
+                id=uuid.uuid4(),
+                name=name,
+                uri=uri,
+                site=site,
+                accreditation=accreditation,
+                domain_type=domain_type,
+                vcpus=facts.cpus,
+                memory_mib=facts.memory_mib,
+                created_at=now,
+                updated_at=now,
+            )
+            with self._uow() as uow:
+                uow.hosts.add(host)
+                for gpu in facts.gpus:
+                    uow.gpus.add(self._new_gpu(host.name, gpu, now))
+                self._recorder.append(
+                    uow,
+                    self._recorder.event(
+                        ctx,
+                        "host:add",
+                        target,
+                        Outcome.ALLOW,
+                        label=accreditation,
+                        details={
+                            "uri": uri,
+                            "site": site,
+                            "accreditation": accreditation.to_dict(),
+                            "hypervisor": facts.hypervisor_type,
+                            "vcpus": facts.cpus,
+                            "memory_mib": facts.memory_mib,
+                            "gpus": [g.address for g in facts.gpus],
+                        },
+                    ),
+                )
+                uow.commit()
+        except AuditUnavailableError:
+            raise
+        except DependencyUnavailableError as e:
+            self._recorder.failure(ctx, "host:add", target, e)
+            raise
+        except SovereignError as e:
+            self._recorder.denial(ctx, "host:add", target, e)
+            raise
+        return host
+
+    @staticmethod
+    def _new_gpu(host: str, found: Any, now: Any) -> Gpu:
+        return Gpu(
+            host=host,
+            address=found.address,
+            model=found.model,
+            numa_node=found.numa_node,
+            iommu_group=found.iommu_group,
+            group_members=found.group_members,
+            state="dirty",
+            updated_at=now,
+        )
+
+    def discover(self, ctx: CallContext, name: str) -> Host:
+        """Re-read the host's capacity and GPUs: new GPUs start dirty, vanished ones are
+        quarantined. :raises NotFoundError:, DependencyUnavailableError:."""
+        target = host_target(name)
+        try:
+            if not (ctx.principal.roles & HOST_OPERATORS or _is_system(ctx)):
+                raise PolicyDeniedError(reason="rediscovering hosts needs the operator role")
+            with self._uow(readonly=True) as uow:
+                host = uow.hosts.get(name)
+            if host is None:
+                raise NotFoundError(kind="host", ident=name)
+            facts = self._hypervisor.discover(host.uri)
+            with self._uow() as uow:
+                host = uow.hosts.get(name, for_update=True)
+                assert host is not None
+                changes = self._apply_facts(uow, host, facts)
+                self._recorder.append(
+                    uow,
+                    self._recorder.event(
+                        ctx, "host:discover", target, Outcome.ALLOW, details=changes
+                    ),
+                )
+                uow.commit()
+        except AuditUnavailableError:
+            raise
+        except DependencyUnavailableError as e:
+            self._recorder.failure(ctx, "host:discover", target, e)
+            raise
+        except SovereignError as e:
+            self._recorder.denial(ctx, "host:discover", target, e)
+            raise
+        return host
+
+    def _apply_facts(self, uow: UnitOfWork, host: Host, facts: HostFacts) -> dict[str, Any]:
+        now = self._clock()
+        known = {gpu.address: gpu for gpu in uow.gpus.list(host.name)}
+        found = {gpu.address: gpu for gpu in facts.gpus}
+        added = sorted(found.keys() - known.keys())
+        for address in added:
+            uow.gpus.add(self._new_gpu(host.name, found[address], now))
+        vanished = []
+        for address in sorted(known.keys() - found.keys()):
+            gpu = known[address]
+            if gpu.state not in ("quarantined", "allocated"):
+                before = gpu.state
+                gpu.state = "quarantined"
+                gpu.updated_at = now
+                uow.gpus.update(gpu, before)
+                vanished.append(address)
+        host.vcpus, host.memory_mib, host.updated_at = facts.cpus, facts.memory_mib, now
+        uow.hosts.update(host)
+        return {"added": added, "quarantined": vanished, "vcpus": facts.cpus}
+
+    # -- state -------------------------------------------------------------------------------
+
+    def set_state(self, ctx: CallContext, name: str, state: HostStatus, reason: str) -> Host:
+        """Drain or quarantine a host (operators, officers), or return it to service (officers
+        cleared for its accreditation). Draining and quarantine stop new placements only."""
+        target = host_target(name)
+        label: Label | None = None
+        try:
+            if not reason.strip() and state != "active":
+                raise InvalidInputError(reason="a reason is required")
+            with self._uow() as uow:
+                host = uow.hosts.get(name, for_update=True)
+                if host is None:
+                    raise NotFoundError(kind="host", ident=name)
+                label = host.accreditation
+                if state == "active":
+                    if not _is_system(ctx):
+                        check_officer(ctx.principal, host.accreditation)
+                elif not (ctx.principal.roles & HOST_OPERATORS or _is_system(ctx)):
+                    raise PolicyDeniedError(
+                        reason="draining or quarantining needs the operator role"
+                    )
+                before = host.state
+                host.state, host.reason, host.updated_at = state, reason, self._clock()
+                uow.hosts.update(host)
+                self._recorder.append(
+                    uow,
+                    self._recorder.event(
+                        ctx,
+                        f"host:{'activate' if state == 'active' else state.removesuffix('ing')}",
+                        target,
+                        Outcome.ALLOW,
+                        reason=reason,
+                        label=host.accreditation,
+                        details={"from": before, "to": state},
+                    ),
+                )
+                uow.commit()
+        except AuditUnavailableError:
+            raise
+        except SovereignError as e:
+            self._recorder.denial(ctx, f"host:{state}", target, e, label=label)
+            raise
+        return host
+
+    # -- accreditation (two officers) --------------------------------------------------------
+
+    def propose_accreditation(
+        self, ctx: CallContext, name: str, accreditation: Label, reason: str
+    ) -> DualAction:
+        """First officer proposes a new accreditation; a second one confirms it."""
+        if not reason.strip():
+            raise InvalidInputError(reason="a reason is required")
+
+        def check(uow: UnitOfWork) -> None:
+            host = uow.hosts.get(name)
+            if host is None:
+                raise NotFoundError(kind="host", ident=name)
+            check_officer(ctx.principal, host.accreditation)
+
+        return self._actions.propose(
+            ctx,
+            ActionKind.ACCREDIT_HOST,
+            {"host": name, "accreditation": accreditation.to_dict()},
+            accreditation,
+            reason,
+            check=check,
+        )
+
+    def _accredit(self, uow: UnitOfWork, ctx: CallContext, action: DualAction) -> dict[str, Any]:
+        name = action.params["host"]
+        new = self._scheme.parse(action.params["accreditation"])
+        host = uow.hosts.get(name, for_update=True)
+        if host is None:
+            raise NotFoundError(kind="host", ident=name)
+        check_officer(ctx.principal, host.accreditation)
+        carried = {str(e.label): e.label for e in uow.enclaves.list(host=name)}
+        above = sorted(text for text, label in carried.items() if not new.dominates(label))
+        if above:
+            raise ConflictError(
+                reason=f"host {name} carries {', '.join(above)} enclaves that {new} does not "
+                "dominate; terminate them first"
+            )
+        before = host.accreditation
+        host.accreditation, host.updated_at = new, self._clock()
+        uow.hosts.update(host)
+        return {"host": name, "from": before.to_dict(), "to": new.to_dict()}

@@ -1,0 +1,148 @@
+"""The Hypervisor port, held to one behaviour on both backends: the in-memory fleet and
+LibvirtHypervisor on libvirt's real test driver (bundled simulated hosts). Every step is
+idempotent, teardown tolerates what is already gone, and the checks the test driver does not
+make (the GPU exists, no other domain holds it) are made by the adapter."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enclaves.hosts import bundled_host_path
+from sovereign.adapters.hypervisor import GuestSettings, LibvirtHypervisor
+from sovereign.adapters.memory_hypervisor import MemoryHost, MemoryHypervisor
+from sovereign.domain.keys import EnclaveSecrets
+from sovereign.errors import ConflictError, DependencyUnavailableError
+from sovereign.services.ports import DiscoveredGpu, EnclavePlan
+from tests.support.fleet import gpus
+
+SECRETS = EnclaveSecrets(luks_passphrase=b"l" * 32, vtpm_secret=b"v" * 32)
+STEPS = ("secrets", "volume", "network", "define", "start")
+TEARDOWN = ("stop", "undefine", "volume", "secrets", "network")
+
+
+@pytest.fixture(params=["memory", pytest.param("libvirt", marks=pytest.mark.libvirt)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, str]]:
+    if request.param == "memory":
+        hypervisor = MemoryHypervisor()
+        hypervisor.add_host("mem://h", MemoryHost(gpus=gpus(8)))
+        yield hypervisor, "mem://h"
+        return
+    # A private copy: each test:///FILE open has its own state.
+    host_file = tmp_path / "secret-h100x8.xml"
+    shutil.copy(bundled_host_path("secret-h100x8"), host_file)
+    libvirt = LibvirtHypervisor(
+        GuestSettings(pool_path=str(tmp_path / "pool"), console_dir=str(tmp_path / "console"))
+    )
+    yield libvirt, f"test://{host_file}"
+    libvirt.close()
+
+
+def plan(uri: str, found: tuple[DiscoveredGpu, ...], count: int = 2) -> EnclavePlan:
+    enclave_id = uuid.uuid4()
+    return EnclavePlan(
+        enclave_id=enclave_id,
+        uri=uri,
+        domain_name=f"sov-{enclave_id.hex[:16]}",
+        domain_type="kvm",
+        vcpus=2,
+        memory_mib=2048,
+        disk_gib=10,
+        gpus=found[:count],
+        label="SECRET//NATO",
+        classified=True,
+    )
+
+
+def test_discover_reports_capacity_and_gpus(backend: tuple[Any, str]):
+    hypervisor, uri = backend
+    facts = hypervisor.discover(uri)
+    assert facts.cpus > 0
+    assert facts.memory_mib > 0
+    assert len(facts.gpus) == 8
+    assert {g.model for g in facts.gpus} == {"H100-SXM5-80GB"}
+    assert all(g.address in g.group_members for g in facts.gpus)
+
+
+def test_every_step_is_idempotent_and_teardown_leaves_nothing(backend: tuple[Any, str]):
+    hypervisor, uri = backend
+    p = plan(uri, hypervisor.discover(uri).gpus)
+    for step in STEPS:
+        hypervisor.provision(step, p, SECRETS)
+        hypervisor.provision(step, p, SECRETS)  # again: no error, no duplicate
+    found = [d for d in hypervisor.domains(uri) if d.enclave_id == p.enclave_id]
+    assert len(found) == 1
+    assert found[0].running
+    assert found[0].domain_uuid == p.enclave_id
+    for step in TEARDOWN:
+        hypervisor.teardown(step, p)
+        hypervisor.teardown(step, p)
+    assert [d for d in hypervisor.domains(uri) if d.enclave_id == p.enclave_id] == []
+
+
+def test_teardown_of_something_never_provisioned_succeeds(backend: tuple[Any, str]):
+    hypervisor, uri = backend
+    p = plan(uri, hypervisor.discover(uri).gpus)
+    for step in TEARDOWN:
+        hypervisor.teardown(step, p)
+
+
+def test_a_gpu_held_by_another_domain_is_refused(backend: tuple[Any, str]):
+    hypervisor, uri = backend
+    found = hypervisor.discover(uri).gpus
+    first = plan(uri, found, 2)
+    second = plan(uri, found[1:], 1)  # shares the second GPU
+    for step in STEPS:
+        hypervisor.provision(step, first, SECRETS)
+    for step in ("volume", "secrets", "network"):
+        hypervisor.provision(step, second, SECRETS)
+    with pytest.raises(ConflictError, match="already passed to domain"):
+        hypervisor.provision("define", second, SECRETS)
+
+
+def test_a_gpu_the_host_does_not_have_is_refused(backend: tuple[Any, str]):
+    hypervisor, uri = backend
+    ghost = DiscoveredGpu("0000:77:00.0", "H100-SXM5-80GB", 0, 99, ("0000:77:00.0",))
+    p = plan(uri, (ghost,), 1)
+    with pytest.raises(ConflictError, match="has no GPU"):
+        hypervisor.provision("define", p, SECRETS)
+
+
+def test_an_unreachable_host_is_a_dependency_failure(backend: tuple[Any, str]):
+    hypervisor, _uri = backend
+    missing = (
+        "mem://nowhere"
+        if isinstance(hypervisor, MemoryHypervisor)
+        else "test:///nonexistent/host.xml"
+    )
+    with pytest.raises(DependencyUnavailableError):
+        hypervisor.discover(missing)
+
+
+@pytest.mark.libvirt
+def test_libvirt_domain_xml_is_the_designers(tmp_path: Path):
+    """The defined domain carries our metadata, hostdevs for the GPUs, no balloon, a vTPM."""
+    host_file = tmp_path / "h.xml"
+    shutil.copy(bundled_host_path("secret-h100x8"), host_file)
+    uri = f"test://{host_file}"
+    hypervisor = LibvirtHypervisor(
+        GuestSettings(pool_path=str(tmp_path / "pool"), console_dir=str(tmp_path / "c"))
+    )
+    try:
+        p = plan(uri, hypervisor.discover(uri).gpus, 2)
+        for step in STEPS:
+            hypervisor.provision(step, p, SECRETS)
+        # A second open of a test:/// file would see its own, empty state: read through ours.
+        xml = hypervisor._host(uri).conn.connect().lookupByUUID(p.enclave_id.bytes).XMLDesc(0)
+        assert "<hostdev mode='subsystem' type='pci' managed='yes'>" in xml
+        assert xml.count("<hostdev ") == 2
+        assert "<memballoon model='none'/>" in xml
+        assert "tpm-crb" in xml
+        assert "sovereign" in xml  # our metadata namespace
+    finally:
+        hypervisor.close()

@@ -1,0 +1,41 @@
+"""The control plane as the integration, web and browser tests build it: a migrated SQLite file
+in a test folder, the dev IdP, the audit key and witness beside it, and the demo catalog."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from sovereign import create_app
+from sovereign.adapters.migrations import upgrade
+from sovereign.cli import _bootstrap
+
+
+def make_app(folder: Path, idp_url: str, *, seed: bool = True, **config: Any) -> Flask:
+    """An app over ``folder/sovereign.db`` trusting the dev IdP at ``idp_url``.
+
+    ``config`` adds or overrides settings; ``seed`` loads the demo tenants and images.
+    """
+    url = f"sqlite:///{folder / 'sovereign.db'}"
+    upgrade(url)
+    app = create_app(
+        {
+            "ENV": "testing",
+            "DATABASE_URL": url,
+            "IDP_URL": idp_url,
+            "IDP_DEV": True,
+            "AUDIT_SIGNING_KEY": str(folder / "audit.key"),
+            "AUDIT_WITNESS_PATH": str(folder / "witness.jsonl"),
+            "ENCLAVE_POOL_PATH": str(folder / "pool"),
+            "ENCLAVE_CONSOLE_DIR": str(folder / "consoles"),
+            **config,
+        }
+    )
+    if seed:
+        demo = json.loads((resources.files("sovereign") / "data" / "demo.json").read_text())
+        _bootstrap(app, demo)
+    return app
