@@ -1,8 +1,8 @@
 """Sovereign: a control plane for isolated GPU enclaves serving classified and civilian tenants.
 
 :func:`create_app` is the one place the application is assembled: configuration, services
-(``app.extensions["sovereign"]``), the API and the error handlers. Importing the package does
-no I/O.
+(``app.extensions["sovereign"]``), the API, the web console and the error handlers. Importing
+the package does no I/O.
 """
 
 from __future__ import annotations
@@ -23,6 +23,13 @@ def create_app(config: Mapping[str, Any] | None = None, **overrides: Any) -> Fla
 
     app = settings.new_app()
     settings.load(app, config)
+    console = bool(app.config["CONSOLE_ENABLED"])
+    if console:
+        settings.verify_console(app.config)
     app.extensions["sovereign"] = build_services(app.config, **overrides)
     api.register(app)
+    if console:
+        from sovereign import web  # noqa: PLC0415
+
+        web.install(app)
     return app

@@ -8,11 +8,12 @@ performs I/O beyond reading the optional instance file.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
+from flask import Config, Flask
 
 from sovereign.domain.labels import DEFAULT_COMPARTMENTS, DEFAULT_LEVELS
 from sovereign.errors import ConfigurationError
@@ -51,6 +52,28 @@ DEFAULTS: dict[str, Any] = {
     "VAULT_MOUNT_PREFIX": "sovereign-",
     # libvirt URIs of the hypervisors checked by /readyz.
     "HYPERVISOR_URIS": [],
+    # Enclaves on the hosts: where volumes and serial console logs live on each hypervisor
+    # (None: under the instance folder, fine for the test driver and a one-machine setup),
+    # "isolated" (one NIC on the enclave's own network, no forward, no ip) or "none" (no NIC),
+    # direct kernel boot for test guests (kernel, initrd, command line; None: boot the disk),
+    # the machine type (None: libvirt's default) and the seclabel security driver.
+    "ENCLAVE_POOL_PATH": None,
+    "ENCLAVE_CONSOLE_DIR": None,
+    "ENCLAVE_NETWORK": "isolated",
+    "ENCLAVE_KERNEL": None,
+    "ENCLAVE_INITRD": None,
+    "ENCLAVE_CMDLINE": "",
+    "ENCLAVE_MACHINE": None,
+    "ENCLAVE_SECURITY_MODEL": "dac",
+    "ENCLAVE_STOP_TIMEOUT_S": 30,
+    # The reconciler: seconds between passes, how long a worker's claim on an enclave lasts,
+    # how often a step is retried before the enclave fails, and whether `sovereign dev` /
+    # the app runs it in-process (the embedded default does; production runs `sovereign worker`).
+    "RECONCILER_INTERVAL_S": 1.0,
+    "RECONCILER_CLAIM_TTL_S": 300,
+    "RECONCILER_MAX_ATTEMPTS": 5,
+    # Two-person proposals (accreditation changes, classified kill switch) expire after this.
+    "DUAL_ACTION_TTL_S": 3600,
     # Request bodies above this are refused with 413 before they are parsed.
     "MAX_CONTENT_LENGTH": 64 * 1024,
     # The tamper-evident audit log: its origin line (also the signing key's name), the Ed25519
@@ -67,7 +90,38 @@ DEFAULTS: dict[str, Any] = {
     # Every verifier key the log has signed with, kept beside the witness (outside the
     # database) so rotated or lost keys' checkpoints stay verifiable.
     "AUDIT_KEYS_PATH": None,
+    # The web console (server-rendered, OIDC login against the same Keycloak realm). Its
+    # sessions live server-side in the process that created them (see sovereign.web.sessions).
+    "CONSOLE_ENABLED": True,
+    # Signs nothing the browser holds; it keys the server-side session table (HMAC of the
+    # cookie). None outside production: a random key per process. Production requires one.
+    "SECRET_KEY": None,
+    # The confidential Keycloak client the console signs in with (authorization code + PKCE).
+    "CONSOLE_CLIENT_ID": "sovereign",
+    "CONSOLE_CLIENT_SECRET": None,
+    # Public base URL of the console (e.g. https://sovereign.example); None: from the request.
+    "CONSOLE_EXTERNAL_URL": None,
+    # Idle and absolute session lifetimes, and how long a started sign-in may take.
+    "CONSOLE_IDLE_TIMEOUT_S": 900,
+    "CONSOLE_SESSION_MAX_S": 8 * 3600,
+    "CONSOLE_LOGIN_TIMEOUT_S": 600,
+    # Approving a classified request needs a password typed this recently (OIDC auth_time).
+    "CONSOLE_STEP_UP_S": 600,
+    # None: the cookie is Secure exactly in production (which refuses False).
+    "CONSOLE_COOKIE_SECURE": None,
+    "CONSOLE_COOKIE_SAMESITE": "Lax",
+    # Also send the browser through the IdP's end-session endpoint at logout (RP-Initiated
+    # Logout), after ending the IdP session over the back channel.
+    "CONSOLE_IDP_LOGOUT_REDIRECT": True,
+    # Banner colours per level name, {"SECRET": ["#c8102e", "#ffffff"]}; unnamed levels get a
+    # colour by rank.
+    "CONSOLE_BANNER_COLOURS": {},
+    # Most sessions one process keeps; the least recently used go first.
+    "CONSOLE_MAX_SESSIONS": 10000,
 }
+
+#: A production SECRET_KEY must be at least this long (256 bits as hex or base64 text).
+MIN_SECRET_KEY_LENGTH = 32
 
 INSTANCE_FILE = "sovereign.cfg"
 
@@ -104,8 +158,12 @@ def load(app: Flask, overrides: Mapping[str, Any] | None = None, *, check: bool 
         app.config["AUDIT_KEYS_PATH"] = str(
             Path(app.config["AUDIT_WITNESS_PATH"]).with_name("audit-keys.txt")
         )
+    for key, folder in (("ENCLAVE_POOL_PATH", "enclaves"), ("ENCLAVE_CONSOLE_DIR", "consoles")):
+        if app.config[key] is None:
+            app.config[key] = str(instance / folder)
     if app.config["AUDIT_SIGNER"] is None:
         app.config["AUDIT_SIGNER"] = "vault" if app.config["VAULT_ADDR"] else "file"
+    _console_defaults(app.config)
     if check:
         verify(app.config)
 
@@ -148,3 +206,49 @@ def verify(config: Mapping[str, Any]) -> None:
         raise ConfigurationError(
             reason=f"TWO_PERSON_LEVEL {config['TWO_PERSON_LEVEL']!r} is not in LABEL_LEVELS"
         )
+
+
+def _console_defaults(config: Config) -> None:
+    """Fill the console keys that depend on the environment."""
+    development = config["ENV"] != "production"
+    if config["CONSOLE_COOKIE_SECURE"] is None:
+        config["CONSOLE_COOKIE_SECURE"] = not development
+    if config["SECRET_KEY"] is None and development:
+        # Per process, like the sessions it keys; production must provision one.
+        config["SECRET_KEY"] = secrets.token_hex(32)
+    if config["CONSOLE_CLIENT_SECRET"] is None and development and config.get("IDP_DEV"):
+        # The dev IdP's published console client secret (a public fixture, not a secret).
+        from sovereign.devidp.users import CONSOLE_CLIENT_SECRET  # noqa: PLC0415 - dev only
+
+        config["CONSOLE_CLIENT_SECRET"] = CONSOLE_CLIENT_SECRET
+
+
+def verify_console(config: Mapping[str, Any]) -> None:
+    """Refuse console settings that would weaken sessions in production.
+
+    :raises ConfigurationError: naming the offending keys.
+    """
+    if config["CONSOLE_COOKIE_SAMESITE"] not in {"Lax", "Strict"}:
+        # "None" would send the session cookie on cross-site requests.
+        raise ConfigurationError(reason="CONSOLE_COOKIE_SAMESITE must be 'Lax' or 'Strict'")
+    if config["ENV"] != "production":
+        return
+    if not config.get("CONSOLE_COOKIE_SECURE"):
+        raise ConfigurationError(
+            reason="the console's session cookie must be Secure in production "
+            "(SOVEREIGN_CONSOLE_COOKIE_SECURE)"
+        )
+    key = config.get("SECRET_KEY")
+    if not isinstance(key, str) or len(key) < MIN_SECRET_KEY_LENGTH:
+        raise ConfigurationError(
+            reason=f"production needs SOVEREIGN_SECRET_KEY (at least {MIN_SECRET_KEY_LENGTH} "
+            "random characters) for the console"
+        )
+    if not config.get("CONSOLE_CLIENT_SECRET"):
+        raise ConfigurationError(
+            reason="production needs SOVEREIGN_CONSOLE_CLIENT_SECRET (the console's Keycloak "
+            "client secret), or SOVEREIGN_CONSOLE_ENABLED=false"
+        )
+    external = config.get("CONSOLE_EXTERNAL_URL")
+    if external and not str(external).startswith("https://"):
+        raise ConfigurationError(reason="CONSOLE_EXTERNAL_URL must be https in production")

@@ -190,10 +190,14 @@ def start(
     stack.callback(bao.stop)
     # Transit mounts, the audit signing key, policies and AppRole roles, as production has them.
     bootstrap_dev_vault(bao.addr, bao.token)
+    # The console on this port, by either loopback name (as the built-in port 8700 is): where
+    # sign-in comes back to, and where sign-out ends.
+    consoles = [f"http://{host}:{api_port}" for host in ("127.0.0.1", "localhost")]
     handle, _idp_app = start_dev_idp(
         environment="development",
         port=idp_port,
-        extra_redirect_uris=[f"http://127.0.0.1:{api_port}/auth/callback"],
+        extra_redirect_uris=[f"{origin}/auth/callback" for origin in consoles],
+        extra_post_logout_redirect_uris=[f"{origin}/" for origin in consoles],
     )
     stack.callback(handle.stop)
     config: dict[str, Any] = {

@@ -8,6 +8,7 @@ translated here. Tokens are never logged.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import threading
 import time
@@ -36,6 +37,8 @@ REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
 #: Keycloak marks access tokens ``typ: Bearer`` and ID tokens ``typ: ID``; only the former
 #: authorise API calls.
 ACCESS_TOKEN_TYP = "Bearer"  # noqa: S105 - a token type name, not a secret
+#: The ``typ`` of ID tokens, which only sign a user in to the web console.
+ID_TOKEN_TYP = "ID"  # noqa: S105 - a token type name, not a secret
 #: An unknown ``kid`` triggers a JWKS refresh, at most this often (seconds), so that a flood of
 #: forged tokens cannot turn us into a load generator against the IdP.
 JWKS_MIN_REFRESH_S = 10.0
@@ -131,6 +134,35 @@ class KeycloakIdentityProvider:
         cached = self._cached(digest)
         if cached is not None:
             return cached
+        claims = self._verified_claims(token, issuer, self._audience)
+        if claims.get("typ", ACCESS_TOKEN_TYP) != ACCESS_TOKEN_TYP:
+            raise AuthenticationError(reason="not an access token")
+        principal = self.principal(claims)
+        self._remember(digest, principal, float(claims["exp"]))
+        return principal
+
+    def verify_id_token(self, token: str, *, client_id: str, nonce: str) -> dict[str, Any]:
+        """Verify an OpenID Connect ID token with the checks access tokens get (key, RS256,
+        issuer, expiry, leeway), addressed to ``client_id`` and carrying ``nonce`` (OIDC Core
+        1.0 section 3.1.3.7); return its claims.
+
+        :raises AuthenticationError: for any ID token that does not verify.
+        :raises DependencyUnavailableError: if the IdP is needed and unreachable.
+        """
+        claims = self._verified_claims(token, self._discover(), client_id)
+        if claims.get("typ") != ID_TOKEN_TYP:
+            raise AuthenticationError(reason="not an ID token")
+        # With one audience azp is optional; when present it must name us (Core 3.1.3.7 #5).
+        if claims.get("azp", client_id) != client_id:
+            raise AuthenticationError(reason="ID token was issued to another client")
+        found = claims.get("nonce")
+        if not isinstance(found, str) or not hmac.compare_digest(found, nonce):
+            # The nonce binds the token to the sign-in this browser started (replay defence).
+            raise AuthenticationError(reason="ID token nonce does not match the sign-in")
+        return claims
+
+    def _verified_claims(self, token: str, issuer: str, audience: str) -> dict[str, Any]:
+        """Signature, algorithm, issuer, audience, expiry and required claims, or raise."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as e:
@@ -146,7 +178,7 @@ class KeycloakIdentityProvider:
                 token,
                 key=key,
                 algorithms=ALGORITHMS,
-                audience=self._audience,
+                audience=audience,
                 issuer=issuer,
                 leeway=LEEWAY_S,
                 options={"require": REQUIRED_CLAIMS, "verify_signature": True},
@@ -161,11 +193,7 @@ class KeycloakIdentityProvider:
             raise AuthenticationError(reason="token is not valid yet") from e
         except jwt.PyJWTError as e:
             raise AuthenticationError(reason="token does not verify") from e
-        if claims.get("typ", ACCESS_TOKEN_TYP) != ACCESS_TOKEN_TYP:
-            raise AuthenticationError(reason="not an access token")
-        principal = self.principal(claims)
-        self._remember(digest, principal, float(claims["exp"]))
-        return principal
+        return claims
 
     def _cached(self, digest: bytes) -> Principal | None:
         """The principal of an already verified token that has not expired yet."""

@@ -8,10 +8,13 @@ open to every signed-in user. Denied reads are themselves recorded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime
 
-from audit import AuditQuery, StoredEvent
+from audit import AuditQuery, Outcome, StoredEvent
+from audit.export import FORMATS, export
+from audit.verify import LogVerificationError
 from sovereign.domain.policy import AccessPolicy, Visibility
 from sovereign.errors import (
     DependencyUnavailableError,
@@ -34,6 +37,24 @@ class EventFilter:
     until: datetime | None = None
     before: int | None = None
     limit: int = 50
+
+
+@dataclass(frozen=True)
+class LogCheck:
+    """What verifying the whole log found: intact (with its size and root), or the first
+    problem and, where known, the first bad index."""
+
+    intact: bool
+    size: int = 0
+    root_hash: str = ""
+    checkpoints: int = 0
+    witnessed: int = 0
+    problem: str = ""
+    first_bad_index: int | None = None
+
+
+#: Events read per page while exporting.
+EXPORT_PAGE = 1000
 
 
 class AuditReadService:
@@ -118,5 +139,73 @@ class AuditReadService:
         found = found[: flt.limit]
         return Page(found, str(found[-1].seq) if more and found else None)
 
+    def verify(self, ctx: CallContext) -> LogCheck:
+        """Rebuild the whole tree and hold it to every checkpoint and the witness (auditors and
+        officers). The check and its result are themselves recorded.
 
-__all__ = ["AuditReadService", "EventFilter"]
+        :raises PolicyDeniedError: wrong role.
+        """
+        self._readable(ctx, "audit:verify", "audit-log")
+        try:
+            report = self.log.verify()
+        except LogVerificationError as e:
+            check = LogCheck(intact=False, problem=str(e), first_bad_index=e.index)
+        else:
+            check = LogCheck(
+                intact=True,
+                size=report.size,
+                root_hash=report.root_hash.hex(),
+                checkpoints=report.checkpoints,
+                witnessed=report.witnessed,
+            )
+        event = self._recorder.event(
+            ctx,
+            "audit:verify",
+            "audit-log",
+            Outcome.ALLOW if check.intact else Outcome.ERROR,
+            reason=check.problem,
+            details={"intact": check.intact, "size": check.size, "root": check.root_hash},
+        )
+        with self._uow() as uow:
+            self._recorder.append(uow, event)
+            uow.commit()
+        return check
+
+    def export(
+        self,
+        ctx: CallContext,
+        fmt: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> Iterator[str]:
+        """Lines (oldest first) of the events the caller may read, in ``fmt``; each carries its
+        seq and leaf hash. Checks run now; lines are read page by page as they are consumed.
+
+        :raises InvalidInputError: unknown format. :raises PolicyDeniedError: wrong role.
+        """
+        if fmt not in FORMATS:
+            raise InvalidInputError(reason=f"format must be one of {', '.join(FORMATS)}")
+        visibility = self._readable(ctx, "audit:export", "audit-log")
+        query = AuditQuery(
+            since=since,
+            until=until,
+            levels=visibility.levels,
+            compartments=visibility.compartments,
+            ascending=True,
+            limit=EXPORT_PAGE,
+        )
+        return self._export(query, fmt)
+
+    def _export(self, query: AuditQuery, fmt: str) -> Iterator[str]:
+        after = -1
+        while True:
+            with self._uow(readonly=True) as uow:
+                page = uow.audit.query(replace(query, after_seq=after))
+            if not page:
+                return
+            yield from export(page, fmt)
+            after = page[-1].seq
+
+
+__all__ = ["AuditReadService", "EventFilter", "LogCheck"]

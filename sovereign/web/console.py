@@ -1,0 +1,577 @@
+"""What every console page shares: the blueprint, the session cookie, CSRF, the signed-in
+caller, rendering with the classification banner, navigation and error pages.
+
+Owns the request plumbing only. Pages (in :mod:`sovereign.web.views`) call the same services
+the API calls, through :func:`services`; they never touch the database or adapters. Policy stays
+in the services: a role check here only decides what to offer, never what is allowed.
+
+Adding a page: write a view on :data:`bp` that calls :func:`caller` and a service, return
+:func:`page` with the labels it shows, extend ``console/base.html``, put forms through the
+``csrf_field`` / ``post_button`` macros of ``console/_macros.html``, and add a :class:`NavItem`
+to :data:`NAV`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException
+
+from sovereign.api.problems import STATUS_BY_ERROR
+from sovereign.bootstrap import Services
+from sovereign.domain.identity import Principal, Role
+from sovereign.domain.labels import Label
+from sovereign.domain.policy import AUDIT_READERS
+from sovereign.errors import AuthenticationError, NotFoundError, SovereignError
+from sovereign.services.hosts import HOST_READERS
+from sovereign.services.recording import CallContext
+from sovereign.web.banner import Shown, banner
+from sovereign.web.oidc import ConsoleLogin
+from sovereign.web.sessions import ConsoleSession, MemorySessionStore, SessionStore
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "sovereign.console"
+#: ``__Host-`` cookies must be Secure, host-only and path ``/``: browsers refuse them otherwise,
+#: so a subdomain or a plain-http page cannot plant or overwrite one.
+SECURE_COOKIE = "__Host-sovereign-console"
+PLAIN_COOKIE = "sovereign-console"
+CSRF_FIELD = "csrf_token"
+#: Methods that change something and so must carry the session's CSRF token.
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+bp = Blueprint(
+    "console",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/console-static",
+)
+
+
+@dataclass
+class Console:
+    """The console's settings and collaborators, one per app (``app.extensions``)."""
+
+    login: ConsoleLogin
+    store: SessionStore
+    cookie_name: str
+    cookie_secure: bool
+    cookie_samesite: str
+    step_up_s: int
+    login_timeout_s: int
+    external_url: str | None
+    idp_logout_redirect: bool
+    #: Origin of the IdP, allowed as a form target (logout and step-up redirect there).
+    idp_origin: str
+    clock: Callable[[], float] = time.time
+
+
+class LoginRequiredError(Exception):
+    """No signed-in session (or it ended): the browser goes to sign in."""
+
+    def __init__(self, *, expired: bool = False) -> None:
+        super().__init__("sign-in required")
+        self.expired = expired
+
+
+class CsrfError(Exception):
+    """An unsafe request without this session's CSRF token."""
+
+
+@dataclass(frozen=True)
+class NavItem:
+    """A navigation entry, shown to holders of ``roles`` when its page exists."""
+
+    label: str
+    endpoint: str
+    roles: frozenset[Role]
+    description: str = ""
+    #: A ``Services`` attribute the page needs; the entry is hidden while it is absent.
+    needs: str | None = None
+
+
+@dataclass(frozen=True)
+class NavLink:
+    """A navigation entry as one page shows it."""
+
+    label: str
+    url: str
+    current: bool
+    description: str
+
+
+ANALYST, OFFICER = frozenset({Role.ANALYST}), frozenset({Role.OFFICER})
+
+#: The console's navigation, in order. Entries whose endpoint is not registered, or whose
+#: ``needs`` is missing from the services, are hidden, so pages can be added independently.
+NAV: list[NavItem] = [
+    NavItem(
+        "Request an enclave",
+        "console.new_request",
+        ANALYST,
+        "An isolated VM with whole GPUs, an encrypted disk and no shared network, for a lease.",
+    ),
+    NavItem(
+        "My requests",
+        "console.my_requests",
+        ANALYST,
+        "Where each of your requests stands, with the officers' approvals.",
+    ),
+    NavItem(
+        "My enclaves",
+        "console.my_enclaves",
+        ANALYST,
+        "Your running enclaves: host, GPUs, lease end, serial console.",
+        needs="enclaves",
+    ),
+    NavItem(
+        "Approval queue",
+        "console.queue",
+        OFFICER,
+        "Pending requests your clearance covers; classified levels need two distinct officers.",
+    ),
+    NavItem(
+        "Hosts and GPUs",
+        "console.hosts",
+        HOST_READERS,
+        "Hypervisors with their state, accreditation and site; GPUs with their state and the "
+        "label of their last tenant.",
+        needs="hosts",
+    ),
+    NavItem(
+        "Two-person actions",
+        "console.actions",
+        OFFICER,
+        "Accreditation changes and kill switches waiting for a second officer.",
+        needs="actions",
+    ),
+    NavItem(
+        "Kill switch",
+        "console.kill_switch",
+        OFFICER,
+        "End every enclave of a label or tenant at once and erase their keys, with confirmation.",
+        needs="enclaves",
+    ),
+    NavItem(
+        "Audit log",
+        "console.audit_events",
+        frozenset(AUDIT_READERS),
+        "Every decision with its place in the Merkle tree; verify the log, download proofs "
+        "and exports.",
+    ),
+]
+
+
+# -- access to the app's pieces ------------------------------------------------------------------
+
+
+def services() -> Services:
+    """The app's services, the same ones the API uses."""
+    found: Services = current_app.extensions["sovereign"]
+    return found
+
+
+def console() -> Console:
+    """This app's console settings."""
+    found: Console = current_app.extensions[EXTENSION]
+    return found
+
+
+def build(config: Any, svc: Services) -> Console:
+    """The console for ``config``, signing in against the realm ``svc.identity`` verifies."""
+    secure = bool(config["CONSOLE_COOKIE_SECURE"])
+    idp = urlsplit(str(config["IDP_URL"] or ""))
+    return Console(
+        login=ConsoleLogin(
+            server_url=str(config["IDP_URL"] or ""),
+            realm=config["IDP_REALM"],
+            client_id=config["CONSOLE_CLIENT_ID"],
+            client_secret=config["CONSOLE_CLIENT_SECRET"],
+            identity=svc.identity,
+            timeout_s=int(config["IDP_TIMEOUT_S"]),
+        ),
+        store=MemorySessionStore(
+            str(config["SECRET_KEY"]),
+            idle_timeout_s=float(config["CONSOLE_IDLE_TIMEOUT_S"]),
+            max_age_s=float(config["CONSOLE_SESSION_MAX_S"]),
+            max_sessions=int(config["CONSOLE_MAX_SESSIONS"]),
+        ),
+        cookie_name=SECURE_COOKIE if secure else PLAIN_COOKIE,
+        cookie_secure=secure,
+        cookie_samesite=str(config["CONSOLE_COOKIE_SAMESITE"]),
+        step_up_s=int(config["CONSOLE_STEP_UP_S"]),
+        login_timeout_s=int(config["CONSOLE_LOGIN_TIMEOUT_S"]),
+        external_url=config["CONSOLE_EXTERNAL_URL"],
+        idp_logout_redirect=bool(config["CONSOLE_IDP_LOGOUT_REDIRECT"]),
+        idp_origin=f"{idp.scheme}://{idp.netloc}" if idp.netloc else "",
+    )
+
+
+# -- the session -------------------------------------------------------------------------------
+
+
+@bp.before_request
+def _load_session() -> None:
+    if request.endpoint == "console.static":
+        return
+    cookie = request.cookies.get(console().cookie_name)
+    g.console_cookie = cookie
+    g.console_session = console().store.get(cookie) if cookie else None
+    if request.method in UNSAFE_METHODS:
+        _check_csrf()
+
+
+def current_session() -> ConsoleSession | None:
+    """This browser's live session, if any."""
+    found: ConsoleSession | None = g.get("console_session")
+    return found
+
+
+def session_for_login() -> ConsoleSession:
+    """This browser's session, created (with a new cookie) if it has none."""
+    found = current_session()
+    if found is None:
+        cookie, found = console().store.create()
+        g.console_cookie = cookie
+        g.console_session = found
+        g.console_set_cookie = cookie
+    return found
+
+
+def rotate_session() -> ConsoleSession:
+    """Give the session a new cookie value and CSRF token (at sign-in: no fixation)."""
+    rotated = console().store.rotate(g.console_cookie) if g.get("console_cookie") else None
+    if rotated is None:
+        raise LoginRequiredError(expired=True)
+    cookie, found = rotated
+    g.console_cookie = cookie
+    g.console_session = found
+    g.console_set_cookie = cookie
+    return found
+
+
+def end_session() -> None:
+    """Forget this browser's session here and tell the browser to drop the cookie."""
+    if g.get("console_cookie"):
+        console().store.delete(g.console_cookie)
+    g.console_session = None
+    g.console_clear_cookie = True
+
+
+@bp.after_request
+def _finish(response: Response) -> Response:
+    settings = console()
+    cookie = g.get("console_set_cookie")
+    if cookie:
+        response.set_cookie(
+            settings.cookie_name,
+            cookie,
+            path="/",
+            secure=settings.cookie_secure,
+            httponly=True,
+            samesite=settings.cookie_samesite,
+        )
+    elif g.get("console_clear_cookie"):
+        response.delete_cookie(
+            settings.cookie_name,
+            path="/",
+            secure=settings.cookie_secure,
+            httponly=True,
+            samesite=settings.cookie_samesite,
+        )
+    # No scripts at all; forms may only go here or to the IdP (logout and step-up redirect
+    # there, and browsers hold redirects after a form post to form-action too).
+    form_action = " ".join(filter(None, ["'self'", settings.idp_origin]))
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; style-src 'self'; img-src 'self'; "
+        f"form-action {form_action}; frame-ancestors 'none'; base-uri 'none'"
+    )
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "same-origin"
+    return response
+
+
+# -- CSRF --------------------------------------------------------------------------------------
+
+
+def _check_csrf() -> None:
+    """Every unsafe request carries the session's token (synchroniser token pattern)."""
+    session = current_session()
+    if session is None:
+        # No session to hold a token: it ended (or never was); sign in again.
+        raise LoginRequiredError(expired=bool(g.get("console_cookie")))
+    sent = request.form.get(CSRF_FIELD, "")
+    if not hmac.compare_digest(sent.encode(), session.csrf_token.encode()):
+        log.warning("console: CSRF token missing or wrong on %s %s", request.method, request.path)
+        raise CsrfError
+
+
+def csrf_token() -> str:
+    """This session's CSRF token, for forms (empty without a session)."""
+    session = current_session()
+    return session.csrf_token if session is not None else ""
+
+
+# -- the caller --------------------------------------------------------------------------------
+
+
+def caller() -> CallContext:
+    """The signed-in user of this request, verified exactly as the API verifies a bearer token.
+
+    An expired access token is refreshed once; if the IdP refuses, the session ends.
+
+    :raises LoginRequiredError: if there is no signed-in session.
+    """
+    found: CallContext | None = g.get("console_ctx")
+    if found is not None:
+        return found
+    session = current_session()
+    if session is None or session.access_token is None:
+        raise LoginRequiredError(expired=bool(g.get("console_cookie")))
+    principal = _principal(session)
+    ctx = CallContext(
+        principal=principal, request_id=g.get("request_id", ""), source=request.remote_addr or ""
+    )
+    g.console_ctx = ctx
+    return ctx
+
+
+def _principal(session: ConsoleSession) -> Principal:
+    login = console().login
+    try:
+        return login.authenticate(session.access_token or "")
+    except AuthenticationError:
+        pass  # most often simply expired: refresh below
+    with session.lock:
+        try:
+            # Another request of this session may have refreshed while we waited.
+            return login.authenticate(session.access_token or "")
+        except AuthenticationError:
+            pass
+        if session.refresh_token is None:
+            _ended()
+        try:
+            tokens = login.refresh(session.refresh_token)
+            session.access_token = str(tokens["access_token"])
+            principal = login.authenticate(session.access_token)
+        except (AuthenticationError, KeyError):
+            _ended()
+        session.refresh_token = tokens.get("refresh_token") or session.refresh_token
+        session.id_token = tokens.get("id_token") or session.id_token
+    if principal.subject != session.subject:
+        _ended()
+    return principal
+
+
+def _ended() -> NoReturn:
+    end_session()
+    raise LoginRequiredError(expired=True)
+
+
+def principal_or_none() -> Principal | None:
+    """The caller's principal if this request has already established it."""
+    ctx: CallContext | None = g.get("console_ctx")
+    return ctx.principal if ctx is not None else None
+
+
+def needs_step_up(label: Label) -> bool:
+    """Whether deciding on ``label`` is sensitive enough to need a recent password: anything
+    above the lowest level is classified."""
+    return label.rank > services().scheme.lowest.rank
+
+
+def recently_authenticated() -> bool:
+    """Whether the user typed their password within ``CONSOLE_STEP_UP_S``."""
+    session = current_session()
+    settings = console()
+    return (
+        session is not None
+        and session.auth_time is not None
+        and settings.clock() - session.auth_time <= settings.step_up_s
+    )
+
+
+# -- URLs --------------------------------------------------------------------------------------
+
+
+def external(endpoint: str, **values: Any) -> str:
+    """An absolute URL of a console page, under ``CONSOLE_EXTERNAL_URL`` when configured."""
+    base = console().external_url
+    if base:
+        return str(base).rstrip("/") + url_for(endpoint, **values)
+    return url_for(endpoint, _external=True, **values)
+
+
+def safe_next(value: str | None) -> str:
+    """``value`` if it is a path on this site, else ``/`` (no open redirect)."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/"
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        return "/"
+    return value
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+def page(
+    template: str, *, shown: Iterable[Shown] = (), status: int = 200, **context: Any
+) -> Response:
+    """Render ``template`` with a banner for the most sensitive of ``shown``."""
+    body = render_template(template, banner=banner(services().scheme, shown), **context)
+    return Response(body, status=status, mimetype="text/html")
+
+
+def flash(message: str, category: str = "info") -> None:
+    """Show ``message`` on the next page this browser renders."""
+    session = current_session()
+    if session is not None:
+        session.flash(message, category)
+
+
+def retry_form(render: Callable[[SovereignError], Response]) -> None:
+    """If a service refuses this submission, show the form again with the reason, via
+    ``render``, instead of an error page (the handler calls it)."""
+    g.console_form = render
+
+
+def nav_items(principal: Principal | None) -> list[NavLink]:
+    """The entries ``principal`` should see on this page."""
+    if principal is None:
+        return []
+    svc = services()
+    links = []
+    for item in NAV:
+        if not principal.roles & item.roles:
+            continue
+        if item.needs is not None and not hasattr(svc, item.needs):
+            continue
+        if item.endpoint not in current_app.view_functions:
+            continue
+        links.append(
+            NavLink(
+                label=item.label,
+                url=url_for(item.endpoint),
+                current=request.endpoint == item.endpoint,
+                description=item.description,
+            )
+        )
+    return links
+
+
+@bp.context_processor
+def _context() -> dict[str, Any]:
+    session = current_session()
+    principal = principal_or_none()
+    return {
+        "csrf_token": csrf_token,
+        "user": principal,
+        "nav": nav_items(principal),
+        "messages": session.pop_messages() if session is not None else [],
+        "Role": Role,
+    }
+
+
+@bp.app_template_filter("label")
+def _label_text(value: Label | dict[str, Any] | None) -> str:
+    if value is None:
+        return "unlabelled"
+    if isinstance(value, Label):
+        return str(value)
+    comps = sorted(value.get("compartments") or [])
+    level = str(value.get("level", "?"))
+    return f"{level}//{'/'.join(comps)}" if comps else level
+
+
+@bp.app_template_filter("banner_class")
+def _banner_class(value: Label | dict[str, Any] | None) -> str:
+    return banner(services().scheme, [value]).css_class
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+@bp.errorhandler(LoginRequiredError)
+def _login_required(error: LoginRequiredError) -> ResponseReturnValue:
+    if request.method == "GET":
+        target = request.full_path.rstrip("?")
+    else:
+        # After a form post, come back to the page the form was on.
+        referrer = urlsplit(request.referrer or "")
+        same = referrer.netloc == request.host
+        target = referrer.path + (f"?{referrer.query}" if referrer.query else "") if same else "/"
+    if error.expired:
+        end_session()
+    return redirect(url_for("console.login", next=safe_next(target)))
+
+
+@bp.errorhandler(CsrfError)
+def _csrf_failed(error: CsrfError) -> Response:
+    del error
+    return page(
+        "console/error.html",
+        status=400,
+        title="This form could not be accepted",
+        detail="The form was not sent from this console session (its security token is "
+        "missing or out of date). Nothing was changed. Go back, reload the page and try again.",
+    )
+
+
+@bp.errorhandler(SovereignError)
+def _refused(error: SovereignError) -> Response:
+    status, title = next((s, t) for cls, s, t in STATUS_BY_ERROR if isinstance(error, cls))
+    if status >= 500 and not error.safe:
+        log.error("console: %s: %s", type(error).__name__, error.message, exc_info=error)
+    retry: Callable[[SovereignError], Response] | None = g.pop("console_form", None)
+    if retry is not None and error.safe and status < 500 and not isinstance(error, NotFoundError):
+        try:
+            response = retry(error)
+        except SovereignError:
+            pass  # the form cannot be shown either (say, the request vanished): error page
+        else:
+            response.status_code = status
+            return response
+    detail = error.message if error.safe else "Something went wrong; it has been logged."
+    if isinstance(error, AuthenticationError):
+        title = "Sign-in failed"
+    return page("console/error.html", status=status, title=title, detail=detail)
+
+
+@bp.errorhandler(HTTPException)
+def _http_error(error: HTTPException) -> Response:
+    return page(
+        "console/error.html",
+        status=error.code or 500,
+        title=error.name,
+        detail=error.description or "",
+    )
+
+
+@bp.errorhandler(Exception)
+def _unexpected(error: Exception) -> Response:
+    log.exception("console: unexpected error", exc_info=error)
+    return page(
+        "console/error.html",
+        status=500,
+        title="Internal Server Error",
+        detail=f"Something went wrong; it has been logged (request {g.get('request_id', '')}).",
+    )

@@ -1,0 +1,126 @@
+"""Console forms: from posted fields to the same commands the API builds.
+
+Owns turning the request form into a :class:`RequestDraft` through the API's own schema
+(:class:`sovereign.api.schemas.RequestCreate`), so the console accepts exactly what the API
+accepts, with each problem attached to the field the user typed it in. Policy (who may ask for
+what) stays in the services.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+from werkzeug.datastructures import MultiDict
+
+from sovereign.api.schemas import RequestCreate
+from sovereign.domain.tenants import Resources
+from sovereign.services.requests import RequestDraft
+
+#: Single-valued fields of the request form, as the inputs are named.
+REQUEST_FIELDS = (
+    "tenant",
+    "level",
+    "image",
+    "vcpus",
+    "memory_gib",
+    "gpus",
+    "gpu_model",
+    "disk_gib",
+    "lease_hours",
+    "purpose",
+)
+#: Where a schema error's location points in the form.
+_FIELD_OF: dict[tuple[str, ...], str] = {
+    ("label", "level"): "level",
+    ("label", "compartments"): "compartments",
+    ("resources", "vcpus"): "vcpus",
+    ("resources", "memory_mib"): "memory_gib",
+    ("resources", "gpus"): "gpus",
+    ("resources", "gpu_model"): "gpu_model",
+    ("resources", "disk_gib"): "disk_gib",
+}
+_FRIENDLY = {
+    "int_parsing": "Enter a whole number.",
+    "int_type": "Enter a whole number.",
+    "string_too_short": "This field is required.",
+    "missing": "This field is required.",
+}
+MIB_PER_GIB = 1024
+#: Longest free text accepted from a decision form (the API's limit too).
+MAX_REASON = 2000
+
+
+@dataclass
+class RequestForm:
+    """What was typed (for showing it again), what is wrong with it, and the draft if nothing."""
+
+    values: dict[str, Any]
+    errors: dict[str, str] = field(default_factory=dict)
+    draft: RequestDraft | None = None
+
+
+def empty_request_form(**defaults: Any) -> RequestForm:
+    """A blank form with ``defaults`` filled in."""
+    values: dict[str, Any] = dict.fromkeys(REQUEST_FIELDS, "")
+    values["compartments"] = []
+    values.update(defaults)
+    return RequestForm(values=values)
+
+
+def parse_request_form(form: MultiDict[str, str]) -> RequestForm:
+    """Validate the posted request form against the API's schema."""
+    values: dict[str, Any] = {name: form.get(name, "").strip() for name in REQUEST_FIELDS}
+    values["compartments"] = form.getlist("compartments")
+    errors: dict[str, str] = {}
+    memory: Any = values["memory_gib"]
+    try:
+        memory = int(values["memory_gib"]) * MIB_PER_GIB
+        if memory < MIB_PER_GIB:
+            errors["memory_gib"] = "Ask for at least 1 GiB."
+    except ValueError:
+        errors["memory_gib"] = _FRIENDLY["int_parsing"]
+    gpus = values["gpus"] or "0"
+    data = {
+        "tenant": values["tenant"],
+        "label": {"level": values["level"], "compartments": values["compartments"]},
+        "resources": {
+            "vcpus": values["vcpus"],
+            "memory_mib": memory,
+            "gpus": gpus,
+            "gpu_model": values["gpu_model"] if gpus != "0" and values["gpu_model"] else None,
+            "disk_gib": values["disk_gib"],
+        },
+        "image": values["image"],
+        "purpose": values["purpose"],
+        "lease_hours": values["lease_hours"],
+    }
+    try:
+        body = RequestCreate.model_validate(data)
+    except ValidationError as e:
+        for err in e.errors(include_url=False, include_input=False, include_context=True):
+            loc = tuple(str(p) for p in err["loc"])
+            name = _FIELD_OF.get(loc[:2], loc[0] if loc else "form")
+            errors.setdefault(name, _FRIENDLY.get(err["type"], err["msg"]))
+        return RequestForm(values=values, errors=errors)
+    if errors:
+        return RequestForm(values=values, errors=errors)
+    r = body.resources
+    draft = RequestDraft(
+        tenant=body.tenant,
+        label=body.label.model_dump(),
+        resources=Resources(
+            vcpus=r.vcpus, memory_mib=r.memory_mib, gpus=r.gpus, disk_gib=r.disk_gib
+        ),
+        gpu_model=r.gpu_model,
+        image=body.image,
+        purpose=body.purpose,
+        lease_hours=body.lease_hours,
+    )
+    return RequestForm(values=values, draft=draft)
+
+
+def reason_field(form: MultiDict[str, str]) -> str:
+    """The free-text reason of a decision form, trimmed and bounded."""
+    return form.get("reason", "").strip()[:MAX_REASON]

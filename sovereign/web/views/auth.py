@@ -1,0 +1,123 @@
+"""Signing in and out: the OIDC authorization code flow with PKCE, and logout at the IdP.
+
+Owns ``/auth/login`` (start, optionally as a step-up), ``/auth/callback`` (state, code
+exchange, token verification, new session id) and ``/auth/logout`` (ends the IdP session over
+the back channel, forgets the local one, then sends the browser through the IdP's end-session
+endpoint). The protocol work and the token checks are in :mod:`sovereign.web.oidc`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Response, current_app, redirect, request
+from flask.typing import ResponseReturnValue
+
+from sovereign.errors import AuthenticationError, DependencyUnavailableError
+from sovereign.web.banner import stylesheet
+from sovereign.web.console import (
+    bp,
+    console,
+    current_session,
+    end_session,
+    external,
+    flash,
+    page,
+    rotate_session,
+    safe_next,
+    session_for_login,
+)
+
+log = logging.getLogger(__name__)
+
+#: Echoed by the IdP after RP-Initiated Logout, so the landing page can say "signed out".
+SIGNED_OUT_STATE = "signed-out"
+
+
+@bp.get("/auth/login")
+def login() -> ResponseReturnValue:
+    """Send the browser to the IdP; ``step_up=1`` asks it for the password again."""
+    next_url = safe_next(request.args.get("next"))
+    step_up = request.args.get("step_up") == "1"
+    existing = current_session()
+    if existing is not None and existing.signed_in and not step_up:
+        return redirect(next_url)
+    url, pending = console().login.begin(external("console.callback"), next_url, step_up=step_up)
+    session_for_login().add_login(pending)
+    return redirect(url)
+
+
+@bp.get("/auth/callback")
+def callback() -> ResponseReturnValue:
+    """Finish a sign-in this browser started: same state, valid code, tokens that verify."""
+    session = current_session()
+    state = request.args.get("state", "")
+    pending = session.take_login(state) if session is not None else None
+    if pending is None:
+        # Not started here, already used, or the session ended meanwhile (login CSRF defence).
+        return _failed("This sign-in was not started from this browser, or was already used.")
+    if time.time() - pending.started_at > console().login_timeout_s:
+        return _failed("The sign-in took too long. Start again.")
+    if "error" in request.args:
+        reason = request.args.get("error_description") or request.args["error"]
+        return _failed(f"The identity provider did not sign you in: {reason}")
+    signed = console().login.finish(
+        pending, request.args.get("code", ""), external("console.callback")
+    )
+    assert session is not None  # pending came from it
+    previous = session.subject
+    session = rotate_session()
+    if previous is not None and previous != signed.principal.subject:
+        session.resume = None
+    session.subject = signed.principal.subject
+    session.username = signed.principal.username
+    session.access_token = signed.access_token
+    session.refresh_token = signed.refresh_token
+    session.id_token = signed.id_token
+    session.auth_time = signed.auth_time
+    if pending.step_up:
+        flash("You signed in again. Confirm your decision below.")
+    else:
+        flash(f"Signed in as {signed.principal.username}.")
+    return redirect(pending.next_url)
+
+
+def _failed(detail: str) -> Response:
+    return page("console/error.html", status=400, title="Sign-in failed", detail=detail)
+
+
+@bp.get("/auth/logout")
+def confirm_logout() -> ResponseReturnValue:
+    """A page with the sign-out button (signing out changes state, so it is a form)."""
+    session = current_session()
+    if session is None or not session.signed_in:
+        return redirect("/")
+    return page("console/logout.html", title="Sign out")
+
+
+@bp.post("/auth/logout")
+def logout() -> ResponseReturnValue:
+    """End the IdP session and this one; then let the IdP forget the browser too."""
+    session = current_session()
+    settings = console()
+    target = "/?state=" + SIGNED_OUT_STATE
+    if session is not None and session.refresh_token:
+        settings.login.end_session(session.refresh_token)
+    if session is not None and session.id_token and settings.idp_logout_redirect:
+        try:
+            target = settings.login.end_session_url(session.id_token, external("console.index"))
+            target += "&state=" + SIGNED_OUT_STATE
+        except (DependencyUnavailableError, AuthenticationError) as e:
+            # The back channel already ended the IdP session (or could not): stay here.
+            log.info("console: no RP-initiated logout: %s", e.message)
+    end_session()
+    return redirect(target)
+
+
+@bp.get("/console-banner.css")
+def banner_css() -> Response:
+    """Banner colours per level (a stylesheet, so pages need no inline styles)."""
+    config = current_app.config
+    css = stylesheet(config["LABEL_LEVELS"], config["CONSOLE_BANNER_COLOURS"])
+    return Response(css, mimetype="text/css")
