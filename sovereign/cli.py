@@ -272,7 +272,7 @@ def audit_sequence() -> None:
 def worker(interval: float | None, no_reconcile: bool) -> None:
     """Run the background work: the reconciler (provisioning, teardown, sanitization, drift)
     and the audit sequencer. Several workers may run at once."""
-    import time  # noqa: PLC0415
+    import threading  # noqa: PLC0415
 
     from sovereign import create_app  # noqa: PLC0415
     from sovereign.worker import crash_hook, describe  # noqa: PLC0415
@@ -287,10 +287,13 @@ def worker(interval: float | None, no_reconcile: bool) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     what = "reconciling and sequencing" if reconciler else "sequencing the audit log"
     click.echo(f"worker {reconciler.worker if reconciler else ''}: {what} every {pause} s")
+    # Domain lifecycle events (a guest crashed, someone stopped it) wake the loop at once.
+    wake = threading.Event()
     while True:
         busy = False
         try:
             if reconciler is not None:
+                reconciler.watch_hosts(wake.set)
                 report = reconciler.run_once()
                 busy = report.busy
                 if busy:
@@ -301,7 +304,8 @@ def worker(interval: float | None, no_reconcile: bool) -> None:
         except SovereignError as e:
             click.secho(f"worker: {e.message}", fg="red", err=True)
         if not busy:
-            time.sleep(pause)
+            wake.wait(pause)
+            wake.clear()
 
 
 # -- serve ------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from sovereign.errors import SovereignError
 from sovereign.services.reconciler import PassReport, Reconciler
@@ -54,14 +53,6 @@ def describe(report: PassReport) -> str:
     return "; ".join(parts)
 
 
-def reconcile_once(reconciler: Reconciler, sequence: Callable[[], Any] | None) -> PassReport:
-    """One reconciler pass, then one audit sequencing run (so its events get a checkpoint)."""
-    report = reconciler.run_once()
-    if sequence is not None:
-        sequence()
-    return report
-
-
 class ReconcilerThread:
     """Runs reconciler passes in a daemon thread until stopped (the embedded default)."""
 
@@ -78,6 +69,8 @@ class ReconcilerThread:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
+        #: Passes run so far (for tests and progress).
+        self.passes = 0
 
     def start(self) -> None:
         """Start the loop."""
@@ -92,12 +85,15 @@ class ReconcilerThread:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=30)
+        self.reconciler.unwatch()
 
     def _run(self) -> None:
         while not self._stop.is_set():
             busy = False
             try:
+                self.reconciler.watch_hosts(self.wake)
                 report = self.reconciler.run_once()
+                self.passes += 1
                 busy = report.busy
                 if busy and self._on_report is not None:
                     self._on_report(report)

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree
@@ -339,6 +339,11 @@ class LibvirtHypervisor:
                 host.networks.remove(name)
                 return f"network {name} removed"
         raise ValueError(f"unknown teardown step {step!r}")
+
+    def watch(self, uri: str, callback: Callable[[uuid.UUID, str], None]) -> Callable[[], None]:
+        """Subscribe to the host's domain lifecycle events (libvirt's event loop thread)."""
+        with _translated(uri, "subscribe to domain events"):
+            return self._host(uri).guests.watch(callback)
 
     def console(self, plan: EnclavePlan, max_bytes: int) -> str:
         """The tail of the serial console log, when this machine can read it."""

@@ -10,6 +10,7 @@ steps refused. Tests can make a URI unreachable or make one step fail. The contr
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sovereign.domain.keys import EnclaveSecrets
@@ -44,6 +45,8 @@ class MemoryHypervisor:
         self.failures: dict[str, BaseException] = {}
         #: ... or after it took effect (a worker dying between the hypervisor and the record).
         self.after_effect: dict[str, BaseException] = {}
+        #: Lifecycle event subscribers per URI.
+        self.watchers: dict[str, list[Callable[[uuid.UUID, str], None]]] = {}
         #: Every step done, in order, as (uri, "provision:volume", enclave id).
         self.calls: list[tuple[str, str, uuid.UUID]] = []
 
@@ -139,6 +142,21 @@ class MemoryHypervisor:
             raise ValueError(f"unknown teardown step {step!r}")
         self._fail_after(f"teardown:{step}")
         return f"{step} done"
+
+    def watch(self, uri: str, callback: Callable[[uuid.UUID, str], None]) -> Callable[[], None]:
+        """Remember ``callback``; :meth:`emit` calls it (tests drive events by hand)."""
+        self._host(uri)
+        self.watchers.setdefault(uri, []).append(callback)
+
+        def unsubscribe() -> None:
+            self.watchers[uri].remove(callback)
+
+        return unsubscribe
+
+    def emit(self, uri: str, domain_uuid: uuid.UUID, event: str) -> None:
+        """Deliver a lifecycle event to the watchers of ``uri``."""
+        for callback in list(self.watchers.get(uri, [])):
+            callback(domain_uuid, event)
 
     def console(self, plan: EnclavePlan, max_bytes: int) -> str:
         """A fixed console line for a running domain."""

@@ -423,6 +423,15 @@ class Hypervisor(Protocol):
         """The tail of the enclave's serial console log ('' when there is none)."""
         ...
 
+    def watch(self, uri: str, callback: Callable[[uuid.UUID, str], None]) -> Callable[[], None]:
+        """Call ``callback(domain uuid, event)`` on the host's domain lifecycle events
+        (``started``, ``stopped``, ``crashed``, ...); returns an unsubscribe function. Events are
+        hints to look now; the reconciler still compares the host with its records.
+
+        :raises DependencyUnavailableError: the host cannot be reached.
+        """
+        ...
+
 
 class Sanitizer(Protocol):
     """Clears a GPU between tenants (isolation rule 2) and says what it did."""

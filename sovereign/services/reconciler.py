@@ -172,6 +172,31 @@ class Reconciler:
         self._reported: dict[uuid.UUID, str] = {}
         #: Set by _record_step when the request left the phase being worked on.
         self._superseded = False
+        #: URI -> unsubscribe function of the lifecycle events watched.
+        self._watched: dict[str, Callable[[], None]] = {}
+
+    # -- events ------------------------------------------------------------------------------
+
+    def watch_hosts(self, on_event: Callable[[], None]) -> None:
+        """Subscribe ``on_event`` to the lifecycle events of every host not watched yet.
+
+        Called before each pass, so hosts added meanwhile are watched too. A domain that
+        crashes or is stopped behind the control plane's back then wakes the loop at once
+        instead of at the next interval; the pass's drift check decides what it means.
+        """
+        with self._uow(readonly=True) as uow:
+            uris = {host.uri for host in uow.hosts.list()}
+        for uri in sorted(uris - self._watched.keys()):
+            try:
+                self._watched[uri] = self._hypervisor.watch(uri, lambda _d, _e: on_event())
+            except DependencyUnavailableError as e:
+                log.warning("cannot watch %s for domain events (polling only): %s", uri, e)
+
+    def unwatch(self) -> None:
+        """Drop every event subscription."""
+        for unsubscribe in self._watched.values():
+            unsubscribe()
+        self._watched.clear()
 
     # -- the pass ----------------------------------------------------------------------------
 
