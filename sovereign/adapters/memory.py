@@ -1,8 +1,9 @@
 """In-memory backends for fast unit tests of the services.
 
 Owns :class:`MemoryStore` and :class:`MemoryUnitOfWork`, which behave like the SQL ones where
-the services can tell: a unit works on a private copy, commit publishes it (refusing a request
-changed meanwhile), anything else is rolled back, and audit events commit with the change.
+the services can tell: a unit works on a private copy, commit publishes it (refusing a request,
+host, GPU, enclave or action changed meanwhile), anything else is rolled back, and audit events
+commit with the change. The fleet's repositories live in :mod:`sovereign.adapters.memory_fleet`.
 The contract tests in ``tests/contract`` hold both backends to the same behaviour.
 """
 
@@ -18,6 +19,16 @@ from typing import Self
 
 from audit import AuditEvent, AuditQuery, MemoryAuditStore, StoredEvent
 from sovereign.adapters.database import decode_cursor, encode_cursor
+from sovereign.adapters.memory_fleet import (
+    GpuKey,
+    MemoryActionRepository,
+    MemoryEnclaveRepository,
+    MemoryFleet,
+    MemoryGpuRepository,
+    MemoryHostRepository,
+)
+from sovereign.domain.actions import DualAction
+from sovereign.domain.fleet import Enclave, Gpu, Host
 from sovereign.domain.keys import EnclaveKeys
 from sovereign.domain.policy import Visibility
 from sovereign.domain.requests import COMMITTED_STATES, EnclaveRequest
@@ -34,6 +45,10 @@ class MemoryStore:
     images: dict[str, Image] = field(default_factory=dict)
     requests: dict[uuid.UUID, EnclaveRequest] = field(default_factory=dict)
     keys: dict[uuid.UUID, EnclaveKeys] = field(default_factory=dict)
+    hosts: dict[uuid.UUID, Host] = field(default_factory=dict)
+    gpus: dict[GpuKey, Gpu] = field(default_factory=dict)
+    enclaves: dict[uuid.UUID, Enclave] = field(default_factory=dict)
+    actions: dict[uuid.UUID, DualAction] = field(default_factory=dict)
     audit: MemoryAuditStore = field(default_factory=MemoryAuditStore)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -162,6 +177,11 @@ class _PendingAudit:
 class MemoryUnitOfWork:
     """A unit over private copies of a :class:`MemoryStore`."""
 
+    hosts: MemoryHostRepository
+    gpus: MemoryGpuRepository
+    enclaves: MemoryEnclaveRepository
+    actions: MemoryActionRepository
+
     def __init__(self, store: MemoryStore) -> None:
         self._store = store
 
@@ -171,6 +191,11 @@ class MemoryUnitOfWork:
             self.images = MemoryImageRepository(dict(self._store.images))
             self.requests = MemoryRequestRepository(dict(self._store.requests))
             self.keys = MemoryKeyRepository(dict(self._store.keys))
+            self._fleet = MemoryFleet(self._store, self.requests.data)
+        self.hosts = self._fleet.hosts
+        self.gpus = self._fleet.gpus
+        self.enclaves = self._fleet.enclaves
+        self.actions = self._fleet.actions
         self.audit = _PendingAudit(self._store.audit)
         return self
 
@@ -188,12 +213,14 @@ class MemoryUnitOfWork:
                 seen = self.requests.versions.get(rid)
                 if (current.version if current else None) != seen:
                     raise ConcurrentUpdateError(kind="request", ident=str(rid))
+            self._fleet.check(store)
             store.audit.append(self.audit.pending)
             store.tenants.update(self.tenants.data)
             store.images.update(self.images.data)
             store.keys.update(self.keys.data)
             for rid in self.requests.touched:
                 store.requests[rid] = self.requests.data[rid]
+            self._fleet.publish(store)
         self.audit.pending = []
 
 

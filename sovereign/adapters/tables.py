@@ -8,6 +8,8 @@ in SQL (see :func:`audit.sql.compartments_within`).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import sqlalchemy as sa
 
 from audit.sql import NAMING_CONVENTION
@@ -18,7 +20,28 @@ metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 #: Everything Alembic manages: the control plane's tables and the audit library's.
 ALL_METADATA = (metadata, audit_metadata)
 
-Timestamp = sa.DateTime(timezone=True)
+
+
+class UtcDateTime(sa.types.TypeDecorator[datetime]):
+    """A timezone-aware timestamp stored as UTC on every database.
+
+    SQLite keeps no offset: without this an aware ``12:00+02:00`` would be stored as ``12:00``
+    and read back as ``12:00+00:00``. Naive datetimes are refused (they are bugs here).
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        """Convert to UTC before storing."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: timestamps must be timezone-aware")
+        return value.astimezone(UTC)
+
+
+Timestamp = UtcDateTime()
 
 tenants = sa.Table(
     "tenants",
