@@ -34,6 +34,7 @@ from sovereign.services.ports import (
 from sovereign.services.reconciler import Reconciler
 from sovereign.services.recording import Clock, utcnow
 from sovereign.services.requests import RequestService
+from sovereign.services.sessions import SessionAuditService
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class Services:
     actions: ActionService
     hosts: HostService
     enclaves: EnclaveService
+    #: Console sign-ins, sign-outs and expiry in the audit log.
+    sessions: SessionAuditService
     reconciler_settings: dict[str, Any] = field(default_factory=dict)
     probes: Sequence[Probe] = field(default_factory=list)
     #: Backend objects to dispose of on shutdown (engines).
@@ -151,6 +154,7 @@ def build_services(
         actions=actions,
         hosts=hosts,
         enclaves=enclaves,
+        sessions=SessionAuditService(uow, clock),
         reconciler_settings={
             "clock": clock,
             "claim_ttl": timedelta(seconds=int(config["RECONCILER_CLAIM_TTL_S"])),

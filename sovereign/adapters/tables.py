@@ -21,7 +21,6 @@ metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 ALL_METADATA = (metadata, audit_metadata)
 
 
-
 class UtcDateTime(sa.types.TypeDecorator[datetime]):
     """A timezone-aware timestamp stored as UTC on every database.
 

@@ -1,7 +1,9 @@
 """What every console page shares: the blueprint, the session cookie, CSRF, the signed-in
 caller, rendering with the classification banner, navigation and error pages.
 
-Owns the request plumbing only. Pages (in :mod:`sovereign.web.views`) call the same services
+Owns the request plumbing only, including when a session starts and ends, and so where the
+``session:*`` audit events are written (:func:`start_session`, :func:`session_context`, the
+store's expiry hook). Pages (in :mod:`sovereign.web.views`) call the same services
 the API calls, through :func:`services`; they never touch the database or adapters. Policy stays
 in the services: a role check here only decides what to offer, never what is allowed.
 
@@ -26,6 +28,7 @@ from flask import (
     Response,
     current_app,
     g,
+    has_request_context,
     redirect,
     render_template,
     request,
@@ -39,12 +42,23 @@ from sovereign.bootstrap import Services
 from sovereign.domain.identity import Principal, Role
 from sovereign.domain.labels import Label
 from sovereign.domain.policy import AUDIT_READERS
-from sovereign.errors import AuthenticationError, NotFoundError, SovereignError
+from sovereign.errors import (
+    AuditUnavailableError,
+    AuthenticationError,
+    NotFoundError,
+    SovereignError,
+)
 from sovereign.services.hosts import HOST_READERS
 from sovereign.services.recording import CallContext
+from sovereign.services.sessions import SessionAuditService, SessionEnd
 from sovereign.web.banner import Shown, banner
-from sovereign.web.oidc import ConsoleLogin
-from sovereign.web.sessions import ConsoleSession, MemorySessionStore, SessionStore
+from sovereign.web.oidc import ConsoleLogin, SignIn
+from sovereign.web.sessions import (
+    ConsoleSession,
+    ExpiryHook,
+    MemorySessionStore,
+    SessionStore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +227,7 @@ def build(config: Any, svc: Services) -> Console:
             idle_timeout_s=float(config["CONSOLE_IDLE_TIMEOUT_S"]),
             max_age_s=float(config["CONSOLE_SESSION_MAX_S"]),
             max_sessions=int(config["CONSOLE_MAX_SESSIONS"]),
+            on_expire=_record_expiry(svc.sessions),
         ),
         cookie_name=SECURE_COOKIE if secure else PLAIN_COOKIE,
         cookie_secure=secure,
@@ -268,11 +283,74 @@ def rotate_session() -> ConsoleSession:
     return found
 
 
+def session_context(session: ConsoleSession, *, from_here: bool = True) -> CallContext:
+    """The user ``session`` was signed in for, as stored at sign-in (no token is checked), for
+    the audit of its end; with this request's id and address unless ``from_here`` is false
+    (the request is someone else's)."""
+    here = from_here and has_request_context()
+    return CallContext(
+        principal=Principal(subject=session.subject or "", username=session.username or ""),
+        request_id=g.get("request_id", "") if here else "",
+        source=(request.remote_addr or "") if here else "",
+    )
+
+
+def _record_expiry(sessions: SessionAuditService) -> ExpiryHook:
+    """The store's expiry hook: ``session:expire`` for each signed-in session it drops."""
+
+    def record(session: ConsoleSession, reason: SessionEnd) -> None:
+        # An eviction happens during another visitor's request: not this session's address.
+        ctx = session_context(session, from_here=reason is not SessionEnd.EVICTED)
+        sessions.expired(ctx, session.ref, reason=reason)
+
+    return record
+
+
+def start_session(signed: SignIn, *, step_up: bool) -> ConsoleSession:
+    """Sign this browser in as ``signed.principal``: a new session id (no fixation), the sign-in
+    recorded under the new id's reference, and only then the tokens.
+
+    :raises AuditUnavailableError: if the sign-in cannot be recorded; the session has ended by
+        then (fail-closed: nobody is signed in without a record of it).
+    :raises LoginRequiredError: if the session ended meanwhile.
+    """
+    before = current_session()
+    previous = before.subject if before is not None else None
+    replaces = before.ref if before is not None and before.signed_in else None
+    session = rotate_session()
+    ctx = CallContext(
+        principal=signed.principal,
+        request_id=g.get("request_id", ""),
+        source=request.remote_addr or "",
+    )
+    try:
+        services().sessions.signed_in(
+            ctx,
+            auth_time=signed.auth_time,
+            session_ref=session.ref,
+            step_up=step_up,
+            replaces=replaces,
+        )
+    except AuditUnavailableError:
+        end_session()  # not even the tokens of an earlier sign-in stay usable
+        raise
+    if previous is not None and previous != signed.principal.subject:
+        session.resume = None
+    session.subject = signed.principal.subject
+    session.username = signed.principal.username
+    session.access_token = signed.access_token
+    session.refresh_token = signed.refresh_token
+    session.id_token = signed.id_token
+    session.auth_time = signed.auth_time
+    return session
+
+
 def end_session() -> None:
     """Forget this browser's session here and tell the browser to drop the cookie."""
     if g.get("console_cookie"):
         console().store.delete(g.console_cookie)
     g.console_session = None
+    g.pop("console_set_cookie", None)  # a cookie issued earlier in this request names nothing
     g.console_clear_cookie = True
 
 
@@ -367,21 +445,23 @@ def _principal(session: ConsoleSession) -> Principal:
         except AuthenticationError:
             pass
         if session.refresh_token is None:
-            _ended()
+            _ended(session, SessionEnd.ACCESS_EXPIRED)
         try:
             tokens = login.refresh(session.refresh_token)
             session.access_token = str(tokens["access_token"])
             principal = login.authenticate(session.access_token)
         except (AuthenticationError, KeyError):
-            _ended()
+            _ended(session, SessionEnd.IDP_SESSION_ENDED)
         session.refresh_token = tokens.get("refresh_token") or session.refresh_token
         session.id_token = tokens.get("id_token") or session.id_token
     if principal.subject != session.subject:
-        _ended()
+        _ended(session, SessionEnd.SUBJECT_CHANGED)
     return principal
 
 
-def _ended() -> NoReturn:
+def _ended(session: ConsoleSession, reason: SessionEnd) -> NoReturn:
+    # The session ends even if the audit log cannot say so (it logs the loss loudly).
+    services().sessions.expired(session_context(session), session.ref, reason=reason)
     end_session()
     raise LoginRequiredError(expired=True)
 
@@ -551,7 +631,7 @@ def _refused(error: SovereignError) -> Response:
             response.status_code = status
             return response
     detail = error.message if error.safe else "Something went wrong; it has been logged."
-    if isinstance(error, AuthenticationError):
+    if isinstance(error, AuthenticationError) or request.endpoint == "console.callback":
         title = "Sign-in failed"
     return page("console/error.html", status=status, title=title, detail=detail)
 

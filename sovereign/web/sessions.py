@@ -6,6 +6,14 @@ keys sessions by HMAC-SHA256(SECRET_KEY, cookie), so a dump of the table does no
 cookies. Sessions end after an idle period and after an absolute lifetime, whichever comes
 first, and a sign-in replaces the session id (no fixation).
 
+Each session also carries a *reference* (:attr:`ConsoleSession.ref`): the first 16 hex digits of
+SHA-256 over its store key, so over HMAC-SHA256(SECRET_KEY, cookie). It changes with the key at
+sign-in and is what the audit log names the session by; neither the cookie nor the key can be
+recovered from it. When the store drops a signed-in session on its own (idle, too old, table
+full) it tells ``on_expire``, outside its lock, so the end can be audited. Expiry is noticed
+lazily: when the browser comes back, when the session is evicted, or when :meth:`purge` runs
+(nothing calls it periodically yet), so an abandoned session's ``session:expire`` may be late.
+
 Limitation, by design of this first version: the store lives in the memory of the process that
 created the session. Each replica (and each gunicorn worker) has its own, so run the console
 with one worker process per replica (threads are fine) behind sticky sessions, and expect users
@@ -24,12 +32,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from sovereign.services.sessions import SessionEnd
+
 #: Random bytes in a session cookie and in a CSRF token (256 bits each).
 TOKEN_BYTES = 32
 #: Sign-ins one session may have in flight at once (several tabs); the oldest is dropped.
 MAX_PENDING_LOGINS = 4
 
 Clock = Callable[[], float]
+#: Hex digits of the SHA-256 of the store key kept as a session's reference (64 bits: enough
+#: to tell sessions apart in the log, and one-way like the key it is cut from).
+REF_HEX_DIGITS = 16
 
 
 @dataclass
@@ -60,6 +73,8 @@ class ConsoleSession:
     csrf_token: str
     created_at: float
     last_seen: float
+    #: The session's name in the audit log (see the module docstring); set by the store.
+    ref: str = ""
     subject: str | None = None
     username: str | None = None
     access_token: str | None = None
@@ -102,8 +117,17 @@ class ConsoleSession:
         return found
 
 
+#: Told about each signed-in session the store drops on its own, and why.
+ExpiryHook = Callable[[ConsoleSession, SessionEnd], None]
+
+
 class SessionStore(Protocol):
-    """Where console sessions live; cookie values in, sessions out."""
+    """Where console sessions live; cookie values in, sessions out.
+
+    An implementation sets :attr:`ConsoleSession.ref` whenever it (re)keys a session and reports
+    the signed-in sessions it drops by itself (not through :meth:`delete`) to an
+    :data:`ExpiryHook`.
+    """
 
     def create(self) -> tuple[str, ConsoleSession]:
         """A new anonymous session and the cookie value naming it."""
@@ -133,23 +157,38 @@ class MemorySessionStore:
         max_age_s: float,
         max_sessions: int = 10000,
         clock: Clock = time.time,
+        on_expire: ExpiryHook | None = None,
     ) -> None:
         self._key = secret_key.encode()
         self.idle_timeout_s = idle_timeout_s
         self.max_age_s = max_age_s
         self._max = max_sessions
         self.clock = clock
+        self._on_expire = on_expire
         self._lock = threading.Lock()
         self._sessions: OrderedDict[bytes, ConsoleSession] = OrderedDict()
 
     def _id(self, cookie: str) -> bytes:
         return hmac.new(self._key, cookie.encode(), hashlib.sha256).digest()
 
-    def _expired(self, session: ConsoleSession, now: float) -> bool:
-        return (
-            now - session.last_seen > self.idle_timeout_s
-            or now - session.created_at > self.max_age_s
-        )
+    @staticmethod
+    def _ref(key: bytes) -> str:
+        return hashlib.sha256(key).hexdigest()[:REF_HEX_DIGITS]
+
+    def _expired(self, session: ConsoleSession, now: float) -> SessionEnd | None:
+        if now - session.created_at > self.max_age_s:
+            return SessionEnd.MAX_AGE
+        if now - session.last_seen > self.idle_timeout_s:
+            return SessionEnd.IDLE
+        return None
+
+    def _report(self, ended: list[tuple[ConsoleSession, SessionEnd]]) -> None:
+        """Tell the hook about signed-in sessions that ended; called without the lock held."""
+        if self._on_expire is None:
+            return
+        for session, reason in ended:
+            if session.signed_in:
+                self._on_expire(session, reason)
 
     def create(self) -> tuple[str, ConsoleSession]:
         """A new anonymous session. When the table is full the least recently used session
@@ -157,11 +196,16 @@ class MemorySessionStore:
         sign-ins cannot push signed-in users out."""
         now = self.clock()
         cookie = secrets.token_urlsafe(TOKEN_BYTES)
+        key = self._id(cookie)
         session = ConsoleSession(
-            csrf_token=secrets.token_urlsafe(TOKEN_BYTES), created_at=now, last_seen=now
+            csrf_token=secrets.token_urlsafe(TOKEN_BYTES),
+            created_at=now,
+            last_seen=now,
+            ref=self._ref(key),
         )
+        evicted: list[tuple[ConsoleSession, SessionEnd]] = []
         with self._lock:
-            self._sessions[self._id(cookie)] = session
+            self._sessions[key] = session
             while len(self._sessions) > self._max:
                 anonymous = next(
                     (k for k, s in self._sessions.items() if not s.signed_in and s is not session),
@@ -170,7 +214,8 @@ class MemorySessionStore:
                 if anonymous is not None:
                     del self._sessions[anonymous]
                 else:
-                    self._sessions.popitem(last=False)
+                    evicted.append((self._sessions.popitem(last=False)[1], SessionEnd.EVICTED))
+        self._report(evicted)
         return cookie, session
 
     def get(self, cookie: str) -> ConsoleSession | None:
@@ -181,12 +226,14 @@ class MemorySessionStore:
             session = self._sessions.get(key)
             if session is None:
                 return None
-            if self._expired(session, now):
-                del self._sessions[key]
-                return None
-            session.last_seen = now
-            self._sessions.move_to_end(key)
-            return session
+            reason = self._expired(session, now)
+            if reason is None:
+                session.last_seen = now
+                self._sessions.move_to_end(key)
+                return session
+            del self._sessions[key]
+        self._report([(session, reason)])
+        return None
 
     def rotate(self, cookie: str) -> tuple[str, ConsoleSession] | None:
         """Same session under a new cookie value and a new CSRF token; the old value dies."""
@@ -196,7 +243,9 @@ class MemorySessionStore:
             if session is None:
                 return None
             session.csrf_token = secrets.token_urlsafe(TOKEN_BYTES)
-            self._sessions[self._id(fresh)] = session
+            key = self._id(fresh)
+            session.ref = self._ref(key)
+            self._sessions[key] = session
         return fresh, session
 
     def delete(self, cookie: str) -> None:
@@ -205,13 +254,17 @@ class MemorySessionStore:
             self._sessions.pop(self._id(cookie), None)
 
     def purge(self) -> int:
-        """Drop every expired session; returns how many went."""
+        """Drop every expired session (reporting the signed-in ones); returns how many went."""
         now = self.clock()
+        ended: list[tuple[ConsoleSession, SessionEnd]] = []
         with self._lock:
-            dead = [k for k, s in self._sessions.items() if self._expired(s, now)]
-            for key in dead:
-                del self._sessions[key]
-        return len(dead)
+            for key, session in list(self._sessions.items()):
+                reason = self._expired(session, now)
+                if reason is not None:
+                    del self._sessions[key]
+                    ended.append((session, reason))
+        self._report(ended)
+        return len(ended)
 
     def __len__(self) -> int:
         with self._lock:

@@ -9,13 +9,15 @@ sees "1 of 2 approvals: officer-1"; the analyst cannot approve their own request
 approves and the analyst's "My enclaves" shows it running; officer-1 looks at the hosts and
 GPUs and pulls the kill switch for SECRET//NATO, which waits for officer-2's confirmation under
 two-person actions, and the enclave is torn down; the auditor finds it all in the event browser
-and "verify now" says the log is intact. Each page is saved as a screenshot under the test's
-tmp dir, and the main ones are copied to docs/console/ for the README. Missing Chromium fails
-the test: it never skips.
+and "verify now" says the log is intact. Each page is saved as a screenshot under
+``test-artifacts/console/`` (``SOVEREIGN_TEST_ARTIFACTS`` moves it; CI keeps that folder), and
+with ``SOVEREIGN_UPDATE_README_SCREENSHOTS=1`` the main ones are copied to docs/console/ for the
+README. Missing Chromium fails the test: it never skips.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -45,7 +47,10 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "console"
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs" / "console"
+ARTIFACTS = Path(os.environ.get("SOVEREIGN_TEST_ARTIFACTS") or ROOT / "test-artifacts") / "console"
+UPDATE_README = os.environ.get("SOVEREIGN_UPDATE_README_SCREENSHOTS") == "1"
 #: Screenshots that illustrate the README's tour.
 FOR_README = {
     "01-sign-in",
@@ -97,8 +102,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # As `sovereign dev` does: the bundled simulated hosts, the sequencer and the reconciler.
     _start_background(background, app)
     server = serve_in_thread(app, port=port)
-    shots = tmp / "screenshots"
-    shots.mkdir()
+    shots = ARTIFACTS
+    shots.mkdir(parents=True, exist_ok=True)
     try:
         yield Stack(base=base, app=app, shots=shots)
     finally:
@@ -141,7 +146,7 @@ class User:
     def shot(self, name: str) -> None:
         path = self.stack.shots / f"{name}.png"
         self.page.screenshot(path=str(path), full_page=True)
-        if name in FOR_README:
+        if UPDATE_README and name in FOR_README:
             DOCS.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, DOCS / f"{name}.png")
 

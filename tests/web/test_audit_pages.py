@@ -54,15 +54,16 @@ def test_the_event_browser_shows_seq_leaf_hash_and_the_most_sensitive_banner(
     assert page.status_code == 200
     numbers = seqs(html)
     assert numbers == sorted(numbers, reverse=True)
-    # 4 bootstrap events; create, approval, key:create, approval; create.
-    assert len(numbers) == 9
+    # 4 bootstrap events; then each user's session:login before their decisions: create;
+    # approval; key:create, approval; create.
+    assert len(numbers) == 13
     hashes = re.findall(r'<code class="hash">([0-9a-f]{64})</code>', html)
     assert len(hashes) == len(numbers)
     assert f"request/{filed['secret']}" in html and "request:approve" in html
     assert "user:officer-2" in html
     assert banners(html)[0] == banners(html)[1] == "SECRET//CRYPTO/EU/NATO"  # tenant:create
     # The signed checkpoint is shown with its size.
-    assert '<dd id="checkpoint-size">9 events</dd>' in html
+    assert '<dd id="checkpoint-size">13 events</dd>' in html
     assert "sovereign.local/audit" in html
 
 
@@ -84,10 +85,10 @@ def test_filters_and_pages(users: Users, filed: dict[str, str]):
     html = text(auditor.get("/audit?action=request:approve"))
     assert len(seqs(html)) == 2
     html = text(auditor.get("/audit?actor=user:officer-1"))
-    assert len(seqs(html)) == 1
+    assert len(seqs(html)) == 2  # session:login, request:approve
     assert 'value="user:officer-1"' in html  # the filter is kept in the form
-    first = text(auditor.get("/audit?limit=10"))
-    assert len(seqs(first)) == 9 and 'rel="next"' not in first
+    first = text(auditor.get("/audit?limit=20"))
+    assert len(seqs(first)) == 13 and 'rel="next"' not in first
     # A page of 10 over more events: the next link carries the cursor and the filters.
     for _ in range(3):
         request_id_from(post(users("analyst-research"), "/requests", CIVIL_FORM))
@@ -97,7 +98,7 @@ def test_filters_and_pages(users: Users, filed: dict[str, str]):
     nxt = re.search(r'<a href="([^"]+)" rel="next">', first)
     assert nxt is not None
     second = text(auditor.get(nxt.group(1).replace("&amp;", "&")))
-    assert seqs(second) == [1, 0]
+    assert seqs(second) == [6, 5, 4, 3, 2, 1, 0]  # 13 + 3 creates + the auditor's sign-in
     assert "Newest" in second
     since = text(auditor.get("/audit?since=2999-01-01T00:00"))
     assert "No events match." in since
@@ -134,7 +135,7 @@ def test_verify_now_says_intact_and_is_recorded(app: Flask, users: Users, filed:
     html = text(page)
     assert page.status_code == 200
     assert "Audit log intact" in html
-    assert "9 events" in html
+    assert "13 events" in html
     sequence(app)
     assert len(seqs(text(auditor.get("/audit?action=audit:verify")))) == 1
 
@@ -158,15 +159,15 @@ def test_verify_now_finds_a_tampered_event(app: Flask, users: Users, filed: dict
 
 def test_a_proof_downloads_and_verifies_offline(users: Users, filed: dict[str, str]):
     auditor = users("auditor")
-    proof = auditor.get("/audit/events/5/proof")
+    proof = auditor.get("/audit/events/7/proof")
     assert proof.status_code == 200
-    assert proof.headers["Content-Disposition"] == 'attachment; filename="sovereign-event-5.proof"'
+    assert proof.headers["Content-Disposition"] == 'attachment; filename="sovereign-event-7.proof"'
     keys = auditor.get("/audit/public-key").get_data(as_text=True).split()
     verified = verify_proof(proof.get_data(as_text=True), [parse_verifier_key(k) for k in keys])
-    assert verified.index == 5
+    assert verified.index == 7
     assert json.loads(verified.entry)["action"] == "request:approve"
     checkpoint = auditor.get("/audit/checkpoint")
-    assert checkpoint.get_data(as_text=True).startswith("sovereign.local/audit\n9\n")
+    assert checkpoint.get_data(as_text=True).startswith("sovereign.local/audit\n13\n")
 
 
 def test_a_proof_above_ones_clearance_is_not_found(users: Users, filed: dict[str, str]):
@@ -181,10 +182,10 @@ def test_exports_download_with_seq_and_leaf_hash(users: Users, filed: dict[str, 
         'attachment; filename="sovereign-audit-'
     )
     lines = export.get_data(as_text=True).splitlines()
-    assert len(lines) == 9
+    assert len(lines) == 13
     if fmt == "jsonl":
         records = [json.loads(line) for line in lines]
-        assert [r["seq"] for r in records] == list(range(9))
+        assert [r["seq"] for r in records] == list(range(13))
         assert all(len(r["leaf_hash"]) == 64 for r in records)
     elif fmt == "cef":
         assert all(

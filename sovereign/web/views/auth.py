@@ -4,6 +4,10 @@ Owns ``/auth/login`` (start, optionally as a step-up), ``/auth/callback`` (state
 exchange, token verification, new session id) and ``/auth/logout`` (ends the IdP session over
 the back channel, forgets the local one, then sends the browser through the IdP's end-session
 endpoint). The protocol work and the token checks are in :mod:`sovereign.web.oidc`.
+
+Every sign-in, refused sign-in and sign-out is written to the audit log
+(:mod:`sovereign.services.sessions`): a sign-in that cannot be recorded does not happen, a
+sign-out that cannot be recorded still ends the session (and is logged as a lost event).
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import Response, current_app, redirect, request
+from flask import Response, current_app, g, redirect, request
 from flask.typing import ResponseReturnValue
 
 from sovereign.errors import AuthenticationError, DependencyUnavailableError
+from sovereign.services.sessions import SignInFailure
 from sovereign.web.banner import stylesheet
 from sovereign.web.console import (
     bp,
@@ -24,9 +29,11 @@ from sovereign.web.console import (
     external,
     flash,
     page,
-    rotate_session,
     safe_next,
+    services,
+    session_context,
     session_for_login,
+    start_session,
 )
 
 log = logging.getLogger(__name__)
@@ -56,26 +63,24 @@ def callback() -> ResponseReturnValue:
     pending = session.take_login(state) if session is not None else None
     if pending is None:
         # Not started here, already used, or the session ended meanwhile (login CSRF defence).
-        return _failed("This sign-in was not started from this browser, or was already used.")
+        return _failed(
+            SignInFailure.UNKNOWN_STATE,
+            "This sign-in was not started from this browser, or was already used.",
+        )
     if time.time() - pending.started_at > console().login_timeout_s:
-        return _failed("The sign-in took too long. Start again.")
+        return _failed(SignInFailure.TIMED_OUT, "The sign-in took too long. Start again.")
     if "error" in request.args:
         reason = request.args.get("error_description") or request.args["error"]
-        return _failed(f"The identity provider did not sign you in: {reason}")
-    signed = console().login.finish(
-        pending, request.args.get("code", ""), external("console.callback")
-    )
-    assert session is not None  # pending came from it
-    previous = session.subject
-    session = rotate_session()
-    if previous is not None and previous != signed.principal.subject:
-        session.resume = None
-    session.subject = signed.principal.subject
-    session.username = signed.principal.username
-    session.access_token = signed.access_token
-    session.refresh_token = signed.refresh_token
-    session.id_token = signed.id_token
-    session.auth_time = signed.auth_time
+        return _failed(
+            SignInFailure.IDP_ERROR,
+            f"The identity provider did not sign you in: {reason}",
+            reason=f"the identity provider refused: {reason}",
+        )
+    with services().sessions.attempt(_source(), request_id=g.get("request_id", "")):
+        signed = console().login.finish(
+            pending, request.args.get("code", ""), external("console.callback")
+        )
+    start_session(signed, step_up=pending.step_up)
     if pending.step_up:
         flash("You signed in again. Confirm your decision below.")
     else:
@@ -83,7 +88,15 @@ def callback() -> ResponseReturnValue:
     return redirect(pending.next_url)
 
 
-def _failed(detail: str) -> Response:
+def _source() -> str:
+    return request.remote_addr or ""
+
+
+def _failed(failure: SignInFailure, detail: str, *, reason: str | None = None) -> Response:
+    """Record the refused sign-in (``reason``, else ``detail``), then say so."""
+    services().sessions.sign_in_failed(
+        _source(), reason or detail, failure=failure, request_id=g.get("request_id", "")
+    )
     return page("console/error.html", status=400, title="Sign-in failed", detail=detail)
 
 
@@ -111,6 +124,9 @@ def logout() -> ResponseReturnValue:
         except (DependencyUnavailableError, AuthenticationError) as e:
             # The back channel already ended the IdP session (or could not): stay here.
             log.info("console: no RP-initiated logout: %s", e.message)
+    if session is not None and session.signed_in:
+        # Ends the session whether or not the log can record it (the service logs a loss).
+        services().sessions.signed_out(session_context(session), session.ref)
     end_session()
     return redirect(target)
 
