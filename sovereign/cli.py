@@ -386,6 +386,7 @@ def dev(ctx: click.Context, port: int | None, vault_port: int, idp_port: int) ->
         url = f"http://127.0.0.1:{port}"
         click.echo("")
         click.secho(f"Sovereign control plane (embedded default) at {url}", bold=True)
+        click.echo(f"  console     {url}/   (sign in as a demo user below)")
         click.echo(f"  API         {url}/api/v1   (OpenAPI: {url}/api/openapi.json)")
         click.echo(f"  readiness   {url}/readyz")
         click.echo(f"  identity    {running.idp_url}/realms/sovereign  (development stand-in)")
