@@ -39,48 +39,16 @@ import benchkit  # first: it stops bench/audit.py shadowing the audit package
 import placement as placement_bench  # bench/placement.py: the simulated fleet
 
 from sovereign import config as settings
-from sovereign.adapters.memory_secrets import MemorySecretStore
 from sovereign.adapters.migrations import upgrade
-from sovereign.bootstrap import Services, build_hypervisor, build_services
-from sovereign.domain.identity import Principal, Role
-from sovereign.domain.tenants import Resources
-from sovereign.services.recording import CallContext
-from sovereign.services.requests import RequestDraft
+from sovereign.bootstrap import Services, build_hypervisor
 
 GOALS: dict[str, float] = {"placements_per_s": 1000.0, "overhead_ms": 50.0}
 log = benchkit.progress("bench/enclaves")
 ROOT = Path(__file__).resolve().parent.parent
+# The control plane over a fleet and the real-guest harness (libvirtd, the busybox guest) are
+# the test suite's own (tests/support): the benchmark measures what the tests exercise.
+sys.path.insert(0, str(ROOT))
 SECRET_ALL = {"level": "SECRET", "compartments": ["CRYPTO", "EU", "NATO"]}
-
-
-def _ctx(username: str, *roles: Role, tenants: tuple[str, ...] = ()) -> CallContext:
-    from sovereign.domain.labels import LabelScheme  # noqa: PLC0415
-
-    return CallContext(
-        principal=Principal(
-            subject=f"bench-{username}",
-            username=username,
-            roles=frozenset(roles),
-            clearance=LabelScheme().label("SECRET", SECRET_ALL["compartments"]),
-            tenants=frozenset(tenants),
-        ),
-        source="bench",
-    )
-
-
-ANALYST = _ctx("analyst", Role.ANALYST, tenants=("defence",))
-OFFICERS = (_ctx("officer-a", Role.OFFICER), _ctx("officer-b", Role.OFFICER))
-SYSTEM = CallContext(
-    principal=Principal(subject="system:bench", username="bench"), actor="system:cli"
-)
-
-
-class _NoIdentity:
-    def authenticate(self, token: str) -> Principal:
-        raise AssertionError(token)
-
-    def ping(self) -> None:
-        return None
 
 
 class TimedHypervisor:
@@ -103,62 +71,6 @@ class TimedHypervisor:
                 self.seconds += time.perf_counter() - started
 
         return timed
-
-
-def control_plane(folder: Path, hypervisor: Any | None = None, **config: Any) -> Services:
-    """Services over a migrated SQLite file with the demo catalog."""
-    url = f"sqlite:///{folder / 'bench.db'}"
-    upgrade(url)
-    app = settings.new_app()
-    settings.load(
-        app,
-        {
-            "ENV": "testing",
-            "DATABASE_URL": url,
-            "ENCLAVE_POOL_PATH": str(folder / "pool"),
-            "ENCLAVE_CONSOLE_DIR": str(folder / "console"),
-            "AUDIT_SIGNING_KEY": str(folder / "audit.key"),
-            "AUDIT_WITNESS_PATH": str(folder / "witness.jsonl"),
-            **config,
-        },
-        check=False,
-    )
-    services = build_services(
-        app.config,
-        identity=_NoIdentity(),
-        secrets=MemorySecretStore(),
-        hypervisor=hypervisor if hypervisor is not None else build_hypervisor(app.config),
-        probes=[],
-    )
-    from importlib import resources  # noqa: PLC0415
-
-    demo = json.loads((resources.files("sovereign") / "data" / "demo.json").read_text())
-    services.catalog.bootstrap(SYSTEM, demo)
-    return services
-
-
-def approve(services: Services, gpus: int) -> uuid.UUID:
-    """File a SECRET request and have both officers approve it."""
-    draft = RequestDraft(
-        tenant="defence",
-        label={"level": "SECRET", "compartments": ["NATO"]},
-        resources=Resources(vcpus=2, memory_mib=512, gpus=gpus, disk_gib=1),
-        gpu_model="H100-SXM5-80GB" if gpus else None,
-        image="debian-12-cuda",
-        purpose="bench",
-        lease_hours=1,
-    )
-    request = services.requests.create(ANALYST, draft)
-    for officer in OFFICERS:
-        services.requests.approve(officer, request.id, "bench")
-    return request.id
-
-
-def state(services: Services, request_id: uuid.UUID) -> str:
-    with services.uow(readonly=True) as uow:
-        found = uow.requests.get(request_id)
-    assert found is not None
-    return found.state.value
 
 
 # -- 1 ----------------------------------------------------------------------------------------
@@ -191,52 +103,49 @@ def measure_placement(decisions: int) -> dict[str, float]:
 
 def measure_overhead(enclaves: int) -> dict[str, float]:
     from enclaves.hosts import bundled_host_uri  # noqa: PLC0415
+    from tests.support.factories import ANALYST_DEFENCE, ctx  # noqa: PLC0415
+    from tests.support.fleet import make_fleet  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        config = {
+            "ENCLAVE_POOL_PATH": str(folder / "pool"),
+            "ENCLAVE_CONSOLE_DIR": str(folder / "console"),
+        }
         app = settings.new_app()
-        settings.load(
-            app,
-            {
-                "ENV": "testing",
-                "ENCLAVE_POOL_PATH": str(folder / "pool"),
-                "ENCLAVE_CONSOLE_DIR": str(folder / "console"),
-            },
-            check=False,
-        )
+        settings.load(app, {"ENV": "testing", **config}, check=False)
         timed = TimedHypervisor(build_hypervisor(app.config))
-        services = control_plane(folder, timed)
+        url = f"sqlite:///{folder / 'bench.db'}"
+        upgrade(url)
+        # The bundled SECRET host, registered and its GPUs sanitized; keys in memory.
+        fleet = make_fleet(
+            url,
+            folder=folder,
+            hypervisor=timed,
+            hosts={"secret-h100x8": (bundled_host_uri("secret-h100x8"), SECRET_ALL, None)},
+            **config,
+        )
         try:
-            services.hosts.add(
-                SYSTEM,
-                name="secret-h100x8",
-                uri=bundled_host_uri("secret-h100x8"),
-                site="bench",
-                accreditation=services.scheme.parse(SECRET_ALL),
-            )
-            reconciler = services.reconciler(worker="bench")
-            while reconciler.run_once().busy:  # sanitize the new host's GPUs
-                pass
+            reconciler = fleet.reconciler("bench")
             totals, inside = [], []
             for i in range(enclaves):
-                rid = approve(services, gpus=1)
+                rid = fleet.request(gpus=1, vcpus=2, memory_mib=512, disk_gib=1, lease_hours=1)
                 timed.seconds = 0.0
                 started = time.perf_counter()
                 reconciler.run_once()
                 elapsed = time.perf_counter() - started
-                if state(services, rid) != "running":
-                    raise RuntimeError(f"enclave {rid} is {state(services, rid)}, not running")
+                if fleet.state(rid) != "running":
+                    raise RuntimeError(f"enclave {rid} is {fleet.state(rid)}, not running")
                 totals.append(elapsed)
                 inside.append(timed.seconds)
                 # Tear it down again (not timed) so the host never fills up.
-                services.enclaves.terminate(ANALYST, rid, "bench")
-                while reconciler.run_once().busy:
-                    pass
+                fleet.services.enclaves.terminate(ctx(ANALYST_DEFENCE), rid, "bench")
+                fleet.settle("bench")
                 if (i + 1) % 10 == 0:
                     log(f"overhead: {i + 1}/{enclaves} enclaves")
-            xml = raw_domain_xml(services, timed.inner, rid)
+            xml = raw_domain_xml(fleet.services, timed.inner, rid)
         finally:
-            services.close()
+            fleet.services.close()
         raw = raw_define_start(xml, enclaves)
     overhead = [(t - h) * 1000 for t, h in zip(totals, inside, strict=True)]
     figures = {
@@ -294,8 +203,6 @@ def raw_define_start(xml: str, repeat: int) -> float:
 
 
 def measure_boot() -> dict[str, float]:
-    # The real-guest harness (libvirtd, the busybox guest) is the test suite's.
-    sys.path.insert(0, str(ROOT))
     from tests.support.real_guests import boot_through_control_plane  # noqa: PLC0415
 
     times = boot_through_control_plane(log)

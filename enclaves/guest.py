@@ -33,6 +33,7 @@ from uuid import UUID
 from enclaves.config import SOVEREIGN_NS, from_string
 from enclaves.errors import DomainNotFoundError, EnclaveError, UnsupportedError
 from enclaves.host import LibvirtHost, _import_libvirt, _translate
+from enclaves.spec import PciAddress
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,15 @@ def _sovereign_metadata(xml: str) -> tuple[uuid.UUID | None, str | None]:
     except ValueError:
         return None, None
     return enclave_id, None if label is None else label.strip()
+
+
+def _hostdev_addresses(xml: str) -> set[str]:
+    """PCI addresses (``DDDD:BB:SS.F``) of the ``<hostdev>`` sources in a domain's XML."""
+    found = set()
+    for address in from_string(xml).findall("./devices/hostdev/source/address"):
+        parts = [int(address.get(name, "0"), 16) for name in ("domain", "bus", "slot", "function")]
+        found.add(str(PciAddress(*parts)))
+    return found
 
 
 class Guests:
@@ -357,6 +367,25 @@ class Guests:
             domains = conn.listAllDomains(0)
         statuses = [status for status in map(self._describe, domains) if status is not None]
         return sorted(statuses, key=lambda status: (status.name, str(status.uuid)))
+
+    def passthrough(self) -> dict[str, tuple[uuid.UUID, str]]:
+        """Return every PCI address passed through (``<hostdev>``) by any domain on the host,
+        mapped to that domain's UUID and name.
+
+        libvirt's test driver lets two domains name the same device; callers use this to
+        refuse a GPU another domain already holds.
+
+        :raises HypervisorUnavailableError: if the host cannot be reached.
+        :raises EnclaveError: if libvirt fails to list or describe the domains.
+        """
+        conn = self._host.connect()
+        held: dict[str, tuple[uuid.UUID, str]] = {}
+        with _translate(f"listing passed-through devices on {self._host.uri}"):
+            for domain in conn.listAllDomains(0):
+                owner = (UUID(bytes=domain.UUID()), str(domain.name()))
+                for address in _hostdev_addresses(domain.XMLDesc(0)):
+                    held[address] = owner
+        return held
 
     def watch(self, callback: Callable[[uuid.UUID, str], None]) -> Callable[[], None]:
         """Call ``callback(domain_uuid, event)`` for each lifecycle event; return an unsubscribe.

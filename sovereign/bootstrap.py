@@ -78,6 +78,7 @@ class Services:
             self.hypervisor,
             self.keys,
             self.scheme,
+            self.hosts,
             sanitizer=sanitizer,
             **settings,
         )

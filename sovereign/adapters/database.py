@@ -91,11 +91,6 @@ def translate_errors() -> Iterator[None]:
         raise
 
 
-def _utc(value: datetime) -> datetime:
-    # SQLite returns naive datetimes; everything stored is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def _decode_compartments(text: str) -> list[str]:
     return [c for c in text.split(",") if c]
 
@@ -212,7 +207,7 @@ class SqlImageRepository:
 
 def encode_cursor(created_at: datetime, ident: uuid.UUID) -> str:
     """An opaque keyset cursor for the row after which the next page starts."""
-    raw = json.dumps([_utc(created_at).isoformat(), str(ident)]).encode()
+    raw = json.dumps([created_at.isoformat(), str(ident)]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -250,8 +245,8 @@ class SqlRequestRepository:
             lease_hours=r.lease_hours,
             state=RequestState(r.state),
             reason=r.reason,
-            created_at=_utc(r.created_at),
-            updated_at=_utc(r.updated_at),
+            created_at=r.created_at,
+            updated_at=r.updated_at,
             approvals=decisions,
             version=r.version,
         )
@@ -272,7 +267,7 @@ class SqlRequestRepository:
                     officer_name=a.officer_name,
                     decision=Decision(a.decision),
                     reason=a.reason,
-                    decided_at=_utc(a.decided_at),
+                    decided_at=a.decided_at,
                 )
             )
         return found
@@ -423,8 +418,8 @@ class SqlKeyRepository:
             key=ref,
             luks=WrappedSecret(ref, r.luks_wrapped),
             vtpm=WrappedSecret(ref, r.vtpm_wrapped),
-            created_at=_utc(r.created_at),
-            destroyed_at=_utc(r.destroyed_at) if r.destroyed_at else None,
+            created_at=r.created_at,
+            destroyed_at=r.destroyed_at,
         )
 
     def update(self, keys: EnclaveKeys) -> None:

@@ -14,7 +14,7 @@ import builtins
 import json
 import uuid
 from collections.abc import Collection
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -32,19 +32,6 @@ class LabelLoader(Protocol):
     """Rebuilds a label from its stored level and encoded compartments."""
 
     def load(self, level: str, compartments: str) -> Label: ...
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    # SQLite returns naive datetimes; everything stored is UTC.
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _at(value: datetime) -> datetime:
-    result = _utc(value)
-    assert result is not None
-    return result
 
 
 def _label_columns(prefix: str, label: Label | None) -> dict[str, Any]:
@@ -77,8 +64,8 @@ class SqlHostRepository:
             domain_type=r.domain_type,
             vcpus=r.vcpus,
             memory_mib=r.memory_mib,
-            created_at=_at(r.created_at),
-            updated_at=_at(r.updated_at),
+            created_at=r.created_at,
+            updated_at=r.updated_at,
             state=r.state,
             reason=r.reason,
             version=r.version,
@@ -163,7 +150,7 @@ class SqlGpuRepository:
             enclave_id=r.enclave_id,
             last_label=last,
             last_tenant=r.last_tenant,
-            updated_at=_utc(r.updated_at),
+            updated_at=r.updated_at,
         )
 
     @staticmethod
@@ -232,17 +219,17 @@ class SqlEnclaveRepository:
             vcpus=r.vcpus,
             memory_mib=r.memory_mib,
             disk_gib=r.disk_gib,
-            lease_expires_at=_at(r.lease_expires_at),
-            created_at=_at(r.created_at),
-            updated_at=_at(r.updated_at),
+            lease_expires_at=r.lease_expires_at,
+            created_at=r.created_at,
+            updated_at=r.updated_at,
             step=r.step,
             attempts=r.attempts,
             error=r.error,
             claimed_by=r.claimed_by,
-            claim_until=_utc(r.claim_until),
-            retry_at=_utc(r.retry_at),
+            claim_until=r.claim_until,
+            retry_at=r.retry_at,
             version=r.version,
-            ended_at=_utc(r.ended_at),
+            ended_at=r.ended_at,
         )
 
     @staticmethod
@@ -347,12 +334,12 @@ class SqlActionRepository:
             reason=r.reason,
             proposer=r.proposer,
             proposer_name=r.proposer_name,
-            created_at=_at(r.created_at),
-            expires_at=_at(r.expires_at),
+            created_at=r.created_at,
+            expires_at=r.expires_at,
             state=ActionState(r.state),
             confirmer=r.confirmer,
             confirmer_name=r.confirmer_name,
-            decided_at=_utc(r.decided_at),
+            decided_at=r.decided_at,
             version=r.version,
         )
 

@@ -19,7 +19,6 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from xml.etree import ElementTree
 
 from enclaves import designer
 from enclaves.errors import EnclaveError, HypervisorUnavailableError
@@ -110,17 +109,6 @@ class _Host:
         if self._simulated is None:
             self._simulated = self.conn.info().hypervisor_type.upper() == "TEST"
         return self._simulated
-
-
-def _hostdev_addresses(xml: str) -> set[str]:
-    """PCI addresses of the ``<hostdev>`` functions of a domain's XML."""
-    # XML from the libvirt daemon the control plane manages.
-    root = ElementTree.fromstring(xml)  # noqa: S314
-    found = set()
-    for address in root.findall("./devices/hostdev/source/address"):
-        parts = [int(address.get(name, "0"), 16) for name in ("domain", "bus", "slot", "function")]
-        found.add(str(PciAddress(*parts)))
-    return found
 
 
 class LibvirtHypervisor:
@@ -265,15 +253,11 @@ class LibvirtHypervisor:
         if missing:
             raise ValueError(f"host has no GPU {', '.join(missing)}")
         wanted = {member for gpu in plan.gpus for member in gpu.group_members}
-        conn = host.conn.connect()
-        for domain in conn.listAllDomains(0):
-            if uuid.UUID(bytes=domain.UUID()) == plan.enclave_id:
-                continue
-            taken = wanted & _hostdev_addresses(domain.XMLDesc(0))
-            if taken:
-                raise ValueError(
-                    f"GPU {', '.join(sorted(taken))} is already passed to domain {domain.name()}"
-                )
+        held = host.guests.passthrough()
+        taken = sorted(a for a in wanted if a in held and held[a][0] != plan.enclave_id)
+        if taken:
+            owners = ", ".join(sorted({held[a][1] for a in taken}))
+            raise ValueError(f"GPU {', '.join(taken)} is already passed to domain {owners}")
 
     def _spec(self, host: _Host, plan: EnclavePlan) -> EnclaveSpec:
         settings = self._settings

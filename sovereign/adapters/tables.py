@@ -22,10 +22,10 @@ ALL_METADATA = (metadata, audit_metadata)
 
 
 class UtcDateTime(sa.types.TypeDecorator[datetime]):
-    """A timezone-aware timestamp stored as UTC on every database.
+    """A timezone-aware timestamp stored as UTC on every database, read back aware.
 
     SQLite keeps no offset: without this an aware ``12:00+02:00`` would be stored as ``12:00``
-    and read back as ``12:00+00:00``. Naive datetimes are refused (they are bugs here).
+    and read back naive. Naive datetimes are refused on the way in (they are bugs here).
     """
 
     impl = sa.DateTime(timezone=True)
@@ -38,6 +38,12 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r}: timestamps must be timezone-aware")
         return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        """Attach UTC to what SQLite returns naive (PostgreSQL returns it aware already)."""
+        if value is None or value.tzinfo is not None:
+            return value
+        return value.replace(tzinfo=UTC)
 
 
 Timestamp = UtcDateTime()

@@ -13,11 +13,19 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sovereign.domain.labels import Label
-from sovereign.domain.placement import GpuState, GpuStatus, HostState, HostStatus
+from sovereign.domain.placement import (
+    GpuState,
+    GpuStatus,
+    HostState,
+    HostStatus,
+    PlacementRequest,
+)
+from sovereign.domain.requests import EnclaveRequest
+from sovereign.domain.tenants import Tenant, TenantKind
 from sovereign.errors import InvalidTransitionError
 
 HOST_STATES: tuple[HostStatus, ...] = ("active", "draining", "quarantined")
@@ -188,11 +196,18 @@ def _host_state(host: Host, gpus: Iterable[Gpu], enclaves: Sequence[Enclave]) ->
     )
 
 
+def placement_request(request: EnclaveRequest, tenant: Tenant) -> PlacementRequest:
+    """What placement needs to know of an approved request of ``tenant``."""
+    return PlacementRequest(
+        label=request.label,
+        classified=tenant.kind is TenantKind.CLASSIFIED,
+        gpus=request.resources.gpus,
+        gpu_model=request.gpu_model,
+        vcpus=request.resources.vcpus,
+        memory_mib=request.resources.memory_mib,
+    )
+
+
 def domain_name(enclave_id: uuid.UUID) -> str:
     """The libvirt domain name of an enclave (stable, unique, no label in it)."""
     return f"sov-{enclave_id.hex[:16]}"
-
-
-def with_state(host: Host, state: HostStatus, reason: str, now: datetime) -> Host:
-    """A copy of ``host`` in ``state``."""
-    return replace(host, state=state, reason=reason, updated_at=now)

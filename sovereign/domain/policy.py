@@ -32,6 +32,12 @@ class Visibility:
     compartments: frozenset[str]
     tenants: frozenset[str] | None
 
+    @classmethod
+    def everything(cls, scheme: LabelScheme) -> Visibility:
+        """Every level, compartment and tenant: for the system's own work (the reconciler, the
+        kill switch's scope), never for a user's listing."""
+        return cls(tuple(scheme.levels), scheme.compartments, None)
+
 
 @dataclass(frozen=True)
 class AccessPolicy:

@@ -19,13 +19,12 @@ from typing import Any
 
 from audit import Outcome
 from sovereign.domain.actions import ActionKind, DualAction, check_officer
-from sovereign.domain.fleet import Enclave, FleetView, Gpu
+from sovereign.domain.fleet import Enclave, FleetView, Gpu, placement_request
 from sovereign.domain.identity import Role
 from sovereign.domain.labels import Label
-from sovereign.domain.placement import Placement, PlacementRequest, place
+from sovereign.domain.placement import Placement, place
 from sovereign.domain.policy import AccessPolicy, Visibility
 from sovereign.domain.requests import EnclaveRequest, RequestState
-from sovereign.domain.tenants import TenantKind
 from sovereign.errors import (
     AuditUnavailableError,
     InvalidInputError,
@@ -48,10 +47,9 @@ from sovereign.services.requests import request_target
 
 log = logging.getLogger(__name__)
 S = RequestState
-#: States a termination applies to (an enclave exists, or is about to).
-ENDABLE = frozenset({S.PROVISIONING, S.RUNNING, S.FAILED, S.EXPIRED})
-#: States the kill switch sweeps up.
-KILLABLE = ENDABLE | {S.APPROVED}
+#: States a termination (and the kill switch) applies to: an enclave exists or is about to
+#: (an approved request not yet placed is cancelled instead).
+TERMINABLE = frozenset({S.APPROVED, S.PROVISIONING, S.RUNNING, S.FAILED, S.EXPIRED})
 #: Bytes of serial console shown by default.
 CONSOLE_TAIL_BYTES = 8192
 
@@ -171,15 +169,7 @@ class EnclaveService:
             tenant = uow.tenants.get(request.tenant)
             assert tenant is not None
             fleet = FleetView(uow.hosts.list(), uow.gpus.list(), uow.enclaves.list())
-        wanted = PlacementRequest(
-            label=request.label,
-            classified=tenant.kind is TenantKind.CLASSIFIED,
-            gpus=request.resources.gpus,
-            gpu_model=request.gpu_model,
-            vcpus=request.resources.vcpus,
-            memory_mib=request.resources.memory_mib,
-        )
-        return place(wanted, fleet.snapshot())
+        return place(placement_request(request, tenant), fleet.snapshot())
 
     # -- ending ------------------------------------------------------------------------------
 
@@ -298,8 +288,7 @@ class EnclaveService:
     def _scope(
         self, uow: UnitOfWork, label: Label | None, tenant: str | None
     ) -> builtins.list[EnclaveRequest]:
-        scheme = self._policy.scheme
-        visibility = Visibility(tuple(scheme.levels), scheme.compartments, None)
+        visibility = Visibility.everything(self._policy.scheme)
         found: builtins.list[EnclaveRequest] = []
         cursor: str | None = None
         while True:
@@ -307,7 +296,9 @@ class EnclaveService:
                 visibility, RequestFilter(tenant=tenant, limit=200, cursor=cursor)
             )
             found += [
-                r for r in page.items if r.state in KILLABLE and (label is None or r.label == label)
+                r
+                for r in page.items
+                if r.state in TERMINABLE and (label is None or r.label == label)
             ]
             if page.next_cursor is None:
                 return found

@@ -14,6 +14,7 @@ from __future__ import annotations
 import builtins
 import uuid
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from audit import Outcome
@@ -33,6 +34,7 @@ from sovereign.errors import (
 )
 from sovereign.services.actions import ActionService
 from sovereign.services.ports import (
+    DiscoveredGpu,
     HostFacts,
     Hypervisor,
     UnitOfWork,
@@ -42,6 +44,12 @@ from sovereign.services.recording import CallContext, Clock, Recorder, utcnow
 
 #: Roles that may read hosts and GPUs.
 HOST_READERS = frozenset({Role.OFFICER, Role.OPERATOR, Role.AUDITOR})
+#: The audit action of each host state change.
+STATE_ACTIONS: dict[HostStatus, str] = {
+    "active": "host:activate",
+    "draining": "host:drain",
+    "quarantined": "host:quarantine",
+}
 #: Roles that may add hosts and take them out of service (draining, quarantine).
 HOST_OPERATORS = frozenset({Role.OFFICER, Role.OPERATOR})
 
@@ -196,7 +204,7 @@ class HostService:
         return host
 
     @staticmethod
-    def _new_gpu(host: str, found: Any, now: Any) -> Gpu:
+    def _new_gpu(host: str, found: DiscoveredGpu, now: datetime) -> Gpu:
         return Gpu(
             host=host,
             address=found.address,
@@ -290,7 +298,7 @@ class HostService:
                     uow,
                     self._recorder.event(
                         ctx,
-                        f"host:{'activate' if state == 'active' else state.removesuffix('ing')}",
+                        STATE_ACTIONS[state],
                         target,
                         Outcome.ALLOW,
                         reason=reason,

@@ -43,14 +43,14 @@ from sovereign.domain.fleet import (
     FleetView,
     Gpu,
     domain_name,
+    placement_request,
 )
 from sovereign.domain.identity import Principal
 from sovereign.domain.keys import EnclaveSecrets
 from sovereign.domain.labels import Label, LabelScheme
-from sovereign.domain.placement import GpuStatus, PlacementRequest, place
+from sovereign.domain.placement import GpuStatus, place
 from sovereign.domain.policy import Visibility
 from sovereign.domain.requests import EnclaveRequest, RequestState
-from sovereign.domain.tenants import TenantKind
 from sovereign.errors import (
     ConcurrentUpdateError,
     ConflictError,
@@ -59,6 +59,7 @@ from sovereign.errors import (
     NotFoundError,
     SovereignError,
 )
+from sovereign.services.hosts import HostService
 from sovereign.services.keys import KeyService
 from sovereign.services.ports import (
     DiscoveredGpu,
@@ -139,6 +140,7 @@ class Reconciler:
         hypervisor: Hypervisor,
         keys: KeyService,
         scheme: LabelScheme,
+        hosts: HostService,
         *,
         sanitizer: Sanitizer | None = None,
         clock: Clock = utcnow,
@@ -152,6 +154,7 @@ class Reconciler:
         self._hypervisor = hypervisor
         self._keys = keys
         self._scheme = scheme
+        self._hosts = hosts
         self._sanitizer = sanitizer or RecordedSanitizer()
         self._clock = clock
         self.worker = worker or worker_name()
@@ -229,13 +232,6 @@ class Reconciler:
             ),
         )
 
-    def _all_visible(self) -> Visibility:
-        return Visibility(
-            levels=tuple(self._scheme.levels),
-            compartments=self._scheme.compartments,
-            tenants=None,
-        )
-
     # -- 1. leases ---------------------------------------------------------------------------
 
     def _expire_leases(self, report: PassReport) -> None:
@@ -269,7 +265,8 @@ class Reconciler:
     def _place_approved(self, report: PassReport) -> None:
         with self._uow(readonly=True) as uow:
             page = uow.requests.list(
-                self._all_visible(), RequestFilter(state=S.APPROVED, limit=self._batch)
+                Visibility.everything(self._scheme),
+                RequestFilter(state=S.APPROVED, limit=self._batch),
             )
         for request in sorted(page.items, key=lambda r: r.created_at):
             try:
@@ -287,16 +284,8 @@ class Reconciler:
             uow.hosts.lock_all()
             tenant = uow.tenants.get(request.tenant)
             assert tenant is not None, "foreign key guarantees the tenant"
-            classified = tenant.kind is TenantKind.CLASSIFIED
             fleet = FleetView(uow.hosts.list(), uow.gpus.list(), uow.enclaves.list())
-            wanted = PlacementRequest(
-                label=request.label,
-                classified=classified,
-                gpus=request.resources.gpus,
-                gpu_model=request.gpu_model,
-                vcpus=request.resources.vcpus,
-                memory_mib=request.resources.memory_mib,
-            )
+            wanted = placement_request(request, tenant)
             placement = place(wanted, fleet.snapshot())
             target = enclave_target(request.id)
             if placement.host is None:
@@ -322,7 +311,7 @@ class Reconciler:
                 gpus=placement.gpus,
                 domain_name=domain_name(request.id),
                 label=request.label,
-                classified=classified,
+                classified=wanted.classified,
                 tenant=request.tenant,
                 vcpus=request.resources.vcpus,
                 memory_mib=request.resources.memory_mib,
@@ -634,9 +623,12 @@ class Reconciler:
     # -- 5. drift ----------------------------------------------------------------------------
 
     def _check_drift(self, report: PassReport) -> None:
+        # Open enclaves are read before the domains are listed (see _check_running); ended
+        # ones are looked up only for a domain that names one, so a pass does not grow with
+        # the history of the fleet.
         with self._uow(readonly=True) as uow:
             hosts = uow.hosts.list()
-            everyone = {e.id: e for e in uow.enclaves.list(open_only=False)}
+            open_enclaves = {e.id: e for e in uow.enclaves.list()}
         for host in hosts:
             try:
                 domains = self._hypervisor.domains(host.uri)
@@ -645,39 +637,32 @@ class Reconciler:
                 continue
             running = {d.enclave_id for d in domains if d.running and d.enclave_id}
             for domain in domains:
-                enclave = everyone.get(domain.enclave_id) if domain.enclave_id else None
+                enclave = self._recorded(domain.enclave_id, open_enclaves)
                 if enclave is None or enclave.host != host.name:
                     self._unknown_domain(host.name, host.state, domain.name, report)
                 elif enclave.ended_at is not None:
                     self._orphan(enclave, report)
-            for enclave in everyone.values():
-                if enclave.host == host.name and enclave.ended_at is None:
+            for enclave in open_enclaves.values():
+                if enclave.host == host.name:
                     self._check_running(enclave, enclave.id in running, report)
+
+    def _recorded(
+        self, enclave_id: uuid.UUID | None, open_enclaves: dict[uuid.UUID, Enclave]
+    ) -> Enclave | None:
+        """The enclave a domain says it belongs to, open or ended; None if there is none."""
+        if enclave_id is None:
+            return None
+        if enclave_id in open_enclaves:
+            return open_enclaves[enclave_id]
+        with self._uow(readonly=True) as uow:
+            return uow.enclaves.get(enclave_id)
 
     def _unknown_domain(self, host: str, state: str, name: str, report: PassReport) -> None:
         message = f"domain {name} on host {host} has no enclave record; not adopted"
         report.drift.append(message)
         if state == "quarantined":
             return
-        with self._uow() as uow:
-            current = uow.hosts.get(host, for_update=True)
-            assert current is not None
-            before = current.state
-            current.state, current.reason, current.updated_at = (
-                "quarantined",
-                message,
-                self._clock(),
-            )
-            uow.hosts.update(current)
-            self._event(
-                uow,
-                "host:quarantine",
-                f"host/{host}",
-                label=current.accreditation,
-                reason=message,
-                details={"from": before, "to": "quarantined", "domain": name},
-            )
-            uow.commit()
+        self._hosts.set_state(self.ctx, host, "quarantined", message)
         log.error("%s: host quarantined", message)
 
     def _orphan(self, enclave: Enclave, report: PassReport) -> None:

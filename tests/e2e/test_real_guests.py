@@ -148,8 +148,9 @@ def test_a_worker_killed_mid_provisioning_and_mid_teardown_is_resumed(
         "SOVEREIGN_VAULT_ADDR": bao.addr,
         "SOVEREIGN_VAULT_TOKEN": bao.token,
         "SOVEREIGN_AUDIT_SIGNER": "file",
-        "SOVEREIGN_AUDIT_SIGNING_KEY": str(tmp_path / "audit.key"),
-        "SOVEREIGN_AUDIT_WITNESS_PATH": str(tmp_path / "witness.jsonl"),
+        # The same log files as the fleet's own services (tests/support/fleet.py).
+        "SOVEREIGN_AUDIT_SIGNING_KEY": str(folder / "audit.key"),
+        "SOVEREIGN_AUDIT_WITNESS_PATH": str(folder / "witness.jsonl"),
         "SOVEREIGN_RECONCILER_CLAIM_TTL_S": "1",
         **{f"SOVEREIGN_{k}": str(v) for k, v in config.items()},
     }

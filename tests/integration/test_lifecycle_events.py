@@ -27,7 +27,7 @@ def test_watch_hosts_subscribes_every_host_once_and_new_ones_later(tmp_path: Pat
     from sovereign.adapters.migrations import upgrade
 
     upgrade(url)
-    fleet = make_fleet(url)
+    fleet = make_fleet(url, folder=tmp_path)
     try:
         woken: list[int] = []
         reconciler = fleet.reconciler()
@@ -70,6 +70,7 @@ def libvirt_fleet(tmp_path: Path) -> Iterator[Fleet]:
     settings.load(app, {"ENV": "testing", **config}, check=False)
     fleet = make_fleet(
         url,
+        folder=tmp_path,
         hypervisor=build_hypervisor(app.config),
         hosts={"secret-h100x8": (f"test://{host_file}", SECRET_ALL, None)},
         clock=utcnow,

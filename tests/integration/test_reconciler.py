@@ -34,12 +34,12 @@ from tests.support.fleet import SECRET_NATO, UNCLASSIFIED, Fleet, gpus, make_fle
 
 
 @pytest.fixture
-def new_fleet(database_url: str) -> Iterator[Callable[..., Fleet]]:
+def new_fleet(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
     """``new_fleet(**options)``: a fleet on this test's database, closed afterwards."""
     made: list[Fleet] = []
 
     def make(**options: Any) -> Fleet:
-        made.append(make_fleet(database_url, **options))
+        made.append(make_fleet(database_url, folder=tmp_path, **options))
         return made[-1]
 
     yield make
@@ -431,7 +431,7 @@ def test_accreditation_cannot_drop_below_what_the_host_carries(fleet: Fleet):
         fleet.services.actions.confirm(ctx(OFFICER_2), proposal.id)
 
 
-def test_gpu_last_label_is_hidden_from_readers_not_cleared(fleet: Fleet, tmp_path: Path):
+def test_gpu_last_label_is_hidden_from_readers_not_cleared(fleet: Fleet):
     rid = fleet.request(gpus=1)
     fleet.settle()
     fleet.services.enclaves.terminate(ctx(OFFICER_1), rid, "")

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from audit import AuditEvent, AuditQuery
@@ -159,6 +160,7 @@ class Fleet:
 def make_fleet(
     database_url: str,
     *,
+    folder: Path,
     hypervisor: Any = None,
     hosts: dict[str, tuple[str, dict[str, Any], MemoryHost | None]] | None = None,
     secrets: Any = None,
@@ -168,12 +170,22 @@ def make_fleet(
 ) -> Fleet:
     """Services on ``database_url`` with the demo catalog and hosts registered and sanitized.
 
+    The audit log's signing key and witness file live in ``folder`` (never in the instance
+    folder of a developer's ``make run``).
+
     ``hosts`` maps a name to (uri, accreditation, memory host or None for a real URI).
     """
     app = settings.new_app()
     settings.load(
         app,
-        {"ENV": "testing", "DATABASE_URL": database_url, "RECONCILER_CLAIM_TTL_S": 60, **config},
+        {
+            "ENV": "testing",
+            "DATABASE_URL": database_url,
+            "RECONCILER_CLAIM_TTL_S": 60,
+            "AUDIT_SIGNING_KEY": str(folder / "audit.key"),
+            "AUDIT_WITNESS_PATH": str(folder / "witness.jsonl"),
+            **config,
+        },
         check=False,
     )
     clock = clock if clock is not None else Clock()

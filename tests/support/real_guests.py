@@ -65,6 +65,7 @@ def real_fleet(
     settings.load(app, {"ENV": "testing", **config}, check=False)
     return make_fleet(
         database_url,
+        folder=folder,
         hypervisor=build_hypervisor(app.config),
         hosts={"qemu-1": (URI, SECRET_ALL, None)},
         domain_type="qemu",

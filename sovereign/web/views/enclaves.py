@@ -17,7 +17,7 @@ from flask.typing import ResponseReturnValue
 
 from sovereign.domain.identity import Principal, Role
 from sovereign.domain.requests import EnclaveRequest, RequestState
-from sovereign.services.enclaves import ENDABLE, EnclaveView
+from sovereign.services.enclaves import TERMINABLE, EnclaveView
 from sovereign.services.ports import RequestFilter
 from sovereign.services.recording import CallContext
 from sovereign.web.console import bp, caller, flash, page, retry_form, services
@@ -35,8 +35,6 @@ ENCLAVE_STATES = (
     S.EXPIRED,
     S.TERMINATED,
 )
-#: States the terminate form is offered in (an approved, unplaced request is cancelled).
-TERMINABLE = ENDABLE | {S.APPROVED}
 #: The checkbox a user ticks to confirm ending an enclave.
 CONFIRM_FIELD = "confirm"
 
