@@ -272,10 +272,8 @@ def audit_sequence() -> None:
 def worker(interval: float | None, no_reconcile: bool) -> None:
     """Run the background work: the reconciler (provisioning, teardown, sanitization, drift)
     and the audit sequencer. Several workers may run at once."""
-    import threading  # noqa: PLC0415
-
     from sovereign import create_app  # noqa: PLC0415
-    from sovereign.worker import crash_hook, describe  # noqa: PLC0415
+    from sovereign.worker import PassLoop, crash_hook, describe  # noqa: PLC0415
 
     app = create_app()
     services = app.extensions["sovereign"]
@@ -287,25 +285,19 @@ def worker(interval: float | None, no_reconcile: bool) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     what = "reconciling and sequencing" if reconciler else "sequencing the audit log"
     click.echo(f"worker {reconciler.worker if reconciler else ''}: {what} every {pause} s")
+
+    def sequence() -> None:
+        run = log_.sequence()
+        if run.sequenced:
+            click.echo(f"sequenced {run.sequenced}; size {run.size}")
+
     # Domain lifecycle events (a guest crashed, someone stopped it) wake the loop at once.
-    wake = threading.Event()
-    while True:
-        busy = False
-        try:
-            if reconciler is not None:
-                reconciler.watch_hosts(wake.set)
-                report = reconciler.run_once()
-                busy = report.busy
-                if busy:
-                    click.echo(describe(report))
-            run = log_.sequence()
-            if run.sequenced:
-                click.echo(f"sequenced {run.sequenced}; size {run.size}")
-        except SovereignError as e:
-            click.secho(f"worker: {e.message}", fg="red", err=True)
-        if not busy:
-            wake.wait(pause)
-            wake.clear()
+    PassLoop(
+        reconciler,
+        pause,
+        on_report=lambda report: click.echo(describe(report)),
+        after_pass=sequence,
+    ).run()
 
 
 # -- serve ------------------------------------------------------------------------------------

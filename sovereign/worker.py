@@ -2,7 +2,8 @@
 
 Owns :class:`ReconcilerThread` (the in-process loop of the embedded default) and
 :func:`run_worker` (``sovereign worker``, production: one or more processes beside the API).
-A pass that changed something is followed at once by the next; an idle one waits the interval.
+A pass that changed something is followed at once by the next; an idle one, or one that only
+reported drift, waits the interval (:class:`PassLoop`).
 Crash testing: outside production, ``SOVEREIGN_CRASH_AFTER=provision:define`` makes the worker
 kill itself with SIGKILL right after recording that step, as a power cut would.
 """
@@ -16,9 +17,14 @@ import threading
 from collections.abc import Callable
 
 from sovereign.errors import SovereignError
+from sovereign.services.drift import LogLimiter
 from sovereign.services.reconciler import PassReport, Reconciler
+from sovereign.services.recording import utcnow
 
 log = logging.getLogger(__name__)
+
+#: Passes that did work run back to back at most this many times before one interval's wait.
+MAX_BUSY_STREAK = 50
 
 
 def crash_hook(environment: str) -> Callable[[str], None] | None:
@@ -46,6 +52,7 @@ def describe(report: PassReport) -> str:
             ("terminated", report.terminated),
             ("failed", report.failed),
             ("sanitized", report.sanitized),
+            ("repaired", report.repaired),
         )
         if value
     ]
@@ -53,8 +60,92 @@ def describe(report: PassReport) -> str:
     return "; ".join(parts)
 
 
+class PassLoop:
+    """Reconciler passes, one after another: at once after a pass that did work, otherwise
+    after the interval or a wake-up (a domain event, an approval).
+
+    Shared by the in-process thread and ``sovereign worker``. Reported drift is not work, so a
+    host carrying a domain nobody recorded does not make it spin; and at most
+    :data:`MAX_BUSY_STREAK` passes run back to back before it waits once anyway, so no bug that
+    reports work every pass can either. A pass that fails is logged, a repeated failure at most
+    once a minute.
+    """
+
+    def __init__(
+        self,
+        reconciler: Reconciler | None,
+        interval_s: float,
+        *,
+        on_report: Callable[[PassReport], None] | None = None,
+        after_pass: Callable[[], None] | None = None,
+    ) -> None:
+        self.reconciler = reconciler
+        self._interval = interval_s
+        self._on_report = on_report
+        self._after_pass = after_pass
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._limiter = LogLimiter(utcnow)
+        #: Passes run and waits made so far (for tests and progress).
+        self.passes = 0
+        self.waits = 0
+
+    def wake(self) -> None:
+        """Run the next pass now."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop after the current pass."""
+        self._stop.set()
+        self._wake.set()
+
+    def run(self, max_passes: int | None = None) -> None:
+        """Run passes until :meth:`stop` (or ``max_passes`` passes, for tests)."""
+        streak = 0
+        while not self._stop.is_set() and (max_passes is None or self.passes < max_passes):
+            busy = self.run_pass()
+            streak = streak + 1 if busy else 0
+            if not busy or streak >= MAX_BUSY_STREAK:
+                streak = 0
+                self.waits += 1
+                self._wake.wait(self._interval)
+                self._wake.clear()
+
+    def run_pass(self) -> bool:
+        """One pass (and ``after_pass``); whether it did work."""
+        busy = False
+        try:
+            if self.reconciler is not None:
+                self.reconciler.watch_hosts(self.wake)
+                report = self.reconciler.run_once()
+                busy = report.busy
+                if report.notable and self._on_report is not None:
+                    self._on_report(report)
+            if self._after_pass is not None:
+                self._after_pass()
+        except SovereignError as e:
+            self._warn(e.message, "reconciler pass failed: %s%s", e.message)
+        except Exception as e:
+            # A bug in one pass must not stop reconciliation for good; it is logged loudly.
+            held = self._limiter.allow(f"crash:{type(e).__name__}:{e}")
+            if held is not None:
+                log.exception("reconciler pass crashed%s", _held(held))
+        finally:
+            self.passes += 1
+        return busy
+
+    def _warn(self, key: str, fmt: str, *args: object) -> None:
+        held = self._limiter.allow(key)
+        if held is not None:
+            log.warning(fmt, *args, _held(held))
+
+
+def _held(count: int) -> str:
+    return f" ({count} like lines held back)" if count else ""
+
+
 class ReconcilerThread:
-    """Runs reconciler passes in a daemon thread until stopped (the embedded default)."""
+    """Runs a :class:`PassLoop` in a daemon thread until stopped (the embedded default)."""
 
     def __init__(
         self,
@@ -64,13 +155,13 @@ class ReconcilerThread:
         on_report: Callable[[PassReport], None] | None = None,
     ) -> None:
         self.reconciler = reconciler
-        self._interval = interval_s
-        self._on_report = on_report
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
-        #: Passes run so far (for tests and progress).
-        self.passes = 0
+        self.loop = PassLoop(reconciler, interval_s, on_report=on_report)
+        self._thread = threading.Thread(target=self.loop.run, name="reconciler", daemon=True)
+
+    @property
+    def passes(self) -> int:
+        """Passes run so far."""
+        return self.loop.passes
 
     def start(self) -> None:
         """Start the loop."""
@@ -78,30 +169,10 @@ class ReconcilerThread:
 
     def wake(self) -> None:
         """Run the next pass now (after an approval or a termination)."""
-        self._wake.set()
+        self.loop.wake()
 
     def stop(self) -> None:
         """Stop after the current pass."""
-        self._stop.set()
-        self._wake.set()
+        self.loop.stop()
         self._thread.join(timeout=30)
         self.reconciler.unwatch()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            busy = False
-            try:
-                self.reconciler.watch_hosts(self.wake)
-                report = self.reconciler.run_once()
-                self.passes += 1
-                busy = report.busy
-                if busy and self._on_report is not None:
-                    self._on_report(report)
-            except SovereignError as e:
-                log.warning("reconciler pass failed: %s", e.message)
-            except Exception:
-                # A bug in one pass must not stop reconciliation for good; it is logged loudly.
-                log.exception("reconciler pass crashed")
-            if not busy:
-                self._wake.wait(self._interval)
-                self._wake.clear()

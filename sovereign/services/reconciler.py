@@ -14,7 +14,10 @@ Owns the lifecycle after approval. Each pass:
    (``dirty -> sanitizing -> free``, the evidence in the audit event);
 5. **checks drift** between the database and every host: a domain nobody recorded is reported
    and its host quarantined (never adopted); an enclave recorded ``running`` whose domain does
-   not run is failed and torn down; a domain of an ended enclave is torn down.
+   not run is failed and torn down; a domain of an ended enclave is torn down. A standing
+   condition (a domain nobody recorded) is not work: it is logged and audited once when it
+   appears, changes or clears (:class:`~sovereign.services.drift.DriftLedger`), and a pass that
+   found only such conditions lets the worker wait its interval.
 
 Every step is recorded (step name in the ``enclaves`` row and an audit event, in one
 transaction) *after* it was done on the hypervisor; a crash in between repeats the step, which
@@ -42,6 +45,7 @@ from sovereign.domain.fleet import (
     Enclave,
     FleetView,
     Gpu,
+    Host,
     domain_name,
     placement_request,
 )
@@ -59,7 +63,8 @@ from sovereign.errors import (
     NotFoundError,
     SovereignError,
 )
-from sovereign.services.hosts import HostService
+from sovereign.services.drift import DriftChange, DriftLedger, LogLimiter
+from sovereign.services.hosts import HostService, host_target
 from sovereign.services.keys import KeyService
 from sovereign.services.ports import (
     DiscoveredGpu,
@@ -79,6 +84,8 @@ S = RequestState
 WORK_STATES = (S.PROVISIONING, S.TERMINATING, S.EXPIRED, S.FAILED)
 #: Prefixes of the ``step`` column, so provisioning and teardown steps never mix up.
 PROVISION, TEARDOWN = "provision:", "teardown:"
+#: The kind of drift condition of a domain nobody recorded.
+UNKNOWN_DOMAIN = "unknown-domain"
 
 
 def enclave_target(enclave_id: uuid.UUID) -> str:
@@ -115,12 +122,23 @@ class PassReport:
     terminated: int = 0
     failed: int = 0
     sanitized: int = 0
+    #: Drift repaired: orphan domains removed, enclaves whose domain stopped failed.
+    repaired: int = 0
+    #: Drift reported in this pass: new, changed or cleared conditions, and the repairs.
     drift: list[str] = field(default_factory=list)
 
     @property
     def busy(self) -> bool:
-        """Whether anything changed (the worker loops again at once when it did)."""
-        return bool(self.placed or self.steps or self.sanitized or self.drift)
+        """Whether anything changed (the worker loops again at once when it did).
+
+        Drift that was only reported is not work: running again at once would find it again.
+        """
+        return bool(self.placed or self.steps or self.sanitized or self.repaired)
+
+    @property
+    def notable(self) -> bool:
+        """Whether the pass has anything to say (work done or drift reported)."""
+        return self.busy or bool(self.drift)
 
 
 class _StepFailedError(Exception):
@@ -177,6 +195,10 @@ class Reconciler:
         self._superseded = False
         #: URI -> unsubscribe function of the lifecycle events watched.
         self._watched: dict[str, Callable[[], None]] = {}
+        #: Drift conditions this worker has reported (each once, again when it changes).
+        self._drift = DriftLedger(clock)
+        #: Bounds the lines a host that cannot be listed writes, one pass after another.
+        self._limiter = LogLimiter(clock)
 
     # -- events ------------------------------------------------------------------------------
 
@@ -633,15 +655,22 @@ class Reconciler:
             try:
                 domains = self._hypervisor.domains(host.uri)
             except DependencyUnavailableError as e:
-                log.warning("drift check of %s skipped: %s", host.name, e)
+                held = self._limiter.allow(f"drift-check:{host.name}")
+                if held is not None:
+                    log.warning("drift check of %s skipped: %s%s", host.name, e, _held(held))
                 continue
             running = {d.enclave_id for d in domains if d.running and d.enclave_id}
+            unknown: dict[tuple[str, str], str] = {}
             for domain in domains:
                 enclave = self._recorded(domain.enclave_id, open_enclaves)
                 if enclave is None or enclave.host != host.name:
-                    self._unknown_domain(host.name, host.state, domain.name, report)
+                    unknown[domain.name, UNKNOWN_DOMAIN] = (
+                        f"domain {domain.name} on host {host.name} has no enclave record; "
+                        "not adopted"
+                    )
                 elif enclave.ended_at is not None:
                     self._orphan(enclave, report)
+            self._unknown_domains(host, unknown, report)
             for enclave in open_enclaves.values():
                 if enclave.host == host.name:
                     self._check_running(enclave, enclave.id in running, report)
@@ -657,17 +686,55 @@ class Reconciler:
         with self._uow(readonly=True) as uow:
             return uow.enclaves.get(enclave_id)
 
-    def _unknown_domain(self, host: str, state: str, name: str, report: PassReport) -> None:
-        message = f"domain {name} on host {host} has no enclave record; not adopted"
-        report.drift.append(message)
-        if state == "quarantined":
-            return
-        self._hosts.set_state(self.ctx, host, "quarantined", message)
-        log.error("%s: host quarantined", message)
+    def _unknown_domains(
+        self, host: Host, unknown: dict[tuple[str, str], str], report: PassReport
+    ) -> None:
+        """Report what changed among the domains nobody recorded; quarantine their host."""
+        changes = self._drift.observe(host.name, unknown)
+        try:
+            with self._uow() as uow:
+                for change in changes:
+                    self._drift_event(uow, host, change)
+                uow.commit()
+        except SovereignError:
+            # Not recorded: report it all again next pass rather than never.
+            self._drift.forget(host.name)
+            raise
+        for change in changes:
+            report.drift.append(change.message)
+            if change.cleared:
+                log.warning("drift on host %s: %s", host.name, change.message)
+            else:
+                log.error("drift on host %s: %s", host.name, change.message)
+        if unknown and host.state != "quarantined":
+            # Once: the next pass reads the host quarantined. An officer who returns it to
+            # service while the domain is still there sees it quarantined again, once.
+            reason = min(unknown.values())
+            self._hosts.set_state(self.ctx, host.name, "quarantined", reason)
+            log.error("host %s quarantined: %s", host.name, reason)
+
+    def _drift_event(self, uow: UnitOfWork, host: Host, change: DriftChange) -> None:
+        self._event(
+            uow,
+            "host:drift",
+            host_target(host.name),
+            label=host.accreditation,
+            outcome=Outcome.ALLOW if change.cleared else Outcome.DENY,
+            reason=change.message,
+            details={
+                "kind": change.kind,
+                "domain": change.subject,
+                "state": "cleared"
+                if change.cleared
+                else ("new" if change.before is None else "changed"),
+                "unreported_changes": change.skipped,
+            },
+        )
 
     def _orphan(self, enclave: Enclave, report: PassReport) -> None:
         """A domain of an ended enclave: remove it again (idempotent teardown steps)."""
         report.drift.append(f"domain {enclave.domain_name} of ended enclave {enclave.id}")
+        report.repaired += 1
         plan = self.plan(enclave)
         notes = []
         for step in ("stop", "undefine", "volume", "secrets", "network"):
@@ -709,8 +776,13 @@ class Reconciler:
                 )
                 uow.commit()
             report.drift.append(message)
+            report.repaired += 1
         except ConcurrentUpdateError:
             return
+
+
+def _held(count: int) -> str:
+    return f" ({count} like lines held back)" if count else ""
 
 
 def plan_for(uow: UnitOfWork, enclave: Enclave) -> EnclavePlan:

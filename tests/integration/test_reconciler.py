@@ -5,6 +5,7 @@ workers, the kill switch and two-officer accreditation. The same reconciler over
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ from sovereign.errors import (
     NotFoundError,
     PolicyDeniedError,
 )
+from sovereign.worker import PassLoop
 from tests.support.factories import (
     ANALYST_DEFENCE,
     ANALYST_RESEARCH,
@@ -293,6 +295,88 @@ def test_an_unknown_domain_quarantines_its_host_and_is_never_adopted(fleet: Flee
     view = fleet.services.enclaves.get(ctx(OFFICER_1), rid)
     assert view.enclave is not None
     assert view.enclave.host == "secret-1"
+
+
+def test_a_foreign_domain_is_not_work_the_loop_waits_and_reports_it_once(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+):
+    """A real hypervisor with one unrelated VM made the worker spin: drift counted as work."""
+    host = fleet.hypervisor.hosts["mem://civil-1"]
+    host.domains[uuid.uuid4()] = ("intruder", True, None, frozenset())
+    reports: list[str] = []
+    loop = PassLoop(fleet.reconciler(), interval_s=0, on_report=lambda r: reports.extend(r.drift))
+    with caplog.at_level(logging.WARNING, logger="sovereign"):
+        loop.run(max_passes=20)
+    assert loop.passes == 20
+    assert loop.waits == 20, "every pass that only found known drift waits the interval"
+    assert [line for line in reports if "intruder" in line] == [
+        "domain intruder on host civil-1 has no enclave record; not adopted"
+    ]
+    drift_lines = [r.getMessage() for r in caplog.records if "drift on host" in r.getMessage()]
+    assert len(drift_lines) == 1
+    assert fleet.actions("host:drift") == ["host:drift"]
+    assert fleet.actions("host:quarantine") == ["host:quarantine"], "quarantined once"
+    event = fleet.events("host:drift")[0]
+    assert event.target == "host/civil-1"
+    assert event.details["domain"] == "intruder"
+    assert event.details["state"] == "new"
+
+
+def test_drift_is_reported_again_when_it_changes_or_clears(fleet: Fleet):
+    host = fleet.hypervisor.hosts["mem://civil-1"]
+    first, second = uuid.uuid4(), uuid.uuid4()
+    host.domains[first] = ("intruder", True, None, frozenset())
+    reconciler = fleet.reconciler()
+    assert len(reconciler.run_once().drift) == 1
+    assert reconciler.run_once().drift == []
+
+    host.domains[second] = ("intruder-2", False, None, frozenset())
+    report = reconciler.run_once()
+    assert report.drift == ["domain intruder-2 on host civil-1 has no enclave record; not adopted"]
+    assert not report.busy
+    assert reconciler.run_once().drift == []
+
+    del host.domains[first]
+    assert reconciler.run_once().drift == [
+        "cleared: domain intruder on host civil-1 has no enclave record; not adopted"
+    ]
+    assert reconciler.run_once().drift == []
+    states = [(e.details["domain"], e.details["state"]) for e in fleet.events("host:drift")]
+    assert states == [("intruder", "new"), ("intruder-2", "new"), ("intruder", "cleared")]
+
+    # It comes back at once, and goes, and comes back...: a condition that keeps changing is
+    # reported at most three times a minute, then in the state it settled in.
+    host.domains[first] = ("intruder", True, None, frozenset())
+    assert len(reconciler.run_once().drift) == 1
+    for present in (False, True, False):
+        if present:
+            host.domains[first] = ("intruder", True, None, frozenset())
+        else:
+            del host.domains[first]
+        assert reconciler.run_once().drift == []
+    assert first not in host.domains
+    fleet.clock.advance(seconds=61)
+    assert reconciler.run_once().drift == [
+        "cleared: domain intruder on host civil-1 has no enclave record; not adopted "
+        "[2 earlier changes not reported]"
+    ]
+    assert reconciler.run_once().drift == []
+    assert len(fleet.actions("host:drift")) == 5
+
+
+def test_an_unreachable_host_is_logged_once_a_minute_not_every_pass(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+):
+    fleet.hypervisor.hosts["mem://civil-1"].reachable = False
+    reconciler = fleet.reconciler()
+    with caplog.at_level(logging.WARNING, logger="sovereign"):
+        for _ in range(10):
+            reconciler.run_once()
+        fleet.clock.advance(seconds=61)
+        reconciler.run_once()
+    skipped = [r.getMessage() for r in caplog.records if "drift check of civil-1" in r.getMessage()]
+    assert len(skipped) == 2
+    assert skipped[1].endswith("(9 like lines held back)")
 
 
 def test_a_running_enclave_whose_domain_vanished_is_failed_and_cleaned_up(fleet: Fleet):
