@@ -52,6 +52,12 @@ DEFAULTS: dict[str, Any] = {
     "VAULT_MOUNT_PREFIX": "sovereign-",
     # libvirt URIs of the hypervisors checked by /readyz.
     "HYPERVISOR_URIS": [],
+    # /metrics and the per-dependency /readyz detail need a bearer token: an operator's, or
+    # this static scrape token (at least 32 characters), best kept in a file (Prometheus:
+    # `authorization: {credentials_file: ...}`; read on each request, so rotation needs no
+    # restart) rather than inline. None: operators' tokens only.
+    "METRICS_TOKEN_FILE": None,
+    "METRICS_TOKEN": None,
     # Enclaves on the hosts: where volumes and serial console logs live on each hypervisor
     # (None: under the instance folder, fine for the test driver and a one-machine setup),
     # "isolated" (one NIC on the enclave's own network, no forward, no ip) or "none" (no NIC),
@@ -122,6 +128,8 @@ DEFAULTS: dict[str, Any] = {
 
 #: A production SECRET_KEY must be at least this long (256 bits as hex or base64 text).
 MIN_SECRET_KEY_LENGTH = 32
+#: A static metrics scrape token likewise.
+MIN_SCRAPE_TOKEN_LENGTH = 32
 
 INSTANCE_FILE = "sovereign.cfg"
 
@@ -202,6 +210,11 @@ def verify(config: Mapping[str, Any]) -> None:
                 reason="production needs PostgreSQL (set SOVEREIGN_DATABASE_URL), "
                 "or SOVEREIGN_ALLOW_SQLITE=1 for a single-node install"
             )
+    token = config.get("METRICS_TOKEN")
+    if token is not None and len(str(token)) < MIN_SCRAPE_TOKEN_LENGTH:
+        raise ConfigurationError(
+            reason=f"METRICS_TOKEN must be at least {MIN_SCRAPE_TOKEN_LENGTH} random characters"
+        )
     if config["TWO_PERSON_LEVEL"] not in config["LABEL_LEVELS"]:
         raise ConfigurationError(
             reason=f"TWO_PERSON_LEVEL {config['TWO_PERSON_LEVEL']!r} is not in LABEL_LEVELS"

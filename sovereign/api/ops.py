@@ -1,18 +1,29 @@
 """Operational endpoints: liveness, readiness, Prometheus metrics, the OpenAPI document.
 
-Owns ``/healthz`` (the process answers), ``/readyz`` (every dependency answers; 503 naming the
-ones that do not), ``/metrics`` (request counts and latencies by endpoint and status, per
-process) and ``/api/openapi.json``.
+Owns ``/healthz`` (the process answers), ``/readyz`` (every dependency answers, else 503),
+``/metrics`` (request counts and latencies by endpoint and status, per process) and
+``/api/openapi.json``.
+
+What exists behind the control plane and how busy each route is are for operators, not for
+anyone who can reach the port: ``/healthz`` and the bare ``/readyz`` status (what a load
+balancer or an orchestrator's probe needs) are open; the per-dependency ``/readyz`` detail and
+``/metrics`` need a bearer token, either the static scrape token (``METRICS_TOKEN_FILE`` or
+``METRICS_TOKEN``, what Prometheus sends with ``authorization: credentials_file``) or an
+identity-provider token carrying the ``operator`` role.
 """
 
 from __future__ import annotations
 
+import hmac
+import logging
 import re
 import time
 import uuid
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Flask, Response, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -23,8 +34,12 @@ from prometheus_client import (
 
 from sovereign.api import v1
 from sovereign.api.problems import problem
-from sovereign.api.routing import openapi, services
-from sovereign.errors import DependencyUnavailableError
+from sovereign.api.routing import call_context, openapi, services
+from sovereign.config import MIN_SCRAPE_TOKEN_LENGTH
+from sovereign.domain.identity import Role
+from sovereign.errors import DependencyUnavailableError, PolicyDeniedError
+
+log = logging.getLogger(__name__)
 
 blueprint = Blueprint("ops", __name__)
 
@@ -38,9 +53,60 @@ def healthz() -> Response:
     return jsonify(status="ok")
 
 
+def scrape_token(config: Mapping[str, Any]) -> str | None:
+    """The static metrics scrape token: ``METRICS_TOKEN_FILE``'s content, or ``METRICS_TOKEN``.
+
+    The file is read on each use, so a rotated token takes effect without a restart; one that
+    cannot be read, or holds too short a token, accepts nothing (fail closed, logged).
+    """
+    path = config.get("METRICS_TOKEN_FILE")
+    if not path:
+        return config.get("METRICS_TOKEN") or None
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as e:
+        log.warning("metrics token file %s cannot be read: %s", path, e.strerror)
+        return None
+    if len(token) < MIN_SCRAPE_TOKEN_LENGTH:
+        log.warning("metrics token file %s holds too short a token; ignored", path)
+        return None
+    return token
+
+
+def require_operator() -> None:
+    """Let the request through only with the scrape token or an operator's bearer token.
+
+    :raises AuthenticationError: (401) no bearer token, or one that verifies as neither.
+    :raises PolicyDeniedError: (403) a valid token without the operator role.
+    """
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    expected = scrape_token(current_app.config)
+    # Constant time: the comparison must not tell a guesser how much of it was right.
+    if (
+        scheme.lower() == "bearer"
+        and expected
+        and token
+        and hmac.compare_digest(token.encode(), expected.encode())
+    ):
+        return
+    if not call_context().principal.has_role(Role.OPERATOR):
+        raise PolicyDeniedError(reason="operational detail is for operators")
+
+
 @blueprint.get("/readyz")
 def readyz() -> Response:
-    """Every dependency answers; otherwise 503 with the failing ones."""
+    """Every dependency answers, else 503; which ones, only to operators.
+
+    Without credentials the answer is the overall status alone (what a probe needs); with a
+    bearer token it must be an operator's or the scrape token, and the checks are named.
+
+    :raises AuthenticationError: a bearer token that does not verify.
+    :raises PolicyDeniedError: a valid token without the operator role.
+    """
+    detailed = "Authorization" in request.headers
+    if detailed:
+        require_operator()
     checks: dict[str, str] = {}
     for probe in services().probes:
         try:
@@ -49,6 +115,10 @@ def readyz() -> Response:
         except DependencyUnavailableError as e:
             checks[probe.name] = e.message
     failing = sorted(name for name, state in checks.items() if state != "ok")
+    if not detailed:
+        if failing:
+            return problem(503, "Not ready", type_="urn:sovereign:problem:not-ready")
+        return jsonify(status="ready")
     if failing:
         return problem(
             503,
@@ -111,5 +181,10 @@ def install(app: Flask) -> None:
 
     @app.get("/metrics")
     def metrics_endpoint() -> Response:
-        """Prometheus text exposition of this process's metrics."""
+        """Prometheus text exposition of this process's metrics (scrape token or operator).
+
+        :raises AuthenticationError: no bearer token, or one that does not verify.
+        :raises PolicyDeniedError: a valid token without the operator role.
+        """
+        require_operator()
         return Response(generate_latest(metrics.registry), mimetype=CONTENT_TYPE_LATEST)

@@ -364,17 +364,61 @@ def _refs(node: Any) -> Iterator[str]:
             yield from _refs(v)
 
 
-def test_health_ready_metrics(client: FlaskClient, call: Call):
+def test_health_and_bare_readiness_are_open_the_detail_and_metrics_are_for_operators(
+    client: FlaskClient, call: Call
+):
     assert client.get("/healthz").get_json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.get_json()["checks"] == {"database": "ok", "identity provider": "ok"}
+    assert ready.get_json() == {"status": "ready"}, "no dependency names without a token"
+    detail = call("operator", "GET", "/readyz")
+    assert detail.status_code == 200
+    assert detail.get_json()["checks"] == {"database": "ok", "identity provider": "ok"}
+    denied = call("analyst-defence", "GET", "/readyz")
+    assert denied.status_code == 403
+    assert "checks" not in denied.get_json()
+
     call("analyst-defence", "GET", "/api/v1/me")
-    text = client.get("/metrics").get_data(as_text=True)
+    anonymous = client.get("/metrics")
+    assert anonymous.status_code == 401
+    assert anonymous.mimetype == "application/problem+json"
+    assert "sovereign_http" not in anonymous.get_data(as_text=True)
+    assert call("auditor", "GET", "/metrics").status_code == 403
+    metrics = call("operator", "GET", "/metrics")
+    assert metrics.status_code == 200
+    text = metrics.get_data(as_text=True)
     assert (
         'sovereign_http_requests_total{endpoint="/api/v1/me",method="GET",status="200"} 1.0' in text
     )
     assert "sovereign_http_request_duration_seconds_bucket" in text
+
+
+def test_metrics_scrape_token_from_a_file_rotates_without_restart(tmp_path: Path, idp: Any):
+    token_file = tmp_path / "metrics-token"
+    token_file.write_text("a" * 40 + "\n")
+    app = make_app(tmp_path, idp.url, seed=False, METRICS_TOKEN_FILE=str(token_file))
+    client = app.test_client()
+    try:
+        scrape = client.get("/metrics", headers={"Authorization": "Bearer " + "a" * 40})
+        assert scrape.status_code == 200
+        assert "sovereign_http_requests_total" in scrape.get_data(as_text=True)
+        ready = client.get("/readyz", headers={"Authorization": "Bearer " + "a" * 40})
+        assert ready.get_json()["checks"]["database"] == "ok"
+        wrong = client.get("/metrics", headers={"Authorization": "Bearer " + "b" * 40})
+        assert wrong.status_code == 401
+        token_file.write_text("b" * 40)
+        assert (
+            client.get("/metrics", headers={"Authorization": "Bearer " + "b" * 40}).status_code
+            == 200
+        )
+        assert (
+            client.get("/metrics", headers={"Authorization": "Bearer " + "a" * 40}).status_code
+            == 401
+        )
+        token_file.write_text("short")  # too short to be a secret: accepts nothing
+        assert client.get("/metrics", headers={"Authorization": "Bearer short"}).status_code == 401
+    finally:
+        app.extensions["sovereign"].close()
 
 
 # -- the tamper-evident log through the API -------------------------------------------------

@@ -15,6 +15,10 @@ from sovereign.devstack import OpenBaoDevServer, hypervisor_uris
 
 pytestmark = [pytest.mark.vault, pytest.mark.idp, pytest.mark.libvirt]
 
+#: The static scrape token, which sees the per-dependency detail as an operator's token does.
+SCRAPE = "s" * 40
+OPERATOR = {"Authorization": f"Bearer {SCRAPE}"}
+
 
 @pytest.fixture
 def bao(tmp_path: Path) -> Iterator[OpenBaoDevServer]:
@@ -36,10 +40,11 @@ def test_ready_then_vault_sealed_then_stopped(tmp_path: Path, idp: Any, bao: Ope
             "VAULT_TOKEN": bao.token,
             "AUDIT_SIGNER": "file",
             "HYPERVISOR_URIS": hypervisor_uris(),
+            "METRICS_TOKEN": SCRAPE,
         }
     )
     client = app.test_client()
-    ready = client.get("/readyz")
+    ready = client.get("/readyz", headers=OPERATOR)
     assert ready.status_code == 200, ready.get_json()
     assert ready.get_json()["checks"] == {
         "database": "ok",
@@ -50,14 +55,19 @@ def test_ready_then_vault_sealed_then_stopped(tmp_path: Path, idp: Any, bao: Ope
     assert len(hypervisor_uris()) == 2
 
     hvac.Client(url=bao.addr, token=bao.token).sys.seal()
-    sealed = client.get("/readyz")
+    anonymous = client.get("/readyz")
+    assert anonymous.status_code == 503
+    assert anonymous.mimetype == "application/problem+json"
+    assert set(anonymous.get_json()) == {"type", "title", "status", "instance", "request_id"}
+    assert "vault" not in anonymous.get_data(as_text=True), "no dependency names to strangers"
+    sealed = client.get("/readyz", headers=OPERATOR)
     assert sealed.status_code == 503
     assert sealed.mimetype == "application/problem+json"
     assert sealed.get_json()["checks"]["vault"] == "vault is sealed"
     assert sealed.get_json()["detail"] == "unavailable: vault"
 
     bao.stop()
-    down = client.get("/readyz").get_json()
+    down = client.get("/readyz", headers=OPERATOR).get_json()
     assert down["checks"]["vault"] == "vault is unavailable."
     assert down["checks"]["database"] == "ok"
     app.extensions["sovereign"].close()
@@ -74,9 +84,10 @@ def test_missing_hypervisor_is_reported(tmp_path: Path, idp: Any):
             "AUDIT_WITNESS_PATH": str(tmp_path / "witness.jsonl"),
             "IDP_URL": idp.url,
             "HYPERVISOR_URIS": [f"test:///{tmp_path}/missing-host.xml"],
+            "METRICS_TOKEN": SCRAPE,
         }
     )
-    body = app.test_client().get("/readyz").get_json()
+    body = app.test_client().get("/readyz", headers=OPERATOR).get_json()
     assert body["status"] == 503
     assert "missing-host.xml is unavailable" in body["checks"]["hypervisors"]
     app.extensions["sovereign"].close()

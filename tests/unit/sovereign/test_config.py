@@ -59,6 +59,12 @@ def test_unknown_environment_and_threshold_refused(tmp_path, monkeypatch):
         load(tmp_path, monkeypatch, TWO_PERSON_LEVEL="TOP SECRET")
 
 
+def test_a_short_metrics_scrape_token_is_refused(tmp_path, monkeypatch):
+    with pytest.raises(ConfigurationError, match="METRICS_TOKEN must be at least 32"):
+        load(tmp_path, monkeypatch, METRICS_TOKEN="guessable")
+    assert load(tmp_path, monkeypatch, METRICS_TOKEN="x" * 32)["METRICS_TOKEN"] == "x" * 32
+
+
 def test_precedence_defaults_file_env_mapping(tmp_path, monkeypatch):
     (tmp_path / "sovereign.cfg").write_text(
         "PORT = 9000\nMAX_LEASE_HOURS = 10\nVAULT_TIMEOUT_S = 7\n"
