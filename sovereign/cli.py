@@ -15,13 +15,16 @@ import sys
 from contextlib import ExitStack
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from flask import Flask
 
 from sovereign import config as settings
 from sovereign.errors import SovereignError
+
+if TYPE_CHECKING:
+    from sovereign.devstack import DevStack
 
 DEMO_DEFINITION = "demo.json"
 
@@ -338,32 +341,32 @@ def serve(bind: str | None, workers: int, threads: int) -> None:
 
 @main.group(invoke_without_command=True)
 @click.option("--port", type=int, default=None, help="API port (default SOVEREIGN_PORT, 8700).")
-@click.option("--vault-port", type=int, default=8710, show_default=True)
-@click.option("--idp-port", type=int, default=8720, show_default=True)
+@click.option("--vault-port", type=int, default=None, help="OpenBao port (default API port + 10).")
+@click.option("--idp-port", type=int, default=None, help="Dev IdP port (default API port + 20).")
 @click.pass_context
-def dev(ctx: click.Context, port: int | None, vault_port: int, idp_port: int) -> None:
-    """Run the embedded default: SQLite, OpenBao dev server, dev IdP, libvirt test driver."""
+def dev(ctx: click.Context, port: int | None, vault_port: int | None, idp_port: int | None) -> None:
+    """Run the embedded default: SQLite, OpenBao dev server, dev IdP, libvirt test driver.
+
+    OpenBao listens on the API port + 10 (and + 11), the dev IdP on the API port + 20; every
+    port is checked before anything starts."""
     if ctx.invoked_subcommand is not None:
         return
     from werkzeug.serving import make_server  # noqa: PLC0415
 
     from sovereign import create_app, devstack  # noqa: PLC0415
     from sovereign.adapters.migrations import upgrade  # noqa: PLC0415
-    from sovereign.devidp import DEMO_PASSWORD, DEMO_USERS  # noqa: PLC0415
 
     os.environ.setdefault("SOVEREIGN_ENV", "development")
     base = _config(ENV="development")
     port = port or int(base.config["PORT"])
     with ExitStack() as stack:
         try:
-            click.echo("starting OpenBao dev server and the development identity provider ...")
-            running = devstack.start(
-                stack,
-                Path(base.instance_path),
-                vault_port=vault_port,
-                idp_port=idp_port,
-                api_port=port,
+            ports = devstack.dev_ports(port, vault=vault_port, idp=idp_port)
+            click.echo(
+                f"starting OpenBao dev server (port {ports.vault}) and the development "
+                f"identity provider (port {ports.idp}) ..."
             )
+            running = devstack.start(stack, Path(base.instance_path), ports=ports)
             click.echo("migrating the database ...")
             upgrade(base.config["DATABASE_URL"])
             app = create_app(running.config)
@@ -375,22 +378,7 @@ def dev(ctx: click.Context, port: int | None, vault_port: int, idp_port: int) ->
         except SovereignError as e:
             _fail(e)
         server = make_server("127.0.0.1", port, app, threaded=True)
-        url = f"http://127.0.0.1:{port}"
-        click.echo("")
-        click.secho(f"Sovereign control plane (embedded default) at {url}", bold=True)
-        click.echo(f"  console     {url}/   (sign in as a demo user below)")
-        click.echo(f"  API         {url}/api/v1   (OpenAPI: {url}/api/openapi.json)")
-        click.echo(f"  readiness   {url}/readyz")
-        click.echo(f"  identity    {running.idp_url}/realms/sovereign  (development stand-in)")
-        click.echo(f"  database    {_redact(base.config['DATABASE_URL'])}")
-        click.echo(f"  hypervisors {len(running.config['HYPERVISOR_URIS'])} simulated hosts")
-        origin, witness = app.config["AUDIT_ORIGIN"], app.config["AUDIT_WITNESS_PATH"]
-        click.echo(f"  audit log   {origin}, witness {witness}")
-        click.echo(f"Demo users (password '{DEMO_PASSWORD}'):")
-        for user in DEMO_USERS:
-            clearance = user.clearance or "no clearance"
-            click.echo(f"  {user.username:<17} {', '.join(user.roles):<17} {clearance}")
-        click.echo("Get a token:  .venv/bin/sovereign dev token analyst-defence")
+        _banner(app, running, f"http://127.0.0.1:{port}", base.config["DATABASE_URL"])
         click.echo("Stop with Ctrl-C.")
         # SIGTERM (systemd, timeout, CI) shuts down as cleanly as Ctrl-C: the ExitStack stops
         # OpenBao and the IdP and removes the state file.
@@ -401,6 +389,34 @@ def dev(ctx: click.Context, port: int | None, vault_port: int, idp_port: int) ->
             click.echo("stopping ...")
         finally:
             server.server_close()
+
+
+def _banner(app: Flask, running: DevStack, url: str, database_url: str) -> None:
+    """What ``sovereign dev`` prints once it is up: where everything is, how to sign in."""
+    from sovereign.devidp import DEMO_PASSWORD, DEMO_USERS  # noqa: PLC0415
+
+    click.echo("")
+    click.secho(f"Sovereign control plane (embedded default) at {url}", bold=True)
+    click.echo(f"  console     {url}/   (sign in as a demo user below)")
+    click.echo(f"  API         {url}/api/v1   (OpenAPI: {url}/api/openapi.json)")
+    metrics_token = running.config["METRICS_TOKEN_FILE"]
+    click.echo(f"  readiness   {url}/readyz   (each dependency: with a token as for metrics)")
+    click.echo(
+        f"  metrics     {url}/metrics  (Prometheus; bearer: the scrape token or an operator's)"
+    )
+    click.echo(
+        f'  scrape      curl -H "Authorization: Bearer $(cat {metrics_token})" {url}/metrics'
+    )
+    click.echo(f"  identity    {running.idp_url}/realms/sovereign  (development stand-in)")
+    click.echo(f"  database    {_redact(database_url)}")
+    click.echo(f"  hypervisors {len(running.config['HYPERVISOR_URIS'])} simulated hosts")
+    origin, witness = app.config["AUDIT_ORIGIN"], app.config["AUDIT_WITNESS_PATH"]
+    click.echo(f"  audit log   {origin}, witness {witness}")
+    click.echo(f"Demo users (password '{DEMO_PASSWORD}'):")
+    for user in DEMO_USERS:
+        clearance = user.clearance or "no clearance"
+        click.echo(f"  {user.username:<17} {', '.join(user.roles):<17} {clearance}")
+    click.echo("Get a token:  .venv/bin/sovereign dev token analyst-defence")
 
 
 def _start_background(stack: ExitStack, app: Flask) -> None:

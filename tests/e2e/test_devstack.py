@@ -3,8 +3,10 @@ gets a token with ``sovereign dev token`` and files a request over HTTP."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -44,12 +46,22 @@ def test_embedded_default_serves_the_whole_flow(tmp_path: Path):
         output = (tmp_path / "dev.log").read_text()
         assert ready is not None, output
         assert ready.status_code == 200, ready.text
-        assert set(ready.json()["checks"]) == {
+        assert ready.json() == {"status": "ready"}, "no dependency names without a token"
+        # The banner says where the scrape token is; it opens /metrics and the readiness detail.
+        token_file = tmp_path / "dev" / "metrics-token"
+        assert f"$(cat {token_file})" in output
+        scrape = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+        detail = requests.get(f"{base}/readyz", headers=scrape, timeout=10)
+        assert set(detail.json()["checks"]) == {
             "database",
             "identity provider",
             "vault",
             "hypervisors",
         }
+        assert requests.get(f"{base}/metrics", timeout=10).status_code == 401
+        metrics = requests.get(f"{base}/metrics", headers=scrape, timeout=10)
+        assert metrics.status_code == 200
+        assert 'endpoint="/readyz"' in metrics.text
         assert "analyst-defence" in output
         assert "officer-2" in output
         # The dev IdP knows the console on this port: sign-in comes back to it, and so does
@@ -150,8 +162,9 @@ def test_embedded_default_serves_the_whole_flow(tmp_path: Path):
     )
     assert verified.returncode == 0, verified.stderr
     assert "audit log intact" in verified.stdout
-    # The stack cleaned up after itself: state file gone, OpenBao no longer answers.
+    # The stack cleaned up after itself: state and token gone, OpenBao no longer answers.
     assert not (tmp_path / "dev" / "devstack.json").exists()
+    assert not (tmp_path / "dev" / "metrics-token").exists()
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{bao}/v1/sys/health", timeout=2)
 
@@ -218,3 +231,42 @@ def test_a_restarted_embedded_default_keeps_a_verifiable_log(tmp_path: Path):
     # First start: 4 catalog entries, 2 bundled hosts, 12 GPUs sanitized (2 events each);
     # the second start adds nothing (all already there).
     assert f"audit log intact: {4 + 2 + 12 * 2} events" in verified.stdout
+
+
+def refused(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``sovereign dev ARGV`` expected to refuse at once, before starting anything."""
+    env = {**os.environ, "SOVEREIGN_INSTANCE_PATH": str(tmp_path), "SOVEREIGN_ENV": "development"}
+    done = subprocess.run(
+        [SOVEREIGN, "dev", *argv], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    return done
+
+
+def test_a_busy_port_is_refused_at_once_naming_it(tmp_path: Path):
+    """``SOVEREIGN_PORT=8720 make run`` beside a running instance met that instance's IdP on
+    a fixed port and failed with a misleading Vault policy error."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        busy = holder.getsockname()[1]
+        # The API port's IdP (port + 20) is the one taken.
+        done = refused(tmp_path, "--port", str(busy - 20))
+        assert (
+            f"port {busy}, wanted for the development identity provider, is already in use"
+            in done.stderr
+        )
+        done = refused(tmp_path, "--port", str(busy))
+        assert f"port {busy}, wanted for the control plane API, is already in use" in done.stderr
+    assert not (tmp_path / "dev" / "openbao").exists(), "nothing was started"
+
+
+def test_a_second_embedded_default_on_the_same_instance_folder_is_refused(tmp_path: Path):
+    (tmp_path / "dev").mkdir(parents=True)
+    (tmp_path / "dev" / "devstack.json").write_text(
+        json.dumps({"pid": os.getpid(), "api_url": "http://127.0.0.1:8700"})
+    )
+    done = refused(tmp_path, "--port", str(free_port()))
+    assert f"an embedded default already runs from the instance folder {tmp_path}" in done.stderr
+    assert "SOVEREIGN_INSTANCE_PATH" in done.stderr
