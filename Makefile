@@ -1,6 +1,7 @@
 # Sovereign: the two commands.
 #   make run   install what is missing and start the control plane on its embedded default
 #   make test  install test dependencies and run the whole suite (lint, types, contracts, tests)
+#   make bench-setup / make bench   install what the benchmarks need / run them all
 
 PYTHON ?= python3
 VENV   := .venv
@@ -12,13 +13,18 @@ BIN    := $(VENV)/bin
 APT_RUN  := libvirt0 libvirt-dev pkg-config gcc
 APT_TEST := $(APT_RUN) postgresql qemu-system-x86 qemu-utils libvirt-daemon-system swtpm swtpm-tools \
             busybox-static cpio chromium
+# The benchmarks: PostgreSQL (bench/audit.py) and a real libvirtd with QEMU and what builds the
+# tiny guest (bench/enclaves.py's boot), without the browser.
+APT_BENCH := $(APT_RUN) postgresql qemu-system-x86 qemu-utils libvirt-daemon-system swtpm swtpm-tools \
+             busybox-static cpio
+BENCHMARKS := api audit enclaves keys placement
 
-.PHONY: run test lint typecheck contracts pytest bench clean help
+.PHONY: run test lint typecheck contracts pytest bench bench-setup clean help
 
 help:
 	@echo "make run    start the control plane on the embedded default (http://127.0.0.1:$${SOVEREIGN_PORT:-8700})"
 	@echo "make test   install test dependencies and run lint, types, import contracts and tests"
-	@echo "make bench  run the benchmarks under bench/"
+	@echo "make bench  install what the benchmarks need and run them all (BENCH_ARGS=--quick: a smoke run)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +38,11 @@ $(VENV)/.run-installed: pyproject.toml | $(BIN)/python
 $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	bash .ci/apt-install $(APT_TEST)
 	$(BIN)/pip install --quiet -e '.[devstack,libvirt,postgres,test]'
+	touch $@ $(VENV)/.run-installed
+
+$(VENV)/.bench-installed: pyproject.toml | $(BIN)/python
+	bash .ci/apt-install $(APT_BENCH)
+	$(BIN)/pip install --quiet -e '.[devstack,libvirt,bench]'
 	touch $@ $(VENV)/.run-installed
 
 run: $(VENV)/.run-installed
@@ -52,8 +63,10 @@ pytest: $(VENV)/.test-installed
 
 test: lint typecheck contracts pytest
 
-bench: $(VENV)/.test-installed
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+bench-setup: $(VENV)/.bench-installed
+
+bench: $(VENV)/.bench-installed
+	@for b in $(BENCHMARKS); do echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py $(BENCH_ARGS) || exit 1; done
 
 clean:
 	rm -rf $(VENV) instance .mypy_cache .ruff_cache .pytest_cache

@@ -35,7 +35,8 @@ Output
     calls to any endpoint failed. Every process and temporary directory started here is
     removed on the way out, on failure too.
 
-Run from the repository root: ``.venv/bin/python bench/api.py [--duration S] [--warmup S]``.
+Run from the repository root: ``.venv/bin/python bench/api.py [--duration S] [--warmup S]
+[--quick]``.
 """
 
 from __future__ import annotations
@@ -490,7 +491,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=10_000, help="requests seeded")
     parser.add_argument("--processes", type=int, default=2, help="client processes")
     parser.add_argument("--threads", type=int, default=2, help="threads per client process")
-    return parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="a smoke run with small sizes")
+    args = parser.parse_args()
+    if args.quick:
+        args.duration, args.warmup, args.seed = 1.0, 0.3, 200
+    return args
 
 
 def main() -> int:

@@ -49,6 +49,10 @@ Output
     PostgreSQL cluster) and temporary directory started here is removed on the way out, on
     failure too.
 
+    The PostgreSQL figures need ``psycopg`` (the ``bench`` extra) and Debian's ``postgresql``
+    server; ``make bench-setup`` installs both. Without them this says so, names what is
+    missing in ``pg_skipped``, and measures SQLite alone.
+
 Run from the repository root: ``.venv/bin/python bench/audit.py [--events N] [--quick]``.
 """
 
@@ -83,7 +87,6 @@ from types import FrameType
 from typing import Any
 
 import benchkit  # first: it stops bench/audit.py shadowing the audit package
-import psycopg
 import sqlalchemy as sa
 from sqlalchemy import event
 
@@ -292,6 +295,17 @@ class SqlTimer:
 # -- PostgreSQL with durable commits ------------------------------------------------------------
 
 
+def postgres_missing() -> str | None:
+    """Why the PostgreSQL figures cannot be measured on this machine, or None if they can."""
+    try:
+        import psycopg  # noqa: F401, PLC0415 - optional: the bench extra
+    except ImportError:
+        return "psycopg is not installed (the 'bench' extra: make bench-setup)"
+    if not glob.glob("/usr/lib/postgresql/*/bin/initdb") and shutil.which("initdb") is None:
+        return "the PostgreSQL server is not installed (Debian's postgresql: make bench-setup)"
+    return None
+
+
 def pg_bin(name: str) -> str:
     """Path of a PostgreSQL server binary (the newest installed major version)."""
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
@@ -346,6 +360,8 @@ def start_postgres(stack: ExitStack) -> Postgres:
 
     stack.callback(stop)
     run(pg_bin("pg_ctl"), "-D", str(datadir), "-w", "-l", str(base / "log"), "-o", options, "start")
+    import psycopg  # noqa: PLC0415 - optional (see postgres_missing)
+
     with psycopg.connect(Postgres(port, "").conninfo("postgres"), autocommit=True) as db:
         settings = {
             name: db.execute(f"SHOW {name}").fetchone()[0]  # type: ignore[index]
@@ -488,6 +504,8 @@ def raw_sqlite(path: Path, entries: Sequence[bytes], txn: int) -> float:
 
 def raw_pg(conninfo: str, entries: Sequence[bytes], txn: int) -> float:
     """Seconds to insert ``entries`` with psycopg's executemany, one durable txn per ``txn``."""
+    import psycopg  # noqa: PLC0415 - optional (see postgres_missing)
+
     with psycopg.connect(conninfo) as db:
         db.execute(
             "CREATE TABLE raw_entries "
@@ -929,10 +947,18 @@ def run(settings: Settings, stack: ExitStack) -> dict[str, Any]:
     figures["entry_bytes_p50"] = percentile(sizes, 0.5)
 
     figures |= sqlite_append(ctx, events, entries)
-    figures |= postgres(ctx, events, entries)
+    missing = postgres_missing()
+    if missing is None:
+        figures |= postgres(ctx, events, entries)
+    else:
+        log(f"PostgreSQL figures skipped: {missing}")
+        figures["pg_skipped"] = missing
     del events, entries  # the bulk load needs the memory
     figures |= sqlite_verify(ctx)
-    figures["pg_verify_ratio"] = round(figures["pg_verify_per_s"] / figures["raw_sha256_per_s"], 3)
+    if missing is None:
+        figures["pg_verify_ratio"] = round(
+            figures["pg_verify_per_s"] / figures["raw_sha256_per_s"], 3
+        )
 
     if settings.profile:
         events = EventSource(settings.seed + 2).events(min(settings.append, 50_000))

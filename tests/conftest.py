@@ -13,12 +13,25 @@ import pytest
 
 from sovereign.adapters.migrations import upgrade
 from sovereign.devstack import free_port
-from tests.support.guest_image import guest_image
-from tests.support.libvirtd import libvirtd
+from tests.support.guest_image import GuestImage, build_guest_image
+from tests.support.libvirtd import Libvirtd, start_libvirtd
 from tests.support.postgres import PgCluster, start_cluster
 
-#: Session fixtures of the real hypervisor: a libvirtd answering qemu:///system, the test guest.
-__all__ = ["guest_image", "libvirtd"]
+# tests/support stays importable without pytest (the benchmarks use it): its fixtures live here.
+
+
+@pytest.fixture(scope="session")
+def libvirtd() -> Iterator[Libvirtd]:
+    """A libvirtd answering ``qemu:///system`` for the whole session; fails if none can run."""
+    daemon = start_libvirtd()
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> GuestImage:
+    """The cached test guest (built on first use: ~70 MB download, a few seconds)."""
+    return build_guest_image()
 
 
 @pytest.fixture(scope="session")

@@ -30,8 +30,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 CACHE_ROOT = Path(os.environ.get("SOVEREIGN_TEST_GUEST_CACHE", "/var/cache/sovereign-test-guest"))
 #: The Debian meta package whose dependency names the current kernel image package.
 KERNEL_META_PACKAGE = "linux-image-amd64"
@@ -307,12 +305,6 @@ def build_guest_image(cache_root: Path = CACHE_ROOT) -> GuestImage:
             if not (image.kernel.is_file() and image.initrd.is_file()):
                 raise
     return image
-
-
-@pytest.fixture(scope="session")
-def guest_image() -> GuestImage:
-    """The cached test guest (built on first use: ~70 MB download, a few seconds)."""
-    return build_guest_image()
 
 
 def wait_for_line(path: Path, prefix: str, timeout_s: float) -> str:

@@ -23,12 +23,10 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import libvirt
-import pytest
 
 #: The URI of the system QEMU driver the real-guest tests use.
 SYSTEM_URI = "qemu:///system"
@@ -257,11 +255,3 @@ def _spawn(binary: Path, log_dir: Path, name: str) -> int:
             f"{binary} -d exited with {result.returncode}:\n{_tail(log_dir / f'{name}.stderr')}"
         )
     return _read_pid(pidfile)
-
-
-@pytest.fixture(scope="session")
-def libvirtd() -> Iterator[Libvirtd]:
-    """A libvirtd answering ``qemu:///system`` for the whole session; fails if none can run."""
-    daemon = start_libvirtd()
-    yield daemon
-    daemon.stop()
