@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 
 from sovereign.errors import SovereignError
-from sovereign.services.drift import LogLimiter
+from sovereign.services.drift import LogLimiter, held_note
 from sovereign.services.reconciler import PassReport, Reconciler
 from sovereign.services.recording import utcnow
 
@@ -129,7 +129,7 @@ class PassLoop:
             # A bug in one pass must not stop reconciliation for good; it is logged loudly.
             held = self._limiter.allow(f"crash:{type(e).__name__}:{e}")
             if held is not None:
-                log.exception("reconciler pass crashed%s", _held(held))
+                log.exception("reconciler pass crashed%s", held_note(held))
         finally:
             self.passes += 1
         return busy
@@ -137,11 +137,7 @@ class PassLoop:
     def _warn(self, key: str, fmt: str, *args: object) -> None:
         held = self._limiter.allow(key)
         if held is not None:
-            log.warning(fmt, *args, _held(held))
-
-
-def _held(count: int) -> str:
-    return f" ({count} like lines held back)" if count else ""
+            log.warning(fmt, *args, held_note(held))
 
 
 class ReconcilerThread:

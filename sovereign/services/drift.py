@@ -152,3 +152,8 @@ class LogLimiter:
         self._last = {k: t for k, t in self._last.items() if now - t < self._min_interval}
         self._last[key] = now
         return self._held.pop(key, 0)
+
+
+def held_note(count: int) -> str:
+    """The suffix of a log line saying how many like it :class:`LogLimiter` held back."""
+    return f" ({count} like lines held back)" if count else ""

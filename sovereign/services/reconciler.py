@@ -63,7 +63,7 @@ from sovereign.errors import (
     NotFoundError,
     SovereignError,
 )
-from sovereign.services.drift import DriftChange, DriftLedger, LogLimiter
+from sovereign.services.drift import DriftChange, DriftLedger, LogLimiter, held_note
 from sovereign.services.hosts import HostService, host_target
 from sovereign.services.keys import KeyService
 from sovereign.services.ports import (
@@ -657,7 +657,7 @@ class Reconciler:
             except DependencyUnavailableError as e:
                 held = self._limiter.allow(f"drift-check:{host.name}")
                 if held is not None:
-                    log.warning("drift check of %s skipped: %s%s", host.name, e, _held(held))
+                    log.warning("drift check of %s skipped: %s%s", host.name, e, held_note(held))
                 continue
             running = {d.enclave_id for d in domains if d.running and d.enclave_id}
             unknown: dict[tuple[str, str], str] = {}
@@ -691,15 +691,16 @@ class Reconciler:
     ) -> None:
         """Report what changed among the domains nobody recorded; quarantine their host."""
         changes = self._drift.observe(host.name, unknown)
-        try:
-            with self._uow() as uow:
-                for change in changes:
-                    self._drift_event(uow, host, change)
-                uow.commit()
-        except SovereignError:
-            # Not recorded: report it all again next pass rather than never.
-            self._drift.forget(host.name)
-            raise
+        if changes:
+            try:
+                with self._uow() as uow:
+                    for change in changes:
+                        self._drift_event(uow, host, change)
+                    uow.commit()
+            except SovereignError:
+                # Not recorded: report it all again next pass rather than never.
+                self._drift.forget(host.name)
+                raise
         for change in changes:
             report.drift.append(change.message)
             if change.cleared:
@@ -779,10 +780,6 @@ class Reconciler:
             report.repaired += 1
         except ConcurrentUpdateError:
             return
-
-
-def _held(count: int) -> str:
-    return f" ({count} like lines held back)" if count else ""
 
 
 def plan_for(uow: UnitOfWork, enclave: Enclave) -> EnclavePlan:

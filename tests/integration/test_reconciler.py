@@ -18,6 +18,7 @@ from sovereign.adapters.memory_hypervisor import MemoryHost
 from sovereign.domain.actions import ActionState
 from sovereign.domain.fleet import PROVISION_STEPS, TEARDOWN_STEPS
 from sovereign.errors import (
+    AuditUnavailableError,
     ConflictError,
     DependencyUnavailableError,
     InvalidTransitionError,
@@ -362,6 +363,25 @@ def test_drift_is_reported_again_when_it_changes_or_clears(fleet: Fleet):
     ]
     assert reconciler.run_once().drift == []
     assert len(fleet.actions("host:drift")) == 5
+
+
+def test_drift_that_could_not_be_audited_is_reported_again(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+):
+    host = fleet.hypervisor.hosts["mem://civil-1"]
+    host.domains[uuid.uuid4()] = ("intruder", True, None, frozenset())
+    reconciler = fleet.reconciler()
+
+    def audit_down(*_args: Any) -> None:
+        raise AuditUnavailableError
+
+    with monkeypatch.context() as patched:
+        patched.setattr(reconciler._recorder, "append", audit_down)
+        with pytest.raises(AuditUnavailableError):
+            reconciler.run_once()
+    assert fleet.actions("host:drift") == []
+    assert len(reconciler.run_once().drift) == 1
+    assert fleet.actions("host:drift") == ["host:drift"]
 
 
 def test_an_unreachable_host_is_logged_once_a_minute_not_every_pass(
