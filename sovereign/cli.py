@@ -362,11 +362,11 @@ def dev(ctx: click.Context, port: int | None, vault_port: int | None, idp_port: 
     with ExitStack() as stack:
         try:
             ports = devstack.dev_ports(port, vault=vault_port, idp=idp_port)
-            click.echo(
-                f"starting OpenBao dev server (port {ports.vault}) and the development "
-                f"identity provider (port {ports.idp}) ..."
-            )
             running = devstack.start(stack, Path(base.instance_path), ports=ports)
+            click.echo(
+                f"started the OpenBao dev server (port {ports.vault}) and the development "
+                f"identity provider (port {ports.idp})"
+            )
             click.echo("migrating the database ...")
             upgrade(base.config["DATABASE_URL"])
             app = create_app(running.config)
