@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from sovereign.errors import SovereignError
 from sovereign.services.reconciler import PassReport, Reconciler
+from sovereign.text import for_log
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class ReconcilerThread:
                 if busy and self._on_report is not None:
                     self._on_report(report)
             except SovereignError as e:
-                log.warning("reconciler pass failed: %s", e.message)
+                log.warning("reconciler pass failed: %s", for_log(e.message))
             except Exception:
                 # A bug in one pass must not stop reconciliation for good; it is logged loudly.
                 log.exception("reconciler pass crashed")

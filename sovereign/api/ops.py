@@ -2,7 +2,9 @@
 
 Owns ``/healthz`` (the process answers), ``/readyz`` (every dependency answers; 503 naming the
 ones that do not), ``/metrics`` (request counts and latencies by endpoint and status, per
-process) and ``/api/openapi.json``.
+process) and ``/api/openapi.json``, and the hooks every request passes: its request id, and the
+refusal of a URL whose path or query holds a control character (before any view or routing
+error, so nothing records or logs one).
 """
 
 from __future__ import annotations
@@ -20,16 +22,19 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from werkzeug.exceptions import BadRequest
 
 from sovereign.api import v1
 from sovereign.api.problems import problem
 from sovereign.api.routing import openapi, services
 from sovereign.errors import DependencyUnavailableError
+from sovereign.text import control_character, describe
 
 blueprint = Blueprint("ops", __name__)
 
-#: Client-supplied request ids are echoed only if they look harmless (no log injection).
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+#: Client-supplied request ids are echoed only if they look harmless (no log injection);
+#: matched whole, since ``$`` would also accept a trailing newline.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @blueprint.get("/healthz")
@@ -85,8 +90,25 @@ class Metrics:
         )
 
 
+def _refuse_control_characters() -> None:
+    """Refuse a request whose path or query string holds a control character or line separator
+    once decoded (``%0A``, ``%C2%85``, ``%E2%80%A8``): path segments and query values are
+    identifiers, and this runs before any view, so nothing such a request names is recorded or
+    logged. Routing errors (404, 405) come after it too.
+
+    :raises BadRequest: (400) naming the character.
+    """
+    texts = [request.path, *(t for pair in request.args.items(multi=True) for t in pair)]
+    for text in texts:
+        char = control_character(text)
+        if char is not None:
+            raise BadRequest(
+                f"The URL holds the control character {describe(char)}; identifiers cannot."
+            )
+
+
 def install(app: Flask) -> None:
-    """Register the ops blueprint, request ids and metrics hooks on ``app``."""
+    """Register the ops blueprint, request ids, the URL check and metrics hooks on ``app``."""
     metrics = Metrics()
     app.extensions["sovereign.metrics"] = metrics
     app.register_blueprint(blueprint)
@@ -95,7 +117,8 @@ def install(app: Flask) -> None:
     def _start() -> None:
         g.started = time.perf_counter()
         incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.request_id = incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        _refuse_control_characters()
 
     @app.after_request
     def _finish(response: Response) -> Response:

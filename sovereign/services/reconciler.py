@@ -71,6 +71,7 @@ from sovereign.services.ports import (
     UnitOfWorkFactory,
 )
 from sovereign.services.recording import CallContext, Clock, Recorder, utcnow
+from sovereign.text import for_log
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,11 @@ class Reconciler:
             try:
                 self._watched[uri] = self._hypervisor.watch(uri, lambda _d, _e: on_event())
             except DependencyUnavailableError as e:
-                log.warning("cannot watch %s for domain events (polling only): %s", uri, e)
+                log.warning(
+                    "cannot watch %s for domain events (polling only): %s",
+                    for_log(uri),
+                    for_log(e),
+                )
 
     def unwatch(self) -> None:
         """Drop every event subscription."""
@@ -386,7 +391,7 @@ class Reconciler:
         except (_SupersededError, InvalidTransitionError):
             log.info("enclave %s changed state while being worked on; next pass", enclave_id)
         except (ConcurrentUpdateError, DependencyUnavailableError) as e:
-            log.warning("enclave %s: %s; will retry", enclave_id, e)
+            log.warning("enclave %s: %s; will retry", enclave_id, for_log(e))
         # Released on every handled outcome; a worker that dies keeps its claim until the TTL
         # lapses, and then another worker resumes from the last recorded step.
         self._release(enclave_id)
@@ -597,7 +602,9 @@ class Reconciler:
                 self._sanitize_one(gpu, hosts[gpu.host].uri)
                 report.sanitized += 1
             except (ConcurrentUpdateError, DependencyUnavailableError) as e:
-                log.warning("GPU %s/%s: %s; will retry", gpu.host, gpu.address, e)
+                log.warning(
+                    "GPU %s/%s: %s; will retry", for_log(gpu.host), for_log(gpu.address), for_log(e)
+                )
 
     def _sanitize_one(self, gpu: Gpu, uri: str) -> None:
         if gpu.state == "dirty":
@@ -633,7 +640,7 @@ class Reconciler:
             try:
                 domains = self._hypervisor.domains(host.uri)
             except DependencyUnavailableError as e:
-                log.warning("drift check of %s skipped: %s", host.name, e)
+                log.warning("drift check of %s skipped: %s", for_log(host.name), for_log(e))
                 continue
             running = {d.enclave_id for d in domains if d.running and d.enclave_id}
             for domain in domains:
@@ -663,7 +670,7 @@ class Reconciler:
         if state == "quarantined":
             return
         self._hosts.set_state(self.ctx, host, "quarantined", message)
-        log.error("%s: host quarantined", message)
+        log.error("%s: host quarantined", for_log(message))
 
     def _orphan(self, enclave: Enclave, report: PassReport) -> None:
         """A domain of an ended enclave: remove it again (idempotent teardown steps)."""
