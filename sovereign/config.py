@@ -76,6 +76,11 @@ DEFAULTS: dict[str, Any] = {
     "DUAL_ACTION_TTL_S": 3600,
     # Request bodies above this are refused with 413 before they are parsed.
     "MAX_CONTENT_LENGTH": 64 * 1024,
+    # How many reverse proxies in front of the app append to X-Forwarded-For and set
+    # X-Forwarded-Proto (Werkzeug's ProxyFix). 0: none; the headers are ignored and the audit
+    # source is the peer address. 1: the TLS proxy the README recommends. Never more than the
+    # hops really there: each one counted trusts one more client-supplied address.
+    "TRUSTED_PROXIES": 0,
     # The tamper-evident audit log: its origin line (also the signing key's name), the Ed25519
     # checkpoint signing key file (None: in the instance folder, created outside production),
     # the witness file outside the database (None: in the instance folder; point it at WORM
@@ -202,6 +207,11 @@ def verify(config: Mapping[str, Any]) -> None:
                 reason="production needs PostgreSQL (set SOVEREIGN_DATABASE_URL), "
                 "or SOVEREIGN_ALLOW_SQLITE=1 for a single-node install"
             )
+    proxies = config["TRUSTED_PROXIES"]
+    if isinstance(proxies, bool) or not isinstance(proxies, int) or not 0 <= proxies <= 10:
+        raise ConfigurationError(
+            reason=f"TRUSTED_PROXIES must be a whole number of proxy hops, 0 to 10, not {proxies!r}"
+        )
     if config["TWO_PERSON_LEVEL"] not in config["LABEL_LEVELS"]:
         raise ConfigurationError(
             reason=f"TWO_PERSON_LEVEL {config['TWO_PERSON_LEVEL']!r} is not in LABEL_LEVELS"

@@ -142,3 +142,55 @@ def test_the_csrf_warning_quotes_the_path_escaped(
     line = record.getMessage()
     assert len(line.splitlines()) == 1
     assert "/hosts/x\\r\\n<86>1 " in line
+
+
+# -- the client's address behind trusted proxies (issue 10 item 13) ---------------------------
+
+PROXY, CLIENT, SPOOFED = "10.0.0.2", "203.0.113.7", "198.51.100.66"
+
+
+def sources_of_requests(app: Flask, token: Callable[[str], str], **request: Any) -> list[str]:
+    """File a request as it arrives with ``request`` (environ_base, headers); the audit sources
+    of the request:create events."""
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {token('analyst-research')}", **request.pop("headers")}
+    r = client.post("/api/v1/requests", json=CIVIL, headers=headers, **request)
+    assert r.status_code == 201, r.get_json()
+    events = [json.loads(line) for line in exported(app, "jsonl")]
+    return [e["source"] for e in events if e["action"] == "request:create"]
+
+
+def test_without_trusted_proxies_x_forwarded_for_is_ignored(app: Flask, token: Any):
+    sources = sources_of_requests(
+        app,
+        token,
+        environ_base={"REMOTE_ADDR": CLIENT},
+        headers={"X-Forwarded-For": SPOOFED},
+    )
+    assert sources == [CLIENT]
+
+
+@pytest.mark.parametrize(
+    ("proxies", "forwarded_for", "remote"),
+    [
+        # One TLS proxy: it appends the client's address to whatever the client sent.
+        (1, f"{SPOOFED}, {CLIENT}", PROXY),
+        (1, CLIENT, PROXY),
+        # Two: the outer proxy appended the client, the inner one the outer proxy.
+        (2, f"{SPOOFED}, {CLIENT}, 10.0.0.1", PROXY),
+    ],
+)
+def test_behind_trusted_proxies_the_client_is_recorded(
+    tmp_path: Path, idp: Any, token: Any, proxies: int, forwarded_for: str, remote: str
+):
+    app = make_app(tmp_path, idp.url, TRUSTED_PROXIES=proxies)
+    try:
+        sources = sources_of_requests(
+            app,
+            token,
+            environ_base={"REMOTE_ADDR": remote},
+            headers={"X-Forwarded-For": forwarded_for, "X-Forwarded-Proto": "https"},
+        )
+        assert sources == [CLIENT]
+    finally:
+        app.extensions["sovereign"].close()
