@@ -76,6 +76,11 @@ DEFAULTS: dict[str, Any] = {
     "DUAL_ACTION_TTL_S": 3600,
     # Request bodies above this are refused with 413 before they are parsed.
     "MAX_CONTENT_LENGTH": 64 * 1024,
+    # Request header fields above this many bytes in all (names, values, separators) are
+    # refused with 431 problem+json before any view runs. `sovereign serve` sets gunicorn's own
+    # per-field limit to SERVER_HEADER_FIELD_FACTOR (sovereign.cli) times this, so that the app
+    # answers, not gunicorn's HTML page, up to there.
+    "MAX_HEADER_BYTES": 16 * 1024,
     # How many reverse proxies in front of the app append to X-Forwarded-For and set
     # X-Forwarded-Proto (Werkzeug's ProxyFix). 0: none; the headers are ignored and the audit
     # source is the peer address. 1: the TLS proxy the README recommends. Never more than the
@@ -207,14 +212,20 @@ def verify(config: Mapping[str, Any]) -> None:
                 reason="production needs PostgreSQL (set SOVEREIGN_DATABASE_URL), "
                 "or SOVEREIGN_ALLOW_SQLITE=1 for a single-node install"
             )
-    proxies = config["TRUSTED_PROXIES"]
-    if isinstance(proxies, bool) or not isinstance(proxies, int) or not 0 <= proxies <= 10:
-        raise ConfigurationError(
-            reason=f"TRUSTED_PROXIES must be a whole number of proxy hops, 0 to 10, not {proxies!r}"
-        )
+    _whole_number(config, "MAX_HEADER_BYTES", 1024, 1024 * 1024)
+    _whole_number(config, "TRUSTED_PROXIES", 0, 10)
     if config["TWO_PERSON_LEVEL"] not in config["LABEL_LEVELS"]:
         raise ConfigurationError(
             reason=f"TWO_PERSON_LEVEL {config['TWO_PERSON_LEVEL']!r} is not in LABEL_LEVELS"
+        )
+
+
+def _whole_number(config: Mapping[str, Any], key: str, low: int, high: int) -> None:
+    """:raises ConfigurationError: unless ``config[key]`` is an integer in ``[low, high]``."""
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigurationError(
+            reason=f"{key} must be a whole number from {low} to {high}, not {value!r}"
         )
 
 

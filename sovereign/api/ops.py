@@ -2,9 +2,9 @@
 
 Owns ``/healthz`` (the process answers), ``/readyz`` (every dependency answers; 503 naming the
 ones that do not), ``/metrics`` (request counts and latencies by endpoint and status, per
-process) and ``/api/openapi.json``, and the hooks every request passes: its request id, and the
-refusal of a URL whose path or query holds a control character (before any view or routing
-error, so nothing records or logs one).
+process) and ``/api/openapi.json``, and the hooks every request passes before any view or routing
+error, so that nothing records or logs what they refuse: its request id, the refusal of
+oversized header fields (431) and of a URL whose path or query holds a control character (400).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from werkzeug.exceptions import BadRequest
+from werkzeug.exceptions import BadRequest, RequestHeaderFieldsTooLarge
 
 from sovereign.api import v1
 from sovereign.api.problems import problem
@@ -90,6 +90,20 @@ class Metrics:
         )
 
 
+def _refuse_large_headers(limit: int) -> None:
+    """Refuse a request whose header fields take more than ``limit`` bytes in all (each counted
+    as ``name: value`` and CRLF, as on the wire; WSGI gives them as latin-1, one character a
+    byte). The server in front has limits of its own, which must be larger for this to answer.
+
+    :raises RequestHeaderFieldsTooLarge: (431, RFC 6585 section 5).
+    """
+    size = sum(len(name) + len(value) + 4 for name, value in request.headers.items())
+    if size > limit:
+        raise RequestHeaderFieldsTooLarge(
+            f"The request's header fields take {size} bytes; at most {limit} are accepted."
+        )
+
+
 def _refuse_control_characters() -> None:
     """Refuse a request whose path or query string holds a control character or line separator
     once decoded (``%0A``, ``%C2%85``, ``%E2%80%A8``): path segments and query values are
@@ -118,6 +132,7 @@ def install(app: Flask) -> None:
         g.started = time.perf_counter()
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        _refuse_large_headers(app.config["MAX_HEADER_BYTES"])
         _refuse_control_characters()
 
     @app.after_request

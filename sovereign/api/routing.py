@@ -43,6 +43,7 @@ PROBLEM_RESPONSES = {
     "413": "Body too large",
     "415": "Body is not application/json",
     "422": "Invalid input",
+    "431": "Request header fields too large",
     "503": "A dependency is unavailable",
 }
 

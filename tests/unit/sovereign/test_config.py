@@ -87,3 +87,9 @@ def test_trusted_proxies_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("SOVEREIGN_TRUSTED_PROXIES", "2")
     assert load(tmp_path, monkeypatch)["TRUSTED_PROXIES"] == 2
     assert settings.DEFAULTS["TRUSTED_PROXIES"] == 0
+
+
+@pytest.mark.parametrize("value", [0, 1023, "16384", 2 * 1024 * 1024])
+def test_max_header_bytes_is_checked(tmp_path, monkeypatch, value):
+    with pytest.raises(ConfigurationError, match="MAX_HEADER_BYTES"):
+        load(tmp_path, monkeypatch, MAX_HEADER_BYTES=value)
