@@ -25,7 +25,8 @@ from typing import Any
 import rfc8785
 
 #: ``subject:action``, lower case, e.g. ``request:approve`` (the warehouse event-tag style).
-ACTION_PATTERN = re.compile(r"^[a-z][a-z0-9_-]*:[a-z][a-z0-9_-]*$")
+#: Matched whole (``fullmatch``: ``$`` would let a trailing newline through into exports).
+ACTION_PATTERN = re.compile(r"[a-z][a-z0-9_-]*:[a-z][a-z0-9_-]*")
 
 
 class Outcome(StrEnum):
@@ -53,7 +54,7 @@ class AuditEvent:
     id: uuid.UUID = field(default_factory=uuid.uuid4)
 
     def __post_init__(self) -> None:
-        if not ACTION_PATTERN.match(self.action):
+        if not ACTION_PATTERN.fullmatch(self.action):
             raise ValueError(f"action must look like 'subject:action', got {self.action!r}")
         if self.time.tzinfo is None:
             raise ValueError("event time must be timezone-aware")

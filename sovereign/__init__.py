@@ -1,8 +1,8 @@
 """Sovereign: a control plane for isolated GPU enclaves serving classified and civilian tenants.
 
 :func:`create_app` is the one place the application is assembled: configuration, services
-(``app.extensions["sovereign"]``), the API, the web console and the error handlers. Importing
-the package does no I/O.
+(``app.extensions["sovereign"]``), the trusted-proxy middleware, the API, the web console and
+the error handlers. Importing the package does no I/O.
 """
 
 from __future__ import annotations
@@ -23,6 +23,17 @@ def create_app(config: Mapping[str, Any] | None = None, **overrides: Any) -> Fla
 
     app = settings.new_app()
     settings.load(app, config)
+    proxies = app.config["TRUSTED_PROXIES"]
+    if proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix  # noqa: PLC0415
+
+        # The client's address (and scheme) as the outermost of ``proxies`` trusted proxies saw
+        # it: X-Forwarded-For is read from the right, so what a client writes there itself is
+        # never taken. Host, port and prefix stay the proxy's request's own (CONSOLE_EXTERNAL_URL
+        # names the public URL).
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=0, x_port=0, x_prefix=0
+        )
     console = bool(app.config["CONSOLE_ENABLED"])
     if console:
         settings.verify_console(app.config)

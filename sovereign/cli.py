@@ -305,6 +305,14 @@ def worker(interval: float | None, no_reconcile: bool) -> None:
 
 # -- serve ------------------------------------------------------------------------------------
 
+#: gunicorn refuses one header field above this many times MAX_HEADER_BYTES with its own HTML
+#: 431, before the app runs; below it the app's limit answers with problem+json. Its buffer for
+#: all the header fields is at most ``limit_request_fields`` (100) times this.
+SERVER_HEADER_FIELD_FACTOR = 8
+#: gunicorn's longest request line (method, URI, version): its maximum. Longer ones get its HTML
+#: 414; no setting lets the app answer those.
+SERVER_REQUEST_LINE = 8190
+
 
 @main.command()
 @click.option("--bind", default=None, help="host:port (default 127.0.0.1:SOVEREIGN_PORT).")
@@ -318,7 +326,9 @@ def worker(interval: float | None, no_reconcile: bool) -> None:
 @click.option("--threads", default=8, show_default=True, help="threads per worker.")
 def serve(bind: str | None, workers: int, threads: int) -> None:
     """Run the control plane under gunicorn (production)."""
-    port = _config().config["PORT"]
+    config = _config().config
+    port = config["PORT"]
+    field_limit = SERVER_HEADER_FIELD_FACTOR * int(config["MAX_HEADER_BYTES"])
     argv = [
         sys.executable,
         "-m",
@@ -331,6 +341,12 @@ def serve(bind: str | None, workers: int, threads: int) -> None:
         str(threads),
         "--access-logfile",
         "-",
+        # Above the app's MAX_HEADER_BYTES, so that oversized headers get the app's 431
+        # problem+json rather than gunicorn's HTML page (see the README's limits table).
+        "--limit-request-field_size",
+        str(field_limit),
+        "--limit-request-line",
+        str(SERVER_REQUEST_LINE),
         "sovereign.wsgi:app",
     ]
     os.execv(sys.executable, argv)  # noqa: S606 - replaces this process with gunicorn

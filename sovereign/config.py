@@ -82,6 +82,16 @@ DEFAULTS: dict[str, Any] = {
     "DUAL_ACTION_TTL_S": 3600,
     # Request bodies above this are refused with 413 before they are parsed.
     "MAX_CONTENT_LENGTH": 64 * 1024,
+    # Request header fields above this many bytes in all (names, values, separators) are
+    # refused with 431 problem+json before any view runs. `sovereign serve` sets gunicorn's own
+    # per-field limit to SERVER_HEADER_FIELD_FACTOR (sovereign.cli) times this, so that the app
+    # answers, not gunicorn's HTML page, up to there.
+    "MAX_HEADER_BYTES": 16 * 1024,
+    # How many reverse proxies in front of the app append to X-Forwarded-For and set
+    # X-Forwarded-Proto (Werkzeug's ProxyFix). 0: none; the headers are ignored and the audit
+    # source is the peer address. 1: the TLS proxy the README recommends. Never more than the
+    # hops really there: each one counted trusts one more client-supplied address.
+    "TRUSTED_PROXIES": 0,
     # The tamper-evident audit log: its origin line (also the signing key's name), the Ed25519
     # checkpoint signing key file (None: in the instance folder, created outside production),
     # the witness file outside the database (None: in the instance folder; point it at WORM
@@ -215,9 +225,20 @@ def verify(config: Mapping[str, Any]) -> None:
         raise ConfigurationError(
             reason=f"METRICS_TOKEN must be at least {MIN_SCRAPE_TOKEN_LENGTH} random characters"
         )
+    _whole_number(config, "MAX_HEADER_BYTES", 1024, 1024 * 1024)
+    _whole_number(config, "TRUSTED_PROXIES", 0, 10)
     if config["TWO_PERSON_LEVEL"] not in config["LABEL_LEVELS"]:
         raise ConfigurationError(
             reason=f"TWO_PERSON_LEVEL {config['TWO_PERSON_LEVEL']!r} is not in LABEL_LEVELS"
+        )
+
+
+def _whole_number(config: Mapping[str, Any], key: str, low: int, high: int) -> None:
+    """:raises ConfigurationError: unless ``config[key]`` is an integer in ``[low, high]``."""
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigurationError(
+            reason=f"{key} must be a whole number from {low} to {high}, not {value!r}"
         )
 
 

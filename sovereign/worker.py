@@ -20,6 +20,7 @@ from sovereign.errors import SovereignError
 from sovereign.services.drift import LogLimiter, held_note
 from sovereign.services.reconciler import PassReport, Reconciler
 from sovereign.services.recording import utcnow
+from sovereign.text import for_log
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class PassLoop:
             if self._after_pass is not None:
                 self._after_pass()
         except SovereignError as e:
-            self._warn(e.message, "reconciler pass failed: %s%s", e.message)
+            self._warn(e.message, "reconciler pass failed: %s%s", for_log(e.message))
         except Exception as e:
             # A bug in one pass must not stop reconciliation for good; it is logged loudly.
             held = self._limiter.allow(f"crash:{type(e).__name__}:{e}")

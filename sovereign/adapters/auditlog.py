@@ -34,6 +34,7 @@ from sovereign.errors import (
     NotFoundError,
 )
 from sovereign.services.ports import Consistency
+from sovereign.text import for_log
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class SqlAuditLog:
                 _ = self.public_keys
                 return self.sequencer.run_once()
         except TamperError as e:
-            log.critical("audit log tamper detected: %s", e)
+            log.critical("audit log tamper detected: %s", for_log(e))
             raise ConflictError(reason=f"audit log integrity check failed: {e}") from e
 
     @contextmanager
@@ -259,7 +260,7 @@ class SequencerThread:
         try:
             self._log.sequence()
         except (ConflictError, DependencyUnavailableError) as e:
-            log.error("audit sequencer: %s", e.message)  # noqa: TRY400 - the message says it all
+            log.error("audit sequencer: %s", for_log(e.message))  # noqa: TRY400 - the message says it all
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):

@@ -39,6 +39,7 @@ from enclaves.spec import (
 from sovereign.domain.keys import EnclaveSecrets
 from sovereign.errors import ConflictError, DependencyUnavailableError
 from sovereign.services.ports import DiscoveredGpu, DomainFacts, EnclavePlan, HostFacts
+from sovereign.text import for_log
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +341,7 @@ class LibvirtHypervisor:
         except FileNotFoundError:
             return ""
         except OSError as e:
-            log.warning("cannot read console log %s: %s", path, e)
+            log.warning("cannot read console log %s: %s", for_log(path), for_log(e))
             return ""
 
 

@@ -12,15 +12,22 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from sovereign.api.schemas import LabelIn, LabelOut, Name, PageQuery, Reason, RequestOut, Strict
+from sovereign.api.schemas import (
+    LabelIn,
+    LabelOut,
+    Name,
+    PageQuery,
+    Reason,
+    RequestOut,
+    RequiredReason,
+    Strict,
+)
 from sovereign.domain.actions import DualAction
 from sovereign.domain.fleet import Gpu, Host
 from sovereign.domain.placement import Placement
 from sovereign.domain.policy import AccessPolicy
 from sovereign.domain.requests import RequestState
 from sovereign.services.enclaves import EnclaveView, KillResult
-
-RequiredReason = Annotated[str, Field(min_length=1, max_length=2000)]
 
 
 class HostCreate(Strict):

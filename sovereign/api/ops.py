@@ -2,7 +2,9 @@
 
 Owns ``/healthz`` (the process answers), ``/readyz`` (every dependency answers, else 503),
 ``/metrics`` (request counts and latencies by endpoint and status, per process) and
-``/api/openapi.json``.
+``/api/openapi.json``, and the hooks every request passes before any view or routing error, so
+that nothing records or logs what they refuse: its request id, the refusal of oversized header
+fields (431) and of a URL whose path or query holds a control character (400).
 
 What exists behind the control plane and how busy each route is are for operators, not for
 anyone who can reach the port: ``/healthz`` and the bare ``/readyz`` status (what a load
@@ -31,6 +33,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from werkzeug.exceptions import BadRequest, RequestHeaderFieldsTooLarge
 
 from sovereign.api import v1
 from sovereign.api.problems import problem
@@ -38,13 +41,15 @@ from sovereign.api.routing import call_context, openapi, services
 from sovereign.config import MIN_SCRAPE_TOKEN_LENGTH
 from sovereign.domain.identity import Role
 from sovereign.errors import DependencyUnavailableError, PolicyDeniedError
+from sovereign.text import control_character, describe
 
 log = logging.getLogger(__name__)
 
 blueprint = Blueprint("ops", __name__)
 
-#: Client-supplied request ids are echoed only if they look harmless (no log injection).
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+#: Client-supplied request ids are echoed only if they look harmless (no log injection);
+#: matched whole, since ``$`` would also accept a trailing newline.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @blueprint.get("/healthz")
@@ -155,8 +160,39 @@ class Metrics:
         )
 
 
+def _refuse_large_headers(limit: int) -> None:
+    """Refuse a request whose header fields take more than ``limit`` bytes in all (each counted
+    as ``name: value`` and CRLF, as on the wire; WSGI gives them as latin-1, one character a
+    byte). The server in front has limits of its own, which must be larger for this to answer.
+
+    :raises RequestHeaderFieldsTooLarge: (431, RFC 6585 section 5).
+    """
+    size = sum(len(name) + len(value) + 4 for name, value in request.headers.items())
+    if size > limit:
+        raise RequestHeaderFieldsTooLarge(
+            f"The request's header fields take {size} bytes; at most {limit} are accepted."
+        )
+
+
+def _refuse_control_characters() -> None:
+    """Refuse a request whose path or query string holds a control character or line separator
+    once decoded (``%0A``, ``%C2%85``, ``%E2%80%A8``): path segments and query values are
+    identifiers, and this runs before any view, so nothing such a request names is recorded or
+    logged. Routing errors (404, 405) come after it too.
+
+    :raises BadRequest: (400) naming the character.
+    """
+    texts = [request.path, *(t for pair in request.args.items(multi=True) for t in pair)]
+    for text in texts:
+        char = control_character(text)
+        if char is not None:
+            raise BadRequest(
+                f"The URL holds the control character {describe(char)}; identifiers cannot."
+            )
+
+
 def install(app: Flask) -> None:
-    """Register the ops blueprint, request ids and metrics hooks on ``app``."""
+    """Register the ops blueprint, request ids, the URL check and metrics hooks on ``app``."""
     metrics = Metrics()
     app.extensions["sovereign.metrics"] = metrics
     app.register_blueprint(blueprint)
@@ -165,7 +201,9 @@ def install(app: Flask) -> None:
     def _start() -> None:
         g.started = time.perf_counter()
         incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.request_id = incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        _refuse_large_headers(app.config["MAX_HEADER_BYTES"])
+        _refuse_control_characters()
 
     @app.after_request
     def _finish(response: Response) -> Response:

@@ -23,6 +23,7 @@ from sovereign.errors import (
     PolicyDeniedError,
     SovereignError,
 )
+from sovereign.text import for_log
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def _sovereign_error(error: SovereignError) -> Response:
         # RFC 6750 section 3: tell the client which scheme and why.
         headers["WWW-Authenticate"] = 'Bearer realm="sovereign", error="invalid_token"'
     if status >= 500 and not error.safe:
-        log.error("unhandled %s: %s", type(error).__name__, error.message, exc_info=error)
+        log.error("unhandled %s: %s", type(error).__name__, for_log(error.message), exc_info=error)
     return problem(
         status,
         title,

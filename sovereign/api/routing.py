@@ -35,7 +35,7 @@ PATH_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 PROBLEM_RESPONSES = {
-    "400": "Malformed request (bad JSON)",
+    "400": "Malformed request (bad JSON, or a control character in the URL)",
     "401": "Missing or invalid bearer token",
     "403": "Not allowed by policy",
     "404": "Not found, or not visible to you",
@@ -43,6 +43,7 @@ PROBLEM_RESPONSES = {
     "413": "Body too large",
     "415": "Body is not application/json",
     "422": "Invalid input",
+    "431": "Request header fields too large",
     "503": "A dependency is unavailable",
 }
 
@@ -241,7 +242,7 @@ def openapi(api: Api, prefix: str, *, title: str, version: str) -> dict[str, Any
             }
         }
         for code, text in PROBLEM_RESPONSES.items():
-            if code in {"400", "413", "415"} and op.body is None:
+            if code in {"413", "415"} and op.body is None:
                 continue
             if code in {"401", "403"} and not op.auth:
                 continue

@@ -10,7 +10,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from audit import StoredEvent
 from sovereign.domain.identity import Principal
@@ -19,15 +19,48 @@ from sovereign.domain.labels import Label
 from sovereign.domain.policy import AccessPolicy
 from sovereign.domain.requests import EnclaveRequest, RequestState
 from sovereign.domain.tenants import Image, Resources, Tenant
+from sovereign.text import control_character, describe
+
+
+class FreeText:
+    """Marks a string field as free text a person typed (a reason, a purpose): besides printable
+    text it may hold tab and line breaks, which every exporter escapes. Nothing else may."""
+
 
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
-Reason = Annotated[str, Field(max_length=2000)]
+Reason = Annotated[str, Field(max_length=2000), FreeText()]
+RequiredReason = Annotated[str, Field(min_length=1, max_length=2000), FreeText()]
+
+
+def _strings(value: Any) -> list[str]:
+    """The strings in a field's value (lists and mappings opened; nested models check their own
+    fields)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list | tuple | set | frozenset):
+        return [s for item in value for s in _strings(item)]
+    if isinstance(value, dict):
+        return [s for pair in value.items() for item in pair for s in _strings(item)]
+    return []
 
 
 class Strict(BaseModel):
-    """Base of every input schema: unknown fields are an error."""
+    """Base of every input schema: unknown fields are an error, and no string holds a control
+    character or line separator (identifiers never; free text only tab and line breaks), so
+    nothing that reaches a service, an audit event or a log line can forge a line there."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_control_characters(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        free = field is not None and any(isinstance(m, FreeText) for m in field.metadata)
+        for text in _strings(value):
+            char = control_character(text, free_text=free)
+            if char is not None:
+                raise ValueError(f"must not contain the control character {describe(char)}")
+        return value
 
 
 # -- inputs -----------------------------------------------------------------------------------
@@ -57,7 +90,7 @@ class RequestCreate(Strict):
     label: LabelIn
     resources: ResourcesIn
     image: Annotated[str, Field(min_length=1, max_length=128)]
-    purpose: Annotated[str, Field(min_length=1, max_length=2000)]
+    purpose: Annotated[str, Field(min_length=1, max_length=2000), FreeText()]
     lease_hours: Annotated[int, Field(ge=1, le=24 * 365)]
 
 
@@ -70,7 +103,7 @@ class ApproveIn(Strict):
 class RejectIn(Strict):
     """A rejection; the reason is required."""
 
-    reason: Annotated[str, Field(min_length=1, max_length=2000)]
+    reason: RequiredReason
 
 
 class CancelIn(Strict):

@@ -76,6 +76,7 @@ from sovereign.services.ports import (
     UnitOfWorkFactory,
 )
 from sovereign.services.recording import CallContext, Clock, Recorder, utcnow
+from sovereign.text import for_log
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,11 @@ class Reconciler:
             try:
                 self._watched[uri] = self._hypervisor.watch(uri, lambda _d, _e: on_event())
             except DependencyUnavailableError as e:
-                log.warning("cannot watch %s for domain events (polling only): %s", uri, e)
+                log.warning(
+                    "cannot watch %s for domain events (polling only): %s",
+                    for_log(uri),
+                    for_log(e),
+                )
 
     def unwatch(self) -> None:
         """Drop every event subscription."""
@@ -408,7 +413,7 @@ class Reconciler:
         except (_SupersededError, InvalidTransitionError):
             log.info("enclave %s changed state while being worked on; next pass", enclave_id)
         except (ConcurrentUpdateError, DependencyUnavailableError) as e:
-            log.warning("enclave %s: %s; will retry", enclave_id, e)
+            log.warning("enclave %s: %s; will retry", enclave_id, for_log(e))
         # Released on every handled outcome; a worker that dies keeps its claim until the TTL
         # lapses, and then another worker resumes from the last recorded step.
         self._release(enclave_id)
@@ -619,7 +624,9 @@ class Reconciler:
                 self._sanitize_one(gpu, hosts[gpu.host].uri)
                 report.sanitized += 1
             except (ConcurrentUpdateError, DependencyUnavailableError) as e:
-                log.warning("GPU %s/%s: %s; will retry", gpu.host, gpu.address, e)
+                log.warning(
+                    "GPU %s/%s: %s; will retry", for_log(gpu.host), for_log(gpu.address), for_log(e)
+                )
 
     def _sanitize_one(self, gpu: Gpu, uri: str) -> None:
         if gpu.state == "dirty":
@@ -657,7 +664,12 @@ class Reconciler:
             except DependencyUnavailableError as e:
                 held = self._limiter.allow(f"drift-check:{host.name}")
                 if held is not None:
-                    log.warning("drift check of %s skipped: %s%s", host.name, e, held_note(held))
+                    log.warning(
+                        "drift check of %s skipped: %s%s",
+                        for_log(host.name),
+                        for_log(e),
+                        held_note(held),
+                    )
                 continue
             running = {d.enclave_id for d in domains if d.running and d.enclave_id}
             unknown: dict[tuple[str, str], str] = {}
@@ -704,15 +716,15 @@ class Reconciler:
         for change in changes:
             report.drift.append(change.message)
             if change.cleared:
-                log.warning("drift on host %s: %s", host.name, change.message)
+                log.warning("drift on host %s: %s", for_log(host.name), for_log(change.message))
             else:
-                log.error("drift on host %s: %s", host.name, change.message)
+                log.error("drift on host %s: %s", for_log(host.name), for_log(change.message))
         if unknown and host.state != "quarantined":
             # Once: the next pass reads the host quarantined. An officer who returns it to
             # service while the domain is still there sees it quarantined again, once.
             reason = min(unknown.values())
             self._hosts.set_state(self.ctx, host.name, "quarantined", reason)
-            log.error("host %s quarantined: %s", host.name, reason)
+            log.error("host %s quarantined: %s", for_log(host.name), for_log(reason))
 
     def _drift_event(self, uow: UnitOfWork, host: Host, change: DriftChange) -> None:
         self._event(

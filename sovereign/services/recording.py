@@ -15,8 +15,9 @@ from typing import Any
 from audit import AuditEvent, Outcome
 from sovereign.domain.identity import Principal
 from sovereign.domain.labels import Label
-from sovereign.errors import AuditUnavailableError, SovereignError
+from sovereign.errors import AuditUnavailableError, InvalidInputError, SovereignError
 from sovereign.services.ports import UnitOfWork, UnitOfWorkFactory
+from sovereign.text import control_character, describe
 
 Clock = Callable[[], datetime]
 
@@ -60,7 +61,23 @@ class Recorder:
         label: Label | None = None,
         details: dict[str, Any] | None = None,
     ) -> AuditEvent:
-        """An event for ``ctx`` at the current time."""
+        """An event for ``ctx`` at the current time.
+
+        :raises InvalidInputError: if an identifier (actor, target, source, request id) holds a
+            control character or line separator: the API refuses those where they enter, and
+            an event never records one raw, whatever path it came by.
+        """
+        for name, value in (
+            ("actor", ctx.actor_name),
+            ("target", target),
+            ("source", ctx.source),
+            ("request id", ctx.request_id),
+        ):
+            char = control_character(value)
+            if char is not None:
+                raise InvalidInputError(
+                    reason=f"the {name} holds the control character {describe(char)}"
+                )
         return AuditEvent(
             actor=ctx.actor_name,
             action=action,

@@ -51,7 +51,9 @@ from sovereign.errors import (
 from sovereign.services.hosts import HOST_READERS
 from sovereign.services.recording import CallContext
 from sovereign.services.sessions import SessionAuditService, SessionEnd
+from sovereign.text import for_log
 from sovereign.web.banner import Shown, banner
+from sovereign.web.forms import refuse_control_characters
 from sovereign.web.oidc import ConsoleLogin, SignIn
 from sovereign.web.sessions import (
     ConsoleSession,
@@ -252,6 +254,7 @@ def _load_session() -> None:
     g.console_session = console().store.get(cookie) if cookie else None
     if request.method in UNSAFE_METHODS:
         _check_csrf()
+        refuse_control_characters(request.form)
 
 
 def current_session() -> ConsoleSession | None:
@@ -398,7 +401,11 @@ def _check_csrf() -> None:
         raise LoginRequiredError(expired=bool(g.get("console_cookie")))
     sent = request.form.get(CSRF_FIELD, "")
     if not hmac.compare_digest(sent.encode(), session.csrf_token.encode()):
-        log.warning("console: CSRF token missing or wrong on %s %s", request.method, request.path)
+        log.warning(
+            "console: CSRF token missing or wrong on %s %s",
+            for_log(request.method),
+            for_log(request.path),
+        )
         raise CsrfError
 
 
@@ -620,7 +627,7 @@ def _csrf_failed(error: CsrfError) -> Response:
 def _refused(error: SovereignError) -> Response:
     status, title = next((s, t) for cls, s, t in STATUS_BY_ERROR if isinstance(error, cls))
     if status >= 500 and not error.safe:
-        log.error("console: %s: %s", type(error).__name__, error.message, exc_info=error)
+        log.error("console: %s: %s", type(error).__name__, for_log(error.message), exc_info=error)
     retry: Callable[[SovereignError], Response] | None = g.pop("console_form", None)
     if retry is not None and error.safe and status < 500 and not isinstance(error, NotFoundError):
         try:

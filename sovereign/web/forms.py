@@ -13,10 +13,12 @@ from typing import Any
 
 from pydantic import ValidationError
 from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import BadRequest
 
 from sovereign.api.schemas import RequestCreate
 from sovereign.domain.tenants import Resources
 from sovereign.services.requests import RequestDraft
+from sovereign.text import control_character, describe, for_log
 
 #: Single-valued fields of the request form, as the inputs are named.
 REQUEST_FIELDS = (
@@ -50,6 +52,9 @@ _FRIENDLY = {
 MIB_PER_GIB = 1024
 #: Longest free text accepted from a decision form (the API's limit too).
 MAX_REASON = 2000
+#: Form fields that are free text a person typed (textareas): these alone may hold tab and line
+#: breaks; every other field is an identifier or a choice (see :func:`refuse_control_characters`).
+FREE_TEXT_FIELDS = frozenset({"reason", "purpose"})
 
 
 @dataclass
@@ -119,6 +124,23 @@ def parse_request_form(form: MultiDict[str, str]) -> RequestForm:
         lease_hours=body.lease_hours,
     )
     return RequestForm(values=values, draft=draft)
+
+
+def refuse_control_characters(form: MultiDict[str, str]) -> None:
+    """Refuse a posted form if any field holds a control character or line separator (free-text
+    fields: any but tab and line breaks), before a view names it to a service, an audit event
+    or a log line; the API's schemas refuse the same.
+
+    :raises BadRequest: (400) naming the field and the character.
+    """
+    for name, value in form.items(multi=True):
+        char = control_character(name) or control_character(
+            value, free_text=name in FREE_TEXT_FIELDS
+        )
+        if char is not None:
+            raise BadRequest(
+                f"The form field '{for_log(name)}' holds the control character {describe(char)}."
+            )
 
 
 def reason_field(form: MultiDict[str, str]) -> str:

@@ -26,6 +26,7 @@ from keycloak.pkce_utils import generate_code_challenge, generate_code_verifier
 from sovereign.domain.identity import Principal
 from sovereign.errors import AuthenticationError, ConfigurationError, DependencyUnavailableError
 from sovereign.services.ports import IdentityProvider
+from sovereign.text import for_log
 from sovereign.web.sessions import PendingLogin
 
 log = logging.getLogger(__name__)
@@ -191,7 +192,7 @@ class ConsoleLogin:
                 self._oidc.logout(refresh_token)
         except (AuthenticationError, DependencyUnavailableError) as e:
             # Already ended or unreachable: the local session is gone either way.
-            log.info("IdP session not ended over the back channel: %s", e.message)
+            log.info("IdP session not ended over the back channel: %s", for_log(e.message))
 
     def end_session_url(self, id_token: str, post_logout_redirect_uri: str) -> str:
         """RP-Initiated Logout 1.0: where to send the browser so the IdP forgets it too.

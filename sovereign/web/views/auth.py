@@ -20,6 +20,7 @@ from flask.typing import ResponseReturnValue
 
 from sovereign.errors import AuthenticationError, DependencyUnavailableError
 from sovereign.services.sessions import SignInFailure
+from sovereign.text import for_log
 from sovereign.web.banner import stylesheet
 from sovereign.web.console import (
     bp,
@@ -123,7 +124,7 @@ def logout() -> ResponseReturnValue:
             target += "&state=" + SIGNED_OUT_STATE
         except (DependencyUnavailableError, AuthenticationError) as e:
             # The back channel already ended the IdP session (or could not): stay here.
-            log.info("console: no RP-initiated logout: %s", e.message)
+            log.info("console: no RP-initiated logout: %s", for_log(e.message))
     if session is not None and session.signed_in:
         # Ends the session whether or not the log can record it (the service logs a loss).
         services().sessions.signed_out(session_context(session), session.ref)

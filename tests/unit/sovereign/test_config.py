@@ -81,3 +81,21 @@ def test_precedence_defaults_file_env_mapping(tmp_path, monkeypatch):
 def test_development_allows_the_dev_idp(tmp_path, monkeypatch):
     cfg = load(tmp_path, monkeypatch, ENV="development", IDP_DEV=True, DATABASE_URL=None)
     assert cfg["DATABASE_URL"] == f"sqlite:///{tmp_path / 'sovereign.db'}"
+
+
+@pytest.mark.parametrize("value", [-1, 11, "1", 1.5, True])
+def test_trusted_proxies_is_a_small_whole_number(tmp_path, monkeypatch, value):
+    with pytest.raises(ConfigurationError, match="TRUSTED_PROXIES"):
+        load(tmp_path, monkeypatch, TRUSTED_PROXIES=value)
+
+
+def test_trusted_proxies_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOVEREIGN_TRUSTED_PROXIES", "2")
+    assert load(tmp_path, monkeypatch)["TRUSTED_PROXIES"] == 2
+    assert settings.DEFAULTS["TRUSTED_PROXIES"] == 0
+
+
+@pytest.mark.parametrize("value", [0, 1023, "16384", 2 * 1024 * 1024])
+def test_max_header_bytes_is_checked(tmp_path, monkeypatch, value):
+    with pytest.raises(ConfigurationError, match="MAX_HEADER_BYTES"):
+        load(tmp_path, monkeypatch, MAX_HEADER_BYTES=value)
