@@ -132,8 +132,12 @@ class EnclaveService:
             request = uow.requests.get(enclave_id)
             if request is not None and self._policy.can_see(ctx.principal, request):
                 return self._view(uow, request)
+        # One answer for a missing enclave and one the caller may not see; the denial carries
+        # the label of an existing one, so only auditors cleared for it read of the attempt.
         error = NotFoundError(kind="enclave", ident=str(enclave_id))
-        self._recorder.denial(ctx, "enclave:read", f"enclave/{enclave_id}", error)
+        self._recorder.denial(
+            ctx, "enclave:read", f"enclave/{enclave_id}", error, label=_label_of(request)
+        )
         raise error
 
     def console(
@@ -145,7 +149,9 @@ class EnclaveService:
         mine = request.requester == ctx.principal.subject
         if not (mine or ctx.principal.has_role(Role.OFFICER)):
             error = PolicyDeniedError(reason="only the requester and officers read the console")
-            self._recorder.denial(ctx, "enclave:console", f"enclave/{enclave_id}", error)
+            self._recorder.denial(
+                ctx, "enclave:console", f"enclave/{enclave_id}", error, label=request.label
+            )
             raise error
         if view.enclave is None or view.enclave.ended_at is not None:
             return ""
@@ -154,17 +160,23 @@ class EnclaveService:
         return self._hypervisor.console(plan, max_bytes)
 
     def preview(self, ctx: CallContext, request_id: uuid.UUID) -> Placement:
-        """Where the request would be placed now, and why every other host would not."""
+        """Where the request would be placed now, and why every other host would not.
+
+        :raises NotFoundError: unknown, or not visible to the caller (the same answer).
+        :raises PolicyDeniedError: visible, but the caller is not an officer.
+        """
         target = request_target(request_id)
         with self._uow(readonly=True) as uow:
             request = uow.requests.get(request_id)
             try:
-                if request is None or not ctx.principal.cleared_for(request.label):
+                # Visibility first: whoever may not see the request gets the answer a
+                # missing one gets, whatever their role.
+                if request is None or not self._policy.can_see(ctx.principal, request):
                     raise NotFoundError(kind="request", ident=str(request_id))
                 if not ctx.principal.has_role(Role.OFFICER):
                     raise PolicyDeniedError(reason="only officers see placement previews")
             except SovereignError as e:
-                self._recorder.denial(ctx, "request:preview", target, e)
+                self._recorder.denial(ctx, "request:preview", target, e, label=_label_of(request))
                 raise
             tenant = uow.tenants.get(request.tenant)
             assert tenant is not None
@@ -184,10 +196,14 @@ class EnclaveService:
         erase = False
         try:
             with self._uow() as uow:
-                request = uow.requests.get(enclave_id, for_update=True)
-                if request is None or not self._policy.can_see(ctx.principal, request):
+                # Visibility is checked on a plain read before the row is locked, so that a
+                # request the caller may not see is never locked (or waited for) on their behalf.
+                seen = uow.requests.get(enclave_id)
+                label = _label_of(seen)
+                if seen is None or not self._policy.can_see(ctx.principal, seen):
                     raise NotFoundError(kind="enclave", ident=str(enclave_id))
-                label = request.label
+                request = uow.requests.get(enclave_id, for_update=True)
+                assert request is not None, "requests are never deleted"
                 mine = request.requester == ctx.principal.subject
                 if not (mine or ctx.principal.has_role(Role.OFFICER)):
                     raise PolicyDeniedError(
@@ -352,3 +368,8 @@ class EnclaveService:
         self, ctx: CallContext, _action: DualAction, details: dict[str, Any]
     ) -> None:
         self._erase(ctx, [uuid.UUID(e) for e in details["ended"]])
+
+
+def _label_of(request: EnclaveRequest | None) -> Label | None:
+    """The label of ``request`` if it exists, for the audit event of a refusal about it."""
+    return request.label if request is not None else None

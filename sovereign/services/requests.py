@@ -166,8 +166,13 @@ class RequestService:
         with self._uow(readonly=True) as uow:
             request = uow.requests.get(request_id)
         if request is None or not self._policy.can_see(ctx.principal, request):
+            # One answer for a missing request and one the caller may not see; the denial
+            # carries the label of an existing one, so only auditors cleared for it read of it.
             error = NotFoundError(kind="request", ident=str(request_id))
-            self._recorder.denial(ctx, "request:read", request_target(request_id), error)
+            label = request.label if request is not None else None
+            self._recorder.denial(
+                ctx, "request:read", request_target(request_id), error, label=label
+            )
             raise error
         return request
 
@@ -251,10 +256,15 @@ class RequestService:
         for attempt in range(CONCURRENCY_RETRIES):
             try:
                 with self._uow() as uow:
-                    request = uow.requests.get(request_id, for_update=True)
-                    if request is None or not self._policy.can_see(ctx.principal, request):
+                    # Visibility first, on a plain read: a request the caller may not see
+                    # answers exactly as a missing one (same reads, same message, a denial
+                    # labelled as the request) and is never locked on their behalf.
+                    seen = uow.requests.get(request_id)
+                    label = seen.label if seen is not None else None
+                    if seen is None or not self._policy.can_see(ctx.principal, seen):
                         raise NotFoundError(kind="request", ident=str(request_id))
-                    label = request.label
+                    request = uow.requests.get(request_id, for_update=True)
+                    assert request is not None, "requests are never deleted"
                     before = request.state
                     step(uow, request)
                     with self._on_approval(uow, ctx, request, before):
