@@ -38,6 +38,12 @@ class Visibility:
         kill switch's scope), never for a user's listing."""
         return cls(tuple(scheme.levels), scheme.compartments, None)
 
+    @classmethod
+    def up_to(cls, scheme: LabelScheme, label: Label) -> Visibility:
+        """Every tenant, at labels ``label`` dominates: the reach of a kill switch bounded by
+        what its officers are cleared for."""
+        return cls(scheme.dominated_levels(label), label.compartments, None)
+
 
 @dataclass(frozen=True)
 class AccessPolicy:

@@ -179,6 +179,7 @@ def test_classified_kill_switch_needs_a_second_officer(call: Call, reconcile: Ca
     assert r.status_code == 200, r.get_json()
     result = f.KillOut.model_validate(r.get_json())
     assert result.ended == []
+    assert not result.partial  # a label the officer is cleared for: nothing left out
     assert result.proposal is not None
     assert result.proposal.status == "1 of 2 officers: officer-1"
     pending = call("officer-2", "GET", "/api/v1/actions").get_json()["items"]

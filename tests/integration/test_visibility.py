@@ -27,6 +27,7 @@ from sovereign.domain.identity import Principal, Role
 from sovereign.domain.tenants import Resources
 from sovereign.errors import NotFoundError, SovereignError
 from sovereign.services.auditing import EventFilter
+from sovereign.services.enclaves import KillResult
 from sovereign.services.ports import RequestFilter
 from sovereign.services.requests import RequestDraft
 from tests.support.factories import (
@@ -255,6 +256,87 @@ def test_who_may_see_an_object_is_told_why_they_may_not_act_on_it(fleet: Fleet, 
         services.actions.confirm(ctx(OFFICER_1), world.action)  # the proposer
     with pytest.raises(SovereignError, match="draining or quarantining needs the operator"):
         services.hosts.set_state(ctx(AUDITOR), world.host, "draining", "x")
+
+
+# -- the kill switch ---------------------------------------------------------------------------
+
+
+def test_the_kill_switch_answers_a_restricted_officer_alike_whether_secret_enclaves_exist(
+    fleet: Fleet,
+):
+    services = fleet.services
+
+    def pull() -> tuple[KillResult, tuple[str, ...]]:
+        with statements(services) as seen:
+            result = services.enclaves.kill_switch(
+                ctx(OFFICER_LOW), label=None, tenant="defence", reason="drill"
+            )
+        return result, tuple(seen)
+
+    before, work_before = pull()
+    secret = file(fleet, SECRET_NATO)
+    fleet.settle()
+    assert fleet.state(secret) == "running"
+    denied = len(denials(fleet))
+    after, work_after = pull()
+    assert before == after == KillResult(ended=(), proposal=None, partial=True)
+    assert work_before == work_after
+    assert len(denials(fleet)) == denied, "nothing refused, so nothing recorded as refused"
+    assert fleet.state(secret) == "running", "above the officer: untouched"
+
+
+def test_the_kill_switch_ends_what_the_officer_is_cleared_for_and_nothing_above(fleet: Fleet):
+    # One classified host, dedicated to one label at a time: one of the two runs, the other
+    # waits approved; the kill switch ends both kinds.
+    low = file(fleet, RESTRICTED)
+    secret = file(fleet, SECRET_NATO)
+    fleet.settle()
+    result = fleet.services.enclaves.kill_switch(
+        ctx(OFFICER_LOW), label=None, tenant="defence", reason="breach"
+    )
+    assert result.ended == (low,)
+    assert result.proposal is None and result.partial
+    fleet.settle()
+    assert fleet.state(low) in ENDED
+    assert fleet.state(secret) in LIVE, "above the officer: untouched"
+
+
+def test_a_kill_switch_within_the_officers_clearance_is_not_partial(fleet: Fleet):
+    result = fleet.services.enclaves.kill_switch(
+        ctx(OFFICER_LOW), label=fleet.services.scheme.parse(RESTRICTED), tenant=None, reason="x"
+    )
+    assert result == KillResult(ended=(), proposal=None, partial=False)
+    result = fleet.services.enclaves.kill_switch(
+        ctx(OFFICER_LOW), label=None, tenant="research", reason="x"
+    )
+    assert not result.partial  # the research tenant's ceiling is UNCLASSIFIED
+
+
+def test_a_confirmed_kill_switch_ends_only_what_both_officers_are_cleared_for(fleet: Fleet):
+    nato = file(fleet, SECRET_NATO)
+    crypto = file(fleet, SECRET_CRYPTO, analyst=ANALYST_ALL)
+    fleet.settle()
+    result = fleet.services.enclaves.kill_switch(
+        ctx(OFFICER_NATO), label=None, tenant="defence", reason="breach"
+    )
+    assert result.proposal is not None
+    # The proposal rests on what its proposer can see; it says nothing of the CRYPTO enclave.
+    assert result.proposal.label == fleet.services.scheme.parse(SECRET_NATO)
+    fleet.services.actions.confirm(ctx(OFFICER_2), result.proposal.id)
+    fleet.settle()
+    assert fleet.state(nato) in ENDED
+    assert fleet.state(crypto) in LIVE, "the proposer could not see it: untouched"
+
+
+def test_the_two_person_threshold_rests_on_what_the_officer_can_see(fleet: Fleet):
+    """A SECRET enclave the officer cannot see does not turn their call into a proposal."""
+    low = file(fleet, RESTRICTED)
+    file(fleet, SECRET_NATO)
+    fleet.settle()
+    result = fleet.services.enclaves.kill_switch(
+        ctx(OFFICER_LOW), label=None, tenant="defence", reason="x"
+    )
+    assert result.ended == (low,) and result.proposal is None
 
 
 # -- denials in the audit log ------------------------------------------------------------------

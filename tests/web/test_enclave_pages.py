@@ -608,6 +608,27 @@ def test_a_kill_switch_that_matches_nothing_says_so(users: Users, reconcile: Rec
     assert "No enclave matched of tenant research: nothing was ended." in text(done)
 
 
+def test_the_kill_switch_tells_an_officer_nothing_about_enclaves_above_them(
+    users: Users, reconcile: Reconcile
+):
+    officer = users("officer-restricted")
+    form = {"tenant": "defence", "reason": "drill", "confirm": "yes"}
+
+    def pull() -> str:
+        done = post(officer, "/kill-switch", form)
+        assert done.status_code == 200, text(done)
+        return re.sub(r'name="csrf_token" value="[^"]*"', "", text(done))
+
+    before = pull()
+    rid = running(users, reconcile)  # SECRET//NATO, in the defence tenant
+    after = pull()
+    assert before == after, "the same page whether or not a SECRET enclave exists"
+    assert "No enclave matched of tenant defence: nothing was ended." in after
+    assert "Tenant defence may hold enclaves above your clearance." in after
+    assert "SECRET" not in after
+    assert state_of(users, rid) == "running"
+
+
 def test_the_kill_switch_needs_the_confirmation(app: Flask, users: Users, reconcile: Reconcile):
     rid = running(users, reconcile)
     page = post(users("officer-1"), "/kill-switch", {**KILL_SECRET, "confirm": ""})
