@@ -23,7 +23,7 @@ from sovereign.domain.actions import ActionKind, DualAction, check_officer
 from sovereign.domain.fleet import Enclave, FleetView, Gpu, placement_request
 from sovereign.domain.identity import Role
 from sovereign.domain.labels import Label
-from sovereign.domain.placement import Placement, place
+from sovereign.domain.placement import Placement, as_seen_by, place
 from sovereign.domain.policy import AccessPolicy, Visibility
 from sovereign.domain.requests import EnclaveRequest, RequestState
 from sovereign.errors import (
@@ -185,7 +185,14 @@ class EnclaveService:
             tenant = uow.tenants.get(request.tenant)
             assert tenant is not None
             fleet = FleetView(uow.hosts.list(), uow.gpus.list(), uow.enclaves.list())
-        return place(placement_request(request, tenant), fleet.snapshot())
+        snapshot = fleet.snapshot()
+        # Other enclaves' labels are named only to an officer cleared for them.
+        scheme = self._policy.scheme
+        return as_seen_by(
+            place(placement_request(request, tenant), snapshot),
+            snapshot,
+            lambda text: ctx.principal.cleared_for(scheme.parse(text)),
+        )
 
     # -- ending ------------------------------------------------------------------------------
 

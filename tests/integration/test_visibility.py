@@ -258,6 +258,28 @@ def test_who_may_see_an_object_is_told_why_they_may_not_act_on_it(fleet: Fleet, 
         services.hosts.set_state(ctx(AUDITOR), world.host, "draining", "x")
 
 
+def test_a_placement_preview_names_no_label_above_the_officer(fleet: Fleet):
+    crypto = file(fleet, SECRET_CRYPTO, analyst=ANALYST_ALL)
+    fleet.settle()
+    assert fleet.state(crypto) == "running"  # on secret-1, the one classified host
+    nato = file(fleet, SECRET_NATO)
+    fleet.settle()
+    assert fleet.state(nato) == "approved", "secret-1 is dedicated to SECRET//CRYPTO"
+    cleared = fleet.services.enclaves.preview(ctx(OFFICER_1), nato)
+    assert cleared.reasons["secret-1"] == "carries SECRET//CRYPTO enclaves; dedicated per label"
+    below = fleet.services.enclaves.preview(ctx(OFFICER_NATO), nato)
+    assert below.reasons["secret-1"] == "carries enclaves of another label; dedicated per label"
+    assert "CRYPTO" not in below.explain()
+    # The reconciler's record of why it could not place the request names SECRET//CRYPTO: it
+    # is labelled with it, so an auditor cleared only for SECRET//NATO does not read it.
+    fleet.services.audit.log.sequence()
+    auditor_nato = principal("auditor-nato", Role.AUDITOR, compartments=("NATO",))
+    query = EventFilter(action="enclave:place", target=f"enclave/{nato}")
+    (waiting,) = fleet.services.audit.events(ctx(AUDITOR), query).items
+    assert waiting.event.label == {"level": "SECRET", "compartments": ["CRYPTO", "NATO"]}
+    assert fleet.services.audit.events(ctx(auditor_nato), query).items == []
+
+
 # -- the kill switch ---------------------------------------------------------------------------
 
 
