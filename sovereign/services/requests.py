@@ -89,12 +89,15 @@ class RequestService:
         try:
             label = self.scheme.parse(draft.label)
             self._check_gpus(draft)
+            # Who may request at all is decided before any tenant is read. Analysts know only
+            # their own tenants: any other answers as an unknown one, by the same path.
+            self._policy.check_requester(ctx.principal)
             # Checks read in a unit of their own, so the write lock is held only for the
             # insert and its audit event. The quota at request time counts committed usage,
             # which creating a request does not change; approvals re-check it under a lock.
             with self._uow(readonly=True) as uow:
                 tenant = uow.tenants.get(draft.tenant)
-                if tenant is None:
+                if tenant is None or tenant.name not in ctx.principal.tenants:
                     raise InvalidInputError(reason=f"unknown tenant {draft.tenant!r}")
                 image = uow.images.get(draft.image)
                 if image is None:

@@ -234,6 +234,38 @@ def test_an_invisible_object_is_answered_exactly_as_a_missing_one(
     assert hidden.label is not None and hidden.label["level"] == "SECRET"
 
 
+def probe(tenant: str) -> RequestDraft:
+    """A small UNCLASSIFIED request for ``tenant``."""
+    return RequestDraft(
+        tenant=tenant,
+        label={"level": "UNCLASSIFIED", "compartments": []},
+        resources=Resources(vcpus=1, memory_mib=1024, gpus=0, disk_gib=1),
+        gpu_model=None,
+        image="ubuntu-24.04-research",
+        purpose="probe",
+        lease_hours=1,
+    )
+
+
+def test_a_tenant_the_analyst_is_no_member_of_is_answered_as_an_unknown_one(fleet: Fleet):
+    def create(tenant: str) -> Answer:
+        return answer(
+            fleet,
+            lambda: fleet.services.requests.create(ctx(ANALYST_RESEARCH), probe(tenant)),
+            tenant,
+        )
+
+    hidden, absent = create("defence"), create("no-such-tenant")
+    assert hidden.error is absent.error
+    assert hidden.message == absent.message == "Invalid input: unknown tenant '<id>'"
+    assert hidden.statements == absent.statements
+    assert hidden.denial == absent.denial
+    # Whoever may not request at all is told so before any tenant is read.
+    with statements(fleet.services) as seen, pytest.raises(SovereignError, match="only analysts"):
+        fleet.services.requests.create(ctx(NOBODY), probe("defence"))
+    assert not any("tenants" in sql for sql in seen)
+
+
 def test_no_role_means_not_found_for_any_request(fleet: Fleet, world: World):
     for call in (
         fleet.services.enclaves.preview,
