@@ -335,9 +335,16 @@ class HostService:
     def propose_accreditation(
         self, ctx: CallContext, name: str, accreditation: Label, reason: str
     ) -> DualAction:
-        """First officer proposes a new accreditation; a second one confirms it."""
+        """First officer proposes a new accreditation; a second one confirms it.
+
+        The proposal is labelled with the join of the host's accreditation and the new one:
+        both officers must be cleared for both, and only officers cleared for both see it.
+        """
         if not reason.strip():
             raise InvalidInputError(reason="a reason is required")
+        with self._uow(readonly=True) as uow:
+            current = uow.hosts.get(name)
+        label = self._scheme.join([accreditation, *([current.accreditation] if current else [])])
 
         def check(uow: UnitOfWork) -> None:
             host = uow.hosts.get(name)
@@ -349,7 +356,7 @@ class HostService:
             ctx,
             ActionKind.ACCREDIT_HOST,
             {"host": name, "accreditation": accreditation.to_dict()},
-            accreditation,
+            label,
             reason,
             check=check,
         )

@@ -312,6 +312,23 @@ def test_a_placement_preview_names_no_label_above_the_officer(fleet: Fleet):
     assert fleet.services.audit.events(ctx(auditor_nato), query).items == []
 
 
+def test_an_accreditation_proposal_is_labelled_with_both_accreditations(fleet: Fleet):
+    services = fleet.services
+    lowest = services.scheme.lowest
+    proposal = services.hosts.propose_accreditation(ctx(OFFICER_1), "secret-1", lowest, "move")
+    assert proposal.label == services.scheme.highest  # secret-1's accreditation
+    assert services.actions.list(ctx(OFFICER_LOW)) == [], "it cannot confirm it: not shown"
+    assert [a.id for a in services.actions.list(ctx(OFFICER_2))] == [proposal.id]
+    # A refused proposal about the SECRET host is recorded under its accreditation.
+    with pytest.raises(SovereignError, match="clearance"):
+        services.hosts.propose_accreditation(ctx(OFFICER_LOW), "secret-1", lowest, "move")
+    services.audit.log.sequence()
+    query = EventFilter(action=ActionKind.ACCREDIT_HOST.value)
+    (refused,) = services.audit.events(ctx(AUDITOR), query).items
+    assert refused.event.outcome is Outcome.DENY
+    assert services.audit.events(ctx(AUDITOR_LOW), query).items == []
+
+
 # -- the kill switch ---------------------------------------------------------------------------
 
 
