@@ -128,7 +128,9 @@ def build_services(
         default_probes.append(
             VaultProbe(config["VAULT_ADDR"], config.get("VAULT_TOKEN"), config["VAULT_TIMEOUT_S"])
         )
-    keys = KeyService(uow, secrets, mount_prefix=config["VAULT_MOUNT_PREFIX"], clock=clock)
+    keys = KeyService(
+        uow, secrets, policy=policy, mount_prefix=config["VAULT_MOUNT_PREFIX"], clock=clock
+    )
     if config.get("HYPERVISOR_URIS"):
         from sovereign.adapters.hypervisor import HypervisorProbe  # noqa: PLC0415
 

@@ -284,9 +284,12 @@ class SqlRequestRepository:
             # writers there) and the version check in update() catches the rest.
             stmt = stmt.with_for_update()
         r = self._conn.execute(stmt).first()
+        # The approvals are read even when no row was found: a missing request and one the
+        # caller may not see then cost the same statements, so timing does not tell them apart.
+        decisions = self._approvals_for([request_id])[request_id]
         if r is None:
             return None
-        return self._request(r, self._approvals_for([r.id])[r.id])
+        return self._request(r, decisions)
 
     def update(self, request: EnclaveRequest) -> None:
         values = self._values(request)

@@ -251,11 +251,20 @@ class KillOut(BaseModel):
 
     ended: list[uuid.UUID]
     proposal: ActionOut | None
+    partial: bool = Field(
+        description="The tenant's ceiling is above your clearance: enclaves above it, if any, "
+        "were not touched; an officer cleared for them must pull the kill switch too. Says "
+        "nothing about whether such enclaves exist."
+    )
 
     @classmethod
     def of(cls, r: KillResult) -> KillOut:
         """From the service's result."""
-        return cls(ended=list(r.ended), proposal=ActionOut.of(r.proposal) if r.proposal else None)
+        return cls(
+            ended=list(r.ended),
+            proposal=ActionOut.of(r.proposal) if r.proposal else None,
+            partial=r.partial,
+        )
 
 
 def placement_out(p: Placement) -> PlacementOut:

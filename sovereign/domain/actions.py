@@ -58,6 +58,11 @@ class DualAction:
     #: ``action:confirm`` audit event), e.g. the enclaves a kill switch ended.
     notes: dict[str, Any] = field(default_factory=dict)
 
+    def visible_to(self, principal: Principal) -> bool:
+        """Whether ``principal`` may know that this proposal exists: officers cleared for its
+        label (the only people who could confirm it)."""
+        return principal.has_role(Role.OFFICER) and principal.cleared_for(self.label)
+
     def confirm(self, principal: Principal, now: datetime) -> None:
         """Confirm as ``principal``.
 

@@ -105,6 +105,17 @@ class LabelScheme:
             raise LabelError(reason="compartments must be a list of strings")
         return self.label(raw_level, comps)
 
+    def join(self, labels: Iterable[Label]) -> Label:
+        """The least upper bound of ``labels``: their highest level and every compartment of
+        any of them (the lowest label for none). Whoever is cleared for the join is cleared for
+        each of them; unlike the highest of them by rank, it also covers labels of one level
+        with different compartments."""
+        found = list(labels)
+        if not found:
+            return self.lowest
+        top = max(found, key=lambda label: label.rank)
+        return self.label(top.level, frozenset().union(*(label.compartments for label in found)))
+
     def dominated_levels(self, label: Label) -> tuple[str, ...]:
         """Names of the levels at or below ``label``'s level (for filtering in queries)."""
         return self.levels[: label.rank + 1]

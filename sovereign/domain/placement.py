@@ -25,7 +25,7 @@ a snapshot and persist the result (claiming the GPUs in the same transaction).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -277,12 +277,49 @@ def _isolation_reason(host: HostState, request: PlacementRequest, label: str) ->
         return f"accreditation {host.accreditation} does not dominate {label}"
     present = host.labels_present
     if present and (len(present) > 1 or label not in present):
-        carried = ", ".join(sorted(present))
-        return f"carries {carried} enclaves; dedicated per label"
+        return _dedicated(present)
     if host.classified_present is not None and host.classified_present != request.classified:
         kind = "classified" if host.classified_present else "civilian"
         return f"carries {kind} enclaves; classified and civilian never share a host"
     return None
+
+
+def _dedicated(carried: frozenset[str]) -> str:
+    """The reason of rule 3, naming the labels the host carries."""
+    return f"carries {', '.join(sorted(carried))} enclaves; dedicated per label"
+
+
+#: The reason of rule 3 for a reader not cleared for every label the host carries.
+DEDICATED_ELSEWHERE = "carries enclaves of another label; dedicated per label"
+
+
+def named_labels(placement: Placement, fleet: Sequence[HostState]) -> frozenset[str]:
+    """The labels of other enclaves that ``placement``'s reasons name (rule 3), as ``str``."""
+    return frozenset().union(
+        *(
+            host.labels_present
+            for host in fleet
+            if host.labels_present
+            and placement.reasons.get(host.name) == _dedicated(host.labels_present)
+        )
+    )
+
+
+def as_seen_by(
+    placement: Placement, fleet: Sequence[HostState], cleared: Callable[[str], bool]
+) -> Placement:
+    """``placement`` with every reason that names a label ``cleared`` refuses replaced by
+    :data:`DEDICATED_ELSEWHERE`, which names none: what a reader below those labels is shown."""
+    reasons = dict(placement.reasons)
+    for host in fleet:
+        carried = host.labels_present
+        if (
+            carried
+            and reasons.get(host.name) == _dedicated(carried)
+            and not all(cleared(text) for text in carried)
+        ):
+            reasons[host.name] = DEDICATED_ELSEWHERE
+    return replace(placement, reasons=reasons)
 
 
 def _reject(host: HostState, request: PlacementRequest, label: str) -> str | tuple[str, int]:

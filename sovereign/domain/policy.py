@@ -38,6 +38,12 @@ class Visibility:
         kill switch's scope), never for a user's listing."""
         return cls(tuple(scheme.levels), scheme.compartments, None)
 
+    @classmethod
+    def up_to(cls, scheme: LabelScheme, label: Label) -> Visibility:
+        """Every tenant, at labels ``label`` dominates: the reach of a kill switch bounded by
+        what its officers are cleared for."""
+        return cls(scheme.dominated_levels(label), label.compartments, None)
+
 
 @dataclass(frozen=True)
 class AccessPolicy:
@@ -110,8 +116,7 @@ class AccessPolicy:
         :raises PolicyDeniedError: for role, membership, clearance, ceiling or lease violations.
         :raises QuotaExceededError: if the tenant's committed usage plus this would exceed quota.
         """
-        if not principal.has_role(Role.ANALYST):
-            raise PolicyDeniedError(reason="only analysts may request enclaves")
+        self.check_requester(principal)
         if tenant.name not in principal.tenants:
             raise PolicyDeniedError(reason=f"you are not a member of tenant {tenant.name!r}")
         if not principal.cleared_for(label):
@@ -129,6 +134,12 @@ class AccessPolicy:
                 reason=f"lease of {lease_hours} h exceeds the maximum of {self.max_lease_hours} h"
             )
         self.check_quota(tenant, committed, resources)
+
+    @staticmethod
+    def check_requester(principal: Principal) -> None:
+        """:raises PolicyDeniedError: unless ``principal`` is an analyst (only they request)."""
+        if not principal.has_role(Role.ANALYST):
+            raise PolicyDeniedError(reason="only analysts may request enclaves")
 
     @staticmethod
     def check_quota(tenant: Tenant, committed: Resources, resources: Resources) -> None:

@@ -120,18 +120,24 @@ class ActionService:
     def confirm(self, ctx: CallContext, action_id: uuid.UUID) -> DualAction:
         """Confirm as the second officer and carry the action out, in one transaction.
 
-        :raises NotFoundError: unknown, or not visible to the caller's clearance.
-        :raises PolicyDeniedError: the proposer, a non-officer, or not cleared.
+        :raises NotFoundError: unknown, or not visible to the caller (no officer, or not
+            cleared for its label): the same answer.
+        :raises PolicyDeniedError: the proposer.
         :raises ConflictError: already confirmed or expired.
         """
         target = action_target(action_id)
         label: Label | None = None
         try:
             with self._uow() as uow:
-                action = uow.actions.get(action_id, for_update=True)
-                if action is None or not ctx.principal.cleared_for(action.label):
+                # Visibility first, on a plain read: a proposal the caller may not see answers
+                # exactly as a missing one and is never locked on their behalf; the denial
+                # carries its label, so only auditors cleared for it read of the attempt.
+                seen = uow.actions.get(action_id)
+                label = seen.label if seen is not None else None
+                if seen is None or not seen.visible_to(ctx.principal):
                     raise NotFoundError(kind="action", ident=str(action_id))
-                label = action.label
+                action = uow.actions.get(action_id, for_update=True)
+                assert action is not None, "proposals are never deleted"
                 try:
                     action.confirm(ctx.principal, self._clock())
                 except SovereignError:
@@ -184,4 +190,4 @@ class ActionService:
             raise error
         with self._uow(readonly=True) as uow:
             actions = uow.actions.list(state)
-        return [a for a in actions if ctx.principal.cleared_for(a.label)]
+        return [a for a in actions if a.visible_to(ctx.principal)]

@@ -15,6 +15,7 @@ from datetime import datetime
 from audit import AuditQuery, Outcome, StoredEvent
 from audit.export import FORMATS, export
 from audit.verify import LogVerificationError
+from sovereign.domain.labels import Label
 from sovereign.domain.policy import AccessPolicy, Visibility
 from sovereign.errors import (
     DependencyUnavailableError,
@@ -98,18 +99,24 @@ class AuditReadService:
         """A tlog-proof for event ``seq`` if the caller may read that event.
 
         :raises PolicyDeniedError: wrong role. :raises NotFoundError: unknown, not yet
-            checkpointed, or above the caller's clearance.
+            checkpointed, or above the caller's clearance (the same answer, by the same path).
         """
-        visibility = self._readable(ctx, "audit:prove", f"audit/{seq}")
-        stored = self.log.event(seq)
-        label = stored.event.label
-        if label is not None and not (
-            label["level"] in visibility.levels
-            and set(label.get("compartments", [])) <= visibility.compartments
-        ):
-            error = NotFoundError(kind="audit event", ident=str(seq))
-            self._recorder.denial(ctx, "audit:prove", f"audit/{seq}", error)
-            raise error
+        target = f"audit/{seq}"
+        try:
+            stored: StoredEvent | None = self.log.event(seq)
+        except NotFoundError:
+            stored = None
+        raw = stored.event.label if stored is not None else None
+        # A refusal about an existing event carries its label: only readers cleared for it
+        # learn that someone asked for it.
+        label = self._policy.scheme.parse(raw) if raw is not None else None
+        try:
+            visibility = self._policy.audit_visibility(ctx.principal)
+            if stored is None or (label is not None and not _within(label, visibility)):
+                raise NotFoundError(kind="audit event", ident=str(seq))
+        except SovereignError as e:
+            self._recorder.denial(ctx, "audit:prove", target, e, label=label)
+            raise
         return self.log.proof(seq)
 
     def consistency(self, ctx: CallContext, old_size: int, new_size: int) -> Consistency:
@@ -206,6 +213,10 @@ class AuditReadService:
                 return
             yield from export(page, fmt)
             after = page[-1].seq
+
+
+def _within(label: Label, visibility: Visibility) -> bool:
+    return label.level in visibility.levels and label.compartments <= visibility.compartments
 
 
 __all__ = ["AuditReadService", "EventFilter", "LogCheck"]

@@ -6,7 +6,8 @@ cleared for it may terminate; only officers pull the kill switch, two of them wh
 label at or above the two-person level) and the immediate effects of ending: the request moves to
 ``terminating`` (an approved request not yet placed is cancelled and its keys erased) and the
 reconciler does the rest. The kill switch also crypto-erases the keys at once, so data is
-unreadable even before the domains are gone.
+unreadable even before the domains are gone; it reaches only enclaves its officers are cleared
+for, and answers the same whether or not others exist above them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sovereign.domain.actions import ActionKind, DualAction, check_officer
 from sovereign.domain.fleet import Enclave, FleetView, Gpu, placement_request
 from sovereign.domain.identity import Role
 from sovereign.domain.labels import Label
-from sovereign.domain.placement import Placement, place
+from sovereign.domain.placement import Placement, as_seen_by, place
 from sovereign.domain.policy import AccessPolicy, Visibility
 from sovereign.domain.requests import EnclaveRequest, RequestState
 from sovereign.errors import (
@@ -70,6 +71,9 @@ class KillResult:
 
     ended: tuple[uuid.UUID, ...]
     proposal: DualAction | None
+    #: Whether the scope asked for may hold enclaves above the caller's clearance, which the
+    #: kill switch does not touch; known from the tenant's ceiling, never from its enclaves.
+    partial: bool = False
 
 
 class EnclaveService:
@@ -132,8 +136,12 @@ class EnclaveService:
             request = uow.requests.get(enclave_id)
             if request is not None and self._policy.can_see(ctx.principal, request):
                 return self._view(uow, request)
+        # One answer for a missing enclave and one the caller may not see; the denial carries
+        # the label of an existing one, so only auditors cleared for it read of the attempt.
         error = NotFoundError(kind="enclave", ident=str(enclave_id))
-        self._recorder.denial(ctx, "enclave:read", f"enclave/{enclave_id}", error)
+        self._recorder.denial(
+            ctx, "enclave:read", f"enclave/{enclave_id}", error, label=_label_of(request)
+        )
         raise error
 
     def console(
@@ -145,7 +153,9 @@ class EnclaveService:
         mine = request.requester == ctx.principal.subject
         if not (mine or ctx.principal.has_role(Role.OFFICER)):
             error = PolicyDeniedError(reason="only the requester and officers read the console")
-            self._recorder.denial(ctx, "enclave:console", f"enclave/{enclave_id}", error)
+            self._recorder.denial(
+                ctx, "enclave:console", f"enclave/{enclave_id}", error, label=request.label
+            )
             raise error
         if view.enclave is None or view.enclave.ended_at is not None:
             return ""
@@ -154,22 +164,35 @@ class EnclaveService:
         return self._hypervisor.console(plan, max_bytes)
 
     def preview(self, ctx: CallContext, request_id: uuid.UUID) -> Placement:
-        """Where the request would be placed now, and why every other host would not."""
+        """Where the request would be placed now, and why every other host would not.
+
+        :raises NotFoundError: unknown, or not visible to the caller (the same answer).
+        :raises PolicyDeniedError: visible, but the caller is not an officer.
+        """
         target = request_target(request_id)
         with self._uow(readonly=True) as uow:
             request = uow.requests.get(request_id)
             try:
-                if request is None or not ctx.principal.cleared_for(request.label):
+                # Visibility first: whoever may not see the request gets the answer a
+                # missing one gets, whatever their role.
+                if request is None or not self._policy.can_see(ctx.principal, request):
                     raise NotFoundError(kind="request", ident=str(request_id))
                 if not ctx.principal.has_role(Role.OFFICER):
                     raise PolicyDeniedError(reason="only officers see placement previews")
             except SovereignError as e:
-                self._recorder.denial(ctx, "request:preview", target, e)
+                self._recorder.denial(ctx, "request:preview", target, e, label=_label_of(request))
                 raise
             tenant = uow.tenants.get(request.tenant)
             assert tenant is not None
             fleet = FleetView(uow.hosts.list(), uow.gpus.list(), uow.enclaves.list())
-        return place(placement_request(request, tenant), fleet.snapshot())
+        snapshot = fleet.snapshot()
+        # Other enclaves' labels are named only to an officer cleared for them.
+        scheme = self._policy.scheme
+        return as_seen_by(
+            place(placement_request(request, tenant), snapshot),
+            snapshot,
+            lambda text: ctx.principal.cleared_for(scheme.parse(text)),
+        )
 
     # -- ending ------------------------------------------------------------------------------
 
@@ -184,10 +207,14 @@ class EnclaveService:
         erase = False
         try:
             with self._uow() as uow:
-                request = uow.requests.get(enclave_id, for_update=True)
-                if request is None or not self._policy.can_see(ctx.principal, request):
+                # Visibility is checked on a plain read before the row is locked, so that a
+                # request the caller may not see is never locked (or waited for) on their behalf.
+                seen = uow.requests.get(enclave_id)
+                label = _label_of(seen)
+                if seen is None or not self._policy.can_see(ctx.principal, seen):
                     raise NotFoundError(kind="enclave", ident=str(enclave_id))
-                label = request.label
+                request = uow.requests.get(enclave_id, for_update=True)
+                assert request is not None, "requests are never deleted"
                 mine = request.requester == ctx.principal.subject
                 if not (mine or ctx.principal.has_role(Role.OFFICER)):
                     raise PolicyDeniedError(
@@ -249,46 +276,64 @@ class EnclaveService:
     def kill_switch(
         self, ctx: CallContext, *, label: Label | None, tenant: str | None, reason: str
     ) -> KillResult:
-        """End every enclave of ``label`` and/or ``tenant`` and erase their keys.
+        """End every enclave of ``label`` and/or ``tenant`` that the caller is cleared for, and
+        erase their keys.
 
-        Below the two-person level it acts at once; at or above it, the first officer's call is
-        a proposal that a second officer confirms (``POST /actions/{id}/confirm``).
+        The kill switch never reaches above the caller's clearance, and what it answers depends
+        only on what the caller may see: a RESTRICTED officer who names a tenant ends its
+        enclaves up to RESTRICTED and learns nothing about any above (``partial`` says that some
+        may exist, from the tenant's ceiling, never from the enclaves). Below the two-person
+        level it acts at once; at or above it, the first officer's call is a proposal that a
+        second officer confirms (``POST /actions/{id}/confirm``).
 
         :raises InvalidInputError: neither label nor tenant, or no reason.
-        :raises PolicyDeniedError: not an officer cleared for the label.
+        :raises PolicyDeniedError: not an officer, or not cleared for the label named.
         """
         if label is None and tenant is None:
             raise InvalidInputError(reason="name a label, a tenant, or both")
         if not reason.strip():
             raise InvalidInputError(reason="a reason is required")
+        scheme = self._policy.scheme
+        try:
+            # Decided from the caller and the call alone, before any enclave is read.
+            check_officer(ctx.principal, label or scheme.lowest)
+        except SovereignError as e:
+            self._recorder.denial(ctx, "enclave:kill", "kill-switch", e, label=label)
+            raise
+        clearance = ctx.principal.clearance
+        assert clearance is not None, "check_officer passed, so the caller has a clearance"
         with self._uow(readonly=True) as uow:
-            scope = self._scope(uow, label, tenant)
-        highest = self._highest(scope, label)
+            scope = self._scope(uow, label, tenant, clearance)
+            found = uow.tenants.get(tenant) if tenant is not None else None
+        partial = label is None and found is not None and not clearance.dominates(found.max_label)
+        # The label the decision rests on: the join of what the caller can see and named. Both
+        # officers must be cleared for it, and it bounds what the kill switch ends.
+        bound = scheme.join([r.label for r in scope] + ([label] if label else []))
         params: dict[str, Any] = {
             "label": label.to_dict() if label else None,
             "tenant": tenant,
         }
-        if highest is not None and self._policy.approvals_needed(highest) > 1:
-            proposal = self._actions.propose(ctx, ActionKind.KILL_SWITCH, params, highest, reason)
-            return KillResult(ended=(), proposal=proposal)
-        target = "kill-switch"
+        if self._policy.approvals_needed(bound) > 1:
+            proposal = self._actions.propose(ctx, ActionKind.KILL_SWITCH, params, bound, reason)
+            return KillResult(ended=(), proposal=proposal, partial=partial)
         try:
-            check_officer(ctx.principal, highest or self._policy.scheme.lowest)
             with self._uow() as uow:
-                ended = self._kill(uow, ctx, params, reason)
+                ended = self._kill(uow, ctx, params, reason, bound)
                 uow.commit()
         except AuditUnavailableError:
             raise
         except SovereignError as e:
-            self._recorder.denial(ctx, "enclave:kill", target, e, label=highest)
+            self._recorder.denial(ctx, "enclave:kill", "kill-switch", e, label=bound)
             raise
         self._erase(ctx, list(ended))
-        return KillResult(ended=tuple(ended), proposal=None)
+        return KillResult(ended=tuple(ended), proposal=None, partial=partial)
 
     def _scope(
-        self, uow: UnitOfWork, label: Label | None, tenant: str | None
+        self, uow: UnitOfWork, label: Label | None, tenant: str | None, bound: Label
     ) -> builtins.list[EnclaveRequest]:
-        visibility = Visibility.everything(self._policy.scheme)
+        """Terminable requests matching ``label`` and ``tenant`` at labels ``bound`` dominates
+        (filtered by the query itself: the others are never read)."""
+        visibility = Visibility.up_to(self._policy.scheme, bound)
         found: builtins.list[EnclaveRequest] = []
         cursor: str | None = None
         while True:
@@ -304,25 +349,17 @@ class EnclaveService:
                 return found
             cursor = page.next_cursor
 
-    @staticmethod
-    def _highest(scope: builtins.list[EnclaveRequest], label: Label | None) -> Label | None:
-        labels = [r.label for r in scope] + ([label] if label else [])
-        if not labels:
-            return None
-        return max(labels, key=lambda lab: (lab.rank, len(lab.compartments)))
-
     def _kill(
-        self, uow: UnitOfWork, ctx: CallContext, params: dict[str, Any], reason: str
+        self,
+        uow: UnitOfWork,
+        ctx: CallContext,
+        params: dict[str, Any],
+        reason: str,
+        bound: Label,
     ) -> builtins.list[uuid.UUID]:
         label = self._policy.scheme.parse(params["label"]) if params.get("label") else None
         ended = []
-        for request in self._scope(uow, label, params.get("tenant")):
-            if not ctx.principal.cleared_for(request.label):
-                # Not naming the label: the caller may not learn what is above them.
-                raise PolicyDeniedError(
-                    reason="the kill switch's scope includes enclaves above your clearance; "
-                    "an officer cleared for all of them must do it"
-                )
+        for request in self._scope(uow, label, params.get("tenant"), bound):
             current = uow.requests.get(request.id, for_update=True)
             assert current is not None
             before = current.state
@@ -345,10 +382,17 @@ class EnclaveService:
     def _kill_confirmed(
         self, uow: UnitOfWork, ctx: CallContext, action: DualAction
     ) -> dict[str, Any]:
-        ended = self._kill(uow, ctx, action.params, action.reason)
+        # Bounded by the proposal's label, which both officers are cleared for: an enclave the
+        # proposer could not see is not ended on their proposal.
+        ended = self._kill(uow, ctx, action.params, action.reason, action.label)
         return {"ended": [str(e) for e in ended]}
 
     def _erase_after_kill(
         self, ctx: CallContext, _action: DualAction, details: dict[str, Any]
     ) -> None:
         self._erase(ctx, [uuid.UUID(e) for e in details["ended"]])
+
+
+def _label_of(request: EnclaveRequest | None) -> Label | None:
+    """The label of ``request`` if it exists, for the audit event of a refusal about it."""
+    return request.label if request is not None else None

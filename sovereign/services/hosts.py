@@ -63,6 +63,16 @@ def _is_system(ctx: CallContext) -> bool:
     return ctx.actor.startswith("system:")
 
 
+def _can_read(ctx: CallContext) -> bool:
+    """Whether the caller may know which hosts exist."""
+    return bool(ctx.principal.roles & HOST_READERS) or _is_system(ctx)
+
+
+def _label(host: Host | None) -> Label | None:
+    """The accreditation of ``host`` if it exists, for the audit event of a refusal about it."""
+    return host.accreditation if host is not None else None
+
+
 class HostService:
     """The fleet's hosts and GPUs."""
 
@@ -100,12 +110,14 @@ class HostService:
             return uow.hosts.list()
 
     def get(self, ctx: CallContext, name: str) -> Host:
-        """One host. :raises NotFoundError:."""
-        self._check_reader(ctx, "host:read")
+        """One host. :raises NotFoundError: unknown, or the caller may not read hosts (the
+        same answer, so a name does not tell whether the host exists)."""
         with self._uow(readonly=True) as uow:
             host = uow.hosts.get(name)
-        if host is None:
-            raise NotFoundError(kind="host", ident=name)
+        if host is None or not _can_read(ctx):
+            error = NotFoundError(kind="host", ident=name)
+            self._recorder.denial(ctx, "host:read", host_target(name), error, label=_label(host))
+            raise error
         return host
 
     def gpus(self, ctx: CallContext, host: str | None = None) -> builtins.list[Gpu]:
@@ -280,10 +292,14 @@ class HostService:
             if not reason.strip() and state != "active":
                 raise InvalidInputError(reason="a reason is required")
             with self._uow() as uow:
-                host = uow.hosts.get(name, for_update=True)
-                if host is None:
+                # Visibility first, on a plain read: a caller who may not read hosts gets the
+                # answer a missing host gets, and the row is never locked on their behalf.
+                seen = uow.hosts.get(name)
+                label = _label(seen)
+                if seen is None or not _can_read(ctx):
                     raise NotFoundError(kind="host", ident=name)
-                label = host.accreditation
+                host = uow.hosts.get(name, for_update=True)
+                assert host is not None, "hosts are never deleted"
                 if state == "active":
                     if not _is_system(ctx):
                         check_officer(ctx.principal, host.accreditation)
@@ -319,9 +335,16 @@ class HostService:
     def propose_accreditation(
         self, ctx: CallContext, name: str, accreditation: Label, reason: str
     ) -> DualAction:
-        """First officer proposes a new accreditation; a second one confirms it."""
+        """First officer proposes a new accreditation; a second one confirms it.
+
+        The proposal is labelled with the join of the host's accreditation and the new one:
+        both officers must be cleared for both, and only officers cleared for both see it.
+        """
         if not reason.strip():
             raise InvalidInputError(reason="a reason is required")
+        with self._uow(readonly=True) as uow:
+            current = uow.hosts.get(name)
+        label = self._scheme.join([accreditation, *([current.accreditation] if current else [])])
 
         def check(uow: UnitOfWork) -> None:
             host = uow.hosts.get(name)
@@ -333,7 +356,7 @@ class HostService:
             ctx,
             ActionKind.ACCREDIT_HOST,
             {"host": name, "accreditation": accreditation.to_dict()},
-            accreditation,
+            label,
             reason,
             check=check,
         )

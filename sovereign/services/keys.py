@@ -22,6 +22,8 @@ from sovereign.domain.keys import (
     enclave_key_name,
     key_mount,
 )
+from sovereign.domain.labels import Label
+from sovereign.domain.policy import AccessPolicy
 from sovereign.domain.requests import EnclaveRequest
 from sovereign.domain.tenants import Tenant
 from sovereign.errors import (
@@ -51,11 +53,13 @@ class KeyService:
         uow_factory: UnitOfWorkFactory,
         store: SecretStore,
         *,
+        policy: AccessPolicy,
         mount_prefix: str = "sovereign-",
         clock: Clock = utcnow,
     ) -> None:
         self._uow = uow_factory
         self.store = store
+        self._policy = policy
         self._prefix = mount_prefix
         self._clock = clock
         self._recorder = Recorder(uow_factory, clock)
@@ -116,12 +120,17 @@ class KeyService:
         )
 
     def _officer_keys(
-        self, ctx: CallContext, request_id: uuid.UUID, uow: UnitOfWork
+        self,
+        ctx: CallContext,
+        request_id: uuid.UUID,
+        request: EnclaveRequest | None,
+        uow: UnitOfWork,
     ) -> tuple[EnclaveRequest, EnclaveKeys]:
-        request = uow.requests.get(request_id)
-        if request is None or not ctx.principal.cleared_for(request.label):
+        # Visibility first: a request the caller may not see answers as a missing one, whatever
+        # their role (the system's own work sees everything).
+        if request is None or not (_is_system(ctx) or self._policy.can_see(ctx.principal, request)):
             raise NotFoundError(kind="request", ident=str(request_id))
-        if not (ctx.principal.has_role(Role.OFFICER) or ctx.actor.startswith("system:")):
+        if not (ctx.principal.has_role(Role.OFFICER) or _is_system(ctx)):
             raise PolicyDeniedError(reason="only security officers manage enclave keys")
         keys = uow.keys.get(request_id)
         if keys is None or keys.destroyed_at is not None:
@@ -183,17 +192,26 @@ class KeyService:
         self, ctx: CallContext, request_id: uuid.UUID, action: str, step: _Step
     ) -> EnclaveKeys:
         target = f"request/{request_id}"
+        label: Label | None = None
         try:
             with self._uow() as uow:
-                request, keys = self._officer_keys(ctx, request_id, uow)
+                found = uow.requests.get(request_id)
+                # Refusals and failures about an existing request carry its label, so only
+                # auditors cleared for the request read of them.
+                label = found.label if found is not None else None
+                request, keys = self._officer_keys(ctx, request_id, found, uow)
                 result = step(ctx, uow, request, keys)
                 uow.commit()
         except AuditUnavailableError:
             raise
         except DependencyUnavailableError as e:
-            self._recorder.failure(ctx, action, target, e)
+            self._recorder.failure(ctx, action, target, e, label=label)
             raise
         except SovereignError as e:
-            self._recorder.denial(ctx, action, target, e)
+            self._recorder.denial(ctx, action, target, e, label=label)
             raise
         return result
+
+
+def _is_system(ctx: CallContext) -> bool:
+    return ctx.actor.startswith("system:")

@@ -52,7 +52,7 @@ from sovereign.domain.fleet import (
 from sovereign.domain.identity import Principal
 from sovereign.domain.keys import EnclaveSecrets
 from sovereign.domain.labels import Label, LabelScheme
-from sovereign.domain.placement import GpuStatus, place
+from sovereign.domain.placement import GpuStatus, named_labels, place
 from sovereign.domain.policy import Visibility
 from sovereign.domain.requests import EnclaveRequest, RequestState
 from sovereign.errors import (
@@ -313,8 +313,14 @@ class Reconciler:
             assert tenant is not None, "foreign key guarantees the tenant"
             fleet = FleetView(uow.hosts.list(), uow.gpus.list(), uow.enclaves.list())
             wanted = placement_request(request, tenant)
-            placement = place(wanted, fleet.snapshot())
+            snapshot = fleet.snapshot()
+            placement = place(wanted, snapshot)
             target = enclave_target(request.id)
+            # The reasons may name other enclaves' labels: the event is labelled with all of
+            # them, so only auditors cleared for everything it names read it.
+            label = self._scheme.join(
+                [request.label, *map(self._scheme.parse, named_labels(placement, snapshot))]
+            )
             if placement.host is None:
                 explained = placement.explain() or "no hosts are registered"
                 if self._reported.get(request.id) != explained:
@@ -323,7 +329,7 @@ class Reconciler:
                         uow,
                         "enclave:place",
                         target,
-                        label=request.label,
+                        label=label,
                         outcome=Outcome.DENY,
                         reason="no host fits; the request waits for capacity",
                         details={"reasons": placement.reasons},
@@ -363,7 +369,7 @@ class Reconciler:
                 uow,
                 "enclave:place",
                 target,
-                label=request.label,
+                label=label,
                 details={
                     "host": placement.host,
                     "gpus": list(placement.gpus),

@@ -89,12 +89,15 @@ class RequestService:
         try:
             label = self.scheme.parse(draft.label)
             self._check_gpus(draft)
+            # Who may request at all is decided before any tenant is read. Analysts know only
+            # their own tenants: any other answers as an unknown one, by the same path.
+            self._policy.check_requester(ctx.principal)
             # Checks read in a unit of their own, so the write lock is held only for the
             # insert and its audit event. The quota at request time counts committed usage,
             # which creating a request does not change; approvals re-check it under a lock.
             with self._uow(readonly=True) as uow:
                 tenant = uow.tenants.get(draft.tenant)
-                if tenant is None:
+                if tenant is None or tenant.name not in ctx.principal.tenants:
                     raise InvalidInputError(reason=f"unknown tenant {draft.tenant!r}")
                 image = uow.images.get(draft.image)
                 if image is None:
@@ -166,8 +169,13 @@ class RequestService:
         with self._uow(readonly=True) as uow:
             request = uow.requests.get(request_id)
         if request is None or not self._policy.can_see(ctx.principal, request):
+            # One answer for a missing request and one the caller may not see; the denial
+            # carries the label of an existing one, so only auditors cleared for it read of it.
             error = NotFoundError(kind="request", ident=str(request_id))
-            self._recorder.denial(ctx, "request:read", request_target(request_id), error)
+            label = request.label if request is not None else None
+            self._recorder.denial(
+                ctx, "request:read", request_target(request_id), error, label=label
+            )
             raise error
         return request
 
@@ -251,10 +259,15 @@ class RequestService:
         for attempt in range(CONCURRENCY_RETRIES):
             try:
                 with self._uow() as uow:
-                    request = uow.requests.get(request_id, for_update=True)
-                    if request is None or not self._policy.can_see(ctx.principal, request):
+                    # Visibility first, on a plain read: a request the caller may not see
+                    # answers exactly as a missing one (same reads, same message, a denial
+                    # labelled as the request) and is never locked on their behalf.
+                    seen = uow.requests.get(request_id)
+                    label = seen.label if seen is not None else None
+                    if seen is None or not self._policy.can_see(ctx.principal, seen):
                         raise NotFoundError(kind="request", ident=str(request_id))
-                    label = request.label
+                    request = uow.requests.get(request_id, for_update=True)
+                    assert request is not None, "requests are never deleted"
                     before = request.state
                     step(uow, request)
                     with self._on_approval(uow, ctx, request, before):

@@ -132,7 +132,9 @@ def test_request_to_running_to_terminated_over_http(call: Call, reconcile: Calla
     preview = call("officer-1", "GET", f"/api/v1/requests/{rid}/placement").get_json()
     assert preview["host"] == "secret-h100x8"
     assert "does not dominate" in preview["rejected"]["civilian-h100x4"]
+    # The requester sees the request, so a refusal reveals nothing: 403; a stranger gets 404.
     problem(call("analyst-defence", "GET", f"/api/v1/requests/{rid}/placement"), 403)
+    problem(call("analyst-research", "GET", f"/api/v1/requests/{rid}/placement"), 404)
     reconcile()
     enclave = f.EnclaveOut.model_validate(
         call("analyst-defence", "GET", f"/api/v1/enclaves/{rid}").get_json()
@@ -177,6 +179,7 @@ def test_classified_kill_switch_needs_a_second_officer(call: Call, reconcile: Ca
     assert r.status_code == 200, r.get_json()
     result = f.KillOut.model_validate(r.get_json())
     assert result.ended == []
+    assert not result.partial  # a label the officer is cleared for: nothing left out
     assert result.proposal is not None
     assert result.proposal.status == "1 of 2 officers: officer-1"
     pending = call("officer-2", "GET", "/api/v1/actions").get_json()["items"]
@@ -184,7 +187,7 @@ def test_classified_kill_switch_needs_a_second_officer(call: Call, reconcile: Ca
     confirm = f"/api/v1/actions/{result.proposal.id}/confirm"
     body_ = problem(call("officer-1", "POST", confirm), 403)
     assert "two-person" in body_["detail"]
-    problem(call("analyst-defence", "POST", confirm), 403)
+    problem(call("analyst-defence", "POST", confirm), 404)  # officers' business only
     r = call("officer-2", "POST", confirm)
     assert r.status_code == 200, r.get_json()
     assert r.get_json()["status"] == "2 of 2 officers: officer-1, officer-2"
@@ -212,8 +215,9 @@ def test_host_state_changes(call: Call):
     assert r.status_code == 200
     assert r.get_json()["state"] == "draining"
     problem(call("operator", "POST", path, json={"state": "active"}), 403)
+    # Analysts may not know which hosts exist: the answer a missing host gets.
     problem(
-        call("analyst-research", "POST", path, json={"state": "quarantined", "reason": "x"}), 403
+        call("analyst-research", "POST", path, json={"state": "quarantined", "reason": "x"}), 404
     )
     r = call("officer-1", "POST", path, json={"state": "active"})
     assert r.status_code == 200

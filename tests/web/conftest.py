@@ -22,8 +22,9 @@ from tests.support.apps import make_app
 #: The test client's origin; the IdP must know the console's callback there.
 ORIGIN = "http://localhost"
 CALLBACK = f"{ORIGIN}/auth/callback"
-#: Extra demo users: an officer who is also an analyst (separation of duties), and an auditor
-#: cleared only for UNCLASSIFIED (label filtering).
+#: Extra demo users: an officer who is also an analyst (separation of duties), an auditor
+#: cleared only for UNCLASSIFIED (label filtering), and an officer cleared only for RESTRICTED
+#: (what the kill switch tells someone below what exists).
 EXTRA_USERS = (
     DemoUser(
         username="analyst-officer",
@@ -41,6 +42,15 @@ EXTRA_USERS = (
         roles=("auditor",),
         groups=(),
         clearance="UNCLASSIFIED",
+        compartments=(),
+    ),
+    DemoUser(
+        username="officer-restricted",
+        password=DEMO_PASSWORD,
+        name="Junior Officer",
+        roles=("security-officer",),
+        groups=(),
+        clearance="RESTRICTED",
         compartments=(),
     ),
 )

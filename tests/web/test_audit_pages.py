@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -13,6 +15,7 @@ from flask import Flask
 from audit.merkle import leaf_hash
 from audit.note import parse_verifier_key
 from audit.proof import verify_proof
+from sovereign.devidp import DEMO_PASSWORD, password_token
 from tests.support.tamper import change_one_byte, drop_append_only_triggers, row_of, set_entry
 from tests.web.conftest import (
     CIVIL_FORM,
@@ -115,6 +118,35 @@ def test_readers_see_only_what_their_clearance_dominates(users: Users, filed: di
     assert banners(html) == ["UNCLASSIFIED", "UNCLASSIFIED"]
     export = users("auditor-low").get("/audit/export?format=jsonl").get_data(as_text=True)
     assert filed["secret"] not in export and filed["civil"] in export
+
+
+def test_denials_about_a_secret_request_are_read_only_by_auditors_cleared_for_it(
+    app: Flask, users: Users, filed: dict[str, str], console_idp: Any
+):
+    secret = f"request/{filed['secret']}"
+    # A civilian analyst probes the SECRET request: told it does not exist, and the attempt is
+    # recorded under the request's label.
+    assert users("analyst-research").get(f"/requests/{filed['secret']}").status_code == 404
+    assert users("analyst-research").get(f"/requests/{uuid.uuid4()}").status_code == 404
+    sequence(app)
+    query = f"target={secret}&action=request:read"
+    assert "outcome-deny" in text(users("auditor").get(f"/audit?{query}"))
+    assert "No events match." in text(users("auditor-low").get(f"/audit?{query}"))
+    # An unlabelled denial (about no object that exists) stays visible to every reader.
+    assert "outcome-deny" in text(users("auditor-low").get("/audit?action=request:read"))
+    client = app.test_client()
+
+    def api(user: str) -> list[dict[str, Any]]:
+        token = password_token(console_idp.url, user, DEMO_PASSWORD)
+        r = client.get(
+            f"/api/v1/audit/events?{query}", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert r.status_code == 200, r.get_json()
+        return list(r.get_json()["items"])
+
+    (seen,) = api("auditor")
+    assert seen["outcome"] == "deny" and seen["label"]["level"] == "SECRET"
+    assert api("auditor-low") == []
 
 
 def test_analysts_may_not_read_the_log_and_the_refusal_is_recorded(

@@ -320,7 +320,6 @@ def test_pages_are_only_offered_to_their_role(users: Users, user: str, path: str
     ("user", "path", "reason"),
     [
         ("analyst-defence", "/hosts", "reading hosts needs the officer, operator or auditor role"),
-        ("analyst-defence", "/hosts/secret-h100x8", "reading hosts needs the officer"),
         ("analyst-defence", "/actions", "only security officers see two-person actions"),
         ("auditor", "/actions", "only security officers see two-person actions"),
     ],
@@ -331,6 +330,14 @@ def test_the_services_refuse_what_a_role_may_not_read(
     page = users(user).get(path)
     assert page.status_code == 403
     assert reason in text(page)
+
+
+def test_a_host_is_not_found_for_whoever_may_not_read_hosts(users: Users):
+    # The answer a missing host gets: the name does not tell whether the host exists.
+    for name in ("secret-h100x8", "no-such-host"):
+        page = users("analyst-defence").get(f"/hosts/{name}")
+        assert page.status_code == 404
+        assert f"host {name} not found" in text(page)
 
 
 # -- the officer's placement preview ---------------------------------------------------------
@@ -599,6 +606,27 @@ def test_a_kill_switch_that_matches_nothing_says_so(users: Users, reconcile: Rec
     )
     assert done.status_code == 200
     assert "No enclave matched of tenant research: nothing was ended." in text(done)
+
+
+def test_the_kill_switch_tells_an_officer_nothing_about_enclaves_above_them(
+    users: Users, reconcile: Reconcile
+):
+    officer = users("officer-restricted")
+    form = {"tenant": "defence", "reason": "drill", "confirm": "yes"}
+
+    def pull() -> str:
+        done = post(officer, "/kill-switch", form)
+        assert done.status_code == 200, text(done)
+        return re.sub(r'name="csrf_token" value="[^"]*"', "", text(done))
+
+    before = pull()
+    rid = running(users, reconcile)  # SECRET//NATO, in the defence tenant
+    after = pull()
+    assert before == after, "the same page whether or not a SECRET enclave exists"
+    assert "No enclave matched of tenant defence: nothing was ended." in after
+    assert "Tenant defence may hold enclaves above your clearance." in after
+    assert "SECRET" not in after
+    assert state_of(users, rid) == "running"
 
 
 def test_the_kill_switch_needs_the_confirmation(app: Flask, users: Users, reconcile: Reconcile):

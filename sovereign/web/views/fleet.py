@@ -365,4 +365,5 @@ def _kill_result(
         what=describe_action(result.proposal) if result.proposal else None,
         form=form,
         label=label,
+        partial=result.partial,
     )

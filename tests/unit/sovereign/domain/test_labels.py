@@ -90,3 +90,17 @@ def test_dominance_is_rank_and_subset(a: Label, b: Label):
 def test_lattice_bounds(a: Label):
     assert SCHEME.highest.dominates(a)
     assert a.dominates(SCHEME.lowest)
+
+
+@given(st.lists(labels, max_size=5), labels)
+def test_the_join_is_the_least_upper_bound(found: list[Label], other: Label):
+    join = SCHEME.join(found)
+    assert all(join.dominates(a) for a in found)
+    if all(other.dominates(a) for a in found):
+        assert other.dominates(join)  # no upper bound sits below the join
+
+
+def test_the_join_covers_labels_of_one_level_with_different_compartments():
+    nato, crypto = SCHEME.label("SECRET", ["NATO"]), SCHEME.label("SECRET", ["CRYPTO"])
+    assert SCHEME.join([nato, crypto]) == SCHEME.label("SECRET", ["CRYPTO", "NATO"])
+    assert SCHEME.join([]) == SCHEME.lowest

@@ -13,11 +13,14 @@ from hypothesis import strategies as st
 
 from sovereign.domain.labels import LabelScheme
 from sovereign.domain.placement import (
+    DEDICATED_ELSEWHERE,
     PREFERRED_ELSEWHERE,
     GpuState,
     HostState,
     PlacementRequest,
     apply,
+    as_seen_by,
+    named_labels,
     place,
 )
 
@@ -90,6 +93,23 @@ def test_accreditation_must_dominate_the_label():
     # Compartments count too: SECRET does not dominate SECRET//NATO.
     placement = place(request(label=SECRET_NATO), [host("s", accreditation=SECRET)])
     assert placement.reasons == {"s": "accreditation SECRET does not dominate SECRET//NATO"}
+
+
+def test_labels_of_other_enclaves_are_named_only_to_readers_cleared_for_them():
+    fleet = [
+        host("s", labels={"SECRET//CRYPTO"}, classified=True),
+        host("t", labels={"SECRET"}, classified=True),
+        host("d", state="draining", labels={"SECRET//EU"}, classified=True),
+    ]
+    placement = place(request(label=SECRET_NATO), fleet)
+    assert named_labels(placement, fleet) == {"SECRET//CRYPTO", "SECRET"}  # not the drained
+    seen = as_seen_by(placement, fleet, lambda text: "CRYPTO" not in text)
+    assert seen.reasons == {
+        "s": DEDICATED_ELSEWHERE,
+        "t": "carries SECRET enclaves; dedicated per label",
+        "d": "draining",
+    }
+    assert as_seen_by(placement, fleet, lambda _text: True) == placement
 
 
 def test_host_is_dedicated_per_label():

@@ -57,7 +57,7 @@ def vault() -> FlakyStore:
 
 @pytest.fixture
 def keys(store: MemoryStore, vault: FlakyStore) -> KeyService:
-    return KeyService(MemoryUnitOfWorkFactory(store), vault)
+    return KeyService(MemoryUnitOfWorkFactory(store), vault, policy=AccessPolicy(LabelScheme()))
 
 
 @pytest.fixture

@@ -79,13 +79,16 @@ def test_denied_attempts_are_recorded_with_reason(service: RequestService, store
         service.approve(ctx(ANALYST_DEFENCE), r.id, "")
     with pytest.raises(NotFoundError):
         service.approve(ctx(OFFICER_LOW), r.id, "")
-    with pytest.raises(PolicyDeniedError):
-        service.create(ctx(ANALYST_RESEARCH), draft())
+    with pytest.raises(PolicyDeniedError, match="clearance"):
+        service.create(ctx(ANALYST_RESEARCH), draft(tenant="research"))
+    with pytest.raises(InvalidInputError, match="unknown tenant 'defence'"):
+        service.create(ctx(ANALYST_RESEARCH), draft())  # not a member: not known to them
     denied = [e.event for e in store.audit.events if e.event.outcome is Outcome.DENY]
     assert [(e.action, e.details["error"]) for e in denied] == [
         ("request:approve", "forbidden"),
         ("request:approve", "not-found"),
         ("request:create", "forbidden"),
+        ("request:create", "invalid-input"),
     ]
     assert "only security officers" in denied[0].reason
     assert service.get(ctx(OFFICER_1), r.id).approvals == []
