@@ -12,9 +12,11 @@ Owns the lifecycle after approval. Each pass:
    network, keys (crypto-erase), then the GPUs go ``dirty`` and the request ``terminated``;
 4. **sanitizes** dirty GPUs through the :class:`~sovereign.services.ports.Sanitizer` port
    (``dirty -> sanitizing -> free``, the evidence in the audit event);
-5. **checks drift** between the database and every host: a domain nobody recorded is reported
-   and its host quarantined (never adopted); an enclave recorded ``running`` whose domain does
-   not run is failed and torn down; a domain of an ended enclave is torn down.
+5. **checks drift** between the database and every host: a host whose hypervisor answers with
+   another identity (host UUID, hostname) than its record is quarantined and left alone; a
+   domain nobody recorded is reported and its host quarantined (never adopted); an enclave
+   recorded ``running`` whose domain does not run is failed and torn down; a domain of an
+   ended enclave is torn down.
 
 Every step is recorded (step name in the ``enclaves`` row and an audit event, in one
 transaction) *after* it was done on the hypervisor; a crash in between repeats the step, which
@@ -631,6 +633,12 @@ class Reconciler:
             open_enclaves = {e.id: e for e in uow.enclaves.list()}
         for host in hosts:
             try:
+                if not self._hosts.check_identity(self.ctx, host):
+                    # Another machine answers at the URI (or one another record holds): its
+                    # domains are not this host's, so nothing is compared or torn down there.
+                    if host.state != "quarantined":
+                        report.drift.append(f"host {host.name}: hypervisor identity changed")
+                    continue
                 domains = self._hypervisor.domains(host.uri)
             except DependencyUnavailableError as e:
                 log.warning("drift check of %s skipped: %s", host.name, e)

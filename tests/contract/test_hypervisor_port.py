@@ -20,6 +20,7 @@ from sovereign.domain.keys import EnclaveSecrets
 from sovereign.errors import ConflictError, DependencyUnavailableError
 from sovereign.services.ports import DiscoveredGpu, EnclavePlan
 from tests.support.fleet import gpus
+from tests.support.hostfiles import uri_policy_for
 
 SECRETS = EnclaveSecrets(luks_passphrase=b"l" * 32, vtpm_secret=b"v" * 32)
 STEPS = ("secrets", "volume", "network", "define", "start")
@@ -37,7 +38,12 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[An
     host_file = tmp_path / "secret-h100x8.xml"
     shutil.copy(bundled_host_path("secret-h100x8"), host_file)
     libvirt = LibvirtHypervisor(
-        GuestSettings(pool_path=str(tmp_path / "pool"), console_dir=str(tmp_path / "console"))
+        GuestSettings(
+            pool_path=str(tmp_path / "pool"),
+            console_dir=str(tmp_path / "console"),
+            connect_timeout_s=5,
+        ),
+        uri_policy_for(tmp_path),
     )
     yield libvirt, f"test://{host_file}"
     libvirt.close()
@@ -118,7 +124,8 @@ def test_an_unreachable_host_is_a_dependency_failure(backend: tuple[Any, str]):
     missing = (
         "mem://nowhere"
         if isinstance(hypervisor, MemoryHypervisor)
-        else "test:///nonexistent/host.xml"
+        # Allowed by the policy (TLS, port 16514) but nothing answers (TEST-NET-1).
+        else "qemu+tls://192.0.2.1/system"
     )
     with pytest.raises(DependencyUnavailableError):
         hypervisor.discover(missing)
@@ -131,7 +138,8 @@ def test_libvirt_domain_xml_is_the_designers(tmp_path: Path):
     shutil.copy(bundled_host_path("secret-h100x8"), host_file)
     uri = f"test://{host_file}"
     hypervisor = LibvirtHypervisor(
-        GuestSettings(pool_path=str(tmp_path / "pool"), console_dir=str(tmp_path / "c"))
+        GuestSettings(pool_path=str(tmp_path / "pool"), console_dir=str(tmp_path / "c")),
+        uri_policy_for(tmp_path),
     )
     try:
         p = plan(uri, hypervisor.discover(uri).gpus, 2)

@@ -74,6 +74,7 @@ def test_missing_hypervisor_is_reported(tmp_path: Path, idp: Any):
             "AUDIT_WITNESS_PATH": str(tmp_path / "witness.jsonl"),
             "IDP_URL": idp.url,
             "HYPERVISOR_URIS": [f"test:///{tmp_path}/missing-host.xml"],
+            "HYPERVISOR_TEST_HOSTS_DIR": str(tmp_path),
         }
     )
     body = app.test_client().get("/readyz").get_json()
