@@ -16,8 +16,14 @@ import pytest
 from enclaves.hosts import bundled_host_path
 from sovereign.adapters.hypervisor import GuestSettings, LibvirtHypervisor
 from sovereign.adapters.memory_hypervisor import MemoryHost, MemoryHypervisor
+from sovereign.domain.fleet import HostIdentity
 from sovereign.domain.keys import EnclaveSecrets
-from sovereign.errors import ConflictError, DependencyUnavailableError
+from sovereign.errors import (
+    ConflictError,
+    DependencyUnavailableError,
+    HostIdentityError,
+    InvalidInputError,
+)
 from sovereign.services.ports import DiscoveredGpu, EnclavePlan
 from tests.support.fleet import gpus
 from tests.support.hostfiles import uri_policy_for
@@ -154,3 +160,33 @@ def test_libvirt_domain_xml_is_the_designers(tmp_path: Path):
         assert "sovereign" in xml  # our metadata namespace
     finally:
         hypervisor.close()
+
+
+def test_check_uri_refuses_before_connecting(backend: tuple[Any, str]):
+    hypervisor, uri = backend
+    assert hypervisor.check_uri(uri) == uri
+    for refused in (
+        "qemu+ext:///system?command=/bin/true",
+        "qemu+ssh://root@node1.example/system?command=/bin/true",
+        "qemu+tls://node1.example:1/system",
+    ):
+        with pytest.raises(InvalidInputError, match="hypervisor URI refused"):
+            hypervisor.check_uri(refused)
+        # Whatever call names a refused URI, the adapter creates no connection to it.
+        with pytest.raises(ConflictError, match="not allowed by the URI policy"):
+            hypervisor.discover(refused)
+    if isinstance(hypervisor, MemoryHypervisor):
+        assert hypervisor.connected == []
+    else:
+        assert hypervisor._hosts == {}
+
+
+def test_identify_pins_the_identity(backend: tuple[Any, str]):
+    hypervisor, uri = backend
+    found = hypervisor.identify(uri)
+    assert found.host_uuid
+    assert hypervisor.discover(uri).identity == found
+    assert hypervisor.identify(uri, found) == found
+    other = HostIdentity(str(uuid.uuid4()), found.hostname)
+    with pytest.raises(HostIdentityError):
+        hypervisor.identify(uri, other)
