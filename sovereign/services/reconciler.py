@@ -194,7 +194,9 @@ class Reconciler:
         for uri in sorted(uris - self._watched.keys()):
             try:
                 self._watched[uri] = self._hypervisor.watch(uri, lambda _d, _e: on_event())
-            except DependencyUnavailableError as e:
+            except (DependencyUnavailableError, ConflictError) as e:
+                # Unreachable, or refused (a URI the policy no longer allows, another machine
+                # answering): the drift check quarantines the latter; polling goes on.
                 log.warning("cannot watch %s for domain events (polling only): %s", uri, e)
 
     def unwatch(self) -> None:

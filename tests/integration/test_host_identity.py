@@ -212,3 +212,31 @@ def test_a_host_that_reports_no_uuid_is_not_registered(fleet: Fleet):
             site="x",
             accreditation=fleet.services.scheme.lowest,
         )
+
+
+def test_a_stored_uri_the_policy_refuses_is_never_opened(fleet: Fleet):
+    """A host recorded with a URI the policy refuses now (an older release accepted it) is
+    quarantined by the reconciler; neither watching nor the drift check connects to it."""
+    refused = "qemu+ssh://root@old.example/system?command=/tmp/evil"
+    fleet.hypervisor.add_host(refused, MemoryHost(gpus=gpus(2, 0x60)))
+    with fleet.services.uow() as uow:
+        template = uow.hosts.get("civil-1")
+        assert template is not None
+        uow.hosts.add(
+            dataclasses.replace(
+                template,
+                id=uuid.uuid4(),
+                name="old",
+                uri=refused,
+                host_uuid=str(uuid.uuid4()),
+                created_at=utcnow(),
+            )
+        )
+        uow.commit()
+    reconciler = fleet.reconciler()
+    reconciler.watch_hosts(lambda: None)
+    reconciler.run_once()
+    host = fleet.services.hosts.get(SYSTEM, "old")
+    assert host.state == "quarantined"
+    assert "not allowed by the URI policy" in host.reason
+    assert refused not in fleet.hypervisor.connected
