@@ -29,6 +29,7 @@ from sovereign.domain.labels import Label, LabelScheme
 from sovereign.domain.placement import HostStatus
 from sovereign.errors import (
     AuditUnavailableError,
+    ConcurrentUpdateError,
     ConflictError,
     DependencyUnavailableError,
     HostIdentityError,
@@ -331,11 +332,12 @@ class HostService:
                         ),
                     )
                     uow.commit()
-        except (HostIdentityError, InvalidInputError) as e:
-            self._quarantine(ctx, host, e)
+        except ConcurrentUpdateError:
+            # Someone changed the record meanwhile: leave the host alone until the next pass.
             return False
-        except ConflictError as e:
-            # The URI policy refuses the recorded URI: nothing may connect to it.
+        except (ConflictError, InvalidInputError) as e:
+            # Another machine answers, another record is this machine, it reports no UUID, or
+            # the URI policy refuses the recorded URI (nothing may connect to it).
             self._quarantine(ctx, host, e)
             return False
         return True
