@@ -6,6 +6,7 @@ and the GPU rows themselves refuse a device held by another record."""
 from __future__ import annotations
 
 import dataclasses
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -240,3 +241,65 @@ def test_a_stored_uri_the_policy_refuses_is_never_opened(fleet: Fleet):
     assert host.state == "quarantined"
     assert "not allowed by the URI policy" in host.reason
     assert refused not in fleet.hypervisor.connected
+
+
+@st.composite
+def file_aliases(draw: st.DrawFn, folder: Path) -> str:
+    """Another spelling of ``folder/secret.xml``, or another path to the same machine."""
+    target = draw(st.sampled_from(["secret.xml", "link.xml", "copy.xml", "sub/../secret.xml"]))
+    noise = draw(st.lists(st.sampled_from(["", "/.", "/", "/sub/.."]), max_size=3))
+    path = f"{folder}{''.join(noise)}/{target}"
+    encoded = draw(st.booleans())
+    quoted = urllib.parse.quote(path, safe="/" if not encoded else "")
+    scheme = draw(st.sampled_from(["test", "TEST", "Test"]))
+    return f"{scheme}://{quoted.replace('%2F', '/', 1)}"
+
+
+@pytest.mark.libvirt
+def test_every_alias_of_a_test_driver_host_is_refused(database_url: str, tmp_path: Path):
+    """The same property on libvirt's test driver: spellings of the registered file, a
+    symbolic link to it and a copy of it (another path, the same machine) are all refused."""
+    from sovereign import config as sovereign_config
+    from sovereign.bootstrap import build_hypervisor
+    from tests.support.hostfiles import host_copy
+
+    folder = tmp_path / "hosts"
+    (folder / "sub").mkdir(parents=True)
+    host_copy(folder, "secret-h100x8", as_name="secret")
+    host_copy(folder, "secret-h100x8", as_name="copy")
+    (folder / "link.xml").symlink_to(folder / "secret.xml")
+    config = {
+        "ENCLAVE_POOL_PATH": str(tmp_path / "pool"),
+        "ENCLAVE_CONSOLE_DIR": str(tmp_path),
+        "HYPERVISOR_TEST_HOSTS_DIR": str(folder),
+    }
+    app = sovereign_config.new_app()
+    sovereign_config.load(app, {"ENV": "testing", **config}, check=False)
+    fleet = make_fleet(
+        database_url,
+        folder=tmp_path,
+        hypervisor=build_hypervisor(app.config),
+        hosts={"secret-1": (f"test://{folder}/secret.xml", SECRET_ALL, None)},
+        clock=utcnow,
+        **config,
+    )
+    try:
+        before = fleet.services.hosts.gpus(SYSTEM)
+
+        @settings(max_examples=40, deadline=None)
+        @given(alias=file_aliases(folder))
+        def refused(alias: str) -> None:
+            with pytest.raises(ConflictError):
+                fleet.services.hosts.add(
+                    ctx(OPERATOR),
+                    name="alias",
+                    uri=alias,
+                    site="x",
+                    accreditation=fleet.services.scheme.lowest,
+                )
+
+        refused()
+        assert [h.name for h in fleet.services.hosts.list(SYSTEM)] == ["secret-1"]
+        assert fleet.services.hosts.gpus(SYSTEM) == before
+    finally:
+        fleet.services.close()

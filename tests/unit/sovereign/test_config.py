@@ -116,3 +116,12 @@ def test_the_uri_policy_follows_the_settings(tmp_path, monkeypatch):
     assert testing.test_dirs == (str(bundled_hosts_dir()), str(tmp_path))
     ports = uri_policy(load(tmp_path, monkeypatch, HYPERVISOR_PORTS={"qemu+tls": [16514, 16600]}))
     assert ports.ports["qemu+tls"] == {16514, 16600}
+
+
+def test_hypervisor_connections_open_under_the_configured_timeout(tmp_path, monkeypatch):
+    from sovereign.bootstrap import build_hypervisor
+
+    hypervisor = build_hypervisor(load(tmp_path, monkeypatch, HYPERVISOR_CONNECT_TIMEOUT_S=3))
+    # Nothing connects here: the host object only remembers how long an open may take.
+    conn = hypervisor._host("qemu+tls://node1.example/system").conn  # type: ignore[attr-defined]
+    assert conn._open_timeout == 3
