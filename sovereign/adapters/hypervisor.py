@@ -148,17 +148,18 @@ class LibvirtHypervisor:
 
     def _host(self, uri: str) -> _Host:
         # Defence in depth: a URI stored before the policy (or typed into the configuration)
-        # is checked again here, so no connection to a refused URI is ever created.
+        # is checked again here, so no connection to a refused URI is ever created; what is
+        # opened is the canonical form.
         try:
-            allowed = check_uri(uri, self._uris) == uri
-        except UriRefusedError:
-            allowed = False
-        if not allowed:
-            raise ConflictError(reason=f"hypervisor URI {uri} is not allowed by the URI policy")
+            canonical = check_uri(uri, self._uris)
+        except UriRefusedError as e:
+            raise ConflictError(
+                reason=f"hypervisor URI {uri} is not allowed by the URI policy ({e})"
+            ) from e
         with self._lock:
-            host = self._hosts.get(uri)
+            host = self._hosts.get(canonical)
             if host is None:
-                host = self._hosts[uri] = _Host(uri, self._settings)
+                host = self._hosts[canonical] = _Host(canonical, self._settings)
             return host
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ answered with one identity must keep answering with it. The contract test in
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from collections.abc import Callable
@@ -98,11 +99,11 @@ class MemoryHypervisor:
 
     def _host(self, uri: str) -> MemoryHost:
         try:
-            allowed = self.check_uri(uri) == uri
-        except InvalidInputError:
-            allowed = False
-        if not allowed:
-            raise ConflictError(reason=f"hypervisor URI {uri} is not allowed by the URI policy")
+            uri = self.check_uri(uri)
+        except InvalidInputError as e:
+            raise ConflictError(
+                reason=f"hypervisor URI {uri} is not allowed by the URI policy ({e.message})"
+            ) from e
         self.connected.append(uri)
         host = self.hosts.get(uri)
         if host is None or not host.reachable:
@@ -135,7 +136,9 @@ class MemoryHypervisor:
     def identify(self, uri: str, expected: HostIdentity | None = None) -> HostIdentity:
         """The host's identity; ``expected`` is required from now on."""
         if expected is not None and expected.host_uuid is not None:
-            self.pinned[uri] = expected
+            # A refused URI is pinned nowhere: _host refuses it below.
+            with contextlib.suppress(InvalidInputError):
+                self.pinned[self.check_uri(uri)] = expected
         return self._host(uri).identity
 
     def domains(self, uri: str) -> list[DomainFacts]:

@@ -190,3 +190,16 @@ def test_identify_pins_the_identity(backend: tuple[Any, str]):
     other = HostIdentity(str(uuid.uuid4()), found.hostname)
     with pytest.raises(HostIdentityError):
         hypervisor.identify(uri, other)
+
+
+def test_a_stored_spelling_of_an_allowed_uri_opens_the_canonical_one(backend: tuple[Any, str]):
+    """Hosts recorded before URIs were made canonical keep working, through one connection."""
+    hypervisor, uri = backend
+    if isinstance(hypervisor, MemoryHypervisor):
+        spelled = uri.upper().replace("MEM://", "mem://").lower()
+    else:
+        folder, _, name = uri.rpartition("/")
+        spelled = f"TEST{folder[4:]}/./{name}"
+    assert hypervisor.discover(spelled).identity == hypervisor.discover(uri).identity
+    if isinstance(hypervisor, LibvirtHypervisor):
+        assert list(hypervisor._hosts) == [uri]
