@@ -183,6 +183,8 @@ def _test_uri(parts: urllib.parse.SplitResult, params: Mapping[str, str], policy
     roots = [os.path.realpath(folder) for folder in policy.test_dirs]
     if not any(os.path.commonpath([root, real]) == root for root in roots):
         raise UriRefusedError("test host files must lie in the configured test host directory")
+    if not real.endswith(".xml"):
+        raise UriRefusedError("a test:// URI names an absolute path to an .xml host file")
     return "test://" + urllib.parse.quote(real, safe="/")
 
 

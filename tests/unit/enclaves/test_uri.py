@@ -181,10 +181,13 @@ def test_test_driver_files_elsewhere_are_refused(hosts_dir: Path, tmp_path: Path
     outside = tmp_path / "outside.xml"
     outside.write_text("<node/>")
     (hosts_dir / "link.xml").symlink_to(outside)
+    (hosts_dir / "notes").write_text("<node/>")
+    (hosts_dir / "notes.xml").symlink_to(hosts_dir / "notes")
     for uri in (
         file_uri(str(outside)),
         file_uri(f"{hosts_dir}/../outside.xml"),
         file_uri(f"{hosts_dir}/link.xml"),  # a symbolic link out of the directory
+        file_uri(f"{hosts_dir}/notes.xml"),  # a symbolic link to a file that is not .xml
         "test:///default",
         "test:///etc/passwd",
         f"test://localhost{hosts_dir}/a.xml",
