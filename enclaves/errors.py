@@ -23,6 +23,11 @@ class HypervisorUnavailableError(EnclaveError):
     """The hypervisor cannot be reached: connection refused, lost, timed out or unusable."""
 
 
+class HostIdentityChangedError(EnclaveError):
+    """A (re)opened connection answered with another host identity than expected: the URI
+    reaches another machine now, and nothing may be done on it as if it were the same host."""
+
+
 class UnsupportedError(EnclaveError):
     """The hypervisor's driver does not implement the call or one of its flags.
 

@@ -4,13 +4,19 @@ Owns the ``virConnect`` of one host: opening it (``virConnectOpen``, optionally 
 limit), noticing that it died (``virConnectIsAlive``) and opening it again, closing it, and the
 few host-wide reads the control plane needs: ``virNodeGetInfo``, ``virConnectGetCapabilities``
 (``<host><topology><cells>``), ``virConnectGetLibVersion``, ``virConnectGetType`` and the PCI
-node devices (``virConnectListAllNodeDevices`` with ``CAP_PCI_DEV``). It also owns the one
-translation of ``libvirt.libvirtError`` into :mod:`enclaves.errors` (:func:`_translate`), and
-the process's one libvirt event loop: libvirt's default implementation, registered before the
-first connection opens and run in a daemon thread, which delivers domain events
+node devices (``virConnectListAllNodeDevices`` with ``CAP_PCI_DEV``). It reads the host's
+identity (:class:`HostIdentity`: the host UUID of the capabilities' ``<host><uuid>``, else the
+SMBIOS UUID of the ``computer`` node device, and ``virConnectGetHostname``) on every open, and
+refuses a reopened connection that answers with another identity than the first open (or the
+one pinned with :meth:`LibvirtHost.pin`) with
+:class:`~enclaves.errors.HostIdentityChangedError`: a URI that now reaches another machine must
+not be used as if it were the same host. It also owns the one translation of
+``libvirt.libvirtError`` into :mod:`enclaves.errors` (:func:`_translate`), and the process's one
+libvirt event loop: libvirt's default implementation, registered before the first connection
+opens and run in a daemon thread, which delivers domain events
 (:meth:`enclaves.guest.Guests.watch`) and the keepalive that notices a dead remote host.
 
-It must not interpret node device XML (GPUs, IOMMU groups and NUMA placement are
+It must not interpret PCI node device XML (GPUs, IOMMU groups and NUMA placement are
 ``enclaves.inventory``'s job), build domain XML, or make policy decisions. libvirt-python is
 imported lazily, so this module imports on machines without it; connecting there raises
 :class:`~enclaves.errors.HypervisorUnavailableError`.
@@ -23,6 +29,7 @@ import functools
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -32,6 +39,7 @@ from xml.etree import ElementTree
 from enclaves.errors import (
     DomainNotFoundError,
     EnclaveError,
+    HostIdentityChangedError,
     HypervisorUnavailableError,
     NetworkNotFoundError,
     NotFoundError,
@@ -293,6 +301,44 @@ def _numa_cell_count(capabilities_xml: str) -> int:
     return int(cells.get("num", "0"))
 
 
+@dataclass(frozen=True, slots=True)
+class HostIdentity:
+    """Who a hypervisor says it is: the same machine answers the same, whatever URI reached it."""
+
+    #: The host UUID in lower case (``<host><uuid>`` of the capabilities, which libvirtd takes
+    #: from ``host_uuid`` in libvirtd.conf or the SMBIOS; else the ``computer`` node device's
+    #: ``<hardware><uuid>``); None when the hypervisor reports neither.
+    host_uuid: str | None
+    #: ``virConnectGetHostname`` in lower case.
+    hostname: str
+
+    def __str__(self) -> str:
+        return f"{self.host_uuid or 'no host UUID'} ({self.hostname})"
+
+
+def _uuid_text(text: str | None) -> str | None:
+    """A UUID in canonical lower-case form, or None for a missing or malformed one."""
+    if not text or not text.strip():
+        return None
+    try:
+        return str(uuid.UUID(text.strip()))
+    except ValueError:
+        return None
+
+
+def _capabilities_uuid(capabilities_xml: str) -> str | None:
+    """``<host><uuid>`` of capabilities XML, or None."""
+    # The XML comes from the libvirt daemon this control plane already trusts to run guests.
+    root = ElementTree.fromstring(capabilities_xml)  # noqa: S314
+    return _uuid_text(root.findtext("./host/uuid"))
+
+
+def _system_uuid(device_xml: str) -> str | None:
+    """``<capability type='system'><hardware><uuid>`` of the ``computer`` node device."""
+    root = ElementTree.fromstring(device_xml)  # noqa: S314 - from the trusted daemon
+    return _uuid_text(root.findtext("./capability[@type='system']/hardware/uuid"))
+
+
 def _split_version(version: int) -> tuple[int, int, int]:
     """Split libvirt's packed version number (major * 1,000,000 + minor * 1,000 + release)."""
     return version // 1_000_000, version // 1_000 % 1_000, version % 1_000
@@ -305,11 +351,18 @@ class LibvirtHost:
     concurrent callers of :meth:`connect` open at most one connection.
     """
 
-    def __init__(self, uri: str, *, open_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        *,
+        open_timeout: float | None = None,
+        identity: HostIdentity | None = None,
+    ) -> None:
         """Remember ``uri``; nothing is opened until :meth:`connect`.
 
         ``open_timeout`` bounds how long :meth:`connect` waits for ``virConnectOpen`` (a
         ``qemu+tls://`` host that drops packets can hang it for minutes); ``None`` waits.
+        ``identity`` is the identity every open must find (None: the first open's).
 
         :raises ValueError: if ``open_timeout`` is not positive.
         """
@@ -319,6 +372,8 @@ class LibvirtHost:
         self._open_timeout = open_timeout
         self._lock = threading.Lock()
         self._conn: Any = None
+        self._expected = identity
+        self._identity: HostIdentity | None = None
 
     def __repr__(self) -> str:
         return f"LibvirtHost({self._uri!r})"
@@ -345,8 +400,63 @@ class LibvirtHost:
                 _close_quietly(libvirt, self._conn)
                 self._conn = None
             with _translate(f"opening {self._uri}", unavailable=True):
-                self._conn = self._open(libvirt)
+                conn = self._open(libvirt)
+            try:
+                seen = self._read_identity(libvirt, conn)
+                self._check_identity(seen)
+            except BaseException:
+                _close_quietly(libvirt, conn)
+                raise
+            self._conn, self._identity = conn, seen
             return self._conn
+
+    def _check_identity(self, seen: HostIdentity) -> None:
+        """:raises HostIdentityChangedError: ``seen`` is not the expected (or first) identity."""
+        expected = self._expected or self._identity
+        if expected is not None and seen != expected:
+            raise HostIdentityChangedError(
+                f"{self._uri} answers as {seen}, not as {expected}: it reaches another machine now"
+            )
+
+    def _read_identity(self, libvirt: Any, conn: Any) -> HostIdentity:
+        with _translate(f"reading the identity of {self._uri}"):
+            found = _capabilities_uuid(conn.getCapabilities())
+            if found is None:
+                # The test driver reports no host UUID in its capabilities; its host files
+                # (and real hosts) describe the machine in the ``computer`` node device.
+                try:
+                    found = _system_uuid(conn.nodeDeviceLookupByName("computer").XMLDesc(0))
+                except libvirt.libvirtError:
+                    found = None
+            return HostIdentity(host_uuid=found, hostname=str(conn.getHostname()).lower())
+
+    def identity(self) -> HostIdentity:
+        """Return the identity the host answered with when the connection was (re)opened.
+
+        :raises HypervisorUnavailableError: if the host cannot be reached.
+        :raises HostIdentityChangedError: if a reopened connection reaches another machine.
+        """
+        self.connect()
+        with self._lock:
+            assert self._identity is not None, "set by every open"
+            return self._identity
+
+    def pin(self, identity: HostIdentity) -> None:
+        """Require ``identity`` of every later open, and drop a connection that has another.
+
+        :raises HostIdentityChangedError: if the open connection answers with another identity.
+        """
+        with self._lock:
+            self._expected = identity
+            if self._identity is None or self._identity == identity:
+                return
+            conn, self._conn = self._conn, None
+            seen, self._identity = self._identity, None
+        if conn is not None:
+            _close_quietly(_import_libvirt(), conn)
+        raise HostIdentityChangedError(
+            f"{self._uri} answers as {seen}, not as {identity}: it reaches another machine"
+        )
 
     def _open(self, libvirt: Any) -> Any:
         if self._open_timeout is None:

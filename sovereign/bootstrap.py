@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from enclaves.uri import UriPolicy, UriRefusedError, check_uri
 from sovereign.domain.labels import LabelScheme
 from sovereign.domain.policy import AccessPolicy
 from sovereign.errors import ConfigurationError
@@ -134,7 +135,12 @@ def build_services(
     if config.get("HYPERVISOR_URIS"):
         from sovereign.adapters.hypervisor import HypervisorProbe  # noqa: PLC0415
 
-        default_probes.append(HypervisorProbe(config["HYPERVISOR_URIS"]))
+        default_probes.append(
+            HypervisorProbe(
+                [_checked_uri(uri, config) for uri in config["HYPERVISOR_URIS"]],
+                timeout_s=float(config["HYPERVISOR_CONNECT_TIMEOUT_S"]),
+            )
+        )
     if hypervisor is None:
         hypervisor = build_hypervisor(config)
     actions = ActionService(
@@ -168,6 +174,38 @@ def build_services(
     )
 
 
+def uri_policy(config: Mapping[str, Any]) -> UriPolicy:
+    """Which hypervisor URIs may be opened, from the HYPERVISOR_* settings.
+
+    :raises ConfigurationError: for an unknown transport or an unsafe query parameter.
+    """
+    from enclaves.hosts import bundled_hosts_dir  # noqa: PLC0415
+
+    folders = [str(bundled_hosts_dir())]
+    if config.get("HYPERVISOR_TEST_HOSTS_DIR"):
+        folders.append(str(config["HYPERVISOR_TEST_HOSTS_DIR"]))
+    transports = config.get("HYPERVISOR_TRANSPORTS") or ["qemu+tls"]
+    try:
+        return UriPolicy(
+            transports=frozenset(transports),
+            params=frozenset(config.get("HYPERVISOR_URI_PARAMS") or ()),
+            ports={
+                name: frozenset(int(port) for port in ports)
+                for name, ports in (config.get("HYPERVISOR_PORTS") or {}).items()
+            },
+            test_dirs=tuple(folders) if "test" in transports else (),
+        )
+    except ValueError as e:
+        raise ConfigurationError(reason=f"hypervisor URI policy: {e}") from e
+
+
+def _checked_uri(uri: str, config: Mapping[str, Any]) -> str:
+    try:
+        return check_uri(uri, uri_policy(config))
+    except UriRefusedError as e:
+        raise ConfigurationError(reason=f"HYPERVISOR_URIS: {e}") from e
+
+
 def build_hypervisor(config: Mapping[str, Any]) -> Hypervisor:
     """The libvirt hypervisor adapter laid out by the ENCLAVE_* settings (connects lazily)."""
     from sovereign.adapters.hypervisor import GuestSettings, LibvirtHypervisor  # noqa: PLC0415
@@ -186,7 +224,9 @@ def build_hypervisor(config: Mapping[str, Any]) -> Hypervisor:
             machine=config["ENCLAVE_MACHINE"],
             security_model=config["ENCLAVE_SECURITY_MODEL"],
             stop_timeout_s=float(config["ENCLAVE_STOP_TIMEOUT_S"]),
-        )
+            connect_timeout_s=float(config["HYPERVISOR_CONNECT_TIMEOUT_S"]),
+        ),
+        uri_policy(config),
     )
 
 

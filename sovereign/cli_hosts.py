@@ -58,6 +58,8 @@ def hosts() -> None:
 
 @hosts.command("add")
 @click.argument("uri")
+# The URI is checked against the configured allow-list (HYPERVISOR_TRANSPORTS,
+# HYPERVISOR_URI_PARAMS, HYPERVISOR_PORTS) before anything connects to it.
 @click.option("--name", required=True, help="Short unique host name.")
 @click.option("--site", required=True, help="Where the host is (data hall, rack).")
 @click.option(
@@ -73,7 +75,11 @@ def hosts() -> None:
     help="qemu (TCG) only where KVM is unavailable, e.g. test machines.",
 )
 def hosts_add(uri: str, name: str, site: str, accreditation: str, domain_type: str) -> None:
-    """Register the hypervisor at URI and discover its GPUs (they start dirty)."""
+    """Register the hypervisor at URI and discover its GPUs (they start dirty).
+
+    URI is qemu+tls://HOST/system in production (qemu+ssh:// where configured); a hypervisor
+    registered already under another URI is refused.
+    """
     try:
         services = _services()
         host = services.hosts.add(
@@ -89,7 +95,8 @@ def hosts_add(uri: str, name: str, site: str, accreditation: str, domain_type: s
         _fail(e)
     click.echo(
         f"added {host.name} ({host.uri}) at {host.site}, accredited {host.accreditation}: "
-        f"{host.vcpus} vCPUs, {host.memory_mib} MiB, {len(gpus)} GPUs (dirty until sanitized)"
+        f"{host.vcpus} vCPUs, {host.memory_mib} MiB, {len(gpus)} GPUs (dirty until sanitized); "
+        f"hypervisor {host.host_uuid} ({host.hostname})"
     )
 
 

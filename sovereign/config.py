@@ -15,6 +15,7 @@ from typing import Any
 
 from flask import Config, Flask
 
+from enclaves.uri import SAFE_PARAMS, TRANSPORTS
 from sovereign.domain.labels import DEFAULT_COMPARTMENTS, DEFAULT_LEVELS
 from sovereign.errors import ConfigurationError
 
@@ -58,6 +59,21 @@ DEFAULTS: dict[str, Any] = {
     # restart) rather than inline. None: operators' tokens only.
     "METRICS_TOKEN_FILE": None,
     "METRICS_TOKEN": None,
+    # Which libvirt URIs hosts may have, checked before anything connects (enclaves.uri): the
+    # transports among qemu+tls, qemu+ssh, qemu (the local daemon, qemu:///system) and test
+    # (libvirt's test driver, refused in production). None: qemu+tls in production, qemu+tls
+    # and test elsewhere. Adding qemu+ssh never allows command=, socket=, netcat= and the like.
+    "HYPERVISOR_TRANSPORTS": None,
+    # Query parameters a host URI may carry: only "no_tty" can be allowed; every other libvirt
+    # parameter runs a program, names a file or socket on this machine, or weakens checks.
+    "HYPERVISOR_URI_PARAMS": [],
+    # The ports each remote transport may use (so that registering hosts cannot probe ports).
+    "HYPERVISOR_PORTS": {"qemu+tls": [16514], "qemu+ssh": [22]},
+    # A directory of test-driver host files allowed besides the bundled enclaves/hosts/ ones
+    # (development and testing only; None: the bundled ones only).
+    "HYPERVISOR_TEST_HOSTS_DIR": None,
+    # Seconds opening a hypervisor connection may take before the host counts as unavailable.
+    "HYPERVISOR_CONNECT_TIMEOUT_S": 10,
     # Enclaves on the hosts: where volumes and serial console logs live on each hypervisor
     # (None: under the instance folder, fine for the test driver and a one-machine setup),
     # "isolated" (one NIC on the enclave's own network, no forward, no ip) or "none" (no NIC),
@@ -179,6 +195,9 @@ def load(app: Flask, overrides: Mapping[str, Any] | None = None, *, check: bool 
     for key, folder in (("ENCLAVE_POOL_PATH", "enclaves"), ("ENCLAVE_CONSOLE_DIR", "consoles")):
         if app.config[key] is None:
             app.config[key] = str(instance / folder)
+    if app.config["HYPERVISOR_TRANSPORTS"] is None:
+        production = app.config["ENV"] == "production"
+        app.config["HYPERVISOR_TRANSPORTS"] = ["qemu+tls"] if production else ["qemu+tls", "test"]
     if app.config["AUDIT_SIGNER"] is None:
         app.config["AUDIT_SIGNER"] = "vault" if app.config["VAULT_ADDR"] else "file"
     _console_defaults(app.config)
@@ -227,6 +246,7 @@ def verify(config: Mapping[str, Any]) -> None:
         )
     _whole_number(config, "MAX_HEADER_BYTES", 1024, 1024 * 1024)
     _whole_number(config, "TRUSTED_PROXIES", 0, 10)
+    _verify_hypervisor_uris(config)
     if config["TWO_PERSON_LEVEL"] not in config["LABEL_LEVELS"]:
         raise ConfigurationError(
             reason=f"TWO_PERSON_LEVEL {config['TWO_PERSON_LEVEL']!r} is not in LABEL_LEVELS"
@@ -239,6 +259,36 @@ def _whole_number(config: Mapping[str, Any], key: str, low: int, high: int) -> N
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigurationError(
             reason=f"{key} must be a whole number from {low} to {high}, not {value!r}"
+        )
+
+
+def _verify_hypervisor_uris(config: Mapping[str, Any]) -> None:
+    """Refuse unknown transports, unsafe URI parameters, and the test driver in production."""
+    transports = list(config.get("HYPERVISOR_TRANSPORTS") or [])
+    unknown = sorted(set(transports) - set(TRANSPORTS))
+    if unknown:
+        raise ConfigurationError(
+            reason=f"HYPERVISOR_TRANSPORTS may only name {', '.join(TRANSPORTS)}, not {unknown}"
+        )
+    unsafe = sorted(set(config.get("HYPERVISOR_URI_PARAMS") or []) - SAFE_PARAMS)
+    if unsafe:
+        raise ConfigurationError(
+            reason=f"HYPERVISOR_URI_PARAMS {unsafe} run programs, name files on the control "
+            f"plane or weaken verification; only {sorted(SAFE_PARAMS)} may be allowed"
+        )
+    if float(config.get("HYPERVISOR_CONNECT_TIMEOUT_S") or 0) <= 0:
+        raise ConfigurationError(reason="HYPERVISOR_CONNECT_TIMEOUT_S must be positive")
+    if config["ENV"] != "production":
+        return
+    if "test" in transports:
+        raise ConfigurationError(
+            reason="the libvirt test driver is for development and testing only: remove "
+            "'test' from HYPERVISOR_TRANSPORTS"
+        )
+    simulated = [u for u in config.get("HYPERVISOR_URIS") or [] if str(u).lower()[:5] == "test:"]
+    if simulated:
+        raise ConfigurationError(
+            reason="HYPERVISOR_URIS names simulated test:// hosts, refused in production"
         )
 
 

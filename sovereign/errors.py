@@ -89,6 +89,14 @@ class ConflictError(SovereignError):
     code = "conflict"
 
 
+class HostIdentityError(ConflictError):
+    """A host's URI reaches another hypervisor than the one recorded (or one recorded under
+    another name): nothing may be done there as if it were the same host."""
+
+    msg_fmt = "Host identity: {reason}"
+    code = "host-identity"
+
+
 class InvalidTransitionError(ConflictError):
     """A state machine was asked for a transition it does not have."""
 

@@ -18,6 +18,17 @@ from importlib import resources
 BUNDLED_HOSTS: tuple[str, ...] = ("secret-h100x8", "civilian-h100x4")
 
 
+def bundled_hosts_dir() -> pathlib.Path:
+    """Return the directory holding the bundled host descriptions (resolved).
+
+    :raises FileNotFoundError: if the package data is not on a real file system.
+    """
+    folder = resources.files(__name__)
+    if not isinstance(folder, pathlib.Path) or not folder.is_dir():
+        raise FileNotFoundError(f"bundled host descriptions are not available as files ({folder})")
+    return folder.resolve()
+
+
 def bundled_host_path(name: str) -> pathlib.Path:
     """Return the absolute path of the bundled host description called ``name``.
 

@@ -69,6 +69,8 @@ class SqlHostRepository:
             state=r.state,
             reason=r.reason,
             version=r.version,
+            host_uuid=r.host_uuid,
+            hostname=r.hostname,
         )
 
     @staticmethod
@@ -84,6 +86,8 @@ class SqlHostRepository:
             "state": host.state,
             "reason": host.reason,
             "updated_at": host.updated_at,
+            "host_uuid": host.host_uuid,
+            "hostname": host.hostname,
         }
 
     def add(self, host: Host) -> None:
@@ -151,6 +155,8 @@ class SqlGpuRepository:
             last_label=last,
             last_tenant=r.last_tenant,
             updated_at=r.updated_at,
+            host_uuid=r.host_uuid,
+            uuid=r.uuid,
         )
 
     @staticmethod
@@ -165,6 +171,8 @@ class SqlGpuRepository:
             **_label_columns("last_label", gpu.last_label),
             "last_tenant": gpu.last_tenant,
             "updated_at": gpu.updated_at,
+            "host_uuid": gpu.host_uuid,
+            "uuid": gpu.uuid,
         }
 
     def add(self, gpu: Gpu) -> None:

@@ -1,9 +1,12 @@
 """Hypervisors through :mod:`enclaves`: the :class:`~sovereign.services.ports.Hypervisor` port.
 
-Owns :class:`LibvirtHypervisor`: one long-lived connection per libvirt URI (the test driver
-keeps its state per connection, so reconnecting would forget every domain), the mapping from an
+Owns :class:`LibvirtHypervisor`: one long-lived connection per libvirt URI (the test driver keeps
+its state per connection, so reconnecting would forget every domain), the mapping from an
 :class:`~sovereign.services.ports.EnclavePlan` to an :class:`~enclaves.spec.EnclaveSpec`, and the
-translation of :mod:`enclaves.errors` into :mod:`sovereign.errors`, once, here. It also enforces
+translation of :mod:`enclaves.errors` into :mod:`sovereign.errors`, once, here. Every URI is
+checked against the configured :class:`~enclaves.uri.UriPolicy` before a connection to it is even
+created, and opened under a time limit; every (re)opened connection must answer with the host
+identity it first had, or the one pinned by :meth:`LibvirtHypervisor.identify`. It also enforces
 what libvirt's test driver does not: a passed-through GPU must exist on the host and no other
 domain may hold it. The designer (:mod:`enclaves.designer`) makes every isolation decision; this
 module never writes domain XML itself. Secrets are handed to libvirt and never logged.
@@ -21,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from enclaves import designer
-from enclaves.errors import EnclaveError, HypervisorUnavailableError
+from enclaves import host as libvirt_host
+from enclaves.errors import EnclaveError, HostIdentityChangedError, HypervisorUnavailableError
 from enclaves.guest import Guests
 from enclaves.host import LibvirtHost
 from enclaves.inventory import inventory
@@ -36,8 +40,15 @@ from enclaves.spec import (
     PciAddress,
     TpmSpec,
 )
+from enclaves.uri import UriPolicy, UriRefusedError, check_uri
+from sovereign.domain.fleet import HostIdentity
 from sovereign.domain.keys import EnclaveSecrets
-from sovereign.errors import ConflictError, DependencyUnavailableError
+from sovereign.errors import (
+    ConflictError,
+    DependencyUnavailableError,
+    HostIdentityError,
+    InvalidInputError,
+)
 from sovereign.services.ports import DiscoveredGpu, DomainFacts, EnclavePlan, HostFacts
 from sovereign.text import for_log
 
@@ -56,6 +67,8 @@ def _translated(uri: str, action: str) -> Iterator[None]:
         raise DependencyUnavailableError(
             f"hypervisor {uri} is unavailable ({action})", dependency="hypervisor"
         ) from e
+    except HostIdentityChangedError as e:
+        raise HostIdentityError(reason=e.message) from e
     except EnclaveError as e:
         raise ConflictError(reason=f"hypervisor {uri} refused to {action}: {e.message}") from e
     except ValueError as e:
@@ -91,13 +104,15 @@ class GuestSettings:
     machine: str | None = None
     security_model: str = "dac"
     stop_timeout_s: float = 30.0
+    #: How long opening a connection may take before the host counts as unavailable.
+    connect_timeout_s: float = 10.0
 
 
 class _Host:
     """The objects of one host, sharing its connection."""
 
     def __init__(self, uri: str, settings: GuestSettings) -> None:
-        self.conn = LibvirtHost(uri, open_timeout=30)
+        self.conn = LibvirtHost(uri, open_timeout=settings.connect_timeout_s)
         self.guests = Guests(self.conn)
         self.volumes = Volumes(self.conn, POOL_NAME, settings.pool_path)
         self.secrets = Secrets(self.conn)
@@ -115,16 +130,37 @@ class _Host:
 class LibvirtHypervisor:
     """The fleet's hypervisors over libvirt, one cached connection per URI."""
 
-    def __init__(self, settings: GuestSettings) -> None:
+    def __init__(self, settings: GuestSettings, uris: UriPolicy | None = None) -> None:
+        """``uris`` says which URIs may be opened (default: ``qemu+tls://`` only)."""
         self._settings = settings
+        self._uris = uris if uris is not None else UriPolicy()
         self._hosts: dict[str, _Host] = {}
         self._lock = threading.Lock()
 
+    def check_uri(self, uri: str) -> str:
+        """The canonical form of ``uri`` if the policy allows it; nothing is opened.
+
+        :raises InvalidInputError: saying why the URI is refused.
+        """
+        try:
+            return check_uri(uri, self._uris)
+        except UriRefusedError as e:
+            raise InvalidInputError(reason=f"hypervisor URI refused: {e}") from e
+
     def _host(self, uri: str) -> _Host:
+        # Defence in depth: a URI stored before the policy (or typed into the configuration)
+        # is checked again here, so no connection to a refused URI is ever created; what is
+        # opened is the canonical form.
+        try:
+            canonical = check_uri(uri, self._uris)
+        except UriRefusedError as e:
+            raise ConflictError(
+                reason=f"hypervisor URI {uri} is not allowed by the URI policy ({e})"
+            ) from e
         with self._lock:
-            host = self._hosts.get(uri)
+            host = self._hosts.get(canonical)
             if host is None:
-                host = self._hosts[uri] = _Host(uri, self._settings)
+                host = self._hosts[canonical] = _Host(canonical, self._settings)
             return host
 
     def close(self) -> None:
@@ -140,11 +176,12 @@ class LibvirtHypervisor:
             self._host(uri).conn.ping()
 
     def discover(self, uri: str) -> HostFacts:
-        """Capacity and GPUs of the host."""
+        """Capacity, GPUs and identity of the host."""
+        host = self._host(uri)
         with _translated(uri, "describe itself"):
-            host = self._host(uri)
             found = inventory(host.conn)
             kind = host.conn.info().hypervisor_type
+            identity = host.conn.identity()
         return HostFacts(
             hypervisor_type=kind,
             cpus=found.cpus,
@@ -159,7 +196,20 @@ class LibvirtHypervisor:
                 )
                 for gpu in found.gpus
             ),
+            identity=HostIdentity(identity.host_uuid, identity.hostname),
         )
+
+    def identify(self, uri: str, expected: HostIdentity | None = None) -> HostIdentity:
+        """The host's identity; ``expected`` is required of every later (re)connection."""
+        host = self._host(uri)
+        with _translated(uri, "identify itself"):
+            if expected is not None and expected.host_uuid is not None:
+                host.conn.pin(libvirt_host.HostIdentity(expected.host_uuid, expected.hostname))
+            found = host.conn.identity()
+        identity = HostIdentity(found.host_uuid, found.hostname)
+        if expected is not None and identity != expected:
+            raise HostIdentityError(reason=f"{uri} answers with {identity}, recorded as {expected}")
+        return identity
 
     def domains(self, uri: str) -> list[DomainFacts]:
         """Every domain defined on the host."""
@@ -350,8 +400,8 @@ class HypervisorProbe:
 
     name = "hypervisors"
 
-    def __init__(self, uris: Sequence[str]) -> None:
-        self._hosts = [LibvirtHost(uri) for uri in uris]
+    def __init__(self, uris: Sequence[str], *, timeout_s: float = 10.0) -> None:
+        self._hosts = [LibvirtHost(uri, open_timeout=timeout_s) for uri in uris]
 
     def ping(self) -> None:
         """:raises DependencyUnavailableError: naming the first host that does not answer."""

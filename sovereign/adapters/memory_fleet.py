@@ -104,7 +104,7 @@ def _sorted(rows: Iterable[V], key: Callable[[V], Any]) -> list[V]:
 
 
 class MemoryHostRepository:
-    """Hosts by id, found by unique name (like ``hosts``: unique name and URI)."""
+    """Hosts by id, found by unique name (like ``hosts``: unique name, URI and host UUID)."""
 
     def __init__(self, table: _Table[uuid.UUID, Host]) -> None:
         self.table = table
@@ -158,6 +158,24 @@ def host_violations(host: Host, others: Iterable[Host]) -> None:
             raise _refused("host", host.name, "uq_hosts_name")
         if other.uri == host.uri:
             raise _refused("host", host.name, "uq_hosts_uri")
+        if host.host_uuid is not None and other.host_uuid == host.host_uuid:
+            raise _refused("host", host.name, "uq_hosts_host_uuid")
+
+
+def gpu_violations(gpu: Gpu, others: Iterable[Gpu]) -> None:
+    """:raises ConcurrentUpdateError: if ``gpu`` breaks a unique constraint of ``gpus`` among
+    ``others`` (the row with the same key is the GPU itself)."""
+    for other in others:
+        if (other.host, other.address) == (gpu.host, gpu.address):
+            continue
+        ident = f"{gpu.host}/{gpu.address}"
+        if gpu.host_uuid is not None and (other.host_uuid, other.address) == (
+            gpu.host_uuid,
+            gpu.address,
+        ):
+            raise _refused("gpu", ident, "uq_gpus_host_uuid_address")
+        if gpu.uuid is not None and other.uuid == gpu.uuid:
+            raise _refused("gpu", ident, "uq_gpus_uuid")
 
 
 class MemoryGpuRepository:
@@ -178,6 +196,7 @@ class MemoryGpuRepository:
             raise _refused("gpu", ident, "ck_gpus_allocated_enclave")
         if gpu.updated_at is None:
             raise _refused("gpu", ident, "gpus.updated_at NOT NULL")
+        gpu_violations(stored, self.table.rows.values())
         return stored
 
     def add(self, gpu: Gpu) -> None:
@@ -380,6 +399,9 @@ class MemoryFleet:
         hosts = {**store.hosts, **self.hosts.table.changes()}
         for host in self.hosts.table.changes().values():
             host_violations(host, hosts.values())
+        gpus = {**store.gpus, **self.gpus.table.changes()}
+        for gpu in self.gpus.table.changes().values():
+            gpu_violations(gpu, gpus.values())
         enclaves = {**store.enclaves, **self.enclaves.table.changes()}
         for enclave in self.enclaves.table.changes().values():
             enclave_violations(enclave, enclaves.values())

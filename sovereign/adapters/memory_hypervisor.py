@@ -3,19 +3,35 @@
 Owns :class:`MemoryHypervisor`, which keeps domains, volumes, secrets and networks per URI in
 dictionaries and behaves like :class:`~sovereign.adapters.hypervisor.LibvirtHypervisor` where
 the reconciler can tell: every step idempotent, a GPU held by another domain refused, unknown
-steps refused. Tests can make a URI unreachable or make one step fail. The contract test in
+steps refused. Tests can make a URI unreachable or make one step fail, point two URIs at one
+host (aliases of one machine) or change a host's identity behind the control plane's back. URIs
+are checked like the libvirt adapter checks them (``mem://NAME`` stands for a host of this
+fleet; other URIs go through the same :class:`~enclaves.uri.UriPolicy`), and a URI that once
+answered with one identity must keep answering with it. The contract test in
 ``tests/contract/test_hypervisor_port.py`` holds both to the same behaviour.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from enclaves.uri import UriPolicy, UriRefusedError, check_uri
+from sovereign.domain.fleet import HostIdentity
 from sovereign.domain.keys import EnclaveSecrets
-from sovereign.errors import ConflictError, DependencyUnavailableError
+from sovereign.errors import (
+    ConflictError,
+    DependencyUnavailableError,
+    HostIdentityError,
+    InvalidInputError,
+)
 from sovereign.services.ports import DiscoveredGpu, DomainFacts, EnclavePlan, HostFacts
+
+#: The in-memory fleet's own URIs: ``mem://NAME``.
+_MEMORY_URI = re.compile(r"mem://[a-z0-9][a-z0-9.-]{0,62}")
 
 
 @dataclass
@@ -33,12 +49,26 @@ class MemoryHost:
     secrets: set[uuid.UUID] = field(default_factory=set)
     networks: set[str] = field(default_factory=set)
     reachable: bool = True
+    #: What the host answers as (libvirt's host UUID and hostname).
+    host_uuid: str | None = field(default_factory=lambda: str(uuid.uuid4()))
+    hostname: str = "memory-host"
+
+    @property
+    def identity(self) -> HostIdentity:
+        """The identity the host answers with now."""
+        return HostIdentity(self.host_uuid, self.hostname)
 
 
 class MemoryHypervisor:
     """Hypervisors in memory, addressed by URI."""
 
-    def __init__(self) -> None:
+    def __init__(self, uris: UriPolicy | None = None) -> None:
+        #: Which non-``mem://`` URIs may be used (default: ``qemu+tls://`` only).
+        self.uris = uris if uris is not None else UriPolicy()
+        #: URI -> the identity it answered with first (or was pinned to).
+        self.pinned: dict[str, HostIdentity] = {}
+        #: URIs a connection was attempted to (tests prove refused ones never are).
+        self.connected: list[str] = []
         self.hosts: dict[str, MemoryHost] = {}
         #: "provision:step" or "teardown:step" -> error raised the next time that step runs,
         #: before it has any effect ...
@@ -55,11 +85,36 @@ class MemoryHypervisor:
         self.hosts[uri] = host
         return host
 
+    def check_uri(self, uri: str) -> str:
+        """The canonical form of ``uri``; ``mem://NAME`` passes as it is.
+
+        :raises InvalidInputError: refused by the policy.
+        """
+        if _MEMORY_URI.fullmatch(uri):
+            return uri
+        try:
+            return check_uri(uri, self.uris)
+        except UriRefusedError as e:
+            raise InvalidInputError(reason=f"hypervisor URI refused: {e}") from e
+
     def _host(self, uri: str) -> MemoryHost:
+        try:
+            uri = self.check_uri(uri)
+        except InvalidInputError as e:
+            raise ConflictError(
+                reason=f"hypervisor URI {uri} is not allowed by the URI policy ({e.message})"
+            ) from e
+        self.connected.append(uri)
         host = self.hosts.get(uri)
         if host is None or not host.reachable:
             raise DependencyUnavailableError(
                 f"hypervisor {uri} is unavailable", dependency="hypervisor"
+            )
+        pinned = self.pinned.setdefault(uri, host.identity)
+        if host.identity != pinned:
+            raise HostIdentityError(
+                reason=f"{uri} answers with {host.identity}, not as {pinned}: "
+                "it reaches another machine now"
             )
         return host
 
@@ -74,9 +129,17 @@ class MemoryHypervisor:
             raise error
 
     def discover(self, uri: str) -> HostFacts:
-        """The host's capacity and GPUs."""
+        """The host's capacity, GPUs and identity."""
         host = self._host(uri)
-        return HostFacts("MEMORY", host.cpus, host.memory_mib, host.gpus)
+        return HostFacts("MEMORY", host.cpus, host.memory_mib, host.gpus, host.identity)
+
+    def identify(self, uri: str, expected: HostIdentity | None = None) -> HostIdentity:
+        """The host's identity; ``expected`` is required from now on."""
+        if expected is not None and expected.host_uuid is not None:
+            # A refused URI is pinned nowhere: _host refuses it below.
+            with contextlib.suppress(InvalidInputError):
+                self.pinned[self.check_uri(uri)] = expected
+        return self._host(uri).identity
 
     def domains(self, uri: str) -> list[DomainFacts]:
         """Every domain on the host."""

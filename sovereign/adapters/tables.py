@@ -163,6 +163,10 @@ hosts = sa.Table(
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
+    # The hypervisor's own identity (libvirt's host UUID, and its hostname): one record per
+    # machine, whatever URI spelling reached it. NULL only for hosts registered before 0006.
+    sa.Column("host_uuid", sa.String(36), nullable=True, unique=True),
+    sa.Column("hostname", sa.String(255), nullable=True),
     sa.CheckConstraint("state IN ('active', 'draining', 'quarantined')", name="state"),
     sa.CheckConstraint("domain_type IN ('kvm', 'qemu')", name="domain_type"),
 )
@@ -183,6 +187,11 @@ gpus = sa.Table(
     sa.Column("last_label_compartments", sa.String(1024), nullable=True),
     sa.Column("last_tenant", sa.String(64), nullable=True),
     sa.Column("updated_at", Timestamp, nullable=False),
+    # The physical device: its host's hypervisor identity and PCI address, and the GPU's own
+    # UUID where NVML reports it. Neither can be held by two records.
+    sa.Column("host_uuid", sa.String(36), nullable=True),
+    sa.Column("uuid", sa.String(64), nullable=True, unique=True),
+    sa.UniqueConstraint("host_uuid", "address", name="uq_gpus_host_uuid_address"),
     sa.CheckConstraint(
         "state IN ('free', 'allocated', 'dirty', 'sanitizing', 'quarantined')", name="state"
     ),

@@ -34,7 +34,9 @@ class HostCreate(Strict):
     """A hypervisor to register (it starts at the lowest accreditation over the API)."""
 
     name: Name
-    uri: Annotated[str, Field(min_length=3, max_length=1024, pattern=r"^[a-z0-9+]+://")]
+    #: Checked by the service against the URI policy (422 with the reason), never here, so
+    #: that the refusal is audited; the canonical form is what gets stored.
+    uri: Annotated[str, Field(min_length=3, max_length=1024)]
     site: Annotated[str, Field(min_length=1, max_length=128)]
     domain_type: Literal["kvm", "qemu"] = "kvm"
 
@@ -61,6 +63,9 @@ class HostOut(BaseModel):
     site: str
     accreditation: LabelOut
     domain_type: str
+    #: The hypervisor's identity (libvirt's host UUID and hostname) recorded at registration.
+    host_uuid: str | None
+    hostname: str | None
     state: str
     reason: str
     vcpus: int
@@ -77,6 +82,8 @@ class HostOut(BaseModel):
             site=h.site,
             accreditation=LabelOut.of(h.accreditation),
             domain_type=h.domain_type,
+            host_uuid=h.host_uuid,
+            hostname=h.hostname,
             state=h.state,
             reason=h.reason,
             vcpus=h.vcpus,

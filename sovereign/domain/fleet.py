@@ -49,6 +49,23 @@ PROVISION_STEPS: tuple[str, ...] = ("secrets", "volume", "network", "define", "s
 TEARDOWN_STEPS: tuple[str, ...] = ("stop", "undefine", "volume", "secrets", "network", "keys")
 
 
+@dataclass(frozen=True)
+class HostIdentity:
+    """Who a hypervisor says it is: libvirt's host UUID and the host's name.
+
+    The same machine answers the same whatever URI reached it (a name or its address, another
+    port or spelling), so two host records never share a host UUID, and a host that answers
+    with another identity than its record's is quarantined.
+    """
+
+    #: Lower-case UUID; None when the hypervisor reports none (such a host is not registered).
+    host_uuid: str | None
+    hostname: str
+
+    def __str__(self) -> str:
+        return f"host UUID {self.host_uuid or '(none)'}, hostname {self.hostname or '(none)'}"
+
+
 @dataclass
 class Gpu:
     """One whole GPU of a host."""
@@ -66,6 +83,11 @@ class Gpu:
     last_label: Label | None = None
     last_tenant: str | None = None
     updated_at: datetime | None = None
+    #: The host's hypervisor identity: (host UUID, PCI address) names one physical device, so
+    #: no two records can hold it even under two host names.
+    host_uuid: str | None = None
+    #: The GPU's own UUID where NVML reports it (``GPU-...``), unique across the fleet.
+    uuid: str | None = None
 
     def move(self, target: GpuStatus, now: datetime) -> None:
         """Change state. :raises InvalidTransitionError: if the GPU machine has no such edge."""
@@ -93,6 +115,16 @@ class Host:
     #: Why the host is draining or quarantined (empty when active).
     reason: str = ""
     version: int = 1
+    #: The hypervisor's identity when it was registered (None only for hosts registered
+    #: before identities were recorded; the reconciler records it, or quarantines the host).
+    host_uuid: str | None = None
+    hostname: str | None = None
+
+    def identity(self) -> HostIdentity | None:
+        """The recorded hypervisor identity, if any."""
+        if self.host_uuid is None:
+            return None
+        return HostIdentity(self.host_uuid, self.hostname or "")
 
 
 @dataclass

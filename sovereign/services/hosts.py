@@ -1,7 +1,11 @@
 """Use cases for hosts and their GPUs: add, rediscover, drain, quarantine, activate, accredit.
 
 Owns the coordination of the hypervisor's inventory with the host and GPU records and the audit
-log. Rules: GPUs of a newly added or rediscovered host start ``dirty`` (nobody vouches for what
+log. Rules: a URI is checked by the hypervisor port's policy before anything connects to it
+(refused: 422, audited as a denial, never tried); a host is the hypervisor's own identity (its
+host UUID and hostname as libvirt reports them), so a second registration of one machine under
+another URI spelling is refused (409) and a host whose identity changes is quarantined; GPUs of
+a newly added or rediscovered host start ``dirty`` (nobody vouches for what
 ran on them before; the reconciler sanitizes them before first use); a GPU that disappeared is
 quarantined; a host's accreditation is set when an operator adds it from the command line and
 changed only by two officers (:mod:`sovereign.services.actions`); over the API an operator may
@@ -19,14 +23,16 @@ from typing import Any
 
 from audit import Outcome
 from sovereign.domain.actions import ActionKind, DualAction, check_officer
-from sovereign.domain.fleet import DOMAIN_TYPES, Gpu, Host
+from sovereign.domain.fleet import DOMAIN_TYPES, Gpu, Host, HostIdentity
 from sovereign.domain.identity import Role
 from sovereign.domain.labels import Label, LabelScheme
 from sovereign.domain.placement import HostStatus
 from sovereign.errors import (
     AuditUnavailableError,
+    ConcurrentUpdateError,
     ConflictError,
     DependencyUnavailableError,
+    HostIdentityError,
     InvalidInputError,
     NotFoundError,
     PolicyDeniedError,
@@ -71,6 +77,13 @@ def _can_read(ctx: CallContext) -> bool:
 def _label(host: Host | None) -> Label | None:
     """The accreditation of ``host`` if it exists, for the audit event of a refusal about it."""
     return host.accreditation if host is not None else None
+
+
+def _same_identity(host: Host, found: HostIdentity) -> None:
+    """:raises HostIdentityError: the host answers with another identity than recorded."""
+    recorded = host.identity()
+    if recorded is not None and found != recorded:
+        raise HostIdentityError(reason=f"{host.uri} answers with {found}, recorded as {recorded}")
 
 
 class HostService:
@@ -146,10 +159,15 @@ class HostService:
     ) -> Host:
         """Register a hypervisor and its GPUs (all ``dirty`` until sanitized).
 
-        :raises InvalidInputError: bad domain type.
+        The URI is checked (and made canonical) before anything connects to it; the host is
+        recorded with the identity the hypervisor answers with.
+
+        :raises InvalidInputError: bad domain type; a malformed or refused URI (never tried);
+            a hypervisor that reports no host UUID.
         :raises PolicyDeniedError: not an operator or officer; over the API, an accreditation
             above the lowest level (that takes two officers).
-        :raises ConflictError: a host with this name or URI exists.
+        :raises ConflictError: a host with this name or URI exists, or one with the same
+            hypervisor identity (the same machine under another spelling).
         :raises DependencyUnavailableError: the hypervisor cannot be reached.
         """
         target = host_target(name)
@@ -164,10 +182,19 @@ class HostService:
                         reason=f"over the API hosts start at {self._scheme.lowest}; raising a "
                         "host's accreditation takes two officers"
                     )
+            uri = self._hypervisor.check_uri(uri)
             with self._uow(readonly=True) as uow:
                 if uow.hosts.get(name) is not None or any(h.uri == uri for h in uow.hosts.list()):
                     raise ConflictError(reason=f"a host called {name!r} or at {uri} exists")
             facts = self._hypervisor.discover(uri)
+            identity = facts.identity
+            if identity.host_uuid is None:
+                raise InvalidInputError(
+                    reason=f"{uri} reports no host UUID, so it cannot be told apart from other "
+                    "hosts; set host_uuid in its libvirtd.conf"
+                )
+            with self._uow(readonly=True) as uow:
+                self._check_unique(uow, name, identity)
             now = self._clock()
             host = Host(
                 id=uuid.uuid4(),
@@ -180,11 +207,15 @@ class HostService:
                 memory_mib=facts.memory_mib,
                 created_at=now,
                 updated_at=now,
+                host_uuid=identity.host_uuid,
+                hostname=identity.hostname,
             )
             with self._uow() as uow:
+                # Checked again in the writing transaction; the unique index settles a race.
+                self._check_unique(uow, name, identity)
                 uow.hosts.add(host)
                 for gpu in facts.gpus:
-                    uow.gpus.add(self._new_gpu(host.name, gpu, now))
+                    uow.gpus.add(self._new_gpu(host, gpu, now))
                 self._recorder.append(
                     uow,
                     self._recorder.event(
@@ -195,6 +226,8 @@ class HostService:
                         label=accreditation,
                         details={
                             "uri": uri,
+                            "host_uuid": identity.host_uuid,
+                            "hostname": identity.hostname,
                             "site": site,
                             "accreditation": accreditation.to_dict(),
                             "hypervisor": facts.hypervisor_type,
@@ -216,9 +249,21 @@ class HostService:
         return host
 
     @staticmethod
-    def _new_gpu(host: str, found: DiscoveredGpu, now: datetime) -> Gpu:
+    def _check_unique(uow: UnitOfWork, name: str, identity: HostIdentity) -> None:
+        """:raises ConflictError: another host record is this hypervisor."""
+        for other in uow.hosts.list():
+            if other.name != name and other.host_uuid == identity.host_uuid:
+                raise HostIdentityError(
+                    reason=f"this hypervisor ({identity}) is registered already as host "
+                    f"{other.name}; one machine has one host record"
+                )
+
+    @staticmethod
+    def _new_gpu(host: Host, found: DiscoveredGpu, now: datetime) -> Gpu:
         return Gpu(
-            host=host,
+            host=host.name,
+            host_uuid=host.host_uuid,
+            uuid=found.uuid,
             address=found.address,
             model=found.model,
             numa_node=found.numa_node,
@@ -239,10 +284,17 @@ class HostService:
                 host = uow.hosts.get(name)
             if host is None:
                 raise NotFoundError(kind="host", ident=name)
-            facts = self._hypervisor.discover(host.uri)
+            try:
+                facts = self._hypervisor.discover(host.uri)
+                _same_identity(host, facts.identity)
+            except HostIdentityError as e:
+                self._quarantine(ctx, host, e)
+                raise
             with self._uow() as uow:
                 host = uow.hosts.get(name, for_update=True)
                 assert host is not None
+                if host.host_uuid is None:
+                    self._adopt_identity(uow, host, facts.identity)
                 changes = self._apply_facts(uow, host, facts)
                 self._recorder.append(
                     uow,
@@ -261,13 +313,77 @@ class HostService:
             raise
         return host
 
+    def check_identity(self, ctx: CallContext, host: Host) -> bool:
+        """Ask the hypervisor who it is and compare with the record (the hypervisor port also
+        re-checks on every reconnection); a host that answers as another machine, or as one
+        another record holds, is quarantined with the reason audited.
+
+        A host recorded before identities were (no host UUID) gets the one it answers with.
+        Returns whether the host may be used (False once it is quarantined for its identity).
+
+        :raises DependencyUnavailableError: the hypervisor cannot be reached (try later).
+        """
+        try:
+            found = self._hypervisor.identify(host.uri, host.identity())
+            if host.host_uuid is None:
+                with self._uow() as uow:
+                    current = uow.hosts.get(host.name, for_update=True)
+                    if current is None:
+                        return False
+                    self._adopt_identity(uow, current, found)
+                    uow.hosts.update(current)
+                    self._recorder.append(
+                        uow,
+                        self._recorder.event(
+                            ctx,
+                            "host:identify",
+                            host_target(host.name),
+                            Outcome.ALLOW,
+                            label=current.accreditation,
+                            details={"host_uuid": found.host_uuid, "hostname": found.hostname},
+                        ),
+                    )
+                    uow.commit()
+        except ConcurrentUpdateError:
+            # Someone changed the record meanwhile: leave the host alone until the next pass.
+            return False
+        except (ConflictError, InvalidInputError) as e:
+            # Another machine answers, another record is this machine, it reports no UUID, or
+            # the URI policy refuses the recorded URI (nothing may connect to it).
+            self._quarantine(ctx, host, e)
+            return False
+        return True
+
+    def _adopt_identity(self, uow: UnitOfWork, host: Host, found: HostIdentity) -> None:
+        """Record the identity of a host registered before identities were.
+
+        :raises InvalidInputError: the hypervisor reports no host UUID.
+        :raises HostIdentityError: another record is this hypervisor.
+        """
+        if found.host_uuid is None:
+            raise InvalidInputError(
+                reason=f"{host.uri} reports no host UUID; set host_uuid in its libvirtd.conf"
+            )
+        self._check_unique(uow, host.name, found)
+        host.host_uuid, host.hostname = found.host_uuid, found.hostname
+        for gpu in uow.gpus.list(host.name):
+            if gpu.host_uuid is None:
+                gpu.host_uuid = found.host_uuid
+                uow.gpus.update(gpu, gpu.state)
+
+    def _quarantine(self, ctx: CallContext, host: Host, error: SovereignError) -> None:
+        """Quarantine ``host`` for ``error`` (audited), unless it is quarantined already."""
+        if host.state == "quarantined" and host.reason == error.message:
+            return
+        self.set_state(ctx, host.name, "quarantined", error.message)
+
     def _apply_facts(self, uow: UnitOfWork, host: Host, facts: HostFacts) -> dict[str, Any]:
         now = self._clock()
         known = {gpu.address: gpu for gpu in uow.gpus.list(host.name)}
         found = {gpu.address: gpu for gpu in facts.gpus}
         added = sorted(found.keys() - known.keys())
         for address in added:
-            uow.gpus.add(self._new_gpu(host.name, found[address], now))
+            uow.gpus.add(self._new_gpu(host, found[address], now))
         vanished = []
         for address in sorted(known.keys() - found.keys()):
             gpu = known[address]

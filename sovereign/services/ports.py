@@ -10,14 +10,14 @@ from __future__ import annotations
 import builtins
 import uuid
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
 
 from audit import AuditStore, StoredEvent
 from sovereign.domain.actions import ActionState, DualAction
-from sovereign.domain.fleet import Enclave, Gpu, Host
+from sovereign.domain.fleet import Enclave, Gpu, Host, HostIdentity
 from sovereign.domain.identity import Principal
 from sovereign.domain.keys import EnclaveKeys, EnclaveSecrets, KeyRef, WrappedSecret
 from sovereign.domain.placement import GpuStatus
@@ -352,16 +352,19 @@ class DiscoveredGpu:
     iommu_group: int | None
     #: Every PCI function of the GPU's IOMMU group, itself included.
     group_members: tuple[str, ...]
+    #: The GPU's own UUID where NVML reports it; None from libvirt's node devices.
+    uuid: str | None = None
 
 
 @dataclass(frozen=True)
 class HostFacts:
-    """What a hypervisor says about itself: driver, capacity and GPUs."""
+    """What a hypervisor says about itself: driver, capacity, GPUs and identity."""
 
     hypervisor_type: str
     cpus: int
     memory_mib: int
     gpus: tuple[DiscoveredGpu, ...]
+    identity: HostIdentity = field(default_factory=lambda: HostIdentity(None, ""))
 
 
 @dataclass(frozen=True)
@@ -399,8 +402,29 @@ class Hypervisor(Protocol):
     crash at any point.
     """
 
+    def check_uri(self, uri: str) -> str:
+        """The canonical form of ``uri`` if this backend may connect to it; never connects.
+
+        :raises InvalidInputError: the URI is malformed or refused (the reason says why).
+        """
+        ...
+
     def discover(self, uri: str) -> HostFacts:
-        """Capacity and GPUs of the host. :raises DependencyUnavailableError: unreachable."""
+        """Capacity, GPUs and identity of the host.
+
+        :raises DependencyUnavailableError: unreachable.
+        :raises HostIdentityError: the URI now reaches another machine than it did.
+        """
+        ...
+
+    def identify(self, uri: str, expected: HostIdentity | None = None) -> HostIdentity:
+        """The identity the host answers with; with ``expected``, every later connection to
+        ``uri`` must answer with it too (checked on every reconnection).
+
+        :raises DependencyUnavailableError: unreachable.
+        :raises HostIdentityError: the host answers with another identity than ``expected``
+            (or than when it was first reached).
+        """
         ...
 
     def domains(self, uri: str) -> list[DomainFacts]:

@@ -12,12 +12,14 @@ Owns the lifecycle after approval. Each pass:
    network, keys (crypto-erase), then the GPUs go ``dirty`` and the request ``terminated``;
 4. **sanitizes** dirty GPUs through the :class:`~sovereign.services.ports.Sanitizer` port
    (``dirty -> sanitizing -> free``, the evidence in the audit event);
-5. **checks drift** between the database and every host: a domain nobody recorded is reported
-   and its host quarantined (never adopted); an enclave recorded ``running`` whose domain does
-   not run is failed and torn down; a domain of an ended enclave is torn down. A standing
-   condition (a domain nobody recorded) is not work: it is logged and audited once when it
-   appears, changes or clears (:class:`~sovereign.services.drift.DriftLedger`), and a pass that
-   found only such conditions lets the worker wait its interval.
+5. **checks drift** between the database and every host: a host whose hypervisor answers with
+   another identity (host UUID, hostname) than its record is quarantined and left alone; a
+   domain nobody recorded is reported and its host quarantined (never adopted); an enclave
+   recorded ``running`` whose domain does not run is failed and torn down; a domain of an
+   ended enclave is torn down. A standing condition (a domain nobody recorded) is not work: it
+   is logged and audited once when it appears, changes or clears
+   (:class:`~sovereign.services.drift.DriftLedger`), and a pass that found only such conditions
+   lets the worker wait its interval.
 
 Every step is recorded (step name in the ``enclaves`` row and an audit event, in one
 transaction) *after* it was done on the hypervisor; a crash in between repeats the step, which
@@ -215,7 +217,9 @@ class Reconciler:
         for uri in sorted(uris - self._watched.keys()):
             try:
                 self._watched[uri] = self._hypervisor.watch(uri, lambda _d, _e: on_event())
-            except DependencyUnavailableError as e:
+            except (DependencyUnavailableError, ConflictError) as e:
+                # Unreachable, or refused (a URI the policy no longer allows, another machine
+                # answering): the drift check quarantines the latter; polling goes on.
                 log.warning(
                     "cannot watch %s for domain events (polling only): %s",
                     for_log(uri),
@@ -666,6 +670,12 @@ class Reconciler:
             open_enclaves = {e.id: e for e in uow.enclaves.list()}
         for host in hosts:
             try:
+                if not self._hosts.check_identity(self.ctx, host):
+                    # Another machine answers at the URI (or one another record holds): its
+                    # domains are not this host's, so nothing is compared or torn down there.
+                    if host.state != "quarantined":
+                        report.drift.append(f"host {host.name}: hypervisor identity changed")
+                    continue
                 domains = self._hypervisor.domains(host.uri)
             except DependencyUnavailableError as e:
                 held = self._limiter.allow(f"drift-check:{host.name}")

@@ -197,6 +197,52 @@ def test_host_names_and_uris_are_unique(uow: UnitOfWorkFactory):
         assert [h.name for h in u.hosts.list()] == ["alpha"]
 
 
+MACHINE = "5d3c9a4e-7f21-4c8b-9e0a-1b2c3d4e5f60"
+
+
+def test_one_hypervisor_identity_has_one_host_record(uow: UnitOfWorkFactory):
+    """Issue 10, item 2: the host UUID libvirt reports is unique, whatever the URI."""
+    with uow() as u:
+        u.hosts.add(replace(host("bravo"), host_uuid=MACHINE, hostname="node1"))
+        u.commit()
+    with pytest.raises(ConcurrentUpdateError), uow() as u:
+        u.hosts.add(replace(host("delta"), host_uuid=MACHINE, hostname="node1"))
+        u.commit()
+    with pytest.raises(ConcurrentUpdateError), uow() as u:
+        alpha = u.hosts.get("alpha")
+        assert alpha is not None
+        alpha.host_uuid = MACHINE
+        u.hosts.update(alpha)
+        u.commit()
+    with uow() as u:
+        bravo = u.hosts.get("bravo")
+        assert bravo is not None
+        assert (bravo.host_uuid, bravo.hostname) == (MACHINE, "node1")
+        assert [h.name for h in u.hosts.list()] == ["alpha", "bravo"]
+
+
+def test_no_two_gpu_records_are_one_device(uow: UnitOfWorkFactory):
+    """(host identity, PCI address) and the GPU's own UUID are unique across host records."""
+    with uow() as u:
+        u.hosts.add(replace(host("bravo"), host_uuid=MACHINE))
+        u.hosts.add(host("charlie"))
+        u.gpus.add(gpu("bravo", host_uuid=MACHINE, uuid="GPU-1"))
+        u.commit()
+    with pytest.raises(ConcurrentUpdateError), uow() as u:
+        u.gpus.add(gpu("charlie", host_uuid=MACHINE))
+        u.commit()
+    with pytest.raises(ConcurrentUpdateError), uow() as u:
+        u.gpus.add(gpu("charlie", 1, uuid="GPU-1"))
+        u.commit()
+    with uow() as u:
+        # Records without an identity (before migration 0006) do not collide with each other.
+        u.gpus.add(gpu("charlie"))
+        u.gpus.add(gpu("alpha"))
+        u.commit()
+        stored = [g for g in u.gpus.list() if g.host == "bravo"]
+    assert [(g.host_uuid, g.uuid) for g in stored] == [(MACHINE, "GPU-1")]
+
+
 def test_host_update_bumps_the_version_and_refuses_a_stale_one(uow: UnitOfWorkFactory):
     with uow() as u:
         first = u.hosts.get("alpha")

@@ -16,10 +16,17 @@ import pytest
 from enclaves.hosts import bundled_host_path
 from sovereign.adapters.hypervisor import GuestSettings, LibvirtHypervisor
 from sovereign.adapters.memory_hypervisor import MemoryHost, MemoryHypervisor
+from sovereign.domain.fleet import HostIdentity
 from sovereign.domain.keys import EnclaveSecrets
-from sovereign.errors import ConflictError, DependencyUnavailableError
+from sovereign.errors import (
+    ConflictError,
+    DependencyUnavailableError,
+    HostIdentityError,
+    InvalidInputError,
+)
 from sovereign.services.ports import DiscoveredGpu, EnclavePlan
 from tests.support.fleet import gpus
+from tests.support.hostfiles import uri_policy_for
 
 SECRETS = EnclaveSecrets(luks_passphrase=b"l" * 32, vtpm_secret=b"v" * 32)
 STEPS = ("secrets", "volume", "network", "define", "start")
@@ -37,7 +44,12 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[An
     host_file = tmp_path / "secret-h100x8.xml"
     shutil.copy(bundled_host_path("secret-h100x8"), host_file)
     libvirt = LibvirtHypervisor(
-        GuestSettings(pool_path=str(tmp_path / "pool"), console_dir=str(tmp_path / "console"))
+        GuestSettings(
+            pool_path=str(tmp_path / "pool"),
+            console_dir=str(tmp_path / "console"),
+            connect_timeout_s=5,
+        ),
+        uri_policy_for(tmp_path),
     )
     yield libvirt, f"test://{host_file}"
     libvirt.close()
@@ -118,7 +130,8 @@ def test_an_unreachable_host_is_a_dependency_failure(backend: tuple[Any, str]):
     missing = (
         "mem://nowhere"
         if isinstance(hypervisor, MemoryHypervisor)
-        else "test:///nonexistent/host.xml"
+        # Allowed by the policy (TLS, port 16514) but nothing answers (TEST-NET-1).
+        else "qemu+tls://192.0.2.1/system"
     )
     with pytest.raises(DependencyUnavailableError):
         hypervisor.discover(missing)
@@ -131,7 +144,8 @@ def test_libvirt_domain_xml_is_the_designers(tmp_path: Path):
     shutil.copy(bundled_host_path("secret-h100x8"), host_file)
     uri = f"test://{host_file}"
     hypervisor = LibvirtHypervisor(
-        GuestSettings(pool_path=str(tmp_path / "pool"), console_dir=str(tmp_path / "c"))
+        GuestSettings(pool_path=str(tmp_path / "pool"), console_dir=str(tmp_path / "c")),
+        uri_policy_for(tmp_path),
     )
     try:
         p = plan(uri, hypervisor.discover(uri).gpus, 2)
@@ -146,3 +160,46 @@ def test_libvirt_domain_xml_is_the_designers(tmp_path: Path):
         assert "sovereign" in xml  # our metadata namespace
     finally:
         hypervisor.close()
+
+
+def test_check_uri_refuses_before_connecting(backend: tuple[Any, str]):
+    hypervisor, uri = backend
+    assert hypervisor.check_uri(uri) == uri
+    for refused in (
+        "qemu+ext:///system?command=/bin/true",
+        "qemu+ssh://root@node1.example/system?command=/bin/true",
+        "qemu+tls://node1.example:1/system",
+    ):
+        with pytest.raises(InvalidInputError, match="hypervisor URI refused"):
+            hypervisor.check_uri(refused)
+        # Whatever call names a refused URI, the adapter creates no connection to it.
+        with pytest.raises(ConflictError, match="not allowed by the URI policy"):
+            hypervisor.discover(refused)
+    if isinstance(hypervisor, MemoryHypervisor):
+        assert hypervisor.connected == []
+    else:
+        assert hypervisor._hosts == {}
+
+
+def test_identify_pins_the_identity(backend: tuple[Any, str]):
+    hypervisor, uri = backend
+    found = hypervisor.identify(uri)
+    assert found.host_uuid
+    assert hypervisor.discover(uri).identity == found
+    assert hypervisor.identify(uri, found) == found
+    other = HostIdentity(str(uuid.uuid4()), found.hostname)
+    with pytest.raises(HostIdentityError):
+        hypervisor.identify(uri, other)
+
+
+def test_a_stored_spelling_of_an_allowed_uri_opens_the_canonical_one(backend: tuple[Any, str]):
+    """Hosts recorded before URIs were made canonical keep working, through one connection."""
+    hypervisor, uri = backend
+    if isinstance(hypervisor, MemoryHypervisor):
+        spelled = uri.upper().replace("MEM://", "mem://").lower()
+    else:
+        folder, _, name = uri.rpartition("/")
+        spelled = f"TEST{folder[4:]}/./{name}"
+    assert hypervisor.discover(spelled).identity == hypervisor.discover(uri).identity
+    if isinstance(hypervisor, LibvirtHypervisor):
+        assert list(hypervisor._hosts) == [uri]

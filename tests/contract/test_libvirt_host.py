@@ -20,8 +20,13 @@ from xml.etree import ElementTree
 import libvirt
 import pytest
 
-from enclaves.errors import DomainNotFoundError, EnclaveError, HypervisorUnavailableError
-from enclaves.host import HostInfo, LibvirtHost, _translate
+from enclaves.errors import (
+    DomainNotFoundError,
+    EnclaveError,
+    HostIdentityChangedError,
+    HypervisorUnavailableError,
+)
+from enclaves.host import HostIdentity, HostInfo, LibvirtHost, _translate
 from enclaves.hosts import BUNDLED_HOSTS, bundled_host_path, bundled_host_uri
 
 pytestmark = pytest.mark.libvirt
@@ -306,3 +311,74 @@ def test_translate_maps_libvirt_error_codes(secret: LibvirtHost) -> None:
     assert f"code {libvirt.VIR_ERR_NO_DOMAIN})" in missing_domain.value.message
     assert type(missing_device.value) is EnclaveError
     assert f"code {libvirt.VIR_ERR_NO_NODE_DEVICE})" in missing_device.value.message
+
+
+# -- identity (issue 10, item 2) -------------------------------------------------------------
+
+
+def test_each_bundled_host_is_a_distinct_machine() -> None:
+    found = {}
+    for name in BUNDLED_HOSTS:
+        with LibvirtHost(bundled_host_uri(name)) as host:
+            found[name] = host.identity()
+    assert all(identity.host_uuid for identity in found.values())
+    assert len({identity.host_uuid for identity in found.values()}) == len(BUNDLED_HOSTS)
+    # The test driver reports no <host><uuid> in its capabilities: the computer device's
+    # SMBIOS UUID stands for it.
+    assert found["secret-h100x8"].host_uuid == "5d3c9a4e-7f21-4c8b-9e0a-1b2c3d4e5f60"
+
+
+def test_every_spelling_of_a_host_file_is_one_identity(tmp_path: Path) -> None:
+    path = bundled_host_path("civilian-h100x4")
+    folder, name = path.parent.as_posix(), path.name
+    (tmp_path / "link.xml").symlink_to(path)
+    spellings = [
+        bundled_host_uri("civilian-h100x4"),
+        f"test://{folder}/./{name}",
+        f"test://{folder}//{name}",
+        f"test://{folder}/../hosts/{name}",
+        f"test://{tmp_path.as_posix()}/link.xml",
+    ]
+    identities = set()
+    for uri in spellings:
+        with LibvirtHost(uri) as host:
+            identities.add(host.identity())
+    assert len(identities) == 1
+
+
+def test_a_reopened_connection_that_answers_as_another_machine_is_refused(
+    tmp_path: Path,
+) -> None:
+    copy = tmp_path / "swapped.xml"
+    shutil.copyfile(bundled_host_path("secret-h100x8"), copy)
+    host = LibvirtHost("test://" + urllib.parse.quote(copy.as_posix()))
+    first = host.identity()
+    # Another machine now answers at the same URI (the next open reads the changed file).
+    copy.write_text(
+        copy.read_text().replace(str(first.host_uuid), "0e0e0e0e-1111-4222-8333-444455556666")
+    )
+    host.connect().close()
+
+    with pytest.raises(HostIdentityChangedError, match="another machine"):
+        host.connect()
+    with pytest.raises(HostIdentityChangedError):
+        host.ping()
+
+
+def test_a_pinned_identity_is_required_of_the_open_connection(tmp_path: Path) -> None:
+    host = LibvirtHost(bundled_host_uri("secret-h100x8"))
+    seen = host.identity()
+    host.pin(seen)
+    assert host.identity() == seen
+    with pytest.raises(HostIdentityChangedError):
+        host.pin(HostIdentity("0e0e0e0e-1111-4222-8333-444455556666", seen.hostname))
+    # The connection was dropped; reopening finds the real machine, not the pinned one.
+    with pytest.raises(HostIdentityChangedError):
+        host.connect()
+    host.close()
+    pinned = LibvirtHost(
+        bundled_host_uri("secret-h100x8"),
+        identity=HostIdentity("0e0e0e0e-1111-4222-8333-444455556666", seen.hostname),
+    )
+    with pytest.raises(HostIdentityChangedError):
+        pinned.connect()

@@ -359,3 +359,15 @@ def test_secrets_are_private_and_their_values_stay_out_of_errors(system: Libvirt
         secrets.undefine(first)
         secrets.undefine(second)
     assert not secrets.exists(first)
+
+
+def test_the_real_daemon_reports_a_stable_host_identity(libvirtd: Libvirtd) -> None:
+    """libvirtd's capabilities carry ``<host><uuid>`` (host_uuid in libvirtd.conf, else the
+    SMBIOS): the identity hosts are registered and re-checked by (issue 10, item 2)."""
+    host = LibvirtHost("qemu:///system", open_timeout=30)
+    first = host.identity()
+    assert first.host_uuid
+    assert first.hostname
+    host.connect().close()
+    assert host.identity() == first
+    host.close()

@@ -145,3 +145,34 @@ def test_auditor_tools(env: dict[str, str], tmp_path: Path):
     broken = runner.invoke(main, ["audit", "verify", "--quiet"])
     assert broken.exit_code == 1
     assert "NOT intact (first bad index 0)" in broken.output
+
+
+@pytest.mark.libvirt
+def test_hosts_add_refuses_a_command_uri_and_a_second_registration(
+    env: dict[str, str], tmp_path: Path
+):
+    """``sovereign hosts add`` checks the URI before libvirt sees it, and registers one machine
+    once (issue 10, items 1 and 2)."""
+    from enclaves.hosts import bundled_host_uri
+
+    runner = CliRunner()
+    assert runner.invoke(main, ["db", "upgrade"]).exit_code == 0
+    marker = tmp_path / "ran"
+    script = tmp_path / "evil.sh"
+    script.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    script.chmod(0o755)
+    common = ["--site", "hall-a", "--accreditation", "SECRET:NATO"]
+    refused = runner.invoke(
+        main, ["hosts", "add", f"qemu+ext:///system?command={script}", "--name", "x", *common]
+    )
+    assert refused.exit_code == 2
+    assert "runs a program" in refused.output
+    assert not marker.exists()
+    uri = bundled_host_uri("secret-h100x8")
+    added = runner.invoke(main, ["hosts", "add", uri, "--name", "secret-1", *common])
+    assert added.exit_code == 0, added.output
+    assert "hypervisor 5d3c9a4e-7f21-4c8b-9e0a-1b2c3d4e5f60" in added.output
+    alias = uri.replace("/hosts/", "/hosts/./")
+    again = runner.invoke(main, ["hosts", "add", alias, "--name", "secret-2", *common])
+    assert again.exit_code == 2
+    assert "exists" in again.output

@@ -18,6 +18,7 @@ from sovereign.api import fleet_schemas as f
 from sovereign.cli_hosts import cli_context
 from sovereign.services.reconciler import Reconciler
 from tests.support.apps import make_app
+from tests.support.hostfiles import other_machine
 
 pytestmark = [pytest.mark.idp, pytest.mark.libvirt]
 
@@ -257,14 +258,13 @@ def test_bad_input_gets_a_problem_and_changes_nothing(
 
 
 def test_operator_adds_a_host_at_the_lowest_level_only(call: Call, tmp_path: Path):
-    copy = tmp_path / "extra.xml"
-    shutil.copy(bundled_host_path("civilian-h100x4"), copy)
+    copy = other_machine(tmp_path, "civilian-h100x4", "extra")
     body = {"name": "extra", "uri": f"test://{copy}", "site": "hall-c"}
     r = call("operator", "POST", "/api/v1/hosts", json=body)
     assert r.status_code == 201, r.get_json()
     assert r.get_json()["accreditation"] == {"level": "UNCLASSIFIED", "compartments": []}
     problem(call("operator", "POST", "/api/v1/hosts", json=body), 409)
     problem(call("auditor", "POST", "/api/v1/hosts", json={**body, "name": "other"}), 403)
-    unreachable = {"name": "gone", "uri": "qemu+tcp://192.0.2.1/system", "site": "x"}
+    unreachable = {"name": "gone", "uri": "qemu+tls://192.0.2.1/system", "site": "x"}
     r = call("operator", "POST", "/api/v1/hosts", json=unreachable)
     assert r.status_code == 503

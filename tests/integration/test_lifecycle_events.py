@@ -65,7 +65,11 @@ def libvirt_fleet(tmp_path: Path) -> Iterator[Fleet]:
     upgrade(url)
     host_file = tmp_path / "secret-h100x8.xml"
     shutil.copy(bundled_host_path("secret-h100x8"), host_file)
-    config = {"ENCLAVE_POOL_PATH": str(tmp_path / "pool"), "ENCLAVE_CONSOLE_DIR": str(tmp_path)}
+    config = {
+        "ENCLAVE_POOL_PATH": str(tmp_path / "pool"),
+        "ENCLAVE_CONSOLE_DIR": str(tmp_path),
+        "HYPERVISOR_TEST_HOSTS_DIR": str(tmp_path),
+    }
     app = settings.new_app()
     settings.load(app, {"ENV": "testing", **config}, check=False)
     fleet = make_fleet(

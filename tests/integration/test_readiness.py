@@ -85,6 +85,7 @@ def test_missing_hypervisor_is_reported(tmp_path: Path, idp: Any):
             "IDP_URL": idp.url,
             "HYPERVISOR_URIS": [f"test:///{tmp_path}/missing-host.xml"],
             "METRICS_TOKEN": SCRAPE,
+            "HYPERVISOR_TEST_HOSTS_DIR": str(tmp_path),
         }
     )
     body = app.test_client().get("/readyz", headers=OPERATOR).get_json()

@@ -32,6 +32,8 @@ def make_app(folder: Path, idp_url: str, *, seed: bool = True, **config: Any) ->
             "AUDIT_WITNESS_PATH": str(folder / "witness.jsonl"),
             "ENCLAVE_POOL_PATH": str(folder / "pool"),
             "ENCLAVE_CONSOLE_DIR": str(folder / "consoles"),
+            # Tests register copies of the bundled test-driver hosts kept in their folder.
+            "HYPERVISOR_TEST_HOSTS_DIR": str(folder),
             **config,
         }
     )

@@ -48,6 +48,8 @@ def real_config(folder: Path, image: GuestImage, marker: str) -> dict[str, Any]:
         "ENCLAVE_INITRD": str(image.initrd),
         "ENCLAVE_CMDLINE": image.cmdline(marker),
         "ENCLAVE_STOP_TIMEOUT_S": 10,
+        # The local daemon's socket (qemu:///system), opted into like production would.
+        "HYPERVISOR_TRANSPORTS": ["qemu"],
     }
 
 

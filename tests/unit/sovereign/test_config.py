@@ -99,3 +99,53 @@ def test_trusted_proxies_from_the_environment(tmp_path, monkeypatch):
 def test_max_header_bytes_is_checked(tmp_path, monkeypatch, value):
     with pytest.raises(ConfigurationError, match="MAX_HEADER_BYTES"):
         load(tmp_path, monkeypatch, MAX_HEADER_BYTES=value)
+
+
+def test_hypervisor_transports_default_by_environment(tmp_path, monkeypatch):
+    assert load(tmp_path, monkeypatch)["HYPERVISOR_TRANSPORTS"] == ["qemu+tls"]
+    testing = load(tmp_path, monkeypatch, ENV="testing")
+    assert testing["HYPERVISOR_TRANSPORTS"] == ["qemu+tls", "test"]
+
+
+def test_production_refuses_the_test_driver(tmp_path, monkeypatch):
+    with pytest.raises(ConfigurationError, match="test driver is for development"):
+        load(tmp_path, monkeypatch, HYPERVISOR_TRANSPORTS=["qemu+tls", "test"])
+    with pytest.raises(ConfigurationError, match="simulated test:// hosts"):
+        load(tmp_path, monkeypatch, HYPERVISOR_URIS=["TEST:///srv/hosts/a.xml"])
+    ssh = load(tmp_path, monkeypatch, HYPERVISOR_TRANSPORTS=["qemu+tls", "qemu+ssh"])
+    assert ssh["HYPERVISOR_TRANSPORTS"] == ["qemu+tls", "qemu+ssh"]
+
+
+@pytest.mark.parametrize("env", ["production", "testing"])
+def test_unsafe_uri_settings_are_refused_everywhere(tmp_path, monkeypatch, env):
+    with pytest.raises(ConfigurationError, match="HYPERVISOR_TRANSPORTS may only name"):
+        load(tmp_path, monkeypatch, ENV=env, HYPERVISOR_TRANSPORTS=["qemu+ext"])
+    for param in ("command", "socket", "netcat", "no_verify", "keyfile", "pkipath"):
+        with pytest.raises(ConfigurationError, match="HYPERVISOR_URI_PARAMS"):
+            load(tmp_path, monkeypatch, ENV=env, HYPERVISOR_URI_PARAMS=[param])
+    with pytest.raises(ConfigurationError, match="HYPERVISOR_CONNECT_TIMEOUT_S"):
+        load(tmp_path, monkeypatch, ENV=env, HYPERVISOR_CONNECT_TIMEOUT_S=0)
+
+
+def test_the_uri_policy_follows_the_settings(tmp_path, monkeypatch):
+    from enclaves.hosts import bundled_hosts_dir
+    from sovereign.bootstrap import uri_policy
+
+    policy = uri_policy(load(tmp_path, monkeypatch))
+    assert policy.transports == {"qemu+tls"}
+    assert policy.test_dirs == ()
+    testing = uri_policy(
+        load(tmp_path, monkeypatch, ENV="testing", HYPERVISOR_TEST_HOSTS_DIR=str(tmp_path))
+    )
+    assert testing.test_dirs == (str(bundled_hosts_dir()), str(tmp_path))
+    ports = uri_policy(load(tmp_path, monkeypatch, HYPERVISOR_PORTS={"qemu+tls": [16514, 16600]}))
+    assert ports.ports["qemu+tls"] == {16514, 16600}
+
+
+def test_hypervisor_connections_open_under_the_configured_timeout(tmp_path, monkeypatch):
+    from sovereign.bootstrap import build_hypervisor
+
+    hypervisor = build_hypervisor(load(tmp_path, monkeypatch, HYPERVISOR_CONNECT_TIMEOUT_S=3))
+    # Nothing connects here: the host object only remembers how long an open may take.
+    conn = hypervisor._host("qemu+tls://node1.example/system").conn  # type: ignore[attr-defined]
+    assert conn._open_timeout == 3
