@@ -101,6 +101,7 @@ def build_services(
         scheme,
         two_person_level=config["TWO_PERSON_LEVEL"],
         max_lease_hours=int(config["MAX_LEASE_HOURS"]),
+        step_up_max_age_s=int(config["STEP_UP_MAX_AGE_S"]),
     )
     resources: list[Any] = []
     default_probes: list[Probe] = []

@@ -30,6 +30,9 @@ DEFAULTS: dict[str, Any] = {
     "LABEL_COMPARTMENTS": list(DEFAULT_COMPARTMENTS),
     "TWO_PERSON_LEVEL": "CONFIDENTIAL",
     "MAX_LEASE_HOURS": 720,
+    # Approving a classified request (console or API) needs a password typed this recently
+    # (OIDC auth_time); the API answers older tokens with RFC 9470's step-up challenge.
+    "STEP_UP_MAX_AGE_S": 600,
     "GPU_MODELS": ["H100-SXM5-80GB"],
     # Identity: a Keycloak realm.
     "IDP_URL": None,
@@ -105,8 +108,8 @@ DEFAULTS: dict[str, Any] = {
     "CONSOLE_IDLE_TIMEOUT_S": 900,
     "CONSOLE_SESSION_MAX_S": 8 * 3600,
     "CONSOLE_LOGIN_TIMEOUT_S": 600,
-    # Approving a classified request needs a password typed this recently (OIDC auth_time).
-    "CONSOLE_STEP_UP_S": 600,
+    # Deprecated alias of STEP_UP_MAX_AGE_S (the rule now covers the API too); None: unset.
+    "CONSOLE_STEP_UP_S": None,
     # None: the cookie is Secure exactly in production (which refuses False).
     "CONSOLE_COOKIE_SECURE": None,
     "CONSOLE_COOKIE_SAMESITE": "Lax",
@@ -163,6 +166,7 @@ def load(app: Flask, overrides: Mapping[str, Any] | None = None, *, check: bool 
             app.config[key] = str(instance / folder)
     if app.config["AUDIT_SIGNER"] is None:
         app.config["AUDIT_SIGNER"] = "vault" if app.config["VAULT_ADDR"] else "file"
+    _step_up_alias(app.config)
     _console_defaults(app.config)
     if check:
         verify(app.config)
@@ -206,6 +210,23 @@ def verify(config: Mapping[str, Any]) -> None:
         raise ConfigurationError(
             reason=f"TWO_PERSON_LEVEL {config['TWO_PERSON_LEVEL']!r} is not in LABEL_LEVELS"
         )
+
+
+def _step_up_alias(config: Config) -> None:
+    """Honour the old ``CONSOLE_STEP_UP_S`` as ``STEP_UP_MAX_AGE_S``; both keys end up equal.
+
+    :raises ConfigurationError: if both are set to different values.
+    """
+    alias = config.get("CONSOLE_STEP_UP_S")
+    if alias is not None:
+        current = config["STEP_UP_MAX_AGE_S"]
+        if current not in (DEFAULTS["STEP_UP_MAX_AGE_S"], alias):
+            raise ConfigurationError(
+                reason="CONSOLE_STEP_UP_S (deprecated) and STEP_UP_MAX_AGE_S disagree; "
+                "set only STEP_UP_MAX_AGE_S"
+            )
+        config["STEP_UP_MAX_AGE_S"] = int(alias)
+    config["CONSOLE_STEP_UP_S"] = config["STEP_UP_MAX_AGE_S"]
 
 
 def _console_defaults(config: Config) -> None:

@@ -21,7 +21,9 @@ from sovereign.errors import (
     InvalidInputError,
     NotFoundError,
     PolicyDeniedError,
+    RateLimitedError,
     SovereignError,
+    StepUpRequiredError,
 )
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ STATUS_BY_ERROR: tuple[tuple[type[SovereignError], int, str], ...] = (
     (InvalidInputError, 422, "Unprocessable Content"),
     (AuthenticationError, 401, "Unauthorized"),
     (PolicyDeniedError, 403, "Forbidden"),
+    (RateLimitedError, 429, "Too Many Requests"),
     (NotFoundError, 404, "Not Found"),
     (ConflictError, 409, "Conflict"),
     (DependencyUnavailableError, 503, "Service Unavailable"),
@@ -76,9 +79,20 @@ def _sovereign_error(error: SovereignError) -> Response:
     if isinstance(error, DependencyUnavailableError):
         extensions["dependency"] = error.dependency
         headers["Retry-After"] = "5"
-    if isinstance(error, AuthenticationError):
+    if isinstance(error, StepUpRequiredError):
+        # RFC 9470 section 3: the token is valid but its authentication is too old; the client
+        # gets a new one with max_age (and prompt=login) and retries.
+        extensions["max_age"] = error.max_age
+        headers["WWW-Authenticate"] = (
+            'Bearer realm="sovereign", error="insufficient_user_authentication", '
+            'error_description="A more recent authentication is required", '
+            f'max_age="{error.max_age}"'
+        )
+    elif isinstance(error, AuthenticationError):
         # RFC 6750 section 3: tell the client which scheme and why.
         headers["WWW-Authenticate"] = 'Bearer realm="sovereign", error="invalid_token"'
+    if isinstance(error, RateLimitedError):
+        headers["Retry-After"] = str(error.retry_after)
     if status >= 500 and not error.safe:
         log.error("unhandled %s: %s", type(error).__name__, error.message, exc_info=error)
     return problem(

@@ -89,7 +89,6 @@ class Console:
     cookie_name: str
     cookie_secure: bool
     cookie_samesite: str
-    step_up_s: int
     login_timeout_s: int
     external_url: str | None
     idp_logout_redirect: bool
@@ -232,7 +231,6 @@ def build(config: Any, svc: Services) -> Console:
         cookie_name=SECURE_COOKIE if secure else PLAIN_COOKIE,
         cookie_secure=secure,
         cookie_samesite=str(config["CONSOLE_COOKIE_SAMESITE"]),
-        step_up_s=int(config["CONSOLE_STEP_UP_S"]),
         login_timeout_s=int(config["CONSOLE_LOGIN_TIMEOUT_S"]),
         external_url=config["CONSOLE_EXTERNAL_URL"],
         idp_logout_redirect=bool(config["CONSOLE_IDP_LOGOUT_REDIRECT"]),
@@ -470,23 +468,6 @@ def principal_or_none() -> Principal | None:
     """The caller's principal if this request has already established it."""
     ctx: CallContext | None = g.get("console_ctx")
     return ctx.principal if ctx is not None else None
-
-
-def needs_step_up(label: Label) -> bool:
-    """Whether deciding on ``label`` is sensitive enough to need a recent password: anything
-    above the lowest level is classified."""
-    return label.rank > services().scheme.lowest.rank
-
-
-def recently_authenticated() -> bool:
-    """Whether the user typed their password within ``CONSOLE_STEP_UP_S``."""
-    session = current_session()
-    settings = console()
-    return (
-        session is not None
-        and session.auth_time is not None
-        and settings.clock() - session.auth_time <= settings.step_up_s
-    )
 
 
 # -- URLs --------------------------------------------------------------------------------------
