@@ -18,6 +18,7 @@ from sovereign.domain.policy import AccessPolicy
 from sovereign.errors import ConfigurationError
 from sovereign.services.actions import ActionService
 from sovereign.services.auditing import AuditReadService
+from sovereign.services.authfailures import AuthFailureAudit
 from sovereign.services.catalog import CatalogService
 from sovereign.services.enclaves import EnclaveService
 from sovereign.services.hosts import HostService
@@ -57,13 +58,16 @@ class Services:
     enclaves: EnclaveService
     #: Console sign-ins, sign-outs and expiry in the audit log.
     sessions: SessionAuditService
+    #: Authentication and CSRF failures in the audit log, aggregated per source and interval.
+    auth_failures: AuthFailureAudit
     reconciler_settings: dict[str, Any] = field(default_factory=dict)
     probes: Sequence[Probe] = field(default_factory=list)
     #: Backend objects to dispose of on shutdown (engines).
     resources: list[Any] = field(default_factory=list)
 
     def close(self) -> None:
-        """Release pooled connections."""
+        """Write pending failure counts, then release pooled connections."""
+        self.auth_failures.flush(everything=True)
         for resource in self.resources:
             resource.dispose()
         close = getattr(self.hypervisor, "close", None)
@@ -141,6 +145,9 @@ def build_services(
     )
     hosts = HostService(uow, hypervisor, scheme, actions, clock=clock)
     enclaves = EnclaveService(uow, policy, keys, actions, hypervisor, clock=clock)
+    auth_failures = AuthFailureAudit(
+        uow, interval_s=int(config["AUTH_FAILURE_INTERVAL_S"]), clock=clock
+    )
     return Services(
         scheme=scheme,
         policy=policy,
@@ -156,7 +163,8 @@ def build_services(
         actions=actions,
         hosts=hosts,
         enclaves=enclaves,
-        sessions=SessionAuditService(uow, clock),
+        sessions=SessionAuditService(uow, clock, failures=auth_failures),
+        auth_failures=auth_failures,
         reconciler_settings={
             "clock": clock,
             "claim_ttl": timedelta(seconds=int(config["RECONCILER_CLAIM_TTL_S"])),

@@ -108,6 +108,9 @@ DEFAULTS: dict[str, Any] = {
     "CONSOLE_IDLE_TIMEOUT_S": 900,
     "CONSOLE_SESSION_MAX_S": 8 * 3600,
     "CONSOLE_LOGIN_TIMEOUT_S": 600,
+    # Authentication and CSRF failures are audit events aggregated per source address, kind
+    # and this interval: the first at once, then one event per interval with a count.
+    "AUTH_FAILURE_INTERVAL_S": 60,
     # Deprecated alias of STEP_UP_MAX_AGE_S (the rule now covers the API too); None: unset.
     "CONSOLE_STEP_UP_S": None,
     # None: the cookie is Secure exactly in production (which refuses False).

@@ -48,6 +48,7 @@ from sovereign.errors import (
     NotFoundError,
     SovereignError,
 )
+from sovereign.services.authfailures import AUTH_FAILURE
 from sovereign.services.hosts import HOST_READERS
 from sovereign.services.recording import CallContext
 from sovereign.services.sessions import SessionAuditService, SessionEnd
@@ -389,7 +390,8 @@ def _finish(response: Response) -> Response:
 
 
 def _check_csrf() -> None:
-    """Every unsafe request carries the session's token (synchroniser token pattern)."""
+    """Every unsafe request carries the session's token (synchroniser token pattern); a
+    missing or wrong one is counted in the audit log (``auth:failure``, error ``csrf``)."""
     session = current_session()
     if session is None:
         # No session to hold a token: it ended (or never was); sign in again.
@@ -397,6 +399,14 @@ def _check_csrf() -> None:
     sent = request.form.get(CSRF_FIELD, "")
     if not hmac.compare_digest(sent.encode(), session.csrf_token.encode()):
         log.warning("console: CSRF token missing or wrong on %s %s", request.method, request.path)
+        services().auth_failures.failed(
+            request.remote_addr or "",
+            AUTH_FAILURE,
+            "console",
+            "csrf",
+            f"{request.method} {request.path} without this session's CSRF token",
+            request_id=g.get("request_id", ""),
+        )
         raise CsrfError
 
 
