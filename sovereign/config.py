@@ -77,6 +77,17 @@ DEFAULTS: dict[str, Any] = {
     "RECONCILER_MAX_ATTEMPTS": 5,
     # Two-person proposals (accreditation changes, classified kill switch) expire after this.
     "DUAL_ACTION_TTL_S": 3600,
+    # Rate limits (Flask-Limiter, see sovereign.api.limits): per client address on what is
+    # reachable without credentials, per address on refused authentications, per principal on
+    # writes. memory:// counts per process (N replicas allow N times the limit); give every
+    # replica one shared store (e.g. redis://host:6379/0, needs limits[redis]) to count once.
+    "RATELIMIT_ENABLED": True,
+    "RATELIMIT_STORAGE_URI": "memory://",
+    "RATELIMIT_STRATEGY": "fixed-window",
+    "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
+    "RATELIMIT_ANONYMOUS": "300/minute",
+    "RATELIMIT_AUTH_FAILURES": "60/minute",
+    "RATELIMIT_WRITES": "300/minute",
     # Request bodies above this are refused with 413 before they are parsed.
     "MAX_CONTENT_LENGTH": 64 * 1024,
     # The tamper-evident audit log: its origin line (also the signing key's name), the Ed25519

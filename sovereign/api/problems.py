@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, g, json, request
+from flask_limiter import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 
 from sovereign.errors import (
@@ -29,6 +30,8 @@ from sovereign.errors import (
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+#: ``g`` attribute where the rate limiter leaves the seconds until a breached limit resets.
+RETRY_AFTER = "sovereign_retry_after"
 #: Problem type URIs are URNs under this prefix plus the error's ``code``.
 TYPE_PREFIX = "urn:sovereign:problem:"
 
@@ -105,6 +108,15 @@ def _sovereign_error(error: SovereignError) -> Response:
     )
 
 
+def rate_limited_error(error: RateLimitExceeded) -> RateLimitedError:
+    """Flask-Limiter's breach as the control plane's error, with the wait the limiter left."""
+    return RateLimitedError(limit=error.description, retry_after=int(g.get(RETRY_AFTER, 1)))
+
+
+def _rate_limited(error: RateLimitExceeded) -> Response:
+    return _sovereign_error(rate_limited_error(error))
+
+
 def _http_error(error: HTTPException) -> Response:
     status = error.code or 500
     headers = {k: v for k, v in error.get_headers() if k.lower() not in {"content-type"}}
@@ -119,5 +131,7 @@ def _unexpected(error: Exception) -> Response:
 def register(app: Flask) -> None:
     """Install the handler table on ``app``."""
     app.register_error_handler(SovereignError, _sovereign_error)
+    # Before the generic HTTPException handler: a 429 is a problem with Retry-After.
+    app.register_error_handler(RateLimitExceeded, _rate_limited)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

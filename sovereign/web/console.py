@@ -35,9 +35,11 @@ from flask import (
     url_for,
 )
 from flask.typing import ResponseReturnValue
+from flask_limiter import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 
-from sovereign.api.problems import STATUS_BY_ERROR
+from sovereign.api import limits
+from sovereign.api.problems import STATUS_BY_ERROR, rate_limited_error
 from sovereign.bootstrap import Services
 from sovereign.domain.identity import Principal, Role
 from sovereign.domain.labels import Label
@@ -46,6 +48,7 @@ from sovereign.errors import (
     AuditUnavailableError,
     AuthenticationError,
     NotFoundError,
+    RateLimitedError,
     SovereignError,
 )
 from sovereign.services.authfailures import AUTH_FAILURE
@@ -207,6 +210,16 @@ def console() -> Console:
     """This app's console settings."""
     found: Console = current_app.extensions[EXTENSION]
     return found
+
+
+def signed_in_subject() -> str | None:
+    """The subject this browser's session was signed in for, before the console's own hooks
+    ran (the write limit keys console forms by it); None without a signed-in session."""
+    if not (request.endpoint or "").startswith(bp.name + "."):
+        return None
+    cookie = request.cookies.get(console().cookie_name)
+    found = console().store.get(cookie) if cookie else None
+    return found.subject if found is not None and found.signed_in else None
 
 
 def build(config: Any, svc: Services) -> Console:
@@ -399,6 +412,7 @@ def _check_csrf() -> None:
     sent = request.form.get(CSRF_FIELD, "")
     if not hmac.compare_digest(sent.encode(), session.csrf_token.encode()):
         log.warning("console: CSRF token missing or wrong on %s %s", request.method, request.path)
+        limits.note_auth_failure()
         services().auth_failures.failed(
             request.remote_addr or "",
             AUTH_FAILURE,
@@ -624,7 +638,15 @@ def _refused(error: SovereignError) -> Response:
     detail = error.message if error.safe else "Something went wrong; it has been logged."
     if isinstance(error, AuthenticationError) or request.endpoint == "console.callback":
         title = "Sign-in failed"
-    return page("console/error.html", status=status, title=title, detail=detail)
+    response = page("console/error.html", status=status, title=title, detail=detail)
+    if isinstance(error, RateLimitedError):
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response
+
+
+@bp.errorhandler(RateLimitExceeded)
+def _rate_limited(error: RateLimitExceeded) -> Response:
+    return _refused(rate_limited_error(error))
 
 
 @bp.errorhandler(HTTPException)
