@@ -8,8 +8,8 @@ runs (all strings in Flask-Limiter's notation, e.g. ``"300/minute;5000/hour"``):
   console's sign-in start and callback, ``/readyz``, the OpenAPI document, API operations that
   need no token, and any request that carries neither a bearer token nor a cookie;
 * ``RATELIMIT_AUTH_FAILURES``, per client address, counting only refused authentications (401
-  answers, console CSRF and sign-in refusals): an address that keeps presenting bad tokens is
-  turned away for the rest of the window, whatever it asks for;
+  answers other than step-up challenges, console CSRF and sign-in refusals): an address that
+  keeps presenting bad tokens is turned away for the rest of the window, whatever it asks for;
 * ``RATELIMIT_WRITES``, per principal subject (per address until one is verified), on
   POST/PUT/PATCH/DELETE under ``/api/v1`` and on console forms.
 
@@ -124,7 +124,11 @@ def _write() -> bool:
 
 
 def _auth_failed(response: Response) -> bool:
-    return response.status_code == 401 or bool(g.get(AUTH_FAILED))
+    if g.get(AUTH_FAILED):
+        return True
+    # A step-up challenge (RFC 9470) answers a valid token whose sign-in is old: not a guess.
+    challenge = response.headers.get("WWW-Authenticate", "")
+    return response.status_code == 401 and "insufficient_user_authentication" not in challenge
 
 
 def _breached(limit: RequestLimit) -> Response | None:

@@ -513,6 +513,9 @@ class _Realm:
         matches = hmac.compare_digest(expected.encode(), password.encode())
         if user is None:
             return None
+        if not matches:
+            # Keycloak's LOGIN_ERROR event (invalid_user_credentials), as a log line here.
+            logger.info("dev IdP: wrong password for user %r", username)
         if guard is not None:
             if matches:
                 guard.success(username)

@@ -4,6 +4,7 @@ refused tokens, per principal on writes; a breach is 429 problem+json with Retry
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.integration.test_api import BODY, CIVIL
-from tests.support.apps import make_app
+from tests.support.apps import AheadClock, make_app
 
 pytestmark = pytest.mark.idp
 
@@ -101,3 +102,23 @@ def test_limits_can_be_switched_off(limited: Callable[..., Flask]):
     client = limited(RATELIMIT_ENABLED=False, RATELIMIT_ANONYMOUS="1/minute").test_client()
     for _ in range(3):
         assert client.get("/api/v1/audit/public-key").status_code == 200
+
+
+def test_step_up_challenges_do_not_count_as_refused_tokens(
+    tmp_path: Path, idp: Any, token: Callable[[str], str]
+):
+    clock = AheadClock()
+    app = make_app(tmp_path, idp.url, clock=clock, RATELIMIT_AUTH_FAILURES="2/minute")
+    try:
+        client = app.test_client()
+        rid = client.post(
+            "/api/v1/requests", json=BODY, headers=bearer(token("analyst-defence"))
+        ).get_json()["id"]
+        clock.ahead = timedelta(hours=1)
+        officer = bearer(token("officer-1"))
+        for _ in range(4):
+            r = client.post(f"/api/v1/requests/{rid}/approve", json={}, headers=officer)
+            assert r.status_code == 401
+            assert "insufficient_user_authentication" in r.headers["WWW-Authenticate"]
+    finally:
+        app.extensions["sovereign"].close()
