@@ -5,6 +5,7 @@ else."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -109,3 +110,15 @@ def test_an_unwritable_log_still_answers_401(app: Flask, client: FlaskClient):
     r = client.get("/api/v1/requests", headers={"Authorization": "Bearer not.a.token"})
     assert r.status_code == 401
     assert r.mimetype == "application/problem+json"
+
+
+def test_no_header_field_of_a_token_reaches_the_log(app: Flask, client: FlaskClient):
+    marker = "evil-marker-in-the-header"
+    header = base64.urlsafe_b64encode(json.dumps({"alg": marker, "kid": marker}).encode())
+    forged = f"{header.decode().rstrip('=')}.e30.c2ln"
+    r = client.get("/api/v1/requests", headers={"Authorization": f"Bearer {forged}"})
+    assert r.status_code == 401
+    app.extensions["sovereign"].auth_failures.flush(everything=True)
+    (event,) = failures(app)
+    assert event["reason"] == "Authentication failed: algorithm (unregistered) is not accepted"
+    assert marker not in json.dumps(stored(app))
