@@ -43,8 +43,11 @@ log = logging.getLogger(__name__)
 AUTH_FAILURE = "auth:failure"
 #: Who acts in a failure: nobody was verified, so no claimed name is trusted.
 ANONYMOUS = "anonymous"
-#: Distinct reasons kept per summary (the rest are counted under "other").
+#: Distinct reasons kept per summary (the rest are counted under :data:`OTHER`).
 MAX_REASONS = 5
+#: Distinct reasons counted per key and interval before the rest go under :data:`OTHER`.
+MAX_DISTINCT_REASONS = 50
+OTHER = "other"
 #: Keys tracked at once; past this the oldest are summarised early (memory stays bounded even
 #: when the failures come from very many addresses).
 MAX_KEYS = 10_000
@@ -136,7 +139,9 @@ class AuthFailureAudit:
             else:
                 window.last = now
                 window.pending += 1
-                window.reasons[reason] += 1
+                # Distinct reasons are kept up to a bound (visitors choose some of the text).
+                known = reason in window.reasons or len(window.reasons) < MAX_DISTINCT_REASONS
+                window.reasons[reason if known else OTHER] += 1
         events = [self._summary(k, w) for k, w in due if w.pending]
         if first is not None:
             events.append(first)
@@ -195,11 +200,10 @@ class AuthFailureAudit:
         )
 
     def _summary(self, key: FailureKey, window: _Window) -> AuditEvent:
-        top = window.reasons.most_common(MAX_REASONS)
-        reasons = dict(top)
-        other = window.pending - sum(reasons.values())
-        if other:
-            reasons["other"] = other
+        reasons = dict(window.reasons.most_common(MAX_REASONS))
+        rest = window.pending - sum(reasons.values())
+        if rest:
+            reasons[OTHER] = reasons.get(OTHER, 0) + rest
         return self._event(
             key,
             window.started,

@@ -145,3 +145,16 @@ def test_an_unwritable_log_loses_no_count_and_raises_nothing(
     clock.now += timedelta(seconds=61)
     audit.flush()
     assert sum(e.details["count"] for e in written(store)) == 3
+
+
+def test_visitor_chosen_reasons_use_bounded_memory(
+    audit: AuthFailureAudit, store: MemoryStore, clock: Clock
+):
+    for i in range(1000):
+        audit.failed("203.0.113.7", AUTH_FAILURE, "console", "csrf", f"POST /x/{i}")
+    (window,) = audit._windows.values()
+    assert len(window.reasons) <= 51
+    audit.flush(everything=True)
+    summary = written(store)[-1]
+    assert len(summary.details["reasons"]) <= 6
+    assert sum(summary.details["reasons"].values()) == 999
