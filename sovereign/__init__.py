@@ -1,8 +1,8 @@
 """Sovereign: a control plane for isolated GPU enclaves serving classified and civilian tenants.
 
 :func:`create_app` is the one place the application is assembled: configuration, services
-(``app.extensions["sovereign"]``), the trusted-proxy middleware, the API, the web console and
-the error handlers. Importing the package does no I/O.
+(``app.extensions["sovereign"]``), the trusted-proxy middleware, the API, the web console, the
+rate limits and the error handlers. Importing the package does no I/O.
 """
 
 from __future__ import annotations
@@ -43,4 +43,7 @@ def create_app(config: Mapping[str, Any] | None = None, **overrides: Any) -> Fla
         from sovereign import web  # noqa: PLC0415
 
         web.install(app)
+    from sovereign.api import limits  # noqa: PLC0415
+
+    limits.install(app)
     return app

@@ -19,6 +19,7 @@ from sovereign.domain.policy import AccessPolicy
 from sovereign.errors import ConfigurationError
 from sovereign.services.actions import ActionService
 from sovereign.services.auditing import AuditReadService
+from sovereign.services.authfailures import AuthFailureAudit
 from sovereign.services.catalog import CatalogService
 from sovereign.services.enclaves import EnclaveService
 from sovereign.services.hosts import HostService
@@ -58,13 +59,16 @@ class Services:
     enclaves: EnclaveService
     #: Console sign-ins, sign-outs and expiry in the audit log.
     sessions: SessionAuditService
+    #: Authentication and CSRF failures in the audit log, aggregated per source and interval.
+    auth_failures: AuthFailureAudit
     reconciler_settings: dict[str, Any] = field(default_factory=dict)
     probes: Sequence[Probe] = field(default_factory=list)
     #: Backend objects to dispose of on shutdown (engines).
     resources: list[Any] = field(default_factory=list)
 
     def close(self) -> None:
-        """Release pooled connections."""
+        """Write pending failure counts, then release pooled connections."""
+        self.auth_failures.flush(everything=True)
         for resource in self.resources:
             resource.dispose()
         close = getattr(self.hypervisor, "close", None)
@@ -102,6 +106,7 @@ def build_services(
         scheme,
         two_person_level=config["TWO_PERSON_LEVEL"],
         max_lease_hours=int(config["MAX_LEASE_HOURS"]),
+        step_up_max_age_s=int(config["STEP_UP_MAX_AGE_S"]),
     )
     resources: list[Any] = []
     default_probes: list[Probe] = []
@@ -148,6 +153,9 @@ def build_services(
     )
     hosts = HostService(uow, hypervisor, scheme, actions, clock=clock)
     enclaves = EnclaveService(uow, policy, keys, actions, hypervisor, clock=clock)
+    auth_failures = AuthFailureAudit(
+        uow, interval_s=int(config["AUTH_FAILURE_INTERVAL_S"]), clock=clock
+    )
     return Services(
         scheme=scheme,
         policy=policy,
@@ -163,7 +171,8 @@ def build_services(
         actions=actions,
         hosts=hosts,
         enclaves=enclaves,
-        sessions=SessionAuditService(uow, clock),
+        sessions=SessionAuditService(uow, clock, failures=auth_failures),
+        auth_failures=auth_failures,
         reconciler_settings={
             "clock": clock,
             "claim_ttl": timedelta(seconds=int(config["RECONCILER_CLAIM_TTL_S"])),

@@ -31,6 +31,9 @@ DEFAULTS: dict[str, Any] = {
     "LABEL_COMPARTMENTS": list(DEFAULT_COMPARTMENTS),
     "TWO_PERSON_LEVEL": "CONFIDENTIAL",
     "MAX_LEASE_HOURS": 720,
+    # Approving a classified request (console or API) needs a password typed this recently
+    # (OIDC auth_time); the API answers older tokens with RFC 9470's step-up challenge.
+    "STEP_UP_MAX_AGE_S": 600,
     "GPU_MODELS": ["H100-SXM5-80GB"],
     # Identity: a Keycloak realm.
     "IDP_URL": None,
@@ -96,6 +99,17 @@ DEFAULTS: dict[str, Any] = {
     "RECONCILER_MAX_ATTEMPTS": 5,
     # Two-person proposals (accreditation changes, classified kill switch) expire after this.
     "DUAL_ACTION_TTL_S": 3600,
+    # Rate limits (Flask-Limiter, see sovereign.api.limits): per client address on what is
+    # reachable without credentials, per address on refused authentications, per principal on
+    # writes. memory:// counts per process (N replicas allow N times the limit); give every
+    # replica one shared store (e.g. redis://host:6379/0, needs limits[redis]) to count once.
+    "RATELIMIT_ENABLED": True,
+    "RATELIMIT_STORAGE_URI": "memory://",
+    "RATELIMIT_STRATEGY": "fixed-window",
+    "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED": True,
+    "RATELIMIT_ANONYMOUS": "300/minute",
+    "RATELIMIT_AUTH_FAILURES": "60/minute",
+    "RATELIMIT_WRITES": "300/minute",
     # Request bodies above this are refused with 413 before they are parsed.
     "MAX_CONTENT_LENGTH": 64 * 1024,
     # Request header fields above this many bytes in all (names, values, separators) are
@@ -137,8 +151,11 @@ DEFAULTS: dict[str, Any] = {
     "CONSOLE_IDLE_TIMEOUT_S": 900,
     "CONSOLE_SESSION_MAX_S": 8 * 3600,
     "CONSOLE_LOGIN_TIMEOUT_S": 600,
-    # Approving a classified request needs a password typed this recently (OIDC auth_time).
-    "CONSOLE_STEP_UP_S": 600,
+    # Authentication and CSRF failures are audit events aggregated per source address, kind
+    # and this interval: the first at once, then one event per interval with a count.
+    "AUTH_FAILURE_INTERVAL_S": 60,
+    # Deprecated alias of STEP_UP_MAX_AGE_S (the rule now covers the API too); None: unset.
+    "CONSOLE_STEP_UP_S": None,
     # None: the cookie is Secure exactly in production (which refuses False).
     "CONSOLE_COOKIE_SECURE": None,
     "CONSOLE_COOKIE_SAMESITE": "Lax",
@@ -200,6 +217,7 @@ def load(app: Flask, overrides: Mapping[str, Any] | None = None, *, check: bool 
         app.config["HYPERVISOR_TRANSPORTS"] = ["qemu+tls"] if production else ["qemu+tls", "test"]
     if app.config["AUDIT_SIGNER"] is None:
         app.config["AUDIT_SIGNER"] = "vault" if app.config["VAULT_ADDR"] else "file"
+    _step_up_alias(app.config)
     _console_defaults(app.config)
     if check:
         verify(app.config)
@@ -290,6 +308,23 @@ def _verify_hypervisor_uris(config: Mapping[str, Any]) -> None:
         raise ConfigurationError(
             reason="HYPERVISOR_URIS names simulated test:// hosts, refused in production"
         )
+
+
+def _step_up_alias(config: Config) -> None:
+    """Honour the old ``CONSOLE_STEP_UP_S`` as ``STEP_UP_MAX_AGE_S``; both keys end up equal.
+
+    :raises ConfigurationError: if both are set to different values.
+    """
+    alias = config.get("CONSOLE_STEP_UP_S")
+    if alias is not None:
+        current = config["STEP_UP_MAX_AGE_S"]
+        if current not in (DEFAULTS["STEP_UP_MAX_AGE_S"], alias):
+            raise ConfigurationError(
+                reason="CONSOLE_STEP_UP_S (deprecated) and STEP_UP_MAX_AGE_S disagree; "
+                "set only STEP_UP_MAX_AGE_S"
+            )
+        config["STEP_UP_MAX_AGE_S"] = int(alias)
+    config["CONSOLE_STEP_UP_S"] = config["STEP_UP_MAX_AGE_S"]
 
 
 def _console_defaults(config: Config) -> None:

@@ -61,6 +61,34 @@ class AuthenticationError(SovereignError):
     code = "unauthenticated"
 
 
+class StepUpRequiredError(AuthenticationError):
+    """The caller is known, but the action needs a more recent sign-in than the token shows.
+
+    ``max_age`` is the most seconds since the user last typed their password (OIDC
+    ``auth_time``) that the action accepts; RFC 9470 calls for a new authentication this fresh.
+    """
+
+    msg_fmt = "{action} needs a sign-in within the last {max_age} seconds; sign in again."
+    code = "step-up-required"
+
+    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
+        self.max_age = int(kwargs.get("max_age", 0))
+        super().__init__(message, **kwargs)
+
+
+class RateLimitedError(SovereignError):
+    """Too many requests from one client or principal in the current window."""
+
+    msg_fmt = "Too many requests: {limit}. Try again in {retry_after} seconds."
+    safe = True
+    code = "rate-limited"
+
+    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
+        self.retry_after = max(int(kwargs.get("retry_after", 1)), 1)
+        kwargs["retry_after"] = self.retry_after
+        super().__init__(message, **kwargs)
+
+
 class PolicyDeniedError(SovereignError):
     """The caller is known but policy forbids the action."""
 

@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 #: Keycloak signs access tokens with RS256 by default. Pinning the list (instead of reading
 #: the token header) defeats ``alg: none`` and HS256-with-the-public-key confusion.
 ALGORITHMS = ["RS256"]
+#: JWS algorithm names (RFC 7518 section 3.1, RFC 8037) a refusal may name.
+JWA_NAMES = frozenset(
+    {"none", "EdDSA"}
+    | {f"{family}{bits}" for family in ("HS", "RS", "ES", "PS") for bits in (256, 384, 512)}
+)
 #: Clock skew tolerated between the IdP and us, in seconds, for exp / nbf / iat.
 LEEWAY_S = 30
 #: Claims a Keycloak access token always has; a token without one is refused.
@@ -168,7 +173,11 @@ class KeycloakIdentityProvider:
         except jwt.PyJWTError as e:
             raise AuthenticationError(reason="malformed token") from e
         if header.get("alg") not in ALGORITHMS:
-            raise AuthenticationError(reason=f"algorithm {header.get('alg')!r} is not accepted")
+            alg = header.get("alg")
+            # Only a registered name is repeated: the reason reaches the audit log, which keeps
+            # no text a token chose.
+            shown = repr(alg) if isinstance(alg, str) and alg in JWA_NAMES else "(unregistered)"
+            raise AuthenticationError(reason=f"algorithm {shown} is not accepted")
         kid = header.get("kid")
         if not isinstance(kid, str):
             raise AuthenticationError(reason="token has no key id")

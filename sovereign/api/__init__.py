@@ -11,6 +11,7 @@ from flask import Flask
 from sovereign.api import (
     ops,
     problems,
+    routing,
     v1,
     v1_fleet,  # noqa: F401 - adds the fleet routes to v1's blueprint
 )
@@ -21,3 +22,9 @@ def register(app: Flask) -> None:
     problems.register(app)
     ops.install(app)
     app.register_blueprint(v1.blueprint)
+    app.teardown_request(_flush_auth_failures)
+
+
+def _flush_auth_failures(_error: BaseException | None) -> None:
+    # Summaries of authentication failures whose interval is over (usually nothing to do).
+    routing.services().auth_failures.flush()

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, g, json, request
+from flask_limiter import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 
 from sovereign.errors import (
@@ -21,13 +22,17 @@ from sovereign.errors import (
     InvalidInputError,
     NotFoundError,
     PolicyDeniedError,
+    RateLimitedError,
     SovereignError,
+    StepUpRequiredError,
 )
 from sovereign.text import for_log
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+#: ``g`` attribute where the rate limiter leaves the seconds until a breached limit resets.
+RETRY_AFTER = "sovereign_retry_after"
 #: Problem type URIs are URNs under this prefix plus the error's ``code``.
 TYPE_PREFIX = "urn:sovereign:problem:"
 
@@ -37,6 +42,7 @@ STATUS_BY_ERROR: tuple[tuple[type[SovereignError], int, str], ...] = (
     (InvalidInputError, 422, "Unprocessable Content"),
     (AuthenticationError, 401, "Unauthorized"),
     (PolicyDeniedError, 403, "Forbidden"),
+    (RateLimitedError, 429, "Too Many Requests"),
     (NotFoundError, 404, "Not Found"),
     (ConflictError, 409, "Conflict"),
     (DependencyUnavailableError, 503, "Service Unavailable"),
@@ -77,9 +83,20 @@ def _sovereign_error(error: SovereignError) -> Response:
     if isinstance(error, DependencyUnavailableError):
         extensions["dependency"] = error.dependency
         headers["Retry-After"] = "5"
-    if isinstance(error, AuthenticationError):
+    if isinstance(error, StepUpRequiredError):
+        # RFC 9470 section 3: the token is valid but its authentication is too old; the client
+        # gets a new one with max_age (and prompt=login) and retries.
+        extensions["max_age"] = error.max_age
+        headers["WWW-Authenticate"] = (
+            'Bearer realm="sovereign", error="insufficient_user_authentication", '
+            'error_description="A more recent authentication is required", '
+            f'max_age="{error.max_age}"'
+        )
+    elif isinstance(error, AuthenticationError):
         # RFC 6750 section 3: tell the client which scheme and why.
         headers["WWW-Authenticate"] = 'Bearer realm="sovereign", error="invalid_token"'
+    if isinstance(error, RateLimitedError):
+        headers["Retry-After"] = str(error.retry_after)
     if status >= 500 and not error.safe:
         log.error("unhandled %s: %s", type(error).__name__, for_log(error.message), exc_info=error)
     return problem(
@@ -90,6 +107,15 @@ def _sovereign_error(error: SovereignError) -> Response:
         headers=headers,
         **extensions,
     )
+
+
+def rate_limited_error(error: RateLimitExceeded) -> RateLimitedError:
+    """Flask-Limiter's breach as the control plane's error, with the wait the limiter left."""
+    return RateLimitedError(limit=error.description, retry_after=int(g.get(RETRY_AFTER, 1)))
+
+
+def _rate_limited(error: RateLimitExceeded) -> Response:
+    return _sovereign_error(rate_limited_error(error))
 
 
 def _http_error(error: HTTPException) -> Response:
@@ -106,5 +132,7 @@ def _unexpected(error: Exception) -> Response:
 def register(app: Flask) -> None:
     """Install the handler table on ``app``."""
     app.register_error_handler(SovereignError, _sovereign_error)
+    # Before the generic HTTPException handler: a 429 is a problem with Retry-After.
+    app.register_error_handler(RateLimitExceeded, _rate_limited)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

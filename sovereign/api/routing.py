@@ -20,7 +20,9 @@ from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
 from sovereign.api.schemas import Problem
 from sovereign.bootstrap import Services
+from sovereign.domain.identity import Principal
 from sovereign.errors import AuthenticationError, InvalidInputError
+from sovereign.services.authfailures import AUTH_FAILURE
 from sovereign.services.recording import CallContext
 
 View = Callable[..., BaseModel | str]
@@ -43,6 +45,7 @@ PROBLEM_RESPONSES = {
     "413": "Body too large",
     "415": "Body is not application/json",
     "422": "Invalid input",
+    "429": "Too many requests (see Retry-After)",
     "431": "Request header fields too large",
     "503": "A dependency is unavailable",
 }
@@ -77,20 +80,40 @@ def services() -> Services:
 
 
 def call_context() -> CallContext:
-    """The authenticated caller of this request. :raises AuthenticationError: no valid token."""
+    """The authenticated caller of this request; a refusal is counted in the audit log.
+
+    :raises AuthenticationError: no valid token.
+    """
     ctx: CallContext | None = g.get("call_context")
     if ctx is not None:
         return ctx
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationError(reason="a bearer token is required")
-    principal = services().identity.authenticate(token.strip())
+    token = token.strip() if scheme.lower() == "bearer" else ""
+    try:
+        principal = _authenticate(token)
+    except AuthenticationError as e:
+        # Counted per source and interval; nothing about the token itself is recorded.
+        services().auth_failures.failed(
+            request.remote_addr or "",
+            AUTH_FAILURE,
+            "api",
+            "invalid-token" if token else "missing-token",
+            e.message,
+            request_id=g.get("request_id", ""),
+        )
+        raise
     ctx = CallContext(
         principal=principal, request_id=g.get("request_id", ""), source=request.remote_addr or ""
     )
     g.call_context = ctx
     return ctx
+
+
+def _authenticate(token: str) -> Principal:
+    if not token:
+        raise AuthenticationError(reason="a bearer token is required")
+    return services().identity.authenticate(token)
 
 
 def _validation_errors(e: ValidationError) -> list[dict[str, Any]]:

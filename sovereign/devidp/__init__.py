@@ -8,6 +8,7 @@ Keycloak.
 """
 
 from sovereign.devidp.app import ALLOWED_ENVIRONMENTS, DevIdpRefusedError, create_idp_app
+from sovereign.devidp.bruteforce import BruteForceSettings
 from sovereign.devidp.server import ServerHandle, password_token, serve_in_thread, start_dev_idp
 from sovereign.devidp.users import (
     CLI_CLIENT_ID,
@@ -28,6 +29,7 @@ __all__ = [
     "DEMO_CLIENTS",
     "DEMO_PASSWORD",
     "DEMO_USERS",
+    "BruteForceSettings",
     "DemoClient",
     "DemoUser",
     "DevIdpRefusedError",

@@ -63,6 +63,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, RSAKey
 from werkzeug.exceptions import HTTPException
 
+from sovereign.devidp.bruteforce import BruteForceDetector, BruteForceSettings
 from sovereign.devidp.users import (
     CONSOLE_CLIENT_ID,
     DEMO_CLIENTS,
@@ -126,8 +127,12 @@ def create_idp_app(
     refresh_token_ttl: int = DEFAULT_REFRESH_TOKEN_TTL,
     extra_redirect_uris: Sequence[str] = (),
     extra_post_logout_redirect_uris: Sequence[str] = (),
+    brute_force: BruteForceSettings | None = BruteForceSettings(),  # noqa: B008 - frozen
 ) -> Flask:
     """Build the IdP app serving one realm under ``{issuer_base}/realms/{realm}``.
+
+    ``brute_force`` turns on Keycloak's brute-force detection with those settings (Keycloak's
+    defaults unless given); None turns it off.
 
     ``extra_redirect_uris`` and ``extra_post_logout_redirect_uris`` are added, as exact
     matches, to the confidential ``sovereign`` client (e.g. a console on a random port).
@@ -154,6 +159,7 @@ def create_idp_app(
         clients=registered,
         access_token_ttl=access_token_ttl,
         refresh_token_ttl=refresh_token_ttl,
+        brute_force=BruteForceDetector(brute_force) if brute_force is not None else None,
     )
     metadata = state.discovery_document()
     # Fail at startup, not at the first login, if Authlib would refuse the issuer.
@@ -451,8 +457,10 @@ class _Realm:
         clients: Iterable[DemoClient],
         access_token_ttl: int,
         refresh_token_ttl: int,
+        brute_force: BruteForceDetector | None = None,
     ) -> None:
         self.name = name
+        self.brute_force = brute_force
         self.issuer = issuer
         self.key = _signing_jwk(private_key)
         self.public_key = RSAKey.import_key(self.key.as_dict(private=False))
@@ -492,10 +500,28 @@ class _Realm:
     # --- helpers
 
     def check_password(self, username: str, password: str) -> DemoUser | None:
+        """The user if the password is right and the user need not wait (brute-force
+        detection); None otherwise, the same None whichever it was."""
         user = self.users.get(username)
+        guard = self.brute_force
+        if user is not None and guard is not None and guard.locked(username):
+            # Keycloak answers a locked-out user exactly like a wrong password, and never
+            # looks at the password, so a guesser cannot tell a hit during the wait.
+            logger.warning("dev IdP: user %r is temporarily locked out", username)
+            return None
         expected = user.password if user is not None else ""
         matches = hmac.compare_digest(expected.encode(), password.encode())
-        return user if user is not None and matches else None
+        if user is None:
+            return None
+        if not matches:
+            # Keycloak's LOGIN_ERROR event (invalid_user_credentials), as a log line here.
+            logger.info("dev IdP: wrong password for user %r", username)
+        if guard is not None:
+            if matches:
+                guard.success(username)
+            else:
+                guard.failure(username)
+        return user if matches else None
 
     def jwks(self) -> dict[str, list[dict[str, Any]]]:
         return {"keys": [dict(self.public_key.as_dict(private=False))]}

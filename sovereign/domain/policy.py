@@ -1,7 +1,8 @@
 """The access policy: every rule about who may see, request, decide or cancel.
 
 Owns label dominance checks against principals, separation of duties (never the requester), the
-two-person rule, tenant membership, tenant and image ceilings and quotas. Pure functions of their
+two-person rule, fresh authentication (step-up) for classified approvals, tenant membership,
+tenant and image ceilings and quotas. Pure functions of their
 arguments; the services call them and record the outcome in the audit log. A rule that says no
 raises :class:`PolicyDeniedError` (or :class:`QuotaExceededError`) with the reason an officer
 would want to read.
@@ -16,7 +17,12 @@ from sovereign.domain.identity import Principal, Role
 from sovereign.domain.labels import Label, LabelScheme
 from sovereign.domain.requests import Approval, Decision, EnclaveRequest, RequestState
 from sovereign.domain.tenants import Image, Resources, Tenant
-from sovereign.errors import ConflictError, PolicyDeniedError, QuotaExceededError
+from sovereign.errors import (
+    ConflictError,
+    PolicyDeniedError,
+    QuotaExceededError,
+    StepUpRequiredError,
+)
 
 #: Roles that may read requests at all (each further filtered by tenant and clearance).
 REQUEST_READERS = frozenset({Role.ANALYST, Role.OFFICER, Role.AUDITOR})
@@ -53,10 +59,15 @@ class AccessPolicy:
     #: Requests at or above this level need two distinct officers.
     two_person_level: str = "CONFIDENTIAL"
     max_lease_hours: int = 720
+    #: Approving a classified request needs a password typed at most this many seconds ago
+    #: (OIDC ``auth_time``), whichever channel (console or API) carries the approval.
+    step_up_max_age_s: int = 600
 
     def __post_init__(self) -> None:
         # Fail at start-up, not at the first classified request, if the threshold is unknown.
         self.scheme.rank(self.two_person_level)
+        if self.step_up_max_age_s < 0:
+            raise ValueError("step_up_max_age_s must not be negative")
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -154,6 +165,31 @@ class AccessPolicy:
         """Two distinct officers at or above the threshold level, one below it."""
         return 2 if label.rank >= self.scheme.rank(self.two_person_level) else 1
 
+    def needs_step_up(self, label: Label) -> bool:
+        """Whether approving at ``label`` needs a fresh sign-in: anything above the lowest level
+        is classified."""
+        return label.rank > self.scheme.lowest.rank
+
+    def step_up_required(self, principal: Principal, label: Label, now: datetime) -> bool:
+        """Whether ``principal`` must sign in again before approving at ``label``: the label
+        needs it and the token's ``auth_time`` is absent or older than the configured age.
+
+        A token refreshed without a new password keeps its original ``auth_time`` (OIDC Core
+        1.0 section 2), so refreshing never makes an old sign-in fresh.
+        """
+        if not self.needs_step_up(label):
+            return False
+        if principal.auth_time is None:
+            return True
+        return now.timestamp() - principal.auth_time > self.step_up_max_age_s
+
+    def check_fresh_authentication(self, principal: Principal, label: Label, now: datetime) -> None:
+        """:raises StepUpRequiredError: if :meth:`step_up_required` says so."""
+        if self.step_up_required(principal, label, now):
+            raise StepUpRequiredError(
+                action=f"Approving a {label} request", max_age=self.step_up_max_age_s
+            )
+
     def decide(
         self,
         principal: Principal,
@@ -173,6 +209,8 @@ class AccessPolicy:
 
         :raises PolicyDeniedError: if the principal is not an officer, is the requester, or is
             not cleared for the request's label.
+        :raises StepUpRequiredError: if approving a classified request with a sign-in older
+            than :attr:`step_up_max_age_s` (or of unknown age).
         :raises ConflictError: if the request is no longer pending or the officer already decided.
         :raises QuotaExceededError: if approving would exceed the tenant's quota.
         """
@@ -187,6 +225,7 @@ class AccessPolicy:
         if any(a.officer == principal.subject for a in request.approvals):
             raise ConflictError(reason="you have already decided on this request")
         if decision is Decision.APPROVE:
+            self.check_fresh_authentication(principal, request.label, now)
             self.check_quota(tenant, committed, request.resources)
         approval = Approval(
             officer=principal.subject,

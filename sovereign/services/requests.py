@@ -192,8 +192,17 @@ class RequestService:
     # -- decide ------------------------------------------------------------------------------
 
     def approve(self, ctx: CallContext, request_id: uuid.UUID, reason: str) -> EnclaveRequest:
-        """Add the caller's approval; the request is approved once enough officers agree."""
+        """Add the caller's approval; the request is approved once enough officers agree.
+
+        :raises StepUpRequiredError: a classified request and a sign-in older than the policy's
+            step-up age (recorded as a denial like any refusal).
+        """
         return self._decide(ctx, request_id, Decision.APPROVE, reason)
+
+    def step_up_required(self, ctx: CallContext, request: EnclaveRequest) -> bool:
+        """Whether :meth:`approve` would refuse the caller for a sign-in that is not recent
+        enough (the console asks first so that it can send the browser to sign in again)."""
+        return self._policy.step_up_required(ctx.principal, request.label, self._clock())
 
     def reject(self, ctx: CallContext, request_id: uuid.UUID, reason: str) -> EnclaveRequest:
         """Reject the request; final. ``reason`` is required."""

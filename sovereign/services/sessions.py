@@ -6,7 +6,8 @@ or a session id, and must not be given one: sessions are named by a *session ref
 short one-way digest of the server-side session key (16 hex digits, checked here), the same at
 sign-in, sign-out and expiry, so an auditor can pair them (target ``session/<ref>``) but nobody
 can turn it back into anything that opens the session. Strings a visitor controls (an IdP error
-description) are cut to :data:`MAX_REASON` characters without control characters.
+description) are cut short without control characters
+(:func:`~sovereign.services.authfailures.clip`).
 
 Failure policy, and why it differs between the ends of a session:
 
@@ -14,8 +15,10 @@ Failure policy, and why it differs between the ends of a session:
   writes in a unit of work of its own *before* the session receives the user's tokens, and
   raises :class:`~sovereign.errors.AuditUnavailableError` if it cannot; the caller must then
   not create the session. Nobody works in the console without a record of when they came in.
-* A refused sign-in is recorded like any denial (:meth:`sign_in_failed`, a unit of its own,
-  raising if even that cannot be written).
+* A refused sign-in needs no credentials, so anyone can cause one: :meth:`sign_in_failed`
+  goes through :class:`~sovereign.services.authfailures.AuthFailureAudit`, which writes the
+  first refusal per source and kind at once and sums the rest into one event per interval
+  (bounded under a flood), and never raises for the log: the sign-in is refused either way.
 * Sign-out and expiry cannot fail closed in the same sense: refusing to end a session because
   the log is down would keep a user signed in who asked to leave, or whose time is up, which is
   the less safe outcome. So the session ends anyway; :meth:`signed_out` and :meth:`expired`
@@ -27,19 +30,18 @@ from __future__ import annotations
 
 import logging
 import re
-import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from typing import Any
 
 from audit import AuditEvent, Outcome
-from sovereign.domain.identity import Principal
 from sovereign.errors import (
     AuditUnavailableError,
     AuthenticationError,
     DependencyUnavailableError,
 )
+from sovereign.services.authfailures import AuthFailureAudit
 from sovereign.services.ports import UnitOfWorkFactory
 from sovereign.services.recording import CallContext, Clock, Recorder, utcnow
 
@@ -52,8 +54,6 @@ EXPIRE = "session:expire"
 ANONYMOUS = "anonymous"
 #: The actor of an expiry: the console ends the session, not the user.
 EXPIRY_ACTOR = "system:console"
-#: Longest reason stored for a refused sign-in; longer (visitor-controlled) text is cut.
-MAX_REASON = 200
 #: What a session reference looks like: 64 bits of a SHA-256, lower-case hex. Anything else
 #: (a cookie, a token) is refused before it can reach the log.
 SESSION_REF = re.compile(r"^[0-9a-f]{16}$")
@@ -100,21 +100,20 @@ def session_target(session_ref: str) -> str:
     return f"session/{session_ref}"
 
 
-def clip(text: str, limit: int = MAX_REASON) -> str:
-    """``text`` without control characters and at most ``limit`` characters long."""
-    # Lone surrogates cannot be canonical JSON (RFC 8785): replace them with U+FFFD first.
-    text = text.encode("utf-8", "replace").decode("utf-8")
-    text = "".join(" " if unicodedata.category(c) == "Cc" else c for c in text)
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
-
-
 class SessionAuditService:
     """Writes the ``session:*`` events of the console (see the module docstring for when a
     failure to write stops the caller and when it only gets logged)."""
 
-    def __init__(self, uow_factory: UnitOfWorkFactory, clock: Clock = utcnow) -> None:
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        clock: Clock = utcnow,
+        *,
+        failures: AuthFailureAudit | None = None,
+    ) -> None:
         self._uow = uow_factory
         self._recorder = Recorder(uow_factory, clock)
+        self._failures = failures or AuthFailureAudit(uow_factory, clock=clock)
 
     def signed_in(
         self,
@@ -156,35 +155,25 @@ class SessionAuditService:
         failure: SignInFailure = SignInFailure.NOT_VERIFIED,
         request_id: str = "",
     ) -> None:
-        """Record a refused sign-in from ``source`` (``reason`` is cut to :data:`MAX_REASON`).
-
-        :raises AuditUnavailableError: if even that cannot be written.
+        """Count a refused sign-in from ``source`` (``reason`` is cut short), recorded as
+        ``session:login`` (deny, or error for an unreachable IdP) aggregated per source,
+        failure and interval. Never raises for the log.
         """
-        ctx = CallContext(
-            principal=Principal(subject="", username=ANONYMOUS),
-            request_id=request_id,
-            source=source,
-            actor=ANONYMOUS,
-        )
         outcome = Outcome.ERROR if failure is SignInFailure.IDP_UNAVAILABLE else Outcome.DENY
-        self._write(
-            self._recorder.event(
-                ctx,
-                LOGIN,
-                "session",
-                outcome,
-                reason=clip(reason),
-                details={"error": failure.value},
-            )
+        self._failures.failed(
+            source,
+            LOGIN,
+            "session",
+            failure.value,
+            reason,
+            outcome=outcome,
+            request_id=request_id,
         )
 
     @contextmanager
     def attempt(self, source: str, *, request_id: str = "") -> Iterator[None]:
         """Record a refused sign-in for an :class:`AuthenticationError` raised in the block, or
-        a failed one for an unreachable IdP, then let the error go on.
-
-        :raises AuditUnavailableError: if that event cannot be written (it replaces the error).
-        """
+        a failed one for an unreachable IdP, then let the error go on."""
         try:
             yield
         except AuditUnavailableError:

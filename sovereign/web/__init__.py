@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from sovereign.api import limits
 from sovereign.web import console
 
 
@@ -22,3 +23,5 @@ def install(app: Flask) -> None:
 
     app.extensions[console.EXTENSION] = console.build(app.config, app.extensions["sovereign"])
     app.register_blueprint(console.bp)
+    # Console forms count against the write limit of the user signed in to the session.
+    limits.add_subject_resolver(app, console.signed_in_subject)

@@ -35,9 +35,11 @@ from flask import (
     url_for,
 )
 from flask.typing import ResponseReturnValue
+from flask_limiter import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 
-from sovereign.api.problems import STATUS_BY_ERROR
+from sovereign.api import limits
+from sovereign.api.problems import STATUS_BY_ERROR, rate_limited_error
 from sovereign.bootstrap import Services
 from sovereign.domain.identity import Principal, Role
 from sovereign.domain.labels import Label
@@ -46,8 +48,10 @@ from sovereign.errors import (
     AuditUnavailableError,
     AuthenticationError,
     NotFoundError,
+    RateLimitedError,
     SovereignError,
 )
+from sovereign.services.authfailures import AUTH_FAILURE
 from sovereign.services.hosts import HOST_READERS
 from sovereign.services.recording import CallContext
 from sovereign.services.sessions import SessionAuditService, SessionEnd
@@ -91,7 +95,6 @@ class Console:
     cookie_name: str
     cookie_secure: bool
     cookie_samesite: str
-    step_up_s: int
     login_timeout_s: int
     external_url: str | None
     idp_logout_redirect: bool
@@ -211,6 +214,16 @@ def console() -> Console:
     return found
 
 
+def signed_in_subject() -> str | None:
+    """The subject this browser's session was signed in for, before the console's own hooks
+    ran (the write limit keys console forms by it); None without a signed-in session."""
+    if not (request.endpoint or "").startswith(bp.name + "."):
+        return None
+    cookie = request.cookies.get(console().cookie_name)
+    found = console().store.get(cookie) if cookie else None
+    return found.subject if found is not None and found.signed_in else None
+
+
 def build(config: Any, svc: Services) -> Console:
     """The console for ``config``, signing in against the realm ``svc.identity`` verifies."""
     secure = bool(config["CONSOLE_COOKIE_SECURE"])
@@ -234,7 +247,6 @@ def build(config: Any, svc: Services) -> Console:
         cookie_name=SECURE_COOKIE if secure else PLAIN_COOKIE,
         cookie_secure=secure,
         cookie_samesite=str(config["CONSOLE_COOKIE_SAMESITE"]),
-        step_up_s=int(config["CONSOLE_STEP_UP_S"]),
         login_timeout_s=int(config["CONSOLE_LOGIN_TIMEOUT_S"]),
         external_url=config["CONSOLE_EXTERNAL_URL"],
         idp_logout_redirect=bool(config["CONSOLE_IDP_LOGOUT_REDIRECT"]),
@@ -394,7 +406,8 @@ def _finish(response: Response) -> Response:
 
 
 def _check_csrf() -> None:
-    """Every unsafe request carries the session's token (synchroniser token pattern)."""
+    """Every unsafe request carries the session's token (synchroniser token pattern); a
+    missing or wrong one is counted in the audit log (``auth:failure``, error ``csrf``)."""
     session = current_session()
     if session is None:
         # No session to hold a token: it ended (or never was); sign in again.
@@ -405,6 +418,15 @@ def _check_csrf() -> None:
             "console: CSRF token missing or wrong on %s %s",
             for_log(request.method),
             for_log(request.path),
+        )
+        limits.note_auth_failure()
+        services().auth_failures.failed(
+            request.remote_addr or "",
+            AUTH_FAILURE,
+            "console",
+            "csrf",
+            f"{request.method} {request.path} without this session's CSRF token",
+            request_id=g.get("request_id", ""),
         )
         raise CsrfError
 
@@ -477,23 +499,6 @@ def principal_or_none() -> Principal | None:
     """The caller's principal if this request has already established it."""
     ctx: CallContext | None = g.get("console_ctx")
     return ctx.principal if ctx is not None else None
-
-
-def needs_step_up(label: Label) -> bool:
-    """Whether deciding on ``label`` is sensitive enough to need a recent password: anything
-    above the lowest level is classified."""
-    return label.rank > services().scheme.lowest.rank
-
-
-def recently_authenticated() -> bool:
-    """Whether the user typed their password within ``CONSOLE_STEP_UP_S``."""
-    session = current_session()
-    settings = console()
-    return (
-        session is not None
-        and session.auth_time is not None
-        and settings.clock() - session.auth_time <= settings.step_up_s
-    )
 
 
 # -- URLs --------------------------------------------------------------------------------------
@@ -640,7 +645,15 @@ def _refused(error: SovereignError) -> Response:
     detail = error.message if error.safe else "Something went wrong; it has been logged."
     if isinstance(error, AuthenticationError) or request.endpoint == "console.callback":
         title = "Sign-in failed"
-    return page("console/error.html", status=status, title=title, detail=detail)
+    response = page("console/error.html", status=status, title=title, detail=detail)
+    if isinstance(error, RateLimitedError):
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response
+
+
+@bp.errorhandler(RateLimitExceeded)
+def _rate_limited(error: RateLimitExceeded) -> Response:
+    return _refused(rate_limited_error(error))
 
 
 @bp.errorhandler(HTTPException)

@@ -4,6 +4,8 @@ in a test folder, the dev IdP, the audit key and witness beside it, and the demo
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,10 +17,29 @@ from sovereign.adapters.migrations import upgrade
 from sovereign.cli import _bootstrap
 
 
-def make_app(folder: Path, idp_url: str, *, seed: bool = True, **config: Any) -> Flask:
+class AheadClock:
+    """A services' clock running ``ahead`` of real time (to age a sign-in's ``auth_time``
+    without waiting; tokens are still verified on real time)."""
+
+    def __init__(self) -> None:
+        self.ahead = timedelta()
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.ahead
+
+
+def make_app(
+    folder: Path,
+    idp_url: str,
+    *,
+    seed: bool = True,
+    clock: Callable[[], datetime] | None = None,
+    **config: Any,
+) -> Flask:
     """An app over ``folder/sovereign.db`` trusting the dev IdP at ``idp_url``.
 
-    ``config`` adds or overrides settings; ``seed`` loads the demo tenants and images.
+    ``config`` adds or overrides settings; ``seed`` loads the demo tenants and images;
+    ``clock`` replaces the services' clock (tokens are still checked on real time).
     """
     url = f"sqlite:///{folder / 'sovereign.db'}"
     upgrade(url)
@@ -35,7 +56,8 @@ def make_app(folder: Path, idp_url: str, *, seed: bool = True, **config: Any) ->
             # Tests register copies of the bundled test-driver hosts kept in their folder.
             "HYPERVISOR_TEST_HOSTS_DIR": str(folder),
             **config,
-        }
+        },
+        **({"clock": clock} if clock is not None else {}),
     )
     if seed:
         demo = json.loads((resources.files("sovereign") / "data" / "demo.json").read_text())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from dataclasses import replace
 
 from sovereign.domain.identity import Principal, Role
 from sovereign.domain.labels import LabelScheme
@@ -31,6 +33,10 @@ def principal(
 
 
 def ctx(p: Principal) -> CallContext:
+    """``p`` calling from a password sign-in made just now (real time), unless ``p`` says when
+    (step-up tests set ``auth_time`` themselves)."""
+    if p.auth_time is None:
+        p = replace(p, auth_time=int(time.time()))
     return CallContext(principal=p, request_id="test", source="127.0.0.1")
 
 

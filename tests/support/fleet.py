@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -117,14 +117,18 @@ class Fleet:
             lease_hours=lease_hours,
         )
         request = self.services.requests.create(ctx(analyst), draft)
-        self.services.requests.approve(ctx(OFFICER_1), request.id, "ok")
+        self.services.requests.approve(self.signed_in(OFFICER_1), request.id, "ok")
         if not civilian and approve_last:
             self.approve_last(request.id)
         return request.id
 
     def approve_last(self, request_id: uuid.UUID) -> None:
         """The second officer's approval of a classified request."""
-        self.services.requests.approve(ctx(OFFICER_2), request_id, "ok")
+        self.services.requests.approve(self.signed_in(OFFICER_2), request_id, "ok")
+
+    def signed_in(self, officer: Principal) -> CallContext:
+        """``officer`` calling from a sign-in made now on the fleet's clock (step-up)."""
+        return ctx(replace(officer, auth_time=int(self.clock().timestamp())))
 
     def state(self, request_id: uuid.UUID) -> str:
         """The request's state now."""

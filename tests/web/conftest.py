@@ -17,11 +17,13 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from sovereign.devidp import DEMO_PASSWORD, DEMO_USERS, DemoUser, start_dev_idp
-from tests.support.apps import make_app
+from tests.support.apps import AheadClock, make_app
 
 #: The test client's origin; the IdP must know the console's callback there.
 ORIGIN = "http://localhost"
 CALLBACK = f"{ORIGIN}/auth/callback"
+#: Where the app fixture keeps its services' clock (:func:`clock_of`).
+CLOCK = "tests.clock"
 #: Extra demo users: an officer who is also an analyst (separation of duties), an auditor
 #: cleared only for UNCLASSIFIED (label filtering), and an officer cleared only for RESTRICTED
 #: (what the kill switch tells someone below what exists).
@@ -93,7 +95,9 @@ def console_idp() -> Iterator[Any]:
 
 @pytest.fixture
 def app(tmp_path: Path, console_idp: Any) -> Iterator[Flask]:
-    app = make_app(tmp_path, console_idp.url)
+    clock = AheadClock()
+    app = make_app(tmp_path, console_idp.url, clock=clock)
+    app.extensions[CLOCK] = clock
     yield app
     app.extensions["sovereign"].close()
 
@@ -193,6 +197,12 @@ def banners(html: str) -> list[str]:
         found.append(html[start : html.index('"', start)])
         at = html.find(marker, start)
     return found
+
+
+def clock_of(app: Flask) -> AheadClock:
+    """The services' clock of the app fixture; move it ahead to age every sign-in."""
+    clock: AheadClock = app.extensions[CLOCK]
+    return clock
 
 
 def session_of(app: Flask, client: FlaskClient) -> Any:

@@ -4,6 +4,7 @@ approvals, role denials and CSRF failures, all through the console with real tok
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,6 +18,7 @@ from tests.web.conftest import (
     Users,
     at_idp,
     banners,
+    clock_of,
     csrf,
     post,
     query_of,
@@ -287,14 +289,15 @@ def test_the_requester_can_cancel_while_pending(users: Users):
 # -- step-up ---------------------------------------------------------------------------------
 
 
-def age_sign_in(app: Flask, client: FlaskClient, seconds: int) -> None:
-    session_of(app, client).auth_time -= seconds
+def age_sign_in(app: Flask, seconds: int) -> None:
+    """Move the services' clock ahead: every sign-in so far is ``seconds`` older."""
+    clock_of(app).ahead += timedelta(seconds=seconds)
 
 
 def test_approving_a_classified_request_needs_a_recent_sign_in(app: Flask, users: Users):
     rid = file_request(users("analyst-defence"))
     officer = users("officer-1")
-    age_sign_in(app, officer, app.config["CONSOLE_STEP_UP_S"] + 60)
+    age_sign_in(app, app.config["STEP_UP_MAX_AGE_S"] + 60)
     page = text(officer.get(f"/requests/{rid}"))
     assert 'id="step-up-note"' in page
     assert "within the last 10 minutes" in page
@@ -313,6 +316,7 @@ def test_approving_a_classified_request_needs_a_recent_sign_in(app: Flask, users
     q = query_of(to_idp.headers["Location"])
     assert q["prompt"] == ["login"] and q["max_age"] == ["0"]
     back = officer.get(at_idp(to_idp.headers["Location"], "officer-1"))
+    clock_of(app).ahead = timedelta()  # the new sign-in happened "now" on the services' clock
     assert back.headers["Location"] == f"/requests/{rid}"
     page = text(officer.get(f"/requests/{rid}"))
     assert "You signed in again. Confirm your decision below." in page
@@ -325,7 +329,7 @@ def test_approving_a_classified_request_needs_a_recent_sign_in(app: Flask, users
 def test_an_unclassified_approval_needs_no_step_up(app: Flask, users: Users):
     rid = file_request(users("analyst-research"), CIVIL_FORM)
     officer = users("officer-1")
-    age_sign_in(app, officer, 3600)
+    age_sign_in(app, 3600)
     assert post(officer, f"/requests/{rid}/approve").status_code == 303
     assert "1 of 1 approvals: officer-1" in text(officer.get(f"/requests/{rid}"))
 
@@ -343,7 +347,7 @@ def test_a_step_up_the_idp_did_not_honour_is_refused(app: Flask, users: Users):
 def test_rejecting_needs_no_step_up(app: Flask, users: Users):
     rid = file_request(users("analyst-defence"))
     officer = users("officer-1")
-    age_sign_in(app, officer, 3600)
+    age_sign_in(app, 3600)
     assert post(officer, f"/requests/{rid}/reject", {"reason": "no"}).status_code == 303
 
 

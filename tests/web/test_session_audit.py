@@ -21,7 +21,8 @@ from keycloak import KeycloakOpenID
 
 from audit.sql import audit_log, audit_pending
 from sovereign.devidp import CONSOLE_CLIENT_ID, CONSOLE_CLIENT_SECRET
-from sovereign.services.sessions import MAX_REASON, SessionEnd
+from sovereign.services.authfailures import MAX_REASON
+from sovereign.services.sessions import SessionEnd
 from sovereign.web.sessions import MemorySessionStore
 from tests.web.conftest import (
     Users,

@@ -18,6 +18,7 @@ import time
 from flask import Response, current_app, g, redirect, request
 from flask.typing import ResponseReturnValue
 
+from sovereign.api import limits
 from sovereign.errors import AuthenticationError, DependencyUnavailableError
 from sovereign.services.sessions import SignInFailure
 from sovereign.text import for_log
@@ -95,6 +96,7 @@ def _source() -> str:
 
 def _failed(failure: SignInFailure, detail: str, *, reason: str | None = None) -> Response:
     """Record the refused sign-in (``reason``, else ``detail``), then say so."""
+    limits.note_auth_failure()
     services().sessions.sign_in_failed(
         _source(), reason or detail, failure=failure, request_id=g.get("request_id", "")
     )

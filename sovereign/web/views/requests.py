@@ -4,7 +4,9 @@ cancel.
 
 Owns what each role is offered. What is allowed is decided (and recorded) by
 ``services().requests``; a refused action shows the service's reason. Approving a classified
-request needs a recent password (step-up, ``CONSOLE_STEP_UP_S``).
+request needs a recent password (step-up, ``STEP_UP_MAX_AGE_S``): the service decides that,
+as it does for the API; the page only asks it first, to send the browser to sign in again
+instead of showing a refusal.
 """
 
 from __future__ import annotations
@@ -28,9 +30,7 @@ from sovereign.web.console import (
     caller,
     current_session,
     flash,
-    needs_step_up,
     page,
-    recently_authenticated,
     retry_form,
     services,
 )
@@ -272,7 +272,7 @@ def _detail_page(
     own = found.requester == principal.subject
     decided = any(a.officer == principal.subject for a in found.approvals)
     session = current_session()
-    step_up = needs_step_up(found.label) and not recently_authenticated()
+    step_up = services().requests.step_up_required(ctx, found)
     # Officers see where the request would go while it waits for a decision or a placement.
     placement = (
         services().enclaves.preview(ctx, request_id)
@@ -296,7 +296,7 @@ def _detail_page(
         own_as_officer=pending and officer and own,
         already_decided=pending and officer and decided,
         step_up=step_up,
-        step_up_minutes=max(current_app.config["CONSOLE_STEP_UP_S"] // 60, 1),
+        step_up_minutes=max(current_app.config["STEP_UP_MAX_AGE_S"] // 60, 1),
         audit_reader=bool(principal.roles & AUDIT_READERS),
         placement=placement,
         enclave_url=url_for("console.enclave_detail", enclave_id=found.id)
@@ -321,7 +321,7 @@ def approve(request_id: uuid.UUID) -> ResponseReturnValue:
     ctx = caller()
     reason = reason_field(request.form)
     found = services().requests.get(ctx, request_id)
-    if needs_step_up(found.label) and not recently_authenticated():
+    if services().requests.step_up_required(ctx, found):
         session = current_session()
         assert session is not None  # caller() found it
         session.resume = Resume(request_id=str(request_id), reason=reason)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -12,7 +13,12 @@ from sovereign.domain.labels import LabelScheme
 from sovereign.domain.policy import AccessPolicy
 from sovereign.domain.requests import Decision, EnclaveRequest, RequestState
 from sovereign.domain.tenants import Resources, TenantKind
-from sovereign.errors import ConflictError, PolicyDeniedError, QuotaExceededError
+from sovereign.errors import (
+    ConflictError,
+    PolicyDeniedError,
+    QuotaExceededError,
+    StepUpRequiredError,
+)
 from tests.support.factories import (
     ANALYST_DEFENCE,
     ANALYST_RESEARCH,
@@ -108,6 +114,8 @@ def test_quota_checked_against_committed_usage():
 
 
 def decide(p, request, decision=Decision.APPROVE, reason="", committed=NONE, t=DEFENCE):
+    # Every officer here typed a password at NOW (step-up); its tests build their own.
+    p = replace(p, auth_time=int(NOW.timestamp())) if p.auth_time is None else p
     return POLICY.decide(p, request, decision, reason, NOW, tenant=t, committed=committed)
 
 
@@ -275,3 +283,54 @@ def test_nobody_sees_what_their_clearance_does_not_dominate(who, level, comps):
     request = pending(level=level, comps=comps)
     if POLICY.can_see(who, request):
         assert who.clearance is not None and who.clearance.dominates(request.label)
+
+
+# -- step-up -----------------------------------------------------------------------------------
+
+
+def _signed_in(p: Principal, seconds_ago: int | None) -> Principal:
+    return replace(p, auth_time=None if seconds_ago is None else int(NOW.timestamp()) - seconds_ago)
+
+
+def _decide(p: Principal, request: EnclaveRequest, decision: Decision = Decision.APPROVE) -> None:
+    POLICY.decide(p, request, decision, "r", NOW, tenant=DEFENCE, committed=NONE)
+
+
+@pytest.mark.parametrize("seconds_ago", [601, 3 * 3600, None])
+def test_approving_a_classified_request_needs_a_recent_sign_in(seconds_ago: int | None):
+    request = pending()
+    with pytest.raises(StepUpRequiredError) as refused:
+        _decide(_signed_in(OFFICER_1, seconds_ago), request)
+    assert refused.value.max_age == 600
+    assert request.approvals == []
+
+
+def test_a_recent_sign_in_approves_a_classified_request():
+    request = pending()
+    _decide(_signed_in(OFFICER_1, 600), request)
+    assert request.approvers == [OFFICER_1.subject]
+
+
+def test_unclassified_approvals_and_classified_rejections_need_no_step_up():
+    civil = pending("UNCLASSIFIED", (), "research", ANALYST_RESEARCH)
+    POLICY.decide(
+        _signed_in(OFFICER_1, 3600),
+        civil,
+        Decision.APPROVE,
+        "",
+        NOW,
+        tenant=RESEARCH,
+        committed=NONE,
+    )
+    assert civil.state is RequestState.APPROVED
+    secret = pending()
+    _decide(_signed_in(OFFICER_1, None), secret, Decision.REJECT)
+    assert secret.state is RequestState.REJECTED
+
+
+def test_the_step_up_age_is_configurable():
+    strict = AccessPolicy(SCHEME, step_up_max_age_s=60)
+    p = _signed_in(OFFICER_1, 61)
+    assert strict.step_up_required(p, SCHEME.label("RESTRICTED"), NOW)
+    assert not strict.step_up_required(p, SCHEME.lowest, NOW)
+    assert not POLICY.step_up_required(p, SCHEME.label("RESTRICTED"), NOW)
