@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
-from audit.sql import audit_log, audit_pending
 from tests.support.apps import make_app
+from tests.support.audit import stored
 
 pytestmark = pytest.mark.idp
 
@@ -35,21 +35,6 @@ def app(tmp_path: Path, idp: Any) -> Iterator[Flask]:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
-
-
-def stored(app: Flask) -> list[dict[str, Any]]:
-    """Every event in the database, sequenced or pending, oldest first."""
-    engine = sa.create_engine(app.config["DATABASE_URL"])
-    try:
-        with engine.connect() as conn:
-            entries = [
-                *conn.execute(sa.select(audit_log.c.entry)).scalars(),
-                *conn.execute(sa.select(audit_pending.c.entry)).scalars(),
-            ]
-    finally:
-        engine.dispose()
-    events = {e["id"]: e for e in (json.loads(entry) for entry in entries)}
-    return sorted(events.values(), key=lambda e: e["time"])
 
 
 def failures(app: Flask) -> list[dict[str, Any]]:

@@ -19,11 +19,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from keycloak import KeycloakOpenID
 
-from audit.sql import audit_log, audit_pending
 from sovereign.devidp import CONSOLE_CLIENT_ID, CONSOLE_CLIENT_SECRET
 from sovereign.services.authfailures import MAX_REASON
 from sovereign.services.sessions import SessionEnd
 from sovereign.web.sessions import MemorySessionStore
+from tests.support.audit import stored
 from tests.web.conftest import (
     Users,
     at_idp,
@@ -40,21 +40,6 @@ pytestmark = pytest.mark.idp
 REF = re.compile(r"^[0-9a-f]{16}$")
 #: The Flask test client's address.
 SOURCE = "127.0.0.1"
-
-
-def stored(app: Flask) -> list[dict[str, Any]]:
-    """Every event in the database, sequenced or still pending, as stored (JSON)."""
-    engine = sa.create_engine(app.config["DATABASE_URL"])
-    try:
-        with engine.connect() as conn:
-            entries = [
-                *conn.execute(sa.select(audit_log.c.entry)).scalars(),
-                *conn.execute(sa.select(audit_pending.c.entry)).scalars(),
-            ]
-    finally:
-        engine.dispose()
-    events = {e["id"]: e for e in (json.loads(entry) for entry in entries)}
-    return list(events.values())
 
 
 def session_events(app: Flask, action: str | None = None) -> list[dict[str, Any]]:
