@@ -28,6 +28,9 @@ from sovereign.errors import DependencyUnavailableError
 
 blueprint = Blueprint("ops", __name__)
 
+#: The OpenAPI document's ``info``.
+TITLE = "Sovereign control plane"
+VERSION = "1"
 #: Client-supplied request ids are echoed only if they look harmless (no log injection).
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -63,7 +66,7 @@ def readyz() -> Response:
 @blueprint.get("/api/openapi.json")
 def openapi_document() -> Response:
     """The OpenAPI 3.1 description of ``/api/v1``, generated from the validating schemas."""
-    return jsonify(openapi(v1.api, v1.PREFIX, title="Sovereign control plane", version="1"))
+    return jsonify(openapi(v1.api, v1.PREFIX, title=TITLE, version=VERSION))
 
 
 class Metrics:

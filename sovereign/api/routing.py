@@ -27,12 +27,22 @@ View = Callable[..., BaseModel | str]
 TEXT = "text/plain"
 
 PATH_PARAM = re.compile(r"<(?:(\w+):)?(\w+)>")
-#: OpenAPI schemas of werkzeug's URL converters.
-PATH_SCHEMAS: dict[str, dict[str, Any]] = {
-    "string": {"type": "string"},
-    "int": {"type": "integer", "minimum": 0},
-    "uuid": {"type": "string", "format": "uuid"},
+#: Largest integer a path parameter may hold: a signed 64-bit column (SQLite, PostgreSQL
+#: ``bigint``). werkzeug's ``int`` converter is unbounded, so a bigger number would reach the
+#: database driver and fail there; bounded here, it is a 404 like any other unknown id.
+MAX_PATH_INT = 2**63 - 1
+#: werkzeug's URL converters as the routes use them (``<int:seq>`` is bounded) and their
+#: OpenAPI schemas; both are read from here, so what is routed is what is documented.
+PATH_CONVERTERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "string": ("string", {"type": "string"}),
+    "int": (
+        f"int(max={MAX_PATH_INT})",
+        {"type": "integer", "minimum": 0, "maximum": MAX_PATH_INT},
+    ),
+    "uuid": ("uuid", {"type": "string", "format": "uuid"}),
 }
+#: Where pydantic puts nested definitions; the document keeps them all under components.
+REF_TEMPLATE = "#/components/schemas/{model}"
 
 PROBLEM_RESPONSES = {
     "400": "Malformed request (bad JSON)",
@@ -103,7 +113,7 @@ def parse_body(model: type[BaseModel], *, optional: bool = False) -> BaseModel:
     """Validate the JSON body against ``model``.
 
     :raises UnsupportedMediaType: (415) if the body is not JSON.
-    :raises BadRequest: (400) if it does not parse.
+    :raises BadRequest: (400) if it does not parse, or nests too deeply to parse.
     :raises InvalidInputError: (422) if it does not fit the schema.
     """
     raw = request.get_data(cache=False)  # enforces MAX_CONTENT_LENGTH (413) first
@@ -116,6 +126,10 @@ def parse_body(model: type[BaseModel], *, optional: bool = False) -> BaseModel:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             raise BadRequest(f"The body is not valid JSON: {e}") from e
+        except RecursionError as e:
+            # A few kilobytes of ``[[[[...`` nest deeper than the parser's stack allows. No
+            # schema here nests more than a few levels, so this is never a valid body.
+            raise BadRequest("The body nests too deeply.") from e
     if not isinstance(data, dict):
         raise InvalidInputError(reason="the body must be a JSON object")
     try:
@@ -175,9 +189,7 @@ class Api:
                 status=status,
                 auth=auth,
                 roles=roles,
-                path_params=[
-                    (n, c or "string") for c, n in re.findall(r"<(?:(\w+):)?(\w+)>", rule)
-                ],
+                path_params=[(n, c or "string") for c, n in PATH_PARAM.findall(rule)],
                 media_type=media_type,
             )
             self.operations.append(op)
@@ -195,11 +207,18 @@ class Api:
                 return Response(body, status=op.status, mimetype=op.media_type)
 
             self.blueprint.add_url_rule(
-                rule, endpoint=view.__name__, view_func=endpoint, methods=[method]
+                _werkzeug_rule(rule), endpoint=view.__name__, view_func=endpoint, methods=[method]
             )
             return view
 
         return decorate
+
+
+def _werkzeug_rule(rule: str) -> str:
+    """``rule`` with each converter as :data:`PATH_CONVERTERS` routes it (bounds added)."""
+    return PATH_PARAM.sub(
+        lambda m: f"<{PATH_CONVERTERS[m.group(1) or 'string'][0]}:{m.group(2)}>", rule
+    )
 
 
 def openapi(api: Api, prefix: str, *, title: str, version: str) -> dict[str, Any]:
@@ -212,22 +231,18 @@ def openapi(api: Api, prefix: str, *, title: str, version: str) -> dict[str, Any
             models.add(op.body)
     _, defs = models_json_schema(
         [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
-        ref_template="#/components/schemas/{model}",
+        ref_template=REF_TEMPLATE,
     )
+    components: dict[str, Any] = dict(defs.get("$defs", {}))
     paths: dict[str, dict[str, Any]] = {}
     for op in api.operations:
-        path = prefix + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", op.rule)
+        path = prefix + PATH_PARAM.sub(r"{\2}", op.rule)
         parameters: list[dict[str, Any]] = [
-            {"name": name, "in": "path", "required": True, "schema": PATH_SCHEMAS[converter]}
-            for name, converter in op.path_params
+            {"name": name, "in": "path", "required": True, "schema": PATH_CONVERTERS[conv][1]}
+            for name, conv in op.path_params
         ]
         if op.query is not None:
-            schema = op.query.model_json_schema()
-            required = set(schema.get("required", []))
-            parameters += [
-                {"name": name, "in": "query", "required": name in required, "schema": prop}
-                for name, prop in schema.get("properties", {}).items()
-            ]
+            parameters += _query_parameters(op.query, components)
         schema_ref: dict[str, Any] = (
             {"$ref": f"#/components/schemas/{op.response.__name__}"}
             if op.response is not None
@@ -275,9 +290,41 @@ def openapi(api: Api, prefix: str, *, title: str, version: str) -> dict[str, Any
         "info": {"title": title, "version": version},
         "paths": paths,
         "components": {
-            "schemas": defs.get("$defs", {}),
+            "schemas": components,
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
             },
         },
     }
+
+
+def _query_parameters(model: type[BaseModel], components: dict[str, Any]) -> list[dict[str, Any]]:
+    """One OpenAPI query parameter per field of ``model``; the definitions its fields refer to
+    (enums) are added to ``components``, where their ``$ref`` points.
+
+    An optional field's ``anyOf [X, null]`` becomes plain ``X``: a query parameter is absent or
+    a string, never JSON ``null``.
+
+    :raises ValueError: if a definition would replace a different one of the same name.
+    """
+    schema = model.model_json_schema(ref_template=REF_TEMPLATE)
+    for name, definition in schema.get("$defs", {}).items():
+        if components.setdefault(name, definition) != definition:
+            raise ValueError(f"two different schemas are both called {name!r}")
+    required = set(schema.get("required", []))
+    parameters = []
+    for name, field_schema in schema.get("properties", {}).items():
+        prop = dict(field_schema)
+        options = prop.pop("anyOf", None)
+        if options is not None:
+            not_null = [o for o in options if o != {"type": "null"}]
+            if len(not_null) == 1:
+                prop.update(not_null[0])
+            else:
+                prop["anyOf"] = not_null
+        if prop.get("default", 0) is None:
+            del prop["default"]
+        parameters.append(
+            {"name": name, "in": "query", "required": name in required, "schema": prop}
+        )
+    return parameters
