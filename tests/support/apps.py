@@ -4,6 +4,7 @@ in a test folder, the dev IdP, the audit key and witness beside it, and the demo
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,18 @@ from sovereign.adapters.migrations import upgrade
 from sovereign.cli import _bootstrap
 
 
-def make_app(folder: Path, idp_url: str, *, seed: bool = True, **config: Any) -> Flask:
+def make_app(
+    folder: Path,
+    idp_url: str,
+    *,
+    seed: bool = True,
+    backends: Mapping[str, Any] | None = None,
+    **config: Any,
+) -> Flask:
     """An app over ``folder/sovereign.db`` trusting the dev IdP at ``idp_url``.
 
-    ``config`` adds or overrides settings; ``seed`` loads the demo tenants and images.
+    ``config`` adds or overrides settings; ``seed`` loads the demo tenants and images;
+    ``backends`` replace services' backends (``create_app`` overrides, e.g. ``hypervisor``).
     """
     url = f"sqlite:///{folder / 'sovereign.db'}"
     upgrade(url)
@@ -33,7 +42,8 @@ def make_app(folder: Path, idp_url: str, *, seed: bool = True, **config: Any) ->
             "ENCLAVE_POOL_PATH": str(folder / "pool"),
             "ENCLAVE_CONSOLE_DIR": str(folder / "consoles"),
             **config,
-        }
+        },
+        **(backends or {}),
     )
     if seed:
         demo = json.loads((resources.files("sovereign") / "data" / "demo.json").read_text())
