@@ -11,6 +11,7 @@ from flask import Flask
 from sovereign.api import (
     ops,
     problems,
+    routing,
     v1,
     v1_fleet,  # noqa: F401 - adds the fleet routes to v1's blueprint
 )
@@ -19,5 +20,6 @@ from sovereign.api import (
 def register(app: Flask) -> None:
     """Install the API, the ops endpoints and the error handlers on ``app``."""
     problems.register(app)
+    routing.install(app)  # first: the console's routes use the same converters
     ops.install(app)
     app.register_blueprint(v1.blueprint)

@@ -13,10 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+from werkzeug.routing import IntegerConverter, Map
 
 from sovereign.api.schemas import Problem
 from sovereign.bootstrap import Services
@@ -28,18 +29,25 @@ TEXT = "text/plain"
 
 PATH_PARAM = re.compile(r"<(?:(\w+):)?(\w+)>")
 #: Largest integer a path parameter may hold: a signed 64-bit column (SQLite, PostgreSQL
-#: ``bigint``). werkzeug's ``int`` converter is unbounded, so a bigger number would reach the
-#: database driver and fail there; bounded here, it is a 404 like any other unknown id.
+#: ``bigint``). werkzeug's own ``int`` converter is unbounded, so a bigger number would reach
+#: the database driver and fail there.
 MAX_PATH_INT = 2**63 - 1
-#: werkzeug's URL converters as the routes use them (``<int:seq>`` is bounded) and their
-#: OpenAPI schemas; both are read from here, so what is routed is what is documented.
-PATH_CONVERTERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "string": ("string", {"type": "string"}),
-    "int": (
-        f"int(max={MAX_PATH_INT})",
-        {"type": "integer", "minimum": 0, "maximum": MAX_PATH_INT},
-    ),
-    "uuid": ("uuid", {"type": "string", "format": "uuid"}),
+
+
+class Int64Converter(IntegerConverter):
+    """The app's ``<int:...>``: werkzeug's, bounded to 0..:data:`MAX_PATH_INT`, so a bigger
+    number matches no route (404, like any unknown id). Installed by :func:`install`."""
+
+    def __init__(self, url_map: Map, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max", MAX_PATH_INT)
+        super().__init__(url_map, *args, **kwargs)
+
+
+#: OpenAPI schemas of the app's URL converters (``int`` as :class:`Int64Converter` bounds it).
+PATH_SCHEMAS: dict[str, dict[str, Any]] = {
+    "string": {"type": "string"},
+    "int": {"type": "integer", "minimum": 0, "maximum": MAX_PATH_INT},
+    "uuid": {"type": "string", "format": "uuid"},
 }
 #: Where pydantic puts nested definitions; the document keeps them all under components.
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -207,18 +215,16 @@ class Api:
                 return Response(body, status=op.status, mimetype=op.media_type)
 
             self.blueprint.add_url_rule(
-                _werkzeug_rule(rule), endpoint=view.__name__, view_func=endpoint, methods=[method]
+                rule, endpoint=view.__name__, view_func=endpoint, methods=[method]
             )
             return view
 
         return decorate
 
 
-def _werkzeug_rule(rule: str) -> str:
-    """``rule`` with each converter as :data:`PATH_CONVERTERS` routes it (bounds added)."""
-    return PATH_PARAM.sub(
-        lambda m: f"<{PATH_CONVERTERS[m.group(1) or 'string'][0]}:{m.group(2)}>", rule
-    )
+def install(app: Flask) -> None:
+    """Give ``app`` the URL converters the document describes; before any route is added."""
+    app.url_map.converters["int"] = Int64Converter
 
 
 def openapi(api: Api, prefix: str, *, title: str, version: str) -> dict[str, Any]:
@@ -238,8 +244,8 @@ def openapi(api: Api, prefix: str, *, title: str, version: str) -> dict[str, Any
     for op in api.operations:
         path = prefix + PATH_PARAM.sub(r"{\2}", op.rule)
         parameters: list[dict[str, Any]] = [
-            {"name": name, "in": "path", "required": True, "schema": PATH_CONVERTERS[conv][1]}
-            for name, conv in op.path_params
+            {"name": name, "in": "path", "required": True, "schema": PATH_SCHEMAS[converter]}
+            for name, converter in op.path_params
         ]
         if op.query is not None:
             parameters += _query_parameters(op.query, components)
