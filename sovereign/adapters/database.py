@@ -213,12 +213,22 @@ def encode_cursor(created_at: datetime, ident: uuid.UUID) -> str:
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     """:raises InvalidInputError: if the cursor was not made by :func:`encode_cursor`."""
+    invalid = InvalidInputError(reason="cursor is not valid; use the one a page returned")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        stamp, ident = json.loads(raw)
-        return datetime.fromisoformat(stamp), uuid.UUID(ident)
+        stamp, text_id = json.loads(raw)
+        created_at = datetime.fromisoformat(stamp)
+        ident = uuid.UUID(text_id)
     except (binascii.Error, ValueError, TypeError) as e:
-        raise InvalidInputError(reason="cursor is not valid; use the one a page returned") from e
+        raise invalid from e
+    # encode_cursor writes aware times; a naive one was not made there, and cannot be compared
+    # with the stored (aware) timestamps.
+    if created_at.tzinfo is None:
+        raise invalid
+    try:
+        return created_at.astimezone(UTC), ident
+    except OverflowError as e:  # e.g. 0001-01-01T00:00+01:00 is before year 1 in UTC
+        raise invalid from e
 
 
 class SqlRequestRepository:

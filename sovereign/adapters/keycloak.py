@@ -225,20 +225,30 @@ class KeycloakIdentityProvider:
                 self._verified.popitem(last=False)
 
     def principal(self, claims: dict[str, Any]) -> Principal:
-        """Map verified claims to a principal. :raises AuthenticationError: bad clearance."""
-        realm_roles = (claims.get("realm_access") or {}).get("roles") or []
+        """Map verified claims to a principal.
+
+        A signature says who issued the claims, not that they have the shape Keycloak gives
+        them; a claim of the wrong JSON type makes the token invalid, like a bad signature.
+
+        :raises AuthenticationError: a claim of the wrong type, or a clearance not understood.
+        """
+        realm_access = claims.get("realm_access") or {}
+        if not isinstance(realm_access, dict):
+            raise AuthenticationError(reason="claim realm_access is not an object")
+        realm_roles = _strings(realm_access, "roles", "realm_access.roles")
         roles = frozenset(Role(r) for r in realm_roles if r in Role._value2member_map_)
-        groups = claims.get("groups") or []
         tenants = frozenset(
             g[len(self._prefix) :]
-            for g in groups
-            if isinstance(g, str) and g.startswith(self._prefix) and len(g) > len(self._prefix)
+            for g in _strings(claims, "groups")
+            if g.startswith(self._prefix) and len(g) > len(self._prefix)
         )
         clearance = None
         level = claims.get("clearance")
         if level is not None:
+            if not isinstance(level, str):
+                raise AuthenticationError(reason="claim clearance is not a string")
             try:
-                clearance = self._scheme.label(str(level), claims.get("compartments") or [])
+                clearance = self._scheme.label(level, _strings(claims, "compartments"))
             except LabelError as e:
                 raise AuthenticationError(reason=f"clearance claim not understood: {e}") from e
         auth_time = claims.get("auth_time")
@@ -250,6 +260,19 @@ class KeycloakIdentityProvider:
             tenants=tenants,
             auth_time=int(auth_time) if isinstance(auth_time, int | float) else None,
         )
+
+
+def _strings(claims: dict[str, Any], key: str, name: str | None = None) -> list[str]:
+    """Claim ``key`` as a list of strings (absent or null: empty).
+
+    :raises AuthenticationError: if it is anything else.
+    """
+    value = claims.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise AuthenticationError(reason=f"claim {name or key} is not a list of strings")
+    return value
 
 
 @contextmanager

@@ -20,6 +20,7 @@ from sovereign.api import (
 def register(app: Flask) -> None:
     """Install the API, the ops endpoints and the error handlers on ``app``."""
     problems.register(app)
+    routing.install(app)  # first: the console's routes use the same converters
     ops.install(app)
     app.register_blueprint(v1.blueprint)
     app.teardown_request(_flush_auth_failures)

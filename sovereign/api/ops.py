@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 blueprint = Blueprint("ops", __name__)
 
+#: The OpenAPI document's ``info``.
+TITLE = "Sovereign control plane"
+VERSION = "1"
 #: Client-supplied request ids are echoed only if they look harmless (no log injection);
 #: matched whole, since ``$`` would also accept a trailing newline.
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -138,7 +141,7 @@ def readyz() -> Response:
 @blueprint.get("/api/openapi.json")
 def openapi_document() -> Response:
     """The OpenAPI 3.1 description of ``/api/v1``, generated from the validating schemas."""
-    return jsonify(openapi(v1.api, v1.PREFIX, title="Sovereign control plane", version="1"))
+    return jsonify(openapi(v1.api, v1.PREFIX, title=TITLE, version=VERSION))
 
 
 class Metrics:

@@ -13,12 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+from werkzeug.routing import IntegerConverter, Map
 
-from sovereign.api.schemas import Problem
+from sovereign.api.schemas import NAME_PATTERN, Problem
 from sovereign.bootstrap import Services
 from sovereign.domain.identity import Principal
 from sovereign.errors import AuthenticationError, InvalidInputError
@@ -29,12 +30,30 @@ View = Callable[..., BaseModel | str]
 TEXT = "text/plain"
 
 PATH_PARAM = re.compile(r"<(?:(\w+):)?(\w+)>")
-#: OpenAPI schemas of werkzeug's URL converters.
+#: Largest integer a path parameter may hold: a signed 64-bit column (SQLite, PostgreSQL
+#: ``bigint``). werkzeug's own ``int`` converter is unbounded, so a bigger number would reach
+#: the database driver and fail there.
+MAX_PATH_INT = 2**63 - 1
+
+
+class Int64Converter(IntegerConverter):
+    """The app's ``<int:...>``: werkzeug's, bounded to 0..:data:`MAX_PATH_INT`, so a bigger
+    number matches no route (404, like any unknown id). Installed by :func:`install`."""
+
+    def __init__(self, url_map: Map, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max", MAX_PATH_INT)
+        super().__init__(url_map, *args, **kwargs)
+
+
+#: OpenAPI schemas of the app's URL converters (``int`` as :class:`Int64Converter` bounds it).
 PATH_SCHEMAS: dict[str, dict[str, Any]] = {
-    "string": {"type": "string"},
-    "int": {"type": "integer", "minimum": 0},
+    # Werkzeug's default converter: in this API only names (hosts) travel as strings.
+    "string": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": NAME_PATTERN},
+    "int": {"type": "integer", "minimum": 0, "maximum": MAX_PATH_INT},
     "uuid": {"type": "string", "format": "uuid"},
 }
+#: Where pydantic puts nested definitions; the document keeps them all under components.
+REF_TEMPLATE = "#/components/schemas/{model}"
 
 PROBLEM_RESPONSES = {
     "400": "Malformed request (bad JSON, or a control character in the URL)",
@@ -127,7 +146,7 @@ def parse_body(model: type[BaseModel], *, optional: bool = False) -> BaseModel:
     """Validate the JSON body against ``model``.
 
     :raises UnsupportedMediaType: (415) if the body is not JSON.
-    :raises BadRequest: (400) if it does not parse.
+    :raises BadRequest: (400) if it does not parse, or nests too deeply to parse.
     :raises InvalidInputError: (422) if it does not fit the schema.
     """
     raw = request.get_data(cache=False)  # enforces MAX_CONTENT_LENGTH (413) first
@@ -140,6 +159,10 @@ def parse_body(model: type[BaseModel], *, optional: bool = False) -> BaseModel:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             raise BadRequest(f"The body is not valid JSON: {e}") from e
+        except RecursionError as e:
+            # A few kilobytes of ``[[[[...`` nest deeper than the parser's stack allows. No
+            # schema here nests more than a few levels, so this is never a valid body.
+            raise BadRequest("The body nests too deeply.") from e
     if not isinstance(data, dict):
         raise InvalidInputError(reason="the body must be a JSON object")
     try:
@@ -199,9 +222,7 @@ class Api:
                 status=status,
                 auth=auth,
                 roles=roles,
-                path_params=[
-                    (n, c or "string") for c, n in re.findall(r"<(?:(\w+):)?(\w+)>", rule)
-                ],
+                path_params=[(n, c or "string") for c, n in PATH_PARAM.findall(rule)],
                 media_type=media_type,
             )
             self.operations.append(op)
@@ -226,6 +247,11 @@ class Api:
         return decorate
 
 
+def install(app: Flask) -> None:
+    """Give ``app`` the URL converters the document describes; before any route is added."""
+    app.url_map.converters["int"] = Int64Converter
+
+
 def openapi(api: Api, prefix: str, *, title: str, version: str) -> dict[str, Any]:
     """The OpenAPI 3.1 document for every operation registered on ``api``."""
     models: set[type[BaseModel]] = {Problem}
@@ -236,22 +262,18 @@ def openapi(api: Api, prefix: str, *, title: str, version: str) -> dict[str, Any
             models.add(op.body)
     _, defs = models_json_schema(
         [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
-        ref_template="#/components/schemas/{model}",
+        ref_template=REF_TEMPLATE,
     )
+    components: dict[str, Any] = dict(defs.get("$defs", {}))
     paths: dict[str, dict[str, Any]] = {}
     for op in api.operations:
-        path = prefix + re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", op.rule)
+        path = prefix + PATH_PARAM.sub(r"{\2}", op.rule)
         parameters: list[dict[str, Any]] = [
             {"name": name, "in": "path", "required": True, "schema": PATH_SCHEMAS[converter]}
             for name, converter in op.path_params
         ]
         if op.query is not None:
-            schema = op.query.model_json_schema()
-            required = set(schema.get("required", []))
-            parameters += [
-                {"name": name, "in": "query", "required": name in required, "schema": prop}
-                for name, prop in schema.get("properties", {}).items()
-            ]
+            parameters += _query_parameters(op.query, components)
         schema_ref: dict[str, Any] = (
             {"$ref": f"#/components/schemas/{op.response.__name__}"}
             if op.response is not None
@@ -299,9 +321,41 @@ def openapi(api: Api, prefix: str, *, title: str, version: str) -> dict[str, Any
         "info": {"title": title, "version": version},
         "paths": paths,
         "components": {
-            "schemas": defs.get("$defs", {}),
+            "schemas": components,
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
             },
         },
     }
+
+
+def _query_parameters(model: type[BaseModel], components: dict[str, Any]) -> list[dict[str, Any]]:
+    """One OpenAPI query parameter per field of ``model``; the definitions its fields refer to
+    (enums) are added to ``components``, where their ``$ref`` points.
+
+    An optional field's ``anyOf [X, null]`` becomes plain ``X``: a query parameter is absent or
+    a string, never JSON ``null``.
+
+    :raises ValueError: if a definition would replace a different one of the same name.
+    """
+    schema = model.model_json_schema(ref_template=REF_TEMPLATE)
+    for name, definition in schema.get("$defs", {}).items():
+        if components.setdefault(name, definition) != definition:
+            raise ValueError(f"two different schemas are both called {name!r}")
+    required = set(schema.get("required", []))
+    parameters = []
+    for name, field_schema in schema.get("properties", {}).items():
+        prop = dict(field_schema)
+        options = prop.pop("anyOf", None)
+        if options is not None:
+            not_null = [o for o in options if o != {"type": "null"}]
+            if len(not_null) == 1:
+                prop.update(not_null[0])
+            else:
+                prop["anyOf"] = not_null
+        if prop.get("default", 0) is None:
+            del prop["default"]
+        parameters.append(
+            {"name": name, "in": "query", "required": name in required, "schema": prop}
+        )
+    return parameters

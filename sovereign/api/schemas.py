@@ -6,11 +6,21 @@ are refused. Domain objects are turned into responses here, and nowhere else.
 
 from __future__ import annotations
 
+import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 from audit import StoredEvent
 from sovereign.domain.identity import Principal
@@ -19,6 +29,7 @@ from sovereign.domain.labels import Label
 from sovereign.domain.policy import AccessPolicy
 from sovereign.domain.requests import EnclaveRequest, RequestState
 from sovereign.domain.tenants import Image, Resources, Tenant
+from sovereign.services.auditing import MAX_SEQ
 from sovereign.text import control_character, describe
 
 
@@ -27,7 +38,12 @@ class FreeText:
     text it may hold tab and line breaks, which every exporter escapes. Nothing else may."""
 
 
-Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+#: What a name (tenant, host, image) looks like; string path parameters are names too.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN)]
+#: No control character or line separator (``sovereign.text``), stated in the document so that
+#: clients and the contract test know it; :class:`Strict` enforces it for every string anyway.
+PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
 Reason = Annotated[str, Field(max_length=2000), FreeText()]
 RequiredReason = Annotated[str, Field(min_length=1, max_length=2000), FreeText()]
 
@@ -42,6 +58,40 @@ def _strings(value: Any) -> list[str]:
     if isinstance(value, dict):
         return [s for pair in value.items() for item in pair for s in _strings(item)]
     return []
+
+
+#: RFC 3339 section 5.6 ``date-time``, which is what OpenAPI's ``format: date-time`` means: a
+#: full date, a time and a time-zone offset (``Z`` or ``+hh:mm``), nothing else.
+RFC3339_DATE_TIME = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"  # full-date
+    r"[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"  # partial-time
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"  # time-offset
+)
+
+
+def _rfc3339(value: object) -> object:
+    """Let only RFC 3339 date-time text through to pydantic's parser, which on its own would
+    also take a number (seconds since 1970), a date alone or a time without an offset."""
+    if not isinstance(value, str) or not RFC3339_DATE_TIME.fullmatch(value):
+        raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2026-01-31T12:00:00Z")
+    return value
+
+
+def _in_utc(value: datetime) -> datetime:
+    """``value`` in UTC, as the store compares it; year 1 or 9999 can fall off the calendar."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as e:
+        raise ValueError("is out of range once converted to UTC") from e
+
+
+#: A point in time given in a query: RFC 3339 with an offset, read as UTC.
+DateTimeParam = Annotated[
+    AwareDatetime,
+    BeforeValidator(_rfc3339),
+    AfterValidator(_in_utc),
+    Field(description="RFC 3339 date-time with a time-zone offset, e.g. 2026-01-31T12:00:00Z"),
+]
 
 
 class Strict(BaseModel):
@@ -116,7 +166,7 @@ class PageQuery(Strict):
     """Pagination: page size and the cursor returned by the previous page."""
 
     limit: Annotated[int, Field(ge=1, le=200)] = 50
-    cursor: Annotated[str, Field(max_length=512)] | None = None
+    cursor: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,512}$")] | None = None
 
 
 class RequestQuery(PageQuery):
@@ -129,12 +179,13 @@ class RequestQuery(PageQuery):
 class EventQuery(PageQuery):
     """Filters for listing audit events; the cursor is a sequence number."""
 
-    actor: Annotated[str, Field(max_length=255)] | None = None
-    action: Annotated[str, Field(max_length=100)] | None = None
-    target: Annotated[str, Field(max_length=255)] | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    cursor: Annotated[str, Field(pattern=r"^[0-9]{1,19}$")] | None = None
+    actor: Annotated[str, Field(max_length=255, pattern=PRINTABLE)] | None = None
+    action: Annotated[str, Field(max_length=100, pattern=PRINTABLE)] | None = None
+    target: Annotated[str, Field(max_length=255, pattern=PRINTABLE)] | None = None
+    since: DateTimeParam | None = None
+    until: DateTimeParam | None = None
+    # 18 digits always fit the log's signed 64-bit sequence numbers; 19 may not.
+    cursor: Annotated[str, Field(pattern=r"^[0-9]{1,18}$")] | None = None
 
 
 # -- outputs ----------------------------------------------------------------------------------
@@ -360,8 +411,8 @@ class AuditEventPage(BaseModel):
 class ConsistencyQuery(Strict):
     """Two signed tree sizes."""
 
-    from_: Annotated[int, Field(alias="from", ge=1)]
-    to: Annotated[int, Field(ge=1)]
+    from_: Annotated[int, Field(alias="from", ge=1, le=MAX_SEQ)]
+    to: Annotated[int, Field(ge=1, le=MAX_SEQ)]
 
 
 class ConsistencyOut(BaseModel):

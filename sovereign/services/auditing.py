@@ -56,6 +56,9 @@ class LogCheck:
 
 #: Events read per page while exporting.
 EXPORT_PAGE = 1000
+#: The largest sequence number or tree size the log can hold (a signed 64-bit column). A larger
+#: number names nothing, and must not reach the database driver, which cannot bind it.
+MAX_SEQ = 2**63 - 1
 
 
 class AuditReadService:
@@ -103,7 +106,8 @@ class AuditReadService:
         """
         target = f"audit/{seq}"
         try:
-            stored: StoredEvent | None = self.log.event(seq)
+            # A number no event can have takes the same path as one not (yet) in the log.
+            stored: StoredEvent | None = self.log.event(seq) if 0 <= seq <= MAX_SEQ else None
         except NotFoundError:
             stored = None
         raw = stored.event.label if stored is not None else None
@@ -127,8 +131,13 @@ class AuditReadService:
         return self.log.consistency(old_size, new_size)
 
     def events(self, ctx: CallContext, flt: EventFilter) -> Page[StoredEvent]:
-        """Events the caller may read, newest first. :raises PolicyDeniedError: wrong role."""
+        """Events the caller may read, newest first.
+
+        :raises PolicyDeniedError: wrong role. :raises InvalidInputError: ``before`` out of range.
+        """
         visibility = self._readable(ctx, "audit:read", "audit-log")
+        if flt.before is not None and not 0 <= flt.before <= MAX_SEQ:
+            raise InvalidInputError(reason="the cursor is not a sequence number of this log")
         query = AuditQuery(
             actor=flt.actor,
             action=flt.action,

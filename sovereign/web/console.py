@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -512,12 +513,19 @@ def external(endpoint: str, **values: Any) -> str:
     return url_for(endpoint, _external=True, **values)
 
 
+#: What a ``next`` target may be: an absolute path on this site, with an optional query, in
+#: the characters RFC 3986 allows there (section 3.3 pchar, 3.4 query). Not ``//`` at the start
+#: (another host), no backslash (browsers read ``/\`` as ``//``), no space or control character
+#: (CR/LF would split the ``Location`` header), no fragment, no raw non-ASCII.
+LOCAL_TARGET = re.compile(
+    r"/(?!/)[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*(?:\?[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]*)?"
+)
+
+
 def safe_next(value: str | None) -> str:
-    """``value`` if it is a path on this site, else ``/`` (no open redirect)."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
-        return "/"
-    parts = urlsplit(value)
-    if parts.scheme or parts.netloc:
+    """``value`` if it is a path on this site in plain URI characters, else ``/`` (no open
+    redirect, no header injection)."""
+    if not value or not LOCAL_TARGET.fullmatch(value):
         return "/"
     return value
 

@@ -4,7 +4,7 @@ in a test folder, the dev IdP, the audit key and witness beside it, and the demo
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -34,12 +34,14 @@ def make_app(
     *,
     seed: bool = True,
     clock: Callable[[], datetime] | None = None,
+    backends: Mapping[str, Any] | None = None,
     **config: Any,
 ) -> Flask:
     """An app over ``folder/sovereign.db`` trusting the dev IdP at ``idp_url``.
 
     ``config`` adds or overrides settings; ``seed`` loads the demo tenants and images;
     ``clock`` replaces the services' clock (tokens are still checked on real time).
+    ``backends`` replace services' backends (``create_app`` overrides, e.g. ``hypervisor``).
     """
     url = f"sqlite:///{folder / 'sovereign.db'}"
     upgrade(url)
@@ -58,6 +60,7 @@ def make_app(
             **config,
         },
         **({"clock": clock} if clock is not None else {}),
+        **(backends or {}),
     )
     if seed:
         demo = json.loads((resources.files("sovereign") / "data" / "demo.json").read_text())

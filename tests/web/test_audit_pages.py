@@ -237,3 +237,20 @@ def test_officers_read_the_log_too(users: Users, filed: dict[str, str]):
     assert users("officer-1").get("/audit").status_code == 200
     nav = text(users("officer-1").get("/"))
     assert 'href="/audit"' in nav and 'href="/queue"' in nav
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        (f"/audit/events/{2**64}/proof", 404),
+        (f"/audit?before={2**64}", 422),
+        ("/audit?before=%C2%B2", 200),  # "²" passes str.isdigit(), not int(): ignored
+        ("/audit?since=0001-01-01T00:00:00%2B01:00", 422),
+        ("/audit?until=9999-12-31T23:59:59-01:00", 422),
+        ("/audit/export?format=jsonl&since=0001-01-01T00:00:00%2B01:00", 422),
+    ],
+)
+def test_numbers_and_times_out_of_range_are_refused_not_crashed(
+    users: Users, path: str, status: int
+):
+    assert users("auditor").get(path).status_code == status

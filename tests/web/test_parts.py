@@ -212,10 +212,19 @@ def test_fleet_pages_have_their_places_in_the_navigation():
         ("https://evil.example/", "/"),
         ("/\\evil.example", "/"),
         ("requests", "/"),
+        ("/audit?since=2026-01-01T00%3A00%3A00%2B01%3A00&limit=25", None),
+        ("/requests\r\nSet-Cookie: planted=1", "/"),  # would split the Location header
+        ("/requests\n", "/"),
+        ("/requests\x7f", "/"),
+        ("/requests\u2028", "/"),
+        ("/a b", "/"),
+        ("/r\u00e9quests", "/"),
+        ("/requests#x", "/"),
+        ("/?", "/?"),
     ],
 )
-def test_safe_next(value: str | None, expected: str):
-    assert safe_next(value) == expected
+def test_safe_next(value: str | None, expected: str | None):
+    assert safe_next(value) == (value if expected is None else expected)
 
 
 # -- production settings ---------------------------------------------------------------------

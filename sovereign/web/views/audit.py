@@ -56,7 +56,12 @@ def _when(name: str, value: str) -> datetime | None:
         parsed = datetime.fromisoformat(value)
     except ValueError as e:
         raise InvalidInputError(reason=f"{name} is not a date (YYYY-MM-DD or with HH:MM)") from e
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError as e:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+        raise InvalidInputError(reason=f"{name} is out of range") from e
 
 
 def _text(name: str) -> str | None:
@@ -89,7 +94,8 @@ def audit_events() -> ResponseReturnValue:
             target=filters["target"],
             since=_when("since", filters["since"] or ""),
             until=_when("until", filters["until"] or ""),
-            before=int(before) if before.isdigit() else None,
+            # isdigit() alone also passes digits int() refuses, such as "²".
+            before=int(before) if before.isascii() and before.isdigit() else None,
             limit=limit,
         ),
     )

@@ -87,7 +87,8 @@ def callback() -> ResponseReturnValue:
         flash("You signed in again. Confirm your decision below.")
     else:
         flash(f"Signed in as {signed.principal.username}.")
-    return redirect(pending.next_url)
+    # Checked when the sign-in began; again here, for sign-ins begun before a stricter check.
+    return redirect(safe_next(pending.next_url))
 
 
 def _source() -> str:
