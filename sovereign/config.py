@@ -282,6 +282,10 @@ def _whole_number(config: Mapping[str, Any], key: str, low: int, high: int) -> N
 
 def _verify_hypervisor_uris(config: Mapping[str, Any]) -> None:
     """Refuse unknown transports, unsafe URI parameters, and the test driver in production."""
+    for key in ("HYPERVISOR_TRANSPORTS", "HYPERVISOR_URI_PARAMS"):
+        if not isinstance(config.get(key) or [], list | tuple):
+            # From the environment a list is JSON: SOVEREIGN_HYPERVISOR_TRANSPORTS='["qemu+tls"]'.
+            raise ConfigurationError(reason=f'{key} must be a list, e.g. ["qemu+tls"]')
     transports = list(config.get("HYPERVISOR_TRANSPORTS") or [])
     unknown = sorted(set(transports) - set(TRANSPORTS))
     if unknown:

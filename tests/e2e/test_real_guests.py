@@ -10,6 +10,7 @@ The ``libvirtd`` and ``guest_image`` fixtures fail loudly when they cannot be ha
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -152,7 +153,8 @@ def test_a_worker_killed_mid_provisioning_and_mid_teardown_is_resumed(
         "SOVEREIGN_AUDIT_SIGNING_KEY": str(folder / "audit.key"),
         "SOVEREIGN_AUDIT_WITNESS_PATH": str(folder / "witness.jsonl"),
         "SOVEREIGN_RECONCILER_CLAIM_TTL_S": "1",
-        **{f"SOVEREIGN_{k}": str(v) for k, v in config.items()},
+        # As an operator would write them: JSON for anything that is not a plain string.
+        **{f"SOVEREIGN_{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()},
     }
     killed = _worker(env, "provision:define")
     assert killed.returncode == -signal.SIGKILL, killed.stderr

@@ -14,6 +14,7 @@ from flask import Flask
 from keycloak import KeycloakOpenID
 
 from sovereign.devidp import CONSOLE_CLIENT_ID, CONSOLE_CLIENT_SECRET
+from sovereign.web.console import safe_next
 from tests.web.conftest import (
     CALLBACK,
     ORIGIN,
@@ -178,15 +179,31 @@ BAD_TARGETS = [
     "//evil.example/x",
     "https://evil.example/",
     "/\\evil",
+    "/requests page",
+    "/r\u00e9quests",
+    "/requests#top",
+]
+
+
+#: Targets holding a control character: the URL itself is refused (400) before any view reads
+#: it, so no sign-in starts and no header can be split; ``safe_next`` refuses them as well.
+CONTROL_TARGETS = [
     "/requests\r\nSet-Cookie: planted=1",
     "/requests\nLocation: https://evil.example/",
     "/requests\r",
     "/requests\x00",
     "/requests\t",
-    "/requests page",
-    "/r\u00e9quests",
-    "/requests#top",
 ]
+
+
+@pytest.mark.parametrize("target", CONTROL_TARGETS)
+def test_a_next_with_a_control_character_is_refused_before_any_view(users: Users, target: str):
+    for client in (users.app.test_client(), users("officer-1")):
+        refused = client.get("/auth/login", query_string={"next": target})
+        assert refused.status_code == 400, text(refused)
+        assert "Location" not in refused.headers
+        assert "planted" not in refused.headers.get("Set-Cookie", "")
+        assert safe_next(target) == "/"
 
 
 @pytest.mark.parametrize("target", BAD_TARGETS)

@@ -116,6 +116,15 @@ def test_production_refuses_the_test_driver(tmp_path, monkeypatch):
     assert ssh["HYPERVISOR_TRANSPORTS"] == ["qemu+tls", "qemu+ssh"]
 
 
+def test_a_transport_list_that_is_not_a_list_is_refused(tmp_path, monkeypatch):
+    # A Python-style list in the environment is not JSON and stays a string.
+    monkeypatch.setenv("SOVEREIGN_HYPERVISOR_TRANSPORTS", "['qemu+tls']")
+    with pytest.raises(ConfigurationError, match="HYPERVISOR_TRANSPORTS must be a list"):
+        load(tmp_path, monkeypatch)
+    monkeypatch.setenv("SOVEREIGN_HYPERVISOR_TRANSPORTS", '["qemu+tls", "qemu+ssh"]')
+    assert load(tmp_path, monkeypatch)["HYPERVISOR_TRANSPORTS"] == ["qemu+tls", "qemu+ssh"]
+
+
 @pytest.mark.parametrize("env", ["production", "testing"])
 def test_unsafe_uri_settings_are_refused_everywhere(tmp_path, monkeypatch, env):
     with pytest.raises(ConfigurationError, match="HYPERVISOR_TRANSPORTS may only name"):
