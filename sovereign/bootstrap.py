@@ -61,6 +61,8 @@ class Services:
     sessions: SessionAuditService
     #: Authentication and CSRF failures in the audit log, aggregated per source and interval.
     auth_failures: AuthFailureAudit
+    #: The reconciler's GPU sanitizer backend (isolation rule 2).
+    sanitizer: Sanitizer
     reconciler_settings: dict[str, Any] = field(default_factory=dict)
     probes: Sequence[Probe] = field(default_factory=list)
     #: Backend objects to dispose of on shutdown (engines).
@@ -84,7 +86,7 @@ class Services:
             self.keys,
             self.scheme,
             self.hosts,
-            sanitizer=sanitizer,
+            sanitizer=sanitizer or self.sanitizer,
             **settings,
         )
 
@@ -173,6 +175,7 @@ def build_services(
         enclaves=enclaves,
         sessions=SessionAuditService(uow, clock, failures=auth_failures),
         auth_failures=auth_failures,
+        sanitizer=_sanitizer(),
         reconciler_settings={
             "clock": clock,
             "claim_ttl": timedelta(seconds=int(config["RECONCILER_CLAIM_TTL_S"])),
@@ -312,6 +315,12 @@ def _sql_audit_log(config: Mapping[str, Any], engine: Any, *, read_only: bool = 
     witness = WitnessFile(config["AUDIT_WITNESS_PATH"]) if config["AUDIT_WITNESS_PATH"] else None
     keys_file = Path(config["AUDIT_KEYS_PATH"]) if config.get("AUDIT_KEYS_PATH") else None
     return SqlAuditLog(engine, signer, config["AUDIT_ORIGIN"], witness, keys_file=keys_file)
+
+
+def _sanitizer() -> Sanitizer:
+    from sovereign.adapters.sanitizer import RecordedSanitizer  # noqa: PLC0415
+
+    return RecordedSanitizer()
 
 
 def _keycloak(config: Mapping[str, Any], scheme: LabelScheme) -> IdentityProvider:
