@@ -26,6 +26,7 @@ from sovereign.services.hosts import HostService
 from sovereign.services.keys import KeyService
 from sovereign.services.ports import (
     AuditLog,
+    AuditSequencer,
     Hypervisor,
     IdentityProvider,
     Probe,
@@ -63,6 +64,9 @@ class Services:
     auth_failures: AuthFailureAudit
     #: The reconciler's GPU sanitizer backend (isolation rule 2).
     sanitizer: Sanitizer
+    #: What sequences the audit log and signs its checkpoints (the worker's entry point); None
+    #: without a log.
+    sequencer: AuditSequencer | None
     reconciler_settings: dict[str, Any] = field(default_factory=dict)
     probes: Sequence[Probe] = field(default_factory=list)
     #: Backend objects to dispose of on shutdown (engines).
@@ -176,6 +180,7 @@ def build_services(
         sessions=SessionAuditService(uow, clock, failures=auth_failures),
         auth_failures=auth_failures,
         sanitizer=_sanitizer(),
+        sequencer=audit_log,
         reconciler_settings={
             "clock": clock,
             "claim_ttl": timedelta(seconds=int(config["RECONCILER_CLAIM_TTL_S"])),

@@ -276,31 +276,18 @@ def worker(interval: float | None, no_reconcile: bool) -> None:
     """Run the background work: the reconciler (provisioning, teardown, sanitization, drift)
     and the audit sequencer. Several workers may run at once."""
     from sovereign import create_app  # noqa: PLC0415
-    from sovereign.worker import PassLoop, crash_hook, describe  # noqa: PLC0415
+    from sovereign.worker import run_worker  # noqa: PLC0415
 
     app = create_app()
-    services = app.extensions["sovereign"]
-    log_ = services.audit.log
     pause = interval if interval is not None else float(app.config["RECONCILER_INTERVAL_S"])
-    reconciler = None
-    if not no_reconcile:
-        reconciler = services.reconciler(after_step=crash_hook(app.config["ENV"]))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    what = "reconciling and sequencing" if reconciler else "sequencing the audit log"
-    click.echo(f"worker {reconciler.worker if reconciler else ''}: {what} every {pause} s")
-
-    def sequence() -> None:
-        run = log_.sequence()
-        if run.sequenced:
-            click.echo(f"sequenced {run.sequenced}; size {run.size}")
-
-    # Domain lifecycle events (a guest crashed, someone stopped it) wake the loop at once.
-    PassLoop(
-        reconciler,
+    run_worker(
+        app.extensions["sovereign"],
         pause,
-        on_report=lambda report: click.echo(describe(report)),
-        after_pass=sequence,
-    ).run()
+        reconcile=not no_reconcile,
+        environment=app.config["ENV"],
+        echo=click.echo,
+    )
 
 
 # -- serve ------------------------------------------------------------------------------------

@@ -1,9 +1,17 @@
-"""The background work of the control plane: reconciler passes and audit sequencing.
+"""The background work of the control plane, all of it: what runs besides the API, and how.
 
-Owns :class:`ReconcilerThread` (the in-process loop of the embedded default) and
-:func:`run_worker` (``sovereign worker``, production: one or more processes beside the API).
-A pass that changed something is followed at once by the next; an idle one, or one that only
-reported drift, waits the interval (:class:`PassLoop`).
+Runs three things, and owns every loop that runs them:
+
+- **reconciler passes** (:class:`~sovereign.services.reconciler.Reconciler`), by
+  :class:`PassLoop`: a pass that changed something is followed at once by the next; an idle
+  one, or one that only reported drift, waits the interval or a domain event;
+- **audit sequencing** (the :class:`~sovereign.services.ports.AuditSequencer` entry point:
+  queued events get indices, a checkpoint is signed, the signing key published first);
+- their two hosts: :class:`ReconcilerThread` and :class:`SequencerThread`, daemon threads of
+  the embedded default (``sovereign dev``), and :func:`run_worker`, the ``sovereign worker``
+  process of production (one or more beside the API), which sequences after every pass.
+
+Must not do a pass's or a sequencer run's work itself, nor pick backends (the assembly does).
 Crash testing: outside production, ``SOVEREIGN_CRASH_AFTER=provision:define`` makes the worker
 kill itself with SIGKILL right after recording that step, as a power cut would.
 """
@@ -15,12 +23,21 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from sovereign.errors import SovereignError
+from sovereign.errors import (
+    ConflictError,
+    DependencyUnavailableError,
+    SovereignError,
+)
 from sovereign.services.drift import LogLimiter, held_note
+from sovereign.services.ports import AuditSequencer
 from sovereign.services.reconciler import PassReport, Reconciler
 from sovereign.services.recording import utcnow
 from sovereign.text import for_log
+
+if TYPE_CHECKING:
+    from sovereign.bootstrap import Services
 
 log = logging.getLogger(__name__)
 
@@ -173,3 +190,68 @@ class ReconcilerThread:
         self.loop.stop()
         self._thread.join(timeout=30)
         self.reconciler.unwatch()
+
+
+class SequencerThread:
+    """Runs the audit sequencer every ``interval_s`` in a daemon thread (the embedded default)."""
+
+    def __init__(self, sequencer: AuditSequencer, interval_s: float = 0.5) -> None:
+        self._sequencer = sequencer
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="audit-sequencer", daemon=True)
+
+    def start(self) -> None:
+        """Start sequencing in the background."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after a last run, so nothing queued is left unsequenced."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._once()
+
+    def _once(self) -> None:
+        try:
+            self._sequencer.sequence()
+        except (ConflictError, DependencyUnavailableError) as e:
+            log.error("audit sequencer: %s", for_log(e.message))  # noqa: TRY400 - the message says it all
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._once()
+
+
+def run_worker(
+    services: Services,
+    interval_s: float,
+    *,
+    reconcile: bool = True,
+    environment: str = "production",
+    echo: Callable[[str], None] = print,
+    max_passes: int | None = None,
+) -> None:
+    """Run ``sovereign worker``: reconciler passes (unless ``reconcile`` is false), each
+    followed by an audit sequencer run, until stopped (or ``max_passes``, for tests).
+
+    :raises DependencyUnavailableError: if no audit log is configured.
+    """
+    sequencer = services.sequencer
+    if sequencer is None:
+        raise DependencyUnavailableError(dependency="audit log")
+    reconciler = services.reconciler(after_step=crash_hook(environment)) if reconcile else None
+    what = "reconciling and sequencing" if reconciler else "sequencing the audit log"
+    echo(f"worker {reconciler.worker if reconciler else ''}: {what} every {interval_s} s")
+
+    def sequence() -> None:
+        run = sequencer.sequence()
+        if run.sequenced:
+            echo(f"sequenced {run.sequenced}; size {run.size}")
+
+    # Domain lifecycle events (a guest crashed, someone stopped it) wake the loop at once.
+    PassLoop(
+        reconciler,
+        interval_s,
+        on_report=lambda report: echo(describe(report)),
+        after_pass=sequence,
+    ).run(max_passes)

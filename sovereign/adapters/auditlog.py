@@ -2,18 +2,19 @@
 
 Owns the wiring of the ``audit`` library to the control plane's database: the checkpoint
 signer (a local Ed25519 key file for now; Vault transit later), the witness file, the
-sequencer (run in-process every ~0.5 s by the embedded default, or by ``sovereign worker``),
-and the reads behind the auditor API and CLI. Translates the library's errors once, here.
+sequencer (one run per :meth:`SqlAuditLog.sequence`; the loops that call it live in
+:mod:`sovereign.worker`), and the reads behind the auditor API and CLI. Translates the
+library's errors once, here.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -30,7 +31,6 @@ from sovereign.adapters.database import translate_errors
 from sovereign.errors import (
     ConfigurationError,
     ConflictError,
-    DependencyUnavailableError,
     NotFoundError,
 )
 from sovereign.services.ports import Consistency
@@ -237,31 +237,11 @@ class SqlAuditLog:
                 after = page[-1].seq
 
 
-class SequencerThread:
-    """Runs the sequencer every ``interval_s`` in a daemon thread (the embedded default)."""
+def __getattr__(name: str) -> Any:
+    """``SequencerThread`` moved to :mod:`sovereign.worker`; the dev stack still imports it
+    from here until it moves out of the package (issue 11, part 1). Remove then."""
+    if name == "SequencerThread":
+        from sovereign.worker import SequencerThread  # noqa: PLC0415
 
-    def __init__(self, log_: SqlAuditLog, interval_s: float = 0.5) -> None:
-        self._log = log_
-        self._interval = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="audit-sequencer", daemon=True)
-
-    def start(self) -> None:
-        """Start sequencing in the background."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop after a last run, so nothing queued is left unsequenced."""
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self._once()
-
-    def _once(self) -> None:
-        try:
-            self._log.sequence()
-        except (ConflictError, DependencyUnavailableError) as e:
-            log.error("audit sequencer: %s", for_log(e.message))  # noqa: TRY400 - the message says it all
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            self._once()
+        return SequencerThread
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

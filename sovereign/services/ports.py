@@ -269,6 +269,14 @@ class Consistency:
     new_checkpoint: str
 
 
+class AuditSequencer(Protocol):
+    """Sequences queued audit events and signs a checkpoint (the worker's side of the log)."""
+
+    def sequence(self) -> Any:
+        """Sequence queued events and sign a checkpoint. :raises ConflictError: on tamper."""
+        ...
+
+
 class AuditLog(Protocol):
     """The tamper-evident log: sequencing, checkpoints, proofs, verification, export."""
 
