@@ -3,8 +3,8 @@
 Owns the wiring of the ``audit`` library to the control plane's database: the checkpoint
 signer (a local Ed25519 key file for now; Vault transit later), the witness file, the
 sequencer (one run per :meth:`SqlAuditLog.sequence`; the loops that call it live in
-:mod:`sovereign.worker`), and the reads behind the auditor API and CLI. Translates the
-library's errors once, here.
+:mod:`sovereign.worker`), the published-keys file (written by :meth:`SqlAuditLog.publish_keys`
+only), and the reads behind the auditor API and CLI. Translates the library's errors once, here.
 """
 
 from __future__ import annotations
@@ -83,11 +83,13 @@ class SqlAuditLog:
         """The note verifier keys under which checkpoints verify (newest first): the signer's
         (every version a Vault key still holds) and every key recorded in the keys file, so
         checkpoints signed before a rotation, or by a key since lost, stay verifiable.
+
+        Reading writes nothing: :meth:`publish_keys` does, before each sequencer run.
         """
         current = self._current_keys()
         if self._keys_file is None:
             return current
-        return current + [k for k in reversed(self._remember(current)) if k not in current]
+        return current + [k for k in reversed(self._published()) if k not in current]
 
     def _current_keys(self) -> list[str]:
         signer = self._signer
@@ -98,19 +100,24 @@ class SqlAuditLog:
             return list(every())
         return [NoteVerifier.from_public_key(signer.name, signer.public_key).verifier_key]
 
-    def _remember(self, current: list[str]) -> list[str]:
-        """Append keys never seen before to the keys file (outside the database, so a database
-        owner cannot slip in a key of their own); return every key it lists, oldest first."""
+    def _published(self) -> list[str]:
+        """Every key the keys file lists, oldest first."""
         assert self._keys_file is not None
-        known = self._keys_file.read_text().split() if self._keys_file.exists() else []
-        new = [k for k in reversed(current) if k not in known]
+        return self._keys_file.read_text().split() if self._keys_file.exists() else []
+
+    def publish_keys(self) -> None:
+        """Append the signer's keys never seen before to the keys file (outside the database,
+        so a database owner cannot slip in a key of their own); nothing without a keys file."""
+        if self._keys_file is None:
+            return
+        known = self._published()
+        new = [k for k in reversed(self._current_keys()) if k not in known]
         if new:
             self._keys_file.parent.mkdir(parents=True, exist_ok=True)
             with self._keys_file.open("a") as handle:
                 handle.write("".join(f"{k}\n" for k in new))
                 handle.flush()
                 os.fsync(handle.fileno())
-        return known + new
 
     @property
     def verifiers(self) -> list[NoteVerifier]:
@@ -128,7 +135,7 @@ class SqlAuditLog:
                     # Between checkpoints, so a rotated Vault key is picked up (never mid-note).
                     refresh()
                 # Publish the signing key (keys file) before anything is signed with it.
-                _ = self.public_keys
+                self.publish_keys()
                 return self.sequencer.run_once()
         except TamperError as e:
             log.critical("audit log tamper detected: %s", for_log(e))
