@@ -68,10 +68,10 @@ import benchkit  # first: it stops bench/audit.py shadowing the audit package
 import sqlalchemy as sa
 
 from audit.sql import encode_compartments
+from devstack.idp import DEMO_PASSWORD, password_token, start_dev_idp
 from sovereign import create_app
 from sovereign.adapters.migrations import upgrade
 from sovereign.adapters.tables import enclave_requests
-from sovereign.devidp import DEMO_PASSWORD, password_token, start_dev_idp
 from sovereign.domain.identity import Principal
 from sovereign.services.recording import CallContext
 

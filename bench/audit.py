@@ -99,10 +99,10 @@ from audit.signer import Ed25519Signer
 from audit.sql import SqlAuditStore, SqlLogReader, audit_checkpoints, audit_log, encode_compartments
 from audit.verify import verify_log
 from audit.witness import WitnessFile
+from devstack.stack import free_port
 from sovereign.adapters.auditlog import SqlAuditLog
 from sovereign.adapters.database import create_engine
 from sovereign.adapters.migrations import upgrade
-from sovereign.devstack import free_port
 
 ORIGIN = "sovereign.bench/audit"
 KEY_NAME = "sovereign.bench-audit"

@@ -77,13 +77,9 @@ import benchkit  # first: it stops bench/audit.py shadowing the audit package
 import hvac
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from sovereign.adapters.vault import (
-    DATA_KEY_BITS,
-    TRANSIT_KEY_TYPE,
-    VaultSecretStore,
-    bootstrap_dev_vault,
-)
-from sovereign.devstack import OpenBaoDevServer
+from devstack.stack import OpenBaoDevServer
+from devstack.vault import bootstrap_dev_vault
+from sovereign.adapters.vault import DATA_KEY_BITS, TRANSIT_KEY_TYPE, VaultSecretStore
 from sovereign.domain.keys import KeyRef, enclave_key_name
 from sovereign.domain.labels import LabelScheme
 from sovereign.envelope import (

@@ -1,8 +1,9 @@
 """The ``sovereign`` command line.
 
-Owns the commands operators and developers type: ``dev`` (the embedded default) and
-``dev token``, ``db upgrade`` / ``db current``, ``bootstrap``, and ``serve`` (production under
-gunicorn). Each command builds what it needs from configuration; nothing runs at import.
+Owns the commands operators type: ``db upgrade`` / ``db current``, ``bootstrap``, ``audit``,
+``hosts``, ``worker`` and ``serve`` (production under gunicorn), and the entry-point group
+through which installed packages add theirs (:data:`COMMAND_ENTRY_POINTS`: the development stack
+adds ``dev``). Each command builds what it needs from configuration; nothing runs at import.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import json
 import os
 import signal
 import sys
-from contextlib import ExitStack
-from importlib import resources
+from functools import cached_property
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 from flask import Flask
@@ -23,10 +24,10 @@ from flask import Flask
 from sovereign import config as settings
 from sovereign.errors import SovereignError
 
-if TYPE_CHECKING:
-    from sovereign.devstack import DevStack
-
-DEMO_DEFINITION = "demo.json"
+#: The entry points (``name = "module:command"``) whose click commands join ``sovereign``. The
+#: development stack (``devstack``, the ``devstack`` extra) adds ``dev`` through it, so that this
+#: module never imports it.
+COMMAND_ENTRY_POINTS = "sovereign.commands"
 
 
 def _config(**overrides: Any) -> Flask:
@@ -41,7 +42,57 @@ def _fail(error: SovereignError) -> None:
     sys.exit(2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class PluginGroup(click.Group):
+    """A command group that also offers the commands of :data:`COMMAND_ENTRY_POINTS`, each
+    imported only when it is run or listed. One that cannot be imported (its extra is not
+    installed) is still listed, and says why when run."""
+
+    @cached_property
+    def plugins(self) -> dict[str, EntryPoint]:
+        """The entry points of the commands not built in, by command name."""
+        found = entry_points(group=COMMAND_ENTRY_POINTS)
+        return {entry.name: entry for entry in found if entry.name not in self.commands}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """The built-in commands and the added ones, sorted."""
+        return sorted({*super().list_commands(ctx), *self.plugins})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """The command ``cmd_name``, importing it if an entry point adds it.
+
+        :raises TypeError: if the entry point names something that is not a click command.
+        """
+        command = super().get_command(ctx, cmd_name)
+        entry = self.plugins.get(cmd_name)
+        if command is not None or entry is None:
+            return command
+        try:
+            loaded = entry.load()
+        except ImportError as e:
+            return _unavailable(cmd_name, str(e))
+        if not isinstance(loaded, click.Command):
+            raise TypeError(f"entry point {entry.value} is not a click command")
+        return loaded
+
+
+def _unavailable(name: str, reason: str) -> click.Command:
+    """A stand-in for a command that cannot be imported: it prints ``reason`` and exits 2."""
+
+    def refuse() -> None:
+        click.secho(f"error: {reason}", fg="red", err=True)
+        sys.exit(2)
+
+    return click.Command(
+        name,
+        callback=refuse,
+        help=f"Not available: {reason}",
+        # Whatever follows (``dev token USER``) gets the same answer, not a usage error.
+        context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        add_help_option=False,
+    )
+
+
+@click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="sovereign")
 def main() -> None:
     """Sovereign: isolated GPU enclaves for classified and civilian tenants."""
@@ -337,169 +388,6 @@ def serve(bind: str | None, workers: int, threads: int) -> None:
         "sovereign.wsgi:app",
     ]
     os.execv(sys.executable, argv)  # noqa: S606 - replaces this process with gunicorn
-
-
-# -- dev --------------------------------------------------------------------------------------
-
-
-@main.group(invoke_without_command=True)
-@click.option("--port", type=int, default=None, help="API port (default SOVEREIGN_PORT, 8700).")
-@click.option("--vault-port", type=int, default=None, help="OpenBao port (default API port + 10).")
-@click.option("--idp-port", type=int, default=None, help="Dev IdP port (default API port + 20).")
-@click.pass_context
-def dev(ctx: click.Context, port: int | None, vault_port: int | None, idp_port: int | None) -> None:
-    """Run the embedded default: SQLite, OpenBao dev server, dev IdP, libvirt test driver.
-
-    OpenBao listens on the API port + 10 (and + 11), the dev IdP on the API port + 20; every
-    port is checked before anything starts."""
-    if ctx.invoked_subcommand is not None:
-        return
-    from werkzeug.serving import make_server  # noqa: PLC0415
-
-    from sovereign import create_app, devstack  # noqa: PLC0415
-    from sovereign.adapters.migrations import upgrade  # noqa: PLC0415
-
-    os.environ.setdefault("SOVEREIGN_ENV", "development")
-    base = _config(ENV="development")
-    port = port or int(base.config["PORT"])
-    with ExitStack() as stack:
-        try:
-            ports = devstack.dev_ports(port, vault=vault_port, idp=idp_port)
-            running = devstack.start(stack, Path(base.instance_path), ports=ports)
-            click.echo(
-                f"started the OpenBao dev server (port {ports.vault}) and the development "
-                f"identity provider (port {ports.idp})"
-            )
-            click.echo("migrating the database ...")
-            upgrade(base.config["DATABASE_URL"])
-            app = create_app(running.config)
-            demo = json.loads((resources.files("sovereign") / "data" / DEMO_DEFINITION).read_text())
-            created = _bootstrap(app, demo)
-            if created:
-                click.echo(f"seeded {', '.join(created)}")
-            _start_background(stack, app)
-        except SovereignError as e:
-            _fail(e)
-        server = make_server("127.0.0.1", port, app, threaded=True)
-        _banner(app, running, f"http://127.0.0.1:{port}", base.config["DATABASE_URL"])
-        click.echo("Stop with Ctrl-C.")
-        # SIGTERM (systemd, timeout, CI) shuts down as cleanly as Ctrl-C: the ExitStack stops
-        # OpenBao and the IdP and removes the state file.
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            click.echo("stopping ...")
-        finally:
-            server.server_close()
-
-
-def _banner(app: Flask, running: DevStack, url: str, database_url: str) -> None:
-    """What ``sovereign dev`` prints once it is up: where everything is, how to sign in."""
-    from sovereign.devidp import DEMO_PASSWORD, DEMO_USERS  # noqa: PLC0415
-
-    click.echo("")
-    click.secho(f"Sovereign control plane (embedded default) at {url}", bold=True)
-    click.echo(f"  console     {url}/   (sign in as a demo user below)")
-    click.echo(f"  API         {url}/api/v1   (OpenAPI: {url}/api/openapi.json)")
-    metrics_token = running.config["METRICS_TOKEN_FILE"]
-    click.echo(f"  readiness   {url}/readyz   (each dependency: with a token as for metrics)")
-    click.echo(
-        f"  metrics     {url}/metrics  (Prometheus; bearer: the scrape token or an operator's)"
-    )
-    click.echo(
-        f'  scrape      curl -H "Authorization: Bearer $(cat {metrics_token})" {url}/metrics'
-    )
-    click.echo(f"  identity    {running.idp_url}/realms/sovereign  (development stand-in)")
-    click.echo(f"  database    {_redact(database_url)}")
-    click.echo(f"  hypervisors {len(running.config['HYPERVISOR_URIS'])} simulated hosts")
-    origin, witness = app.config["AUDIT_ORIGIN"], app.config["AUDIT_WITNESS_PATH"]
-    click.echo(f"  audit log   {origin}, witness {witness}")
-    click.echo(f"Demo users (password '{DEMO_PASSWORD}'):")
-    for user in DEMO_USERS:
-        clearance = user.clearance or "no clearance"
-        click.echo(f"  {user.username:<17} {', '.join(user.roles):<17} {clearance}")
-    click.echo("Get a token:  .venv/bin/sovereign dev token analyst-defence")
-
-
-def _start_background(stack: ExitStack, app: Flask) -> None:
-    """Start the in-process audit sequencer and reconciler; ``stack`` stops them."""
-    from sovereign.adapters.auditlog import SequencerThread  # noqa: PLC0415
-    from sovereign.worker import ReconcilerThread, describe  # noqa: PLC0415
-
-    services = app.extensions["sovereign"]
-    sequencer = SequencerThread(services.audit.log, app.config["AUDIT_SEQUENCER_INTERVAL_S"])
-    sequencer.start()
-    stack.callback(sequencer.stop)
-    for line in _register_bundled_hosts(services):
-        click.echo(line)
-    reconciler = ReconcilerThread(
-        services.reconciler(),
-        float(app.config["RECONCILER_INTERVAL_S"]),
-        on_report=lambda report: click.echo(f"reconciler: {describe(report)}"),
-    )
-    reconciler.start()
-    stack.callback(reconciler.stop)
-
-
-#: The embedded default's simulated hosts: name -> (site, accreditation).
-BUNDLED_HOST_SETUP = {
-    "secret-h100x8": (
-        "hall-a/rack-1",
-        {"level": "SECRET", "compartments": ["CRYPTO", "EU", "NATO"]},
-    ),
-    "civilian-h100x4": ("hall-b/rack-7", {"level": "UNCLASSIFIED", "compartments": []}),
-}
-
-
-def _register_bundled_hosts(services: Any) -> list[str]:
-    """Register the bundled test-driver hosts that are not registered yet."""
-    from enclaves.hosts import bundled_host_uri  # noqa: PLC0415
-    from sovereign.cli_hosts import cli_context  # noqa: PLC0415
-
-    known = {host.name for host in services.hosts.list(cli_context())}
-    lines = []
-    for name, (site, label) in BUNDLED_HOST_SETUP.items():
-        if name in known:
-            continue
-        host = services.hosts.add(
-            cli_context(),
-            name=name,
-            uri=bundled_host_uri(name),
-            site=site,
-            accreditation=services.scheme.parse(label),
-        )
-        lines.append(f"registered simulated host {host.name} ({host.accreditation})")
-    return lines
-
-
-@dev.command("token")
-@click.argument("username")
-@click.option("--password", default=None, help="Defaults to the demo password.")
-def dev_token(username: str, password: str | None) -> None:
-    """Print an access token for a demo USER from the running embedded default."""
-    from sovereign import devstack  # noqa: PLC0415
-    from sovereign.devidp import DEMO_PASSWORD, password_token  # noqa: PLC0415
-    from sovereign.errors import AuthenticationError, DependencyUnavailableError  # noqa: PLC0415
-
-    base = _config(ENV="development")
-    state = Path(base.instance_path) / "dev" / devstack.STATE_FILE
-    if not state.exists():
-        click.secho("error: the embedded default is not running (start it: make run)", err=True)
-        sys.exit(2)
-    idp_url = json.loads(state.read_text())["idp_url"]
-    try:
-        token = password_token(idp_url, username, password or DEMO_PASSWORD)
-    except Exception as e:  # noqa: BLE001 - python-keycloak raises many kinds; say what failed
-        kind = AuthenticationError if "401" in str(e) else DependencyUnavailableError
-        message = (
-            f"unknown user or wrong password for {username!r}"
-            if kind is AuthenticationError
-            else f"identity provider at {idp_url} did not answer"
-        )
-        click.secho(f"error: {message}", fg="red", err=True)
-        sys.exit(2)
-    click.echo(token)
 
 
 _register_groups()

@@ -20,6 +20,11 @@ from sovereign.domain.labels import DEFAULT_COMPARTMENTS, DEFAULT_LEVELS
 from sovereign.errors import ConfigurationError
 
 ENVIRONMENTS = ("production", "development", "testing")
+#: The console client secret that the development identity provider (``IDP_DEV``) publishes: a
+#: public fixture, not a secret. It is used only outside production, where the dev IdP is
+#: refused; the development stack registers its console client with this value, so that the
+#: control plane never imports it.
+DEV_IDP_CONSOLE_CLIENT_SECRET = "sovereign-dev-secret"  # noqa: S105 - public development fixture
 
 DEFAULTS: dict[str, Any] = {
     # Production is the default so that nothing dev-only is trusted by accident.
@@ -340,10 +345,7 @@ def _console_defaults(config: Config) -> None:
         # Per process, like the sessions it keys; production must provision one.
         config["SECRET_KEY"] = secrets.token_hex(32)
     if config["CONSOLE_CLIENT_SECRET"] is None and development and config.get("IDP_DEV"):
-        # The dev IdP's published console client secret (a public fixture, not a secret).
-        from sovereign.devidp.users import CONSOLE_CLIENT_SECRET  # noqa: PLC0415 - dev only
-
-        config["CONSOLE_CLIENT_SECRET"] = CONSOLE_CLIENT_SECRET
+        config["CONSOLE_CLIENT_SECRET"] = DEV_IDP_CONSOLE_CLIENT_SECRET
 
 
 def verify_console(config: Mapping[str, Any]) -> None:

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from devstack.stack import free_port
 from sovereign.adapters.migrations import upgrade
-from sovereign.devstack import free_port
 from tests.support.guest_image import GuestImage, build_guest_image
 from tests.support.libvirtd import Libvirtd, start_libvirtd
 from tests.support.postgres import PgCluster, start_cluster
@@ -64,7 +64,7 @@ def make_database(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> 
 @pytest.fixture(scope="session")
 def idp() -> Iterator[Any]:
     """The development identity provider, served over HTTP for the session."""
-    from sovereign.devidp import start_dev_idp
+    from devstack.idp import start_dev_idp
 
     handle, _app = start_dev_idp(environment="testing")
     yield handle
@@ -74,7 +74,7 @@ def idp() -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def token(idp: Any) -> Callable[[str], str]:
     """``token(username)``: a real access token from the dev IdP (password grant, cached)."""
-    from sovereign.devidp import DEMO_PASSWORD, password_token
+    from devstack.idp import DEMO_PASSWORD, password_token
 
     cache: dict[str, tuple[str, float]] = {}
 

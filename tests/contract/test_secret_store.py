@@ -9,9 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from devstack.stack import OpenBaoDevServer
+from devstack.vault import bootstrap_dev_vault
 from sovereign.adapters.memory_secrets import MemorySecretStore
-from sovereign.adapters.vault import VaultSecretStore, bootstrap_dev_vault
-from sovereign.devstack import OpenBaoDevServer
+from sovereign.adapters.vault import VaultSecretStore
 from sovereign.domain.keys import KeyRef, WrappedSecret
 from sovereign.errors import DependencyUnavailableError, InvalidInputError, NotFoundError
 from sovereign.services.ports import SecretStore

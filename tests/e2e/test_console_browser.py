@@ -28,10 +28,10 @@ from typing import Any
 
 import pytest
 
-from sovereign.cli import _start_background
-from sovereign.devidp import DEMO_PASSWORD, start_dev_idp
-from sovereign.devidp.server import serve_in_thread
-from sovereign.devstack import free_port
+from devstack.cli import _start_background
+from devstack.idp import DEMO_PASSWORD, start_dev_idp
+from devstack.idp.server import serve_in_thread
+from devstack.stack import free_port
 from tests.support.apps import make_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.idp, pytest.mark.libvirt]

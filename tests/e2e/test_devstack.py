@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import requests
 
-from sovereign.devidp.users import CONSOLE_CLIENT_ID
-from sovereign.devstack import free_port
+from devstack.idp.users import CONSOLE_CLIENT_ID
+from devstack.stack import free_port
 
 pytestmark = [pytest.mark.vault, pytest.mark.idp, pytest.mark.libvirt]
 SOVEREIGN = str(Path(sys.executable).with_name("sovereign"))

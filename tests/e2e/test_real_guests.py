@@ -22,9 +22,10 @@ from typing import Any
 
 import pytest
 
+from devstack.stack import OpenBaoDevServer
+from devstack.vault import bootstrap_dev_vault
 from sovereign.adapters.migrations import upgrade
-from sovereign.adapters.vault import TokenAuth, VaultClients, VaultSecretStore, bootstrap_dev_vault
-from sovereign.devstack import OpenBaoDevServer
+from sovereign.adapters.vault import TokenAuth, VaultClients, VaultSecretStore
 from sovereign.errors import NotFoundError
 from tests.support.factories import ANALYST_DEFENCE, ctx
 from tests.support.fleet import Fleet

@@ -20,7 +20,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
 
-from sovereign.devidp import DEMO_PASSWORD, password_token, start_dev_idp
+from devstack.idp import DEMO_PASSWORD, password_token, start_dev_idp
 from tests.support.apps import make_app
 
 pytestmark = pytest.mark.idp

@@ -31,7 +31,7 @@ from keycloak.exceptions import (
 )
 from keycloak.pkce_utils import generate_code_challenge, generate_code_verifier
 
-from sovereign.devidp import (
+from devstack.idp import (
     DevIdpRefusedError,
     ServerHandle,
     create_idp_app,
@@ -850,7 +850,7 @@ def test_plain_http_issuer_must_be_loopback() -> None:
 
 
 def test_creation_warns_loudly(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="sovereign.devidp"):
+    with caplog.at_level(logging.WARNING, logger="devstack.idp"):
         create_idp_app(environment="development", issuer_base="http://127.0.0.1:1")
     assert any(
         r.levelno == logging.WARNING and "never use in production" in r.getMessage()

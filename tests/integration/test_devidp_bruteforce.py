@@ -13,7 +13,7 @@ from keycloak import KeycloakOpenID
 from keycloak.exceptions import KeycloakAuthenticationError
 from keycloak.pkce_utils import generate_code_challenge, generate_code_verifier
 
-from sovereign.devidp import (
+from devstack.idp import (
     CLI_CLIENT_ID,
     DEMO_PASSWORD,
     BruteForceSettings,

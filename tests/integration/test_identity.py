@@ -17,8 +17,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from devstack.idp import DEMO_PASSWORD, password_token, start_dev_idp
 from sovereign.adapters.keycloak import KeycloakIdentityProvider
-from sovereign.devidp import DEMO_PASSWORD, password_token, start_dev_idp
 from sovereign.domain.identity import Role
 from sovereign.domain.labels import LabelScheme
 from sovereign.errors import AuthenticationError, DependencyUnavailableError

@@ -17,11 +17,11 @@ import hvac
 import pytest
 from flask import Flask
 
+from devstack.stack import OpenBaoDevServer
+from devstack.vault import bootstrap_dev_vault
 from sovereign import create_app
 from sovereign.adapters.migrations import upgrade
-from sovereign.adapters.vault import bootstrap_dev_vault
 from sovereign.cli import _bootstrap
-from sovereign.devstack import OpenBaoDevServer
 from sovereign.errors import NotFoundError
 from sovereign.services.recording import CallContext
 from tests.support.factories import OFFICER_1

@@ -9,9 +9,9 @@ from typing import Any
 import hvac
 import pytest
 
+from devstack.stack import OpenBaoDevServer, hypervisor_uris
 from sovereign import create_app
 from sovereign.adapters.migrations import upgrade
-from sovereign.devstack import OpenBaoDevServer, hypervisor_uris
 
 pytestmark = [pytest.mark.vault, pytest.mark.idp, pytest.mark.libvirt]
 

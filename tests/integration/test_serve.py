@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 import requests
 
+from devstack.stack import free_port
 from sovereign.adapters.migrations import upgrade
 from sovereign.cli import SERVER_HEADER_FIELD_FACTOR
 from sovereign.config import DEFAULTS
-from sovereign.devstack import free_port
 
 pytestmark = pytest.mark.idp
 

@@ -18,7 +18,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from keycloak import KeycloakOpenID
 
-from sovereign.devidp import CLI_CLIENT_ID, DEMO_PASSWORD
+from devstack.idp import CLI_CLIENT_ID, DEMO_PASSWORD
 from tests.integration.test_api import BODY, CIVIL
 from tests.support.apps import AheadClock, make_app
 

@@ -18,18 +18,16 @@ import hvac
 import pytest
 from hvac import exceptions as hvac_exc
 
+from devstack.stack import OpenBaoDevServer, free_port
+from devstack.vault import POLICY_DIR, ROLES, bootstrap_dev_vault
 from sovereign.adapters.vault import (
     AUDIT_KEY,
     AUDIT_MOUNT,
     CONFIG_MOUNT,
-    POLICY_DIR,
-    ROLES,
     AppRoleAuth,
     VaultClients,
     VaultSecretStore,
-    bootstrap_dev_vault,
 )
-from sovereign.devstack import OpenBaoDevServer, free_port
 from sovereign.domain.keys import KeyRef
 from sovereign.errors import (
     ConfigurationError,

@@ -21,13 +21,13 @@ from audit.note import (
     parse_verifier_key,
 )
 from audit.signer import Signer
+from devstack.stack import OpenBaoDevServer
 from sovereign.adapters.vault_signer import (
     DEFAULT_KEY_NAME,
     DEFAULT_MOUNT,
     VaultTransitSigner,
     ensure_audit_key,
 )
-from sovereign.devstack import OpenBaoDevServer
 from sovereign.errors import ConfigurationError, DependencyUnavailableError
 
 pytestmark = pytest.mark.vault

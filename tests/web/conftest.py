@@ -16,7 +16,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from sovereign.devidp import DEMO_PASSWORD, DEMO_USERS, DemoUser, start_dev_idp
+from devstack.idp import DEMO_PASSWORD, DEMO_USERS, DemoUser, start_dev_idp
 from tests.support.apps import AheadClock, make_app
 
 #: The test client's origin; the IdP must know the console's callback there.

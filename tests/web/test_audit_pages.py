@@ -15,7 +15,7 @@ from flask import Flask
 from audit.merkle import leaf_hash
 from audit.note import parse_verifier_key
 from audit.proof import verify_proof
-from sovereign.devidp import DEMO_PASSWORD, password_token
+from devstack.idp import DEMO_PASSWORD, password_token
 from tests.support.tamper import change_one_byte, drop_append_only_triggers, row_of, set_entry
 from tests.web.conftest import (
     CIVIL_FORM,

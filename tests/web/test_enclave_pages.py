@@ -15,7 +15,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from sovereign.cli import _register_bundled_hosts
+from devstack.cli import _register_bundled_hosts
 from sovereign.domain.fleet import domain_name
 from sovereign.domain.identity import Principal, Role
 from sovereign.services.auditing import EventFilter

@@ -13,7 +13,7 @@ import requests
 from flask import Flask
 from keycloak import KeycloakOpenID
 
-from sovereign.devidp import CONSOLE_CLIENT_ID, CONSOLE_CLIENT_SECRET
+from devstack.idp import CONSOLE_CLIENT_ID, CONSOLE_CLIENT_SECRET
 from sovereign.web.console import safe_next
 from tests.web.conftest import (
     CALLBACK,
@@ -352,7 +352,7 @@ def test_the_banner_stylesheet_colours_each_level(app: Flask):
 
 
 def test_id_tokens_get_the_api_checks_plus_type_audience_and_nonce(app: Flask, console_idp: Any):
-    from sovereign.devidp import CLI_CLIENT_ID, DEMO_PASSWORD
+    from devstack.idp import CLI_CLIENT_ID, DEMO_PASSWORD
     from sovereign.errors import AuthenticationError
 
     identity = app.extensions["sovereign"].identity

@@ -19,7 +19,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from keycloak import KeycloakOpenID
 
-from sovereign.devidp import CONSOLE_CLIENT_ID, CONSOLE_CLIENT_SECRET
+from devstack.idp import CONSOLE_CLIENT_ID, CONSOLE_CLIENT_SECRET
 from sovereign.services.authfailures import MAX_REASON
 from sovereign.services.sessions import SessionEnd
 from sovereign.web.sessions import MemorySessionStore

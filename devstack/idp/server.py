@@ -3,7 +3,7 @@
 This module owns the werkzeug server lifecycle (bind, serve in a daemon thread, stop and join)
 and a python-keycloak helper for fetching a token. It is for tests and the local devstack
 only: werkzeug's server is not a production server, and :func:`start_dev_idp` inherits the
-environment refusal of :func:`~sovereign.devidp.app.create_idp_app`.
+environment refusal of :func:`~devstack.idp.app.create_idp_app`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from flask import Flask
 from keycloak import KeycloakOpenID
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from sovereign.devidp.app import create_idp_app
-from sovereign.devidp.users import CLI_CLIENT_ID
+from devstack.idp.app import create_idp_app
+from devstack.idp.users import CLI_CLIENT_ID
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -79,7 +79,7 @@ def start_dev_idp(
 ) -> tuple[ServerHandle, Flask]:
     """Bind first, then build the IdP with the bound port in its issuer, then serve it.
 
-    ``kw`` goes to :func:`~sovereign.devidp.app.create_idp_app`.
+    ``kw`` goes to :func:`~devstack.idp.app.create_idp_app`.
 
     :raises DevIdpRefusedError: if ``environment`` is not development or testing.
     """

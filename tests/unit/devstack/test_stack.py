@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sovereign.devstack import (
+from devstack.stack import (
     DevPorts,
     check_ports,
     dev_ports,

@@ -283,8 +283,8 @@ def start(
     :raises ConfigurationError: outside development, if an embedded default already runs from
         ``instance``, or if a port is taken (before anything was started).
     """
-    from sovereign.adapters.vault import bootstrap_dev_vault  # noqa: PLC0415
-    from sovereign.devidp import start_dev_idp  # noqa: PLC0415 - dev-only dependency
+    from devstack.idp import start_dev_idp  # noqa: PLC0415
+    from devstack.vault import bootstrap_dev_vault  # noqa: PLC0415
 
     if os.environ.get("SOVEREIGN_ENV", "development") != "development":
         raise ConfigurationError(reason="the embedded default only runs with ENV=development")

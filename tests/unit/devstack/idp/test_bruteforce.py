@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sovereign.devidp.bruteforce import BruteForceDetector, BruteForceSettings
+from devstack.idp.bruteforce import BruteForceDetector, BruteForceSettings
 
 
 class Clock:

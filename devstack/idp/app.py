@@ -63,8 +63,8 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, RSAKey
 from werkzeug.exceptions import HTTPException
 
-from sovereign.devidp.bruteforce import BruteForceDetector, BruteForceSettings
-from sovereign.devidp.users import (
+from devstack.idp.bruteforce import BruteForceDetector, BruteForceSettings
+from devstack.idp.users import (
     CONSOLE_CLIENT_ID,
     DEMO_CLIENTS,
     DEMO_USERS,
@@ -107,7 +107,7 @@ CONFIDENTIAL_AUTH_METHODS: Final = ("client_secret_basic", "client_secret_post")
 #: Order matters to Authlib: Basic first, then form secret, then a bare client_id.
 TOKEN_AUTH_METHODS: Final = [*CONFIDENTIAL_AUTH_METHODS, "none"]
 
-_EXTENSION: Final = "sovereign.devidp"
+_EXTENSION: Final = "devstack.idp"
 _LOGIN_ERROR: Final = "Invalid username or password."
 
 

@@ -7,10 +7,10 @@ everything in memory, and logs a warning whenever one is created. Production use
 Keycloak.
 """
 
-from sovereign.devidp.app import ALLOWED_ENVIRONMENTS, DevIdpRefusedError, create_idp_app
-from sovereign.devidp.bruteforce import BruteForceSettings
-from sovereign.devidp.server import ServerHandle, password_token, serve_in_thread, start_dev_idp
-from sovereign.devidp.users import (
+from devstack.idp.app import ALLOWED_ENVIRONMENTS, DevIdpRefusedError, create_idp_app
+from devstack.idp.bruteforce import BruteForceSettings
+from devstack.idp.server import ServerHandle, password_token, serve_in_thread, start_dev_idp
+from devstack.idp.users import (
     CLI_CLIENT_ID,
     CONSOLE_CLIENT_ID,
     CONSOLE_CLIENT_SECRET,

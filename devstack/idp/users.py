@@ -1,8 +1,10 @@
 """Demo identities for the development identity provider.
 
 This module owns the fixed cast of demo users and OAuth clients that the dev IdP serves, as
-plain frozen dataclasses. It must not import Flask or Authlib and holds no protocol logic; the
-passwords here are public test fixtures and must never be reused anywhere real.
+plain frozen dataclasses. It must not import Authlib and holds no protocol logic; the
+passwords here are public test fixtures and must never be reused anywhere real. The console
+client's secret is the one the control plane's configuration expects of the dev IdP
+(:data:`sovereign.config.DEV_IDP_CONSOLE_CLIENT_SECRET`), so that it is written once.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import dataclasses
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from sovereign.config import DEV_IDP_CONSOLE_CLIENT_SECRET
 
 __all__ = [
     "CLI_CLIENT_ID",
@@ -29,7 +33,7 @@ DEMO_PASSWORD = "sovereign"  # noqa: S105 - public development fixture
 
 CLI_CLIENT_ID = "sovereign-cli"
 CONSOLE_CLIENT_ID = "sovereign"
-CONSOLE_CLIENT_SECRET = "sovereign-dev-secret"  # noqa: S105 - public development fixture
+CONSOLE_CLIENT_SECRET = DEV_IDP_CONSOLE_CLIENT_SECRET
 
 #: Subjects are uuid5 names in this namespace, so ``sub`` is stable across restarts and hosts.
 SUBJECT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:sovereign:devidp:subject")
