@@ -116,11 +116,12 @@ def _banner(app: Flask, running: DevStack, url: str, database_url: str) -> None:
 
 def _start_background(stack: ExitStack, app: Flask) -> None:
     """Start the in-process audit sequencer and reconciler; ``stack`` stops them."""
-    from sovereign.adapters.auditlog import SequencerThread  # noqa: PLC0415
-    from sovereign.worker import ReconcilerThread, describe  # noqa: PLC0415
+    from sovereign.worker import ReconcilerThread, SequencerThread, describe  # noqa: PLC0415
 
     services = app.extensions["sovereign"]
-    sequencer = SequencerThread(services.audit.log, app.config["AUDIT_SEQUENCER_INTERVAL_S"])
+    if services.sequencer is None:
+        raise click.ClickException("the embedded default needs the SQL audit log")
+    sequencer = SequencerThread(services.sequencer, app.config["AUDIT_SEQUENCER_INTERVAL_S"])
     sequencer.start()
     stack.callback(sequencer.stop)
     for line in _register_bundled_hosts(services):

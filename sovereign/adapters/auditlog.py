@@ -14,7 +14,6 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
 
@@ -242,13 +241,3 @@ class SqlAuditLog:
                     return
                 yield from export(page, fmt)
                 after = page[-1].seq
-
-
-def __getattr__(name: str) -> Any:
-    """``SequencerThread`` moved to :mod:`sovereign.worker`; the dev stack still imports it
-    from here until it moves out of the package (issue 11, part 1). Remove then."""
-    if name == "SequencerThread":
-        from sovereign.worker import SequencerThread  # noqa: PLC0415
-
-        return SequencerThread
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
