@@ -67,7 +67,7 @@ from typing import Any
 import benchkit  # first: it stops bench/audit.py shadowing the audit package
 import sqlalchemy as sa
 
-from audit.sql import encode_compartments
+from audit.store import encode_compartments
 from sovereign import create_app
 from sovereign.adapters.migrations import upgrade
 from sovereign.adapters.tables import enclave_requests

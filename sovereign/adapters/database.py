@@ -20,7 +20,8 @@ from typing import Any, Self
 import sqlalchemy as sa
 from sqlalchemy import event, exc
 
-from audit.sql import SqlAuditStore, compartments_within, encode_compartments
+from audit.sql import SqlAuditStore, compartments_within
+from audit.store import encode_compartments
 from sovereign.adapters.fleetdb import (
     SqlActionRepository,
     SqlEnclaveRepository,

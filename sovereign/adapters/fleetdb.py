@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from audit.sql import encode_compartments
+from audit.store import encode_compartments
 from sovereign.adapters.tables import dual_actions, enclave_requests, enclaves, gpus, hosts
 from sovereign.domain.actions import ActionKind, ActionState, DualAction
 from sovereign.domain.fleet import Enclave, Gpu, Host
