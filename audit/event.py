@@ -125,3 +125,23 @@ def redact(value: str, key: bytes) -> str:
     """A keyed hash of ``value`` (HMAC-SHA-256, hex) for detail fields that must not be stored
     in clear but must still be matchable by someone holding ``key``."""
     return "hmac-sha256:" + hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+
+
+def event_from_entry(entry: bytes) -> AuditEvent:
+    """Rebuild an event from its canonical bytes. :raises ValueError: if they are not one."""
+    data = json.loads(entry)
+    time = datetime.fromisoformat(data["time"].replace("Z", "+00:00"))
+    return AuditEvent(
+        id=uuid.UUID(data["id"]),
+        # Canonical bytes write UTC ("Z"); a time without an offset is read as UTC too.
+        time=time if time.tzinfo else time.replace(tzinfo=UTC),
+        actor=data["actor"],
+        action=data["action"],
+        target=data["target"],
+        outcome=Outcome(data["outcome"]),
+        reason=data["reason"],
+        label=data["label"],
+        request_id=data["request_id"],
+        source=data["source"],
+        details=data["details"],
+    )

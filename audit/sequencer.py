@@ -35,15 +35,14 @@ from audit.merkle import (
 from audit.note import NoteError, NoteVerifier
 from audit.signer import Signer
 from audit.sql import (
-    INDEX_COLUMNS,
     MissingNodeError,
     SqlLogReader,
     audit_checkpoints,
     audit_log,
     audit_nodes,
     audit_pending,
-    index_columns,
 )
+from audit.store import INDEX_COLUMNS, index_columns
 from audit.witness import WitnessFile
 
 log = logging.getLogger(__name__)

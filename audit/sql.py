@@ -14,24 +14,23 @@ Owns the log's tables and the code that reads and writes them:
 - ``audit_checkpoints``: every signed checkpoint (C2SP tlog-checkpoint notes).
 
 Database triggers make the log tables insert-only (see the migrations); the proofs are the real
-guarantee. Also owns the label encoding used to filter by dominance in SQL
-(:func:`encode_compartments`, :func:`compartments_within`), shared with the control plane.
+guarantee. :class:`SqlLogReader` is the SQL implementation of :class:`audit.store.LogReader`,
+the port the pure verifier reads through. Also owns the SQL side of the label filter
+(:func:`compartments_within`, over the encoding of :func:`audit.store.encode_compartments`),
+shared with the control plane.
 """
 
 from __future__ import annotations
 
-import json
-import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from audit.event import AuditEvent, Outcome
+from audit.event import AuditEvent, event_from_entry
 from audit.merkle import NodeGetter, consistency_proof, inclusion_proof
-from audit.store import AuditQuery, StoredEvent
+from audit.store import INDEX_COLUMNS, AuditQuery, StoredCheckpoint, StoredEvent
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -89,11 +88,6 @@ audit_checkpoints = sa.Table(
 APPEND_ONLY_TABLES = ("audit_log", "audit_nodes", "audit_checkpoints")
 
 
-def encode_compartments(compartments: Iterable[str]) -> str:
-    """``{"B", "A"}`` -> ``",A,B,"``: delimited on both sides so each name matches exactly."""
-    return "," + "".join(f"{c}," for c in sorted(compartments))
-
-
 def compartments_within(
     column: sa.ColumnElement[Any], allowed: Collection[str]
 ) -> sa.ColumnElement[bool]:
@@ -117,51 +111,6 @@ def _as_bytes(value: Any) -> bytes:
 def _utc(value: datetime) -> datetime:
     # SQLite hands back naive datetimes; every time stored here is UTC.
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def event_from_entry(entry: bytes) -> AuditEvent:
-    """Rebuild an event from its canonical bytes. :raises ValueError: if they are not one."""
-    data = json.loads(entry)
-    return AuditEvent(
-        id=uuid.UUID(data["id"]),
-        time=_utc(datetime.fromisoformat(data["time"].replace("Z", "+00:00"))),
-        actor=data["actor"],
-        action=data["action"],
-        target=data["target"],
-        outcome=Outcome(data["outcome"]),
-        reason=data["reason"],
-        label=data["label"],
-        request_id=data["request_id"],
-        source=data["source"],
-        details=data["details"],
-    )
-
-
-#: The columns of ``audit_log`` copied out of each entry for filtering.
-INDEX_COLUMNS = (
-    "time",
-    "actor",
-    "action",
-    "target",
-    "outcome",
-    "label_level",
-    "label_compartments",
-)
-
-
-def index_columns(entry: bytes) -> dict[str, Any]:
-    """The filter columns of ``audit_log`` for an entry, read from the entry itself."""
-    data = json.loads(entry)
-    label = data.get("label")
-    return {
-        "time": datetime.fromisoformat(data["time"].replace("Z", "+00:00")),
-        "actor": data["actor"],
-        "action": data["action"],
-        "target": data["target"],
-        "outcome": data["outcome"],
-        "label_level": label["level"] if label else None,
-        "label_compartments": encode_compartments(label["compartments"]) if label else None,
-    }
 
 
 class SqlAuditStore:
@@ -208,15 +157,6 @@ class SqlAuditStore:
             StoredEvent(seq=row.seq, event=event_from_entry(row.entry), leaf_hash=row.leaf_hash)
             for row in self._conn.execute(stmt)
         ]
-
-
-@dataclass(frozen=True)
-class StoredCheckpoint:
-    """A signed checkpoint as stored: its size, root and the signed note text."""
-
-    size: int
-    root_hash: bytes
-    note: str
 
 
 class MissingNodeError(LookupError):

@@ -1,16 +1,21 @@
-"""The audit store port, its query, and the in-memory backend for unit tests.
+"""The audit store ports, their records, and the in-memory backend for unit tests.
 
 Owns :class:`AuditStore` (append events, query them), :class:`AuditQuery` and
-:class:`StoredEvent` (an event with its sequence number). Backends must append atomically with
-the caller's transaction and raise on failure, never drop an event silently.
+:class:`StoredEvent` (an event with its sequence number); :class:`LogReader`, what the offline
+verifier reads the sequenced log through, with :class:`StoredCheckpoint`; and the filter columns
+a backend copies out of each event (:func:`index_columns`), which the verifier holds to the
+event's bytes. Backends must append atomically with the caller's transaction and raise on
+failure, never drop an event silently. Pure: no database library is imported here (an
+import-linter contract keeps it so); :mod:`audit.sql` is the SQL backend.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from audit.event import AuditEvent
 from audit.merkle import leaf_hash
@@ -84,6 +89,74 @@ class AuditStore(Protocol):
     def query(self, query: AuditQuery) -> list[StoredEvent]:
         """Events matching ``query``, newest first, at most ``query.limit``."""
         ...
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """A signed checkpoint as stored: its size, root and the signed note text."""
+
+    size: int
+    root_hash: bytes
+    note: str
+
+
+class LogReader(Protocol):
+    """Read access to a sequenced log, all :func:`audit.verify.verify_log` needs.
+
+    A reader trusts nothing it returns: the verifier recomputes every hash from the entries'
+    bytes. Entries come in index order; a gap or a duplicate is the verifier's to report.
+    """
+
+    def size(self) -> int:
+        """Number of sequenced events: one more than the largest stored index (0 if none)."""
+        ...
+
+    def checkpoints(self) -> Sequence[StoredCheckpoint]:
+        """Every stored checkpoint, smallest first."""
+        ...
+
+    def entries(self) -> Iterable[tuple[int, bytes, bytes]]:
+        """Every stored ``(index, entry, leaf_hash)``, in index order."""
+        ...
+
+    def filter_columns(self) -> Iterable[tuple[int, bytes, dict[str, Any]]]:
+        """Every ``(index, entry, filter columns as stored)``, in index order.
+
+        The columns are those of :data:`INDEX_COLUMNS`, with times timezone-aware.
+        """
+        ...
+
+
+def encode_compartments(compartments: Iterable[str]) -> str:
+    """``{"B", "A"}`` -> ``",A,B,"``: delimited on both sides so each name matches exactly."""
+    return "," + "".join(f"{c}," for c in sorted(compartments))
+
+
+#: The filter columns a backend stores beside each entry, copied out of the entry.
+INDEX_COLUMNS = (
+    "time",
+    "actor",
+    "action",
+    "target",
+    "outcome",
+    "label_level",
+    "label_compartments",
+)
+
+
+def index_columns(entry: bytes) -> dict[str, Any]:
+    """The filter columns for an entry, read from the entry itself."""
+    data = json.loads(entry)
+    label = data.get("label")
+    return {
+        "time": datetime.fromisoformat(data["time"].replace("Z", "+00:00")),
+        "actor": data["actor"],
+        "action": data["action"],
+        "target": data["target"],
+        "outcome": data["outcome"],
+        "label_level": label["level"] if label else None,
+        "label_compartments": encode_compartments(label["compartments"]) if label else None,
+    }
 
 
 class MemoryAuditStore:

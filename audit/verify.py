@@ -7,6 +7,10 @@ root equals the signed root. Since one append-only tree matches every checkpoint
 checkpoints are consistent with each other. Any change to an event, a deletion, a swap, an
 insertion, a truncated tail or a wholesale re-hashed forgery makes some check fail; the error
 names the first bad index it can pin down.
+
+Pure: it reads the log through the :class:`audit.store.LogReader` port (the SQL one is
+:class:`audit.sql.SqlLogReader`) and the witness as already-read checkpoints, so it imports no
+database library; an import-linter contract keeps it so.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from dataclasses import dataclass
 from audit.checkpoint import CheckpointError, open_checkpoint
 from audit.merkle import Frontier, leaf_hashes
 from audit.note import NoteError, NoteVerifier
-from audit.sql import SqlLogReader, index_columns
+from audit.store import LogReader, index_columns
 from audit.witness import WitnessedCheckpoint
 
 #: How many events are hashed between two progress reports.
@@ -78,7 +82,7 @@ def _open_all(
 
 
 def verify_log(
-    reader: SqlLogReader,
+    reader: LogReader,
     verifiers: Sequence[NoteVerifier],
     origin: str,
     *,
@@ -149,7 +153,7 @@ def verify_log(
     )
 
 
-def _check_columns(reader: SqlLogReader) -> None:
+def _check_columns(reader: LogReader) -> None:
     """Every event's filter columns must equal what its (already verified) bytes say."""
     for seq, entry, stored in reader.filter_columns():
         expected = index_columns(entry)

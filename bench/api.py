@@ -67,7 +67,7 @@ from typing import Any
 import benchkit  # first: it stops bench/audit.py shadowing the audit package
 import sqlalchemy as sa
 
-from audit.sql import encode_compartments
+from audit.store import encode_compartments
 from devstack.idp import DEMO_PASSWORD, password_token, start_dev_idp
 from sovereign import create_app
 from sovereign.adapters.migrations import upgrade

@@ -96,7 +96,8 @@ from audit.merkle import Frontier, leaf_hashes
 from audit.proof import verify_proof
 from audit.sequencer import Sequencer
 from audit.signer import Ed25519Signer
-from audit.sql import SqlAuditStore, SqlLogReader, audit_checkpoints, audit_log, encode_compartments
+from audit.sql import SqlAuditStore, SqlLogReader, audit_checkpoints, audit_log
+from audit.store import encode_compartments
 from audit.verify import verify_log
 from audit.witness import WitnessFile
 from devstack.stack import free_port
@@ -718,7 +719,7 @@ PROFILE_FUNCTIONS = {
     "SqlAuditStore.append (incl. serialise)": ("audit/sql.py", "append"),
     "sequencer: _sequence_batch": ("audit/sequencer.py", "_sequence_batch"),
     "sequencer: _trusted_frontier": ("audit/sequencer.py", "_trusted_frontier"),
-    "sequencer: index_columns": ("audit/sql.py", "index_columns"),
+    "sequencer: index_columns": ("audit/store.py", "index_columns"),
     "sequencer: Frontier.extend": ("audit/merkle.py", "extend"),
     "sequencer: consistency_proof": ("audit/merkle.py", "consistency_proof"),
     "sequencer: _checkpoint": ("audit/sequencer.py", "_checkpoint"),

@@ -1,6 +1,7 @@
 """Database engines, repositories and the unit of work (SQLAlchemy 2.0 Core).
 
-Owns the mapping between rows and domain objects, the transaction boundary, SQLite's pragmas,
+Owns the repositories' statements (rows become domain objects through the maps of
+:mod:`sovereign.adapters.mappings`), the transaction boundary, SQLite's pragmas,
 optimistic locking (``version``) plus ``SELECT ... FOR UPDATE`` where the database has it, and
 the translation of driver errors into :mod:`sovereign.errors`, once, here.
 """
@@ -20,25 +21,20 @@ from typing import Any, Self
 import sqlalchemy as sa
 from sqlalchemy import event, exc
 
-from audit.sql import SqlAuditStore, compartments_within, encode_compartments
+from audit.sql import SqlAuditStore, compartments_within
 from sovereign.adapters.fleetdb import (
     SqlActionRepository,
     SqlEnclaveRepository,
     SqlGpuRepository,
     SqlHostRepository,
 )
+from sovereign.adapters.mappings import APPROVALS, IMAGES, KEYS, REQUESTS, TENANTS
 from sovereign.adapters.tables import approvals, enclave_keys, enclave_requests, images, tenants
-from sovereign.domain.keys import EnclaveKeys, KeyRef, WrappedSecret
+from sovereign.domain.keys import EnclaveKeys
 from sovereign.domain.labels import Label, LabelScheme
 from sovereign.domain.policy import Visibility
-from sovereign.domain.requests import (
-    COMMITTED_STATES,
-    Approval,
-    Decision,
-    EnclaveRequest,
-    RequestState,
-)
-from sovereign.domain.tenants import Image, Resources, Tenant, TenantKind
+from sovereign.domain.requests import COMMITTED_STATES, Approval, EnclaveRequest
+from sovereign.domain.tenants import Image, Resources, Tenant
 from sovereign.errors import (
     ConcurrentUpdateError,
     DependencyUnavailableError,
@@ -91,6 +87,12 @@ def translate_errors() -> Iterator[None]:
         raise
 
 
+#: What an update of a request may change (its id and creation time never do; the version is
+#: bumped by the update itself).
+_REQUEST_CHANGES = REQUESTS.dumper(exclude=("id", "created_at", "version"))
+_KEY_CHANGES = KEYS.dumper(exclude=("request_id",))
+
+
 def _decode_compartments(text: str) -> list[str]:
     return [c for c in text.split(",") if c]
 
@@ -128,41 +130,20 @@ class SqlTenantRepository:
         self._conn = conn
         self._labels = labels
 
-    def _row(self, r: Any) -> Tenant:
-        return Tenant(
-            id=r.id,
-            name=r.name,
-            display_name=r.display_name,
-            kind=TenantKind(r.kind),
-            max_label=self._labels.load(r.max_level, r.max_compartments),
-            quota=Resources(r.quota_vcpus, r.quota_memory_mib, r.quota_gpus, r.quota_disk_gib),
-        )
-
     def get(self, name: str, *, for_update: bool = False) -> Tenant | None:
-        stmt = sa.select(tenants).where(tenants.c.name == name)
+        stmt = TENANTS.select().where(tenants.c.name == name)
         if for_update:
             stmt = stmt.with_for_update()
         r = self._conn.execute(stmt).first()
-        return self._row(r) if r else None
+        return TENANTS.load(r, self._labels) if r else None
 
     def list(self) -> list[Tenant]:
-        return [self._row(r) for r in self._conn.execute(sa.select(tenants).order_by("name"))]
+        rows = self._conn.execute(TENANTS.select().order_by(tenants.c.name))
+        return TENANTS.load_all(rows, self._labels)
 
     def add(self, tenant: Tenant) -> None:
         self._conn.execute(
-            tenants.insert().values(
-                id=tenant.id,
-                name=tenant.name,
-                display_name=tenant.display_name,
-                kind=tenant.kind.value,
-                max_level=tenant.max_label.level,
-                max_compartments=encode_compartments(tenant.max_label.compartments),
-                quota_vcpus=tenant.quota.vcpus,
-                quota_memory_mib=tenant.quota.memory_mib,
-                quota_gpus=tenant.quota.gpus,
-                quota_disk_gib=tenant.quota.disk_gib,
-                created_at=datetime.now(UTC),
-            )
+            tenants.insert().values(**TENANTS.values(tenant), created_at=datetime.now(UTC))
         )
 
 
@@ -173,35 +154,17 @@ class SqlImageRepository:
         self._conn = conn
         self._labels = labels
 
-    def _row(self, r: Any) -> Image:
-        return Image(
-            id=r.id,
-            name=r.name,
-            format=r.format,
-            checksum=r.checksum,
-            max_label=self._labels.load(r.max_level, r.max_compartments),
-            description=r.description,
-        )
-
     def get(self, name: str) -> Image | None:
-        r = self._conn.execute(sa.select(images).where(images.c.name == name)).first()
-        return self._row(r) if r else None
+        r = self._conn.execute(IMAGES.select().where(images.c.name == name)).first()
+        return IMAGES.load(r, self._labels) if r else None
 
     def list(self) -> list[Image]:
-        return [self._row(r) for r in self._conn.execute(sa.select(images).order_by("name"))]
+        rows = self._conn.execute(IMAGES.select().order_by(images.c.name))
+        return IMAGES.load_all(rows, self._labels)
 
     def add(self, image: Image) -> None:
         self._conn.execute(
-            images.insert().values(
-                id=image.id,
-                name=image.name,
-                format=image.format,
-                checksum=image.checksum,
-                max_level=image.max_label.level,
-                max_compartments=encode_compartments(image.max_label.compartments),
-                description=image.description,
-                created_at=datetime.now(UTC),
-            )
+            images.insert().values(**IMAGES.values(image), created_at=datetime.now(UTC))
         )
 
 
@@ -241,54 +204,30 @@ class SqlRequestRepository:
         self._stored_approvals: dict[uuid.UUID, int] = {}
 
     def _request(self, r: Any, decisions: list[Approval]) -> EnclaveRequest:
-        self._stored_approvals[r.id] = len(decisions)
-        return EnclaveRequest(
-            id=r.id,
-            tenant=r.tenant,
-            requester=r.requester,
-            requester_name=r.requester_name,
-            label=self._labels.load(r.label_level, r.label_compartments),
-            resources=Resources(r.vcpus, r.memory_mib, r.gpus, r.disk_gib),
-            gpu_model=r.gpu_model,
-            image=r.image,
-            purpose=r.purpose,
-            lease_hours=r.lease_hours,
-            state=RequestState(r.state),
-            reason=r.reason,
-            created_at=r.created_at,
-            updated_at=r.updated_at,
-            approvals=decisions,
-            version=r.version,
-        )
+        request = REQUESTS.load(r, self._labels, approvals=decisions)
+        self._stored_approvals[request.id] = len(decisions)
+        return request
 
     def _approvals_for(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, list[Approval]]:
         found: dict[uuid.UUID, list[Approval]] = {i: [] for i in ids}
         if not ids:
             return found
         stmt = (
-            sa.select(approvals)
+            APPROVALS.select()
             .where(approvals.c.request_id.in_(ids))
             .order_by(approvals.c.decided_at, approvals.c.id)
         )
         for a in self._conn.execute(stmt):
-            found[a.request_id].append(
-                Approval(
-                    officer=a.officer,
-                    officer_name=a.officer_name,
-                    decision=Decision(a.decision),
-                    reason=a.reason,
-                    decided_at=a.decided_at,
-                )
-            )
+            found[a.request_id].append(APPROVALS.load(a, self._labels))
         return found
 
     def add(self, request: EnclaveRequest) -> None:
-        self._conn.execute(enclave_requests.insert().values(**self._values(request)))
+        self._conn.execute(enclave_requests.insert().values(**REQUESTS.values(request)))
         self._insert_approvals(request, 0)
         self._stored_approvals[request.id] = len(request.approvals)
 
     def get(self, request_id: uuid.UUID, *, for_update: bool = False) -> EnclaveRequest | None:
-        stmt = sa.select(enclave_requests).where(enclave_requests.c.id == request_id)
+        stmt = REQUESTS.select().where(enclave_requests.c.id == request_id)
         if for_update:
             # PostgreSQL locks the row; SQLite ignores it (BEGIN IMMEDIATE already serialises
             # writers there) and the version check in update() catches the rest.
@@ -302,14 +241,11 @@ class SqlRequestRepository:
         return self._request(r, decisions)
 
     def update(self, request: EnclaveRequest) -> None:
-        values = self._values(request)
-        del values["id"], values["created_at"]
-        values["version"] = request.version + 1
         result = self._conn.execute(
             enclave_requests.update()
             .where(enclave_requests.c.id == request.id)
             .where(enclave_requests.c.version == request.version)
-            .values(**values)
+            .values(**_REQUEST_CHANGES(request), version=request.version + 1)
         )
         if result.rowcount != 1:
             raise ConcurrentUpdateError(kind="request", ident=str(request.id))
@@ -323,46 +259,16 @@ class SqlRequestRepository:
             self._conn.execute(
                 approvals.insert(),
                 [
-                    {
-                        "id": uuid.uuid4(),
-                        "request_id": request.id,
-                        "officer": a.officer,
-                        "officer_name": a.officer_name,
-                        "decision": a.decision.value,
-                        "reason": a.reason,
-                        "decided_at": a.decided_at,
-                    }
+                    {"id": uuid.uuid4(), "request_id": request.id, **APPROVALS.values(a)}
                     for a in new
                 ],
             )
 
-    @staticmethod
-    def _values(request: EnclaveRequest) -> dict[str, Any]:
-        return {
-            "id": request.id,
-            "tenant": request.tenant,
-            "requester": request.requester,
-            "requester_name": request.requester_name,
-            "label_level": request.label.level,
-            "label_compartments": encode_compartments(request.label.compartments),
-            "vcpus": request.resources.vcpus,
-            "memory_mib": request.resources.memory_mib,
-            "gpus": request.resources.gpus,
-            "gpu_model": request.gpu_model,
-            "disk_gib": request.resources.disk_gib,
-            "image": request.image,
-            "purpose": request.purpose,
-            "lease_hours": request.lease_hours,
-            "state": request.state.value,
-            "reason": request.reason,
-            "created_at": request.created_at,
-            "updated_at": request.updated_at,
-            "version": request.version,
-        }
-
     def list(self, visibility: Visibility, query: RequestFilter) -> Page[EnclaveRequest]:
         t = enclave_requests
-        stmt = sa.select(t).where(_visible(t.c.label_level, t.c.label_compartments, visibility))
+        stmt = REQUESTS.select().where(
+            _visible(t.c.label_level, t.c.label_compartments, visibility)
+        )
         if visibility.tenants is not None:
             stmt = stmt.where(t.c.tenant.in_(sorted(visibility.tenants)))
         if query.state is not None:
@@ -399,47 +305,22 @@ class SqlRequestRepository:
 class SqlKeyRepository:
     """Key references in ``enclave_keys``."""
 
-    def __init__(self, conn: sa.Connection) -> None:
+    def __init__(self, conn: sa.Connection, labels: _Labels) -> None:
         self._conn = conn
-
-    @staticmethod
-    def _values(keys: EnclaveKeys) -> dict[str, Any]:
-        return {
-            "mount": keys.key.mount,
-            "key_name": keys.key.name,
-            "key_version": keys.key.version,
-            "luks_wrapped": keys.luks.ciphertext,
-            "vtpm_wrapped": keys.vtpm.ciphertext,
-            "created_at": keys.created_at,
-            "destroyed_at": keys.destroyed_at,
-        }
+        self._labels = labels  # keys carry no label; one signature for every repository
 
     def add(self, keys: EnclaveKeys) -> None:
-        self._conn.execute(
-            enclave_keys.insert().values(request_id=keys.request_id, **self._values(keys))
-        )
+        self._conn.execute(enclave_keys.insert().values(**KEYS.values(keys)))
 
     def get(self, request_id: uuid.UUID) -> EnclaveKeys | None:
-        r = self._conn.execute(
-            sa.select(enclave_keys).where(enclave_keys.c.request_id == request_id)
-        ).first()
-        if r is None:
-            return None
-        ref = KeyRef(r.mount, r.key_name, r.key_version)
-        return EnclaveKeys(
-            request_id=r.request_id,
-            key=ref,
-            luks=WrappedSecret(ref, r.luks_wrapped),
-            vtpm=WrappedSecret(ref, r.vtpm_wrapped),
-            created_at=r.created_at,
-            destroyed_at=r.destroyed_at,
-        )
+        r = self._conn.execute(KEYS.select().where(enclave_keys.c.request_id == request_id)).first()
+        return None if r is None else KEYS.load(r, self._labels)
 
     def update(self, keys: EnclaveKeys) -> None:
         self._conn.execute(
             enclave_keys.update()
             .where(enclave_keys.c.request_id == keys.request_id)
-            .values(**self._values(keys))
+            .values(**_KEY_CHANGES(keys))
         )
 
 
@@ -479,7 +360,7 @@ class SqlUnitOfWork:
         self.tenants = SqlTenantRepository(self._conn, self._labels)
         self.images = SqlImageRepository(self._conn, self._labels)
         self.requests = SqlRequestRepository(self._conn, self._labels)
-        self.keys = SqlKeyRepository(self._conn)
+        self.keys = SqlKeyRepository(self._conn, self._labels)
         self.hosts = SqlHostRepository(self._conn, self._labels)
         self.gpus = SqlGpuRepository(self._conn, self._labels)
         self.enclaves = SqlEnclaveRepository(self._conn, self._labels)

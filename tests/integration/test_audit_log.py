@@ -37,8 +37,8 @@ from audit.note import NoteVerifier
 from audit.proof import Proof, ProofInclusionError, format_proof, verify_proof
 from audit.sequencer import Sequencer, SequencerRun, TamperError
 from audit.signer import Ed25519Signer
-from audit.sql import SqlAuditStore, SqlLogReader, StoredCheckpoint, audit_log, audit_pending
-from audit.store import AuditQuery
+from audit.sql import SqlAuditStore, SqlLogReader, audit_log, audit_pending
+from audit.store import AuditQuery, StoredCheckpoint
 from audit.verify import LogVerificationError, VerifyReport, verify_log
 from audit.witness import WitnessedCheckpoint, WitnessFile
 from sovereign.adapters.database import create_engine

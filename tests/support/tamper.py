@@ -19,8 +19,8 @@ from audit.sql import (
     audit_log,
     audit_nodes,
     audit_pending,
-    index_columns,
 )
+from audit.store import index_columns
 
 #: ``(trigger, table)`` for every trigger migration 0003 creates, per dialect.
 APPEND_ONLY_TRIGGERS = {

@@ -8,8 +8,7 @@ import rfc8785
 from hypothesis import given
 from hypothesis import strategies as st
 
-from audit.event import AuditEvent, Outcome, canonical_json, redact
-from audit.sql import event_from_entry
+from audit.event import AuditEvent, Outcome, canonical_json, event_from_entry, redact
 
 json_values = st.recursive(
     st.none()
