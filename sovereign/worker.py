@@ -202,7 +202,9 @@ class SequencerThread:
         self._thread = threading.Thread(target=self._run, name="audit-sequencer", daemon=True)
 
     def start(self) -> None:
-        """Start sequencing in the background."""
+        """Sequence once now (which publishes the signing key before anything else is signed),
+        then go on in the background."""
+        self._once()
         self._thread.start()
 
     def stop(self) -> None:

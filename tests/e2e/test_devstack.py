@@ -204,13 +204,14 @@ def test_a_restarted_embedded_default_keeps_a_verifiable_log(tmp_path: Path):
             stderr=subprocess.DEVNULL,
         )
         try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
+            deadline = time.monotonic() + 120
+            ready = False
+            while not ready and time.monotonic() < deadline:
                 try:
-                    if requests.get(f"http://127.0.0.1:{api}/readyz", timeout=2).ok:
-                        break
+                    ready = requests.get(f"http://127.0.0.1:{api}/readyz", timeout=2).ok
                 except requests.ConnectionError:
                     time.sleep(0.2)
+            assert ready, "the embedded default did not become ready"
             time.sleep(1.5)  # let the in-process sequencer sign a checkpoint
         finally:
             proc.send_signal(signal.SIGTERM)
