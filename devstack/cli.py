@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from flask import Flask
 
+from sovereign import app_context
 from sovereign.cli import _bootstrap, _config, _fail, _redact
 from sovereign.errors import SovereignError
 
@@ -53,7 +54,8 @@ def dev(ctx: click.Context, port: int | None, vault_port: int | None, idp_port: 
 
     os.environ.setdefault("SOVEREIGN_ENV", "development")
     base = _config(ENV="development")
-    port = port or int(base.config["PORT"])
+    base_settings = app_context.settings(base)
+    port = port or base_settings.port
     with ExitStack() as stack:
         try:
             ports = dev_ports(port, vault=vault_port, idp=idp_port)
@@ -63,7 +65,7 @@ def dev(ctx: click.Context, port: int | None, vault_port: int | None, idp_port: 
                 f"identity provider (port {ports.idp})"
             )
             click.echo("migrating the database ...")
-            upgrade(base.config["DATABASE_URL"])
+            upgrade(base_settings.database_url)
             app = create_app(running.config)
             demo = json.loads((resources.files("sovereign") / "data" / DEMO_DEFINITION).read_text())
             created = _bootstrap(app, demo)
@@ -73,7 +75,7 @@ def dev(ctx: click.Context, port: int | None, vault_port: int | None, idp_port: 
         except SovereignError as e:
             _fail(e)
         server = make_server("127.0.0.1", port, app, threaded=True)
-        _banner(app, running, f"http://127.0.0.1:{port}", base.config["DATABASE_URL"])
+        _banner(app, running, f"http://127.0.0.1:{port}", base_settings.database_url)
         click.echo("Stop with Ctrl-C.")
         # SIGTERM (systemd, timeout, CI) shuts down as cleanly as Ctrl-C: the ExitStack stops
         # OpenBao and the IdP and removes the state file.
@@ -94,7 +96,8 @@ def _banner(app: Flask, running: DevStack, url: str, database_url: str) -> None:
     click.secho(f"Sovereign control plane (embedded default) at {url}", bold=True)
     click.echo(f"  console     {url}/   (sign in as a demo user below)")
     click.echo(f"  API         {url}/api/v1   (OpenAPI: {url}/api/openapi.json)")
-    metrics_token = running.config["METRICS_TOKEN_FILE"]
+    settings = app_context.settings(app)
+    metrics_token = settings.metrics_token_file
     click.echo(f"  readiness   {url}/readyz   (each dependency: with a token as for metrics)")
     click.echo(
         f"  metrics     {url}/metrics  (Prometheus; bearer: the scrape token or an operator's)"
@@ -104,8 +107,8 @@ def _banner(app: Flask, running: DevStack, url: str, database_url: str) -> None:
     )
     click.echo(f"  identity    {running.idp_url}/realms/sovereign  (development stand-in)")
     click.echo(f"  database    {_redact(database_url)}")
-    click.echo(f"  hypervisors {len(running.config['HYPERVISOR_URIS'])} simulated hosts")
-    origin, witness = app.config["AUDIT_ORIGIN"], app.config["AUDIT_WITNESS_PATH"]
+    click.echo(f"  hypervisors {len(settings.hypervisor_uris)} simulated hosts")
+    origin, witness = settings.audit_origin, settings.audit_witness_path
     click.echo(f"  audit log   {origin}, witness {witness}")
     click.echo(f"Demo users (password '{DEMO_PASSWORD}'):")
     for user in DEMO_USERS:
@@ -118,17 +121,18 @@ def _start_background(stack: ExitStack, app: Flask) -> None:
     """Start the in-process audit sequencer and reconciler; ``stack`` stops them."""
     from sovereign.worker import ReconcilerThread, SequencerThread, describe  # noqa: PLC0415
 
-    services = app.extensions["sovereign"]
+    services = app_context.services(app)
+    settings = app_context.settings(app)
     if services.sequencer is None:
         raise click.ClickException("the embedded default needs the SQL audit log")
-    sequencer = SequencerThread(services.sequencer, app.config["AUDIT_SEQUENCER_INTERVAL_S"])
+    sequencer = SequencerThread(services.sequencer, settings.audit_sequencer_interval_s)
     sequencer.start()
     stack.callback(sequencer.stop)
     for line in _register_bundled_hosts(services):
         click.echo(line)
     reconciler = ReconcilerThread(
         services.reconciler(),
-        float(app.config["RECONCILER_INTERVAL_S"]),
+        settings.reconciler_interval_s,
         on_report=lambda report: click.echo(f"reconciler: {describe(report)}"),
     )
     reconciler.start()

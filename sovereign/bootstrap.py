@@ -1,17 +1,23 @@
 """The one place services are assembled from configuration.
 
 Owns :func:`build_services`: it picks backends (SQL or in-memory unit of work, Keycloak identity
-provider, probes) and wires them into the services. Tests pass overrides instead of patching.
-Creating services performs no network I/O: connections open on first use.
+provider, Vault or in-memory secrets, the libvirt hypervisor, the audit log's signer, probes,
+and the console's OIDC client, :func:`build_console_login`) from the typed
+:class:`~sovereign.settings.Settings` and wires them into the
+:class:`~sovereign.services.registry.Services` container. Tests pass overrides instead of
+patching. Creating services performs no network I/O: connections open on first use.
+
+Nothing in the API or the console imports this module (an import-linter contract says so): they
+reach what it built through :mod:`sovereign.app_context`. The public builders accept the typed
+settings or a loaded ``app.config`` mapping (read into settings once, on entry).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from enclaves.uri import UriPolicy, UriRefusedError, check_uri
 from sovereign.domain.labels import LabelScheme
@@ -26,7 +32,6 @@ from sovereign.services.hosts import HostService
 from sovereign.services.keys import KeyService
 from sovereign.services.ports import (
     AuditLog,
-    AuditSequencer,
     Hypervisor,
     IdentityProvider,
     Probe,
@@ -34,69 +39,29 @@ from sovereign.services.ports import (
     SecretStore,
     UnitOfWorkFactory,
 )
-from sovereign.services.reconciler import Reconciler
 from sovereign.services.recording import Clock, utcnow
+from sovereign.services.registry import Services
 from sovereign.services.requests import RequestService
 from sovereign.services.sessions import SessionAuditService
+from sovereign.services.signin import SignInClient
+from sovereign.settings import Settings
+
+__all__ = [
+    "Services",
+    "build_audit_log",
+    "build_console_login",
+    "build_hypervisor",
+    "build_secret_store",
+    "build_services",
+    "uri_policy",
+    "vault_clients",
+]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Services:
-    """Everything the API, CLI and worker use, built once per app."""
-
-    scheme: LabelScheme
-    policy: AccessPolicy
-    uow: UnitOfWorkFactory
-    identity: IdentityProvider
-    requests: RequestService
-    catalog: CatalogService
-    audit: AuditReadService
-    keys: KeyService
-    hypervisor: Hypervisor
-    actions: ActionService
-    hosts: HostService
-    enclaves: EnclaveService
-    #: Console sign-ins, sign-outs and expiry in the audit log.
-    sessions: SessionAuditService
-    #: Authentication and CSRF failures in the audit log, aggregated per source and interval.
-    auth_failures: AuthFailureAudit
-    #: The reconciler's GPU sanitizer backend (isolation rule 2).
-    sanitizer: Sanitizer
-    #: What sequences the audit log and signs its checkpoints (the worker's entry point); None
-    #: without a log.
-    sequencer: AuditSequencer | None
-    reconciler_settings: dict[str, Any] = field(default_factory=dict)
-    probes: Sequence[Probe] = field(default_factory=list)
-    #: Backend objects to dispose of on shutdown (engines).
-    resources: list[Any] = field(default_factory=list)
-
-    def close(self) -> None:
-        """Write pending failure counts, then release pooled connections."""
-        self.auth_failures.flush(everything=True)
-        for resource in self.resources:
-            resource.dispose()
-        close = getattr(self.hypervisor, "close", None)
-        if close is not None:
-            close()
-
-    def reconciler(self, *, sanitizer: Sanitizer | None = None, **overrides: Any) -> Reconciler:
-        """A reconciler over these services (one per worker thread or process)."""
-        settings = {**self.reconciler_settings, **overrides}
-        return Reconciler(
-            self.uow,
-            self.hypervisor,
-            self.keys,
-            self.scheme,
-            self.hosts,
-            sanitizer=sanitizer or self.sanitizer,
-            **settings,
-        )
-
-
 def build_services(
-    config: Mapping[str, Any],
+    config: Settings | Mapping[str, Any],
     *,
     uow: UnitOfWorkFactory | None = None,
     identity: IdentityProvider | None = None,
@@ -107,12 +72,13 @@ def build_services(
     clock: Clock = utcnow,
 ) -> Services:
     """Assemble the services for ``config``; keyword overrides replace backends."""
-    scheme = LabelScheme(config["LABEL_LEVELS"], config["LABEL_COMPARTMENTS"])
+    settings = Settings.of(config)
+    scheme = LabelScheme(settings.label_levels, settings.label_compartments)
     policy = AccessPolicy(
         scheme,
-        two_person_level=config["TWO_PERSON_LEVEL"],
-        max_lease_hours=int(config["MAX_LEASE_HOURS"]),
-        step_up_max_age_s=int(config["STEP_UP_MAX_AGE_S"]),
+        two_person_level=settings.two_person_level,
+        max_lease_hours=settings.max_lease_hours,
+        step_up_max_age_s=settings.step_up_max_age_s,
     )
     resources: list[Any] = []
     default_probes: list[Probe] = []
@@ -123,52 +89,48 @@ def build_services(
             create_engine,
         )
 
-        engine = create_engine(config["DATABASE_URL"])
+        engine = create_engine(settings.database_url)
         resources.append(engine)
         uow = SqlUnitOfWorkFactory(engine, scheme)
         default_probes.append(DatabaseProbe(engine))
         if audit_log is None:
-            audit_log = _sql_audit_log(config, engine)
+            audit_log = _sql_audit_log(settings, engine)
     if identity is None:
-        identity = _keycloak(config, scheme)
+        identity = _keycloak(settings, scheme)
     default_probes.append(_IdentityProbe(identity))
     if secrets is None:
-        secrets = build_secret_store(config)
-    if config.get("VAULT_ADDR"):
+        secrets = build_secret_store(settings)
+    if settings.vault_addr:
         from sovereign.adapters.vault import VaultProbe  # noqa: PLC0415
 
         default_probes.append(
-            VaultProbe(config["VAULT_ADDR"], config.get("VAULT_TOKEN"), config["VAULT_TIMEOUT_S"])
+            VaultProbe(settings.vault_addr, settings.vault_token, settings.vault_timeout_s)
         )
     keys = KeyService(
-        uow, secrets, policy=policy, mount_prefix=config["VAULT_MOUNT_PREFIX"], clock=clock
+        uow, secrets, policy=policy, mount_prefix=settings.vault_mount_prefix, clock=clock
     )
-    if config.get("HYPERVISOR_URIS"):
+    if settings.hypervisor_uris:
         from sovereign.adapters.hypervisor import HypervisorProbe  # noqa: PLC0415
 
         default_probes.append(
             HypervisorProbe(
-                [_checked_uri(uri, config) for uri in config["HYPERVISOR_URIS"]],
-                timeout_s=float(config["HYPERVISOR_CONNECT_TIMEOUT_S"]),
+                [_checked_uri(uri, settings) for uri in settings.hypervisor_uris],
+                timeout_s=settings.hypervisor_connect_timeout_s,
             )
         )
     if hypervisor is None:
-        hypervisor = build_hypervisor(config)
-    actions = ActionService(
-        uow, ttl=timedelta(seconds=int(config["DUAL_ACTION_TTL_S"])), clock=clock
-    )
+        hypervisor = build_hypervisor(settings)
+    actions = ActionService(uow, ttl=timedelta(seconds=settings.dual_action_ttl_s), clock=clock)
     hosts = HostService(uow, hypervisor, scheme, actions, clock=clock)
     enclaves = EnclaveService(uow, policy, keys, actions, hypervisor, clock=clock)
-    auth_failures = AuthFailureAudit(
-        uow, interval_s=int(config["AUTH_FAILURE_INTERVAL_S"]), clock=clock
-    )
+    auth_failures = AuthFailureAudit(uow, interval_s=settings.auth_failure_interval_s, clock=clock)
     return Services(
         scheme=scheme,
         policy=policy,
         uow=uow,
         identity=identity,
         requests=RequestService(
-            uow, policy, gpu_models=config["GPU_MODELS"], keys=keys, clock=clock
+            uow, policy, gpu_models=settings.gpu_models, keys=keys, clock=clock
         ),
         keys=keys,
         catalog=CatalogService(uow, scheme, clock),
@@ -183,99 +145,102 @@ def build_services(
         sequencer=audit_log,
         reconciler_settings={
             "clock": clock,
-            "claim_ttl": timedelta(seconds=int(config["RECONCILER_CLAIM_TTL_S"])),
-            "max_attempts": int(config["RECONCILER_MAX_ATTEMPTS"]),
+            "claim_ttl": timedelta(seconds=settings.reconciler_claim_ttl_s),
+            "max_attempts": settings.reconciler_max_attempts,
         },
         probes=list(probes) if probes is not None else default_probes,
         resources=resources,
     )
 
 
-def uri_policy(config: Mapping[str, Any]) -> UriPolicy:
+def uri_policy(config: Settings | Mapping[str, Any]) -> UriPolicy:
     """Which hypervisor URIs may be opened, from the HYPERVISOR_* settings.
 
     :raises ConfigurationError: for an unknown transport or an unsafe query parameter.
     """
+    settings = Settings.of(config)
     from enclaves.hosts import bundled_hosts_dir  # noqa: PLC0415
 
     folders = [str(bundled_hosts_dir())]
-    if config.get("HYPERVISOR_TEST_HOSTS_DIR"):
-        folders.append(str(config["HYPERVISOR_TEST_HOSTS_DIR"]))
-    transports = config.get("HYPERVISOR_TRANSPORTS") or ["qemu+tls"]
+    if settings.hypervisor_test_hosts_dir:
+        folders.append(settings.hypervisor_test_hosts_dir)
+    transports = settings.hypervisor_transports or ["qemu+tls"]
     try:
         return UriPolicy(
             transports=frozenset(transports),
-            params=frozenset(config.get("HYPERVISOR_URI_PARAMS") or ()),
-            ports={
-                name: frozenset(int(port) for port in ports)
-                for name, ports in (config.get("HYPERVISOR_PORTS") or {}).items()
-            },
+            params=frozenset(settings.hypervisor_uri_params or ()),
+            ports={name: frozenset(ports) for name, ports in settings.hypervisor_ports.items()},
             test_dirs=tuple(folders) if "test" in transports else (),
         )
     except ValueError as e:
         raise ConfigurationError(reason=f"hypervisor URI policy: {e}") from e
 
 
-def _checked_uri(uri: str, config: Mapping[str, Any]) -> str:
+def _checked_uri(uri: str, settings: Settings) -> str:
     try:
-        return check_uri(uri, uri_policy(config))
+        return check_uri(uri, uri_policy(settings))
     except UriRefusedError as e:
         raise ConfigurationError(reason=f"HYPERVISOR_URIS: {e}") from e
 
 
-def build_hypervisor(config: Mapping[str, Any]) -> Hypervisor:
+def build_hypervisor(config: Settings | Mapping[str, Any]) -> Hypervisor:
     """The libvirt hypervisor adapter laid out by the ENCLAVE_* settings (connects lazily)."""
+    settings = Settings.of(config)
     from sovereign.adapters.hypervisor import GuestSettings, LibvirtHypervisor  # noqa: PLC0415
 
-    network = config["ENCLAVE_NETWORK"]
+    network = settings.enclave_network
     if network not in ("isolated", "none"):
         raise ConfigurationError(reason="ENCLAVE_NETWORK must be 'isolated' or 'none'")
     return LibvirtHypervisor(
         GuestSettings(
-            pool_path=config["ENCLAVE_POOL_PATH"],
-            console_dir=config["ENCLAVE_CONSOLE_DIR"],
+            pool_path=settings.enclave_pool_path,
+            console_dir=settings.enclave_console_dir,
             network=network,
-            kernel=config["ENCLAVE_KERNEL"],
-            initrd=config["ENCLAVE_INITRD"],
-            cmdline=config["ENCLAVE_CMDLINE"] or "",
-            machine=config["ENCLAVE_MACHINE"],
-            security_model=config["ENCLAVE_SECURITY_MODEL"],
-            stop_timeout_s=float(config["ENCLAVE_STOP_TIMEOUT_S"]),
-            connect_timeout_s=float(config["HYPERVISOR_CONNECT_TIMEOUT_S"]),
+            kernel=settings.enclave_kernel,
+            initrd=settings.enclave_initrd,
+            cmdline=settings.enclave_cmdline or "",
+            machine=settings.enclave_machine,
+            security_model=settings.enclave_security_model,
+            stop_timeout_s=settings.enclave_stop_timeout_s,
+            connect_timeout_s=settings.hypervisor_connect_timeout_s,
         ),
-        uri_policy(config),
+        uri_policy(settings),
     )
 
 
-def vault_clients(config: Mapping[str, Any]) -> Any:
+def vault_clients(config: Settings | Mapping[str, Any]) -> Any:
     """An authenticated hvac client factory: AppRole, or the dev server's token."""
+    settings = Settings.of(config)
     from sovereign.adapters.vault import AppRoleAuth, TokenAuth, VaultClients  # noqa: PLC0415
 
-    if config.get("VAULT_ROLE_ID"):
+    if settings.vault_role_id:
         auth: Any = AppRoleAuth(
-            config["VAULT_ROLE_ID"],
-            secret_id_file=config.get("VAULT_SECRET_ID_FILE"),
-            wrapped_token=config.get("VAULT_WRAPPED_SECRET_ID"),
+            settings.vault_role_id,
+            secret_id_file=settings.vault_secret_id_file,
+            wrapped_token=settings.vault_wrapped_secret_id,
         )
-    elif config.get("VAULT_TOKEN"):
-        auth = TokenAuth(config["VAULT_TOKEN"])
+    elif settings.vault_token:
+        auth = TokenAuth(settings.vault_token)
     else:
         raise ConfigurationError(reason="Vault needs SOVEREIGN_VAULT_ROLE_ID (or a dev token)")
     return VaultClients(
-        config["VAULT_ADDR"],
+        # As before the typed settings: only AUDIT_SIGNER="vault" named without VAULT_ADDR gets
+        # here with None (hvac's own default address); everything else checks VAULT_ADDR first.
+        cast("str", settings.vault_addr),
         auth,
-        timeout_s=float(config["VAULT_TIMEOUT_S"]),
-        verify=config.get("VAULT_CA_BUNDLE") or True,
+        timeout_s=settings.vault_timeout_s,
+        verify=settings.vault_ca_bundle or True,
     )
 
 
-def build_secret_store(config: Mapping[str, Any]) -> SecretStore:
+def build_secret_store(config: Settings | Mapping[str, Any]) -> SecretStore:
     """Vault when configured; outside production an in-memory store, with a loud warning."""
-    if config.get("VAULT_ADDR"):
+    settings = Settings.of(config)
+    if settings.vault_addr:
         from sovereign.adapters.vault import VaultSecretStore  # noqa: PLC0415
 
-        return VaultSecretStore(vault_clients(config))
-    if config["ENV"] == "production":
+        return VaultSecretStore(vault_clients(settings))
+    if settings.production:
         raise ConfigurationError(reason="production keeps keys in Vault: set SOVEREIGN_VAULT_ADDR")
     from sovereign.adapters.memory_secrets import MemorySecretStore  # noqa: PLC0415
 
@@ -283,7 +248,7 @@ def build_secret_store(config: Mapping[str, Any]) -> SecretStore:
     return MemorySecretStore()
 
 
-def build_audit_log(config: Mapping[str, Any], *, read_only: bool = False) -> AuditLog:
+def build_audit_log(config: Settings | Mapping[str, Any], *, read_only: bool = False) -> AuditLog:
     """The audit log alone, for auditors' commands that need no identity provider.
 
     ``read_only`` logs need no signing key (nor Vault): verify, prove and export use the
@@ -291,10 +256,11 @@ def build_audit_log(config: Mapping[str, Any], *, read_only: bool = False) -> Au
     """
     from sovereign.adapters.database import create_engine  # noqa: PLC0415
 
-    return _sql_audit_log(config, create_engine(config["DATABASE_URL"]), read_only=read_only)
+    settings = Settings.of(config)
+    return _sql_audit_log(settings, create_engine(settings.database_url), read_only=read_only)
 
 
-def _sql_audit_log(config: Mapping[str, Any], engine: Any, *, read_only: bool = False) -> AuditLog:
+def _sql_audit_log(settings: Settings, engine: Any, *, read_only: bool = False) -> AuditLog:
     from pathlib import Path  # noqa: PLC0415
 
     from audit.witness import WitnessFile  # noqa: PLC0415
@@ -303,23 +269,23 @@ def _sql_audit_log(config: Mapping[str, Any], engine: Any, *, read_only: bool = 
     signer: Any
     if read_only:
         signer = None
-    elif config["AUDIT_SIGNER"] == "vault":
+    elif settings.audit_signer == "vault":
         from sovereign.adapters.vault_signer import VaultTransitSigner  # noqa: PLC0415
 
         # The private key never leaves Vault: it signs each checkpoint note.
-        signer = VaultTransitSigner(vault_clients(config), config["AUDIT_ORIGIN"])
-    elif config["AUDIT_SIGNER"] == "file":
+        signer = VaultTransitSigner(vault_clients(settings), settings.audit_origin)
+    elif settings.audit_signer == "file":
         signer = file_signer(
-            config["AUDIT_ORIGIN"],
-            Path(config["AUDIT_SIGNING_KEY"]),
+            settings.audit_origin,
+            Path(settings.audit_signing_key),
             # A production key is provisioned deliberately, never conjured on first start.
-            create=config["ENV"] != "production",
+            create=not settings.production,
         )
     else:
         raise ConfigurationError(reason="AUDIT_SIGNER must be 'vault' or 'file'")
-    witness = WitnessFile(config["AUDIT_WITNESS_PATH"]) if config["AUDIT_WITNESS_PATH"] else None
-    keys_file = Path(config["AUDIT_KEYS_PATH"]) if config.get("AUDIT_KEYS_PATH") else None
-    return SqlAuditLog(engine, signer, config["AUDIT_ORIGIN"], witness, keys_file=keys_file)
+    witness = WitnessFile(settings.audit_witness_path) if settings.audit_witness_path else None
+    keys_file = Path(settings.audit_keys_path) if settings.audit_keys_path else None
+    return SqlAuditLog(engine, signer, settings.audit_origin, witness, keys_file=keys_file)
 
 
 def _sanitizer() -> Sanitizer:
@@ -328,21 +294,35 @@ def _sanitizer() -> Sanitizer:
     return RecordedSanitizer()
 
 
-def _keycloak(config: Mapping[str, Any], scheme: LabelScheme) -> IdentityProvider:
+def _keycloak(settings: Settings, scheme: LabelScheme) -> IdentityProvider:
     from sovereign.adapters.keycloak import KeycloakIdentityProvider  # noqa: PLC0415
 
-    if not config.get("IDP_URL"):
+    if not settings.idp_url:
         raise ConfigurationError(reason="SOVEREIGN_IDP_URL is not set")
     return KeycloakIdentityProvider(
-        server_url=config["IDP_URL"],
-        realm=config["IDP_REALM"],
-        client_id=config["IDP_CLIENT_ID"],
-        audience=config["IDP_AUDIENCE"],
+        server_url=settings.idp_url,
+        realm=settings.idp_realm,
+        client_id=settings.idp_client_id,
+        audience=settings.idp_audience,
         scheme=scheme,
-        tenant_group_prefix=config["TENANT_GROUP_PREFIX"],
-        timeout_s=int(config["IDP_TIMEOUT_S"]),
+        tenant_group_prefix=settings.tenant_group_prefix,
+        timeout_s=settings.idp_timeout_s,
         # The dev stand-in announces itself; only production refuses to trust it.
-        trust_dev_idp=config["ENV"] != "production",
+        trust_dev_idp=not settings.production,
+    )
+
+
+def build_console_login(settings: Settings, identity: IdentityProvider) -> SignInClient:
+    """The console's OIDC client for the realm ``identity`` verifies (python-keycloak)."""
+    from sovereign.adapters.keycloak_login import KeycloakSignInClient  # noqa: PLC0415
+
+    return KeycloakSignInClient(
+        server_url=settings.idp_url or "",
+        realm=settings.idp_realm,
+        client_id=settings.console_client_id,
+        client_secret=settings.console_client_secret,
+        identity=identity,
+        timeout_s=settings.idp_timeout_s,
     )
 
 

@@ -21,8 +21,10 @@ from typing import Any
 import click
 from flask import Flask
 
-from sovereign import config as settings
+from sovereign import app_context
+from sovereign import config as configuration
 from sovereign.errors import SovereignError
+from sovereign.settings import Settings
 
 #: The entry points (``name = "module:command"``) whose click commands join ``sovereign``. The
 #: development stack (``devstack``, the ``devstack`` extra) adds ``dev`` through it, so that this
@@ -32,9 +34,14 @@ COMMAND_ENTRY_POINTS = "sovereign.commands"
 
 def _config(**overrides: Any) -> Flask:
     """An app carrying only configuration (no services), for commands that need no IdP."""
-    app = settings.new_app()
-    settings.load(app, overrides or None, check=False)
+    app = configuration.new_app()
+    configuration.load(app, overrides or None, check=False)
     return app
+
+
+def _settings(**overrides: Any) -> Settings:
+    """The typed configuration (unchecked, as :func:`_config` loads it)."""
+    return app_context.settings(_config(**overrides))
 
 
 def _fail(error: SovereignError) -> None:
@@ -118,7 +125,7 @@ def db_upgrade(revision: str) -> None:
     """Migrate the database (SOVEREIGN_DATABASE_URL) to the newest schema."""
     from sovereign.adapters.migrations import upgrade  # noqa: PLC0415
 
-    url = _config().config["DATABASE_URL"]
+    url = _settings().database_url
     try:
         upgrade(url, revision)
     except SovereignError as e:
@@ -131,7 +138,7 @@ def db_current() -> None:
     """Print the schema revision of the database and the newest one shipped."""
     from sovereign.adapters.migrations import current_revision, head_revision  # noqa: PLC0415
 
-    url = _config().config["DATABASE_URL"]
+    url = _settings().database_url
     try:
         click.echo(f"current: {current_revision(url)}  head: {head_revision(url)}")
     except SovereignError as e:
@@ -157,7 +164,7 @@ def _bootstrap(app: Flask, definition: dict[str, Any]) -> list[str]:
         actor="system:bootstrap",
         source="cli",
     )
-    created: list[str] = app.extensions["sovereign"].catalog.bootstrap(ctx, definition)
+    created: list[str] = app_context.services(app).catalog.bootstrap(ctx, definition)
     return created
 
 
@@ -190,7 +197,7 @@ def _audit_log(*, read_only: bool = True) -> Any:
     from sovereign.bootstrap import build_audit_log  # noqa: PLC0415
 
     try:
-        return build_audit_log(_config().config, read_only=read_only)
+        return build_audit_log(_settings(), read_only=read_only)
     except SovereignError as e:
         _fail(e)
 
@@ -330,13 +337,14 @@ def worker(interval: float | None, no_reconcile: bool) -> None:
     from sovereign.worker import run_worker  # noqa: PLC0415
 
     app = create_app()
-    pause = interval if interval is not None else float(app.config["RECONCILER_INTERVAL_S"])
+    settings = app_context.settings(app)
+    pause = interval if interval is not None else settings.reconciler_interval_s
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     run_worker(
-        app.extensions["sovereign"],
+        app_context.services(app),
         pause,
         reconcile=not no_reconcile,
-        environment=app.config["ENV"],
+        environment=settings.env,
         echo=click.echo,
     )
 
@@ -364,9 +372,9 @@ SERVER_REQUEST_LINE = 8190
 @click.option("--threads", default=8, show_default=True, help="threads per worker.")
 def serve(bind: str | None, workers: int, threads: int) -> None:
     """Run the control plane under gunicorn (production)."""
-    config = _config().config
-    port = config["PORT"]
-    field_limit = SERVER_HEADER_FIELD_FACTOR * int(config["MAX_HEADER_BYTES"])
+    settings = _settings()
+    port = settings.port
+    field_limit = SERVER_HEADER_FIELD_FACTOR * settings.max_header_bytes
     argv = [
         sys.executable,
         "-m",

@@ -19,10 +19,10 @@ from sovereign.errors import SovereignError
 
 
 def _services() -> Any:
-    from sovereign import create_app  # noqa: PLC0415
+    from sovereign import app_context, create_app  # noqa: PLC0415
 
     app: Flask = create_app()
-    return app.extensions["sovereign"]
+    return app_context.services(app)
 
 
 def cli_context() -> Any:

@@ -18,6 +18,7 @@ from flask import Config, Flask
 from enclaves.uri import SAFE_PARAMS, TRANSPORTS
 from sovereign.domain.labels import DEFAULT_COMPARTMENTS, DEFAULT_LEVELS
 from sovereign.errors import ConfigurationError
+from sovereign.settings import SETTINGS, Settings
 
 ENVIRONMENTS = ("production", "development", "testing")
 #: The console client secret that the development identity provider (``IDP_DEV``) publishes: a
@@ -193,7 +194,8 @@ def new_app() -> Flask:
 
 
 def load(app: Flask, overrides: Mapping[str, Any] | None = None, *, check: bool = True) -> None:
-    """Fill ``app.config`` in precedence order and (unless ``check`` is off) check it.
+    """Fill ``app.config`` in precedence order, (unless ``check`` is off) check it, and keep
+    its typed :class:`~sovereign.settings.Settings` in ``app.extensions`` (read once, here).
 
     :raises ConfigurationError: if the result is unsafe or inconsistent.
     """
@@ -226,6 +228,7 @@ def load(app: Flask, overrides: Mapping[str, Any] | None = None, *, check: bool 
     _console_defaults(app.config)
     if check:
         verify(app.config)
+    app.extensions[SETTINGS] = Settings.from_config(app.config)
 
 
 def verify(config: Mapping[str, Any]) -> None:

@@ -1,9 +1,9 @@
 """The control plane's error tree.
 
-Owns the exception classes that services and the domain raise. It knows nothing about HTTP:
-the API maps each class to a status in one table (``sovereign.api.problems``). Each error has a
-``msg_fmt`` filled from keyword arguments and a ``safe`` flag saying whether its message may be
-shown to the caller; unsafe errors are logged and answered with a generic text.
+Owns the exception classes that services and the domain raise. It knows nothing about HTTP: the API
+and the console map each class to a status in one table (``sovereign.channels.statuses``). Each
+error has a ``msg_fmt`` filled from keyword arguments and a ``safe`` flag saying whether its
+message may be shown to the caller; unsafe errors are logged and answered with a generic text.
 """
 
 from __future__ import annotations

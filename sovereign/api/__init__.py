@@ -1,13 +1,15 @@
 """The HTTP interface: REST API v1, operational endpoints and the problem handler table.
 
-Owns the blueprints and their registration. Views reach services through ``current_app``;
-they never import adapters, SQLAlchemy, hvac or libvirt.
+Owns the blueprints and their registration. Views reach services through
+:func:`sovereign.app_context.services`; they never import adapters, SQLAlchemy, hvac or libvirt,
+nor the assembly (:mod:`sovereign.bootstrap`) or the console (import-linter contracts).
 """
 
 from __future__ import annotations
 
 from flask import Flask
 
+from sovereign import app_context
 from sovereign.api import (
     ops,
     problems,
@@ -15,6 +17,16 @@ from sovereign.api import (
     v1,
     v1_fleet,  # noqa: F401 - adds the fleet routes to v1's blueprint
 )
+
+#: Where the REST API lives (the rate limits key its writes by principal).
+PREFIX = v1.PREFIX
+
+
+def open_endpoints() -> frozenset[str]:
+    """The endpoints of the API operations that need no token (limited per address)."""
+    return frozenset(
+        f"{v1.blueprint.name}.{op.view.__name__}" for op in v1.api.operations if not op.auth
+    )
 
 
 def register(app: Flask) -> None:
@@ -28,4 +40,4 @@ def register(app: Flask) -> None:
 
 def _flush_auth_failures(_error: BaseException | None) -> None:
     # Summaries of authentication failures whose interval is over (usually nothing to do).
-    routing.services().auth_failures.flush()
+    app_context.services().auth_failures.flush()

@@ -21,11 +21,10 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, g, jsonify, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -35,12 +34,15 @@ from prometheus_client import (
 )
 from werkzeug.exceptions import BadRequest, RequestHeaderFieldsTooLarge
 
+from sovereign import app_context
 from sovereign.api import v1
 from sovereign.api.problems import problem
-from sovereign.api.routing import call_context, openapi, services
+from sovereign.api.routing import call_context, openapi
+from sovereign.app_context import services
 from sovereign.config import MIN_SCRAPE_TOKEN_LENGTH
 from sovereign.domain.identity import Role
 from sovereign.errors import DependencyUnavailableError, PolicyDeniedError
+from sovereign.settings import Settings
 from sovereign.text import control_character, describe
 
 log = logging.getLogger(__name__)
@@ -61,15 +63,15 @@ def healthz() -> Response:
     return jsonify(status="ok")
 
 
-def scrape_token(config: Mapping[str, Any]) -> str | None:
+def scrape_token(settings: Settings) -> str | None:
     """The static metrics scrape token: ``METRICS_TOKEN_FILE``'s content, or ``METRICS_TOKEN``.
 
     The file is read on each use, so a rotated token takes effect without a restart; one that
     cannot be read, or holds too short a token, accepts nothing (fail closed, logged).
     """
-    path = config.get("METRICS_TOKEN_FILE")
+    path = settings.metrics_token_file
     if not path:
-        return config.get("METRICS_TOKEN") or None
+        return settings.metrics_token or None
     try:
         token = Path(path).read_text(encoding="utf-8").strip()
     except OSError as e:
@@ -89,7 +91,7 @@ def require_operator() -> None:
     """
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()
-    expected = scrape_token(current_app.config)
+    expected = scrape_token(app_context.settings())
     # Constant time: the comparison must not tell a guesser how much of it was right.
     if (
         scheme.lower() == "bearer"
@@ -197,6 +199,7 @@ def _refuse_control_characters() -> None:
 def install(app: Flask) -> None:
     """Register the ops blueprint, request ids, the URL check and metrics hooks on ``app``."""
     metrics = Metrics()
+    max_header_bytes = app_context.settings(app).max_header_bytes
     app.extensions["sovereign.metrics"] = metrics
     app.register_blueprint(blueprint)
 
@@ -205,7 +208,7 @@ def install(app: Flask) -> None:
         g.started = time.perf_counter()
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-        _refuse_large_headers(app.config["MAX_HEADER_BYTES"])
+        _refuse_large_headers(max_header_bytes)
         _refuse_control_characters()
 
     @app.after_request

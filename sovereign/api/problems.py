@@ -1,9 +1,10 @@
-"""RFC 9457 problem details: the one table from errors to HTTP responses.
+"""RFC 9457 problem details: the API's answer for every error.
 
-Owns the mapping of :mod:`sovereign.errors` classes and HTTP exceptions to status codes, and
-the rendering of ``application/problem+json``. Registered on the app (not a blueprint) so that
-routing 404/405 and body-size 413 get the same treatment. ``detail`` is only shown for errors
-marked safe; anything unexpected is logged with the request id and answered generically.
+Owns the rendering of :mod:`sovereign.errors` classes (their statuses from the one table both
+channels share, :mod:`sovereign.channels.statuses`) and of HTTP exceptions as
+``application/problem+json``. Registered on the app (not a blueprint) so that routing 404/405 and
+body-size 413 get the same treatment. ``detail`` is only shown for errors marked safe; anything
+unexpected is logged with the request id and answered generically.
 """
 
 from __future__ import annotations
@@ -15,13 +16,11 @@ from flask import Flask, Response, g, json, request
 from flask_limiter import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 
+from sovereign.channels.statuses import rate_limited_error, status_of
 from sovereign.errors import (
     AuthenticationError,
-    ConflictError,
     DependencyUnavailableError,
     InvalidInputError,
-    NotFoundError,
-    PolicyDeniedError,
     RateLimitedError,
     SovereignError,
     StepUpRequiredError,
@@ -31,23 +30,8 @@ from sovereign.text import for_log
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
-#: ``g`` attribute where the rate limiter leaves the seconds until a breached limit resets.
-RETRY_AFTER = "sovereign_retry_after"
 #: Problem type URIs are URNs under this prefix plus the error's ``code``.
 TYPE_PREFIX = "urn:sovereign:problem:"
-
-#: Most specific first; the first class an error is an instance of decides the status.
-STATUS_BY_ERROR: tuple[tuple[type[SovereignError], int, str], ...] = (
-    # Titles are the HTTP reason phrases, so an error looks the same whichever layer raised it.
-    (InvalidInputError, 422, "Unprocessable Content"),
-    (AuthenticationError, 401, "Unauthorized"),
-    (PolicyDeniedError, 403, "Forbidden"),
-    (RateLimitedError, 429, "Too Many Requests"),
-    (NotFoundError, 404, "Not Found"),
-    (ConflictError, 409, "Conflict"),
-    (DependencyUnavailableError, 503, "Service Unavailable"),
-    (SovereignError, 500, "Internal Server Error"),
-)
 
 
 def problem(
@@ -75,7 +59,7 @@ def problem(
 
 
 def _sovereign_error(error: SovereignError) -> Response:
-    status, title = next((s, t) for cls, s, t in STATUS_BY_ERROR if isinstance(error, cls))
+    status, title = status_of(error)
     extensions: dict[str, Any] = {}
     headers: dict[str, str] = {}
     if isinstance(error, InvalidInputError) and error.errors:
@@ -107,11 +91,6 @@ def _sovereign_error(error: SovereignError) -> Response:
         headers=headers,
         **extensions,
     )
-
-
-def rate_limited_error(error: RateLimitExceeded) -> RateLimitedError:
-    """Flask-Limiter's breach as the control plane's error, with the wait the limiter left."""
-    return RateLimitedError(limit=error.description, retry_after=int(g.get(RETRY_AFTER, 1)))
 
 
 def _rate_limited(error: RateLimitExceeded) -> Response:

@@ -13,14 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, g, request
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 from werkzeug.routing import IntegerConverter, Map
 
 from sovereign.api.schemas import NAME_PATTERN, Problem
-from sovereign.bootstrap import Services
+from sovereign.app_context import services
 from sovereign.domain.identity import Principal
 from sovereign.errors import AuthenticationError, InvalidInputError
 from sovereign.services.authfailures import AUTH_FAILURE
@@ -90,12 +90,6 @@ class Operation:
     path_params: list[tuple[str, str]] = field(default_factory=list)
     #: ``text/plain`` operations return a string (signed notes, proofs, keys) instead of JSON.
     media_type: str = "application/json"
-
-
-def services() -> Services:
-    """The app's services (built once by ``create_app``)."""
-    found: Services = current_app.extensions["sovereign"]
-    return found
 
 
 def call_context() -> CallContext:

@@ -12,13 +12,12 @@ import uuid
 from flask import Blueprint
 
 from sovereign.api import schemas as s
-from sovereign.api.routing import TEXT, Api, services
+from sovereign.api.routing import TEXT, Api
+from sovereign.app_context import services
 from sovereign.domain.requests import EnclaveRequest
-from sovereign.domain.tenants import Resources
 from sovereign.services.auditing import EventFilter
 from sovereign.services.ports import RequestFilter
 from sovereign.services.recording import CallContext
-from sovereign.services.requests import RequestDraft
 
 PREFIX = "/api/v1"
 blueprint = Blueprint("api_v1", __name__, url_prefix=PREFIX)
@@ -41,19 +40,7 @@ def _out(request: EnclaveRequest) -> s.RequestOut:
 )
 def create_request(ctx: CallContext, body: s.RequestCreate) -> s.RequestOut:
     """File a request; it starts ``pending``."""
-    r = body.resources
-    draft = RequestDraft(
-        tenant=body.tenant,
-        label=body.label.model_dump(),
-        resources=Resources(
-            vcpus=r.vcpus, memory_mib=r.memory_mib, gpus=r.gpus, disk_gib=r.disk_gib
-        ),
-        gpu_model=r.gpu_model,
-        image=body.image,
-        purpose=body.purpose,
-        lease_hours=body.lease_hours,
-    )
-    return _out(services().requests.create(ctx, draft))
+    return _out(services().requests.create(ctx, body.draft()))
 
 
 @api.route(

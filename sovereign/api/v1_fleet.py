@@ -10,8 +10,9 @@ from __future__ import annotations
 import uuid
 
 from sovereign.api import fleet_schemas as f
-from sovereign.api.routing import TEXT, services
+from sovereign.api.routing import TEXT
 from sovereign.api.v1 import api
+from sovereign.app_context import services
 from sovereign.services.ports import RequestFilter
 from sovereign.services.recording import CallContext
 

@@ -2,15 +2,15 @@
 caller, rendering with the classification banner, navigation and error pages.
 
 Owns the request plumbing only, including when a session starts and ends, and so where the
-``session:*`` audit events are written (:func:`start_session`, :func:`session_context`, the
-store's expiry hook). Pages (in :mod:`sovereign.web.views`) call the same services
-the API calls, through :func:`services`; they never touch the database or adapters. Policy stays
-in the services: a role check here only decides what to offer, never what is allowed.
+``session:*`` audit events are written (:func:`start_session`, :func:`session_context`, the store's
+expiry hook). Pages (in :mod:`sovereign.web.views`) call the same services the API calls, through
+:func:`sovereign.app_context.services`; they never touch the database or adapters. Policy stays in
+the services: a role check here only decides what to offer, never what is allowed.
 
 Adding a page: write a view on :data:`bp` that calls :func:`caller` and a service, return
 :func:`page` with the labels it shows, extend ``console/base.html``, put forms through the
-``csrf_field`` / ``post_button`` macros of ``console/_macros.html``, and add a :class:`NavItem`
-to :data:`NAV`.
+``csrf_field`` / ``post_button`` macros of ``console/_macros.html``, and add a
+:class:`~sovereign.web.nav.NavItem` to :data:`sovereign.web.nav.NAV`.
 """
 
 from __future__ import annotations
@@ -39,12 +39,11 @@ from flask.typing import ResponseReturnValue
 from flask_limiter import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
 
-from sovereign.api import limits
-from sovereign.api.problems import STATUS_BY_ERROR, rate_limited_error
-from sovereign.bootstrap import Services
+from sovereign.app_context import services
+from sovereign.channels import limits
+from sovereign.channels.statuses import rate_limited_error, status_of
 from sovereign.domain.identity import Principal, Role
 from sovereign.domain.labels import Label
-from sovereign.domain.policy import AUDIT_READERS
 from sovereign.errors import (
     AuditUnavailableError,
     AuthenticationError,
@@ -53,13 +52,15 @@ from sovereign.errors import (
     SovereignError,
 )
 from sovereign.services.authfailures import AUTH_FAILURE
-from sovereign.services.hosts import HOST_READERS
 from sovereign.services.recording import CallContext
+from sovereign.services.registry import Services
 from sovereign.services.sessions import SessionAuditService, SessionEnd
+from sovereign.services.signin import SignIn, SignInClient
+from sovereign.settings import Settings
 from sovereign.text import for_log
 from sovereign.web.banner import Shown, banner
 from sovereign.web.forms import refuse_control_characters
-from sovereign.web.oidc import ConsoleLogin, SignIn
+from sovereign.web.nav import nav_items
 from sovereign.web.sessions import (
     ConsoleSession,
     ExpiryHook,
@@ -91,7 +92,7 @@ bp = Blueprint(
 class Console:
     """The console's settings and collaborators, one per app (``app.extensions``)."""
 
-    login: ConsoleLogin
+    login: SignInClient
     store: SessionStore
     cookie_name: str
     cookie_secure: bool
@@ -116,97 +117,7 @@ class CsrfError(Exception):
     """An unsafe request without this session's CSRF token."""
 
 
-@dataclass(frozen=True)
-class NavItem:
-    """A navigation entry, shown to holders of ``roles`` when its page exists."""
-
-    label: str
-    endpoint: str
-    roles: frozenset[Role]
-    description: str = ""
-    #: A ``Services`` attribute the page needs; the entry is hidden while it is absent.
-    needs: str | None = None
-
-
-@dataclass(frozen=True)
-class NavLink:
-    """A navigation entry as one page shows it."""
-
-    label: str
-    url: str
-    current: bool
-    description: str
-
-
-ANALYST, OFFICER = frozenset({Role.ANALYST}), frozenset({Role.OFFICER})
-
-#: The console's navigation, in order. Entries whose endpoint is not registered, or whose
-#: ``needs`` is missing from the services, are hidden, so pages can be added independently.
-NAV: list[NavItem] = [
-    NavItem(
-        "Request an enclave",
-        "console.new_request",
-        ANALYST,
-        "An isolated VM with whole GPUs, an encrypted disk and no shared network, for a lease.",
-    ),
-    NavItem(
-        "My requests",
-        "console.my_requests",
-        ANALYST,
-        "Where each of your requests stands, with the officers' approvals.",
-    ),
-    NavItem(
-        "My enclaves",
-        "console.my_enclaves",
-        ANALYST,
-        "Your running enclaves: host, GPUs, lease end, serial console.",
-        needs="enclaves",
-    ),
-    NavItem(
-        "Approval queue",
-        "console.queue",
-        OFFICER,
-        "Pending requests your clearance covers; classified levels need two distinct officers.",
-    ),
-    NavItem(
-        "Hosts and GPUs",
-        "console.hosts",
-        HOST_READERS,
-        "Hypervisors with their state, accreditation and site; GPUs with their state and the "
-        "label of their last tenant.",
-        needs="hosts",
-    ),
-    NavItem(
-        "Two-person actions",
-        "console.actions",
-        OFFICER,
-        "Accreditation changes and kill switches waiting for a second officer.",
-        needs="actions",
-    ),
-    NavItem(
-        "Kill switch",
-        "console.kill_switch",
-        OFFICER,
-        "End every enclave of a label or tenant at once and erase their keys, with confirmation.",
-        needs="enclaves",
-    ),
-    NavItem(
-        "Audit log",
-        "console.audit_events",
-        frozenset(AUDIT_READERS),
-        "Every decision with its place in the Merkle tree; verify the log, download proofs "
-        "and exports.",
-    ),
-]
-
-
 # -- access to the app's pieces ------------------------------------------------------------------
-
-
-def services() -> Services:
-    """The app's services, the same ones the API uses."""
-    found: Services = current_app.extensions["sovereign"]
-    return found
 
 
 def console() -> Console:
@@ -225,32 +136,25 @@ def signed_in_subject() -> str | None:
     return found.subject if found is not None and found.signed_in else None
 
 
-def build(config: Any, svc: Services) -> Console:
-    """The console for ``config``, signing in against the realm ``svc.identity`` verifies."""
-    secure = bool(config["CONSOLE_COOKIE_SECURE"])
-    idp = urlsplit(str(config["IDP_URL"] or ""))
+def build(settings: Settings, svc: Services, login: SignInClient) -> Console:
+    """The console for ``settings``, signing in through ``login`` (built by the assembly)."""
+    secure = settings.console_cookie_secure
+    idp = urlsplit(settings.idp_url or "")
     return Console(
-        login=ConsoleLogin(
-            server_url=str(config["IDP_URL"] or ""),
-            realm=config["IDP_REALM"],
-            client_id=config["CONSOLE_CLIENT_ID"],
-            client_secret=config["CONSOLE_CLIENT_SECRET"],
-            identity=svc.identity,
-            timeout_s=int(config["IDP_TIMEOUT_S"]),
-        ),
+        login=login,
         store=MemorySessionStore(
-            str(config["SECRET_KEY"]),
-            idle_timeout_s=float(config["CONSOLE_IDLE_TIMEOUT_S"]),
-            max_age_s=float(config["CONSOLE_SESSION_MAX_S"]),
-            max_sessions=int(config["CONSOLE_MAX_SESSIONS"]),
+            str(settings.secret_key),
+            idle_timeout_s=settings.console_idle_timeout_s,
+            max_age_s=settings.console_session_max_s,
+            max_sessions=settings.console_max_sessions,
             on_expire=_record_expiry(svc.sessions),
         ),
         cookie_name=SECURE_COOKIE if secure else PLAIN_COOKIE,
         cookie_secure=secure,
-        cookie_samesite=str(config["CONSOLE_COOKIE_SAMESITE"]),
-        login_timeout_s=int(config["CONSOLE_LOGIN_TIMEOUT_S"]),
-        external_url=config["CONSOLE_EXTERNAL_URL"],
-        idp_logout_redirect=bool(config["CONSOLE_IDP_LOGOUT_REDIRECT"]),
+        cookie_samesite=settings.console_cookie_samesite,
+        login_timeout_s=settings.console_login_timeout_s,
+        external_url=settings.console_external_url,
+        idp_logout_redirect=settings.console_idp_logout_redirect,
         idp_origin=f"{idp.scheme}://{idp.netloc}" if idp.netloc else "",
     )
 
@@ -554,30 +458,6 @@ def retry_form(render: Callable[[SovereignError], Response]) -> None:
     g.console_form = render
 
 
-def nav_items(principal: Principal | None) -> list[NavLink]:
-    """The entries ``principal`` should see on this page."""
-    if principal is None:
-        return []
-    svc = services()
-    links = []
-    for item in NAV:
-        if not principal.roles & item.roles:
-            continue
-        if item.needs is not None and not hasattr(svc, item.needs):
-            continue
-        if item.endpoint not in current_app.view_functions:
-            continue
-        links.append(
-            NavLink(
-                label=item.label,
-                url=url_for(item.endpoint),
-                current=request.endpoint == item.endpoint,
-                description=item.description,
-            )
-        )
-    return links
-
-
 @bp.context_processor
 def _context() -> dict[str, Any]:
     session = current_session()
@@ -638,7 +518,7 @@ def _csrf_failed(error: CsrfError) -> Response:
 
 @bp.errorhandler(SovereignError)
 def _refused(error: SovereignError) -> Response:
-    status, title = next((s, t) for cls, s, t in STATUS_BY_ERROR if isinstance(error, cls))
+    status, title = status_of(error)
     if status >= 500 and not error.safe:
         log.error("console: %s: %s", type(error).__name__, for_log(error.message), exc_info=error)
     retry: Callable[[SovereignError], Response] | None = g.pop("console_form", None)

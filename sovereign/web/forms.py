@@ -1,7 +1,7 @@
 """Console forms: from posted fields to the same commands the API builds.
 
 Owns turning the request form into a :class:`RequestDraft` through the API's own schema
-(:class:`sovereign.api.schemas.RequestCreate`), so the console accepts exactly what the API
+(:class:`sovereign.channels.inputs.RequestCreate`), so the console accepts exactly what the API
 accepts, with each problem attached to the field the user typed it in. Policy (who may ask for
 what) stays in the services.
 """
@@ -15,8 +15,7 @@ from pydantic import ValidationError
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import BadRequest
 
-from sovereign.api.schemas import RequestCreate
-from sovereign.domain.tenants import Resources
+from sovereign.channels.inputs import RequestCreate
 from sovereign.services.requests import RequestDraft
 from sovereign.text import control_character, describe, for_log
 
@@ -111,19 +110,7 @@ def parse_request_form(form: MultiDict[str, str]) -> RequestForm:
         return RequestForm(values=values, errors=errors)
     if errors:
         return RequestForm(values=values, errors=errors)
-    r = body.resources
-    draft = RequestDraft(
-        tenant=body.tenant,
-        label=body.label.model_dump(),
-        resources=Resources(
-            vcpus=r.vcpus, memory_mib=r.memory_mib, gpus=r.gpus, disk_gib=r.disk_gib
-        ),
-        gpu_model=r.gpu_model,
-        image=body.image,
-        purpose=body.purpose,
-        lease_hours=body.lease_hours,
-    )
-    return RequestForm(values=values, draft=draft)
+    return RequestForm(values=values, draft=body.draft())
 
 
 def refuse_control_characters(form: MultiDict[str, str]) -> None:

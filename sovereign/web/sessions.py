@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from sovereign.services.sessions import SessionEnd
+from sovereign.services.signin import PendingLogin
 
 #: Random bytes in a session cookie and in a CSRF token (256 bits each).
 TOKEN_BYTES = 32
@@ -43,19 +44,6 @@ Clock = Callable[[], float]
 #: Hex digits of the SHA-256 of the store key kept as a session's reference (64 bits: enough
 #: to tell sessions apart in the log, and one-way like the key it is cut from).
 REF_HEX_DIGITS = 16
-
-
-@dataclass
-class PendingLogin:
-    """A sign-in sent to the IdP and not yet back: what the callback must see again."""
-
-    state: str
-    nonce: str
-    code_verifier: str
-    next_url: str
-    started_at: float
-    #: A re-authentication (step-up): the new ``auth_time`` must not be older than the start.
-    step_up: bool = False
 
 
 @dataclass

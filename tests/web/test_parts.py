@@ -11,10 +11,12 @@ from werkzeug.datastructures import MultiDict
 from sovereign import config as settings
 from sovereign.domain.labels import LabelScheme
 from sovereign.errors import ConfigurationError
+from sovereign.services.signin import PendingLogin
 from sovereign.web import banner
-from sovereign.web.console import NAV, safe_next
+from sovereign.web.console import safe_next
 from sovereign.web.forms import parse_request_form
-from sovereign.web.sessions import MemorySessionStore, PendingLogin
+from sovereign.web.nav import NAV
+from sovereign.web.sessions import MemorySessionStore
 from tests.web.conftest import SECRET_FORM
 
 SCHEME = LabelScheme()

@@ -16,9 +16,10 @@ from flask import Response, request, stream_with_context, url_for
 from flask.typing import ResponseReturnValue
 
 from audit.export import FORMATS
+from sovereign.app_context import services
 from sovereign.errors import InvalidInputError, NotFoundError
 from sovereign.services.auditing import EventFilter
-from sovereign.web.console import bp, caller, page, services
+from sovereign.web.console import bp, caller, page
 
 PAGE_SIZES = (10, 25, 50, 100, 200)
 DEFAULT_PAGE_SIZE = 50

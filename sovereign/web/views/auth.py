@@ -3,7 +3,8 @@
 Owns ``/auth/login`` (start, optionally as a step-up), ``/auth/callback`` (state, code
 exchange, token verification, new session id) and ``/auth/logout`` (ends the IdP session over
 the back channel, forgets the local one, then sends the browser through the IdP's end-session
-endpoint). The protocol work and the token checks are in :mod:`sovereign.web.oidc`.
+endpoint). The protocol work and the token checks are behind the
+:class:`~sovereign.services.signin.SignInClient` port (:mod:`sovereign.adapters.keycloak_login`).
 
 Every sign-in, refused sign-in and sign-out is written to the audit log
 (:mod:`sovereign.services.sessions`): a sign-in that cannot be recorded does not happen, a
@@ -15,10 +16,12 @@ from __future__ import annotations
 import logging
 import time
 
-from flask import Response, current_app, g, redirect, request
+from flask import Response, g, redirect, request
 from flask.typing import ResponseReturnValue
 
-from sovereign.api import limits
+from sovereign import app_context
+from sovereign.app_context import services
+from sovereign.channels import limits
 from sovereign.errors import AuthenticationError, DependencyUnavailableError
 from sovereign.services.sessions import SignInFailure
 from sovereign.text import for_log
@@ -32,7 +35,6 @@ from sovereign.web.console import (
     flash,
     page,
     safe_next,
-    services,
     session_context,
     session_for_login,
     start_session,
@@ -138,6 +140,6 @@ def logout() -> ResponseReturnValue:
 @bp.get("/console-banner.css")
 def banner_css() -> Response:
     """Banner colours per level (a stylesheet, so pages need no inline styles)."""
-    config = current_app.config
-    css = stylesheet(config["LABEL_LEVELS"], config["CONSOLE_BANNER_COLOURS"])
+    settings = app_context.settings()
+    css = stylesheet(settings.label_levels, settings.console_banner_colours)
     return Response(css, mimetype="text/css")

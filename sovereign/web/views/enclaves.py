@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from flask import Response, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 
+from sovereign.app_context import services
 from sovereign.domain.identity import Principal, Role
 from sovereign.domain.requests import EnclaveRequest, RequestState
 from sovereign.services.enclaves import TERMINABLE, EnclaveView
 from sovereign.services.ports import RequestFilter
 from sovereign.services.recording import CallContext
-from sovereign.web.console import bp, caller, flash, page, retry_form, services
+from sovereign.web.console import bp, caller, flash, page, retry_form
 from sovereign.web.forms import reason_field
 from sovereign.web.views.requests import MINE_PAGES, PAGE_SIZE, require_role
 

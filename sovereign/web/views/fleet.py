@@ -20,6 +20,7 @@ from flask import Response, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 from werkzeug.datastructures import MultiDict
 
+from sovereign.app_context import services
 from sovereign.domain.actions import ActionKind, DualAction
 from sovereign.domain.fleet import GPU_STATES, HOST_STATES, Gpu, Host
 from sovereign.domain.identity import Principal, Role
@@ -28,7 +29,7 @@ from sovereign.errors import InvalidInputError, LabelError, SovereignError
 from sovereign.services.enclaves import EnclaveView, KillResult
 from sovereign.services.hosts import HOST_OPERATORS
 from sovereign.services.recording import CallContext
-from sovereign.web.console import bp, caller, flash, page, retry_form, services
+from sovereign.web.console import bp, caller, flash, page, retry_form
 from sovereign.web.forms import reason_field
 from sovereign.web.views.requests import require_role
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from flask import Response, current_app, redirect, request, url_for
+from flask import Response, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import Forbidden
 
+from sovereign import app_context
+from sovereign.app_context import services
 from sovereign.domain.identity import Principal, Role
 from sovereign.domain.labels import Label, LabelScheme
 from sovereign.domain.policy import AUDIT_READERS
@@ -25,15 +27,7 @@ from sovereign.domain.requests import COMMITTED_STATES, Decision, EnclaveRequest
 from sovereign.domain.tenants import Resources, Tenant
 from sovereign.services.ports import RequestFilter
 from sovereign.services.recording import CallContext
-from sovereign.web.console import (
-    bp,
-    caller,
-    current_session,
-    flash,
-    page,
-    retry_form,
-    services,
-)
+from sovereign.web.console import bp, caller, current_session, flash, page, retry_form
 from sovereign.web.forms import RequestForm, empty_request_form, parse_request_form, reason_field
 from sovereign.web.sessions import Resume
 
@@ -162,7 +156,7 @@ def _form_page(ctx: CallContext, form: RequestForm, error: str | None = None) ->
         levels=services().scheme.levels[: top + 1],
         compartments=sorted(compartments),
         images=services().catalog.images(ctx),
-        gpu_models=list(current_app.config["GPU_MODELS"]),
+        gpu_models=list(app_context.settings().gpu_models),
         max_lease_hours=services().policy.max_lease_hours,
         form=form,
         error=error,
@@ -296,7 +290,7 @@ def _detail_page(
         own_as_officer=pending and officer and own,
         already_decided=pending and officer and decided,
         step_up=step_up,
-        step_up_minutes=max(current_app.config["STEP_UP_MAX_AGE_S"] // 60, 1),
+        step_up_minutes=max(app_context.settings().step_up_max_age_s // 60, 1),
         audit_reader=bool(principal.roles & AUDIT_READERS),
         placement=placement,
         enclave_url=url_for("console.enclave_detail", enclave_id=found.id)

@@ -19,7 +19,8 @@ is answered 429 (:class:`~sovereign.errors.RateLimitedError`): problem+json with
 same header. The client address is ``request.remote_addr``, so behind a trusted-proxy fix (ProxyFix)
 it is the real client's.
 
-Storage is ``RATELIMIT_STORAGE_URI`` (Flask-Limiter reads it): ``memory://`` by default, which
+Storage is ``RATELIMIT_STORAGE_URI`` (Flask-Limiter reads it, and the other ``RATELIMIT_*``
+keys it knows, from ``app.config`` itself): ``memory://`` by default, which
 counts per process, so N replicas allow N times the limit; point every replica at one shared
 store (``redis://...``, needs the ``limits[redis]`` extra) for one count across them. If that
 store fails, each process falls back to counting in memory
@@ -36,8 +37,8 @@ from flask import Flask, current_app, g, request
 from flask.wrappers import Response
 from flask_limiter import ApplicationLimit, Limiter, RequestLimit
 
-from sovereign.api import routing, v1
-from sovereign.api.problems import RETRY_AFTER
+from sovereign import app_context
+from sovereign.channels.statuses import RETRY_AFTER
 from sovereign.errors import AuthenticationError, DependencyUnavailableError
 
 log = logging.getLogger(__name__)
@@ -79,13 +80,13 @@ def add_subject_resolver(app: Flask, resolver: SubjectResolver) -> None:
 def _bearer_subject() -> str | None:
     """The subject of a verifying bearer token on an API request (the adapter caches verified
     tokens, so the view's own check costs a lookup); None for anything else."""
-    if not request.path.startswith(v1.PREFIX + "/"):
+    if not request.path.startswith(_api_prefix() + "/"):
         return None
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
     try:
-        return routing.services().identity.authenticate(token.strip()).subject
+        return app_context.services().identity.authenticate(token.strip()).subject
     except (AuthenticationError, DependencyUnavailableError):
         return None  # the view refuses it (and records why); count it by address meanwhile
 
@@ -115,10 +116,15 @@ def _open_operations() -> frozenset[str]:
     return names
 
 
+def _api_prefix() -> str:
+    prefix: str = current_app.extensions[EXTENSION]["prefix"]
+    return prefix
+
+
 def _write() -> bool:
     if request.method not in WRITE_METHODS:
         return False
-    return request.path.startswith(v1.PREFIX + "/") or (request.endpoint or "").startswith(
+    return request.path.startswith(_api_prefix() + "/") or (request.endpoint or "").startswith(
         "console."
     )
 
@@ -138,39 +144,35 @@ def _breached(limit: RequestLimit) -> Response | None:
     return None
 
 
-def install(app: Flask) -> Limiter:
-    """Attach the limiter and its three limits to ``app`` (after the API and console)."""
-    config = app.config
-    if config["ENV"] == "production" and str(config["RATELIMIT_STORAGE_URI"]).startswith(
-        "memory://"
-    ):
+def install(app: Flask, *, api_prefix: str, open_endpoints: frozenset[str]) -> Limiter:
+    """Attach the limiter and its three limits to ``app`` (after the API and console): writes
+    under ``api_prefix`` are limited per principal, and ``open_endpoints`` (the API operations
+    that need no token) per address."""
+    settings = app_context.settings(app)
+    if settings.production and settings.ratelimit_storage_uri.startswith("memory://"):
         log.warning(
             "rate limits are counted per process (RATELIMIT_STORAGE_URI=memory://); "
             "with several replicas, point them at one shared store"
         )
-    app.extensions[EXTENSION] = {
-        "open": frozenset(
-            f"{v1.blueprint.name}.{op.view.__name__}" for op in v1.api.operations if not op.auth
-        ),
-    }
+    app.extensions[EXTENSION] = {"open": open_endpoints, "prefix": api_prefix}
     limiter = Limiter(
         key_func=client_address,
         application_limits=[
             ApplicationLimit(
-                str(config["RATELIMIT_ANONYMOUS"]),
+                settings.ratelimit_anonymous,
                 key_function=client_address,
                 scope="anonymous",
                 exempt_when=lambda: _exempt() or not _anonymous(),
             ),
             ApplicationLimit(
-                str(config["RATELIMIT_AUTH_FAILURES"]),
+                settings.ratelimit_auth_failures,
                 key_function=client_address,
                 scope="auth-failures",
                 exempt_when=_exempt,
                 deduct_when=_auth_failed,
             ),
             ApplicationLimit(
-                str(config["RATELIMIT_WRITES"]),
+                settings.ratelimit_writes,
                 key_function=writer_key,
                 scope="writes",
                 exempt_when=lambda: _exempt() or not _write(),

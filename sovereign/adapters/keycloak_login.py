@@ -1,7 +1,10 @@
-"""The console as an OpenID Connect relying party: authorization code flow with PKCE.
+"""The console's sign-in client over Keycloak: authorization code flow with PKCE.
 
-Owns building the authorization URL and exchanging the code (both through python-keycloak),
-refreshing and ending IdP sessions, and the verification of what comes back. Tokens are
+The :class:`~sovereign.services.signin.SignInClient` backend that
+:func:`sovereign.bootstrap.build_console_login` builds, next to the API's identity provider
+(:mod:`sovereign.adapters.keycloak`). Owns building the authorization URL and exchanging the
+code (both through python-keycloak), refreshing and ending IdP sessions, and the verification
+of what comes back. Tokens are
 verified by the same identity provider object the API uses (``services().identity``): access
 tokens with ``authenticate`` exactly as a bearer token, ID tokens with ``verify_id_token``
 (same key, algorithm, issuer, leeway; audience = the console client; ``typ: ID``; nonce).
@@ -15,7 +18,6 @@ import secrets
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import quote, urlencode
 
@@ -26,8 +28,8 @@ from keycloak.pkce_utils import generate_code_challenge, generate_code_verifier
 from sovereign.domain.identity import Principal
 from sovereign.errors import AuthenticationError, ConfigurationError, DependencyUnavailableError
 from sovereign.services.ports import IdentityProvider
+from sovereign.services.signin import PendingLogin, SignIn
 from sovereign.text import for_log
-from sovereign.web.sessions import PendingLogin
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +52,7 @@ class IdTokenVerifier(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class SignIn:
-    """A completed, verified sign-in."""
-
-    principal: Principal
-    access_token: str
-    refresh_token: str | None
-    id_token: str
-    auth_time: int | None
-
-
-class ConsoleLogin:
+class KeycloakSignInClient:
     """The console's Keycloak client (confidential, PKCE S256, state and nonce)."""
 
     def __init__(
