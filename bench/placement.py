@@ -42,9 +42,9 @@ from dataclasses import replace
 
 import benchkit  # first: it stops bench/audit.py shadowing the audit package
 
+from sovereign.domain.fleet import Gpu
 from sovereign.domain.labels import Label, LabelScheme
 from sovereign.domain.placement import (
-    GpuState,
     GpuStatus,
     HostState,
     HostStatus,
@@ -91,6 +91,7 @@ def build_fleet(hosts: int, rng: random.Random) -> list[HostState]:
     labels = lattice()
     fleet = []
     for index in range(hosts):
+        host = f"hv{index:04d}"
         accreditation = rng.choice(accreditations)
         gpus = []
         for slot in range(GPUS_PER_HOST):
@@ -103,7 +104,7 @@ def build_fleet(hosts: int, rng: random.Random) -> list[HostState]:
                 state = "sanitizing"
             elif roll < 0.06:
                 state = "quarantined"
-            gpus.append(GpuState(address, MODEL, slot // 4, index * 16 + slot, (address,), state))
+            gpus.append(Gpu(host, address, MODEL, slot // 4, index * 16 + slot, (address,), state))
         if index % 10 == 0:
             shared = (gpus[2].address, gpus[3].address)
             gpus[2] = replace(gpus[2], iommu_group=index * 16 + 2, group_members=shared)
@@ -125,7 +126,7 @@ def build_fleet(hosts: int, rng: random.Random) -> list[HostState]:
         )
         fleet.append(
             HostState(
-                name=f"hv{index:04d}",
+                name=host,
                 accreditation=accreditation,
                 state=status,
                 labels_present=carried,

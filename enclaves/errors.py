@@ -59,3 +59,14 @@ class SecretNotFoundError(NotFoundError):
 
 class NetworkNotFoundError(NotFoundError):
     """The hypervisor has no virtual network with the requested name."""
+
+
+class EnclaveRefusedError(EnclaveError):
+    """The enclave as planned may not be built: its spec is invalid or breaks an isolation
+    rule (the designer's refusal), or what a step needs is missing (its keys). Retrying the
+    same plan cannot help."""
+
+
+class GpuUnavailableError(EnclaveRefusedError):
+    """A GPU to pass through is not on the host, or another domain already holds a function
+    of its IOMMU group (isolation rule 1: a GPU is never shared)."""

@@ -78,31 +78,26 @@ class PciDevice:
 
 @dataclass(frozen=True, slots=True)
 class GpuDevice:
-    """A PCI function recognised as a datacenter GPU of a known model."""
+    """A whole GPU as the hypervisor reports it: a PCI function of a known datacenter model.
 
-    pci: PciDevice
+    The one type for a reported GPU: the control plane's hypervisor port hands it over as it is
+    (discovery) and gives it back in an enclave's plan (the GPUs to pass through); the control
+    plane's own record of a GPU (its state, its last tenant) is a different thing and lives
+    there.
+    """
+
+    #: ``DDDD:BB:SS.F`` in lower-case hex (``0000:18:00.0``).
+    address: str
     #: The model name from the GPU table, e.g. ``H100-SXM5-80GB``.
     model: str
-
-    @property
-    def address(self) -> str:
-        """The GPU's PCI address (``0000:18:00.0``)."""
-        return self.pci.address
-
-    @property
-    def iommu_group(self) -> int | None:
-        """The GPU's IOMMU group number, or None without an IOMMU."""
-        return self.pci.iommu_group
-
-    @property
-    def group_members(self) -> tuple[str, ...]:
-        """Every function of the GPU's IOMMU group, the GPU included."""
-        return self.pci.group_members
-
-    @property
-    def numa_node(self) -> int | None:
-        """The NUMA node the GPU is attached to, or None when unknown."""
-        return self.pci.numa_node
+    #: The NUMA node the GPU is attached to, or None when unknown.
+    numa_node: int | None
+    #: The GPU's IOMMU group number, or None without an IOMMU (no passthrough possible).
+    iommu_group: int | None
+    #: Every function of the GPU's IOMMU group, the GPU included, sorted.
+    group_members: tuple[str, ...]
+    #: The GPU's own UUID where NVML reports it (``GPU-...``); None from libvirt's node devices.
+    uuid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +200,15 @@ def as_gpu(device: PciDevice, models: Mapping[int, str] = KNOWN_GPUS) -> GpuDevi
     if device.vendor_id != NVIDIA_VENDOR_ID:
         return None
     model = models.get(device.product_id)
-    return None if model is None else GpuDevice(pci=device, model=model)
+    if model is None:
+        return None
+    return GpuDevice(
+        address=device.address,
+        model=model,
+        numa_node=device.numa_node,
+        iommu_group=device.iommu_group,
+        group_members=device.group_members,
+    )
 
 
 def discover_gpus(host: PciDeviceSource, models: Mapping[int, str] = KNOWN_GPUS) -> list[GpuDevice]:

@@ -19,6 +19,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from enclaves.inventory import GpuDevice
+from enclaves.steps import ProvisionStep, TeardownStep
 from enclaves.uri import UriPolicy, UriRefusedError, check_uri
 from sovereign.domain.fleet import HostIdentity
 from sovereign.domain.keys import EnclaveSecrets
@@ -28,7 +30,7 @@ from sovereign.errors import (
     HostIdentityError,
     InvalidInputError,
 )
-from sovereign.services.ports import DiscoveredGpu, DomainFacts, EnclavePlan, HostFacts
+from sovereign.services.ports import DomainFacts, EnclavePlan, HostFacts
 
 #: The in-memory fleet's own URIs: ``mem://NAME``.
 _MEMORY_URI = re.compile(r"mem://[a-z0-9][a-z0-9.-]{0,62}")
@@ -40,7 +42,7 @@ class MemoryHost:
 
     cpus: int = 64
     memory_mib: int = 512 * 1024
-    gpus: tuple[DiscoveredGpu, ...] = ()
+    gpus: tuple[GpuDevice, ...] = ()
     #: Domain uuid -> (name, running, enclave id, GPU addresses).
     domains: dict[uuid.UUID, tuple[str, bool, uuid.UUID | None, frozenset[str]]] = field(
         default_factory=dict
@@ -149,21 +151,23 @@ class MemoryHypervisor:
             for key, (name, running, enclave, _gpus) in sorted(host.domains.items())
         ]
 
-    def provision(self, step: str, plan: EnclavePlan, secrets: EnclaveSecrets | None) -> str:
+    def provision(
+        self, step: ProvisionStep, plan: EnclavePlan, secrets: EnclaveSecrets | None
+    ) -> str:
         """One idempotent provisioning step."""
         host = self._host(plan.uri)
         self._fail(f"provision:{step}")
         self.calls.append((plan.uri, f"provision:{step}", plan.enclave_id))
         key = plan.enclave_id
-        if step == "volume":
+        if step == ProvisionStep.VOLUME:
             host.volumes.add(plan.domain_name)
-        elif step == "secrets":
+        elif step == ProvisionStep.SECRETS:
             if secrets is None:
                 raise ConflictError(reason="no secrets")
             host.secrets |= {uuid.uuid5(key, "luks"), uuid.uuid5(key, "vtpm")}
-        elif step == "network":
+        elif step == ProvisionStep.NETWORK:
             host.networks.add(f"net-{key.hex[:12]}")
-        elif step == "define":
+        elif step == ProvisionStep.DEFINE:
             wanted = frozenset(m for gpu in plan.gpus for m in gpu.group_members)
             present = {m for gpu in host.gpus for m in gpu.group_members}
             if not wanted <= present:
@@ -173,7 +177,7 @@ class MemoryHypervisor:
                     raise ConflictError(reason=f"GPU already passed to domain {name}")
             running = host.domains.get(key, ("", False, None, frozenset()))[1]
             host.domains[key] = (plan.domain_name, running, key, wanted)
-        elif step == "start":
+        elif step == ProvisionStep.START:
             if key not in host.domains:
                 raise ConflictError(reason=f"domain {plan.domain_name} is not defined")
             name, _running, enclave, gpus = host.domains[key]
@@ -183,23 +187,23 @@ class MemoryHypervisor:
         self._fail_after(f"provision:{step}")
         return f"{step} done"
 
-    def teardown(self, step: str, plan: EnclavePlan) -> str:
+    def teardown(self, step: TeardownStep, plan: EnclavePlan) -> str:
         """One idempotent teardown step."""
         host = self._host(plan.uri)
         self._fail(f"teardown:{step}")
         self.calls.append((plan.uri, f"teardown:{step}", plan.enclave_id))
         key = plan.enclave_id
-        if step == "stop":
+        if step == TeardownStep.STOP:
             if key in host.domains:
                 name, _running, enclave, gpus = host.domains[key]
                 host.domains[key] = (name, False, enclave, gpus)
-        elif step == "undefine":
+        elif step == TeardownStep.UNDEFINE:
             host.domains.pop(key, None)
-        elif step == "volume":
+        elif step == TeardownStep.VOLUME:
             host.volumes.discard(plan.domain_name)
-        elif step == "secrets":
+        elif step == TeardownStep.SECRETS:
             host.secrets -= {uuid.uuid5(key, "luks"), uuid.uuid5(key, "vtpm")}
-        elif step == "network":
+        elif step == TeardownStep.NETWORK:
             host.networks.discard(f"net-{key.hex[:12]}")
         else:
             raise ValueError(f"unknown teardown step {step!r}")

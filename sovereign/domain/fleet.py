@@ -16,9 +16,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+# The one module of enclaves the domain may import: the steps, named once for every layer (a
+# pure enum; see its docstring and the import-linter contract "domain is plain Python").
+from enclaves.steps import PROVISION_STEPS, TEARDOWN_STEPS, ProvisionStep, TeardownStep
 from sovereign.domain.labels import Label
 from sovereign.domain.placement import (
-    GpuState,
     GpuStatus,
     HostState,
     HostStatus,
@@ -27,6 +29,24 @@ from sovereign.domain.placement import (
 from sovereign.domain.requests import EnclaveRequest
 from sovereign.domain.tenants import Tenant, TenantKind
 from sovereign.errors import InvalidTransitionError
+
+__all__ = [
+    "DOMAIN_TYPES",
+    "GPU_STATES",
+    "GPU_TRANSITIONS",
+    "HOST_STATES",
+    "PROVISION_STEPS",
+    "TEARDOWN_STEPS",
+    "Enclave",
+    "FleetView",
+    "Gpu",
+    "Host",
+    "HostIdentity",
+    "ProvisionStep",
+    "TeardownStep",
+    "domain_name",
+    "placement_request",
+]
 
 HOST_STATES: tuple[HostStatus, ...] = ("active", "draining", "quarantined")
 GPU_STATES: tuple[GpuStatus, ...] = ("free", "allocated", "dirty", "sanitizing", "quarantined")
@@ -42,11 +62,6 @@ GPU_TRANSITIONS: dict[str, frozenset[str]] = {
     # Leaving quarantine goes through sanitization: nobody vouches for what happened meanwhile.
     "quarantined": frozenset({"dirty"}),
 }
-
-#: Steps of provisioning, in order; each is idempotent on the hypervisor.
-PROVISION_STEPS: tuple[str, ...] = ("secrets", "volume", "network", "define", "start")
-#: Steps of teardown, in order; each is idempotent and tolerates a missing object.
-TEARDOWN_STEPS: tuple[str, ...] = ("stop", "undefine", "volume", "secrets", "network", "keys")
 
 
 @dataclass(frozen=True)
@@ -145,7 +160,8 @@ class Enclave:
     lease_expires_at: datetime
     created_at: datetime
     updated_at: datetime
-    #: The last provisioning or teardown step done (``""`` before the first).
+    #: The last provisioning or teardown step done, as ``provision:<step>`` or
+    #: ``teardown:<step>`` (:class:`ProvisionStep`, :class:`TeardownStep`; ``""`` before the first).
     step: str = ""
     #: Consecutive failed attempts at the current step, and the last error.
     attempts: int = 0
@@ -214,17 +230,8 @@ def _host_state(host: Host, gpus: Iterable[Gpu], enclaves: Sequence[Enclave]) ->
         classified_present=(True in kinds) if kinds else None,
         free_vcpus=host.vcpus - sum(enclave.vcpus for enclave in enclaves),
         free_memory_mib=host.memory_mib - sum(enclave.memory_mib for enclave in enclaves),
-        gpus=tuple(
-            GpuState(
-                address=gpu.address,
-                model=gpu.model,
-                numa_node=gpu.numa_node,
-                iommu_group=gpu.iommu_group,
-                group_members=gpu.group_members,
-                state=gpu.state,
-            )
-            for gpu in sorted(gpus, key=lambda g: g.address)
-        ),
+        # The records themselves: placement reads them and never changes them.
+        gpus=tuple(sorted(gpus, key=lambda g: g.address)),
     )
 
 

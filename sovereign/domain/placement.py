@@ -1,7 +1,8 @@
 """Isolation-aware placement: which host and which GPUs an enclave gets, and why not the others.
 
 Owns :func:`place`, a pure function from a :class:`PlacementRequest` and a snapshot of the fleet
-(:class:`HostState` with its :class:`GpuState`) to a :class:`Placement`, and :func:`apply`, which
+(:class:`HostState` with the GPU records, :class:`~sovereign.domain.fleet.Gpu`, which it reads
+and never changes) to a :class:`Placement`, and :func:`apply`, which
 returns the fleet as it is after a placement (for simulations, property tests and benchmarks).
 Rules, checked per host in this order; the first one a host breaks is its reason:
 
@@ -27,9 +28,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from sovereign.domain.labels import Label
+
+if TYPE_CHECKING:
+    # The control plane's record of a GPU; fleet builds snapshots from its records and imports
+    # this module, so the name is only needed for typing.
+    from sovereign.domain.fleet import Gpu
 
 HostStatus = Literal["active", "draining", "quarantined"]
 GpuStatus = Literal["free", "allocated", "dirty", "sanitizing", "quarantined"]
@@ -52,19 +58,6 @@ class PlacementRequest:
     memory_mib: int
 
 
-@dataclass(frozen=True)
-class GpuState:
-    """One GPU of a host as the control plane last recorded it."""
-
-    address: str
-    model: str
-    numa_node: int | None
-    iommu_group: int | None
-    #: Every PCI function in the GPU's IOMMU group, itself included.
-    group_members: tuple[str, ...]
-    state: GpuStatus
-
-
 _Unit = tuple[int | None, tuple[str, ...]]
 
 
@@ -82,7 +75,7 @@ class _ModelPool:
     #: None when every group holds one GPU: the groups are then built from ``singles`` only
     #: for the chosen host, which keeps evaluating a fresh fleet cheap.
     units: tuple[_Unit, ...] | None
-    singles: tuple[GpuState, ...] = ()
+    singles: tuple[Gpu, ...] = ()
 
     def groups(self) -> list[_Unit]:
         """The usable groups, sorted by their first address."""
@@ -109,7 +102,7 @@ class HostState:
     classified_present: bool | None
     free_vcpus: int
     free_memory_mib: int
-    gpus: tuple[GpuState, ...] = ()
+    gpus: tuple[Gpu, ...] = ()
     #: Derived from ``gpus`` on first use; not a field of the state (not compared or copied).
     _pool_cache: dict[str, _ModelPool] | None = field(
         default=None, init=False, repr=False, compare=False
@@ -126,7 +119,7 @@ class HostState:
         return pools
 
 
-def _iommu_units(gpus: Sequence[GpuState]) -> list[list[GpuState]]:
+def _iommu_units(gpus: Sequence[Gpu]) -> list[list[Gpu]]:
     """Group the host's GPUs that must travel together (same IOMMU group), by address."""
     parent = {gpu.address: gpu.address for gpu in gpus}
 
@@ -144,17 +137,17 @@ def _iommu_units(gpus: Sequence[GpuState]) -> list[list[GpuState]]:
         for member in gpu.group_members:
             if member in parent:
                 parent[root(member)] = root(gpu.address)
-    units: dict[str, list[GpuState]] = {}
+    units: dict[str, list[Gpu]] = {}
     for gpu in sorted(gpus, key=lambda g: g.address):
         units.setdefault(root(gpu.address), []).append(gpu)
     return sorted(units.values(), key=lambda unit: unit[0].address)
 
 
-def _singleton_pools(gpus: Sequence[GpuState]) -> dict[str, _ModelPool] | None:
+def _singleton_pools(gpus: Sequence[Gpu]) -> dict[str, _ModelPool] | None:
     """The pools when every GPU is alone in its IOMMU group (the common case), else None."""
     addresses: set[str] | None = None
     groups: set[int] = set()
-    free: dict[str, list[GpuState]] = {}
+    free: dict[str, list[Gpu]] = {}
     for gpu in gpus:
         group = gpu.iommu_group
         if group is None or group in groups:
@@ -178,7 +171,7 @@ def _singleton_pools(gpus: Sequence[GpuState]) -> dict[str, _ModelPool] | None:
     }
 
 
-def _model_pools(gpus: Sequence[GpuState]) -> dict[str, _ModelPool]:
+def _model_pools(gpus: Sequence[Gpu]) -> dict[str, _ModelPool]:
     """Compute :class:`_ModelPool` for every model with at least one free GPU."""
     simple = _singleton_pools(gpus)
     if simple is not None:

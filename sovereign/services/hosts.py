@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from audit import Outcome
+from enclaves.inventory import GpuDevice
 from sovereign.domain.actions import ActionKind, DualAction, check_officer
 from sovereign.domain.fleet import DOMAIN_TYPES, Gpu, Host, HostIdentity
 from sovereign.domain.identity import Role
@@ -40,7 +41,6 @@ from sovereign.errors import (
 )
 from sovereign.services.actions import ActionService
 from sovereign.services.ports import (
-    DiscoveredGpu,
     HostFacts,
     Hypervisor,
     UnitOfWork,
@@ -259,7 +259,7 @@ class HostService:
                 )
 
     @staticmethod
-    def _new_gpu(host: Host, found: DiscoveredGpu, now: datetime) -> Gpu:
+    def _new_gpu(host: Host, found: GpuDevice, now: datetime) -> Gpu:
         return Gpu(
             host=host.name,
             host_uuid=host.host_uuid,

@@ -16,6 +16,8 @@ from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
 
 from audit import AuditStore, StoredEvent
+from enclaves.inventory import GpuDevice
+from enclaves.steps import ProvisionStep, TeardownStep
 from sovereign.domain.actions import ActionState, DualAction
 from sovereign.domain.fleet import Enclave, Gpu, Host, HostIdentity
 from sovereign.domain.identity import Principal
@@ -351,27 +353,14 @@ class SecretStore(Protocol):
 
 
 @dataclass(frozen=True)
-class DiscoveredGpu:
-    """A GPU as the hypervisor reports it (PCI node device)."""
-
-    address: str
-    model: str
-    numa_node: int | None
-    iommu_group: int | None
-    #: Every PCI function of the GPU's IOMMU group, itself included.
-    group_members: tuple[str, ...]
-    #: The GPU's own UUID where NVML reports it; None from libvirt's node devices.
-    uuid: str | None = None
-
-
-@dataclass(frozen=True)
 class HostFacts:
     """What a hypervisor says about itself: driver, capacity, GPUs and identity."""
 
     hypervisor_type: str
     cpus: int
     memory_mib: int
-    gpus: tuple[DiscoveredGpu, ...]
+    #: As the hypervisor reports them (the one type of a reported GPU: enclaves' inventory).
+    gpus: tuple[GpuDevice, ...]
     identity: HostIdentity = field(default_factory=lambda: HostIdentity(None, ""))
 
 
@@ -397,7 +386,8 @@ class EnclavePlan:
     vcpus: int
     memory_mib: int
     disk_gib: int
-    gpus: tuple[DiscoveredGpu, ...]
+    #: The GPUs to pass through, with their IOMMU groups.
+    gpus: tuple[GpuDevice, ...]
     label: str
     classified: bool
 
@@ -439,7 +429,9 @@ class Hypervisor(Protocol):
         """Every domain defined on the host."""
         ...
 
-    def provision(self, step: str, plan: EnclavePlan, secrets: EnclaveSecrets | None) -> str:
+    def provision(
+        self, step: ProvisionStep, plan: EnclavePlan, secrets: EnclaveSecrets | None
+    ) -> str:
         """Do provisioning ``step``; returns a note for the audit event (never a secret).
 
         :raises DependencyUnavailableError: the host cannot be reached (retry later).
@@ -447,8 +439,9 @@ class Hypervisor(Protocol):
         """
         ...
 
-    def teardown(self, step: str, plan: EnclavePlan) -> str:
-        """Do teardown ``step``; returns a note for the audit event."""
+    def teardown(self, step: TeardownStep, plan: EnclavePlan) -> str:
+        """Do teardown ``step`` (one the host does: not ``keys``); returns a note for the
+        audit event."""
         ...
 
     def console(self, plan: EnclavePlan, max_bytes: int) -> str:

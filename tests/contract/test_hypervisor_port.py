@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from enclaves.hosts import bundled_host_path
+from enclaves.inventory import GpuDevice
+from enclaves.steps import HOST_TEARDOWN_STEPS, PROVISION_STEPS, ProvisionStep
 from sovereign.adapters.hypervisor import GuestSettings, LibvirtHypervisor
 from sovereign.adapters.memory_hypervisor import MemoryHost, MemoryHypervisor
 from sovereign.domain.fleet import HostIdentity
@@ -24,13 +26,13 @@ from sovereign.errors import (
     HostIdentityError,
     InvalidInputError,
 )
-from sovereign.services.ports import DiscoveredGpu, EnclavePlan
+from sovereign.services.ports import EnclavePlan
 from tests.support.fleet import gpus
 from tests.support.hostfiles import uri_policy_for
 
 SECRETS = EnclaveSecrets(luks_passphrase=b"l" * 32, vtpm_secret=b"v" * 32)
-STEPS = ("secrets", "volume", "network", "define", "start")
-TEARDOWN = ("stop", "undefine", "volume", "secrets", "network")
+STEPS = PROVISION_STEPS
+TEARDOWN = HOST_TEARDOWN_STEPS
 
 
 @pytest.fixture(params=["memory", pytest.param("libvirt", marks=pytest.mark.libvirt)])
@@ -55,7 +57,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[An
     libvirt.close()
 
 
-def plan(uri: str, found: tuple[DiscoveredGpu, ...], count: int = 2) -> EnclavePlan:
+def plan(uri: str, found: tuple[GpuDevice, ...], count: int = 2) -> EnclavePlan:
     enclave_id = uuid.uuid4()
     return EnclavePlan(
         enclave_id=enclave_id,
@@ -111,18 +113,18 @@ def test_a_gpu_held_by_another_domain_is_refused(backend: tuple[Any, str]):
     second = plan(uri, found[1:], 1)  # shares the second GPU
     for step in STEPS:
         hypervisor.provision(step, first, SECRETS)
-    for step in ("volume", "secrets", "network"):
+    for step in (ProvisionStep.VOLUME, ProvisionStep.SECRETS, ProvisionStep.NETWORK):
         hypervisor.provision(step, second, SECRETS)
     with pytest.raises(ConflictError, match="already passed to domain"):
-        hypervisor.provision("define", second, SECRETS)
+        hypervisor.provision(ProvisionStep.DEFINE, second, SECRETS)
 
 
 def test_a_gpu_the_host_does_not_have_is_refused(backend: tuple[Any, str]):
     hypervisor, uri = backend
-    ghost = DiscoveredGpu("0000:77:00.0", "H100-SXM5-80GB", 0, 99, ("0000:77:00.0",))
+    ghost = GpuDevice("0000:77:00.0", "H100-SXM5-80GB", 0, 99, ("0000:77:00.0",))
     p = plan(uri, (ghost,), 1)
     with pytest.raises(ConflictError, match="has no GPU"):
-        hypervisor.provision("define", p, SECRETS)
+        hypervisor.provision(ProvisionStep.DEFINE, p, SECRETS)
 
 
 def test_an_unreachable_host_is_a_dependency_failure(backend: tuple[Any, str]):

@@ -24,6 +24,7 @@ import pytest
 
 from devstack.stack import OpenBaoDevServer
 from devstack.vault import bootstrap_dev_vault
+from enclaves.steps import ProvisionStep, TeardownStep
 from sovereign.adapters.migrations import upgrade
 from sovereign.adapters.vault import TokenAuth, VaultClients, VaultSecretStore
 from sovereign.errors import NotFoundError
@@ -111,7 +112,7 @@ def test_a_termination_racing_provisioning_ends_consistent(fleet: Fleet, folder:
     rid = fleet.request(gpus=0, vcpus=1, memory_mib=256, disk_gib=1)
 
     def terminate_now(done: str) -> None:
-        if done == "provision:define":
+        if done == f"provision:{ProvisionStep.DEFINE}":
             fleet.services.enclaves.terminate(ctx(ANALYST_DEFENCE), rid, "race")
 
     fleet.reconciler("racer", after_step=terminate_now).run_once()
@@ -157,7 +158,7 @@ def test_a_worker_killed_mid_provisioning_and_mid_teardown_is_resumed(
         # As an operator would write them: JSON for anything that is not a plain string.
         **{f"SOVEREIGN_{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()},
     }
-    killed = _worker(env, "provision:define")
+    killed = _worker(env, f"provision:{ProvisionStep.DEFINE}")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert fleet.state(rid) == "provisioning"
     # Another worker resumes once the dead one's claim lapsed (1 s here).
@@ -174,7 +175,7 @@ def test_a_worker_killed_mid_provisioning_and_mid_teardown_is_resumed(
         conn.close()
 
     fleet.services.enclaves.terminate(ctx(ANALYST_DEFENCE), rid, "done")
-    killed = _worker(env, "teardown:undefine")
+    killed = _worker(env, f"teardown:{TeardownStep.UNDEFINE}")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert fleet.state(rid) == "terminating"
     settle_until(fleet, lambda: fleet.state(rid) == "terminated")

@@ -14,9 +14,15 @@ from typing import Any
 
 import pytest
 
+from enclaves.steps import (
+    HOST_TEARDOWN_STEPS,
+    PROVISION_STEPS,
+    TEARDOWN_STEPS,
+    ProvisionStep,
+    TeardownStep,
+)
 from sovereign.adapters.memory_hypervisor import MemoryHost
 from sovereign.domain.actions import ActionState
-from sovereign.domain.fleet import PROVISION_STEPS, TEARDOWN_STEPS
 from sovereign.errors import (
     AuditUnavailableError,
     ConflictError,
@@ -168,7 +174,7 @@ def test_unplaceable_request_explains_every_host(new_fleet: Callable[..., Fleet]
 @pytest.mark.parametrize("step", PROVISION_STEPS)
 @pytest.mark.parametrize("when", ["before-record", "after-record"])
 def test_a_crash_at_any_provisioning_step_converges(
-    new_fleet: Callable[..., Fleet], step: str, when: str
+    new_fleet: Callable[..., Fleet], step: ProvisionStep, when: str
 ):
     fleet = new_fleet()
     rid = fleet.request(gpus=2)
@@ -203,8 +209,10 @@ def test_a_crash_at_any_provisioning_step_converges(
     assert set(fleet.gpu_states().values()) == {"free"}
 
 
-@pytest.mark.parametrize("step", TEARDOWN_STEPS[:-1])
-def test_a_crash_at_any_teardown_step_converges(new_fleet: Callable[..., Fleet], step: str):
+@pytest.mark.parametrize("step", HOST_TEARDOWN_STEPS)
+def test_a_crash_at_any_teardown_step_converges(
+    new_fleet: Callable[..., Fleet], step: TeardownStep
+):
     fleet = new_fleet()
     rid = fleet.request(gpus=1)
     fleet.settle()
@@ -223,7 +231,7 @@ def test_a_crash_at_any_teardown_step_converges(new_fleet: Callable[..., Fleet],
 
 @pytest.mark.parametrize("step", PROVISION_STEPS)
 def test_a_terminate_racing_provisioning_ends_consistent(
-    new_fleet: Callable[..., Fleet], step: str
+    new_fleet: Callable[..., Fleet], step: ProvisionStep
 ):
     fleet = new_fleet()
     rid = fleet.request(gpus=1)
@@ -243,7 +251,7 @@ def test_a_terminate_racing_provisioning_ends_consistent(
 
 def test_hypervisor_down_is_retried_with_backoff_then_succeeds(fleet: Fleet):
     rid = fleet.request(gpus=1)
-    fleet.hypervisor.failures["provision:define"] = DependencyUnavailableError(
+    fleet.hypervisor.failures[f"provision:{ProvisionStep.DEFINE}"] = DependencyUnavailableError(
         "down", dependency="hypervisor"
     )
     report = fleet.reconciler().run_once()
@@ -268,7 +276,9 @@ def test_hypervisor_down_is_retried_with_backoff_then_succeeds(fleet: Fleet):
 
 def test_a_refused_step_fails_the_enclave_and_tears_it_down(fleet: Fleet):
     rid = fleet.request(gpus=1)
-    fleet.hypervisor.failures["provision:start"] = ConflictError(reason="GPU in use elsewhere")
+    fleet.hypervisor.failures[f"provision:{ProvisionStep.START}"] = ConflictError(
+        reason="GPU in use elsewhere"
+    )
     fleet.settle()
     assert fleet.state(rid) == "terminated"
     with fleet.services.uow(readonly=True) as uow:

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from audit import AuditEvent, AuditQuery
+from enclaves.inventory import GpuDevice
 from sovereign import config as settings
 from sovereign.adapters.memory_hypervisor import MemoryHost, MemoryHypervisor
 from sovereign.adapters.memory_secrets import MemorySecretStore
 from sovereign.bootstrap import Services, build_services
 from sovereign.domain.identity import Principal
 from sovereign.domain.tenants import Resources
-from sovereign.services.ports import DiscoveredGpu
 from sovereign.services.reconciler import Reconciler
 from sovereign.services.recording import CallContext
 from sovereign.services.requests import RequestDraft
@@ -60,13 +60,13 @@ class _NoIdentity:
         return None
 
 
-def gpus(count: int, bus_base: int = 0x18) -> tuple[DiscoveredGpu, ...]:
+def gpus(count: int, bus_base: int = 0x18) -> tuple[GpuDevice, ...]:
     """``count`` H100s, each alone in its IOMMU group, split over two NUMA nodes."""
     found = []
     for i in range(count):
         address = f"0000:{bus_base + i:02x}:00.0"
         found.append(
-            DiscoveredGpu(
+            GpuDevice(
                 address=address,
                 model="H100-SXM5-80GB",
                 numa_node=0 if i < count // 2 else 1,

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sovereign.adapters.hypervisor import POOL_NAME, _secret_uuid
+from enclaves.enclave import POOL_NAME, secret_uuid
+from enclaves.steps import HOST_TEARDOWN_STEPS
 from sovereign.bootstrap import build_hypervisor
 from sovereign.services.recording import utcnow
 from tests.support.fleet import Fleet, make_fleet
@@ -119,7 +120,7 @@ def leftovers(enclave_id: uuid.UUID, domain_name: str, folder: Path) -> list[str
             found.append(f"domain {domain_name}")
         secrets = {s.UUIDString() for s in conn.listAllSecrets(0)}
         for usage in ("luks", "vtpm"):
-            if str(_secret_uuid(enclave_id, usage)) in secrets:
+            if str(secret_uuid(enclave_id, usage)) in secrets:
                 found.append(f"secret {usage}")
         if isolated_network_name(enclave_id) in {n.name() for n in conn.listAllNetworks(0)}:
             found.append("network")
@@ -145,7 +146,7 @@ def remove_everything(fleet: Fleet) -> None:
     reconciler = fleet.reconciler("cleanup")
     for enclave in enclaves:
         plan = reconciler.plan(enclave)
-        for step in ("stop", "undefine", "volume", "secrets", "network"):
+        for step in HOST_TEARDOWN_STEPS:
             # Best effort: the test already passed or failed; this only keeps the host clean.
             with contextlib.suppress(Exception):
                 fleet.services.hypervisor.teardown(step, plan)

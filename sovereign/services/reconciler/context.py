@@ -16,11 +16,11 @@ from datetime import timedelta
 from typing import Any
 
 from audit import Outcome
+from enclaves.inventory import GpuDevice
 from sovereign.domain.fleet import Enclave, Gpu
 from sovereign.domain.labels import Label
 from sovereign.domain.requests import RequestState
 from sovereign.services.ports import (
-    DiscoveredGpu,
     EnclavePlan,
     Hypervisor,
     UnitOfWork,
@@ -130,8 +130,9 @@ def plan_for(uow: UnitOfWork, enclave: Enclave) -> EnclavePlan:
     )
 
 
-def _discovered(gpu: Gpu) -> DiscoveredGpu:
-    return DiscoveredGpu(
+def _discovered(gpu: Gpu) -> GpuDevice:
+    """The recorded GPU as the hypervisor reported it (what the plan passes through)."""
+    return GpuDevice(
         address=gpu.address,
         model=gpu.model,
         numa_node=gpu.numa_node,

@@ -16,6 +16,7 @@ import logging
 import uuid
 
 from audit import Outcome
+from enclaves.steps import HOST_TEARDOWN_STEPS
 from sovereign.domain.fleet import Enclave, Host
 from sovereign.errors import ConcurrentUpdateError, DependencyUnavailableError, SovereignError
 from sovereign.services.drift import DriftChange, DriftLedger, LogLimiter, held_note
@@ -28,8 +29,9 @@ log = logging.getLogger(__name__)
 
 #: The kind of drift condition of a domain nobody recorded.
 UNKNOWN_DOMAIN = "unknown-domain"
-#: The teardown steps that remove an orphan domain (keys were already erased at its end).
-ORPHAN_STEPS = ("stop", "undefine", "volume", "secrets", "network")
+#: The teardown steps that remove an orphan domain: the host's (keys were already erased at
+#: its end).
+ORPHAN_STEPS = HOST_TEARDOWN_STEPS
 
 
 class DriftCheck:

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from audit import Outcome
-from sovereign.domain.fleet import PROVISION_STEPS, TEARDOWN_STEPS, Enclave
+from enclaves.steps import PROVISION_STEPS, TEARDOWN_STEPS, ProvisionStep, TeardownStep
+from sovereign.domain.fleet import Enclave
 from sovereign.domain.keys import EnclaveSecrets
 from sovereign.domain.labels import Label
 from sovereign.domain.requests import EnclaveRequest, RequestState
@@ -134,7 +135,7 @@ class Steps:
         for step in PROVISION_STEPS[done:]:
             secrets: EnclaveSecrets | None = None
             try:
-                if step == "secrets":
+                if step is ProvisionStep.SECRETS:
                     secrets = self._keys.secrets(enclave.id)
                 note = self._c.hypervisor.provision(step, plan, secrets)
             except (DependencyUnavailableError, ConflictError, NotFoundError) as e:
@@ -149,7 +150,7 @@ class Steps:
         done = _done_steps(enclave.step, TEARDOWN)
         for step in TEARDOWN_STEPS[done:]:
             try:
-                if step == "keys":
+                if step is TeardownStep.KEYS:
                     note = self._erase_keys(enclave.id)
                 else:
                     note = self._c.hypervisor.teardown(step, plan)

@@ -118,7 +118,7 @@ def test_only_known_nvidia_products_are_gpus():
     audio = parse_pci_device(pci_xml(0x18, 1, product="0x1aef"))
     other_vendor = parse_pci_device(pci_xml(0x19, vendor="0x8086"))
     gpu = as_gpu(h100)
-    assert gpu == GpuDevice(pci=h100, model="H100-SXM5-80GB")
+    assert gpu == GpuDevice(h100.address, "H100-SXM5-80GB", 0, 30, ("0000:18:00.0",))
     assert gpu.address == "0000:18:00.0"
     assert gpu.iommu_group == 30
     assert gpu.numa_node == 0
@@ -130,7 +130,10 @@ def test_only_known_nvidia_products_are_gpus():
 
 def test_model_table_is_configurable():
     device = parse_pci_device(pci_xml(0x18, product="0x1aef"))
-    assert as_gpu(device, {0x1AEF: "TEST-AUDIO"}) == GpuDevice(pci=device, model="TEST-AUDIO")
+    found = as_gpu(device, {0x1AEF: "TEST-AUDIO"})
+    assert found == GpuDevice(
+        device.address, "TEST-AUDIO", device.numa_node, device.iommu_group, device.group_members
+    )
     assert as_gpu(parse_pci_device(pci_xml(0x18)), {0x1AEF: "TEST-AUDIO"}) is None
 
 

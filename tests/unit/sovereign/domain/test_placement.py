@@ -11,11 +11,11 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sovereign.domain.fleet import Gpu
 from sovereign.domain.labels import LabelScheme
 from sovereign.domain.placement import (
     DEDICATED_ELSEWHERE,
     PREFERRED_ELSEWHERE,
-    GpuState,
     HostState,
     PlacementRequest,
     apply,
@@ -36,7 +36,8 @@ A100 = "A100-SXM4-80GB"
 
 def gpu(n, numa=0, state="free", model=H100, group=None, members=None):
     address = f"0000:{n:02x}:00.0"
-    return GpuState(
+    return Gpu(
+        host="h",
         address=address,
         model=model,
         numa_node=numa,
