@@ -169,7 +169,7 @@ def measure_overhead(enclaves: int) -> dict[str, float]:
 
 def raw_domain_xml(services: Services, hypervisor: Any, enclave_id: uuid.UUID) -> str:
     """The designer's XML for the last enclave, as the adapter produced it."""
-    from sovereign.services.reconciler import plan_for  # noqa: PLC0415
+    from sovereign.services.ports import plan_for  # noqa: PLC0415
 
     with services.uow(readonly=True) as uow:
         enclave = uow.enclaves.get(enclave_id)

@@ -20,6 +20,7 @@ from datetime import timedelta
 from typing import Any, cast
 
 from enclaves.uri import UriPolicy, UriRefusedError, check_uri
+from sovereign.domain.actions import ActionKind
 from sovereign.domain.labels import LabelScheme
 from sovereign.domain.policy import AccessPolicy
 from sovereign.errors import ConfigurationError
@@ -27,8 +28,8 @@ from sovereign.services.actions import ActionService
 from sovereign.services.auditing import AuditReadService
 from sovereign.services.authfailures import AuthFailureAudit
 from sovereign.services.catalog import CatalogService
-from sovereign.services.enclaves import EnclaveService
-from sovereign.services.hosts import HostService
+from sovereign.services.enclaves import EnclaveEnding, EnclaveService
+from sovereign.services.hosts import AccreditHost, HostService
 from sovereign.services.keys import KeyService
 from sovereign.services.ports import (
     AuditLog,
@@ -120,9 +121,16 @@ def build_services(
         )
     if hypervisor is None:
         hypervisor = build_hypervisor(settings)
-    actions = ActionService(uow, ttl=timedelta(seconds=settings.dual_action_ttl_s), clock=clock)
+    ending = EnclaveEnding(uow, policy, keys, clock=clock)
+    # What confirming each two-person action does: its executor, given here.
+    actions = ActionService(
+        uow,
+        {ActionKind.ACCREDIT_HOST: AccreditHost(scheme, clock), ActionKind.KILL_SWITCH: ending},
+        ttl=timedelta(seconds=settings.dual_action_ttl_s),
+        clock=clock,
+    )
     hosts = HostService(uow, hypervisor, scheme, actions, clock=clock)
-    enclaves = EnclaveService(uow, policy, keys, actions, hypervisor, clock=clock)
+    enclaves = EnclaveService(uow, policy, ending, actions, hypervisor, clock=clock)
     auth_failures = AuthFailureAudit(uow, interval_s=settings.auth_failure_interval_s, clock=clock)
     return Services(
         scheme=scheme,

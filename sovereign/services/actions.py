@@ -1,41 +1,25 @@
 """Use cases for two-person actions: propose, confirm, list.
 
 Owns the coordination of :class:`~sovereign.domain.actions.DualAction` proposals with the audit
-log. What a confirmed action does is a handler registered by the service that owns the change
-(hosts: accreditation; enclaves: the kill switch); it runs in the same transaction as the
-confirmation and its audit event, so an action is either confirmed and done or neither.
+log. What a confirmed action does is an executor per kind, given by the assembly (hosts:
+accreditation; enclaves: the kill switch); it runs in the same transaction as the confirmation
+and its audit event, so an action is either confirmed and done or neither.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from audit import Outcome
 from sovereign.domain.actions import ActionKind, ActionState, DualAction, check_officer
 from sovereign.domain.identity import Role
 from sovereign.domain.labels import Label
-from sovereign.errors import (
-    AuditUnavailableError,
-    DependencyUnavailableError,
-    NotFoundError,
-    PolicyDeniedError,
-    SovereignError,
-)
+from sovereign.errors import NotFoundError, PolicyDeniedError, SovereignError
+from sovereign.services.collaborators import ActionExecutor
 from sovereign.services.ports import UnitOfWork, UnitOfWorkFactory
-from sovereign.services.recording import CallContext, Clock, Recorder, utcnow
-
-#: Runs a confirmed action inside the confirming unit of work; returns audit details.
-Handler = Callable[[UnitOfWork, CallContext, DualAction], dict[str, Any]]
-#: Runs after the confirming transaction committed (e.g. crypto-erase in Vault).
-AfterCommit = Callable[[CallContext, DualAction, dict[str, Any]], None]
-
-
-def action_target(action_id: uuid.UUID) -> str:
-    """The audit target name of a proposal."""
-    return f"action/{action_id}"
+from sovereign.services.recording import CallContext, Clock, Recorder, action_target, utcnow
 
 
 class ActionService:
@@ -44,21 +28,16 @@ class ActionService:
     def __init__(
         self,
         uow_factory: UnitOfWorkFactory,
+        executors: Mapping[ActionKind, ActionExecutor],
         *,
         ttl: timedelta = timedelta(hours=1),
         clock: Clock = utcnow,
     ) -> None:
         self._uow = uow_factory
+        self._executors = dict(executors)
         self._ttl = ttl
         self._clock = clock
         self._recorder = Recorder(uow_factory, clock)
-        self._handlers: dict[ActionKind, tuple[Handler, AfterCommit | None]] = {}
-
-    def register(
-        self, kind: ActionKind, handler: Handler, after_commit: AfterCommit | None = None
-    ) -> None:
-        """Say what confirming an action of ``kind`` does."""
-        self._handlers[kind] = (handler, after_commit)
 
     def propose(
         self,
@@ -77,8 +56,9 @@ class ActionService:
 
         :raises PolicyDeniedError: if the caller is no officer cleared for ``label``.
         """
-        target = f"{kind.value}:{params}"
-        try:
+        with self._recorder.decision(
+            ctx, kind.value, f"{kind.value}:{params}", label=label
+        ) as decision:
             check_officer(ctx.principal, label)
             now = self._clock()
             action = DualAction(
@@ -92,29 +72,18 @@ class ActionService:
                 created_at=now,
                 expires_at=now + self._ttl,
             )
-            target = action_target(action.id)
+            decision.target = action_target(action.id)
             with self._uow() as uow:
                 if check is not None:
                     check(uow)
                 uow.actions.add(action)
-                self._recorder.append(
+                decision.allow(
                     uow,
-                    self._recorder.event(
-                        ctx,
-                        "action:propose",
-                        target,
-                        Outcome.ALLOW,
-                        reason=reason,
-                        label=label,
-                        details={"kind": kind.value, "params": params, "status": action.status()},
-                    ),
+                    action="action:propose",
+                    reason=reason,
+                    details={"kind": kind.value, "params": params, "status": action.status()},
                 )
                 uow.commit()
-        except AuditUnavailableError:
-            raise
-        except SovereignError as e:
-            self._recorder.denial(ctx, f"{kind.value}", target, e, label=label)
-            raise
         return action
 
     def confirm(self, ctx: CallContext, action_id: uuid.UUID) -> DualAction:
@@ -125,59 +94,44 @@ class ActionService:
         :raises PolicyDeniedError: the proposer.
         :raises ConflictError: already confirmed or expired.
         """
-        target = action_target(action_id)
-        label: Label | None = None
-        try:
-            with self._uow() as uow:
-                # Visibility first, on a plain read: a proposal the caller may not see answers
-                # exactly as a missing one and is never locked on their behalf; the denial
-                # carries its label, so only auditors cleared for it read of the attempt.
-                seen = uow.actions.get(action_id)
-                label = seen.label if seen is not None else None
-                if seen is None or not seen.visible_to(ctx.principal):
-                    raise NotFoundError(kind="action", ident=str(action_id))
-                action = uow.actions.get(action_id, for_update=True)
-                assert action is not None, "proposals are never deleted"
-                try:
-                    action.confirm(ctx.principal, self._clock())
-                except SovereignError:
-                    if action.state is ActionState.EXPIRED:
-                        uow.actions.update(action)
-                        uow.commit()
-                    raise
-                handler, after = self._handlers[action.kind]
-                details = handler(uow, ctx, action)
-                action.notes = details
-                uow.actions.update(action)
-                self._recorder.append(
-                    uow,
-                    self._recorder.event(
-                        ctx,
-                        "action:confirm",
-                        target,
-                        Outcome.ALLOW,
-                        reason=action.reason,
-                        label=action.label,
-                        details={
-                            "kind": action.kind.value,
-                            "params": action.params,
-                            "proposer": action.proposer_name,
-                            "status": action.status(),
-                            **details,
-                        },
-                    ),
-                )
-                uow.commit()
-        except AuditUnavailableError:
-            raise
-        except DependencyUnavailableError as e:
-            self._recorder.failure(ctx, "action:confirm", target, e, label=label)
-            raise
-        except SovereignError as e:
-            self._recorder.denial(ctx, "action:confirm", target, e, label=label)
-            raise
-        if after is not None:
-            after(ctx, action, details)
+        with (
+            self._recorder.decision(ctx, "action:confirm", action_target(action_id)) as decision,
+            self._uow() as uow,
+        ):
+            # Visibility first, on a plain read: a proposal the caller may not see answers
+            # exactly as a missing one and is never locked on their behalf; the denial
+            # carries its label, so only auditors cleared for it read of the attempt.
+            seen = uow.actions.get(action_id)
+            decision.label = seen.label if seen is not None else None
+            if seen is None or not seen.visible_to(ctx.principal):
+                raise NotFoundError(kind="action", ident=str(action_id))
+            action = uow.actions.get(action_id, for_update=True)
+            assert action is not None, "proposals are never deleted"
+            try:
+                action.confirm(ctx.principal, self._clock())
+            except SovereignError:
+                if action.state is ActionState.EXPIRED:
+                    uow.actions.update(action)
+                    uow.commit()
+                raise
+            executor = self._executors[action.kind]
+            details = executor.execute(uow, ctx, action)
+            action.notes = details
+            uow.actions.update(action)
+            decision.allow(
+                uow,
+                reason=action.reason,
+                label=action.label,
+                details={
+                    "kind": action.kind.value,
+                    "params": action.params,
+                    "proposer": action.proposer_name,
+                    "status": action.status(),
+                    **details,
+                },
+            )
+            uow.commit()
+        executor.after_commit(ctx, action, details)
         return action
 
     def list(

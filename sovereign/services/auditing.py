@@ -21,7 +21,6 @@ from sovereign.errors import (
     DependencyUnavailableError,
     InvalidInputError,
     NotFoundError,
-    SovereignError,
 )
 from sovereign.services.ports import AuditLog, Consistency, Page, UnitOfWorkFactory
 from sovereign.services.recording import CallContext, Clock, Recorder, utcnow
@@ -92,11 +91,8 @@ class AuditReadService:
         return self.log.checkpoint()
 
     def _readable(self, ctx: CallContext, action: str, target: str) -> Visibility:
-        try:
+        with self._recorder.decision(ctx, action, target):
             return self._policy.audit_visibility(ctx.principal)
-        except SovereignError as e:
-            self._recorder.denial(ctx, action, target, e)
-            raise
 
     def proof(self, ctx: CallContext, seq: int) -> str:
         """A tlog-proof for event ``seq`` if the caller may read that event.
@@ -114,13 +110,10 @@ class AuditReadService:
         # A refusal about an existing event carries its label: only readers cleared for it
         # learn that someone asked for it.
         label = self._policy.scheme.parse(raw) if raw is not None else None
-        try:
+        with self._recorder.decision(ctx, "audit:prove", target, label=label):
             visibility = self._policy.audit_visibility(ctx.principal)
             if stored is None or (label is not None and not _within(label, visibility)):
                 raise NotFoundError(kind="audit event", ident=str(seq))
-        except SovereignError as e:
-            self._recorder.denial(ctx, "audit:prove", target, e, label=label)
-            raise
         return self.log.proof(seq)
 
     def consistency(self, ctx: CallContext, old_size: int, new_size: int) -> Consistency:
@@ -174,17 +167,16 @@ class AuditReadService:
                 checkpoints=report.checkpoints,
                 witnessed=report.witnessed,
             )
-        event = self._recorder.event(
-            ctx,
-            "audit:verify",
-            "audit-log",
-            Outcome.ALLOW if check.intact else Outcome.ERROR,
-            reason=check.problem,
-            details={"intact": check.intact, "size": check.size, "root": check.root_hash},
+        self._recorder.commit(
+            self._recorder.event(
+                ctx,
+                "audit:verify",
+                "audit-log",
+                Outcome.ALLOW if check.intact else Outcome.ERROR,
+                reason=check.problem,
+                details={"intact": check.intact, "size": check.size, "root": check.root_hash},
+            )
         )
-        with self._uow() as uow:
-            self._recorder.append(uow, event)
-            uow.commit()
         return check
 
     def export(

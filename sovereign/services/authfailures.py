@@ -98,7 +98,6 @@ class AuthFailureAudit:
     ) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
-        self._uow = uow_factory
         self._recorder = Recorder(uow_factory, clock)
         self._clock = clock
         self._interval = timedelta(seconds=interval_s)
@@ -219,9 +218,7 @@ class AuthFailureAudit:
         if not events:
             return
         try:
-            with self._uow() as uow:
-                self._recorder.append(uow, *events)
-                uow.commit()
+            self._recorder.commit(*events)
         except Exception as e:
             lost = sum(int(ev.details.get("count", 0)) for ev in events)
             log.exception(

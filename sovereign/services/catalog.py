@@ -10,7 +10,6 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from audit import Outcome
 from sovereign.domain.identity import Role
 from sovereign.domain.keys import RESERVED_DOMAINS
 from sovereign.domain.labels import LabelScheme
@@ -67,31 +66,25 @@ class CatalogService:
                 if uow.tenants.get(tenant.name) is None:
                     uow.tenants.add(tenant)
                     created.append(f"tenant/{tenant.name}")
-                    self._recorder.append(
+                    self._recorder.record(
                         uow,
-                        self._recorder.event(
-                            ctx,
-                            "tenant:create",
-                            f"tenant/{tenant.name}",
-                            Outcome.ALLOW,
-                            label=tenant.max_label,
-                            details={"kind": tenant.kind.value, "quota": vars(tenant.quota)},
-                        ),
+                        ctx,
+                        "tenant:create",
+                        f"tenant/{tenant.name}",
+                        label=tenant.max_label,
+                        details={"kind": tenant.kind.value, "quota": vars(tenant.quota)},
                     )
             for image in images:
                 if uow.images.get(image.name) is None:
                     uow.images.add(image)
                     created.append(f"image/{image.name}")
-                    self._recorder.append(
+                    self._recorder.record(
                         uow,
-                        self._recorder.event(
-                            ctx,
-                            "image:create",
-                            f"image/{image.name}",
-                            Outcome.ALLOW,
-                            label=image.max_label,
-                            details={"checksum": image.checksum, "format": image.format},
-                        ),
+                        ctx,
+                        "image:create",
+                        f"image/{image.name}",
+                        label=image.max_label,
+                        details={"checksum": image.checksum, "format": image.format},
                     )
             uow.commit()
         return created

@@ -5,9 +5,11 @@ Owns who may see and end an enclave (the request's visibility rules; the request
 cleared for it may terminate; only officers pull the kill switch, two of them when it touches a
 label at or above the two-person level) and the immediate effects of ending: the request moves to
 ``terminating`` (an approved request not yet placed is cancelled and its keys erased) and the
-reconciler does the rest. The kill switch also crypto-erases the keys at once, so data is
-unreadable even before the domains are gone; it reaches only enclaves its officers are cleared
-for, and answers the same whether or not others exist above them.
+reconciler does the rest (:class:`EnclaveEnding`, shared by :class:`EnclaveService` and the
+action service, which confirms a two-person kill switch through it). The kill switch also
+crypto-erases the keys at once, so data is unreadable even before the domains are gone; it
+reaches only enclaves its officers are cleared for, and answers the same whether or not others
+exist above them.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
-from audit import Outcome
 from sovereign.domain.actions import ActionKind, DualAction, check_officer
 from sovereign.domain.fleet import Enclave, FleetView, Gpu, placement_request
 from sovereign.domain.identity import Role
@@ -26,25 +27,24 @@ from sovereign.domain.labels import Label
 from sovereign.domain.placement import Placement, as_seen_by, place
 from sovereign.domain.policy import AccessPolicy, Visibility
 from sovereign.domain.requests import EnclaveRequest, RequestState
-from sovereign.errors import (
-    AuditUnavailableError,
-    InvalidInputError,
-    NotFoundError,
-    PolicyDeniedError,
-    SovereignError,
-)
-from sovereign.services.actions import ActionService
-from sovereign.services.keys import KeyService
+from sovereign.errors import InvalidInputError, NotFoundError, PolicyDeniedError, SovereignError
+from sovereign.services.collaborators import EnclaveKeyring, Proposals
 from sovereign.services.ports import (
     Hypervisor,
     Page,
     RequestFilter,
     UnitOfWork,
     UnitOfWorkFactory,
+    plan_for,
 )
-from sovereign.services.reconciler import plan_for
-from sovereign.services.recording import CallContext, Clock, Recorder, utcnow
-from sovereign.services.requests import request_target
+from sovereign.services.recording import (
+    CallContext,
+    Clock,
+    Recorder,
+    enclave_target,
+    request_target,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 S = RequestState
@@ -83,20 +83,18 @@ class EnclaveService:
         self,
         uow_factory: UnitOfWorkFactory,
         policy: AccessPolicy,
-        keys: KeyService,
-        actions: ActionService,
+        ending: EnclaveEnding,
+        actions: Proposals,
         hypervisor: Hypervisor,
         *,
         clock: Clock = utcnow,
     ) -> None:
         self._uow = uow_factory
         self._policy = policy
-        self._keys = keys
+        self._ending = ending
         self._actions = actions
         self._hypervisor = hypervisor
-        self._clock = clock
         self._recorder = Recorder(uow_factory, clock)
-        actions.register(ActionKind.KILL_SWITCH, self._kill_confirmed, self._erase_after_kill)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -116,11 +114,8 @@ class EnclaveService:
         Pages follow the request pages, so a page may hold fewer items than the limit (pending,
         rejected and cancelled requests are left out); ``next_cursor`` says whether more follow.
         """
-        try:
+        with self._recorder.decision(ctx, "enclave:list", "enclaves"):
             visibility = self._policy.request_visibility(ctx.principal)
-        except SovereignError as e:
-            self._recorder.denial(ctx, "enclave:list", "enclaves", e)
-            raise
         with self._uow(readonly=True) as uow:
             page = uow.requests.list(visibility, query)
             views = [
@@ -140,7 +135,7 @@ class EnclaveService:
         # the label of an existing one, so only auditors cleared for it read of the attempt.
         error = NotFoundError(kind="enclave", ident=str(enclave_id))
         self._recorder.denial(
-            ctx, "enclave:read", f"enclave/{enclave_id}", error, label=_label_of(request)
+            ctx, "enclave:read", enclave_target(enclave_id), error, label=_label_of(request)
         )
         raise error
 
@@ -154,7 +149,7 @@ class EnclaveService:
         if not (mine or ctx.principal.has_role(Role.OFFICER)):
             error = PolicyDeniedError(reason="only the requester and officers read the console")
             self._recorder.denial(
-                ctx, "enclave:console", f"enclave/{enclave_id}", error, label=request.label
+                ctx, "enclave:console", enclave_target(enclave_id), error, label=request.label
             )
             raise error
         if view.enclave is None or view.enclave.ended_at is not None:
@@ -169,19 +164,17 @@ class EnclaveService:
         :raises NotFoundError: unknown, or not visible to the caller (the same answer).
         :raises PolicyDeniedError: visible, but the caller is not an officer.
         """
-        target = request_target(request_id)
         with self._uow(readonly=True) as uow:
             request = uow.requests.get(request_id)
-            try:
+            with self._recorder.decision(
+                ctx, "request:preview", request_target(request_id), label=_label_of(request)
+            ):
                 # Visibility first: whoever may not see the request gets the answer a
                 # missing one gets, whatever their role.
                 if request is None or not self._policy.can_see(ctx.principal, request):
                     raise NotFoundError(kind="request", ident=str(request_id))
                 if not ctx.principal.has_role(Role.OFFICER):
                     raise PolicyDeniedError(reason="only officers see placement previews")
-            except SovereignError as e:
-                self._recorder.denial(ctx, "request:preview", target, e, label=_label_of(request))
-                raise
             tenant = uow.tenants.get(request.tenant)
             assert tenant is not None
             fleet = FleetView(uow.hosts.list(), uow.gpus.list(), uow.enclaves.list())
@@ -202,74 +195,37 @@ class EnclaveService:
         :raises NotFoundError: not visible. :raises PolicyDeniedError: someone else's.
         :raises InvalidTransitionError: already ending or ended.
         """
-        target = f"enclave/{enclave_id}"
-        label: Label | None = None
-        erase = False
-        try:
-            with self._uow() as uow:
-                # Visibility is checked on a plain read before the row is locked, so that a
-                # request the caller may not see is never locked (or waited for) on their behalf.
-                seen = uow.requests.get(enclave_id)
-                label = _label_of(seen)
-                if seen is None or not self._policy.can_see(ctx.principal, seen):
-                    raise NotFoundError(kind="enclave", ident=str(enclave_id))
-                request = uow.requests.get(enclave_id, for_update=True)
-                assert request is not None, "requests are never deleted"
-                mine = request.requester == ctx.principal.subject
-                if not (mine or ctx.principal.has_role(Role.OFFICER)):
-                    raise PolicyDeniedError(
-                        reason="only the requester or a security officer may terminate it"
-                    )
-                before = request.state
-                erase = self._end(uow, request, reason)
-                self._recorder.append(
-                    uow,
-                    self._recorder.event(
-                        ctx,
-                        "enclave:terminate",
-                        target,
-                        Outcome.ALLOW,
-                        reason=reason,
-                        label=request.label,
-                        details={"from": before.value, "to": request.state.value},
-                    ),
+        with (
+            self._recorder.decision(
+                ctx, "enclave:terminate", enclave_target(enclave_id)
+            ) as decision,
+            self._uow() as uow,
+        ):
+            # Visibility is checked on a plain read before the row is locked, so that a request
+            # the caller may not see is never locked (or waited for) on their behalf.
+            seen = uow.requests.get(enclave_id)
+            decision.label = _label_of(seen)
+            if seen is None or not self._policy.can_see(ctx.principal, seen):
+                raise NotFoundError(kind="enclave", ident=str(enclave_id))
+            request = uow.requests.get(enclave_id, for_update=True)
+            assert request is not None, "requests are never deleted"
+            mine = request.requester == ctx.principal.subject
+            if not (mine or ctx.principal.has_role(Role.OFFICER)):
+                raise PolicyDeniedError(
+                    reason="only the requester or a security officer may terminate it"
                 )
-                uow.commit()
-        except AuditUnavailableError:
-            raise
-        except SovereignError as e:
-            self._recorder.denial(ctx, "enclave:terminate", target, e, label=label)
-            raise
+            before = request.state
+            erase = self._ending.end(uow, request, reason)
+            decision.allow(
+                uow,
+                reason=reason,
+                label=request.label,
+                details={"from": before.value, "to": request.state.value},
+            )
+            uow.commit()
         if erase:
-            self._erase(ctx, [enclave_id])
+            self._ending.erase(ctx, [enclave_id])
         return request
-
-    def _end(self, uow: UnitOfWork, request: EnclaveRequest, reason: str) -> bool:
-        """Move ``request`` towards its end; returns True if its keys must be erased now
-        (approved but never placed: no reconciler teardown will run for it)."""
-        request.reason = reason
-        if request.state is S.APPROVED and uow.enclaves.get(request.id) is None:
-            request.transition(S.CANCELLED, self._clock())
-            uow.requests.update(request)
-            return True
-        # Raises InvalidTransitionError for requests already ending or ended.
-        request.transition(S.TERMINATING, self._clock())
-        uow.requests.update(request)
-        return False
-
-    def _erase(self, ctx: CallContext, ids: builtins.list[uuid.UUID]) -> None:
-        # The caller's decision to end the enclave is what authorises the erasure (an analyst
-        # may end their own enclave but holds no key-management role); the events still name
-        # the caller's subject.
-        eraser = replace(ctx, actor="system:crypto-erase")
-        for enclave_id in ids:
-            try:
-                self._keys.crypto_erase(eraser, enclave_id)
-            except NotFoundError:
-                continue
-            except SovereignError:
-                # The reconciler's teardown erases the keys again (idempotently).
-                log.exception("crypto-erase of enclave %s failed; teardown will retry", enclave_id)
 
     # -- kill switch -------------------------------------------------------------------------
 
@@ -294,16 +250,13 @@ class EnclaveService:
         if not reason.strip():
             raise InvalidInputError(reason="a reason is required")
         scheme = self._policy.scheme
-        try:
+        with self._recorder.decision(ctx, "enclave:kill", "kill-switch", label=label):
             # Decided from the caller and the call alone, before any enclave is read.
             check_officer(ctx.principal, label or scheme.lowest)
-        except SovereignError as e:
-            self._recorder.denial(ctx, "enclave:kill", "kill-switch", e, label=label)
-            raise
         clearance = ctx.principal.clearance
         assert clearance is not None, "check_officer passed, so the caller has a clearance"
         with self._uow(readonly=True) as uow:
-            scope = self._scope(uow, label, tenant, clearance)
+            scope = self._ending.scope(uow, label, tenant, clearance)
             found = uow.tenants.get(tenant) if tenant is not None else None
         partial = label is None and found is not None and not clearance.dominates(found.max_label)
         # The label the decision rests on: the join of what the caller can see and named. Both
@@ -316,19 +269,70 @@ class EnclaveService:
         if self._policy.approvals_needed(bound) > 1:
             proposal = self._actions.propose(ctx, ActionKind.KILL_SWITCH, params, bound, reason)
             return KillResult(ended=(), proposal=proposal, partial=partial)
-        try:
-            with self._uow() as uow:
-                ended = self._kill(uow, ctx, params, reason, bound)
-                uow.commit()
-        except AuditUnavailableError:
-            raise
-        except SovereignError as e:
-            self._recorder.denial(ctx, "enclave:kill", "kill-switch", e, label=bound)
-            raise
-        self._erase(ctx, list(ended))
+        with (
+            self._recorder.decision(ctx, "enclave:kill", "kill-switch", label=bound),
+            self._uow() as uow,
+        ):
+            ended = self._ending.kill(uow, ctx, params, reason, bound)
+            uow.commit()
+        self._ending.erase(ctx, list(ended))
         return KillResult(ended=tuple(ended), proposal=None, partial=partial)
 
-    def _scope(
+
+class EnclaveEnding:
+    """Ending enclaves: the state change of a termination or a kill switch, each kill audited
+    in the caller's transaction, and the crypto-erase that follows the commit.
+
+    Also the action service's executor for a confirmed two-person kill switch
+    (:attr:`~sovereign.domain.actions.ActionKind.KILL_SWITCH`), given to it by the assembly.
+    """
+
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        policy: AccessPolicy,
+        keys: EnclaveKeyring,
+        *,
+        clock: Clock = utcnow,
+    ) -> None:
+        self._policy = policy
+        self._keys = keys
+        self._clock = clock
+        self._recorder = Recorder(uow_factory, clock)
+
+    def end(self, uow: UnitOfWork, request: EnclaveRequest, reason: str) -> bool:
+        """Move ``request`` towards its end; returns True if its keys must be erased now
+        (approved but never placed: no reconciler teardown will run for it).
+
+        :raises InvalidTransitionError: already ending or ended.
+        """
+        request.reason = reason
+        if request.state is S.APPROVED and uow.enclaves.get(request.id) is None:
+            request.transition(S.CANCELLED, self._clock())
+            uow.requests.update(request)
+            return True
+        # Raises InvalidTransitionError for requests already ending or ended.
+        request.transition(S.TERMINATING, self._clock())
+        uow.requests.update(request)
+        return False
+
+    def erase(self, ctx: CallContext, ids: builtins.list[uuid.UUID]) -> None:
+        """Crypto-erase the keys of the enclaves ``ids`` (after the commit that ended them); a
+        failure is logged and left to the reconciler's teardown."""
+        # The caller's decision to end the enclave is what authorises the erasure (an analyst
+        # may end their own enclave but holds no key-management role); the events still name
+        # the caller's subject.
+        eraser = replace(ctx, actor="system:crypto-erase")
+        for enclave_id in ids:
+            try:
+                self._keys.crypto_erase(eraser, enclave_id)
+            except NotFoundError:
+                continue
+            except SovereignError:
+                # The reconciler's teardown erases the keys again (idempotently).
+                log.exception("crypto-erase of enclave %s failed; teardown will retry", enclave_id)
+
+    def scope(
         self, uow: UnitOfWork, label: Label | None, tenant: str | None, bound: Label
     ) -> builtins.list[EnclaveRequest]:
         """Terminable requests matching ``label`` and ``tenant`` at labels ``bound`` dominates
@@ -349,7 +353,7 @@ class EnclaveService:
                 return found
             cursor = page.next_cursor
 
-    def _kill(
+    def kill(
         self,
         uow: UnitOfWork,
         ctx: CallContext,
@@ -357,40 +361,40 @@ class EnclaveService:
         reason: str,
         bound: Label,
     ) -> builtins.list[uuid.UUID]:
+        """End the enclaves the kill switch ``params`` name, up to ``bound``, inside ``uow``
+        (one ``enclave:kill`` event each); returns their ids."""
         label = self._policy.scheme.parse(params["label"]) if params.get("label") else None
         ended = []
-        for request in self._scope(uow, label, params.get("tenant"), bound):
+        for request in self.scope(uow, label, params.get("tenant"), bound):
             current = uow.requests.get(request.id, for_update=True)
             assert current is not None
             before = current.state
-            self._end(uow, current, f"kill switch: {reason}")
+            self.end(uow, current, f"kill switch: {reason}")
             ended.append(current.id)
-            self._recorder.append(
+            self._recorder.record(
                 uow,
-                self._recorder.event(
-                    ctx,
-                    "enclave:kill",
-                    f"enclave/{current.id}",
-                    Outcome.ALLOW,
-                    reason=reason,
-                    label=current.label,
-                    details={"from": before.value, "to": current.state.value, **params},
-                ),
+                ctx,
+                "enclave:kill",
+                enclave_target(current.id),
+                reason=reason,
+                label=current.label,
+                details={"from": before.value, "to": current.state.value, **params},
             )
         return ended
 
-    def _kill_confirmed(
-        self, uow: UnitOfWork, ctx: CallContext, action: DualAction
-    ) -> dict[str, Any]:
+    # -- the two-person kill switch, confirmed (ActionExecutor) ------------------------------
+
+    def execute(self, uow: UnitOfWork, ctx: CallContext, action: DualAction) -> dict[str, Any]:
+        """End what a confirmed kill switch proposal names, inside the confirming unit."""
         # Bounded by the proposal's label, which both officers are cleared for: an enclave the
         # proposer could not see is not ended on their proposal.
-        ended = self._kill(uow, ctx, action.params, action.reason, action.label)
+        ended = self.kill(uow, ctx, action.params, action.reason, action.label)
         return {"ended": [str(e) for e in ended]}
 
-    def _erase_after_kill(
-        self, ctx: CallContext, _action: DualAction, details: dict[str, Any]
-    ) -> None:
-        self._erase(ctx, [uuid.UUID(e) for e in details["ended"]])
+    def after_commit(self, ctx: CallContext, action: DualAction, details: dict[str, Any]) -> None:
+        """Crypto-erase the keys of the enclaves the confirmed kill switch ended."""
+        del action
+        self.erase(ctx, [uuid.UUID(e) for e in details["ended"]])
 
 
 def _label_of(request: EnclaveRequest | None) -> Label | None:

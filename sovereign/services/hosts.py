@@ -8,7 +8,8 @@ another URI spelling is refused (409) and a host whose identity changes is quara
 a newly added or rediscovered host start ``dirty`` (nobody vouches for what
 ran on them before; the reconciler sanitizes them before first use); a GPU that disappeared is
 quarantined; a host's accreditation is set when an operator adds it from the command line and
-changed only by two officers (:mod:`sovereign.services.actions`); over the API an operator may
+changed only by two officers (a proposal here, confirmed through the action service, which
+carries it out with :class:`AccreditHost`); over the API an operator may
 add hosts at the lowest level only. Officers, operators and auditors read hosts; a GPU's last
 label is shown only to readers cleared for it.
 """
@@ -21,7 +22,6 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from audit import Outcome
 from enclaves.inventory import GpuDevice
 from sovereign.domain.actions import ActionKind, DualAction, check_officer
 from sovereign.domain.fleet import DOMAIN_TYPES, Gpu, Host, HostIdentity
@@ -29,24 +29,22 @@ from sovereign.domain.identity import Role
 from sovereign.domain.labels import Label, LabelScheme
 from sovereign.domain.placement import HostStatus
 from sovereign.errors import (
-    AuditUnavailableError,
     ConcurrentUpdateError,
     ConflictError,
-    DependencyUnavailableError,
     HostIdentityError,
     InvalidInputError,
     NotFoundError,
     PolicyDeniedError,
     SovereignError,
 )
-from sovereign.services.actions import ActionService
+from sovereign.services.collaborators import Proposals
 from sovereign.services.ports import (
     HostFacts,
     Hypervisor,
     UnitOfWork,
     UnitOfWorkFactory,
 )
-from sovereign.services.recording import CallContext, Clock, Recorder, utcnow
+from sovereign.services.recording import CallContext, Clock, Recorder, host_target, utcnow
 
 #: Roles that may read hosts and GPUs.
 HOST_READERS = frozenset({Role.OFFICER, Role.OPERATOR, Role.AUDITOR})
@@ -58,11 +56,6 @@ STATE_ACTIONS: dict[HostStatus, str] = {
 }
 #: Roles that may add hosts and take them out of service (draining, quarantine).
 HOST_OPERATORS = frozenset({Role.OFFICER, Role.OPERATOR})
-
-
-def host_target(name: str) -> str:
-    """The audit target name of a host."""
-    return f"host/{name}"
 
 
 def _is_system(ctx: CallContext) -> bool:
@@ -94,7 +87,7 @@ class HostService:
         uow_factory: UnitOfWorkFactory,
         hypervisor: Hypervisor,
         scheme: LabelScheme,
-        actions: ActionService,
+        actions: Proposals,
         *,
         clock: Clock = utcnow,
     ) -> None:
@@ -104,7 +97,6 @@ class HostService:
         self._actions = actions
         self._clock = clock
         self._recorder = Recorder(uow_factory, clock)
-        actions.register(ActionKind.ACCREDIT_HOST, self._accredit)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -170,8 +162,7 @@ class HostService:
             hypervisor identity (the same machine under another spelling).
         :raises DependencyUnavailableError: the hypervisor cannot be reached.
         """
-        target = host_target(name)
-        try:
+        with self._recorder.decision(ctx, "host:add", host_target(name)) as decision:
             if domain_type not in DOMAIN_TYPES:
                 raise InvalidInputError(reason=f"domain_type must be one of {DOMAIN_TYPES}")
             if not _is_system(ctx):
@@ -216,36 +207,23 @@ class HostService:
                 uow.hosts.add(host)
                 for gpu in facts.gpus:
                     uow.gpus.add(self._new_gpu(host, gpu, now))
-                self._recorder.append(
+                # The refusal of a new host carries no label; the host it adds carries its own.
+                decision.allow(
                     uow,
-                    self._recorder.event(
-                        ctx,
-                        "host:add",
-                        target,
-                        Outcome.ALLOW,
-                        label=accreditation,
-                        details={
-                            "uri": uri,
-                            "host_uuid": identity.host_uuid,
-                            "hostname": identity.hostname,
-                            "site": site,
-                            "accreditation": accreditation.to_dict(),
-                            "hypervisor": facts.hypervisor_type,
-                            "vcpus": facts.cpus,
-                            "memory_mib": facts.memory_mib,
-                            "gpus": [g.address for g in facts.gpus],
-                        },
-                    ),
+                    label=accreditation,
+                    details={
+                        "uri": uri,
+                        "host_uuid": identity.host_uuid,
+                        "hostname": identity.hostname,
+                        "site": site,
+                        "accreditation": accreditation.to_dict(),
+                        "hypervisor": facts.hypervisor_type,
+                        "vcpus": facts.cpus,
+                        "memory_mib": facts.memory_mib,
+                        "gpus": [g.address for g in facts.gpus],
+                    },
                 )
                 uow.commit()
-        except AuditUnavailableError:
-            raise
-        except DependencyUnavailableError as e:
-            self._recorder.failure(ctx, "host:add", target, e)
-            raise
-        except SovereignError as e:
-            self._recorder.denial(ctx, "host:add", target, e)
-            raise
         return host
 
     @staticmethod
@@ -276,8 +254,7 @@ class HostService:
     def discover(self, ctx: CallContext, name: str) -> Host:
         """Re-read the host's capacity and GPUs: new GPUs start dirty, vanished ones are
         quarantined. :raises NotFoundError:, DependencyUnavailableError:."""
-        target = host_target(name)
-        try:
+        with self._recorder.decision(ctx, "host:discover", host_target(name)) as decision:
             if not (ctx.principal.roles & HOST_OPERATORS or _is_system(ctx)):
                 raise PolicyDeniedError(reason="rediscovering hosts needs the operator role")
             with self._uow(readonly=True) as uow:
@@ -296,21 +273,8 @@ class HostService:
                 if host.host_uuid is None:
                     self._adopt_identity(uow, host, facts.identity)
                 changes = self._apply_facts(uow, host, facts)
-                self._recorder.append(
-                    uow,
-                    self._recorder.event(
-                        ctx, "host:discover", target, Outcome.ALLOW, details=changes
-                    ),
-                )
+                decision.allow(uow, details=changes)
                 uow.commit()
-        except AuditUnavailableError:
-            raise
-        except DependencyUnavailableError as e:
-            self._recorder.failure(ctx, "host:discover", target, e)
-            raise
-        except SovereignError as e:
-            self._recorder.denial(ctx, "host:discover", target, e)
-            raise
         return host
 
     def check_identity(self, ctx: CallContext, host: Host) -> bool:
@@ -332,16 +296,13 @@ class HostService:
                         return False
                     self._adopt_identity(uow, current, found)
                     uow.hosts.update(current)
-                    self._recorder.append(
+                    self._recorder.record(
                         uow,
-                        self._recorder.event(
-                            ctx,
-                            "host:identify",
-                            host_target(host.name),
-                            Outcome.ALLOW,
-                            label=current.accreditation,
-                            details={"host_uuid": found.host_uuid, "hostname": found.hostname},
-                        ),
+                        ctx,
+                        "host:identify",
+                        host_target(host.name),
+                        label=current.accreditation,
+                        details={"host_uuid": found.host_uuid, "hostname": found.hostname},
                     )
                     uow.commit()
         except ConcurrentUpdateError:
@@ -402,16 +363,14 @@ class HostService:
     def set_state(self, ctx: CallContext, name: str, state: HostStatus, reason: str) -> Host:
         """Drain or quarantine a host (operators, officers), or return it to service (officers
         cleared for its accreditation). Draining and quarantine stop new placements only."""
-        target = host_target(name)
-        label: Label | None = None
-        try:
+        with self._recorder.decision(ctx, f"host:{state}", host_target(name)) as decision:
             if not reason.strip() and state != "active":
                 raise InvalidInputError(reason="a reason is required")
             with self._uow() as uow:
                 # Visibility first, on a plain read: a caller who may not read hosts gets the
                 # answer a missing host gets, and the row is never locked on their behalf.
                 seen = uow.hosts.get(name)
-                label = _label(seen)
+                decision.label = _label(seen)
                 if seen is None or not _can_read(ctx):
                     raise NotFoundError(kind="host", ident=name)
                 host = uow.hosts.get(name, for_update=True)
@@ -426,24 +385,14 @@ class HostService:
                 before = host.state
                 host.state, host.reason, host.updated_at = state, reason, self._clock()
                 uow.hosts.update(host)
-                self._recorder.append(
+                decision.allow(
                     uow,
-                    self._recorder.event(
-                        ctx,
-                        STATE_ACTIONS[state],
-                        target,
-                        Outcome.ALLOW,
-                        reason=reason,
-                        label=host.accreditation,
-                        details={"from": before, "to": state},
-                    ),
+                    action=STATE_ACTIONS[state],
+                    reason=reason,
+                    label=host.accreditation,
+                    details={"from": before, "to": state},
                 )
                 uow.commit()
-        except AuditUnavailableError:
-            raise
-        except SovereignError as e:
-            self._recorder.denial(ctx, f"host:{state}", target, e, label=label)
-            raise
         return host
 
     # -- accreditation (two officers) --------------------------------------------------------
@@ -477,7 +426,25 @@ class HostService:
             check=check,
         )
 
-    def _accredit(self, uow: UnitOfWork, ctx: CallContext, action: DualAction) -> dict[str, Any]:
+
+class AccreditHost:
+    """Carries out a confirmed two-person accreditation of a host (the action service's
+    executor for :attr:`~sovereign.domain.actions.ActionKind.ACCREDIT_HOST`).
+
+    The confirming officer must be cleared for the host's current accreditation, and a host
+    still carrying enclaves the new accreditation does not dominate keeps its old one.
+    """
+
+    def __init__(self, scheme: LabelScheme, clock: Clock = utcnow) -> None:
+        self._scheme = scheme
+        self._clock = clock
+
+    def execute(self, uow: UnitOfWork, ctx: CallContext, action: DualAction) -> dict[str, Any]:
+        """Set the new accreditation inside ``uow``; returns the audit details.
+
+        :raises NotFoundError: the host is gone. :raises PolicyDeniedError: not cleared for
+            its accreditation. :raises ConflictError: it carries enclaves above the new one.
+        """
         name = action.params["host"]
         new = self._scheme.parse(action.params["accreditation"])
         host = uow.hosts.get(name, for_update=True)
@@ -495,3 +462,6 @@ class HostService:
         host.accreditation, host.updated_at = new, self._clock()
         uow.hosts.update(host)
         return {"host": name, "from": before.to_dict(), "to": new.to_dict()}
+
+    def after_commit(self, ctx: CallContext, action: DualAction, details: dict[str, Any]) -> None:
+        """Nothing is left to do once the accreditation committed."""

@@ -13,7 +13,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from audit import Outcome
 from sovereign.domain.identity import Role
 from sovereign.domain.keys import (
     EnclaveKeys,
@@ -22,23 +21,23 @@ from sovereign.domain.keys import (
     enclave_key_name,
     key_mount,
 )
-from sovereign.domain.labels import Label
 from sovereign.domain.policy import AccessPolicy
 from sovereign.domain.requests import EnclaveRequest
 from sovereign.domain.tenants import Tenant
-from sovereign.errors import (
-    AuditUnavailableError,
-    DependencyUnavailableError,
-    NotFoundError,
-    PolicyDeniedError,
-    SovereignError,
-)
+from sovereign.errors import NotFoundError, PolicyDeniedError, SovereignError
 from sovereign.services.ports import SecretStore, UnitOfWork, UnitOfWorkFactory
-from sovereign.services.recording import CallContext, Clock, Recorder, utcnow
+from sovereign.services.recording import (
+    CallContext,
+    Clock,
+    Decision,
+    Recorder,
+    request_target,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
-_Step = Callable[["CallContext", "UnitOfWork", "EnclaveRequest", "EnclaveKeys"], "EnclaveKeys"]
+_Step = Callable[[Decision, UnitOfWork, EnclaveRequest, EnclaveKeys], EnclaveKeys]
 
 #: Associated context of the two data keys of an enclave (what each is for).
 LUKS_CONTEXT = b"luks"
@@ -81,16 +80,13 @@ class KeyService:
             vtpm = self.store.data_key(ref, VTPM_CONTEXT)[1]
             keys = EnclaveKeys(request.id, luks.key, luks, vtpm, self._clock())
             uow.keys.add(keys)
-            self._recorder.append(
+            self._recorder.record(
                 uow,
-                self._recorder.event(
-                    ctx,
-                    "key:create",
-                    f"key/{ref.mount}/{ref.name}",
-                    Outcome.ALLOW,
-                    label=request.label,
-                    details={"request": str(request.id), "key_version": keys.key.version},
-                ),
+                ctx,
+                "key:create",
+                f"key/{ref.mount}/{ref.name}",
+                label=request.label,
+                details={"request": str(request.id), "key_version": keys.key.version},
             )
             yield keys
         except BaseException:
@@ -149,67 +145,49 @@ class KeyService:
         return self._guarded(ctx, request_id, "key:destroy", self._destroy)
 
     def _rotate(
-        self, ctx: CallContext, uow: UnitOfWork, request: EnclaveRequest, keys: EnclaveKeys
+        self, decision: Decision, uow: UnitOfWork, request: EnclaveRequest, keys: EnclaveKeys
     ) -> EnclaveKeys:
         new_ref = self.store.rotate(keys.key)
         luks = self.store.rewrap(keys.luks, LUKS_CONTEXT)
         vtpm = self.store.rewrap(keys.vtpm, VTPM_CONTEXT)
         rotated = EnclaveKeys(request.id, new_ref, luks, vtpm, keys.created_at)
         uow.keys.update(rotated)
-        self._recorder.append(
+        decision.allow(
             uow,
-            self._recorder.event(
-                ctx,
-                "key:rotate",
-                f"key/{new_ref.mount}/{new_ref.name}",
-                Outcome.ALLOW,
-                label=request.label,
-                details={"from_version": keys.key.version, "to_version": new_ref.version},
-            ),
+            target=f"key/{new_ref.mount}/{new_ref.name}",
+            label=request.label,
+            details={"from_version": keys.key.version, "to_version": new_ref.version},
         )
         return rotated
 
     def _destroy(
-        self, ctx: CallContext, uow: UnitOfWork, request: EnclaveRequest, keys: EnclaveKeys
+        self, decision: Decision, uow: UnitOfWork, request: EnclaveRequest, keys: EnclaveKeys
     ) -> EnclaveKeys:
         answer = self.store.destroy_key(keys.key)
         destroyed = keys.destroyed(self._clock())
         uow.keys.update(destroyed)
-        self._recorder.append(
+        decision.allow(
             uow,
-            self._recorder.event(
-                ctx,
-                "key:destroy",
-                f"key/{keys.key.mount}/{keys.key.name}",
-                Outcome.ALLOW,
-                label=request.label,
-                details={"request": str(request.id), "vault": answer},
-            ),
+            target=f"key/{keys.key.mount}/{keys.key.name}",
+            label=request.label,
+            details={"request": str(request.id), "vault": answer},
         )
         return destroyed
 
     def _guarded(
         self, ctx: CallContext, request_id: uuid.UUID, action: str, step: _Step
     ) -> EnclaveKeys:
-        target = f"request/{request_id}"
-        label: Label | None = None
-        try:
-            with self._uow() as uow:
-                found = uow.requests.get(request_id)
-                # Refusals and failures about an existing request carry its label, so only
-                # auditors cleared for the request read of them.
-                label = found.label if found is not None else None
-                request, keys = self._officer_keys(ctx, request_id, found, uow)
-                result = step(ctx, uow, request, keys)
-                uow.commit()
-        except AuditUnavailableError:
-            raise
-        except DependencyUnavailableError as e:
-            self._recorder.failure(ctx, action, target, e, label=label)
-            raise
-        except SovereignError as e:
-            self._recorder.denial(ctx, action, target, e, label=label)
-            raise
+        with (
+            self._recorder.decision(ctx, action, request_target(request_id)) as decision,
+            self._uow() as uow,
+        ):
+            found = uow.requests.get(request_id)
+            # Refusals and failures about an existing request carry its label, so only
+            # auditors cleared for the request read of them.
+            decision.label = found.label if found is not None else None
+            request, keys = self._officer_keys(ctx, request_id, found, uow)
+            result = step(decision, uow, request, keys)
+            uow.commit()
         return result
 
 

@@ -1,8 +1,9 @@
 """The ports the services depend on, as ``typing.Protocol``.
 
 Owns the interfaces of the repositories, the unit of work, the identity provider and the
-readiness probes. Real backends live in :mod:`sovereign.adapters`, in-memory ones for unit tests
-in :mod:`sovereign.adapters.memory`; a contract test runs each port against all of them.
+readiness probes, and the values that cross them (with :func:`plan_for`, which reads one).
+Real backends live in :mod:`sovereign.adapters`, in-memory ones for unit tests in
+:mod:`sovereign.adapters.memory`; a contract test runs each port against all of them.
 """
 
 from __future__ import annotations
@@ -390,6 +391,35 @@ class EnclavePlan:
     gpus: tuple[GpuDevice, ...]
     label: str
     classified: bool
+
+
+def plan_for(uow: UnitOfWork, enclave: Enclave) -> EnclavePlan:
+    """What the hypervisor needs to know about ``enclave``, read in ``uow``."""
+    host = uow.hosts.get(enclave.host)
+    assert host is not None, "foreign key guarantees the host"
+    gpus = {gpu.address: gpu for gpu in uow.gpus.list(enclave.host)}
+    return EnclavePlan(
+        enclave_id=enclave.id,
+        uri=host.uri,
+        domain_name=enclave.domain_name,
+        domain_type=host.domain_type,
+        vcpus=enclave.vcpus,
+        memory_mib=enclave.memory_mib,
+        disk_gib=enclave.disk_gib,
+        # The recorded GPUs as the hypervisor reported them (what the plan passes through).
+        gpus=tuple(
+            GpuDevice(
+                address=gpu.address,
+                model=gpu.model,
+                numa_node=gpu.numa_node,
+                iommu_group=gpu.iommu_group,
+                group_members=gpu.group_members,
+            )
+            for gpu in (gpus[address] for address in enclave.gpus)
+        ),
+        label=str(enclave.label),
+        classified=enclave.classified,
+    )
 
 
 class Hypervisor(Protocol):

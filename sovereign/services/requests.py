@@ -13,22 +13,14 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from audit import Outcome
-from sovereign.domain.labels import Label, LabelScheme
+from sovereign.domain.labels import LabelScheme
 from sovereign.domain.policy import AccessPolicy
 from sovereign.domain.requests import Decision, EnclaveRequest, RequestState
 from sovereign.domain.tenants import Resources
-from sovereign.errors import (
-    AuditUnavailableError,
-    ConcurrentUpdateError,
-    DependencyUnavailableError,
-    InvalidInputError,
-    NotFoundError,
-    SovereignError,
-)
-from sovereign.services.keys import KeyService
+from sovereign.errors import ConcurrentUpdateError, InvalidInputError, NotFoundError
+from sovereign.services.collaborators import EnclaveKeyring
 from sovereign.services.ports import Page, RequestFilter, UnitOfWork, UnitOfWorkFactory
-from sovereign.services.recording import CallContext, Clock, Recorder, utcnow
+from sovereign.services.recording import CallContext, Clock, Recorder, request_target, utcnow
 
 #: How often a decision is retried when another one changed the request at the same moment.
 CONCURRENCY_RETRIES = 3
@@ -47,11 +39,6 @@ class RequestDraft:
     lease_hours: int
 
 
-def request_target(request_id: uuid.UUID) -> str:
-    """The audit target name of a request."""
-    return f"request/{request_id}"
-
-
 class RequestService:
     """Enclave requests from draft to decision."""
 
@@ -61,7 +48,7 @@ class RequestService:
         policy: AccessPolicy,
         *,
         gpu_models: Collection[str],
-        keys: KeyService | None = None,
+        keys: EnclaveKeyring | None = None,
         clock: Clock = utcnow,
     ) -> None:
         self._uow = uow_factory
@@ -85,9 +72,8 @@ class RequestService:
         :raises PolicyDeniedError: membership, clearance, ceilings, lease.
         :raises QuotaExceededError: if the tenant's quota cannot hold it.
         """
-        label: Label | None = None
-        try:
-            label = self.scheme.parse(draft.label)
+        with self._recorder.decision(ctx, "request:create", f"tenant/{draft.tenant}") as decision:
+            label = decision.label = self.scheme.parse(draft.label)
             self._check_gpus(draft)
             # Who may request at all is decided before any tenant is read. Analysts know only
             # their own tenants: any other answers as an unknown one, by the same path.
@@ -128,31 +114,19 @@ class RequestService:
                 created_at=now,
                 updated_at=now,
             )
-            event = self._recorder.event(
-                ctx,
-                "request:create",
-                request_target(request.id),
-                Outcome.ALLOW,
-                label=label,
-                details={
-                    "tenant": tenant.name,
-                    "image": image.name,
-                    "resources": vars(draft.resources),
-                    "approvals_needed": self._policy.approvals_needed(label),
-                },
-            )
             with self._uow() as uow:
                 uow.requests.add(request)
-                self._recorder.append(uow, event)
+                decision.allow(
+                    uow,
+                    target=request_target(request.id),
+                    details={
+                        "tenant": tenant.name,
+                        "image": image.name,
+                        "resources": vars(draft.resources),
+                        "approvals_needed": self._policy.approvals_needed(label),
+                    },
+                )
                 uow.commit()
-        except AuditUnavailableError:
-            raise
-        except DependencyUnavailableError as e:
-            self._recorder.failure(ctx, "request:create", f"tenant/{draft.tenant}", e, label=label)
-            raise
-        except SovereignError as e:
-            self._recorder.denial(ctx, "request:create", f"tenant/{draft.tenant}", e, label=label)
-            raise
         return request
 
     def _check_gpus(self, draft: RequestDraft) -> None:
@@ -181,11 +155,8 @@ class RequestService:
 
     def list(self, ctx: CallContext, query: RequestFilter) -> Page[EnclaveRequest]:
         """Requests the caller may see, newest first. :raises PolicyDeniedError: no such role."""
-        try:
+        with self._recorder.decision(ctx, "request:list", "requests"):
             visibility = self._policy.request_visibility(ctx.principal)
-        except SovereignError as e:
-            self._recorder.denial(ctx, "request:list", "requests", e)
-            raise
         with self._uow(readonly=True) as uow:
             return uow.requests.list(visibility, query)
 
@@ -263,58 +234,55 @@ class RequestService:
         reason: str,
     ) -> EnclaveRequest:
         """Load, check visibility, apply ``step``, store and audit; retry on a lost race."""
-        target = request_target(request_id)
-        label: Label | None = None
         for attempt in range(CONCURRENCY_RETRIES):
             try:
-                with self._uow() as uow:
-                    # Visibility first, on a plain read: a request the caller may not see
-                    # answers exactly as a missing one (same reads, same message, a denial
-                    # labelled as the request) and is never locked on their behalf.
-                    seen = uow.requests.get(request_id)
-                    label = seen.label if seen is not None else None
-                    if seen is None or not self._policy.can_see(ctx.principal, seen):
-                        raise NotFoundError(kind="request", ident=str(request_id))
-                    request = uow.requests.get(request_id, for_update=True)
-                    assert request is not None, "requests are never deleted"
-                    before = request.state
-                    step(uow, request)
-                    with self._on_approval(uow, ctx, request, before):
-                        uow.requests.update(request)
-                        self._recorder.append(
-                            uow,
-                            self._recorder.event(
-                                ctx,
-                                action,
-                                target,
-                                Outcome.ALLOW,
-                                reason=reason,
-                                label=request.label,
-                                details={
-                                    "from": before.value,
-                                    "to": request.state.value,
-                                    "approvals": len(request.approvers),
-                                    "approvals_needed": self._policy.approvals_needed(
-                                        request.label
-                                    ),
-                                },
-                            ),
-                        )
-                        uow.commit()
-                    return request
+                return self._change_once(ctx, request_id, action, step, reason)
             except ConcurrentUpdateError:
                 if attempt == CONCURRENCY_RETRIES - 1:
                     raise
-            except AuditUnavailableError:
-                raise
-            except DependencyUnavailableError as e:
-                # Nothing changed (the unit rolled back, keys were discarded); the request is
-                # as it was and the officer can retry. The failure itself is on the record.
-                self._recorder.failure(ctx, action, target, e, label=label)
-                raise
-            except SovereignError as e:
-                # The denial carries the request's label (when it was loaded), so only readers
-                # cleared for the request learn of the attempt.
-                self._recorder.denial(ctx, action, target, e, label=label)
-                raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _change_once(
+        self,
+        ctx: CallContext,
+        request_id: uuid.UUID,
+        action: str,
+        step: Callable[[UnitOfWork, EnclaveRequest], None],
+        reason: str,
+    ) -> EnclaveRequest:
+        # A lost race is retried by the caller, not recorded. Anything else refused is recorded
+        # with the request's label (when it was loaded), so only readers cleared for the
+        # request learn of the attempt; a dependency failure (Vault) changed nothing (the unit
+        # rolled back, keys were discarded) and is on the record as a failure.
+        with (
+            self._recorder.decision(
+                ctx, action, request_target(request_id), unrecorded=(ConcurrentUpdateError,)
+            ) as decision,
+            self._uow() as uow,
+        ):
+            # Visibility first, on a plain read: a request the caller may not see answers
+            # exactly as a missing one (same reads, same message, a denial labelled as the
+            # request) and is never locked on their behalf.
+            seen = uow.requests.get(request_id)
+            decision.label = seen.label if seen is not None else None
+            if seen is None or not self._policy.can_see(ctx.principal, seen):
+                raise NotFoundError(kind="request", ident=str(request_id))
+            request = uow.requests.get(request_id, for_update=True)
+            assert request is not None, "requests are never deleted"
+            before = request.state
+            step(uow, request)
+            with self._on_approval(uow, ctx, request, before):
+                uow.requests.update(request)
+                decision.allow(
+                    uow,
+                    reason=reason,
+                    label=request.label,
+                    details={
+                        "from": before.value,
+                        "to": request.state.value,
+                        "approvals": len(request.approvers),
+                        "approvals_needed": self._policy.approvals_needed(request.label),
+                    },
+                )
+                uow.commit()
+            return request

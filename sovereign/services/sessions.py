@@ -41,7 +41,7 @@ from sovereign.errors import (
     AuthenticationError,
     DependencyUnavailableError,
 )
-from sovereign.services.authfailures import AuthFailureAudit
+from sovereign.services.collaborators import FailureCounter
 from sovereign.services.ports import UnitOfWorkFactory
 from sovereign.services.recording import CallContext, Clock, Recorder, utcnow
 
@@ -109,11 +109,10 @@ class SessionAuditService:
         uow_factory: UnitOfWorkFactory,
         clock: Clock = utcnow,
         *,
-        failures: AuthFailureAudit | None = None,
+        failures: FailureCounter,
     ) -> None:
-        self._uow = uow_factory
         self._recorder = Recorder(uow_factory, clock)
-        self._failures = failures or AuthFailureAudit(uow_factory, clock=clock)
+        self._failures = failures
 
     def signed_in(
         self,
@@ -230,14 +229,7 @@ class SessionAuditService:
 
         :raises AuditUnavailableError: on any failure (database down, audit table broken).
         """
-        try:
-            with self._uow() as uow:
-                self._recorder.append(uow, event)
-                uow.commit()
-        except AuditUnavailableError:
-            raise
-        except Exception as e:
-            raise AuditUnavailableError from e
+        self._recorder.commit(event)
 
     def _write_or_log(self, event: AuditEvent) -> bool:
         try:

@@ -1,9 +1,10 @@
 """What every phase of a reconciler pass shares: its collaborators, its report, its plans.
 
 Owns :class:`PassContext` (unit of work factory, hypervisor, recorder, clock, the worker's
-name and call context, the claim settings) and :class:`PassReport`, plus the helpers several
-phases need (:func:`enclave_target`, :func:`plan_for`). Holds no state of its own between
-passes and runs no phase: the phases are the sibling modules, composed by the driver.
+name and call context, the claim settings) and :class:`PassReport`, and hands the phases the
+helpers several of them need (:func:`enclave_target`, :func:`plan_for`, defined where all
+services share them). Holds no state of its own between passes and runs no phase: the phases
+are the sibling modules, composed by the driver.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from datetime import timedelta
 from typing import Any
 
 from audit import Outcome
-from enclaves.inventory import GpuDevice
-from sovereign.domain.fleet import Enclave, Gpu
+from sovereign.domain.fleet import Enclave
 from sovereign.domain.labels import Label
 from sovereign.domain.requests import RequestState
 from sovereign.services.ports import (
@@ -25,15 +25,11 @@ from sovereign.services.ports import (
     Hypervisor,
     UnitOfWork,
     UnitOfWorkFactory,
+    plan_for,
 )
-from sovereign.services.recording import CallContext, Clock, Recorder
+from sovereign.services.recording import CallContext, Clock, Recorder, enclave_target
 
 S = RequestState
-
-
-def enclave_target(enclave_id: uuid.UUID) -> str:
-    """The audit target name of an enclave (the same id as its request)."""
-    return f"enclave/{enclave_id}"
 
 
 def worker_name() -> str:
@@ -98,11 +94,8 @@ class PassContext:
         details: dict[str, Any] | None = None,
     ) -> None:
         """Append the reconciler's audit event to ``uow`` (committed with the change)."""
-        self.recorder.append(
-            uow,
-            self.recorder.event(
-                self.ctx, action, target, outcome, reason=reason, label=label, details=details
-            ),
+        self.recorder.record(
+            uow, self.ctx, action, target, outcome, reason=reason, label=label, details=details
         )
 
     def plan(self, enclave: Enclave) -> EnclavePlan:
@@ -111,31 +104,11 @@ class PassContext:
             return plan_for(uow, enclave)
 
 
-def plan_for(uow: UnitOfWork, enclave: Enclave) -> EnclavePlan:
-    """What the hypervisor needs to know about ``enclave``, read in ``uow``."""
-    host = uow.hosts.get(enclave.host)
-    assert host is not None, "foreign key guarantees the host"
-    gpus = {gpu.address: gpu for gpu in uow.gpus.list(enclave.host)}
-    return EnclavePlan(
-        enclave_id=enclave.id,
-        uri=host.uri,
-        domain_name=enclave.domain_name,
-        domain_type=host.domain_type,
-        vcpus=enclave.vcpus,
-        memory_mib=enclave.memory_mib,
-        disk_gib=enclave.disk_gib,
-        gpus=tuple(_discovered(gpus[address]) for address in enclave.gpus),
-        label=str(enclave.label),
-        classified=enclave.classified,
-    )
-
-
-def _discovered(gpu: Gpu) -> GpuDevice:
-    """The recorded GPU as the hypervisor reported it (what the plan passes through)."""
-    return GpuDevice(
-        address=gpu.address,
-        model=gpu.model,
-        numa_node=gpu.numa_node,
-        iommu_group=gpu.iommu_group,
-        group_members=gpu.group_members,
-    )
+__all__ = [
+    "PassContext",
+    "PassReport",
+    "S",
+    "enclave_target",
+    "plan_for",
+    "worker_name",
+]

@@ -19,10 +19,11 @@ from audit import Outcome
 from enclaves.steps import HOST_TEARDOWN_STEPS
 from sovereign.domain.fleet import Enclave, Host
 from sovereign.errors import ConcurrentUpdateError, DependencyUnavailableError, SovereignError
+from sovereign.services.collaborators import HostGuard
 from sovereign.services.drift import DriftChange, DriftLedger, LogLimiter, held_note
-from sovereign.services.hosts import HostService, host_target
 from sovereign.services.ports import UnitOfWork
 from sovereign.services.reconciler.context import PassContext, PassReport, S, enclave_target
+from sovereign.services.recording import host_target
 from sovereign.text import for_log
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ ORPHAN_STEPS = HOST_TEARDOWN_STEPS
 class DriftCheck:
     """Compares every host's domains with the records; remembers what it reported."""
 
-    def __init__(self, c: PassContext, hosts: HostService) -> None:
+    def __init__(self, c: PassContext, hosts: HostGuard) -> None:
         self._c = c
         self._hosts = hosts
         #: Drift conditions this worker has reported (each once, again when it changes).

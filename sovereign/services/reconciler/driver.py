@@ -16,8 +16,7 @@ from sovereign.domain.fleet import Enclave
 from sovereign.domain.identity import Principal
 from sovereign.domain.labels import LabelScheme
 from sovereign.errors import ConflictError, DependencyUnavailableError
-from sovereign.services.hosts import HostService
-from sovereign.services.keys import KeyService
+from sovereign.services.collaborators import EnclaveKeyring, HostGuard
 from sovereign.services.ports import EnclavePlan, Hypervisor, Sanitizer, UnitOfWorkFactory
 from sovereign.services.reconciler import leases, sanitization
 from sovereign.services.reconciler.context import PassContext, PassReport, worker_name
@@ -37,9 +36,9 @@ class Reconciler:
         self,
         uow_factory: UnitOfWorkFactory,
         hypervisor: Hypervisor,
-        keys: KeyService,
+        keys: EnclaveKeyring,
         scheme: LabelScheme,
-        hosts: HostService,
+        hosts: HostGuard,
         *,
         sanitizer: Sanitizer,
         clock: Clock = utcnow,

@@ -33,7 +33,7 @@ from sovereign.errors import (
     NotFoundError,
     SovereignError,
 )
-from sovereign.services.keys import KeyService
+from sovereign.services.collaborators import EnclaveKeyring
 from sovereign.services.reconciler.context import PassContext, PassReport, S, enclave_target
 from sovereign.text import for_log
 
@@ -59,7 +59,7 @@ class Steps:
     def __init__(
         self,
         c: PassContext,
-        keys: KeyService,
+        keys: EnclaveKeyring,
         *,
         max_attempts: int,
         after_step: Callable[[str], None],
