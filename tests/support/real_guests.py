@@ -84,7 +84,8 @@ def console_path(fleet: Fleet, enclave_id: uuid.UUID) -> Path:
         enclave = uow.enclaves.get(enclave_id)
     assert enclave is not None
     plan = fleet.reconciler().plan(enclave)
-    return Path(fleet.services.hypervisor.console_path(plan))  # type: ignore[attr-defined]
+    hypervisor = fleet.services.hypervisor
+    return Path(hypervisor._enclave(plan).console_path)  # type: ignore[attr-defined]
 
 
 def settle_until(fleet: Fleet, done: Callable[[], bool], timeout_s: float = 60.0) -> None:
