@@ -126,18 +126,20 @@ def _passthrough_functions(spec: EnclaveSpec) -> list[PciAddress]:
     owner: dict[PciAddress, PciAddress] = {}
     functions: list[PciAddress] = []
     for gpu in spec.gpus:
-        if gpu.address not in gpu.iommu_group_members:
+        address = PciAddress.parse(gpu.address)
+        members = [PciAddress.parse(member) for member in gpu.group_members]
+        if address not in members:
             raise IsolationError(
-                f"GPU {gpu.address} is not in the IOMMU group given for it; VFIO assigns whole "
+                f"GPU {address} is not in the IOMMU group given for it; VFIO assigns whole "
                 f"IOMMU groups, so the group's members must come from the host's inventory"
             )
-        for member in gpu.iommu_group_members:
+        for member in members:
             if member in owner:
                 raise IsolationError(
                     f"PCI function {member} is in the IOMMU group of both GPU {owner[member]} "
-                    f"and GPU {gpu.address}; pass each IOMMU group through exactly once"
+                    f"and GPU {address}; pass each IOMMU group through exactly once"
                 )
-            owner[member] = gpu.address
+            owner[member] = address
             functions.append(member)
     return functions
 

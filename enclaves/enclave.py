@@ -38,10 +38,8 @@ from enclaves.spec import (
     DirectKernel,
     DiskSpec,
     EnclaveSpec,
-    GpuAssignment,
     ImageBoot,
     NetworkPolicy,
-    PciAddress,
     TpmSpec,
 )
 from enclaves.steps import ProvisionStep, TeardownStep
@@ -307,13 +305,7 @@ class HostedEnclave:
             uuid=plan.enclave_id,
             vcpus=plan.vcpus,
             memory_mib=plan.memory_mib,
-            gpus=tuple(
-                GpuAssignment(
-                    address=PciAddress.parse(gpu.address),
-                    iommu_group_members=tuple(PciAddress.parse(m) for m in gpu.group_members),
-                )
-                for gpu in plan.gpus
-            ),
+            gpus=plan.gpus,
             disk=DiskSpec(
                 path=self._volume_path(),
                 luks_secret_uuid=secret_uuid(plan.enclave_id, "luks"),

@@ -18,11 +18,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from xml.etree import ElementTree
 
 from enclaves.errors import EnclaveError
-from enclaves.host import HostInfo
+
+if TYPE_CHECKING:
+    # Only the annotation of PciDeviceSource.info: at run time the inventory (and with it the
+    # enclave spec, which carries GpuDevice) stays clear of the module that talks to libvirt.
+    from enclaves.host import HostInfo
 
 #: PCI vendor id of NVIDIA Corporation.
 NVIDIA_VENDOR_ID = 0x10DE

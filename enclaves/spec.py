@@ -9,6 +9,9 @@ libvirt domain and refuses combinations that would break isolation.
 
 It must not build XML, talk to libvirt, read the host's inventory or know about the control
 plane: the caller (the control plane's placement and provisioning) fills it from its records.
+A GPU is the inventory's :class:`~enclaves.inventory.GpuDevice`, carried as it is (its IOMMU
+group members included, VFIO hands a guest whole groups only); :class:`PciAddress` is only the
+parsed form of an address, with which the spec validates and the designer formats.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Literal, Self
+
+from enclaves.inventory import GpuDevice
 
 #: ``DDDD:BB:SS.F`` as printed by ``lspci -D`` and used in libvirt node device names.
 _PCI_ADDRESS_RE = re.compile(
@@ -83,30 +88,6 @@ class PciAddress:
 
     def __str__(self) -> str:
         return f"{self.domain:04x}:{self.bus:02x}:{self.slot:02x}.{self.function:x}"
-
-
-@dataclass(frozen=True, slots=True)
-class GpuAssignment:
-    """One whole GPU given to the enclave, with every function of its IOMMU group.
-
-    ``iommu_group_members`` is the GPU's IOMMU group as the host's inventory reports it (the
-    node device's ``<iommuGroup>``), the GPU itself included. VFIO hands a guest whole groups
-    only, so the designer passes every member through.
-    """
-
-    address: PciAddress
-    iommu_group_members: tuple[PciAddress, ...]
-
-    def __post_init__(self) -> None:
-        if not self.iommu_group_members:
-            raise ValueError(f"GPU {self.address}: its IOMMU group members must not be empty")
-        if len(set(self.iommu_group_members)) != len(self.iommu_group_members):
-            raise ValueError(f"GPU {self.address}: IOMMU group members are listed twice")
-        if self.address not in self.iommu_group_members:
-            raise ValueError(
-                f"GPU {self.address} is not a member of the IOMMU group given for it "
-                f"({', '.join(str(member) for member in self.iommu_group_members)})"
-            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +156,9 @@ class EnclaveSpec:
     uuid: uuid.UUID
     vcpus: int
     memory_mib: int
-    gpus: tuple[GpuAssignment, ...]
+    #: Whole GPUs as the host's inventory reports them; the spec checks their addresses and
+    #: IOMMU groups (each GPU a member of its own group, nothing listed twice).
+    gpus: tuple[GpuDevice, ...]
     disk: DiskSpec
     tpm: TpmSpec
     network: NetworkPolicy
@@ -216,8 +199,24 @@ class EnclaveSpec:
             raise ValueError("classified enclaves may not allow graphics or USB")
 
     def _check_gpus(self) -> None:
-        """Refuse a GPU listed twice."""
-        addresses = [gpu.address for gpu in self.gpus]
+        """Refuse a malformed address, a GPU outside its IOMMU group, or a GPU listed twice.
+
+        :raises ValueError: naming the GPU (``PciAddress.parse`` names a malformed address).
+        """
+        addresses: list[PciAddress] = []
+        for gpu in self.gpus:
+            address = PciAddress.parse(gpu.address)
+            members = [PciAddress.parse(member) for member in gpu.group_members]
+            if not members:
+                raise ValueError(f"GPU {address}: its IOMMU group members must not be empty")
+            if len(set(members)) != len(members):
+                raise ValueError(f"GPU {address}: IOMMU group members are listed twice")
+            if address not in members:
+                raise ValueError(
+                    f"GPU {address} is not a member of the IOMMU group given for it "
+                    f"({', '.join(str(member) for member in members)})"
+                )
+            addresses.append(address)
         duplicates = sorted({str(a) for a in addresses if addresses.count(a) > 1})
         if duplicates:
             raise ValueError(f"GPU assigned twice: {', '.join(duplicates)}")

@@ -24,7 +24,7 @@ import pytest
 from enclaves.designer import design, isolated_network_name, isolated_network_xml
 from enclaves.host import LibvirtHost
 from enclaves.hosts import bundled_host_uri
-from enclaves.spec import EnclaveSpec, NetworkPolicy
+from enclaves.spec import EnclaveSpec, NetworkPolicy, PciAddress
 from tests.unit.enclaves.test_designer import CASES, civilian_bridge, classified_two_gpus
 
 pytestmark = pytest.mark.libvirt
@@ -81,7 +81,8 @@ def test_golden_case_validates_defines_and_starts(conn: Any, case: str) -> None:
         for a in live.findall("devices/hostdev/source/address")
     ]
     assert addresses == [
-        (m.domain, m.bus, m.slot, m.function) for g in spec.gpus for m in g.iommu_group_members
+        (m.domain, m.bus, m.slot, m.function)
+        for m in (PciAddress.parse(member) for g in spec.gpus for member in g.group_members)
     ]
     assert [b.get("model") for b in live.findall("devices/memballoon")] == ["none"]
     assert [c.get("model") for c in live.findall("devices/controller[@type='usb']")] == ["none"]

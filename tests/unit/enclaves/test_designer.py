@@ -25,12 +25,12 @@ from enclaves.designer import (
     isolated_network_name,
     isolated_network_xml,
 )
+from enclaves.inventory import GpuDevice
 from enclaves.spec import (
     BootSpec,
     DirectKernel,
     DiskSpec,
     EnclaveSpec,
-    GpuAssignment,
     ImageBoot,
     NetworkPolicy,
     PciAddress,
@@ -53,8 +53,15 @@ def pci(text: str) -> PciAddress:
     return PciAddress.parse(text)
 
 
-def gpu(text: str, *others: str) -> GpuAssignment:
-    return GpuAssignment(pci(text), (pci(text), *(pci(o) for o in others)))
+def gpu(text: str, *others: str) -> GpuDevice:
+    """The GPU at ``text`` as the inventory reports it, its IOMMU group holding ``others`` too."""
+    return GpuDevice(
+        address=text,
+        model="H100-SXM5-80GB",
+        numa_node=0,
+        iommu_group=pci(text).bus,
+        group_members=(text, *others),
+    )
 
 
 def classified_two_gpus() -> EnclaveSpec:
@@ -228,9 +235,9 @@ def test_refuses_function_in_two_gpu_groups() -> None:
 
 
 def test_refuses_gpu_outside_its_group_even_past_spec_validation() -> None:
-    assignment = gpu("0000:18:00.0")
-    object.__setattr__(assignment, "iommu_group_members", (pci("0000:2a:00.0"),))
-    spec = dataclasses.replace(classified_two_gpus(), gpus=(assignment,))
+    device = gpu("0000:18:00.0")
+    spec = dataclasses.replace(classified_two_gpus(), gpus=(device,))
+    object.__setattr__(device, "group_members", ("0000:2a:00.0",))
     with pytest.raises(IsolationError, match="is not in the IOMMU group given for it"):
         design(spec)
 
@@ -314,10 +321,7 @@ def specs(draw: st.DrawFn) -> EnclaveSpec:
         NetworkPolicy.CIVILIAN_BRIDGE: "civilian-net",
     }[network]
     gpus = tuple(
-        GpuAssignment(
-            PciAddress(0, bus, 0, 0),
-            tuple(PciAddress(0, bus, 0, function) for function in range(functions)),
-        )
+        gpu(*(str(PciAddress(0, bus, 0, function)) for function in range(functions)))
         for bus, functions in draw(_GROUPS)
     )
     boots: list[BootSpec] = [ImageBoot(), DirectKernel("/k", "/i", "console=ttyS0")]
@@ -361,7 +365,7 @@ def test_no_designed_domain_leaks(spec: EnclaveSpec, security_model: str) -> Non
         PciAddress(*(int(a.get(k, ""), 16) for k in ("domain", "bus", "slot", "function")))
         for a in root.findall("devices/hostdev/source/address")
     ]
-    expected = [member for g in spec.gpus for member in g.iommu_group_members]
+    expected = [pci(member) for g in spec.gpus for member in g.group_members]
     assert passed == expected
     assert len(set(passed)) == len(passed)
     assert config.DomainConfig.from_string(text).to_string() == text

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
+from enclaves.inventory import GpuDevice
 from enclaves.spec import (
     DirectKernel,
     DiskSpec,
     EnclaveSpec,
-    GpuAssignment,
     ImageBoot,
     NetworkPolicy,
     PciAddress,
@@ -22,9 +22,15 @@ from enclaves.spec import (
 ENCLAVE_UUID = uuid.UUID("11111111-2222-4333-8444-555555555555")
 
 
-def gpu(text: str, *others: str) -> GpuAssignment:
-    address = PciAddress.parse(text)
-    return GpuAssignment(address, (address, *(PciAddress.parse(o) for o in others)))
+def device(address: str, members: tuple[str, ...]) -> GpuDevice:
+    """A GPU as the inventory reports it, with the IOMMU group members given."""
+    return GpuDevice(
+        address=address, model="H100-SXM5-80GB", numa_node=0, iommu_group=24, group_members=members
+    )
+
+
+def gpu(text: str, *others: str) -> GpuDevice:
+    return device(text, (text, *others))
 
 
 def make_spec(**overrides: Any) -> EnclaveSpec:
@@ -78,19 +84,32 @@ class TestPciAddress:
             PciAddress(*fields)
 
 
-class TestGpuAssignment:
+class TestGpus:
+    """The spec checks the GPUs it is given: addresses, and each one's IOMMU group."""
+
     def test_gpu_must_be_in_its_group(self) -> None:
         with pytest.raises(ValueError, match="not a member of the IOMMU group"):
-            GpuAssignment(PciAddress.parse("0000:18:00.0"), (PciAddress.parse("0000:2a:00.0"),))
+            make_spec(gpus=(device("0000:18:00.0", ("0000:2a:00.0",)),))
 
     def test_group_must_not_be_empty(self) -> None:
         with pytest.raises(ValueError, match="must not be empty"):
-            GpuAssignment(PciAddress.parse("0000:18:00.0"), ())
+            make_spec(gpus=(device("0000:18:00.0", ()),))
 
     def test_group_members_listed_once(self) -> None:
-        address = PciAddress.parse("0000:18:00.0")
         with pytest.raises(ValueError, match="listed twice"):
-            GpuAssignment(address, (address, address))
+            make_spec(gpus=(device("0000:18:00.0", ("0000:18:00.0", "0000:18:00.0")),))
+
+    @pytest.mark.parametrize(
+        ("address", "members"),
+        [("18:00.0", ("18:00.0",)), ("0000:18:00.0", ("0000:18:00.0", "0000:18:00.9"))],
+    )
+    def test_addresses_must_be_pci_addresses(self, address: str, members: tuple[str, ...]) -> None:
+        with pytest.raises(ValueError, match="not a PCI address"):
+            make_spec(gpus=(device(address, members),))
+
+    def test_addresses_compare_parsed(self) -> None:
+        with pytest.raises(ValueError, match="listed twice"):
+            make_spec(gpus=(device("0000:3b:00.0", ("0000:3b:00.0", "0000:3B:00.0")),))
 
 
 class TestParts:
