@@ -35,6 +35,8 @@ Output
     calls to any endpoint failed. Every process and temporary directory started here is
     removed on the way out, on failure too.
 
+The caller and the seeded database are in ``apibench_seed.py``.
+
 Run from the repository root: ``.venv/bin/python bench/api.py [--duration S] [--warmup S]
 [--quick]``.
 """
@@ -42,7 +44,6 @@ Run from the repository root: ``.venv/bin/python bench/api.py [--duration S] [--
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import multiprocessing
 import os
@@ -54,33 +55,20 @@ import tempfile
 import textwrap
 import threading
 import time
-import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from importlib import resources
 from multiprocessing.pool import Pool
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import benchkit  # first: it stops bench/audit.py shadowing the audit package
-import sqlalchemy as sa
+from apibench_seed import IMAGE, LABEL, TENANT, USER, prepare_database, token_subject
 
-from audit.store import encode_compartments
 from devstack.idp import DEMO_PASSWORD, password_token, start_dev_idp
-from sovereign import create_app
-from sovereign.adapters.migrations import upgrade
-from sovereign.adapters.tables import enclave_requests
-from sovereign.domain.identity import Principal
-from sovereign.services.recording import CallContext
 
 HOST = "127.0.0.1"
 WORKERS = 2
-USER = "analyst-defence"
-TENANT = "defence"
-IMAGE = "debian-12-cuda"
-LABEL = {"level": "SECRET", "compartments": ["NATO"]}
 PAGE = 50
 #: More than this share of failed calls on any endpoint fails the benchmark.
 MAX_ERROR_RATE = 0.01
@@ -377,61 +365,6 @@ def free_port() -> int:
         s.bind((HOST, 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def token_subject(token: str) -> str:
-    """The ``sub`` claim of a JWT, read without verifying it (only to label seeded rows)."""
-    payload = token.split(".")[1]
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    return str(claims["sub"])
-
-
-def prepare_database(url: str, idp_url: str, subject: str, count: int) -> None:
-    """Migrate, bootstrap the demo tenants and images, and insert ``count`` pending requests."""
-    upgrade(url)
-    app = create_app({"ENV": "testing", "DATABASE_URL": url, "IDP_URL": idp_url, "IDP_DEV": True})
-    try:
-        ctx = CallContext(
-            principal=Principal(subject="system", username="bootstrap"),
-            actor="system:bootstrap",
-            source="bench",
-        )
-        demo = json.loads((resources.files("sovereign") / "data" / "demo.json").read_text())
-        app.extensions["sovereign"].catalog.bootstrap(ctx, demo)
-    finally:
-        app.extensions["sovereign"].close()
-    base = datetime.now(UTC) - timedelta(days=30)
-    compartments = encode_compartments(LABEL["compartments"])
-    rows = [
-        {
-            "id": uuid.uuid4(),
-            "tenant": TENANT,
-            "requester": subject,
-            "requester_name": USER,
-            "label_level": LABEL["level"],
-            "label_compartments": compartments,
-            "vcpus": 4,
-            "memory_mib": 8192,
-            "gpus": 0,
-            "gpu_model": None,
-            "disk_gib": 10,
-            "image": IMAGE,
-            "purpose": f"seeded request {i}",
-            "lease_hours": 8,
-            "state": "pending",
-            "reason": "",
-            "created_at": base + timedelta(seconds=i),
-            "updated_at": base + timedelta(seconds=i),
-            "version": 1,
-        }
-        for i in range(count)
-    ]
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(enclave_requests.insert(), rows)
-    finally:
-        engine.dispose()
 
 
 def stop(proc: subprocess.Popen[bytes], name: str) -> None:
