@@ -32,7 +32,8 @@ from enclaves import designer
 from enclaves.errors import EnclaveRefusedError, GpuUnavailableError
 from enclaves.guest import DomainStatus, Guests
 from enclaves.host import HostIdentity, LibvirtHost
-from enclaves.inventory import GpuDevice, HostInventory, inventory
+from enclaves.inventory import HostInventory, inventory
+from enclaves.plan import EnclavePlan
 from enclaves.resources import Networks, Secrets, Volumes
 from enclaves.spec import (
     DirectKernel,
@@ -94,23 +95,6 @@ class GuestSettings:
     stop_timeout_s: float = 30.0
     #: How long opening a connection may take before the host counts as unavailable.
     connect_timeout_s: float = 10.0
-
-
-@dataclass(frozen=True)
-class EnclavePlan:
-    """What the host needs to know of one enclave to build or tear it down."""
-
-    enclave_id: uuid.UUID
-    domain_name: str
-    domain_type: str
-    vcpus: int
-    memory_mib: int
-    disk_gib: int
-    #: The GPUs to pass through, as the host reported them (with their IOMMU groups).
-    gpus: tuple[GpuDevice, ...]
-    #: The enclave's security label as text (recorded in the domain's metadata).
-    label: str
-    classified: bool
 
 
 @contextlib.contextmanager

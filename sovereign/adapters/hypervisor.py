@@ -92,19 +92,8 @@ class LibvirtHypervisor:
             return host
 
     def _enclave(self, plan: EnclavePlan) -> HostedEnclave:
-        return self._host(plan.uri).enclave(
-            hosted.EnclavePlan(
-                enclave_id=plan.enclave_id,
-                domain_name=plan.domain_name,
-                domain_type=plan.domain_type,
-                vcpus=plan.vcpus,
-                memory_mib=plan.memory_mib,
-                disk_gib=plan.disk_gib,
-                gpus=plan.gpus,
-                label=plan.label,
-                classified=plan.classified,
-            )
-        )
+        # The port's plan is the hypervisor side's plan plus the host's URI.
+        return self._host(plan.uri).enclave(plan)
 
     def close(self) -> None:
         """Close every connection."""

@@ -18,6 +18,7 @@ from typing import Any, Generic, Protocol, Self, TypeVar
 
 from audit import AuditStore, StoredEvent
 from enclaves.inventory import GpuDevice
+from enclaves.plan import EnclavePlan as HostPlan
 from enclaves.steps import ProvisionStep, TeardownStep
 from sovereign.domain.actions import ActionState, DualAction
 from sovereign.domain.fleet import Enclave, Gpu, Host, HostIdentity
@@ -377,20 +378,11 @@ class DomainFacts:
 
 
 @dataclass(frozen=True)
-class EnclavePlan:
-    """Everything the hypervisor side needs to build or tear down one enclave."""
+class EnclavePlan(HostPlan):
+    """Everything the hypervisor side needs to build or tear down one enclave: the enclave as
+    :class:`enclaves.plan.EnclavePlan` describes it, plus the libvirt URI of its host."""
 
-    enclave_id: uuid.UUID
     uri: str
-    domain_name: str
-    domain_type: str
-    vcpus: int
-    memory_mib: int
-    disk_gib: int
-    #: The GPUs to pass through, with their IOMMU groups.
-    gpus: tuple[GpuDevice, ...]
-    label: str
-    classified: bool
 
 
 def plan_for(uow: UnitOfWork, enclave: Enclave) -> EnclavePlan:

@@ -1,0 +1,30 @@
+"""What the hypervisor side needs to know of one enclave: :class:`EnclavePlan`.
+
+A plain value with no libvirt in it, so the control plane's hypervisor port can extend it (with
+the host's URI) instead of describing the same enclave a second time. It must not import the
+modules that talk to libvirt.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from enclaves.inventory import GpuDevice
+
+
+@dataclass(frozen=True)
+class EnclavePlan:
+    """What the host needs to know of one enclave to build or tear it down."""
+
+    enclave_id: uuid.UUID
+    domain_name: str
+    domain_type: str
+    vcpus: int
+    memory_mib: int
+    disk_gib: int
+    #: The GPUs to pass through, as the host reported them (with their IOMMU groups).
+    gpus: tuple[GpuDevice, ...]
+    #: The enclave's security label as text (recorded in the domain's metadata).
+    label: str
+    classified: bool
