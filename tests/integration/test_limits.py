@@ -3,6 +3,7 @@ refused tokens, per principal on writes; a breach is 429 problem+json with Retry
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -35,10 +36,17 @@ def limited(tmp_path: Path, idp: Any) -> Iterator[Callable[..., Flask]]:
         app.extensions["sovereign"].close()
 
 
-def assert_limited(response: Any) -> dict[str, Any]:
+def assert_retry_after(response: Any, started: float, window_s: int = 60) -> None:
+    """``Retry-After`` is the rest of the window opened by the first counted hit (at or after
+    ``started``), in whole seconds: neither a constant nor the fallback of 1."""
+    waited = time.time() - started
+    assert window_s - waited - 1 <= int(response.headers["Retry-After"]) <= window_s
+
+
+def assert_limited(response: Any, started: float) -> dict[str, Any]:
     assert response.status_code == 429, response.get_data(as_text=True)
     assert response.mimetype == "application/problem+json"
-    assert 1 <= int(response.headers["Retry-After"]) <= 60
+    assert_retry_after(response, started)
     body: dict[str, Any] = response.get_json()
     assert body["type"] == "urn:sovereign:problem:rate-limited"
     assert body["status"] == 429
@@ -51,9 +59,10 @@ def bearer(token: str) -> dict[str, str]:
 
 def test_what_needs_no_token_is_limited_per_address(limited: Callable[..., Flask]):
     client: FlaskClient = limited(RATELIMIT_ANONYMOUS="3/minute").test_client()
+    started = time.time()
     for _ in range(3):
         assert client.get("/api/v1/audit/public-key", environ_base=ONE).status_code == 200
-    body = assert_limited(client.get("/api/v1/audit/public-key", environ_base=ONE))
+    body = assert_limited(client.get("/api/v1/audit/public-key", environ_base=ONE), started)
     assert "3 per 1 minute" in body["detail"]
     assert client.get("/api/openapi.json", environ_base=ONE).status_code == 429
     assert client.get("/api/v1/audit/public-key", environ_base=TWO).status_code == 200
@@ -65,12 +74,14 @@ def test_refused_tokens_turn_an_address_away(
     limited: Callable[..., Flask], token: Callable[[str], str]
 ):
     client = limited(RATELIMIT_AUTH_FAILURES="3/minute").test_client()
+    started = time.time()
     for i in range(3):
         r = client.get("/api/v1/requests", headers=bearer(f"forged.{i}.x"), environ_base=ONE)
         assert r.status_code == 401
     # Even a good token from that address waits for the window; other addresses do not.
     assert_limited(
-        client.get("/api/v1/requests", headers=bearer(token("auditor")), environ_base=ONE)
+        client.get("/api/v1/requests", headers=bearer(token("auditor")), environ_base=ONE),
+        started,
     )
     ok = client.get("/api/v1/requests", headers=bearer(token("auditor")), environ_base=TWO)
     assert ok.status_code == 200
@@ -89,10 +100,13 @@ def test_writes_are_limited_per_principal(
 ):
     client = limited(RATELIMIT_WRITES="2/minute").test_client()
     analyst = bearer(token("analyst-defence"))
+    started = time.time()
     for _ in range(2):
         assert client.post("/api/v1/requests", json=BODY, headers=analyst).status_code == 201
     # The same principal from another address is the same principal.
-    assert_limited(client.post("/api/v1/requests", json=BODY, headers=analyst, environ_base=TWO))
+    assert_limited(
+        client.post("/api/v1/requests", json=BODY, headers=analyst, environ_base=TWO), started
+    )
     assert client.get("/api/v1/requests", headers=analyst).status_code == 200  # reads are not
     other = bearer(token("analyst-research"))
     assert client.post("/api/v1/requests", json=CIVIL, headers=other).status_code == 201
