@@ -117,8 +117,7 @@ class MemoryRequestRepository:
         found = [
             r
             for r in self.data.values()
-            if r.label.level in visibility.levels
-            and r.label.compartments <= visibility.compartments
+            if visibility.covers(r.label)
             and (visibility.tenants is None or r.tenant in visibility.tenants)
             and (query.state is None or r.state is query.state)
             and (query.tenant is None or r.tenant == query.tenant)

@@ -50,6 +50,10 @@ class Visibility:
         what its officers are cleared for."""
         return cls(scheme.dominated_levels(label), label.compartments, None)
 
+    def covers(self, label: Label) -> bool:
+        """Whether a label is within these levels and compartments (tenants aside)."""
+        return label.level in self.levels and label.compartments <= self.compartments
+
 
 @dataclass(frozen=True)
 class AccessPolicy:

@@ -15,7 +15,6 @@ from datetime import datetime
 from audit import AuditQuery, Outcome, StoredEvent
 from audit.export import FORMATS, export
 from audit.verify import LogVerificationError
-from sovereign.domain.labels import Label
 from sovereign.domain.policy import AccessPolicy, Visibility
 from sovereign.errors import (
     DependencyUnavailableError,
@@ -112,7 +111,7 @@ class AuditReadService:
         label = self._policy.scheme.parse(raw) if raw is not None else None
         with self._recorder.decision(ctx, "audit:prove", target, label=label):
             visibility = self._policy.audit_visibility(ctx.principal)
-            if stored is None or (label is not None and not _within(label, visibility)):
+            if stored is None or (label is not None and not visibility.covers(label)):
                 raise NotFoundError(kind="audit event", ident=str(seq))
         return self.log.proof(seq)
 
@@ -214,10 +213,6 @@ class AuditReadService:
                 return
             yield from export(page, fmt)
             after = page[-1].seq
-
-
-def _within(label: Label, visibility: Visibility) -> bool:
-    return label.level in visibility.levels and label.compartments <= visibility.compartments
 
 
 __all__ = ["AuditReadService", "EventFilter", "LogCheck"]

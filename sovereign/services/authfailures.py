@@ -17,7 +17,7 @@ key's events add up to the failures it saw. Counting is per process: with severa
 one writes its own events (bounded the same way), and the sums still add up across them.
 
 Nothing about a token is recorded: no token, no prefix, no digest; only the verifier's reason
-("token has expired"), cut to :data:`~sovereign.services.sessions.MAX_REASON` characters without
+("token has expired"), cut to :data:`MAX_REASON` characters without
 control characters. Failure policy: the caller refuses the request whatever happens here. If the
 audit log cannot be written, the counts are kept for the next write and the loss is logged at
 ERROR; recording an authentication failure never turns a 401 into something else.
@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import unicodedata
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from audit import AuditEvent, Outcome
+from audit.export import UNSAFE
 from sovereign.domain.identity import Principal
 from sovereign.services.ports import UnitOfWorkFactory
 from sovereign.services.recording import CallContext, Clock, Recorder, utcnow
@@ -58,10 +58,11 @@ MAX_REASON = 200
 
 
 def clip(text: str, limit: int = MAX_REASON) -> str:
-    """``text`` without control characters and at most ``limit`` characters long."""
+    """``text`` without control characters or line separators (:data:`audit.export.UNSAFE`,
+    the one definition) and at most ``limit`` characters long."""
     # Lone surrogates cannot be canonical JSON (RFC 8785): replace them with U+FFFD first.
     text = text.encode("utf-8", "replace").decode("utf-8")
-    text = "".join(" " if unicodedata.category(c) == "Cc" else c for c in text)
+    text = UNSAFE.sub(" ", text)
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 

@@ -67,6 +67,11 @@ def _can_read(ctx: CallContext) -> bool:
     return bool(ctx.principal.roles & HOST_READERS) or _is_system(ctx)
 
 
+def _can_operate(ctx: CallContext) -> bool:
+    """Whether the caller may add, rediscover, drain or quarantine hosts."""
+    return bool(ctx.principal.roles & HOST_OPERATORS) or _is_system(ctx)
+
+
 def _label(host: Host | None) -> Label | None:
     """The accreditation of ``host`` if it exists, for the audit event of a refusal about it."""
     return host.accreditation if host is not None else None
@@ -101,7 +106,7 @@ class HostService:
     # -- reading -----------------------------------------------------------------------------
 
     def _check_reader(self, ctx: CallContext, action: str) -> None:
-        if not (ctx.principal.roles & HOST_READERS or _is_system(ctx)):
+        if not _can_read(ctx):
             error = PolicyDeniedError(
                 reason="reading hosts needs the officer, operator or auditor role"
             )
@@ -255,7 +260,7 @@ class HostService:
         """Re-read the host's capacity and GPUs: new GPUs start dirty, vanished ones are
         quarantined. :raises NotFoundError:, DependencyUnavailableError:."""
         with self._recorder.decision(ctx, "host:discover", host_target(name)) as decision:
-            if not (ctx.principal.roles & HOST_OPERATORS or _is_system(ctx)):
+            if not _can_operate(ctx):
                 raise PolicyDeniedError(reason="rediscovering hosts needs the operator role")
             with self._uow(readonly=True) as uow:
                 host = uow.hosts.get(name)
@@ -378,7 +383,7 @@ class HostService:
                 if state == "active":
                     if not _is_system(ctx):
                         check_officer(ctx.principal, host.accreditation)
-                elif not (ctx.principal.roles & HOST_OPERATORS or _is_system(ctx)):
+                elif not _can_operate(ctx):
                     raise PolicyDeniedError(
                         reason="draining or quarantining needs the operator role"
                     )

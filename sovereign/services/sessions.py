@@ -51,7 +51,6 @@ LOGIN = "session:login"
 LOGOUT = "session:logout"
 EXPIRE = "session:expire"
 #: The actor of a refused sign-in: nobody was verified, so no claimed name is trusted.
-ANONYMOUS = "anonymous"
 #: The actor of an expiry: the console ends the session, not the user.
 EXPIRY_ACTOR = "system:console"
 #: What a session reference looks like: 64 bits of a SHA-256, lower-case hex. Anything else
@@ -140,7 +139,7 @@ class SessionAuditService:
         if replaces is not None:
             session_target(replaces)  # a reference, nothing else
             details["replaces"] = replaces
-        self._write(
+        self._recorder.commit(
             self._recorder.event(
                 ctx, LOGIN, session_target(session_ref), Outcome.ALLOW, details=details
             )
@@ -224,16 +223,9 @@ class SessionAuditService:
         )
         return self._write_or_log(event)
 
-    def _write(self, event: AuditEvent) -> None:
-        """Append ``event`` in a unit of its own.
-
-        :raises AuditUnavailableError: on any failure (database down, audit table broken).
-        """
-        self._recorder.commit(event)
-
     def _write_or_log(self, event: AuditEvent) -> bool:
         try:
-            self._write(event)
+            self._recorder.commit(event)
         except AuditUnavailableError as e:
             # Loud, and enough to reconstruct the event by hand; no token is in it to leak.
             log.exception(

@@ -16,26 +16,7 @@ Nothing here talks to libvirt directly or picks a backend; the loop that runs pa
 :mod:`sovereign.worker`.
 """
 
-from sovereign.services.reconciler.context import (
-    PassContext,
-    PassReport,
-    enclave_target,
-    plan_for,
-    worker_name,
-)
-from sovereign.services.reconciler.drift import UNKNOWN_DOMAIN
+from sovereign.services.reconciler.context import PassReport
 from sovereign.services.reconciler.driver import Reconciler
-from sovereign.services.reconciler.steps import PROVISION, TEARDOWN, WORK_STATES
 
-__all__ = [
-    "PROVISION",
-    "TEARDOWN",
-    "UNKNOWN_DOMAIN",
-    "WORK_STATES",
-    "PassContext",
-    "PassReport",
-    "Reconciler",
-    "enclave_target",
-    "plan_for",
-    "worker_name",
-]
+__all__ = ["PassReport", "Reconciler"]

@@ -109,6 +109,5 @@ __all__ = [
     "PassReport",
     "S",
     "enclave_target",
-    "plan_for",
     "worker_name",
 ]
