@@ -27,6 +27,11 @@ import rfc8785
 #: ``subject:action``, lower case, e.g. ``request:approve`` (the warehouse event-tag style).
 #: Matched whole (``fullmatch``: ``$`` would let a trailing newline through into exports).
 ACTION_PATTERN = re.compile(r"[a-z][a-z0-9_-]*:[a-z][a-z0-9_-]*")
+#: The longest actor and target an event may name: the width of their filter columns
+#: (:mod:`audit.sql`). A longer one would make the sequencer's copy of the batch fail on a
+#: database that enforces widths (PostgreSQL), every run; so it is refused where events are made.
+MAX_ACTOR = 255
+MAX_TARGET = 255
 
 
 class Outcome(StrEnum):

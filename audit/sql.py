@@ -28,7 +28,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from audit.event import AuditEvent, event_from_entry
+from audit.event import MAX_ACTOR, MAX_TARGET, AuditEvent, event_from_entry
 from audit.merkle import NodeGetter, consistency_proof, inclusion_proof
 from audit.store import INDEX_COLUMNS, AuditQuery, StoredCheckpoint, StoredEvent
 
@@ -59,9 +59,9 @@ audit_log = sa.Table(
     sa.Column("entry", sa.LargeBinary, nullable=False),
     sa.Column("leaf_hash", sa.LargeBinary(32), nullable=False),
     sa.Column("time", sa.DateTime(timezone=True), nullable=False, index=True),
-    sa.Column("actor", sa.String(255), nullable=False, index=True),
+    sa.Column("actor", sa.String(MAX_ACTOR), nullable=False, index=True),
     sa.Column("action", sa.String(100), nullable=False, index=True),
-    sa.Column("target", sa.String(255), nullable=False, index=True),
+    sa.Column("target", sa.String(MAX_TARGET), nullable=False, index=True),
     sa.Column("outcome", sa.String(10), nullable=False),
     sa.Column("label_level", sa.String(64), nullable=True),
     sa.Column("label_compartments", sa.String(1024), nullable=True),

@@ -158,7 +158,7 @@ class OpenBaoDevServer:
         self.workdir = workdir
         self.port = port or free_port()
         self.addr = f"http://127.0.0.1:{self.port}"
-        # Dev-only root token: random per start, kept in memory and in the 0600 state file.
+        # Dev-only root token: random per start, kept in memory (and in the 0600 OpenBao log).
         self.token = "dev-" + secrets.token_urlsafe(18)
         self.audit_log: Path | None = workdir / "audit.log" if audit else None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -194,7 +194,12 @@ class OpenBaoDevServer:
         ]
         if self.audit_log is not None:
             argv.append(f"-config={self._write_config()}")
-        self._log = (self.workdir / "openbao.log").open("wb")
+        # `bao server -dev` prints its root token: the log is for this user's eyes only.
+        descriptor = os.open(
+            self.workdir / "openbao.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
+        )
+        os.chmod(self.workdir / "openbao.log", 0o600)  # an older log may have been wider
+        self._log = os.fdopen(descriptor, "wb")
         self._proc = subprocess.Popen(  # noqa: S603 - fixed argv, our own binary
             argv,
             stdout=self._log,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 import threading
 import time
 import uuid
@@ -326,6 +327,23 @@ def _uuid_text(text: str | None) -> str | None:
         return None
 
 
+#: What a hypervisor's host name may look like (it is stored and shown): a DNS name.
+_HOSTNAME = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]{0,252}[a-z0-9_])?")
+
+
+@contextlib.contextmanager
+def _malformed(uri: str) -> Iterator[None]:
+    """An identity answer that is not well-formed XML: the host cannot be identified, so it
+    counts as unavailable (never as a new identity).
+
+    :raises HypervisorUnavailableError:
+    """
+    try:
+        yield
+    except ElementTree.ParseError as e:
+        raise HypervisorUnavailableError(f"{uri} answered its identity with malformed XML") from e
+
+
 def _capabilities_uuid(capabilities_xml: str) -> str | None:
     """``<host><uuid>`` of capabilities XML, or None."""
     # The XML comes from the libvirt daemon this control plane already trusts to run guests.
@@ -419,7 +437,7 @@ class LibvirtHost:
             )
 
     def _read_identity(self, libvirt: Any, conn: Any) -> HostIdentity:
-        with _translate(f"reading the identity of {self._uri}"):
+        with _translate(f"reading the identity of {self._uri}"), _malformed(self._uri):
             found = _capabilities_uuid(conn.getCapabilities())
             if found is None:
                 # The test driver reports no host UUID in its capabilities; its host files
@@ -428,7 +446,12 @@ class LibvirtHost:
                     found = _system_uuid(conn.nodeDeviceLookupByName("computer").XMLDesc(0))
                 except libvirt.libvirtError:
                     found = None
-            return HostIdentity(host_uuid=found, hostname=str(conn.getHostname()).lower())
+            hostname = str(conn.getHostname()).lower()
+            if not _HOSTNAME.fullmatch(hostname):
+                raise HypervisorUnavailableError(
+                    f"{self._uri} answered with a host name that is no DNS name"
+                )
+            return HostIdentity(host_uuid=found, hostname=hostname)
 
     def identity(self) -> HostIdentity:
         """Return the identity the host answered with when the connection was (re)opened.

@@ -227,6 +227,9 @@ def _host_port(hostport: str) -> tuple[str, int | None]:
             v6 = ipaddress.IPv6Address(literal)
         except ValueError as exc:
             raise UriRefusedError("the host is not a valid IPv6 address") from exc
+        if v6.scope_id is not None:
+            # A zone id is free text that libvirt hands on (to ssh as part of the host name).
+            raise UriRefusedError("an IPv6 address may not carry a zone id (%...)")
         host = f"[{v6.compressed}]"
         address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = v6
         port_text = tail

@@ -24,6 +24,7 @@ from keycloak.exceptions import KeycloakError
 from sovereign.domain.identity import Principal, Role
 from sovereign.domain.labels import LabelScheme
 from sovereign.errors import AuthenticationError, DependencyUnavailableError, LabelError
+from sovereign.text import for_log
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,13 @@ class KeycloakIdentityProvider:
     def _discover(self) -> str:
         if self._issuer is None:
             with _translate():
-                config: dict[str, Any] = self._oidc.well_known()
+                config: Any = self._oidc.well_known()
+            if not isinstance(config, dict) or not isinstance(config.get("issuer"), str):
+                # A proxy's page or a broken realm: not an OpenID configuration.
+                raise DependencyUnavailableError(
+                    "The identity provider's discovery document is not an OpenID configuration.",
+                    dependency="identity provider",
+                )
             if config.get("sovereign_dev_idp") and not self._trust_dev:
                 # The dev stand-in announces itself; outside development we refuse it.
                 raise DependencyUnavailableError(
@@ -103,11 +110,24 @@ class KeycloakIdentityProvider:
 
     def _refresh_keys(self) -> None:
         with _translate():
-            jwks: dict[str, Any] = self._oidc.certs()
+            jwks: Any = self._oidc.certs()
+        found = jwks.get("keys") if isinstance(jwks, dict) else None
+        if not isinstance(found, list):
+            raise DependencyUnavailableError(
+                "The identity provider's key set is not a JWKS.", dependency="identity provider"
+            )
         keys = {}
-        for jwk in jwks.get("keys", []):
+        for jwk in found:
+            if not isinstance(jwk, dict):
+                continue
             if jwk.get("use", "sig") == "sig" and jwk.get("kid") and jwk.get("kty") == "RSA":
-                keys[jwk["kid"]] = jwt.PyJWK(jwk, algorithm="RS256")
+                try:
+                    keys[jwk["kid"]] = jwt.PyJWK(jwk, algorithm="RS256")
+                except (jwt.PyJWKError, jwt.InvalidKeyError):
+                    # One malformed key does not stop the others; tokens it signed are refused.
+                    log.warning(
+                        "identity provider key %s cannot be read; skipped", for_log(jwk["kid"])
+                    )
         self._keys = keys
         self._fetched_at = self._clock()
 

@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 blueprint = Blueprint("ops", __name__)
 
+#: HTTP methods counted under their own name in the metrics; any other is "OTHER".
+METRIC_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 #: The OpenAPI document's ``info``.
 TITLE = "Sovereign control plane"
 VERSION = "1"
@@ -214,10 +217,13 @@ def install(app: Flask) -> None:
     @app.after_request
     def _finish(response: Response) -> Response:
         endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-        metrics.requests.labels(request.method, endpoint, str(response.status_code)).inc()
+        # Label values come from fixed sets only, so a client inventing methods cannot grow
+        # the metrics without bound.
+        method = request.method if request.method in METRIC_METHODS else "OTHER"
+        metrics.requests.labels(method, endpoint, str(response.status_code)).inc()
         started: Any = g.get("started")
         if started is not None:
-            metrics.latency.labels(request.method, endpoint).observe(time.perf_counter() - started)
+            metrics.latency.labels(method, endpoint).observe(time.perf_counter() - started)
         response.headers["X-Request-ID"] = g.get("request_id", "")
         response.headers["Cache-Control"] = "no-store"
         response.headers["X-Content-Type-Options"] = "nosniff"

@@ -16,7 +16,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, g, request
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
-from werkzeug.exceptions import BadRequest, UnsupportedMediaType
+from werkzeug.exceptions import BadRequest, NotFound, UnsupportedMediaType
 from werkzeug.routing import IntegerConverter, Map
 
 from sovereign.api.schemas import NAME_PATTERN, Problem
@@ -54,6 +54,26 @@ PATH_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 #: Where pydantic puts nested definitions; the document keeps them all under components.
 REF_TEMPLATE = "#/components/schemas/{model}"
+
+#: String path parameters as the document states them (``PATH_SCHEMAS["string"]``).
+_PATH_NAME = re.compile(NAME_PATTERN)
+_PATH_NAME_MAX = PATH_SCHEMAS["string"]["maxLength"]
+
+
+def _check_names(op: Operation, params: dict[str, Any]) -> None:
+    """A string path parameter that is no name cannot name anything: 404 before the view, so
+    that nothing is looked up or recorded for it (an over-long name would not fit the audit
+    log's target column).
+
+    :raises NotFound:
+    """
+    for name, converter in op.path_params:
+        value = params.get(name)
+        if converter == "string" and not (
+            isinstance(value, str) and len(value) <= _PATH_NAME_MAX and _PATH_NAME.fullmatch(value)
+        ):
+            raise NotFound
+
 
 PROBLEM_RESPONSES = {
     "400": "Malformed request (bad JSON, or a control character in the URL)",
@@ -222,6 +242,7 @@ class Api:
             self.operations.append(op)
 
             def endpoint(**params: Any) -> Response:
+                _check_names(op, params)
                 kwargs: dict[str, Any] = dict(params)
                 if op.auth:
                     kwargs["ctx"] = call_context()

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from audit import AuditEvent, Outcome
+from audit.event import MAX_ACTOR, MAX_TARGET
 from sovereign.domain.identity import Principal
 from sovereign.domain.labels import Label
 from sovereign.errors import (
@@ -101,7 +102,8 @@ class Recorder:
 
         :raises InvalidInputError: if an identifier (actor, target, source, request id) holds a
             control character or line separator: the API refuses those where they enter, and
-            an event never records one raw, whatever path it came by.
+            an event never records one raw, whatever path it came by; or if the actor or the
+            target is longer than the audit log's columns hold.
         """
         for name, value in (
             ("actor", ctx.actor_name),
@@ -114,6 +116,12 @@ class Recorder:
                 raise InvalidInputError(
                     reason=f"the {name} holds the control character {describe(char)}"
                 )
+        for name, value, limit in (
+            ("actor", ctx.actor_name, MAX_ACTOR),
+            ("target", target, MAX_TARGET),
+        ):
+            if len(value) > limit:
+                raise InvalidInputError(reason=f"the {name} is longer than {limit} characters")
         return AuditEvent(
             actor=ctx.actor_name,
             action=action,

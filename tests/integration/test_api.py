@@ -380,6 +380,8 @@ def test_health_and_bare_readiness_are_open_the_detail_and_metrics_are_for_opera
     assert "checks" not in denied.get_json()
 
     call("analyst-defence", "GET", "/api/v1/me")
+    for invented in ("FOOA", "FOOB"):  # methods a client makes up share one label value
+        client.open("/api/v1/me", method=invented)
     anonymous = client.get("/metrics")
     assert anonymous.status_code == 401
     assert anonymous.mimetype == "application/problem+json"
@@ -392,6 +394,8 @@ def test_health_and_bare_readiness_are_open_the_detail_and_metrics_are_for_opera
         'sovereign_http_requests_total{endpoint="/api/v1/me",method="GET",status="200"} 1.0' in text
     )
     assert "sovereign_http_request_duration_seconds_bucket" in text
+    assert "FOOA" not in text and "FOOB" not in text
+    assert 'method="OTHER"' in text
 
 
 def test_metrics_scrape_token_from_a_file_rotates_without_restart(tmp_path: Path, idp: Any):

@@ -20,8 +20,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
 
+from audit.event import MAX_TARGET
 from devstack.idp import DEMO_PASSWORD, password_token, start_dev_idp
 from tests.support.apps import make_app
+from tests.support.audit import stored
 
 pytestmark = pytest.mark.idp
 
@@ -224,3 +226,19 @@ def test_a_signed_token_with_claims_of_the_wrong_type_is_unauthorized(
     forged = jwt.encode(payload, KEY, algorithm="RS256", headers={"kid": kid})
     r = app.test_client().get("/api/v1/me", headers={"Authorization": f"Bearer {forged}"})
     problem(r, 401)
+
+
+# -- names that cannot name anything -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["A" * 65, "A" * 300, "-starts-with-a-dash", "has space"])
+def test_a_host_name_no_host_can_have_is_not_found_and_records_nothing(
+    app: Flask, get: Any, name: str
+):
+    # An over-long target would not fit the audit log's target column: on PostgreSQL the
+    # sequencer's copy of the batch would fail on every run and the log would stall.
+    before = len(stored(app))
+    problem(get("operator", f"/api/v1/hosts/{name}"), 404)
+    events = stored(app)
+    assert len(events) == before
+    assert all(len(e["target"]) <= MAX_TARGET for e in events)

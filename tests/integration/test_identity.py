@@ -190,6 +190,28 @@ def test_jwks_is_refreshed_on_unknown_kid_but_rate_limited(server: Any, real_tok
     assert len(fetches) == 2
 
 
+def test_a_malformed_key_or_key_set_never_becomes_a_server_error(server: Any, real_token: str):
+    verifier = KeycloakIdentityProvider(
+        server_url=server.url,
+        realm="sovereign",
+        client_id="sovereign",
+        audience="sovereign",
+        scheme=LabelScheme(),
+        trust_dev_idp=True,
+    )
+    real = verifier._oidc.certs()
+    broken = {"kid": "broken", "kty": "RSA", "use": "sig", "n": "not-base64!", "e": "AQAB"}
+    # One unreadable key is skipped; the realm's good key still verifies.
+    verifier._oidc.certs = lambda: {"keys": [broken, *real["keys"]]}
+    assert verifier.authenticate(real_token).username == "analyst-defence"
+    # A key set that is no JWKS (a proxy's page) is an unavailable IdP, not a crash.
+    verifier._keys, verifier._fetched_at = {}, float("-inf")
+    verifier._verified.clear()  # the good token is cached as verified until it expires
+    verifier._oidc.certs = lambda: b"<html>gateway</html>"
+    with pytest.raises(DependencyUnavailableError, match="not a JWKS"):
+        verifier.authenticate(real_token)
+
+
 def test_verified_tokens_are_cached_until_they_expire(
     verifier: KeycloakIdentityProvider, real_token: str, monkeypatch: pytest.MonkeyPatch
 ):

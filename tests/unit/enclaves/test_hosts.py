@@ -19,6 +19,7 @@ import pytest
 import enclaves.host
 import enclaves.hosts
 from enclaves.errors import DomainNotFoundError, EnclaveError, HypervisorUnavailableError
+from enclaves.host import _HOSTNAME, _capabilities_uuid, _malformed
 from enclaves.hosts import BUNDLED_HOSTS, bundled_host_path, bundled_host_uri
 
 NVIDIA = "0x10de"
@@ -266,3 +267,22 @@ def test_libvirt_version_is_unpacked(packed: int, version: tuple[int, int, int])
 )
 def test_numa_cells_come_from_the_capabilities_topology(capabilities: str, cells: int) -> None:
     assert enclaves.host._numa_cell_count(capabilities) == cells
+
+
+@pytest.mark.parametrize("name", ["node1", "node1.example.org", "vm", "a_b-c.d"])
+def test_a_dns_host_name_is_a_hypervisor_name(name: str):
+    assert _HOSTNAME.fullmatch(name)
+
+
+@pytest.mark.parametrize("name", ["", "a" * 256, "node1\n", "\x1b[2Jnode", "node one", "-node"])
+def test_a_host_name_that_is_no_dns_name_is_refused(name: str):
+    # Stored and printed by `sovereign hosts add`: no control characters, no over-long text.
+    assert not _HOSTNAME.fullmatch(name)
+
+
+def test_an_identity_answer_that_is_no_xml_makes_the_host_unavailable():
+    with (
+        pytest.raises(HypervisorUnavailableError, match="malformed XML"),
+        _malformed("qemu+tls://h/system"),
+    ):
+        _capabilities_uuid("<capabilities><host>")

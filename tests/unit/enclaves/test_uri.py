@@ -273,3 +273,18 @@ def test_only_the_configured_port_passes(port: int):
     else:
         with pytest.raises(UriRefusedError, match="not allowed"):
             check_uri(uri, TLS)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "qemu+tls://[fe80::1%25eth0]/system",
+        "qemu+tls://[fe80::1%25x;$(id)&a=b,*!]/system",
+        "qemu+ssh://[fe80::1%25x;id]/system",
+    ],
+)
+def test_an_ipv6_zone_id_is_refused(uri: str):
+    # Free text inside the brackets that libvirt would hand on (to ssh as the host name).
+    policy = UriPolicy(transports=frozenset({"qemu+tls", "qemu+ssh"}))
+    with pytest.raises(UriRefusedError, match="zone id"):
+        check_uri(uri, policy)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from audit import Outcome
+from audit.event import MAX_ACTOR, MAX_TARGET
 from sovereign.adapters.memory import MemoryStore, MemoryUnitOfWorkFactory
 from sovereign.domain.labels import LabelScheme
 from sovereign.errors import (
     AuditUnavailableError,
     ConcurrentUpdateError,
     DependencyUnavailableError,
+    InvalidInputError,
     NotFoundError,
 )
 from sovereign.services.recording import Recorder
@@ -129,3 +133,13 @@ def test_a_refusal_that_cannot_be_recorded_fails_closed(store: MemoryStore, reco
         recorder.decision(ctx(OFFICER_1), "host:add", "host/h1"),
     ):
         raise NotFoundError(kind="host", ident="h1")
+
+
+def test_an_actor_or_target_wider_than_the_log_columns_is_refused(recorder: Recorder):
+    # It would fail the sequencer's copy of its batch on PostgreSQL, on every run.
+    recorder.event(ctx(OFFICER_1), "host:read", "h" * MAX_TARGET, Outcome.DENY)
+    with pytest.raises(InvalidInputError, match="target is longer than 255"):
+        recorder.event(ctx(OFFICER_1), "host:read", "h" * (MAX_TARGET + 1), Outcome.DENY)
+    long_name = replace(OFFICER_1, username="u" * MAX_ACTOR)
+    with pytest.raises(InvalidInputError, match="actor is longer than 255"):
+        recorder.event(ctx(long_name), "host:read", "host/h", Outcome.DENY)
