@@ -16,8 +16,9 @@ from enclaves.agent.protocol import Frame, ProtocolError
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=20,
 )
 HEADERS = st.dictionaries(st.text(max_size=12), JSON_VALUES, max_size=6)
