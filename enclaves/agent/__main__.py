@@ -26,6 +26,9 @@ from typing import Any
 
 from .server import Agent, JobUser, Stream
 
+#: A unix-socket connection that sends nothing for this long is closed, so a client that
+#: forgot its connection does not keep the next one waiting for ever.
+IDLE_TIMEOUT_S = 300.0
 #: How long to wait before reopening the serial port after the host side went away.
 REOPEN_DELAY_S = 0.5
 _DIGEST = re.compile(r"[A-Za-z0-9:._-]{1,128}")
@@ -97,7 +100,8 @@ def _serve_unix(agent: Agent, path: str) -> None:
     while True:
         connection, _ = listener.accept()
         try:
-            agent.serve(Stream(connection.fileno(), connection.fileno()))
+            fd = connection.fileno()
+            agent.serve(Stream(fd, fd, idle_timeout_s=IDLE_TIMEOUT_S))
         finally:
             connection.close()
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pty
+import select
 import shutil
 import signal
 import socket
@@ -20,6 +22,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import tty
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +34,7 @@ from enclaves.agent import protocol, server
 from enclaves.agent.client import AgentClient, AgentJobStatus
 from enclaves.agent.protocol import Frame
 from enclaves.agent.transport import SocketTransport
-from enclaves.errors import AgentRefusedError, AgentUnavailableError
+from enclaves.errors import AgentRefusedError, AgentTimeoutError, AgentUnavailableError
 
 AGENT_SOURCES = Path(server.__file__).parent
 AGENT_FILES = ("__init__.py", "protocol.py", "server.py", "__main__.py")
@@ -589,6 +592,19 @@ def test_a_peer_stalled_mid_frame_is_dropped(monkeypatch: pytest.MonkeyPatch) ->
     theirs.close()
 
 
+def test_an_idle_socket_connection_is_closed() -> None:
+    ours, theirs = socket.socketpair()
+    with tempfile.TemporaryDirectory() as root:
+        agent = server.Agent(root, python=sys.executable, python_version="3")
+        stream = server.Stream(theirs.fileno(), theirs.fileno(), idle_timeout_s=0.2)
+        thread = threading.Thread(target=agent.serve, args=(stream,))
+        thread.start()
+        thread.join(5)
+        assert not thread.is_alive()
+    ours.close()
+    theirs.close()
+
+
 def test_the_agent_answers_internal_failures_with_a_generic_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -637,3 +653,64 @@ def test_put_end_answers_after_a_lost_reply(raw: RawConnection) -> None:
     assert raw.call("put_end", **where).header["sha256"] == digest
     assert raw.call("put_end", **where).header["sha256"] == digest
     assert raw.call("put_begin", **where, size=len(data), sha256=digest).header["have"] == len(data)
+
+
+class FdTransport:
+    """A :class:`~enclaves.agent.transport.Transport` over a file descriptor (a pty master)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def send(self, data: bytes, timeout_s: float) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def recv(self, max_bytes: int, timeout_s: float) -> bytes:
+        readable, _, _ = select.select([self.fd], [], [], timeout_s)
+        if not readable:
+            raise AgentTimeoutError("timed out")
+        return os.read(self.fd, max_bytes)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def test_the_agent_serves_a_serial_device(base: Path) -> None:
+    # A pty in raw mode stands in for the virtio-serial port: a character device the agent
+    # opens by path and reads and writes as a byte stream.
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    device = os.ttyname(slave)
+    package = base / "pkg" / "sovereign_agent"
+    package.mkdir(parents=True)
+    for name in AGENT_FILES:
+        shutil.copy(AGENT_SOURCES / name, package / name)
+    (base / "root").mkdir()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-S",
+            "-m",
+            "sovereign_agent",
+            "--device",
+            device,
+            "--root",
+            str(base / "root"),
+        ],
+        cwd=base / "pkg",
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    try:
+        client = AgentClient(FdTransport(master), timeout_s=10)
+        assert client.hello().simulated is False
+        job = new_job()
+        put_script(client, job, "print('over serial')")
+        client.run(job, entrypoint="main.py", args=[], max_runtime_s=60)
+        assert wait_for(client, job).state == "succeeded"
+        assert client.logs(job, 0) == b"over serial\n"
+        client.close()
+    finally:
+        process.terminate()
+        process.wait(10)
+        os.close(slave)
