@@ -40,7 +40,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the agent until it is killed."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="sovereign-agent: %(levelname)s %(message)s")
+    # Files the agent makes are readable by the job's user whatever umask the agent was started
+    # with (a unit's UMask=0077 would hide the job's own directory from it).
+    os.umask(0o022)
     job_user = _job_user(args.job_user) if args.job_user else None
+    if job_user is not None:
+        # The job's user must be able to reach its directory through --root (search, not list).
+        os.makedirs(args.root, mode=0o711, exist_ok=True)
+        os.chmod(args.root, os.stat(args.root).st_mode & 0o7777 | 0o111)  # noqa: S103 - search only
     agent = Agent(
         args.root,
         python=args.python,

@@ -151,6 +151,8 @@ class Agent:
         self.root = os.path.realpath(root)
         self.jobs_dir = os.path.join(self.root, "jobs")
         os.makedirs(self.jobs_dir, mode=0o711, exist_ok=True)
+        # The jobs' users pass through; nobody but the agent lists the jobs.
+        os.chmod(self.jobs_dir, 0o711)  # noqa: S103 - search only, no read or write
         self.python = python
         self.python_version = python_version
         self.job_user = job_user

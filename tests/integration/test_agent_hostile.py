@@ -395,6 +395,7 @@ def test_put_chunks_are_bounded_and_hashed(fake: Callable[..., AgentClient]) -> 
         lambda c: c.get(JOB, "a/../b", size=1, sha256=SHA, max_bytes=1),
         lambda c: c.logs(JOB, -1),
         lambda c: c.logs(JOB, 0, 0),
+        lambda c: c.run(JOB, entrypoint="main.py", args=["x" * 4096] * 20, max_runtime_s=1),
     ],
 )
 def test_bad_arguments_are_value_errors_and_send_nothing(
