@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import pty
+import pwd
 import select
 import shutil
 import signal
@@ -59,7 +60,7 @@ class RunningAgent:
             self.process.wait(10)
 
 
-def start_agent(base: Path, *extra: str) -> RunningAgent:
+def start_agent(base: Path, *extra: str, as_job_user: bool = AS_ROOT) -> RunningAgent:
     """Start the copied agent on ``base/agent.sock`` with its jobs under ``base/root``."""
     package = base / "pkg" / "sovereign_agent"
     if not package.exists():
@@ -69,8 +70,8 @@ def start_agent(base: Path, *extra: str) -> RunningAgent:
     root = base / "root"
     root.mkdir(mode=0o755, exist_ok=True)
     sock = str(base / "agent.sock")
-    python = SYSTEM_PYTHON if AS_ROOT else sys.executable
-    job_user = "nobody" if AS_ROOT else None
+    python = SYSTEM_PYTHON if as_job_user else sys.executable
+    job_user = "nobody" if as_job_user else None
     command = [python, "-S", "-m", "sovereign_agent", "--listen-unix", sock, "--root", str(root)]
     command += ["--simulated", "--python", python, *extra]
     if job_user:
@@ -239,6 +240,52 @@ def test_a_job_runs_end_to_end(agent: RunningAgent, client: AgentClient) -> None
     client.discard(job)
     assert client.status(job).state == "unknown"
     assert not (agent.root / "jobs" / job).exists()
+
+
+def test_a_job_runs_without_a_job_user(base: Path) -> None:
+    # The process enclave's agent runs its jobs as its own (sandboxed, unprivileged) user.
+    running = start_agent(base, as_job_user=False)
+    try:
+        with_client = running.connect()
+        job = new_job()
+        put_script(with_client, job, "import os\nprint(os.geteuid())\nopen('out.txt', 'w')\n")
+        with_client.run(job, entrypoint="main.py", args=[], max_runtime_s=60)
+        assert wait_for(with_client, job).state == "succeeded"
+        assert with_client.logs(job, 0) == f"{os.geteuid()}\n".encode()
+        assert [f.name for f in with_client.outputs(job, ["*"])] == ["main.py", "out.txt"]
+        with_client.close()
+    finally:
+        running.stop()
+
+
+def test_the_job_runs_as_the_job_user(base: Path) -> None:
+    running = start_agent(base, *([] if AS_ROOT else ["--job-user", "nobody"]), as_job_user=AS_ROOT)
+    with_client = running.connect()
+    try:
+        job = new_job()
+        script = "import os\nprint(os.geteuid(), os.getegid(), os.getgroups())\n"
+        put_script(with_client, job, script)
+        if not AS_ROOT:
+            # Without root the agent cannot switch users: it refuses rather than run the job
+            # as itself.
+            with pytest.raises(AgentRefusedError, match="EPERM"):
+                with_client.run(job, entrypoint="main.py", args=[], max_runtime_s=60)
+            return
+        with_client.run(job, entrypoint="main.py", args=[], max_runtime_s=60)
+        assert wait_for(with_client, job).state == "succeeded"
+        nobody = pwd.getpwnam("nobody")
+        assert with_client.logs(job, 0) == f"{nobody.pw_uid} {nobody.pw_gid} []\n".encode()
+    finally:
+        with_client.close()
+        running.stop()
+
+
+@pytest.mark.gpu
+def test_hello_lists_the_gpus_the_machine_has(client: AgentClient) -> None:
+    if shutil.which("nvidia-smi") is None:
+        pytest.skip("no NVIDIA driver on this machine")
+    gpus = client.hello().gpus
+    assert gpus and all(gpu.memory_mib > 0 and gpu.uuid.startswith("GPU-") for gpu in gpus)
 
 
 def test_a_failing_job_reports_its_exit_code(client: AgentClient) -> None:
