@@ -342,7 +342,8 @@ class AgentClient:
         except AgentError as exc:
             self._break(type(exc).__name__)
             raise
-        if frame.header.get("id") != request_id:
+        answered = frame.header.get("id")
+        if not protocol.is_int(answered) or answered != request_id:
             raise self._protocol_error("agent answered another request")
         if frame.kind == protocol.KIND_ERROR:
             if frame.payload:

@@ -152,6 +152,8 @@ def test_a_well_behaved_fake_is_believed(fake: Callable[..., AgentClient]) -> No
         (lambda f: protocol.PREFIX.pack(b"SVA1", 1, 2, 0, 3, 0) + b"[1]", AgentProtocolError),
         (lambda f: protocol.PREFIX.pack(b"SVA1", 1, 2, 0, 3, 0) + b"NaN", AgentProtocolError),
         (lambda f: protocol.encode(Frame(2, {"id": 999, **hello_fields()})), AgentProtocolError),
+        (lambda f: protocol.encode(Frame(2, {"id": True, **hello_fields()})), AgentProtocolError),
+        (lambda f: protocol.encode(Frame(2, hello_fields())), AgentProtocolError),
         (lambda f: reply(f, protocol.KIND_DATA, **hello_fields()), AgentProtocolError),
         (lambda f: reply(f, protocol.KIND_REQUEST, op="hello"), AgentProtocolError),
         (lambda f: reply(f, payload=b"x", **hello_fields()), AgentProtocolError),
