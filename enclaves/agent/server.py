@@ -86,8 +86,10 @@ class Stream:
         :raises EOFError: if the peer closed the connection.
         :raises ProtocolError: if the peer stalled in the middle of a frame.
         """
-        chunks = bytearray()
-        while len(chunks) < count:
+        buffer = bytearray(count)
+        view = memoryview(buffer)
+        got = 0
+        while got < count:
             timeout = MID_FRAME_TIMEOUT_S if self._in_frame else self._idle_timeout_s
             readable, _, _ = select.select([self._read_fd], [], [], timeout)
             if not readable and not self._in_frame:
@@ -95,14 +97,15 @@ class Stream:
             if not readable:
                 raise ProtocolError("peer stalled in the middle of a frame")
             try:
-                chunk = os.read(self._read_fd, count - len(chunks))
-            except (ConnectionError, OSError) as exc:
+                # Straight into the frame's buffer: a 1 MiB chunk arrives in many reads.
+                received = os.readv(self._read_fd, [view[got:]])
+            except OSError as exc:
                 raise EOFError from exc
-            if not chunk:
+            if not received:
                 raise EOFError
             self._in_frame = True
-            chunks += chunk
-        return bytes(chunks)
+            got += received
+        return bytes(buffer)
 
     def write(self, data: bytes) -> None:
         """Write all of ``data``."""
