@@ -663,8 +663,13 @@ def _glob_match(segments: list[str], pattern: list[str]) -> bool:
 
 def _check_opened(fd: int, expected: str, path: str) -> None:
     """Refuse an opened output that is no regular file or not the file at ``expected``."""
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):
         raise RequestError("not a regular file")
+    if status.st_nlink != 1:
+        # A hard link could name a file from outside the work dir (where the kernel's
+        # protected_hardlinks does not stop it): no output is one.
+        raise RequestError("output is a hard link")
     # The file actually opened, wherever a parent symlink led: it must be the one at that name
     # inside the work dir.
     try:

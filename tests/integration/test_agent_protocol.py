@@ -159,6 +159,9 @@ JOB_SCRIPT = """
     os.mkfifo("pipe.txt")
     with open("bad name.txt", "w") as out:
         out.write("spaces")
+    with open("out/twice.bin", "w") as out:
+        out.write("linked")
+    os.link("out/twice.bin", "out/linked.bin")
     sys.exit(3 if "--fail" in sys.argv else 0)
 """
 
