@@ -439,6 +439,38 @@ def test_status_survives_an_agent_restart(base: Path) -> None:
         second.stop()
 
 
+def test_a_job_orphaned_by_an_agent_crash_is_failed_and_killed(base: Path) -> None:
+    first = start_agent(base)
+    job = new_job()
+    with_client = first.connect()
+    put_script(
+        with_client,
+        job,
+        "import os, time\nopen('pid', 'w').write(str(os.getpid()))\ntime.sleep(60)\n",
+    )
+    with_client.run(job, entrypoint="main.py", args=[], max_runtime_s=600)
+    pid_file = first.root / "jobs" / job / "work" / "pid"
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with_client.close()
+    first.process.kill()  # the agent dies; the job, in its own session, lives on
+    first.process.wait(10)
+    pid = int(pid_file.read_text())
+    assert Path(f"/proc/{pid}").exists()
+
+    second = start_agent(base)
+    try:
+        again = second.connect()
+        status = again.status(job)
+        assert (status.state, status.exit_code) == ("failed", None)
+        again.close()
+        assert_gone(pid)
+    finally:
+        second.stop()
+
+
 def test_uploads_after_the_start_are_refused(client: AgentClient) -> None:
     job = new_job()
     put_script(client, job, "print('x')")
