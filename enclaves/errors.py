@@ -70,3 +70,7 @@ class EnclaveRefusedError(EnclaveError):
 class GpuUnavailableError(EnclaveRefusedError):
     """A GPU to pass through is not on the host, or another domain already holds a function
     of its IOMMU group (isolation rule 1: a GPU is never shared)."""
+
+
+class SandboxError(EnclaveError):
+    """A process enclave (:mod:`enclaves.sandbox`) could not be started, found or stopped."""
