@@ -296,8 +296,9 @@ class ProcessEnclave:
             elif chunk == b"":
                 break  # bwrap closed it: it has exited (or failed before the child ran)
             time.sleep(_POLL_S)
+        tail = self.log_tail()
         self.stop()
-        raise SandboxError(f"the process enclave did not start: {self.log_tail()}")
+        raise SandboxError(f"the process enclave did not start: {tail}")
 
     def _wait_listening(self, timeout_s: float) -> None:
         """Wait until a connection to the agent's socket succeeds.
@@ -316,8 +317,9 @@ class ProcessEnclave:
                 else:
                     return
             time.sleep(_POLL_S)
+        tail = self.log_tail()
         self.stop()
-        raise SandboxError(f"the agent in the process enclave did not listen: {self.log_tail()}")
+        raise SandboxError(f"the agent in the process enclave did not listen: {tail}")
 
     def connect(self, timeout_s: float = 10.0) -> SocketTransport:
         """A connection to the agent (one at a time: the agent serves them in turn).
@@ -419,7 +421,8 @@ class ProcessEnclave:
         bwrap = [
             "bwrap",
             "--unshare-all",  # user, ipc, pid, net (only lo), uts, cgroup namespaces
-            "--disable-userns",  # and no nested user namespace from inside
+            "--unshare-user",  # explicitly (--unshare-all only tries), for the next flag
+            "--disable-userns",  # no nested user namespace from inside
             "--new-session",  # no TIOCSTI into a terminal of ours
             "--clearenv",
             "--setenv", "PATH", "/usr/bin:/bin",
