@@ -85,7 +85,7 @@ class ChannelTransport:
         wait = _FIRST_WAIT_S
         while view:
             sent = self._call("sending to", self._stream.send, bytes(view))
-            if sent == _WOULD_BLOCK or sent == 0:
+            if sent in (_WOULD_BLOCK, 0):
                 wait = self._sleep(deadline, wait, "sending to")
                 continue
             if not isinstance(sent, int) or sent < 0 or sent > len(view):

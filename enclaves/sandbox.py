@@ -437,7 +437,7 @@ class ProcessEnclave:
             "--proc", "/proc",
             "--dev", "/dev",
             "--size", tmpfs_bytes, "--tmpfs", AGENT_ROOT_INSIDE,
-            "--size", tmpfs_bytes, "--tmpfs", "/tmp",
+            "--size", tmpfs_bytes, "--tmpfs", "/tmp",  # noqa: S108 (the sandbox's own tmpfs)
             "--bind", str(self.socket_path.parent), SOCKET_DIR_INSIDE,
             "--ro-bind", str(self.state_dir / "python"), PYTHON_SHIM_INSIDE,
             "--ro-bind", str(self._agent_dir), f"{OPT_INSIDE}/{AGENT_PACKAGE}",
