@@ -336,23 +336,29 @@ class ProcessEnclave:
         pids = self._pids()
         if pids is not None:
             bwrap, init = pids
-            # SIGKILL to a pid namespace's init kills every process in the namespace.
-            for pid in (init, bwrap):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 5.0
-            while time.monotonic() < deadline and (
-                _start_time(init) is not None or _start_time(bwrap) is not None
-            ):
-                if self._child is not None:
-                    self._child.poll()
-                time.sleep(_POLL_S)
+            # SIGKILL to a pid namespace's init kills every process in the namespace; bwrap
+            # then reaps it and exits by itself (leaving no zombie), else it is killed too.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(init, signal.SIGKILL)
+            self._wait_gone((init, bwrap), 5.0)
+            with contextlib.suppress(ProcessLookupError):
+                if _start_time(bwrap) is not None:
+                    os.kill(bwrap, signal.SIGKILL)
+            self._wait_gone((bwrap,), 5.0)
         if self._child is not None:
             if self._child.poll() is None:
                 self._child.kill()
             self._child.wait()
             self._child = None
         shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def _wait_gone(self, pids: tuple[int, ...], timeout_s: float) -> None:
+        """Wait until none of ``pids`` runs (gone or a zombie), reaping our own child."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(_start_time(p) is not None for p in pids):
+            if self._child is not None:
+                self._child.poll()
+            time.sleep(_POLL_S)
 
     # --- construction --------------------------------------------------------------------
 
@@ -445,6 +451,8 @@ class ProcessEnclave:
         for site in self._python.site_dirs:
             bwrap += ["--ro-bind", site, site]
         bwrap += [
+            # bwrap's root is a tmpfs without a size limit: read-only, nothing lands there.
+            "--remount-ro", "/",
             "--chdir", AGENT_ROOT_INSIDE,
             "--info-fd", str(info_fd),
             "--",
