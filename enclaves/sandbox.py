@@ -148,16 +148,39 @@ def _private_dir(path: Path, mode: int) -> None:
     os.chmod(path, mode)
 
 
-def _start_time(pid: int) -> int | None:
-    """The start time (clock ticks since boot) of process ``pid``, ``None`` if it is gone."""
+def _tool(name: str) -> str:
+    """The absolute path of a system tool (util-linux, bubblewrap) in ``/usr/bin`` or ``/bin``.
+
+    :raises SandboxError: if it is not installed.
+    """
+    found = shutil.which(name, path="/usr/bin:/bin")
+    if found is None:
+        package = "bubblewrap" if name == "bwrap" else "util-linux"
+        raise SandboxError(f"the process enclave needs {name} (apt-get install {package})")
+    return found
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields 3 onwards of ``/proc/<pid>/stat``, ``None`` if the process is gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
     except OSError:
         return None
     # Field 2 (comm) is parenthesised and may contain spaces and ')': split after the last ')'.
-    fields = text[text.rindex(")") + 2 :].split()
-    if fields[0] == "Z":
-        return None  # a zombie runs nothing: the enclave is gone
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _parent(pid: int) -> int:
+    """The parent pid of ``pid`` (0 if it is gone)."""
+    fields = _stat_fields(pid)
+    return 0 if fields is None else int(fields[1])
+
+
+def _start_time(pid: int) -> int | None:
+    """The start time (clock ticks since boot) of process ``pid``, ``None`` if it is gone."""
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] == "Z":
+        return None  # gone, or a zombie, which runs nothing
     return int(fields[19])
 
 
@@ -180,8 +203,6 @@ class ProcessEnclave:
         self._limits = limits if limits is not None else SandboxLimits()
         self.state_dir = self._run_dir / str(enclave_id)
         self.socket_path = self.state_dir / "sock" / SOCKET_NAME
-        # Our own child, when this process started it: waited for so it leaves no zombie.
-        self._child: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
         return f"ProcessEnclave({self.enclave_id})"
@@ -203,8 +224,6 @@ class ProcessEnclave:
     @property
     def running(self) -> bool:
         """Whether the sandbox (its pid namespace's init) is alive."""
-        if self._child is not None:
-            self._child.poll()  # reap it if it exited
         return self._pids() is not None
 
     @property
@@ -237,14 +256,14 @@ class ProcessEnclave:
         as_root = os.getuid() == 0
         try:
             with (self.state_dir / _LOG_FILE).open("ab") as log:
-                self._child = subprocess.Popen(  # noqa: S603 (a fixed argv, no shell)
-                    command,
+                # setsid --fork: the sandbox is not our child (it is init's), so it outlives
+                # us, and no zombie or unreaped Popen of ours is left behind.
+                launcher = subprocess.Popen(  # noqa: S603 (a fixed argv, no shell)
+                    [_tool("setsid"), "--fork", *command],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
                     pass_fds=(info_write,),
-                    # Detached: its own session, so that it outlives this process.
-                    start_new_session=True,
                     close_fds=True,
                     env={"PATH": "/usr/bin:/bin"},
                     user=NOBODY if as_root else None,
@@ -259,14 +278,20 @@ class ProcessEnclave:
         finally:
             os.close(info_write)
         try:
+            launcher.wait(timeout=timeout_s)  # setsid exits as soon as it has forked
             init_pid = self._read_child_pid(info_read, timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            launcher.kill()
+            launcher.wait()
+            raise SandboxError("the process enclave's launcher did not return") from exc
         finally:
             os.close(info_read)
-        bwrap_start, init_start = _start_time(self._child.pid), _start_time(init_pid)
+        bwrap_pid = _parent(init_pid)
+        bwrap_start, init_start = _start_time(bwrap_pid), _start_time(init_pid)
         if bwrap_start is None or init_start is None:
             raise SandboxError(f"the process enclave exited at once: {self.log_tail()}")
         record = {
-            "bwrap": self._child.pid,
+            "bwrap": bwrap_pid,
             "bwrap_start": bwrap_start,
             "init": init_pid,
             "init_start": init_start,
@@ -345,19 +370,12 @@ class ProcessEnclave:
                 if _start_time(bwrap) is not None:
                     os.kill(bwrap, signal.SIGKILL)
             self._wait_gone((bwrap,), 5.0)
-        if self._child is not None:
-            if self._child.poll() is None:
-                self._child.kill()
-            self._child.wait()
-            self._child = None
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def _wait_gone(self, pids: tuple[int, ...], timeout_s: float) -> None:
-        """Wait until none of ``pids`` runs (gone or a zombie), reaping our own child."""
+        """Wait until none of ``pids`` runs (gone, or a zombie for init to reap)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and any(_start_time(p) is not None for p in pids):
-            if self._child is not None:
-                self._child.poll()
             time.sleep(_POLL_S)
 
     # --- construction --------------------------------------------------------------------
@@ -412,7 +430,7 @@ class ProcessEnclave:
         limits = self._limits
         mib = 1 << 20
         prlimit = [
-            "prlimit",
+            _tool("prlimit"),
             f"--nofile={limits.open_files}:{limits.open_files}",
             "--core=0:0",  # a core dump would write job memory (plaintext) to the host
             f"--fsize={limits.file_size_mib * mib}:{limits.file_size_mib * mib}",
@@ -425,7 +443,7 @@ class ProcessEnclave:
         tmpfs_bytes = str(limits.tmpfs_mib * mib)
         python_inside = f"{PYTHON_SHIM_INSIDE}/bin/python3"
         bwrap = [
-            "bwrap",
+            _tool("bwrap"),
             "--unshare-all",  # user, ipc, pid, net (only lo), uts, cgroup namespaces
             "--unshare-user",  # explicitly (--unshare-all only tries), for the next flag
             "--disable-userns",  # no nested user namespace from inside
@@ -461,4 +479,4 @@ class ProcessEnclave:
             "--root", AGENT_ROOT_INSIDE,
             "--simulated",
         ]  # fmt: skip
-        return [*prlimit, "taskset", "--cpu-list", cpus, *bwrap]
+        return [*prlimit, _tool("taskset"), "--cpu-list", cpus, *bwrap]
