@@ -30,16 +30,18 @@ plane or libvirt, or decide which enclave gets one (:mod:`sovereign.adapters.wor
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import signal
+import site
 import stat
 import subprocess
 import sys
-import sysconfig
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,11 +119,11 @@ class SandboxPython:
         executable = f"/usr/bin/python{version}"
         if not os.access(executable, os.X_OK):
             raise SandboxError(f"the process enclave needs {executable} (apt-get install python3)")
-        paths = sysconfig.get_paths()
-        sites = tuple(dict.fromkeys(os.path.realpath(paths[key]) for key in ("purelib", "platlib")))
-        if sys.prefix == sys.base_prefix and all(s.startswith("/usr/") for s in sites):
-            sites = ()  # the system interpreter's own packages are already under /usr
-        return cls(executable=executable, site_dirs=sites)
+        # This environment's site directories (a venv's site-packages, or the system's
+        # dist-packages): the shim is a venv of its own and would otherwise see none of them.
+        sites = (os.path.realpath(path) for path in site.getsitepackages())
+        existing = tuple(dict.fromkeys(filter(os.path.isdir, sites)))
+        return cls(executable=executable, site_dirs=existing)
 
 
 def default_run_dir() -> Path:
@@ -248,9 +250,31 @@ class ProcessEnclave:
 
         :raises SandboxError: if it cannot be started or its agent does not listen in time.
         """
-        if self.running:
-            return
-        self._prepare()
+        with self._locked():
+            if self.running:
+                return
+            self._prepare()
+            self._launch(timeout_s)
+        self._wait_listening(timeout_s)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the enclave's lock file: two control planes (or a worker and the dev server)
+        must not both start it, or one stop it while the other starts it."""
+        self._run_dir.parent.mkdir(parents=True, exist_ok=True)
+        _private_dir(self._run_dir, 0o711)
+        fd = os.open(self._run_dir / f"{self.enclave_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _launch(self, timeout_s: float) -> None:
+        """Launch bwrap detached and record its pids.
+
+        :raises SandboxError: if it does not start.
+        """
         info_read, info_write = os.pipe()
         command = self._command(info_write)
         as_root = os.getuid() == 0
@@ -299,7 +323,6 @@ class ProcessEnclave:
         pid_file = self.state_dir / _PID_FILE
         pid_file.with_suffix(".tmp").write_text(json.dumps(record), encoding="utf-8")
         pid_file.with_suffix(".tmp").replace(pid_file)
-        self._wait_listening(timeout_s)
 
     def _read_child_pid(self, info_read: int, timeout_s: float) -> int:
         """The pid of the sandbox's init, from bwrap's ``--info-fd`` JSON.
@@ -322,7 +345,7 @@ class ProcessEnclave:
                 break  # bwrap closed it: it has exited (or failed before the child ran)
             time.sleep(_POLL_S)
         tail = self.log_tail()
-        self.stop()
+        self._kill()
         raise SandboxError(f"the process enclave did not start: {tail}")
 
     def _wait_listening(self, timeout_s: float) -> None:
@@ -358,6 +381,12 @@ class ProcessEnclave:
 
     def stop(self) -> None:
         """Kill the sandbox and everything in it, and remove its state; idempotent."""
+        # The lock file stays (empty): removing it would let a waiter lock an unlinked file.
+        with self._locked():
+            self._kill()
+
+    def _kill(self) -> None:
+        """Kill the sandbox and remove its state (holding the lock)."""
         pids = self._pids()
         if pids is not None:
             bwrap, init = pids
@@ -391,10 +420,9 @@ class ProcessEnclave:
             )
         if not (self._agent_dir / "__main__.py").is_file():
             raise SandboxError(f"{self._agent_dir} is not the agent package")
-        # 0711: others may traverse (the sandbox's user reaches its socket directory) but not
-        # list; nothing in here but the socket directory is readable by the sandbox.
-        self._run_dir.parent.mkdir(parents=True, exist_ok=True)
-        _private_dir(self._run_dir, 0o711)
+        # The run directory is 0711 (made by _locked): others may traverse (the sandbox's user
+        # reaches its socket directory) but not list; in the state directory only the socket
+        # directory is the sandbox's.
         shutil.rmtree(self.state_dir, ignore_errors=True)  # what a dead sandbox left
         _private_dir(self.state_dir, 0o711)
         sock_dir = self.socket_path.parent
@@ -412,15 +440,15 @@ class ProcessEnclave:
         """
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
         (shim / "bin").mkdir(parents=True, mode=0o755)
-        site = shim / "lib" / f"python{version}" / "site-packages"
-        site.mkdir(parents=True, mode=0o755)
+        shim_site = shim / "lib" / f"python{version}" / "site-packages"
+        shim_site.mkdir(parents=True, mode=0o755)
         home = os.path.dirname(self._python.executable)
         (shim / "pyvenv.cfg").write_text(
             f"home = {home}\ninclude-system-site-packages = false\n", encoding="utf-8"
         )
         (shim / "bin" / "python3").symlink_to(self._python.executable)
         lines = [OPT_INSIDE, *self._python.site_dirs]
-        (site / "sovereign-sandbox.pth").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (shim_site / "sovereign-sandbox.pth").write_text("\n".join(lines) + "\n", encoding="utf-8")
         for path in (shim, *shim.rglob("*")):
             if not path.is_symlink():
                 path.chmod(0o755 if path.is_dir() else 0o644)
@@ -466,8 +494,8 @@ class ProcessEnclave:
             "--ro-bind", str(self.state_dir / "python"), PYTHON_SHIM_INSIDE,
             "--ro-bind", str(self._agent_dir), f"{OPT_INSIDE}/{AGENT_PACKAGE}",
         ]  # fmt: skip
-        for site in self._python.site_dirs:
-            bwrap += ["--ro-bind", site, site]
+        for site_dir in self._python.site_dirs:
+            bwrap += ["--ro-bind", site_dir, site_dir]
         bwrap += [
             # bwrap's root is a tmpfs without a size limit: read-only, nothing lands there.
             "--remount-ro", "/",

@@ -97,7 +97,8 @@ def workloads(request: pytest.FixtureRequest, run_dir: Path) -> Iterator[Workloa
     adapter = AgentWorkloads(run_dir=run_dir, timeout_s=30)
     yield adapter
     for entry in run_dir.iterdir() if run_dir.exists() else ():
-        adapter.release(uuid.UUID(entry.name))
+        if entry.is_dir():  # an enclave's state directory (next to its lock file)
+            adapter.release(uuid.UUID(entry.name))
     adapter.close()
 
 
