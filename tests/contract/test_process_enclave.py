@@ -386,8 +386,13 @@ def test_a_real_job_through_the_real_agent(shared_dir: Path) -> None:
     code = textwrap.dedent(
         """
         import json, os, socket, sys
+        try:
+            import torch
+            version = torch.__version__
+        except ImportError:
+            version = None
         report = {"interfaces": [n for _, n in socket.if_nameindex()], "uid": os.getuid(),
-                  "inputs": os.listdir(os.environ["SOVEREIGN_INPUTS"])}
+                  "inputs": os.listdir(os.environ["SOVEREIGN_INPUTS"]), "torch": version}
         open("report.json", "w").write(json.dumps(report))
         print("done", file=sys.stderr)
         """
@@ -419,3 +424,10 @@ def test_a_real_job_through_the_real_agent(shared_dir: Path) -> None:
     assert found["interfaces"] == ["lo"]
     assert found["uid"] == 1000
     assert found["inputs"] == ["data"]
+    # The job (which the agent gives no PYTHONPATH) sees the control plane's packages.
+    try:
+        import torch  # optional: the workloads extra
+    except ImportError:
+        assert found["torch"] is None
+    else:
+        assert found["torch"] == torch.__version__
