@@ -363,11 +363,21 @@ class ProcessEnclave:
                 except AgentError:
                     pass
                 else:
+                    self._seal_socket_dir()
                     return
             time.sleep(_POLL_S)
         tail = self.log_tail()
         self.stop()
         raise SandboxError(f"the agent in the process enclave did not listen: {tail}")
+
+    def _seal_socket_dir(self) -> None:
+        """Take write access to the socket directory (on the host's disk) from the sandbox.
+
+        Once the socket exists the agent needs only to accept on it; a writable directory
+        would let a job fill the host's disk outside its tmpfs. When the control plane is not
+        root the sandbox is its own user and could undo this (development and CI only).
+        """
+        self.socket_path.parent.chmod(0o750 if os.getuid() == 0 else 0o500)
 
     def connect(self, timeout_s: float = 10.0) -> SocketTransport:
         """A connection to the agent (one at a time: the agent serves them in turn).
@@ -426,9 +436,12 @@ class ProcessEnclave:
         shutil.rmtree(self.state_dir, ignore_errors=True)  # what a dead sandbox left
         _private_dir(self.state_dir, 0o711)
         sock_dir = self.socket_path.parent
-        sock_dir.mkdir(mode=0o700)
+        # Writable by the sandbox's group until its agent has bound the socket (see
+        # _seal_socket_dir); owned by us, so the sandbox cannot make it writable again.
+        sock_dir.mkdir(mode=0o770)
+        sock_dir.chmod(0o770)
         if os.getuid() == 0:
-            os.chown(sock_dir, NOBODY, NOBODY)
+            os.chown(sock_dir, 0, NOBODY)
         self._write_shim(self.state_dir / "python")
 
     def _write_shim(self, shim: Path) -> None:
@@ -488,6 +501,9 @@ class ProcessEnclave:
             "--symlink", "usr/bin", "/bin",
             "--proc", "/proc",
             "--dev", "/dev",
+            # bwrap's /dev is a tmpfs without a size limit: read-only below, but a bounded
+            # /dev/shm (POSIX shared memory: torch's DataLoader workers use it).
+            "--size", tmpfs_bytes, "--tmpfs", "/dev/shm",  # noqa: S108 (its own)
             "--size", tmpfs_bytes, "--tmpfs", AGENT_ROOT_INSIDE,
             "--size", tmpfs_bytes, "--tmpfs", "/tmp",  # noqa: S108 (the sandbox's own tmpfs)
             "--bind", str(self.socket_path.parent), SOCKET_DIR_INSIDE,
@@ -499,6 +515,7 @@ class ProcessEnclave:
         bwrap += [
             # bwrap's root is a tmpfs without a size limit: read-only, nothing lands there.
             "--remount-ro", "/",
+            "--remount-ro", "/dev",
             "--chdir", AGENT_ROOT_INSIDE,
             "--info-fd", str(info_fd),
             "--",

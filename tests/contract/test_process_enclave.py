@@ -214,7 +214,8 @@ def test_cannot_write_outside_its_tmpfs(enclave: ProcessEnclave) -> None:
         """
         import os, sys
         for path in ("/usr/evil", "/opt/sovereign/sovereign_agent/evil", sys.path[-1] + "/evil",
-                     "/evil", "/job/fine", "/tmp/fine"):
+                     "/evil", "/dev/evil", "/run/agent/evil", "/job/fine", "/tmp/fine",
+                     "/dev/shm/fine"):
             try:
                 with open(path, "w") as f:
                     f.write("x")
@@ -226,6 +227,7 @@ def test_cannot_write_outside_its_tmpfs(enclave: ProcessEnclave) -> None:
     lines = dict(line.split() for line in answer.splitlines())
     assert lines.pop("/job/fine") == "written"
     assert lines.pop("/tmp/fine") == "written"  # noqa: S108 (the sandbox's own /tmp)
+    assert lines.pop("/dev/shm/fine") == "written"  # noqa: S108 (its own /dev/shm)
     assert "written" not in lines.values(), answer
 
 
@@ -241,7 +243,8 @@ def test_resource_limits(shared_dir: Path, probe_agent: Path) -> None:
             print(resource.getrlimit(resource.RLIMIT_CORE))
             print(resource.getrlimit(resource.RLIMIT_NOFILE))
             print(len(os.sched_getaffinity(0)))
-            print(os.statvfs("/job").f_blocks * os.statvfs("/job").f_frsize >> 20)
+            for path in ("/job", "/tmp", "/dev/shm"):
+                print(os.statvfs(path).f_blocks * os.statvfs(path).f_frsize >> 20)
             try:
                 with open("/job/big", "wb") as f:
                     f.write(b"x" * (2 << 20))
@@ -250,7 +253,15 @@ def test_resource_limits(shared_dir: Path, probe_agent: Path) -> None:
                 print(type(exc).__name__, exc.errno)
             """,
         )
-        assert answer.splitlines() == ["(0, 0)", "(64, 64)", "1", "16", "OSError 27"]  # EFBIG
+        assert answer.splitlines() == [
+            "(0, 0)",
+            "(64, 64)",
+            "1",
+            "16",
+            "16",
+            "16",
+            "OSError 27",  # EFBIG: RLIMIT_FSIZE
+        ]
     finally:
         sandbox.stop()
 
