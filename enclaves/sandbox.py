@@ -8,20 +8,22 @@ control plane reconnects through the socket and the pid file it finds in the enc
 directory under the run directory.
 
 What the sandbox sees, and nothing else: ``/usr`` read-only (with the ``/lib``, ``/lib64``,
-``/bin`` symlinks of a merged-/usr system), its own ``/proc`` and a minimal ``/dev``, two size
-capped tmpfs (``/job``, the agent's root where job code, inputs, logs and outputs live in
-plaintext, and ``/tmp``), the socket directory at ``/run/agent``, and read-only: the agent package
-at ``/opt/sovereign/sovereign_agent``, a small interpreter shim at ``/opt/sovereign/python`` (a
-venv over the system interpreter whose ``.pth`` file adds the site directories below) and those
-site directories (the control plane's ``site-packages``, for torch and numpy). Not the instance
-directory, the repository, ``/etc``, ``/root`` or ``/home``. Its network namespace has only
-``lo``, its own: it cannot reach the control plane's port on the host's loopback.
+``/bin`` symlinks of a merged-/usr system), its own ``/proc``, a minimal read-only ``/dev``,
+three size-capped tmpfs (``/job``, the agent's root where job code, inputs, logs and outputs
+live in plaintext; ``/tmp``; ``/dev/shm``), the socket directory at ``/run/agent`` (no longer
+writable once the agent listens), and read-only: the agent package at
+``/opt/sovereign/sovereign_agent``, a small interpreter shim at ``/opt/sovereign/python`` (a venv
+over the system interpreter whose ``.pth`` file adds the site directories below) and those site
+directories (the control plane's ``site-packages``, for torch and numpy). Not the instance
+directory, the repository, ``/etc``, ``/root`` or ``/home``; its root is read-only. Its network
+namespace has only ``lo``, its own: it cannot reach the control plane's port on the host's
+loopback.
 
 It runs as an unprivileged host user (``nobody`` when the control plane is root; the control
 plane's own user otherwise), mapped to uid/gid 1000 inside, with bwrap's ``--disable-userns``
 (no nested user namespaces), and under resource limits (:class:`SandboxLimits`): open files,
-no core dumps, file size, optional address space (``prlimit``) and CPU affinity (``taskset``),
-applied before bwrap starts so that everything inside inherits them.
+no core dumps, file size, processes, optional address space (``prlimit``), CPU affinity
+(``taskset``) and its tmpfs sizes, applied before bwrap starts so that all inside inherit them.
 
 It must not speak the agent protocol (that is :mod:`enclaves.agent`), know about the control
 plane or libvirt, or decide which enclave gets one (:mod:`sovereign.adapters.workloads`).
@@ -82,13 +84,17 @@ class SandboxLimits:
     #: Size of the ``/job`` tmpfs (code, inputs, outputs: all plaintext lives here) and of
     #: ``/tmp``. tmpfs pages are memory: this caps what a job can pin through files.
     tmpfs_mib: int = 2048
+    #: ``RLIMIT_NPROC``: processes and threads. The kernel counts them per host user, and
+    #: every process enclave runs as ``nobody``: this caps all of them together (a fork bomb
+    #: cannot exhaust the host's pids), so one enclave can starve the others' forks.
+    processes: int = 4096
     #: ``RLIMIT_AS`` per process, or ``None`` for none. Measured: ``import torch`` (2.13 CPU)
     #: and a small model still run under 1024 MiB; training wants more, so the default is off.
     address_space_mib: int | None = None
 
     def __post_init__(self) -> None:
         """:raises ValueError: for a limit that is not positive."""
-        for name in ("vcpus", "open_files", "file_size_mib", "tmpfs_mib"):
+        for name in ("vcpus", "open_files", "file_size_mib", "tmpfs_mib", "processes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
         if self.address_space_mib is not None and self.address_space_mib < 1:
@@ -475,6 +481,7 @@ class ProcessEnclave:
             f"--nofile={limits.open_files}:{limits.open_files}",
             "--core=0:0",  # a core dump would write job memory (plaintext) to the host
             f"--fsize={limits.file_size_mib * mib}:{limits.file_size_mib * mib}",
+            f"--nproc={limits.processes}:{limits.processes}",
         ]
         if limits.address_space_mib is not None:
             size = limits.address_space_mib * mib

@@ -232,7 +232,7 @@ def test_cannot_write_outside_its_tmpfs(enclave: ProcessEnclave) -> None:
 
 
 def test_resource_limits(shared_dir: Path, probe_agent: Path) -> None:
-    limits = SandboxLimits(vcpus=1, open_files=64, file_size_mib=1, tmpfs_mib=16)
+    limits = SandboxLimits(vcpus=1, open_files=64, file_size_mib=1, tmpfs_mib=16, processes=3000)
     sandbox = make_enclave(shared_dir, probe_agent, limits)
     sandbox.start()
     try:
@@ -242,6 +242,7 @@ def test_resource_limits(shared_dir: Path, probe_agent: Path) -> None:
             import os, resource
             print(resource.getrlimit(resource.RLIMIT_CORE))
             print(resource.getrlimit(resource.RLIMIT_NOFILE))
+            print(resource.getrlimit(resource.RLIMIT_NPROC))
             print(len(os.sched_getaffinity(0)))
             for path in ("/job", "/tmp", "/dev/shm"):
                 print(os.statvfs(path).f_blocks * os.statvfs(path).f_frsize >> 20)
@@ -256,6 +257,7 @@ def test_resource_limits(shared_dir: Path, probe_agent: Path) -> None:
         assert answer.splitlines() == [
             "(0, 0)",
             "(64, 64)",
+            "(3000, 3000)",
             "1",
             "16",
             "16",
