@@ -156,6 +156,26 @@ def _private_dir(path: Path, mode: int) -> None:
     os.chmod(path, mode)
 
 
+def _readable_tree(root: Path) -> None:
+    """Make ``root`` and everything below it readable (not writable) by others."""
+    for path in (root, *root.rglob("*")):
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def _check_reachable(path: Path) -> None:
+    """Whether an unprivileged user can reach ``path`` (every ancestor searchable by others).
+
+    :raises SandboxError: naming the first directory that is not, e.g. ``/root`` (0700).
+    """
+    for directory in (path, *path.parents):
+        if not directory.stat().st_mode & stat.S_IXOTH:
+            raise SandboxError(
+                f"the sandbox's user cannot reach {path}: {directory} is not searchable by "
+                f"others; install the control plane's environment where it can"
+            )
+
+
 def _tool(name: str) -> str:
     """The absolute path of a system tool (util-linux, bubblewrap) in ``/usr/bin`` or ``/bin``.
 
@@ -448,7 +468,18 @@ class ProcessEnclave:
         sock_dir.chmod(0o770)
         if os.getuid() == 0:
             os.chown(sock_dir, 0, NOBODY)
+            # bwrap runs as nobody and must reach every directory it binds.
+            for site_dir in self._python.site_dirs:
+                _check_reachable(Path(site_dir))
         self._write_shim(self.state_dir / "python")
+        # A copy, not a bind of the checkout: the checkout may be where nobody cannot reach
+        # (/root), and a running agent keeps the code it started with.
+        shutil.copytree(
+            self._agent_dir,
+            self.state_dir / AGENT_PACKAGE,
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        )
+        _readable_tree(self.state_dir / AGENT_PACKAGE)
 
     def _write_shim(self, shim: Path) -> None:
         """A venv over the system interpreter whose ``.pth`` adds the site directories.
@@ -468,9 +499,7 @@ class ProcessEnclave:
         (shim / "bin" / "python3").symlink_to(self._python.executable)
         lines = [OPT_INSIDE, *self._python.site_dirs]
         (shim_site / "sovereign-sandbox.pth").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        for path in (shim, *shim.rglob("*")):
-            if not path.is_symlink():
-                path.chmod(0o755 if path.is_dir() else 0o644)
+        _readable_tree(shim)
 
     def _command(self, info_fd: int) -> list[str]:
         """``prlimit … taskset … bwrap … python3 -m sovereign_agent …``."""
@@ -515,7 +544,7 @@ class ProcessEnclave:
             "--size", tmpfs_bytes, "--tmpfs", "/tmp",  # noqa: S108 (the sandbox's own tmpfs)
             "--bind", str(self.socket_path.parent), SOCKET_DIR_INSIDE,
             "--ro-bind", str(self.state_dir / "python"), PYTHON_SHIM_INSIDE,
-            "--ro-bind", str(self._agent_dir), f"{OPT_INSIDE}/{AGENT_PACKAGE}",
+            "--ro-bind", str(self.state_dir / AGENT_PACKAGE), f"{OPT_INSIDE}/{AGENT_PACKAGE}",
         ]  # fmt: skip
         for site_dir in self._python.site_dirs:
             bwrap += ["--ro-bind", site_dir, site_dir]

@@ -444,3 +444,18 @@ def test_a_real_job_through_the_real_agent(shared_dir: Path) -> None:
         assert found["torch"] is None
     else:
         assert found["torch"] == torch.__version__
+
+
+def test_site_directories_nobody_can_reach_are_refused(shared_dir: Path, probe_agent: Path) -> None:
+    """A venv under /root (0700) cannot be bound by bwrap running as nobody: a clear error."""
+    hidden = shared_dir / "private"
+    hidden.mkdir(mode=0o700)
+    (hidden / "site-packages").mkdir()
+    python = SandboxPython(SandboxPython.current().executable, (str(hidden / "site-packages"),))
+    sandbox = ProcessEnclave(uuid.uuid4(), shared_dir / "run", python, probe_agent)
+    if os.getuid() != 0:
+        sandbox.start()  # the sandbox is our own user: it can reach what we can
+        sandbox.stop()
+        return
+    with pytest.raises(SandboxError, match=f"{hidden} is not searchable"):
+        sandbox.start()
