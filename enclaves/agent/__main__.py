@@ -26,6 +26,9 @@ from typing import Any
 
 from .server import Agent, JobUser, Stream
 
+#: A unix-socket connection that sends nothing for this long is closed, so a client that
+#: forgot its connection does not keep the next one waiting for ever.
+IDLE_TIMEOUT_S = 300.0
 #: How long to wait before reopening the serial port after the host side went away.
 REOPEN_DELAY_S = 0.5
 _DIGEST = re.compile(r"[A-Za-z0-9:._-]{1,128}")
@@ -37,7 +40,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the agent until it is killed."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="sovereign-agent: %(levelname)s %(message)s")
+    # Files the agent makes are readable by the job's user whatever umask the agent was started
+    # with (a unit's UMask=0077 would hide the job's own directory from it).
+    os.umask(0o022)
     job_user = _job_user(args.job_user) if args.job_user else None
+    if job_user is not None:
+        # The job's user must be able to reach its directory through --root (search, not list).
+        os.makedirs(args.root, mode=0o711, exist_ok=True)
+        os.chmod(args.root, os.stat(args.root).st_mode & 0o7777 | 0o111)  # noqa: S103 - search only
     agent = Agent(
         args.root,
         python=args.python,
@@ -97,7 +107,8 @@ def _serve_unix(agent: Agent, path: str) -> None:
     while True:
         connection, _ = listener.accept()
         try:
-            agent.serve(Stream(connection.fileno(), connection.fileno()))
+            fd = connection.fileno()
+            agent.serve(Stream(fd, fd, idle_timeout_s=IDLE_TIMEOUT_S))
         finally:
             connection.close()
 

@@ -65,13 +65,15 @@ class RequestError(Exception):
 class Stream:
     """Reads and writes whole byte counts on file descriptors (a socket or a serial port).
 
-    A frame's first byte may be awaited forever (an idle connection); once a frame has begun,
-    each wait is bounded by :data:`MID_FRAME_TIMEOUT_S` so a stalled peer is dropped.
+    A frame's first byte is awaited for ``idle_timeout_s`` (forever when ``None``: the serial
+    port has one host end and nobody else waits); once a frame has begun, each wait is bounded
+    by :data:`MID_FRAME_TIMEOUT_S` so a stalled peer is dropped.
     """
 
-    def __init__(self, read_fd: int, write_fd: int) -> None:
+    def __init__(self, read_fd: int, write_fd: int, *, idle_timeout_s: float | None = None) -> None:
         self._read_fd = read_fd
         self._write_fd = write_fd
+        self._idle_timeout_s = idle_timeout_s
         self._in_frame = False
 
     def begin_frame(self) -> None:
@@ -86,8 +88,10 @@ class Stream:
         """
         chunks = bytearray()
         while len(chunks) < count:
-            timeout = MID_FRAME_TIMEOUT_S if self._in_frame else None
+            timeout = MID_FRAME_TIMEOUT_S if self._in_frame else self._idle_timeout_s
             readable, _, _ = select.select([self._read_fd], [], [], timeout)
+            if not readable and not self._in_frame:
+                raise EOFError("idle connection")
             if not readable:
                 raise ProtocolError("peer stalled in the middle of a frame")
             try:
@@ -147,6 +151,8 @@ class Agent:
         self.root = os.path.realpath(root)
         self.jobs_dir = os.path.join(self.root, "jobs")
         os.makedirs(self.jobs_dir, mode=0o711, exist_ok=True)
+        # The jobs' users pass through; nobody but the agent lists the jobs.
+        os.chmod(self.jobs_dir, 0o711)  # noqa: S103 - search only, no read or write
         self.python = python
         self.python_version = python_version
         self.job_user = job_user

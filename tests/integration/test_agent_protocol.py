@@ -11,6 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pty
+import pwd
+import select
 import shutil
 import signal
 import socket
@@ -20,6 +23,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import tty
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +35,7 @@ from enclaves.agent import protocol, server
 from enclaves.agent.client import AgentClient, AgentJobStatus
 from enclaves.agent.protocol import Frame
 from enclaves.agent.transport import SocketTransport
-from enclaves.errors import AgentRefusedError, AgentUnavailableError
+from enclaves.errors import AgentRefusedError, AgentTimeoutError, AgentUnavailableError
 
 AGENT_SOURCES = Path(server.__file__).parent
 AGENT_FILES = ("__init__.py", "protocol.py", "server.py", "__main__.py")
@@ -56,7 +60,7 @@ class RunningAgent:
             self.process.wait(10)
 
 
-def start_agent(base: Path, *extra: str) -> RunningAgent:
+def start_agent(base: Path, *extra: str, as_job_user: bool = AS_ROOT) -> RunningAgent:
     """Start the copied agent on ``base/agent.sock`` with its jobs under ``base/root``."""
     package = base / "pkg" / "sovereign_agent"
     if not package.exists():
@@ -66,8 +70,8 @@ def start_agent(base: Path, *extra: str) -> RunningAgent:
     root = base / "root"
     root.mkdir(mode=0o755, exist_ok=True)
     sock = str(base / "agent.sock")
-    python = SYSTEM_PYTHON if AS_ROOT else sys.executable
-    job_user = "nobody" if AS_ROOT else None
+    python = SYSTEM_PYTHON if as_job_user else sys.executable
+    job_user = "nobody" if as_job_user else None
     command = [python, "-S", "-m", "sovereign_agent", "--listen-unix", sock, "--root", str(root)]
     command += ["--simulated", "--python", python, *extra]
     if job_user:
@@ -236,6 +240,52 @@ def test_a_job_runs_end_to_end(agent: RunningAgent, client: AgentClient) -> None
     client.discard(job)
     assert client.status(job).state == "unknown"
     assert not (agent.root / "jobs" / job).exists()
+
+
+def test_a_job_runs_without_a_job_user(base: Path) -> None:
+    # The process enclave's agent runs its jobs as its own (sandboxed, unprivileged) user.
+    running = start_agent(base, as_job_user=False)
+    try:
+        with_client = running.connect()
+        job = new_job()
+        put_script(with_client, job, "import os\nprint(os.geteuid())\nopen('out.txt', 'w')\n")
+        with_client.run(job, entrypoint="main.py", args=[], max_runtime_s=60)
+        assert wait_for(with_client, job).state == "succeeded"
+        assert with_client.logs(job, 0) == f"{os.geteuid()}\n".encode()
+        assert [f.name for f in with_client.outputs(job, ["*"])] == ["main.py", "out.txt"]
+        with_client.close()
+    finally:
+        running.stop()
+
+
+def test_the_job_runs_as_the_job_user(base: Path) -> None:
+    running = start_agent(base, *([] if AS_ROOT else ["--job-user", "nobody"]), as_job_user=AS_ROOT)
+    with_client = running.connect()
+    try:
+        job = new_job()
+        script = "import os\nprint(os.geteuid(), os.getegid(), os.getgroups())\n"
+        put_script(with_client, job, script)
+        if not AS_ROOT:
+            # Without root the agent cannot switch users: it refuses rather than run the job
+            # as itself.
+            with pytest.raises(AgentRefusedError, match="EPERM"):
+                with_client.run(job, entrypoint="main.py", args=[], max_runtime_s=60)
+            return
+        with_client.run(job, entrypoint="main.py", args=[], max_runtime_s=60)
+        assert wait_for(with_client, job).state == "succeeded"
+        nobody = pwd.getpwnam("nobody")
+        assert with_client.logs(job, 0) == f"{nobody.pw_uid} {nobody.pw_gid} []\n".encode()
+    finally:
+        with_client.close()
+        running.stop()
+
+
+@pytest.mark.gpu
+def test_hello_lists_the_gpus_the_machine_has(client: AgentClient) -> None:
+    if shutil.which("nvidia-smi") is None:
+        pytest.skip("no NVIDIA driver on this machine")
+    gpus = client.hello().gpus
+    assert gpus and all(gpu.memory_mib > 0 and gpu.uuid.startswith("GPU-") for gpu in gpus)
 
 
 def test_a_failing_job_reports_its_exit_code(client: AgentClient) -> None:
@@ -589,6 +639,19 @@ def test_a_peer_stalled_mid_frame_is_dropped(monkeypatch: pytest.MonkeyPatch) ->
     theirs.close()
 
 
+def test_an_idle_socket_connection_is_closed() -> None:
+    ours, theirs = socket.socketpair()
+    with tempfile.TemporaryDirectory() as root:
+        agent = server.Agent(root, python=sys.executable, python_version="3")
+        stream = server.Stream(theirs.fileno(), theirs.fileno(), idle_timeout_s=0.2)
+        thread = threading.Thread(target=agent.serve, args=(stream,))
+        thread.start()
+        thread.join(5)
+        assert not thread.is_alive()
+    ours.close()
+    theirs.close()
+
+
 def test_the_agent_answers_internal_failures_with_a_generic_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -637,3 +700,64 @@ def test_put_end_answers_after_a_lost_reply(raw: RawConnection) -> None:
     assert raw.call("put_end", **where).header["sha256"] == digest
     assert raw.call("put_end", **where).header["sha256"] == digest
     assert raw.call("put_begin", **where, size=len(data), sha256=digest).header["have"] == len(data)
+
+
+class FdTransport:
+    """A :class:`~enclaves.agent.transport.Transport` over a file descriptor (a pty master)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def send(self, data: bytes, timeout_s: float) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+
+    def recv(self, max_bytes: int, timeout_s: float) -> bytes:
+        readable, _, _ = select.select([self.fd], [], [], timeout_s)
+        if not readable:
+            raise AgentTimeoutError("timed out")
+        return os.read(self.fd, max_bytes)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def test_the_agent_serves_a_serial_device(base: Path) -> None:
+    # A pty in raw mode stands in for the virtio-serial port: a character device the agent
+    # opens by path and reads and writes as a byte stream.
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    device = os.ttyname(slave)
+    package = base / "pkg" / "sovereign_agent"
+    package.mkdir(parents=True)
+    for name in AGENT_FILES:
+        shutil.copy(AGENT_SOURCES / name, package / name)
+    (base / "root").mkdir()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-S",
+            "-m",
+            "sovereign_agent",
+            "--device",
+            device,
+            "--root",
+            str(base / "root"),
+        ],
+        cwd=base / "pkg",
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    try:
+        client = AgentClient(FdTransport(master), timeout_s=10)
+        assert client.hello().simulated is False
+        job = new_job()
+        put_script(client, job, "print('over serial')")
+        client.run(job, entrypoint="main.py", args=[], max_runtime_s=60)
+        assert wait_for(client, job).state == "succeeded"
+        assert client.logs(job, 0) == b"over serial\n"
+        client.close()
+    finally:
+        process.terminate()
+        process.wait(10)
+        os.close(slave)
