@@ -101,3 +101,7 @@ class AgentRefusedError(AgentError):
     :attr:`message` is the agent's message, control characters replaced and length-capped, so
     it may be shown but is still text from inside an enclave.
     """
+
+
+class SandboxError(EnclaveError):
+    """A process enclave (:mod:`enclaves.sandbox`) could not be started, found or stopped."""
