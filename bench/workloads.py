@@ -9,7 +9,10 @@ What is measured (one run, one JSON line)
        arguments. The figure compared is the job's own ``steps_per_s`` from its
        ``metrics.json`` (the training loop only; importing torch and the agent's round trips
        are not in it, the wall times ``*_job_s`` are reported beside it). Runs alternate
-       raw/agent; the medians are compared. Goal: ``train_ratio`` >= 0.95.
+       raw/agent; ``train_ratio`` compares the medians, ``train_best_ratio`` the best runs.
+       One vCPU by default (``--vcpus``): on a machine shared with other work, two OpenMP
+       threads on two busy cores were measured to vary tenfold between identical runs.
+       Goal: ``train_ratio`` >= 0.95.
     2. ``transfer_ratio``: an input file (random bytes) put into the process enclave through
        the agent protocol (``AgentClient.put``: 1 MiB chunks, each hashed and acknowledged,
        then the whole file's hash verified and the file renamed into place) vs a raw copy of
@@ -223,6 +226,9 @@ def measure_train(workdir: Path, steps: int, rounds: int, vcpus: int) -> dict[st
     def median(runs: list[dict[str, Any]], key: str) -> float:
         return float(statistics.median(float(r[key]) for r in runs))
 
+    def best(runs: list[dict[str, Any]]) -> float:
+        return max(float(r["steps_per_s"]) for r in runs)
+
     raw_rate, our_rate = median(raw, "steps_per_s"), median(ours, "steps_per_s")
     return {
         "train_steps": steps,
@@ -232,6 +238,8 @@ def measure_train(workdir: Path, steps: int, rounds: int, vcpus: int) -> dict[st
         "train_steps_per_s": round(our_rate, 1),
         "raw_train_steps_per_s": round(raw_rate, 1),
         "train_ratio": round(our_rate / raw_rate, 3),
+        # On a shared machine the best run is the least disturbed one: the same ratio of bests.
+        "train_best_ratio": round(best(ours) / best(raw), 3),
         "train_step_ms": round(1000.0 / our_rate, 4),
         "raw_train_step_ms": round(1000.0 / raw_rate, 4),
         "train_job_s": round(median(ours, "job_s"), 3),
@@ -579,8 +587,8 @@ def parse_args() -> argparse.Namespace:
     """Command line options."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--steps", type=int, default=3000, help="training steps per run (3000)")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each kind (3)")
-    parser.add_argument("--vcpus", type=int, default=2, help="the process enclave's CPUs (2)")
+    parser.add_argument("--rounds", type=int, default=5, help="runs of each kind (5)")
+    parser.add_argument("--vcpus", type=int, default=1, help="the process enclave's CPUs (1)")
     parser.add_argument("--transfer-mib", type=int, default=64, help="input size in MiB (64)")
     parser.add_argument("--jobs", type=int, default=5, help="warm jobs for first_log_ms (5)")
     parser.add_argument("--parts", default=",".join(PARTS), help="which parts (all)")
