@@ -506,7 +506,7 @@ def first_log(dev: DevStack, enclave: str, steps: int) -> tuple[float, str]:
         "outputs": ["metrics.json", "weights.pt"],
         "max_runtime_s": JOB_TIMEOUT_S,
     }
-    files = [
+    files: list[tuple[str, tuple[str | None, str | bytes, str]]] = [
         ("manifest", (None, json.dumps(manifest), "application/json")),
         ("files", ("main.py", EXAMPLE.read_bytes(), "text/x-python")),
     ]
