@@ -8,20 +8,22 @@ control plane reconnects through the socket and the pid file it finds in the enc
 directory under the run directory.
 
 What the sandbox sees, and nothing else: ``/usr`` read-only (with the ``/lib``, ``/lib64``,
-``/bin`` symlinks of a merged-/usr system), its own ``/proc`` and a minimal ``/dev``, two size
-capped tmpfs (``/job``, the agent's root where job code, inputs, logs and outputs live in
-plaintext, and ``/tmp``), the socket directory at ``/run/agent``, and read-only: the agent package
-at ``/opt/sovereign/sovereign_agent``, a small interpreter shim at ``/opt/sovereign/python`` (a
-venv over the system interpreter whose ``.pth`` file adds the site directories below) and those
-site directories (the control plane's ``site-packages``, for torch and numpy). Not the instance
-directory, the repository, ``/etc``, ``/root`` or ``/home``. Its network namespace has only
-``lo``, its own: it cannot reach the control plane's port on the host's loopback.
+``/bin`` symlinks of a merged-/usr system), its own ``/proc``, a minimal read-only ``/dev``,
+three size-capped tmpfs (``/job``, the agent's root where job code, inputs, logs and outputs
+live in plaintext; ``/tmp``; ``/dev/shm``), the socket directory at ``/run/agent`` (no longer
+writable once the agent listens), and read-only: the agent package at
+``/opt/sovereign/sovereign_agent``, a small interpreter shim at ``/opt/sovereign/python`` (a venv
+over the system interpreter whose ``.pth`` file adds the site directories below) and those site
+directories (the control plane's ``site-packages``, for torch and numpy). Not the instance
+directory, the repository, ``/etc``, ``/root`` or ``/home``; its root is read-only. Its network
+namespace has only ``lo``, its own: it cannot reach the control plane's port on the host's
+loopback.
 
 It runs as an unprivileged host user (``nobody`` when the control plane is root; the control
 plane's own user otherwise), mapped to uid/gid 1000 inside, with bwrap's ``--disable-userns``
 (no nested user namespaces), and under resource limits (:class:`SandboxLimits`): open files,
-no core dumps, file size, optional address space (``prlimit``) and CPU affinity (``taskset``),
-applied before bwrap starts so that everything inside inherits them.
+no core dumps, file size, processes, optional address space (``prlimit``), CPU affinity
+(``taskset``) and its tmpfs sizes, applied before bwrap starts so that all inside inherit them.
 
 It must not speak the agent protocol (that is :mod:`enclaves.agent`), know about the control
 plane or libvirt, or decide which enclave gets one (:mod:`sovereign.adapters.workloads`).
@@ -82,13 +84,17 @@ class SandboxLimits:
     #: Size of the ``/job`` tmpfs (code, inputs, outputs: all plaintext lives here) and of
     #: ``/tmp``. tmpfs pages are memory: this caps what a job can pin through files.
     tmpfs_mib: int = 2048
+    #: ``RLIMIT_NPROC``: processes and threads. The kernel counts them per host user, and
+    #: every process enclave runs as ``nobody``: this caps all of them together (a fork bomb
+    #: cannot exhaust the host's pids), so one enclave can starve the others' forks.
+    processes: int = 4096
     #: ``RLIMIT_AS`` per process, or ``None`` for none. Measured: ``import torch`` (2.13 CPU)
     #: and a small model still run under 1024 MiB; training wants more, so the default is off.
     address_space_mib: int | None = None
 
     def __post_init__(self) -> None:
         """:raises ValueError: for a limit that is not positive."""
-        for name in ("vcpus", "open_files", "file_size_mib", "tmpfs_mib"):
+        for name in ("vcpus", "open_files", "file_size_mib", "tmpfs_mib", "processes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
         if self.address_space_mib is not None and self.address_space_mib < 1:
@@ -148,6 +154,26 @@ def _private_dir(path: Path, mode: int) -> None:
     if info.st_mode & 0o022:
         raise SandboxError(f"{path} is writable by group or others")
     os.chmod(path, mode)
+
+
+def _readable_tree(root: Path) -> None:
+    """Make ``root`` and everything below it readable (not writable) by others."""
+    for path in (root, *root.rglob("*")):
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def _check_reachable(path: Path) -> None:
+    """Whether an unprivileged user can reach ``path`` (every ancestor searchable by others).
+
+    :raises SandboxError: naming the first directory that is not, e.g. ``/root`` (0700).
+    """
+    for directory in (path, *path.parents):
+        if not directory.stat().st_mode & stat.S_IXOTH:
+            raise SandboxError(
+                f"the sandbox's user cannot reach {path}: {directory} is not searchable by "
+                f"others; install the control plane's environment where it can"
+            )
 
 
 def _tool(name: str) -> str:
@@ -363,11 +389,21 @@ class ProcessEnclave:
                 except AgentError:
                     pass
                 else:
+                    self._seal_socket_dir()
                     return
             time.sleep(_POLL_S)
         tail = self.log_tail()
         self.stop()
         raise SandboxError(f"the agent in the process enclave did not listen: {tail}")
+
+    def _seal_socket_dir(self) -> None:
+        """Take write access to the socket directory (on the host's disk) from the sandbox.
+
+        Once the socket exists the agent needs only to accept on it; a writable directory
+        would let a job fill the host's disk outside its tmpfs. When the control plane is not
+        root the sandbox is its own user and could undo this (development and CI only).
+        """
+        self.socket_path.parent.chmod(0o750 if os.getuid() == 0 else 0o500)
 
     def connect(self, timeout_s: float = 10.0) -> SocketTransport:
         """A connection to the agent (one at a time: the agent serves them in turn).
@@ -426,10 +462,24 @@ class ProcessEnclave:
         shutil.rmtree(self.state_dir, ignore_errors=True)  # what a dead sandbox left
         _private_dir(self.state_dir, 0o711)
         sock_dir = self.socket_path.parent
-        sock_dir.mkdir(mode=0o700)
+        # Writable by the sandbox's group until its agent has bound the socket (see
+        # _seal_socket_dir); owned by us, so the sandbox cannot make it writable again.
+        sock_dir.mkdir(mode=0o770)
+        sock_dir.chmod(0o770)
         if os.getuid() == 0:
-            os.chown(sock_dir, NOBODY, NOBODY)
+            os.chown(sock_dir, 0, NOBODY)
+            # bwrap runs as nobody and must reach every directory it binds.
+            for site_dir in self._python.site_dirs:
+                _check_reachable(Path(site_dir))
         self._write_shim(self.state_dir / "python")
+        # A copy, not a bind of the checkout: the checkout may be where nobody cannot reach
+        # (/root), and a running agent keeps the code it started with.
+        shutil.copytree(
+            self._agent_dir,
+            self.state_dir / AGENT_PACKAGE,
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        )
+        _readable_tree(self.state_dir / AGENT_PACKAGE)
 
     def _write_shim(self, shim: Path) -> None:
         """A venv over the system interpreter whose ``.pth`` adds the site directories.
@@ -449,9 +499,7 @@ class ProcessEnclave:
         (shim / "bin" / "python3").symlink_to(self._python.executable)
         lines = [OPT_INSIDE, *self._python.site_dirs]
         (shim_site / "sovereign-sandbox.pth").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        for path in (shim, *shim.rglob("*")):
-            if not path.is_symlink():
-                path.chmod(0o755 if path.is_dir() else 0o644)
+        _readable_tree(shim)
 
     def _command(self, info_fd: int) -> list[str]:
         """``prlimit … taskset … bwrap … python3 -m sovereign_agent …``."""
@@ -462,6 +510,7 @@ class ProcessEnclave:
             f"--nofile={limits.open_files}:{limits.open_files}",
             "--core=0:0",  # a core dump would write job memory (plaintext) to the host
             f"--fsize={limits.file_size_mib * mib}:{limits.file_size_mib * mib}",
+            f"--nproc={limits.processes}:{limits.processes}",
         ]
         if limits.address_space_mib is not None:
             size = limits.address_space_mib * mib
@@ -488,17 +537,21 @@ class ProcessEnclave:
             "--symlink", "usr/bin", "/bin",
             "--proc", "/proc",
             "--dev", "/dev",
+            # bwrap's /dev is a tmpfs without a size limit: read-only below, but a bounded
+            # /dev/shm (POSIX shared memory: torch's DataLoader workers use it).
+            "--size", tmpfs_bytes, "--tmpfs", "/dev/shm",  # noqa: S108 (its own)
             "--size", tmpfs_bytes, "--tmpfs", AGENT_ROOT_INSIDE,
             "--size", tmpfs_bytes, "--tmpfs", "/tmp",  # noqa: S108 (the sandbox's own tmpfs)
             "--bind", str(self.socket_path.parent), SOCKET_DIR_INSIDE,
             "--ro-bind", str(self.state_dir / "python"), PYTHON_SHIM_INSIDE,
-            "--ro-bind", str(self._agent_dir), f"{OPT_INSIDE}/{AGENT_PACKAGE}",
+            "--ro-bind", str(self.state_dir / AGENT_PACKAGE), f"{OPT_INSIDE}/{AGENT_PACKAGE}",
         ]  # fmt: skip
         for site_dir in self._python.site_dirs:
             bwrap += ["--ro-bind", site_dir, site_dir]
         bwrap += [
             # bwrap's root is a tmpfs without a size limit: read-only, nothing lands there.
             "--remount-ro", "/",
+            "--remount-ro", "/dev",
             "--chdir", AGENT_ROOT_INSIDE,
             "--info-fd", str(info_fd),
             "--",

@@ -214,7 +214,8 @@ def test_cannot_write_outside_its_tmpfs(enclave: ProcessEnclave) -> None:
         """
         import os, sys
         for path in ("/usr/evil", "/opt/sovereign/sovereign_agent/evil", sys.path[-1] + "/evil",
-                     "/evil", "/job/fine", "/tmp/fine"):
+                     "/evil", "/dev/evil", "/run/agent/evil", "/job/fine", "/tmp/fine",
+                     "/dev/shm/fine"):
             try:
                 with open(path, "w") as f:
                     f.write("x")
@@ -226,11 +227,12 @@ def test_cannot_write_outside_its_tmpfs(enclave: ProcessEnclave) -> None:
     lines = dict(line.split() for line in answer.splitlines())
     assert lines.pop("/job/fine") == "written"
     assert lines.pop("/tmp/fine") == "written"  # noqa: S108 (the sandbox's own /tmp)
+    assert lines.pop("/dev/shm/fine") == "written"  # noqa: S108 (its own /dev/shm)
     assert "written" not in lines.values(), answer
 
 
 def test_resource_limits(shared_dir: Path, probe_agent: Path) -> None:
-    limits = SandboxLimits(vcpus=1, open_files=64, file_size_mib=1, tmpfs_mib=16)
+    limits = SandboxLimits(vcpus=1, open_files=64, file_size_mib=1, tmpfs_mib=16, processes=3000)
     sandbox = make_enclave(shared_dir, probe_agent, limits)
     sandbox.start()
     try:
@@ -240,8 +242,10 @@ def test_resource_limits(shared_dir: Path, probe_agent: Path) -> None:
             import os, resource
             print(resource.getrlimit(resource.RLIMIT_CORE))
             print(resource.getrlimit(resource.RLIMIT_NOFILE))
+            print(resource.getrlimit(resource.RLIMIT_NPROC))
             print(len(os.sched_getaffinity(0)))
-            print(os.statvfs("/job").f_blocks * os.statvfs("/job").f_frsize >> 20)
+            for path in ("/job", "/tmp", "/dev/shm"):
+                print(os.statvfs(path).f_blocks * os.statvfs(path).f_frsize >> 20)
             try:
                 with open("/job/big", "wb") as f:
                     f.write(b"x" * (2 << 20))
@@ -250,7 +254,16 @@ def test_resource_limits(shared_dir: Path, probe_agent: Path) -> None:
                 print(type(exc).__name__, exc.errno)
             """,
         )
-        assert answer.splitlines() == ["(0, 0)", "(64, 64)", "1", "16", "OSError 27"]  # EFBIG
+        assert answer.splitlines() == [
+            "(0, 0)",
+            "(64, 64)",
+            "(3000, 3000)",
+            "1",
+            "16",
+            "16",
+            "16",
+            "OSError 27",  # EFBIG: RLIMIT_FSIZE
+        ]
     finally:
         sandbox.stop()
 
@@ -431,3 +444,18 @@ def test_a_real_job_through_the_real_agent(shared_dir: Path) -> None:
         assert found["torch"] is None
     else:
         assert found["torch"] == torch.__version__
+
+
+def test_site_directories_nobody_can_reach_are_refused(shared_dir: Path, probe_agent: Path) -> None:
+    """A venv under /root (0700) cannot be bound by bwrap running as nobody: a clear error."""
+    hidden = shared_dir / "private"
+    hidden.mkdir(mode=0o700)
+    (hidden / "site-packages").mkdir()
+    python = SandboxPython(SandboxPython.current().executable, (str(hidden / "site-packages"),))
+    sandbox = ProcessEnclave(uuid.uuid4(), shared_dir / "run", python, probe_agent)
+    if os.getuid() != 0:
+        sandbox.start()  # the sandbox is our own user: it can reach what we can
+        sandbox.stop()
+        return
+    with pytest.raises(SandboxError, match=f"{hidden} is not searchable"):
+        sandbox.start()
