@@ -26,7 +26,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sovereign.domain.fleet import Enclave, Host
@@ -68,6 +68,8 @@ log = logging.getLogger(__name__)
 
 #: Log bytes asked of the agent per request (the protocol's largest payload).
 LOG_CHUNK = 1 << 20
+#: Seconds between two looks for enclaves that stopped running (to release their agents).
+RELEASE_CHECK_S = 1.0
 #: Log chunks pulled per job and pass, so one chatty job does not hold the pass.
 LOG_CHUNKS_PER_PASS = 8
 
@@ -129,6 +131,9 @@ class JobRunner:
         )
         #: Enclaves this runner opened sessions to, released when they end.
         self._opened: set[uuid.UUID] = set()
+        #: Enclaves running at the last check, and when that was.
+        self._running: set[uuid.UUID] = set()
+        self._checked_at: datetime | None = None
 
     # -- the pass ----------------------------------------------------------------------------
 
@@ -407,24 +412,36 @@ class JobRunner:
         else:
             self._finish(job, JobState.FAILED, None, [], report, error="the enclave ended")
             self._commit(job, step=JobStep.DONE, release=True)
-        self._workloads.release(job.enclave_id)
+        self._release_agent(job.enclave_id)
         self._opened.discard(job.enclave_id)
 
     def _release_ended(self) -> None:
-        if not self._opened:
+        """Release the agents of enclaves that stopped running since the last look (at most
+        every :data:`RELEASE_CHECK_S`): those this runner used, and any open enclave seen
+        running before, jobs or not."""
+        now = self._clock()
+        if self._checked_at is not None and (now - self._checked_at).total_seconds() < (
+            RELEASE_CHECK_S
+        ):
             return
+        self._checked_at = now
         with self._uow(readonly=True) as uow:
-            ended = [
-                eid
-                for eid in self._opened
-                if (e := uow.enclaves.get(eid)) is None
-                or e.ended_at is not None
-                or (r := uow.requests.get(eid)) is None
-                or r.state is not RequestState.RUNNING
-            ]
-        for eid in ended:
-            self._workloads.release(eid)
-            self._opened.discard(eid)
+            running = set()
+            for enclave in uow.enclaves.list(open_only=True):
+                request = uow.requests.get(enclave.id)
+                if request is not None and request.state is RequestState.RUNNING:
+                    running.add(enclave.id)
+        for eid in sorted((self._opened | self._running) - running):
+            self._release_agent(eid)
+        self._opened &= running
+        self._running = running
+
+    def _release_agent(self, enclave_id: uuid.UUID) -> None:
+        try:
+            self._workloads.release(enclave_id)
+        except SovereignError as e:
+            # Tried again only if a job of the enclave is found later; logged for operators.
+            log.warning("could not release enclave %s's agent: %s", enclave_id, for_log(e.message))
 
     # -- helpers -----------------------------------------------------------------------------
 
