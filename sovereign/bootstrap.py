@@ -211,6 +211,8 @@ def build_hypervisor(config: Settings | Mapping[str, Any]) -> Hypervisor:
             security_model=settings.enclave_security_model,
             stop_timeout_s=settings.enclave_stop_timeout_s,
             connect_timeout_s=settings.hypervisor_connect_timeout_s,
+            image_dir=settings.image_dir,
+            cpu_mode=settings.enclave_cpu_mode,
         ),
         uri_policy(settings),
     )

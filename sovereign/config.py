@@ -97,6 +97,12 @@ DEFAULTS: dict[str, Any] = {
     "ENCLAVE_MACHINE": None,
     "ENCLAVE_SECURITY_MODEL": "dac",
     "ENCLAVE_STOP_TIMEOUT_S": 30,
+    # The guest CPU model: None (QEMU's qemu64, no SSE4.2: numpy and PyTorch wheels refuse it),
+    # "host-passthrough" (KVM hosts) or "maximum" (TCG test hosts).
+    "ENCLAVE_CPU_MODE": None,
+    # The content-addressed store of approved images (sovereign images import/build):
+    # <sha256>.qcow2, .vmlinuz, .initrd and .json; None: <instance>/images.
+    "IMAGE_DIR": None,
     # The reconciler: seconds between passes, how long a worker's claim on an enclave lasts,
     # how often a step is retried before the enclave fails, and whether `sovereign dev` /
     # the app runs it in-process (the embedded default does; production runs `sovereign worker`).
@@ -216,7 +222,11 @@ def load(app: Flask, overrides: Mapping[str, Any] | None = None, *, check: bool 
         app.config["AUDIT_KEYS_PATH"] = str(
             Path(app.config["AUDIT_WITNESS_PATH"]).with_name("audit-keys.txt")
         )
-    for key, folder in (("ENCLAVE_POOL_PATH", "enclaves"), ("ENCLAVE_CONSOLE_DIR", "consoles")):
+    for key, folder in (
+        ("ENCLAVE_POOL_PATH", "enclaves"),
+        ("ENCLAVE_CONSOLE_DIR", "consoles"),
+        ("IMAGE_DIR", "images"),
+    ):
         if app.config[key] is None:
             app.config[key] = str(instance / folder)
     if app.config["HYPERVISOR_TRANSPORTS"] is None:
