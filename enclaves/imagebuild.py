@@ -53,7 +53,7 @@ from pathlib import Path
 DEFAULT_CACHE = Path("/var/cache/sovereign-images")
 CACHE_ENV = "SOVEREIGN_IMAGE_CACHE"
 #: Bumped whenever the build steps below change what they produce for the same recipe.
-BUILD_FORMAT = 1
+BUILD_FORMAT = 2
 _HERE = Path(__file__).resolve().parent
 AGENT_DIR = _HERE / "agent"
 UNIT_FILE = _HERE / "image" / "sovereign-agent.service"
@@ -446,7 +446,9 @@ def _finish_rootfs(
     (rootfs / "etc/hostname").write_text("enclave\n")
     # An empty machine-id: systemd makes one at first boot (each enclave its own).
     (rootfs / "etc/machine-id").write_text("")
-    (rootfs / "etc/fstab").write_text("/dev/vda / ext4 rw,errors=remount-ro 0 1\n")
+    # x-systemd.growfs: the enclave's volume is larger than the image; systemd-growfs grows
+    # the root file system to it at boot (online, ext4).
+    (rootfs / "etc/fstab").write_text("/dev/vda / ext4 rw,errors=remount-ro,x-systemd.growfs 0 0\n")
     progress("moving the kernel and initramfs out of /boot (direct kernel boot)")
     kernels = sorted((rootfs / "boot").glob("vmlinuz-*"))
     initrds = sorted((rootfs / "boot").glob("initrd.img-*"))
