@@ -52,7 +52,9 @@ from pathlib import Path
 #: Where builds are cached unless ``SOVEREIGN_IMAGE_CACHE`` says otherwise.
 DEFAULT_CACHE = Path("/var/cache/sovereign-images")
 CACHE_ENV = "SOVEREIGN_IMAGE_CACHE"
-#: Bumped whenever the build steps below change what they produce for the same recipe.
+#: Bumped whenever the build steps below change what they produce for the same recipe:
+#: BASE_FORMAT for the cached base root file system (step 2), BUILD_FORMAT for the rest.
+BASE_FORMAT = 2
 BUILD_FORMAT = 2
 _HERE = Path(__file__).resolve().parent
 AGENT_DIR = _HERE / "agent"
@@ -123,7 +125,7 @@ class Recipe:
     def base_digest(self) -> str:
         """The SHA-256 (hex) of what the cached base root filesystem depends on."""
         base = {k: v for k, v in self._described().items() if k in _BASE_FIELDS}
-        return _sha256_json({"format": BUILD_FORMAT, "base": base})
+        return _sha256_json({"format": BASE_FORMAT, "base": base})
 
     def _described(self) -> dict[str, object]:
         described = asdict(self)
