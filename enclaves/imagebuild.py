@@ -55,7 +55,7 @@ CACHE_ENV = "SOVEREIGN_IMAGE_CACHE"
 #: Bumped whenever the build steps below change what they produce for the same recipe:
 #: BASE_FORMAT for the cached base root file system (step 2), BUILD_FORMAT for the rest.
 BASE_FORMAT = 2
-BUILD_FORMAT = 2
+BUILD_FORMAT = 3
 _HERE = Path(__file__).resolve().parent
 AGENT_DIR = _HERE / "agent"
 UNIT_FILE = _HERE / "image" / "sovereign-agent.service"
@@ -82,6 +82,9 @@ IMAGE_NAME = "image.qcow2"
 KERNEL_NAME = "vmlinuz"
 INITRD_NAME = "initrd.img"
 MANIFEST_NAME = "manifest.json"
+
+#: Units masked in the image (linked to /dev/null).
+_MASKED_UNITS = ("getty.target", "getty@.service", "serial-getty@.service", "console-getty.service")
 
 Progress = Callable[[str], None]
 
@@ -443,6 +446,12 @@ def _finish_rootfs(
             link = wants / Path(target).name
             link.unlink(missing_ok=True)
             link.symlink_to(f"/{target}")
+    # No login prompts: nobody logs in to an enclave (root has no password either), and the
+    # serial console only carries boot messages to the host's log file.
+    for unit in _MASKED_UNITS:
+        mask = rootfs / "etc/systemd/system" / unit
+        mask.unlink(missing_ok=True)
+        mask.symlink_to("/dev/null")
     (rootfs / DIGEST_FILE).parent.mkdir(parents=True, exist_ok=True)
     (rootfs / DIGEST_FILE).write_text(digest + "\n")
     (rootfs / "etc/hostname").write_text("enclave\n")

@@ -102,8 +102,12 @@ def test_the_example_job_runs_in_a_real_guest_booted_from_the_image(
     figures["approval_to_running_s"] = time.monotonic() - started
     running_at = time.monotonic()
 
-    notes = [e.details.get("note", "") for e in fleet.events("enclave:provision")]
+    provisioned = fleet.events("enclave:provision")
+    notes = [e.details.get("note", "") for e in provisioned]
     assert any(f"cloned from image {IMAGE_NAME}" in n for n in notes), notes
+    at = {e.details.get("step"): e.time for e in provisioned}
+    # The VOLUME step: the image's upload into the pool (verified) and the LUKS clone.
+    figures["upload_and_clone_s"] = (at["volume"] - at["secrets"]).total_seconds()
     xml = _domain_xml(rid)
     assert "<interface" not in xml, "an enclave guest has no network interface at all"
     assert "org.sovereign.agent.0" in xml
@@ -116,6 +120,8 @@ def test_the_example_job_runs_in_a_real_guest_booted_from_the_image(
         head = handle.read(1 << 20)
     assert head.startswith(b"QFI\xfb"), "the enclave's disk is a qcow2 volume"
     assert b"LUKS\xba\xbe" in volume.read_bytes()[: 64 << 20], "with a LUKS header"
+    records = sorted(p.name for p in (folder / "pool").glob(f"{IMAGE_VOLUME_PREFIX}*.sha256"))
+    assert [r.rsplit(".", 2)[1] for r in records] == ["initrd", "qcow2", "vmlinuz"], records
 
     client, hello, host = open_agent(rid)
     try:
