@@ -9,7 +9,10 @@ What is measured (one run, one JSON line)
        arguments. The figure compared is the job's own ``steps_per_s`` from its
        ``metrics.json`` (the training loop only; importing torch and the agent's round trips
        are not in it, the wall times ``*_job_s`` are reported beside it). Runs alternate
-       raw/agent; the medians are compared. Goal: ``train_ratio`` >= 0.95.
+       raw/agent; ``train_ratio`` compares the medians, ``train_best_ratio`` the best runs.
+       One vCPU by default (``--vcpus``): on a machine shared with other work, two OpenMP
+       threads on two busy cores were measured to vary tenfold between identical runs.
+       Goal: ``train_ratio`` >= 0.95.
     2. ``transfer_ratio``: an input file (random bytes) put into the process enclave through
        the agent protocol (``AgentClient.put``: 1 MiB chunks, each hashed and acknowledged,
        then the whole file's hash verified and the file renamed into place) vs a raw copy of
@@ -223,6 +226,9 @@ def measure_train(workdir: Path, steps: int, rounds: int, vcpus: int) -> dict[st
     def median(runs: list[dict[str, Any]], key: str) -> float:
         return float(statistics.median(float(r[key]) for r in runs))
 
+    def best(runs: list[dict[str, Any]]) -> float:
+        return max(float(r["steps_per_s"]) for r in runs)
+
     raw_rate, our_rate = median(raw, "steps_per_s"), median(ours, "steps_per_s")
     return {
         "train_steps": steps,
@@ -232,6 +238,8 @@ def measure_train(workdir: Path, steps: int, rounds: int, vcpus: int) -> dict[st
         "train_steps_per_s": round(our_rate, 1),
         "raw_train_steps_per_s": round(raw_rate, 1),
         "train_ratio": round(our_rate / raw_rate, 3),
+        # On a shared machine the best run is the least disturbed one: the same ratio of bests.
+        "train_best_ratio": round(best(ours) / best(raw), 3),
         "train_step_ms": round(1000.0 / our_rate, 4),
         "raw_train_step_ms": round(1000.0 / raw_rate, 4),
         "train_job_s": round(median(ours, "job_s"), 3),
@@ -498,7 +506,7 @@ def first_log(dev: DevStack, enclave: str, steps: int) -> tuple[float, str]:
         "outputs": ["metrics.json", "weights.pt"],
         "max_runtime_s": JOB_TIMEOUT_S,
     }
-    files = [
+    files: list[tuple[str, tuple[str | None, str | bytes, str]]] = [
         ("manifest", (None, json.dumps(manifest), "application/json")),
         ("files", ("main.py", EXAMPLE.read_bytes(), "text/x-python")),
     ]
@@ -538,6 +546,36 @@ def wait_job(dev: DevStack, job: str) -> dict[str, Any]:
         time.sleep(0.2)
 
 
+def terminate(dev: DevStack, enclave: str) -> None:
+    """Terminate ``enclave`` through the API (its teardown stops its process enclave)."""
+    import requests  # noqa: PLC0415
+
+    analyst = dev.headers("analyst-defence")
+    r = requests.post(
+        f"{dev.base}/api/v1/enclaves/{enclave}/terminate", headers=analyst, json={}, timeout=30
+    )
+    if r.status_code != 200:
+        log(f"terminate {enclave}: {r.status_code} {r.text[:300]}")
+        return
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = requests.get(f"{dev.base}/api/v1/enclaves/{enclave}", headers=analyst, timeout=30)
+        if found.status_code == 200 and found.json()["state"] == "terminated":
+            return
+        time.sleep(0.2)
+    log(f"enclave {enclave} not terminated after 30 s")
+
+
+def stop_sandbox(run_dir: Path, enclave: str) -> None:
+    """Stop the process enclave of ``enclave`` under ``run_dir`` if it still runs."""
+    from enclaves.sandbox import ProcessEnclave, SandboxPython  # noqa: PLC0415
+
+    sandbox = ProcessEnclave(uuid.UUID(enclave), run_dir, SandboxPython.current(), AGENT_DIR)
+    if sandbox.running:
+        log(f"stopping the process enclave of {enclave} left running")
+    sandbox.stop()
+
+
 def measure_first_log(workdir: Path, jobs: int) -> dict[str, Any]:
     """Submit-to-first-log-line of the example on ``sovereign dev``: a cold job, then warm ones."""
     if not (ROOT / "sovereign" / "api" / "v1_jobs.py").is_file():
@@ -550,6 +588,10 @@ def measure_first_log(workdir: Path, jobs: int) -> dict[str, Any]:
         log(f"sovereign dev ready on {dev.base}")
         enclave = running_enclave(dev)
         log(f"enclave {enclave} running")
+        # A process enclave outlives its control plane on purpose (jobs survive a restart):
+        # terminate the enclave through the API, and stop its sandbox whatever happened.
+        stack.callback(stop_sandbox, workdir / "run-dev", enclave)
+        stack.callback(terminate, dev, enclave)
         times: list[float] = []
         for i in range(jobs + 1):
             elapsed, job = first_log(dev, enclave, steps=20)
@@ -579,8 +621,8 @@ def parse_args() -> argparse.Namespace:
     """Command line options."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--steps", type=int, default=3000, help="training steps per run (3000)")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each kind (3)")
-    parser.add_argument("--vcpus", type=int, default=2, help="the process enclave's CPUs (2)")
+    parser.add_argument("--rounds", type=int, default=5, help="runs of each kind (5)")
+    parser.add_argument("--vcpus", type=int, default=1, help="the process enclave's CPUs (1)")
     parser.add_argument("--transfer-mib", type=int, default=64, help="input size in MiB (64)")
     parser.add_argument("--jobs", type=int, default=5, help="warm jobs for first_log_ms (5)")
     parser.add_argument("--parts", default=",".join(PARTS), help="which parts (all)")
