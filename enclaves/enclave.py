@@ -11,6 +11,15 @@ on the host and no other domain may hold a function of its IOMMU group:
 :class:`~enclaves.errors.GpuUnavailableError`), and what the test driver cannot do (its
 volumes are bookkeeping only, it has no secret store): those steps are simulated and say so.
 
+Images: when the plan names a catalog image whose files are in the control plane's image store
+(:class:`~enclaves.imagestore.ImageStore`, ``GuestSettings.image_dir``), the VOLUME step uploads
+the image's disk, kernel and initramfs into the host's pool once (``sovereign-image-<digest>.*``,
+each hashed as it streams and compared with the image's manifest, whose own hash is the
+catalog's checksum) and clones the enclave's LUKS volume from the disk; DEFINE boots the
+image's kernel and initramfs from the pool with the image's command line. A plan without an
+image, or whose image has no files in the store (catalog entries seeded without content),
+gets an empty LUKS volume and the configured kernel, and the step's note says so.
+
 Every refusal is an :class:`~enclaves.errors.EnclaveError`: a spec, designer or resource
 refusal (``ValueError``) of the planned enclave becomes
 :class:`~enclaves.errors.EnclaveRefusedError` here, once. It makes no isolation decision itself

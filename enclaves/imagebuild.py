@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -174,7 +175,11 @@ def cuda_recipe(cuda: str = "cu128") -> Recipe:
     and carry the CUDA runtime libraries; the kernel driver is Debian's ``nvidia-driver`` (from
     ``non-free``, built for the image's kernel by DKMS through ``nvidia-kernel-dkms`` and the
     kernel headers) and ``firmware-misc-nonfree``. Not built by the test suite.
+
+    :raises ValueError: if ``cuda`` is not a PyTorch CUDA tag such as ``cu128``.
     """
+    if not re.fullmatch(r"cu[0-9]{2,4}", cuda):
+        raise ValueError(f"a CUDA variant is a PyTorch wheel tag like cu128, got {cuda!r}")
     base = default_recipe()
     return Recipe(
         name=f"sovereign-debian12-torch-{cuda}",

@@ -6,7 +6,10 @@ so that a reconciler may repeat any step:
 * :class:`Volumes`: qcow2 volumes in one ``dir`` storage pool (created, built, started and
   marked autostart on first use), LUKS-encrypted through a libvirt secret when one is given
   (``<encryption format='luks'><secret type='passphrase'>``, see libvirt's storage
-  encryption documentation), wiped before deletion where the driver can.
+  encryption documentation), wiped before deletion where the driver can; approved image files
+  uploaded over a libvirt stream (``virStorageVolUpload``) once, hashed as they are sent and
+  recorded with their checksum, and enclave volumes cloned from them
+  (``virStorageVolCreateXMLFrom``).
 * :class:`Secrets`: ``<secret ephemeral='no' private='yes'>`` objects holding a LUKS
   passphrase (usage ``volume``) or a vTPM state key (usage ``vtpm``). Their values go to
   libvirt and nowhere else: never into a log line, an exception message or a return value.
@@ -114,6 +117,10 @@ class Volumes:
         self._pool_path = os.path.normpath(pool_path)
         # One thread defines the pool; others wait and find it.
         self._lock = threading.Lock()
+        # One upload at a time: two enclaves of one image must not replace each other's
+        # half-sent volume. (Workers in other processes can still race; the record check
+        # then finds a mismatch or a missing record and the step is retried.)
+        self._upload_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Volumes({self._host.uri!r}, {self._pool_name!r}, {self._pool_path!r})"
@@ -291,6 +298,12 @@ class Volumes:
         _check_name("volume", name)
         if capacity < 1:
             raise ValueError(f"capacity must be positive, got {capacity!r}")
+        with self._upload_lock:
+            return self._upload(name, source, sha256, fmt, capacity)
+
+    def _upload(
+        self, name: str, source: Path, sha256: str, fmt: VolumeFormat, capacity: int
+    ) -> str:
         pool = self._pool()
         record_name = f"{name}{_RECORD_SUFFIX}"
         volume = self._find(pool, name)

@@ -134,14 +134,21 @@ def images_import(  # noqa: PLR0917 - click passes the options by name
     "--max-label", required=True, help="Highest label it may run at: LEVEL or LEVEL:COMP,..."
 )
 @click.option("--no-import", is_flag=True, help="Only build (or find) the cached image.")
-def images_build(name: str | None, max_label: str, no_import: bool) -> None:
+@click.option(
+    "--cuda",
+    default=None,
+    metavar="TAG",
+    help="The production variant: PyTorch's CUDA build from its wheel index (e.g. cu128) and "
+    "Debian's NVIDIA driver. Needs that index and non-free; not built by the test suite.",
+)
+def images_build(name: str | None, max_label: str, no_import: bool, cuda: str | None) -> None:
     """Build the default guest image (cached by recipe digest) and import it."""
     from enclaves import imagebuild  # noqa: PLC0415
 
     try:
-        recipe = imagebuild.default_recipe()
+        recipe = imagebuild.cuda_recipe(cuda) if cuda else imagebuild.default_recipe()
         built = imagebuild.build(recipe)
-    except (imagebuild.ImageBuildError, OSError) as e:
+    except (imagebuild.ImageBuildError, OSError, ValueError) as e:
         _fail(str(e))
     click.echo(f"image {built.image} ({built.size >> 20} MiB), recipe {built.recipe_digest}")
     if no_import:

@@ -97,9 +97,10 @@ DEFAULTS: dict[str, Any] = {
     "ENCLAVE_MACHINE": None,
     "ENCLAVE_SECURITY_MODEL": "dac",
     "ENCLAVE_STOP_TIMEOUT_S": 30,
-    # The guest CPU model: None (QEMU's qemu64, no SSE4.2: numpy and PyTorch wheels refuse it),
-    # "host-passthrough" (KVM hosts) or "maximum" (TCG test hosts).
-    "ENCLAVE_CPU_MODE": None,
+    # The guest CPU model: "maximum" (every feature the accelerator offers: under KVM the same
+    # as "host-passthrough", under TCG all QEMU emulates), "host-passthrough", or None for
+    # QEMU's default qemu64, which lacks the SSE4.2 that the numpy and PyTorch wheels need.
+    "ENCLAVE_CPU_MODE": "maximum",
     # The content-addressed store of approved images (sovereign images import/build):
     # <sha256>.qcow2, .vmlinuz, .initrd and .json; None: <instance>/images.
     "IMAGE_DIR": None,

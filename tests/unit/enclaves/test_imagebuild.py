@@ -95,6 +95,11 @@ def test_the_cuda_variant_is_another_recipe_with_the_driver_and_the_cuda_wheels(
     assert cuda.digest() != imagebuild.default_recipe().digest()
 
 
+def test_the_cuda_tag_is_checked_before_it_reaches_a_url():
+    with pytest.raises(ValueError, match="cu128"):
+        imagebuild.cuda_recipe("cu128/../../evil")
+
+
 def test_agent_files_refuses_an_empty_agent_directory(tmp_path: Path):
     with pytest.raises(FileNotFoundError):
         imagebuild.agent_files(tmp_path, tmp_path / "unit")
