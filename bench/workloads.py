@@ -635,9 +635,11 @@ def wait_job(dev: DevStack, job: str) -> dict[str, Any]:
         time.sleep(0.2)
 
 
-def terminate(dev: DevStack, enclave: str) -> None:
-    """Terminate ``enclave`` through the API (its teardown stops its process enclave)."""
+def terminate(dev: DevStack, enclave: str, run_dir: Path) -> None:
+    """Terminate ``enclave`` through the API; wait until the job loop released its sandbox."""
     import requests  # noqa: PLC0415
+
+    from enclaves.sandbox import ProcessEnclave, SandboxPython  # noqa: PLC0415
 
     analyst = dev.headers("analyst-defence")
     r = requests.post(
@@ -650,9 +652,17 @@ def terminate(dev: DevStack, enclave: str) -> None:
     while time.monotonic() < deadline:
         found = requests.get(f"{dev.base}/api/v1/enclaves/{enclave}", headers=analyst, timeout=30)
         if found.status_code == 200 and found.json()["state"] == "terminated":
-            return
+            break
         time.sleep(0.2)
-    log(f"enclave {enclave} not terminated after 30 s")
+    else:
+        log(f"enclave {enclave} not terminated after 30 s")
+        return
+    # The job loop looks for enclaves that stopped running about once a second.
+    sandbox = ProcessEnclave(uuid.UUID(enclave), run_dir, SandboxPython.current(), AGENT_DIR)
+    terminated = time.monotonic()
+    while sandbox.running and time.monotonic() - terminated < 15:
+        time.sleep(0.1)
+    log(f"process enclave released {time.monotonic() - terminated:.1f} s after termination")
 
 
 def stop_sandbox(run_dir: Path, enclave: str) -> None:
@@ -680,7 +690,7 @@ def measure_first_log(workdir: Path, jobs: int) -> dict[str, Any]:
         # A process enclave outlives its control plane on purpose (jobs survive a restart):
         # terminate the enclave through the API, and stop its sandbox whatever happened.
         stack.callback(stop_sandbox, workdir / "run-dev", enclave)
-        stack.callback(terminate, dev, enclave)
+        stack.callback(terminate, dev, enclave, workdir / "run-dev")
         times: list[float] = []
         for i in range(jobs + 1):
             elapsed, job = first_log(dev, enclave, steps=20)
