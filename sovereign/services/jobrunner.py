@@ -70,6 +70,9 @@ log = logging.getLogger(__name__)
 LOG_CHUNK = 1 << 20
 #: Seconds between two looks for enclaves that stopped running (to release their agents).
 RELEASE_CHECK_S = 1.0
+#: Seconds past a job's max_runtime_s after which the runner stops waiting for the agent to end
+#: it (the agent kills it at its deadline; one that does not is misbehaving).
+OVERDUE_GRACE_S = 60
 #: Log chunks pulled per job and pass, so one chatty job does not hold the pass.
 LOG_CHUNKS_PER_PASS = 8
 
@@ -200,6 +203,9 @@ class JobRunner:
             self._stage(agent, job, report)
         if job.step is JobStep.STAGED:
             if job.cancel_requested:
+                # A runner may have started it and died before recording so: stop it first.
+                with contextlib.suppress(WorkloadError):
+                    agent.cancel(str(job.id))
                 self._finish(
                     job, JobState.CANCELLED, None, [], report, error="cancelled before it ran"
                 )
@@ -271,33 +277,50 @@ class JobRunner:
 
     def _poll(self, agent: AgentSession, job: Job, report: RunnerReport) -> None:
         name = str(job.id)
-        status = agent.cancel(name) if job.cancel_requested else agent.status(name)
+        overdue = self._overdue(job)
+        stop = job.cancel_requested or overdue
+        status = agent.cancel(name) if stop else agent.status(name)
         self._check_status(status)
         if status.state in ("unknown", "ready"):
             raise _JobFailedError(f"the agent no longer runs the job (it answers {status.state!r})")
-        self._pull_logs(agent, job, status, report)
+        exhausted = self._pull_logs(agent, job, status, report)
         final = status.terminal
         if final is None:
+            if overdue:
+                # The agent should have killed it at its deadline; it did not end it.
+                raise _JobFailedError("the job ran past its max_runtime_s and did not stop")
             return
-        if job.log_size < min(status.log_size, self._limits.max_log_bytes):
+        if not exhausted:
             return  # more log to pull first (next pass)
+        error = ""
+        if overdue and not job.cancel_requested and final is JobState.CANCELLED:
+            final, error = JobState.TIMED_OUT, "stopped by the runner past its max_runtime_s"
         outputs = self._collect(agent, job)
-        self._finish(job, final, status, outputs, report)
+        self._finish(job, final, status, outputs, report, error=error)
+
+    def _overdue(self, job: Job) -> bool:
+        """Whether the job runs well past its runtime bound (which the agent enforces)."""
+        if job.started_at is None:
+            return False
+        limit = job.manifest.max_runtime_s + OVERDUE_GRACE_S
+        return (self._clock() - job.started_at).total_seconds() > limit
 
     def _pull_logs(
         self, agent: AgentSession, job: Job, status: AgentJobStatus, report: RunnerReport
-    ) -> None:
+    ) -> bool:
+        """Pull and store new log bytes; whether the log is exhausted (all there is, up to
+        the limit, or the agent has no more to give, whatever size it claimed)."""
         name = str(job.id)
-        wanted = min(status.log_size, self._limits.max_log_bytes)
+        wanted = min(max(status.log_size, 0), self._limits.max_log_bytes)
         for _ in range(LOG_CHUNKS_PER_PASS):
             if job.log_size >= wanted:
-                return
+                return True
             limit = min(LOG_CHUNK, wanted - job.log_size)
             data = agent.logs(name, job.log_size, limit)
             if len(data) > limit:
                 raise WorkloadError(reason="the agent sent more log bytes than asked for")
             if not data:
-                return
+                return True
             with self._uow() as uow:
                 key = self._sealer.enclave_key(uow, job)
                 current = self._reload(uow, job)
@@ -312,6 +335,7 @@ class JobRunner:
             _copy(current, job)
             self._stepped("job:log")
             report.progressed = True
+        return job.log_size >= wanted
 
     def _collect(self, agent: AgentSession, job: Job) -> list[tuple[OutputFile, bytes]]:
         name = str(job.id)
