@@ -37,6 +37,7 @@ anywhere but its cache directory and a scratch directory inside it.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -296,8 +297,21 @@ def build(
             )
     if os.geteuid() != 0:
         raise ImageBuildError("building the guest image needs root (mmdebstrap root mode)")
-    started = time.monotonic()
     root.mkdir(parents=True, exist_ok=True)
+    # One build at a time per cache (two test sessions, or CI jobs sharing a runner): the
+    # second waits, then finds the first one's result.
+    with (root / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = cached(recipe, root)
+        if found is not None:
+            progress(f"cached (built meanwhile): {found.directory}")
+            return found
+        return _build(recipe, root, progress)
+
+
+def _build(recipe: Recipe, root: Path, progress: Progress) -> BuiltImage:
+    """Build ``recipe`` into ``root`` (the caller holds the cache's lock)."""
+    started = time.monotonic()
     base = _base(recipe, root, progress)
     digest = recipe.digest()
     directory = root / digest
