@@ -189,6 +189,30 @@ class VcpuConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CpuConfig:
+    """``<cpu mode=... check='none'>``: the guest's CPU model (libvirt's CPU model docs).
+
+    ``host-passthrough`` under KVM, ``maximum`` under TCG (every feature QEMU can emulate).
+    """
+
+    mode: str
+
+    def to_xml(self) -> ElementTree.Element:
+        """Build ``<cpu mode=... check='none'/>``."""
+        return ElementTree.Element("cpu", mode=self.mode, check="none")
+
+    @classmethod
+    def parse(cls, element: ElementTree.Element) -> Self:
+        """Read ``<cpu>``.
+
+        :raises ValueError: if it has no ``mode`` or has children.
+        """
+        _expect(element, "cpu")
+        _only_children(element, ())
+        return cls(mode=_attr(element, "mode"))
+
+
+@dataclass(frozen=True, slots=True)
 class OsConfig:
     """``<os>``: ``<type>hvm</type>`` plus either direct kernel boot or ``<boot dev=...>``."""
 
@@ -725,6 +749,7 @@ _DOMAIN_CHILDREN = (
     "metadata",
     "memory",
     "vcpu",
+    "cpu",
     "os",
     "features",
     *_LIFECYCLE_ACTIONS,
@@ -752,6 +777,7 @@ class DomainConfig:
     on_poweroff: str | None = None
     on_reboot: str | None = None
     on_crash: str | None = None
+    cpu: CpuConfig | None = None
 
     def to_xml(self) -> ElementTree.Element:
         """Build the ``<domain>`` element, children in libvirt's own order."""
@@ -764,6 +790,8 @@ class DomainConfig:
         domain.append(self.vcpu.to_xml())
         domain.append(self.os.to_xml())
         domain.append(self.features.to_xml())
+        if self.cpu is not None:
+            domain.append(self.cpu.to_xml())
         for action in _LIFECYCLE_ACTIONS:
             value = getattr(self, action)
             if value is not None:
@@ -793,6 +821,7 @@ class DomainConfig:
             devices.append(parser.parse(device))
         metadata = element.find("metadata")
         pm = element.find("pm")
+        cpu = element.find("cpu")
         lifecycle = {action: element.find(action) for action in _LIFECYCLE_ACTIONS}
         return cls(
             type=_attr(element, "type"),
@@ -804,6 +833,7 @@ class DomainConfig:
             os=OsConfig.parse(_child(element, "os")),
             features=FeaturesConfig.parse(_child(element, "features")),
             pm=None if pm is None else PmConfig.parse(pm),
+            cpu=None if cpu is None else CpuConfig.parse(cpu),
             on_poweroff=_optional_text(lifecycle["on_poweroff"]),
             on_reboot=_optional_text(lifecycle["on_reboot"]),
             on_crash=_optional_text(lifecycle["on_crash"]),

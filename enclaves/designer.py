@@ -111,6 +111,7 @@ def design(
         vcpu=config.VcpuConfig(count=spec.vcpus),
         os=_os(spec, machine),
         features=config.FeaturesConfig(acpi=True, apic=True),
+        cpu=None if spec.cpu_mode is None else config.CpuConfig(mode=spec.cpu_mode),
         # Suspend to disk would write the guest's memory to the host in clear.
         pm=config.PmConfig(suspend_to_mem=False, suspend_to_disk=False),
         on_poweroff="destroy",

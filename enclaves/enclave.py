@@ -11,6 +11,15 @@ on the host and no other domain may hold a function of its IOMMU group:
 :class:`~enclaves.errors.GpuUnavailableError`), and what the test driver cannot do (its
 volumes are bookkeeping only, it has no secret store): those steps are simulated and say so.
 
+Images: when the plan names a catalog image whose files are in the control plane's image store
+(:class:`~enclaves.imagestore.ImageStore`, ``GuestSettings.image_dir``), the VOLUME step uploads
+the image's disk, kernel and initramfs into the host's pool once (``sovereign-image-<digest>.*``,
+each hashed as it streams and compared with the image's manifest, whose own hash is the
+catalog's checksum) and clones the enclave's LUKS volume from the disk; DEFINE boots the
+image's kernel and initramfs from the pool with the image's command line. A plan without an
+image, or whose image has no files in the store (catalog entries seeded without content),
+gets an empty LUKS volume and the configured kernel, and the step's note says so.
+
 Every refusal is an :class:`~enclaves.errors.EnclaveError`: a spec, designer or resource
 refusal (``ValueError``) of the planned enclave becomes
 :class:`~enclaves.errors.EnclaveRefusedError` here, once. It makes no isolation decision itself
@@ -32,6 +41,7 @@ from enclaves import designer
 from enclaves.errors import EnclaveRefusedError, GpuUnavailableError
 from enclaves.guest import DomainStatus, Guests
 from enclaves.host import HostIdentity, LibvirtHost
+from enclaves.imagestore import ImageStore, StoredImage, check_qcow2
 from enclaves.inventory import HostInventory, inventory
 from enclaves.plan import EnclavePlan
 from enclaves.resources import Networks, Secrets, Volumes
@@ -49,6 +59,15 @@ log = logging.getLogger(__name__)
 
 #: Name of the libvirt storage pool holding enclave volumes on every host.
 POOL_NAME = "sovereign-enclaves"
+#: Prefix of the pool volumes holding approved images (``<prefix><digest>.qcow2`` and the
+#: ``.vmlinuz`` / ``.initrd`` of direct kernel boot): uploaded once per host, never booted
+#: directly, only cloned.
+IMAGE_VOLUME_PREFIX = "sovereign-image-"
+
+
+def image_volume(image: StoredImage, suffix: str) -> str:
+    """The pool volume name of one file of ``image`` (``qcow2``, ``vmlinuz`` or ``initrd``)."""
+    return f"{IMAGE_VOLUME_PREFIX}{image.digest}.{suffix}"
 
 
 def secret_uuid(enclave_id: uuid.UUID, usage: str) -> uuid.UUID:
@@ -95,6 +114,12 @@ class GuestSettings:
     stop_timeout_s: float = 30.0
     #: How long opening a connection may take before the host counts as unavailable.
     connect_timeout_s: float = 10.0
+    #: The control plane's image store (:class:`~enclaves.imagestore.ImageStore`); None: no
+    #: images with content, enclave disks start empty.
+    image_dir: str | None = None
+    #: ``<cpu mode=...>``: ``host-passthrough`` (KVM) or ``maximum`` (TCG); None: QEMU's
+    #: default model (qemu64), which lacks the SSE4.2 that numpy and PyTorch wheels need.
+    cpu_mode: str | None = None
 
 
 @contextlib.contextmanager
@@ -226,12 +251,64 @@ class HostedEnclave:
             # LUKS volume with: its volumes are bookkeeping only.
             path = host.volumes.create(plan.domain_name, 1, luks_secret_uuid=None)
             return f"simulated volume {path} ({plan.disk_gib} GiB asked; test driver)"
-        path = host.volumes.create(
+        image = self._image()
+        if image is None:
+            path = host.volumes.create(
+                plan.domain_name,
+                plan.disk_gib,
+                luks_secret_uuid=secret_uuid(plan.enclave_id, "luks"),
+            )
+            return f"LUKS qcow2 volume {path}, {plan.disk_gib} GiB (empty: {self._no_image()})"
+        base = self._upload(image)
+        path = host.volumes.clone(
             plan.domain_name,
+            base,
             plan.disk_gib,
             luks_secret_uuid=secret_uuid(plan.enclave_id, "luks"),
         )
-        return f"LUKS qcow2 volume {path}, {plan.disk_gib} GiB"
+        assert plan.image is not None
+        return (
+            f"LUKS qcow2 volume {path}, {plan.disk_gib} GiB, cloned from image "
+            f"{plan.image.name} ({image.checksum}, verified on upload)"
+        )
+
+    def _no_image(self) -> str:
+        if self._plan.image is None:
+            return "no image in the plan"
+        if self._settings.image_dir is None:
+            return "no image store configured"
+        return f"image {self._plan.image.name} has no files in the image store"
+
+    def _image(self) -> StoredImage | None:
+        """The plan's image from the image store, None when it has no files there.
+
+        :raises EnclaveError: if the store's manifest does not match the catalog's checksum.
+        """
+        image, directory = self._plan.image, self._settings.image_dir
+        if image is None or directory is None:
+            return None
+        return ImageStore(directory).find(image.checksum)
+
+    def _upload(self, image: StoredImage) -> str:
+        """Upload the image's files into the host's pool once, verified; return the disk's
+        volume name."""
+        volumes = self._host.volumes
+        for entry, suffix, fmt in (
+            (image.disk, "qcow2", "qcow2"),
+            (image.kernel, "vmlinuz", "raw"),
+            (image.initrd, "initrd", "raw"),
+        ):
+            if entry is None:
+                continue
+            capacity = check_qcow2(entry.path) if fmt == "qcow2" else entry.size
+            volumes.upload(
+                image_volume(image, suffix),
+                entry.path,
+                sha256=entry.sha256,
+                fmt="qcow2" if fmt == "qcow2" else "raw",
+                capacity=capacity,
+            )
+        return image_volume(image, "qcow2")
 
     def _define_secrets(self, keys: EnclaveKeys | None) -> str:
         plan, host = self._plan, self._host
@@ -254,7 +331,9 @@ class HostedEnclave:
         return "libvirt secrets for the LUKS volume and the vTPM state defined (private)"
 
     def _volume_path(self) -> str:
-        name = self._plan.domain_name
+        return self._pool_volume_path(self._plan.domain_name)
+
+    def _pool_volume_path(self, name: str) -> str:
         return self._host.volumes.path(name) or str(Path(self._settings.pool_path) / name)
 
     def _check_gpus(self) -> None:
@@ -281,7 +360,16 @@ class HostedEnclave:
     def _spec(self) -> EnclaveSpec:
         plan, settings = self._plan, self._settings
         boot: DirectKernel | ImageBoot = ImageBoot()
-        if settings.kernel and settings.initrd:
+        image = None if self._host.simulated else self._image()
+        if image is not None:
+            if image.kernel is not None and image.initrd is not None:
+                # The image's own kernel and initramfs, from the pool they were uploaded to.
+                boot = DirectKernel(
+                    self._pool_volume_path(image_volume(image, "vmlinuz")),
+                    self._pool_volume_path(image_volume(image, "initrd")),
+                    image.cmdline,
+                )
+        elif settings.kernel and settings.initrd:
             boot = DirectKernel(settings.kernel, settings.initrd, settings.cmdline)
         isolated = settings.network == "isolated"
         return EnclaveSpec(
@@ -302,6 +390,7 @@ class HostedEnclave:
             label=plan.label,
             classified=plan.classified,
             domain_type="qemu" if plan.domain_type == "qemu" else "kvm",
+            cpu_mode=settings.cpu_mode,
             boot=boot,
             serial_log=self.console_path,
         )

@@ -28,3 +28,17 @@ class EnclavePlan:
     #: The enclave's security label as text (recorded in the domain's metadata).
     label: str
     classified: bool
+    #: The approved image the enclave's disk is cloned from, None for an empty disk.
+    image: PlanImage | None = None
+
+
+@dataclass(frozen=True)
+class PlanImage:
+    """The catalog's image of an enclave: its name and checksum (``sha256:<hex>``).
+
+    The host side finds the image's files by the checksum in its image store
+    (:class:`enclaves.imagestore.ImageStore`) and verifies them before use.
+    """
+
+    name: str
+    checksum: str

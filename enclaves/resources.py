@@ -6,7 +6,10 @@ so that a reconciler may repeat any step:
 * :class:`Volumes`: qcow2 volumes in one ``dir`` storage pool (created, built, started and
   marked autostart on first use), LUKS-encrypted through a libvirt secret when one is given
   (``<encryption format='luks'><secret type='passphrase'>``, see libvirt's storage
-  encryption documentation), wiped before deletion where the driver can.
+  encryption documentation), wiped before deletion where the driver can; approved image files
+  uploaded over a libvirt stream (``virStorageVolUpload``) once, hashed as they are sent and
+  recorded with their checksum, and enclave volumes cloned from them
+  (``virStorageVolCreateXMLFrom``).
 * :class:`Secrets`: ``<secret ephemeral='no' private='yes'>`` objects holding a LUKS
   passphrase (usage ``volume``) or a vTPM state key (usage ``vtpm``). Their values go to
   libvirt and nowhere else: never into a log line, an exception message or a return value.
@@ -28,9 +31,12 @@ raises :class:`~enclaves.errors.UnsupportedError`.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import threading
 import uuid
+from pathlib import Path
 from typing import Any, Literal
 from xml.etree import ElementTree
 
@@ -46,6 +52,11 @@ from enclaves.errors import (
 from enclaves.host import LibvirtHost, _translate
 
 SecretUsage = Literal["volume", "vtpm"]
+VolumeFormat = Literal["qcow2", "raw"]
+#: The companion volume recording a verified upload's checksum: ``<volume>.sha256``.
+_RECORD_SUFFIX = ".sha256"
+_RECORD_MAX = 128
+_STREAM_BLOCK = 1 << 20
 _SECRET_USAGES: tuple[str, ...] = ("volume", "vtpm")
 #: The element naming a secret's usage id inside ``<usage type=...>``, per usage type.
 _USAGE_ID_ELEMENT = {"volume": "volume", "vtpm": "name"}
@@ -106,6 +117,10 @@ class Volumes:
         self._pool_path = os.path.normpath(pool_path)
         # One thread defines the pool; others wait and find it.
         self._lock = threading.Lock()
+        # One upload at a time: two enclaves of one image must not replace each other's
+        # half-sent volume. (Workers in other processes can still race; the record check
+        # then finds a mismatch or a missing record and the step is retried.)
+        self._upload_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Volumes({self._host.uri!r}, {self._pool_name!r}, {self._pool_path!r})"
@@ -183,12 +198,20 @@ class Volumes:
         except VolumeNotFoundError:
             return None
 
-    def _volume_xml(self, name: str, capacity_gib: int, secret_uuid: uuid.UUID | None) -> str:
-        """``<volume>`` for a qcow2 file, with LUKS ``<encryption>`` when a secret is given."""
+    def _volume_xml(
+        self,
+        name: str,
+        capacity_gib: int,
+        secret_uuid: uuid.UUID | None,
+        *,
+        capacity: int | None = None,
+    ) -> str:
+        """``<volume>`` for a qcow2 file, with LUKS ``<encryption>`` when a secret is given
+        (``capacity`` in bytes overrides ``capacity_gib``)."""
         volume = ElementTree.Element("volume")
         ElementTree.SubElement(volume, "name").text = name
         ElementTree.SubElement(volume, "capacity", unit="bytes").text = str(
-            capacity_gib * _BYTES_PER_GIB
+            capacity if capacity is not None else capacity_gib * _BYTES_PER_GIB
         )
         target = ElementTree.SubElement(volume, "target")
         ElementTree.SubElement(target, "format", type="qcow2")
@@ -232,8 +255,9 @@ class Volumes:
             )
         return str(path)
 
-    def _create(self, pool: Any, xml: str) -> Any:
-        """Create the volume described by ``xml`` in ``pool`` and return it.
+    def _create(self, pool: Any, xml: str, *, source: Any = None) -> Any:
+        """Create the volume described by ``xml`` in ``pool`` (from the volume ``source``,
+        when given) and return it.
 
         :raises EnclaveError: if libvirt refuses, unless the volume appeared concurrently.
         """
@@ -243,6 +267,8 @@ class Volumes:
             attempts_left -= 1
             try:
                 with _translate(f"creating volume {name} in pool {self._pool_name}"):
+                    if source is not None:
+                        return pool.createXMLFrom(xml, source, 0)
                     return pool.createXML(xml, 0)
             except EnclaveError as exc:
                 # "storage vol already exists": created concurrently, which is as good.
@@ -251,6 +277,192 @@ class Volumes:
                     return volume
                 if _QEMU_PBKDF_TIMING_FLAKE not in exc.message or attempts_left == 0:
                     raise
+
+    def upload(
+        self, name: str, source: Path, *, sha256: str, fmt: VolumeFormat, capacity: int
+    ) -> str:
+        """Put the file ``source`` into the pool as the volume ``name``, once, verified.
+
+        The bytes go over a libvirt stream (``virStorageVolUpload``, so remote hosts work
+        alike) and are hashed as they are sent; a mismatch with ``sha256`` deletes the volume.
+        A verified upload is recorded in a small companion volume ``<name>.sha256`` holding
+        the checksum. A later call finds the record and does nothing; a volume without a
+        record (an interrupted upload) is replaced; a volume whose record names another
+        checksum is refused.
+
+        :raises ValueError: if ``name`` is not a plain file name or ``capacity`` is not positive.
+        :raises HypervisorUnavailableError: if the host cannot be reached.
+        :raises EnclaveError: if the pool volume records another checksum, the bytes sent do
+            not hash to ``sha256``, or libvirt refuses a step.
+        """
+        _check_name("volume", name)
+        if capacity < 1:
+            raise ValueError(f"capacity must be positive, got {capacity!r}")
+        with self._upload_lock:
+            return self._upload(name, source, sha256, fmt, capacity)
+
+    def _upload(
+        self, name: str, source: Path, sha256: str, fmt: VolumeFormat, capacity: int
+    ) -> str:
+        pool = self._pool()
+        record_name = f"{name}{_RECORD_SUFFIX}"
+        volume = self._find(pool, name)
+        record = self._find(pool, record_name)
+        recorded = None if record is None else self._download_text(record, record_name)
+        if volume is not None and recorded == sha256:
+            with _translate(f"reading the path of volume {name} in pool {self._pool_name}"):
+                return str(volume.path())
+        if volume is not None and recorded is not None:
+            raise EnclaveError(
+                f"volume {name} in pool {self._pool_name} records checksum {recorded!r}, "
+                f"not {sha256}; refusing to use it"
+            )
+        # No record: nothing, or an upload that did not finish. Start over.
+        for stale in (record_name, name):
+            self.delete(stale)
+        volume = self._create(pool, self._plain_volume_xml(name, capacity, fmt))
+        sent = self._send(volume, name, source)
+        if sent != sha256:
+            self.delete(name)
+            raise EnclaveError(
+                f"the bytes uploaded to volume {name} in pool {self._pool_name} do not match "
+                f"the image's checksum: expected {sha256}, sent {sent}"
+            )
+        record = self._create(pool, self._plain_volume_xml(record_name, len(sha256) + 1, "raw"))
+        self._send_bytes(record, record_name, f"{sha256}\n".encode())
+        with _translate(f"refreshing pool {self._pool_name}"):
+            # libvirt probes the uploaded file again: its format and virtual size.
+            pool.refresh(0)
+        volume = self._find(pool, name)
+        if volume is None:
+            raise EnclaveError(f"volume {name} vanished from pool {self._pool_name}")
+        with _translate(f"describing volume {name} in pool {self._pool_name}"):
+            xml, path = volume.XMLDesc(0), volume.path()
+        found = _parse(xml).find("target/format")
+        if found is None or found.get("type") != fmt:
+            self.delete(name)
+            self.delete(record_name)
+            raise EnclaveError(
+                f"volume {name} in pool {self._pool_name} reads as "
+                f"{None if found is None else found.get('type')!r} after upload, not {fmt!r}"
+            )
+        return str(path)
+
+    def clone(
+        self,
+        name: str,
+        source: str,
+        capacity_gib: int,
+        *,
+        luks_secret_uuid: uuid.UUID,
+    ) -> str:
+        """Create the LUKS-encrypted qcow2 volume ``name`` from the pool volume ``source``.
+
+        ``virStorageVolCreateXMLFrom``: libvirt converts the source (``qemu-img convert``)
+        into a new qcow2 file whose LUKS header it formats with the ``volume`` secret, then
+        grows it to ``capacity_gib`` if the source is smaller. An existing ``name`` is kept
+        if it is encrypted (the clone finished, or this step is repeated).
+
+        :raises ValueError: if a name is not a plain file name or ``capacity_gib`` is not a
+            positive integer.
+        :raises HypervisorUnavailableError: if the host cannot be reached.
+        :raises EnclaveError: if ``source`` is missing, an existing ``name`` is not
+            encrypted, or libvirt refuses.
+        """
+        _check_name("volume", name)
+        _check_name("volume", source)
+        if isinstance(capacity_gib, bool) or not isinstance(capacity_gib, int) or capacity_gib < 1:
+            raise ValueError(f"capacity_gib must be a positive integer, got {capacity_gib!r}")
+        pool = self._pool()
+        volume = self._find(pool, name)
+        if volume is None:
+            base = self._find(pool, source)
+            if base is None:
+                raise VolumeNotFoundError(f"no volume {source} in pool {self._pool_name}")
+            with _translate(f"reading the size of volume {source} in pool {self._pool_name}"):
+                base_capacity = int(base.info()[1])
+            capacity = max(capacity_gib * _BYTES_PER_GIB, base_capacity)
+            xml = self._volume_xml(name, capacity_gib, luks_secret_uuid, capacity=base_capacity)
+            volume = self._create(pool, xml, source=base)
+            if capacity > base_capacity:
+                with _translate(f"growing volume {name} in pool {self._pool_name}"):
+                    volume.resize(capacity, 0)
+        with _translate(f"describing volume {name} in pool {self._pool_name}"):
+            xml, path = volume.XMLDesc(0), volume.path()
+        if _parse(xml).find("target/encryption") is None:
+            raise EnclaveError(
+                f"volume {name} in pool {self._pool_name} already exists without encryption"
+            )
+        return str(path)
+
+    def _plain_volume_xml(self, name: str, capacity: int, fmt: VolumeFormat) -> str:
+        """``<volume>`` of ``capacity`` bytes in ``fmt``, root-only, never encrypted."""
+        volume = ElementTree.Element("volume")
+        ElementTree.SubElement(volume, "name").text = name
+        ElementTree.SubElement(volume, "capacity", unit="bytes").text = str(capacity)
+        # Nothing preallocated: the upload writes every byte.
+        ElementTree.SubElement(volume, "allocation", unit="bytes").text = "0"
+        target = ElementTree.SubElement(volume, "target")
+        ElementTree.SubElement(target, "format", type=fmt)
+        permissions = ElementTree.SubElement(target, "permissions")
+        ElementTree.SubElement(permissions, "mode").text = "0600"
+        return config.to_string(volume)
+
+    def _send(self, volume: Any, name: str, source: Path) -> str:
+        """Stream the file ``source`` into ``volume``; return the SHA-256 of what was sent."""
+        digest = hashlib.sha256()
+        size = source.stat().st_size
+        with source.open("rb") as handle:
+
+            def chunk(_stream: Any, nbytes: int, _opaque: Any) -> bytes:
+                block = handle.read(min(nbytes, _STREAM_BLOCK))
+                digest.update(block)
+                return block
+
+            self._stream(volume, name, size, lambda stream: stream.sendAll(chunk, None))
+        return digest.hexdigest()
+
+    def _send_bytes(self, volume: Any, name: str, data: bytes) -> None:
+        """Stream ``data`` into ``volume``."""
+        self._stream(volume, name, len(data), lambda stream: stream.send(data))
+
+    def _stream(self, volume: Any, name: str, size: int, send: Any) -> None:
+        conn = self._host.connect()
+        where = f"uploading to volume {name} in pool {self._pool_name}"
+        with _translate(where):
+            stream = conn.newStream(0)
+        try:
+            with _translate(where):
+                volume.upload(stream, 0, size, 0)
+                send(stream)
+                stream.finish()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                stream.abort()
+            raise
+
+    def _download_text(self, volume: Any, name: str) -> str:
+        """The first bytes of a small record volume, as stripped text ('' if unreadable)."""
+        conn = self._host.connect()
+        where = f"reading volume {name} in pool {self._pool_name}"
+        received = bytearray()
+
+        def sink(_stream: Any, data: bytes, _opaque: Any) -> int:
+            received.extend(data[: _RECORD_MAX - len(received)])
+            return len(data)
+
+        with _translate(where):
+            stream = conn.newStream(0)
+        try:
+            with _translate(where):
+                volume.download(stream, 0, 0, 0)  # 0: to the end
+                stream.recvAll(sink, None)
+                stream.finish()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                stream.abort()
+            raise
+        return received.decode("ascii", "replace").strip()
 
     def delete(self, name: str) -> None:
         """Wipe (where the driver can) and delete the volume ``name``; an absent one is fine.

@@ -41,6 +41,8 @@ _PCI_LIMITS = {"domain": 0xFFFF, "bus": 0xFF, "slot": 0x1F, "function": 0x7}
 DomainType = Literal["kvm", "qemu"]
 DiskFormat = Literal["qcow2", "raw"]
 _DOMAIN_TYPES: tuple[str, ...] = ("kvm", "qemu")
+#: CPU models an enclave may get: the host's own (KVM) or everything QEMU emulates (TCG).
+CPU_MODES: tuple[str, ...] = ("host-passthrough", "maximum")
 _DISK_FORMATS: tuple[str, ...] = ("qcow2", "raw")
 
 
@@ -172,6 +174,8 @@ class EnclaveSpec:
     serial_log: str
     allow_graphics: bool = False
     allow_usb: bool = False
+    #: ``<cpu mode=...>``: one of :data:`CPU_MODES`, or None for QEMU's default model.
+    cpu_mode: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -190,6 +194,8 @@ class EnclaveSpec:
             raise ValueError(
                 f"domain_type must be one of {_DOMAIN_TYPES}, got {self.domain_type!r}"
             )
+        if self.cpu_mode is not None and self.cpu_mode not in CPU_MODES:
+            raise ValueError(f"cpu_mode must be one of {CPU_MODES}, got {self.cpu_mode!r}")
         if not isinstance(self.boot, ImageBoot | DirectKernel):
             raise TypeError(f"boot must be ImageBoot or DirectKernel, got {self.boot!r}")
         _require_absolute("serial log path", self.serial_log)

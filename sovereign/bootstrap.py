@@ -247,11 +247,16 @@ def _checked_uri(uri: str, settings: Settings) -> str:
 def build_hypervisor(config: Settings | Mapping[str, Any]) -> Hypervisor:
     """The libvirt hypervisor adapter laid out by the ENCLAVE_* settings (connects lazily)."""
     settings = Settings.of(config)
+    from enclaves.spec import CPU_MODES  # noqa: PLC0415
     from sovereign.adapters.hypervisor import GuestSettings, LibvirtHypervisor  # noqa: PLC0415
 
     network = settings.enclave_network
     if network not in ("isolated", "none"):
         raise ConfigurationError(reason="ENCLAVE_NETWORK must be 'isolated' or 'none'")
+    if settings.enclave_cpu_mode not in (None, *CPU_MODES):
+        raise ConfigurationError(
+            reason=f"ENCLAVE_CPU_MODE must be one of {', '.join(CPU_MODES)} or unset"
+        )
     return LibvirtHypervisor(
         GuestSettings(
             pool_path=settings.enclave_pool_path,
@@ -264,6 +269,8 @@ def build_hypervisor(config: Settings | Mapping[str, Any]) -> Hypervisor:
             security_model=settings.enclave_security_model,
             stop_timeout_s=settings.enclave_stop_timeout_s,
             connect_timeout_s=settings.hypervisor_connect_timeout_s,
+            image_dir=settings.image_dir,
+            cpu_mode=settings.enclave_cpu_mode,
         ),
         uri_policy(settings),
     )

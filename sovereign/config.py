@@ -97,6 +97,13 @@ DEFAULTS: dict[str, Any] = {
     "ENCLAVE_MACHINE": None,
     "ENCLAVE_SECURITY_MODEL": "dac",
     "ENCLAVE_STOP_TIMEOUT_S": 30,
+    # The guest CPU model: "maximum" (every feature the accelerator offers: under KVM the same
+    # as "host-passthrough", under TCG all QEMU emulates), "host-passthrough", or None for
+    # QEMU's default qemu64, which lacks the SSE4.2 that the numpy and PyTorch wheels need.
+    "ENCLAVE_CPU_MODE": "maximum",
+    # The content-addressed store of approved images (sovereign images import/build):
+    # <sha256>.qcow2, .vmlinuz, .initrd and .json; None: <instance>/images.
+    "IMAGE_DIR": None,
     # The reconciler: seconds between passes, how long a worker's claim on an enclave lasts,
     # how often a step is retried before the enclave fails, and whether `sovereign dev` /
     # the app runs it in-process (the embedded default does; production runs `sovereign worker`).
@@ -234,7 +241,11 @@ def load(app: Flask, overrides: Mapping[str, Any] | None = None, *, check: bool 
         app.config["AUDIT_KEYS_PATH"] = str(
             Path(app.config["AUDIT_WITNESS_PATH"]).with_name("audit-keys.txt")
         )
-    for key, folder in (("ENCLAVE_POOL_PATH", "enclaves"), ("ENCLAVE_CONSOLE_DIR", "consoles")):
+    for key, folder in (
+        ("ENCLAVE_POOL_PATH", "enclaves"),
+        ("ENCLAVE_CONSOLE_DIR", "consoles"),
+        ("IMAGE_DIR", "images"),
+    ):
         if app.config[key] is None:
             app.config[key] = str(instance / folder)
     if app.config["HYPERVISOR_TRANSPORTS"] is None:

@@ -90,6 +90,8 @@ class Settings:
     enclave_machine: str | None
     enclave_security_model: str
     enclave_stop_timeout_s: float
+    enclave_cpu_mode: str | None
+    image_dir: str | None
     # Reconciler.
     reconciler_interval_s: float
     reconciler_claim_ttl_s: int
@@ -204,6 +206,8 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
     "enclave_network": str,
     "enclave_cmdline": lambda value: str(value or ""),
     "enclave_stop_timeout_s": float,
+    "enclave_cpu_mode": _optional_str,
+    "image_dir": _optional_str,
     "reconciler_interval_s": float,
     "reconciler_claim_ttl_s": int,
     "reconciler_max_attempts": int,

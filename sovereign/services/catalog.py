@@ -6,19 +6,23 @@ the idempotent bootstrap that creates tenants and images from a definition file.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sovereign.domain.identity import Role
 from sovereign.domain.keys import RESERVED_DOMAINS
-from sovereign.domain.labels import LabelScheme
+from sovereign.domain.labels import Label, LabelScheme
 from sovereign.domain.tenants import Image, Resources, Tenant, TenantKind
-from sovereign.errors import InvalidInputError
+from sovereign.errors import ConflictError, InvalidInputError
 from sovereign.services.ports import UnitOfWorkFactory
 from sovereign.services.recording import CallContext, Clock, Recorder, utcnow
 
 ALL_TENANT_READERS = frozenset({Role.OFFICER, Role.AUDITOR, Role.OPERATOR})
+_IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: The image store's checksums: SHA-256 of the image's manifest (enclaves.imagestore).
+_CHECKSUM = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 class CatalogService:
@@ -44,6 +48,60 @@ class CatalogService:
         del ctx  # every authenticated user may read the catalog
         with self._uow(readonly=True) as uow:
             return uow.images.list()
+
+    def import_image(
+        self,
+        ctx: CallContext,
+        *,
+        name: str,
+        checksum: str,
+        max_label: Label,
+        image_format: str = "qcow2",
+        description: str = "",
+    ) -> Image:
+        """Add an image whose files are in the image store to the catalog (``image:import``).
+
+        Importing the same name and checksum again returns the existing entry; a name already
+        used with another checksum is refused (an approved image never changes under its
+        name: import the new one under a new name).
+
+        :raises InvalidInputError: if the name or checksum is malformed.
+        :raises ConflictError: if the name exists with another checksum.
+        """
+        if not _IMAGE_NAME.fullmatch(name):
+            raise InvalidInputError(
+                reason=f"image name must be 1-64 letters, digits, '.', '_' or '-', got {name!r}"
+            )
+        if not _CHECKSUM.fullmatch(checksum):
+            raise InvalidInputError(reason=f"image checksum must be sha256:<hex>, got {checksum!r}")
+        with self._uow() as uow:
+            existing = uow.images.get(name)
+            if existing is not None:
+                if existing.checksum != checksum:
+                    raise ConflictError(
+                        reason=f"image {name!r} exists with checksum {existing.checksum}; "
+                        f"import {checksum} under another name"
+                    )
+                return existing
+            image = Image(
+                id=uuid.uuid4(),
+                name=name,
+                format=image_format,
+                checksum=checksum,
+                max_label=max_label,
+                description=description,
+            )
+            uow.images.add(image)
+            self._recorder.record(
+                uow,
+                ctx,
+                "image:import",
+                f"image/{name}",
+                label=max_label,
+                details={"checksum": checksum, "format": image_format},
+            )
+            uow.commit()
+        return image
 
     def bootstrap(self, ctx: CallContext, definition: Mapping[str, Any]) -> list[str]:
         """Create the tenants and images in ``definition`` that do not exist yet.

@@ -22,6 +22,7 @@ from typing import Any, Generic, Protocol, Self, TypeVar
 from audit import AuditStore, StoredEvent
 from enclaves.inventory import GpuDevice
 from enclaves.plan import EnclavePlan as HostPlan
+from enclaves.plan import PlanImage
 from enclaves.steps import ProvisionStep, TeardownStep
 from sovereign.domain.actions import ActionState, DualAction
 from sovereign.domain.fleet import Enclave, Gpu, Host, HostIdentity
@@ -458,7 +459,7 @@ class DomainFacts:
     enclave_id: uuid.UUID | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EnclavePlan(HostPlan):
     """Everything the hypervisor side needs to build or tear down one enclave: the enclave as
     :class:`enclaves.plan.EnclavePlan` describes it, plus the libvirt URI of its host."""
@@ -471,6 +472,9 @@ def plan_for(uow: UnitOfWork, enclave: Enclave) -> EnclavePlan:
     host = uow.hosts.get(enclave.host)
     assert host is not None, "foreign key guarantees the host"
     gpus = {gpu.address: gpu for gpu in uow.gpus.list(enclave.host)}
+    # The enclave is its request's (same id); the image is the catalog's entry it named.
+    request = uow.requests.get(enclave.id)
+    image = None if request is None else uow.images.get(request.image)
     return EnclavePlan(
         enclave_id=enclave.id,
         uri=host.uri,
@@ -492,6 +496,7 @@ def plan_for(uow: UnitOfWork, enclave: Enclave) -> EnclavePlan:
         ),
         label=str(enclave.label),
         classified=enclave.classified,
+        image=None if image is None else PlanImage(name=image.name, checksum=image.checksum),
     )
 
 

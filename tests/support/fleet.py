@@ -103,6 +103,7 @@ class Fleet:
         memory_mib: int = 8192,
         disk_gib: int = 20,
         approve_last: bool = True,
+        image: str | None = None,
     ) -> uuid.UUID:
         """File a request and have it approved (two officers when classified; the second
         one only if ``approve_last``)."""
@@ -112,7 +113,7 @@ class Fleet:
             label=label,
             resources=Resources(vcpus=vcpus, memory_mib=memory_mib, gpus=gpus, disk_gib=disk_gib),
             gpu_model="H100-SXM5-80GB" if gpus else None,
-            image="ubuntu-24.04-research" if civilian else "debian-12-cuda",
+            image=image or ("ubuntu-24.04-research" if civilian else "debian-12-cuda"),
             purpose="test",
             lease_hours=lease_hours,
         )

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
-BENCHMARKS = ("api", "audit", "enclaves", "keys", "placement")
+BENCHMARKS = ("api", "audit", "enclaves", "keys", "placement", "workloads")
 #: The modules the benchmarks are split into, beside them in bench/.
 HELPERS = ("apibench_seed", "auditbench_append", "auditbench_events", "auditbench_verify")
 
@@ -25,6 +25,7 @@ for helper in %r:
     importlib.import_module(helper)
 import tests.support.fleet, tests.support.real_guests, tests.support.guest_image
 import tests.support.libvirtd, tests.support.postgres, tests.support.apps
+import tests.support.workload_image
 helps = {}
 for name in %r:
     sys.argv = [f"bench/{name}.py", "--help"]
