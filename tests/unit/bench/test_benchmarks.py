@@ -25,6 +25,7 @@ for helper in %r:
     importlib.import_module(helper)
 import tests.support.fleet, tests.support.real_guests, tests.support.guest_image
 import tests.support.libvirtd, tests.support.postgres, tests.support.apps
+import tests.support.workload_image
 helps = {}
 for name in %r:
     sys.argv = [f"bench/{name}.py", "--help"]

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -31,6 +32,8 @@ class Run:
     lines: list[str]
     stderr: str
     outputs: Path
+    #: The network interfaces of this namespace just before the run.
+    interfaces_before: list[str]
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -38,7 +41,9 @@ class Run:
         return metrics
 
 
-def run_example(tmp: Path, *args: str, inputs: Path | None = None) -> Run:
+def run_example(
+    tmp: Path, *args: str, inputs: Path | None = None, wrapper: Sequence[str] = ()
+) -> Run:
     """Run main.py in a fresh interpreter with the environment the agent gives a job."""
     outputs = tmp / "work"
     outputs.mkdir()
@@ -50,8 +55,9 @@ def run_example(tmp: Path, *args: str, inputs: Path | None = None) -> Run:
         "SOVEREIGN_OUTPUTS": str(outputs),
         "SOVEREIGN_INPUTS": str(inputs or tmp / "inputs"),
     }
+    before = [name for _, name in socket.if_nameindex()]
     done = subprocess.run(
-        [sys.executable, str(MAIN), *args],
+        [*wrapper, sys.executable, str(MAIN), *args],
         cwd=outputs,
         env=env,
         capture_output=True,
@@ -59,7 +65,7 @@ def run_example(tmp: Path, *args: str, inputs: Path | None = None) -> Run:
         timeout=300,
         check=False,
     )
-    return Run(done.returncode, done.stdout.splitlines(), done.stderr, outputs)
+    return Run(done.returncode, done.stdout.splitlines(), done.stderr, outputs, before)
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +105,22 @@ def test_the_run_writes_weights_and_metrics_and_beats_chance(cpu_run: Run):
 
 
 def test_the_metrics_name_the_network_interfaces_the_job_sees(cpu_run: Run):
-    # Run here, in this test's own network namespace; in an enclave the list is ["lo"].
-    assert cpu_run.metrics["interfaces"] == [name for _, name in socket.if_nameindex()]
-    assert "lo" in cpu_run.metrics["interfaces"]
+    # Run in this test's network namespace, whose interfaces other work on the machine may add
+    # or remove meanwhile (libvirt networks): those present throughout must all be listed.
+    now = {name for _, name in socket.if_nameindex()}
+    reported = cpu_run.metrics["interfaces"]
+    assert "lo" in reported
+    assert now & set(cpu_run.interfaces_before) <= set(reported)
+    assert set(reported) <= now | set(cpu_run.interfaces_before)
+
+
+def test_in_a_network_namespace_of_its_own_the_job_sees_only_loopback(tmp_path: Path):
+    # As in an enclave (bwrap --unshare-all, or a guest with no NIC): only its own lo.
+    unshare = ["unshare", "--net"] if os.geteuid() == 0 else ["unshare", "-r", "--net"]
+    run = run_example(tmp_path, "--steps", "5", "--device", "cpu", wrapper=unshare)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.metrics["interfaces"] == ["lo"]
+    assert run.lines[1].endswith("interfaces=lo")
 
 
 def test_the_log_starts_at_once_and_reports_progress_and_accuracy(cpu_run: Run):
