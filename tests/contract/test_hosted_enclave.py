@@ -107,3 +107,26 @@ def test_console_reads_the_tail_of_the_log(host: EnclaveHost):
     log.parent.mkdir(parents=True)
     log.write_bytes(b"boot\nready\n")
     assert enclave.console(6) == "ready\n"
+
+
+def test_a_simulated_host_keeps_its_bookkeeping_volume_for_an_image_plan(
+    host: EnclaveHost, tmp_path: Path
+):
+    """The test driver cannot hold an image's bytes nor unlock LUKS: an image plan provisions
+    as before there, and its domain boots no image kernel from a pool."""
+    from enclaves.imagestore import ImageStore
+    from enclaves.plan import PlanImage
+    from tests.unit.enclaves.test_imagebuild import qcow2
+
+    stored = ImageStore(tmp_path / "images").add(qcow2(tmp_path / "disk.qcow2"))
+    settings = replace(host.settings, image_dir=str(tmp_path / "images"))
+    imaged = EnclaveHost(host.uri, settings)
+    try:
+        hosted = imaged.enclave(plan((), image=PlanImage("guest", stored.checksum)))
+        notes = [hosted.provision(step, None) for step in PROVISION_STEPS]
+        assert notes[1].startswith("simulated volume")
+        assert "sovereign-image-" not in hosted.domain_xml()
+        for step in HOST_TEARDOWN_STEPS:
+            hosted.teardown(step)
+    finally:
+        imaged.close()
