@@ -8,16 +8,16 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # Debian packages: libvirt (test driver + headers for libvirt-python) for running, bubblewrap
 # (the embedded default's process enclaves run jobs in it, with the system python3.X of the
-# venv's version) and mmdebstrap (builds the guest image from the Debian archive: `sovereign
-# images build`). The test suite adds PostgreSQL (throwaway clusters), a real libvirtd with QEMU,
+# venv's version) and mmdebstrap, e2fsprogs and qemu-utils (build the guest image from the Debian archive:
+# `sovereign images build`). The test suite adds PostgreSQL (throwaway clusters), a real libvirtd with QEMU,
 # swtpm and what builds a tiny guest (busybox, cpio; the kernel is fetched with apt-get
 # download), and Chromium for the browser tests.
-APT_RUN  := libvirt0 libvirt-dev pkg-config gcc bubblewrap mmdebstrap
-APT_TEST := $(APT_RUN) postgresql qemu-system-x86 qemu-utils libvirt-daemon-system swtpm swtpm-tools \
+APT_RUN  := libvirt0 libvirt-dev pkg-config gcc bubblewrap mmdebstrap e2fsprogs qemu-utils
+APT_TEST := $(APT_RUN) postgresql qemu-system-x86 libvirt-daemon-system swtpm swtpm-tools \
             busybox-static cpio chromium
 # The benchmarks: PostgreSQL (bench/audit.py) and a real libvirtd with QEMU and what builds the
 # tiny guest (bench/enclaves.py's boot), without the browser.
-APT_BENCH := $(APT_RUN) postgresql qemu-system-x86 qemu-utils libvirt-daemon-system swtpm swtpm-tools \
+APT_BENCH := $(APT_RUN) postgresql qemu-system-x86 libvirt-daemon-system swtpm swtpm-tools \
              busybox-static cpio
 BENCHMARKS := api audit enclaves keys placement workloads
 
