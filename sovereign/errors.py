@@ -175,3 +175,28 @@ class ConfigurationError(SovereignError):
     msg_fmt = "Configuration error: {reason}"
     safe = False
     code = "configuration-error"
+
+
+class WorkloadError(SovereignError):
+    """An enclave's agent misbehaved (garbage, a bad hash or name, a refusal): the job it was
+    running fails with this message, the runner goes on."""
+
+    msg_fmt = "The enclave's agent misbehaved: {reason}"
+    safe = True
+    code = "workload-error"
+
+
+class GoneError(SovereignError):
+    """The thing existed but can never be read again (e.g. its key was crypto-erased)."""
+
+    msg_fmt = "{kind} {ident} is gone: {reason}"
+    safe = True
+    code = "gone"
+
+
+class TooLargeError(SovereignError):
+    """The request, or a part of it, is larger than the configured limit."""
+
+    msg_fmt = "Too large: {reason}"
+    safe = True
+    code = "too-large"

@@ -15,11 +15,14 @@ from sovereign.errors import (
     AuthenticationError,
     ConflictError,
     DependencyUnavailableError,
+    GoneError,
     InvalidInputError,
     NotFoundError,
     PolicyDeniedError,
     RateLimitedError,
     SovereignError,
+    TooLargeError,
+    WorkloadError,
 )
 
 #: ``g`` attribute where the rate limiter leaves the seconds until a breached limit resets.
@@ -34,6 +37,9 @@ STATUS_BY_ERROR: tuple[tuple[type[SovereignError], int, str], ...] = (
     (RateLimitedError, 429, "Too Many Requests"),
     (NotFoundError, 404, "Not Found"),
     (ConflictError, 409, "Conflict"),
+    (GoneError, 410, "Gone"),
+    (TooLargeError, 413, "Content Too Large"),
+    (WorkloadError, 502, "Bad Gateway"),
     (DependencyUnavailableError, 503, "Service Unavailable"),
     (SovereignError, 500, "Internal Server Error"),
 )

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -23,6 +24,15 @@ from enclaves.steps import ProvisionStep, TeardownStep
 from sovereign.domain.actions import ActionState, DualAction
 from sovereign.domain.fleet import Enclave, Gpu, Host, HostIdentity
 from sovereign.domain.identity import Principal
+from sovereign.domain.jobs import (
+    AgentHello,
+    AgentJobStatus,
+    Blob,
+    BlobKind,
+    Dataset,
+    Job,
+    OutputFile,
+)
 from sovereign.domain.keys import EnclaveKeys, EnclaveSecrets, KeyRef, WrappedSecret
 from sovereign.domain.placement import GpuStatus
 from sovereign.domain.policy import Visibility
@@ -214,6 +224,69 @@ class ActionRepository(Protocol):
 
     def update(self, action: DualAction) -> None:
         """Store a decision. :raises ConcurrentUpdateError: if it changed meanwhile."""
+        ...
+
+
+class JobRepository(Protocol):
+    """Jobs and the runner's progress on them."""
+
+    def add(self, job: Job) -> None:
+        """Store a new job."""
+        ...
+
+    def get(self, job_id: uuid.UUID, *, for_update: bool = False) -> Job | None:
+        """The job, or None; ``for_update`` locks its row until the transaction ends."""
+        ...
+
+    def list(self, enclave_id: uuid.UUID) -> builtins.list[Job]:
+        """The enclave's jobs, newest first."""
+        ...
+
+    def claimable(self, worker: str, now: datetime, limit: int) -> builtins.list[Job]:
+        """Jobs the runner still has work on that ``worker`` may take now, oldest first
+        (locked, skipping other workers' rows on PostgreSQL)."""
+        ...
+
+    def update(self, job: Job) -> None:
+        """Store changes. :raises ConcurrentUpdateError: if it changed since it was read."""
+        ...
+
+
+class DatasetRepository(Protocol):
+    """Datasets (their metadata; the sealed bytes are blobs)."""
+
+    def add(self, dataset: Dataset) -> None:
+        """Store a new dataset."""
+        ...
+
+    def get(self, dataset_id: uuid.UUID) -> Dataset | None:
+        """The dataset, or None."""
+        ...
+
+    def list(self, tenants: Collection[str] | None = None) -> builtins.list[Dataset]:
+        """Datasets of ``tenants`` (None: all), newest first."""
+        ...
+
+
+class BlobRepository(Protocol):
+    """Sealed bytes (never plaintext) of datasets, job code, logs and outputs."""
+
+    def put(self, blob: Blob) -> None:
+        """Store a blob. :raises ConflictError: one with its owner, kind, name and seq exists."""
+        ...
+
+    def get(self, owner: uuid.UUID, kind: BlobKind, name: str, seq: int = 0) -> Blob | None:
+        """One blob, or None."""
+        ...
+
+    def chunks(
+        self, owner: uuid.UUID, kind: BlobKind, name: str, *, after: int = -1, limit: int = 64
+    ) -> builtins.list[Blob]:
+        """Up to ``limit`` blobs of one file with ``seq`` above ``after``, by ``seq``."""
+        ...
+
+    def last(self, owner: uuid.UUID, kind: BlobKind, name: str, before: int) -> Blob | None:
+        """The blob of one file with the highest ``seq`` at or below ``before``, or None."""
         ...
 
 
@@ -510,4 +583,81 @@ class Probe(Protocol):
 
     def ping(self) -> None:
         """:raises DependencyUnavailableError: if the dependency is not ready."""
+        ...
+
+
+class AgentSession(Protocol):
+    """An open connection to one enclave's guest agent (the agent protocol's operations).
+
+    The agent is untrusted: an implementation bounds and checks every answer, and raises
+    :class:`~sovereign.errors.WorkloadError` for one that misbehaves, or
+    :class:`~sovereign.errors.DependencyUnavailableError` when the agent cannot be reached.
+    """
+
+    def hello(self) -> AgentHello:
+        """What the agent says about itself."""
+        ...
+
+    def put(
+        self,
+        job: str,
+        area: str,
+        path: str,
+        data: bytes,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> str:
+        """Send a file into the job's ``code`` or ``input`` area (resuming a partial one);
+        returns its SHA-256 (hex) as the agent verified it."""
+        ...
+
+    def run(
+        self, job: str, *, entrypoint: str, args: Sequence[str], max_runtime_s: int
+    ) -> AgentJobStatus:
+        """Start the job (idempotent: a started job answers its status)."""
+        ...
+
+    def status(self, job: str) -> AgentJobStatus:
+        """The job's state, exit code, runtime and log size."""
+        ...
+
+    def logs(self, job: str, offset: int, limit: int = 1 << 20) -> bytes:
+        """Log bytes from ``offset`` (at most ``limit``)."""
+        ...
+
+    def cancel(self, job: str) -> AgentJobStatus:
+        """Kill the job's process group; its status after."""
+        ...
+
+    def outputs(self, job: str, patterns: Sequence[str]) -> builtins.list[OutputFile]:
+        """Regular files of the job's work directory matching ``patterns``."""
+        ...
+
+    def get(self, job: str, name: str, *, size: int, sha256: str, max_bytes: int) -> bytes:
+        """One output file, verified against ``size`` and ``sha256``, at most ``max_bytes``."""
+        ...
+
+    def discard(self, job: str) -> None:
+        """Remove the job's directory in the enclave."""
+        ...
+
+
+class Workloads(Protocol):
+    """Where enclaves' agents are reached: the process enclave of a simulated (test driver)
+    host, started on first use and reused; the libvirt channel of the domain on a real host."""
+
+    def session(self, enclave: Enclave, host: Host) -> AbstractContextManager[AgentSession]:
+        """An open session with the enclave's agent, closed when the block ends.
+
+        :raises DependencyUnavailableError: the agent cannot be reached (retry later).
+        :raises WorkloadError: the agent misbehaves.
+        """
+        ...
+
+    def simulated(self, host: Host) -> bool:
+        """Whether jobs on ``host`` run in a process enclave rather than a VM."""
+        ...
+
+    def release(self, enclave_id: uuid.UUID) -> None:
+        """Stop the enclave's process enclave (at its end); a no-op for real hosts."""
         ...

@@ -1,0 +1,1 @@
+"""The job runner (placeholder; implementation follows on fix/jobs)."""
