@@ -414,7 +414,7 @@ def _uuid(kind: str) -> Callable[[click.Context, click.Parameter, str], str]:
         try:
             return str(uuid.UUID(value))
         except ValueError:
-            raise click.BadParameter(f"not a {kind} id (a UUID)") from None
+            raise click.BadParameter(f"not {kind} id (a UUID)") from None
 
     return check
 
@@ -470,7 +470,7 @@ def jobs() -> None:
 
 
 @jobs.command("submit")
-@click.argument("enclave", callback=_uuid("enclave"))
+@click.argument("enclave", callback=_uuid("an enclave"))
 @click.argument(
     "directory", type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="DIR"
 )
@@ -593,7 +593,7 @@ def _runtime(value: Any) -> str:
 
 
 @jobs.command("list")
-@click.argument("enclave", callback=_uuid("enclave"))
+@click.argument("enclave", callback=_uuid("an enclave"))
 @connection
 def jobs_list(api: Api, enclave: str) -> None:
     """The jobs of ENCLAVE, newest first: id, state, entry point, exit code, runtime."""
@@ -609,7 +609,7 @@ def jobs_list(api: Api, enclave: str) -> None:
 
 
 @jobs.command("show")
-@click.argument("job", callback=_uuid("job"))
+@click.argument("job", callback=_uuid("a job"))
 @connection
 def jobs_show(api: Api, job: str) -> None:
     """Everything the control plane records about JOB: manifest, files, state, outputs."""
@@ -647,7 +647,7 @@ def jobs_show(api: Api, job: str) -> None:
 
 
 @jobs.command("logs")
-@click.argument("job", callback=_uuid("job"))
+@click.argument("job", callback=_uuid("a job"))
 @click.option("-f", "--follow", "keep", is_flag=True, help="Keep following until the job ends.")
 @click.option("--offset", type=click.IntRange(min=0), default=0, help="Start at this byte.")
 @click.option("--raw", is_flag=True, help="Write the log's bytes unescaped.")
@@ -663,7 +663,7 @@ def jobs_logs(api: Api, job: str, keep: bool, offset: int, raw: bool) -> None:
 
 
 @jobs.command("outputs")
-@click.argument("job", callback=_uuid("job"))
+@click.argument("job", callback=_uuid("a job"))
 @click.option(
     "--out",
     required=True,
@@ -740,7 +740,7 @@ def download(api: Api, job: str, name: str, target: Path, *, size: int, sha256: 
 
 
 @jobs.command("cancel")
-@click.argument("job", callback=_uuid("job"))
+@click.argument("job", callback=_uuid("a job"))
 @connection
 def jobs_cancel(api: Api, job: str) -> None:
     """Cancel JOB: a queued job never starts, a running one is killed."""
