@@ -69,6 +69,13 @@ def may_read_results(principal: Principal, job: Job) -> bool:
     return job.tenant in principal.tenants and principal.cleared_for(job.label)
 
 
+def may_cancel(principal: Principal, job: Job) -> bool:
+    """Whether to offer ``principal`` the cancel button: the tenant's cleared analysts or an
+    officer, while the job has not ended (the service still decides)."""
+    analyst = principal.has_role(Role.ANALYST) and may_read_results(principal, job)
+    return not job.state.terminal and (analyst or principal.has_role(Role.OFFICER))
+
+
 # -- the submit form -----------------------------------------------------------------------------
 
 
@@ -240,8 +247,7 @@ def job_detail(job_id: uuid.UUID) -> ResponseReturnValue:
         log=log,
         log_start=start,
         refresh_s=None if job.state.terminal else REFRESH_S,
-        can_cancel=not job.state.terminal
-        and (job.submitted_by == ctx.principal.subject or ctx.principal.has_role(Role.OFFICER)),
+        can_cancel=may_cancel(ctx.principal, job),
     )
 
 

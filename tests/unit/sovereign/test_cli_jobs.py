@@ -4,11 +4,15 @@ reaches the terminal, and that the token never shows."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import threading
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from click.testing import CliRunner
@@ -171,3 +175,53 @@ def test_every_command_has_help():
             shown = runner.invoke(main, [group, command, "--help"])
             assert shown.exit_code == 0, shown.output
             assert "--url" in shown.output and "--token-file" in shown.output
+
+
+class _Tampering(BaseHTTPRequestHandler):
+    """A server whose output bytes do not match the job record it serves."""
+
+    record: ClassVar[dict[str, object]] = {}
+
+    def do_GET(self) -> None:
+        if self.path.endswith("/outputs/w.bin"):
+            body, kind = b"evil weights", "application/octet-stream"
+        else:
+            body, kind = json.dumps(self.record).encode(), "application/json"
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        del args
+
+
+def test_an_output_that_does_not_match_the_record_is_not_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    job = str(uuid.uuid4())
+    good = b"real weights"  # same length as what the server sends
+    _Tampering.record = {
+        "id": job,
+        "state": "succeeded",
+        "results": [
+            {"name": "w.bin", "size": len(good), "sha256": hashlib.sha256(good).hexdigest()}
+        ],
+    }
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Tampering)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("SOVEREIGN_TOKEN", "t")
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        done = CliRunner().invoke(
+            main, ["jobs", "outputs", job, "--url", url, "--out", str(tmp_path)]
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert done.exit_code == 2
+    assert "does not match the job record" in done.output
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its partial download

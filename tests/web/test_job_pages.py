@@ -1,0 +1,342 @@
+"""Jobs and datasets in the console: the analyst submits a job through the enclave page's upload
+form, follows it on its page and downloads its outputs; officers and auditors see metadata up to
+their clearance and no content; other tenants see nothing. Real tokens from the dev IdP, real
+SQLite, the libvirt test driver's simulated hosts, the reconciler and the job runner run
+in-process between requests."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
+from devstack.cli import _register_bundled_hosts
+from sovereign.domain.identity import Principal, Role
+from sovereign.services.auditing import EventFilter
+from sovereign.services.recording import CallContext
+from tests.web.conftest import (
+    CIVIL_FORM,
+    SECRET_FORM,
+    Users,
+    banners,
+    csrf,
+    make_app,
+    post,
+    request_id_from,
+    sequence,
+    text,
+)
+
+pytestmark = [pytest.mark.idp, pytest.mark.libvirt]
+
+SECRET = {**SECRET_FORM, "disk_gib": "50"}
+CIVIL = {**CIVIL_FORM, "disk_gib": "50"}
+HOSTILE = "<script>alert('x')</script>"
+#: A job that writes a log line (hostile markup and a terminal escape included) and two outputs.
+MAIN = b"""import json, os, sys
+print("hello from the job", sys.argv[1:])
+print("<script>alert(1)</script>\\x1b[2J")
+os.makedirs("out", exist_ok=True)
+with open("out/metrics.json", "w") as f:
+    json.dump({"accuracy": 0.97}, f)
+with open("model.bin", "wb") as f:
+    f.write(bytes(range(256)))
+"""
+
+Settle = Callable[[], None]
+
+
+@pytest.fixture
+def app(tmp_path: Path, console_idp: Any) -> Iterator[Flask]:
+    """The console app with the embedded default's two simulated hosts registered."""
+    app = make_app(tmp_path, console_idp.url)
+    _register_bundled_hosts(app.extensions["sovereign"])
+    yield app
+    app.extensions["sovereign"].close()
+
+
+@pytest.fixture
+def settle(app: Flask) -> Settle:
+    """Run the reconciler, then the job runner, until neither has more to do (what the worker
+    does continuously)."""
+    svc = app.extensions["sovereign"]
+    reconciler = svc.reconciler(worker="t")
+
+    def run() -> None:
+        for _ in range(50):
+            if not reconciler.run_once().busy:
+                break
+        else:
+            raise AssertionError("the reconciler never settled")
+        run_jobs(svc)
+
+    run()  # the new hosts' GPUs start dirty: sanitize them
+    return run
+
+
+def run_jobs(svc: Any) -> None:
+    """Drive every open job to its end through the configured workloads."""
+    runner = svc.job_runner(worker="t")
+    for _ in range(400):
+        if not runner.run_once().busy:
+            return
+    raise AssertionError("the job runner never settled")
+
+
+def running(users: Users, settle: Settle, *, civil: bool = False) -> str:
+    """An enclave the analyst requested, approved and brought up by the reconciler."""
+    analyst = users("analyst-research" if civil else "analyst-defence")
+    done = post(analyst, "/requests", CIVIL if civil else SECRET)
+    assert done.status_code == 303, text(done)
+    rid = request_id_from(done)
+    for officer in ("officer-1",) if civil else ("officer-1", "officer-2"):
+        assert post(users(officer), f"/requests/{rid}/approve").status_code == 303
+    settle()
+    return rid
+
+
+def submit(
+    client: FlaskClient,
+    enclave: str,
+    files: dict[str, bytes] | None = None,
+    *,
+    token: str | None = None,
+    **fields: Any,
+) -> TestResponse:
+    """Post the enclave page's job form as a browser would (multipart)."""
+    data: dict[str, Any] = {
+        "entrypoint": "main.py",
+        "args": "",
+        "outputs": "out/*.json\nmodel.bin",
+        "max_runtime_s": "60",
+        **fields,
+        "files": [(io.BytesIO(body), name) for name, body in (files or {"main.py": MAIN}).items()],
+    }
+    data["csrf_token"] = csrf(client, f"/enclaves/{enclave}") if token is None else token
+    return client.post(f"/enclaves/{enclave}/jobs", data=data, content_type="multipart/form-data")
+
+
+def job_id_from(response: TestResponse) -> str:
+    assert response.status_code == 303, text(response)
+    path = response.headers["Location"]
+    found = re.fullmatch(r"/jobs/([0-9a-f-]{36})", path)
+    assert found, path
+    return found.group(1)
+
+
+def events(app: Flask, action: str) -> list[Any]:
+    sequence(app)
+    svc = app.extensions["sovereign"]
+    reader = CallContext(
+        principal=Principal(
+            subject="t", username="t", roles=frozenset({Role.AUDITOR}), clearance=svc.scheme.highest
+        )
+    )
+    return list(svc.audit.events(reader, EventFilter(limit=200, action=action)).items)
+
+
+# -- submitting ------------------------------------------------------------------------------
+
+
+def test_the_analyst_submits_a_job_and_reads_its_log_and_outputs(
+    app: Flask, users: Users, settle: Settle
+):
+    rid = running(users, settle)
+    analyst = users("analyst-defence")
+    enclave_page = text(analyst.get(f"/enclaves/{rid}"))
+    assert 'enctype="multipart/form-data"' in enclave_page
+    assert "No jobs in this enclave yet." in enclave_page
+
+    job = job_id_from(submit(analyst, rid, args=f"--epochs\n3\n{HOSTILE}"))
+    queued = text(analyst.get(f"/jobs/{job}"))
+    assert '<span class="state state-queued">queued</span>' in queued
+    assert '<meta http-equiv="refresh" content="2">' in queued  # followed while not ended
+    assert HOSTILE not in queued and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in queued
+    assert banners(queued) == ["SECRET//NATO", "SECRET//NATO"]
+    assert f"/jobs/{job}" in text(analyst.get(f"/enclaves/{rid}"))
+
+    settle()
+    done = text(analyst.get(f"/jobs/{job}"))
+    assert '<span class="state state-succeeded">succeeded</span>' in done, done
+    assert "http-equiv" not in done  # ended: no more reloading
+    assert "hello from the job" in done and "[&#39;--epochs&#39;, &#39;3&#39;," in done
+    # The job's own markup and escapes reach the page only as text.
+    assert "<script>alert(1)</script>" not in done
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in done
+
+    log = analyst.get(f"/jobs/{job}/log")
+    assert log.status_code == 200
+    assert log.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert log.headers["X-Content-Type-Options"] == "nosniff"
+    assert b"<script>alert(1)</script>" in log.data
+
+    model = analyst.get(f"/jobs/{job}/outputs/model.bin")
+    assert model.status_code == 200
+    assert model.data == bytes(range(256))
+    assert model.headers["Content-Type"] == "application/octet-stream"
+    assert model.headers["Content-Disposition"] == "attachment; filename=model.bin"
+    assert hashlib.sha256(model.data).hexdigest() in done
+    metrics = analyst.get(f"/jobs/{job}/outputs/out/metrics.json")
+    assert metrics.status_code == 200 and b"accuracy" in metrics.data
+    assert f'href="/jobs/{job}/outputs/out/metrics.json"' in done
+
+    reads = [e for e in events(app, "output:read") if e.target.endswith(job)]
+    assert len(reads) == 2
+    assert [e.action for e in events(app, "job:submit")] == ["job:submit"]
+
+
+def test_a_form_without_its_csrf_token_changes_nothing(app: Flask, users: Users, settle: Settle):
+    rid = running(users, settle)
+    analyst = users("analyst-defence")
+    refused = submit(analyst, rid, token="forged")
+    assert refused.status_code == 400
+    assert "security token" in text(refused)
+    assert "No jobs in this enclave yet." in text(analyst.get(f"/enclaves/{rid}"))
+    assert events(app, "job:submit") == []
+    upload = analyst.post(
+        "/datasets",
+        data={"tenant": "defence", "level": "SECRET", "file": (io.BytesIO(b"x"), "d.csv")},
+        content_type="multipart/form-data",
+    )
+    assert upload.status_code == 400
+
+
+def test_form_mistakes_are_shown_with_the_form(users: Users, settle: Settle):
+    rid = running(users, settle)
+    analyst = users("analyst-defence")
+    missing = submit(analyst, rid, entrypoint="train.py")
+    assert missing.status_code == 422
+    assert "The entry point must be one of the files chosen." in text(missing)
+    assert 'value="train.py"' in text(missing)
+
+    hostile = submit(analyst, rid, {f"{HOSTILE}.py": b"x", "main.py": MAIN})
+    assert hostile.status_code == 422
+    html = text(hostile)
+    assert HOSTILE not in html and "&lt;script&gt;" in html
+    assert "Nothing was submitted" in html
+
+    runtime = submit(analyst, rid, max_runtime_s="ten")
+    assert runtime.status_code == 422
+    assert "Enter a whole number of seconds." in text(runtime)
+
+
+def test_officers_and_auditors_see_metadata_but_no_content(users: Users, settle: Settle):
+    rid = running(users, settle)
+    job = job_id_from(submit(users("analyst-defence"), rid))
+    settle()
+    for user in ("officer-1", "auditor"):
+        client = users(user)
+        enclave = text(client.get(f"/enclaves/{rid}"))
+        assert f"/jobs/{job}" in enclave
+        assert "Submit the job" not in enclave  # no form for them
+        page = client.get(f"/jobs/{job}")
+        html = text(page)
+        assert page.status_code == 200
+        assert '<span class="state state-succeeded">succeeded</span>' in html
+        assert "main.py" in html
+        assert "hello from the job" not in html
+        assert "shown only to members of tenant defence" in html
+        assert client.get(f"/jobs/{job}/log").status_code == 404
+        assert client.get(f"/jobs/{job}/outputs/model.bin").status_code == 404
+
+
+def test_other_tenants_and_lower_clearances_see_no_job(users: Users, settle: Settle):
+    rid = running(users, settle)
+    job = job_id_from(submit(users("analyst-defence"), rid))
+    settle()
+    for user in ("analyst-research", "auditor-low", "officer-restricted"):
+        client = users(user)
+        page = client.get(f"/jobs/{job}")
+        assert page.status_code == 404, user
+        assert "SECRET" not in text(page)
+        assert client.get(f"/jobs/{job}/outputs/model.bin").status_code == 404
+        assert post(client, f"/jobs/{job}/cancel").status_code == 404
+    assert post(users("analyst-research"), f"/enclaves/{rid}/jobs").status_code in {400, 404}
+
+
+def test_an_unknown_output_or_one_escaping_is_not_found(users: Users, settle: Settle):
+    rid = running(users, settle)
+    analyst = users("analyst-defence")
+    job = job_id_from(submit(analyst, rid))
+    settle()
+    for name in ("nope.bin", "../model.bin", "out/../model.bin", "%2e%2e/x"):
+        assert analyst.get(f"/jobs/{job}/outputs/{name}").status_code == 404, name
+    assert analyst.get(f"/jobs/{uuid.uuid4()}").status_code == 404
+
+
+def test_a_queued_job_can_be_cancelled(users: Users, settle: Settle):
+    rid = running(users, settle)
+    analyst = users("analyst-defence")
+    job = job_id_from(submit(analyst, rid))
+    page = text(analyst.get(f"/jobs/{job}"))
+    assert 'id="cancel-job"' in page
+    done = post(analyst, f"/jobs/{job}/cancel")
+    assert done.status_code == 303
+    settle()
+    html = text(analyst.get(f"/jobs/{job}"))
+    assert '<span class="state state-cancelled">cancelled</span>' in html
+    assert 'id="cancel-job"' not in html
+
+
+# -- datasets --------------------------------------------------------------------------------
+
+
+def upload(client: FlaskClient, **fields: Any) -> TestResponse:
+    data = {
+        "tenant": "defence",
+        "level": "SECRET",
+        "compartments": ["NATO"],
+        "name": "",
+        "file": (io.BytesIO(b"a,b\n1,2\n"), "table.csv"),
+        **fields,
+        "csrf_token": csrf(client, "/datasets"),
+    }
+    return client.post("/datasets", data=data, content_type="multipart/form-data")
+
+
+def test_the_analyst_uploads_a_dataset_and_uses_it_as_an_input(
+    app: Flask, users: Users, settle: Settle
+):
+    analyst = users("analyst-defence")
+    page = text(analyst.get("/datasets"))
+    assert "No datasets you may see yet." in page and 'id="dataset-form"' in page
+    done = upload(analyst)
+    assert done.status_code == 303, text(done)
+    listed = text(analyst.get("/datasets"))
+    assert "table.csv" in listed and hashlib.sha256(b"a,b\n1,2\n").hexdigest() in listed
+    assert banners(listed) == ["SECRET//NATO", "SECRET//NATO"]
+    dataset = re.search(r"<code>([0-9a-f-]{36})</code>", listed)
+    assert dataset
+    assert [e.action for e in events(app, "dataset:upload")] == ["dataset:upload"]
+
+    rid = running(users, settle)
+    form = text(analyst.get(f"/enclaves/{rid}"))
+    assert f'value="{dataset.group(1)}"' in form
+    reader = (
+        b"import os\n"
+        b"print(open(os.path.join(os.environ['SOVEREIGN_INPUTS'], 'table.csv')).read())\n"
+    )
+    job = job_id_from(submit(analyst, rid, {"main.py": reader}, inputs=[dataset.group(1)]))
+    settle()
+    assert "a,b\n1,2" in text(analyst.get(f"/jobs/{job}/log"))
+
+    # Other tenants do not see it; an upload above one's clearance is refused with the form.
+    assert "table.csv" not in text(users("analyst-research").get("/datasets"))
+    above = upload(users("analyst-research"), tenant="research", level="SECRET", compartments=[])
+    assert above.status_code in {403, 422}
+    assert "Nothing was stored" in text(above)
+
+
+def test_datasets_are_offered_to_analysts_only(users: Users):
+    nav = text(users("analyst-defence").get("/"))
+    assert ">Datasets</a>" in nav
+    assert ">Datasets</a>" not in text(users("officer-1").get("/"))
