@@ -28,6 +28,7 @@ from sovereign.adapters.fleetdb import (
     SqlGpuRepository,
     SqlHostRepository,
 )
+from sovereign.adapters.jobsdb import SqlBlobRepository, SqlDatasetRepository, SqlJobRepository
 from sovereign.adapters.mappings import APPROVALS, IMAGES, KEYS, REQUESTS, TENANTS
 from sovereign.adapters.tables import approvals, enclave_keys, enclave_requests, images, tenants
 from sovereign.domain.keys import EnclaveKeys
@@ -335,6 +336,9 @@ class SqlUnitOfWork:
     gpus: SqlGpuRepository
     enclaves: SqlEnclaveRepository
     actions: SqlActionRepository
+    jobs: SqlJobRepository
+    datasets: SqlDatasetRepository
+    blobs: SqlBlobRepository
     audit: SqlAuditStore
 
     def __init__(
@@ -365,6 +369,9 @@ class SqlUnitOfWork:
         self.gpus = SqlGpuRepository(self._conn, self._labels)
         self.enclaves = SqlEnclaveRepository(self._conn, self._labels)
         self.actions = SqlActionRepository(self._conn, self._labels)
+        self.jobs = SqlJobRepository(self._conn, self._labels)
+        self.datasets = SqlDatasetRepository(self._conn, self._labels)
+        self.blobs = SqlBlobRepository(self._conn, self._labels)
         self.audit = SqlAuditStore(self._conn)
         return self
 

@@ -9,11 +9,14 @@ keep are named in ``unmapped`` and written by the repository.
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from sovereign.adapters.rowmap import Column, Composite, LabelColumns, RowMap
 from sovereign.adapters.tables import (
     approvals,
+    blobs,
+    datasets,
     dual_actions,
     enclave_keys,
     enclave_requests,
@@ -21,10 +24,22 @@ from sovereign.adapters.tables import (
     gpus,
     hosts,
     images,
+    jobs,
     tenants,
 )
 from sovereign.domain.actions import ActionKind, ActionState, DualAction
 from sovereign.domain.fleet import Enclave, Gpu, Host
+from sovereign.domain.jobs import (
+    MAX_ERROR,
+    Blob,
+    BlobKind,
+    Dataset,
+    Job,
+    JobManifest,
+    JobState,
+    JobStep,
+    OutputFile,
+)
 from sovereign.domain.keys import EnclaveKeys, KeyRef, WrappedSecret
 from sovereign.domain.requests import Approval, Decision, EnclaveRequest, RequestState
 from sovereign.domain.tenants import Image, Resources, Tenant, TenantKind
@@ -159,4 +174,65 @@ ACTIONS = RowMap(
     Column("params", load=json.loads, dump=lambda params: json.dumps(params, sort_keys=True)),
     LabelColumns("label", "label"),
     Column("state", load=ActionState, dump=_enum_value),
+)
+
+
+def _manifest_load(text: str) -> JobManifest:
+    data = json.loads(text)
+    return JobManifest(
+        entrypoint=data["entrypoint"],
+        args=tuple(data["args"]),
+        inputs=tuple(uuid.UUID(i) for i in data["inputs"]),
+        outputs=tuple(data["outputs"]),
+        max_runtime_s=int(data["max_runtime_s"]),
+    )
+
+
+def _manifest_dump(manifest: JobManifest) -> str:
+    return json.dumps(manifest.to_dict(), sort_keys=True)
+
+
+def _files_load(text: str) -> tuple[OutputFile, ...]:
+    return tuple(OutputFile(f["name"], int(f["size"]), f["sha256"]) for f in json.loads(text))
+
+
+def _files_dump(files: tuple[OutputFile, ...]) -> str:
+    return json.dumps([f.to_dict() for f in files], sort_keys=True)
+
+
+#: Longest error text a job row keeps (the column's size).
+JOB_ERROR_MAX = MAX_ERROR
+
+JOBS = RowMap(
+    Job,
+    jobs,
+    *_columns("id", "enclave_id", "tenant", "submitted_by", "created_at", "updated_at"),
+    *_columns("started_at", "finished_at", "exit_code", "runtime_s", "log_size"),
+    *_columns("claimed_by", "claim_until", "version"),
+    LabelColumns("label", "label"),
+    Column("manifest", load=_manifest_load, dump=_manifest_dump),
+    Column("files", load=_files_load, dump=_files_dump),
+    Column("results", load=_files_load, dump=_files_dump),
+    Column("state", load=JobState, dump=_enum_value),
+    Column("step", load=JobStep, dump=_enum_value),
+    Column("error", dump=lambda text: text[:JOB_ERROR_MAX]),
+    Column("simulated", load=bool),
+    Column("cancel_requested", load=bool),
+)
+
+DATASETS = RowMap(
+    Dataset,
+    datasets,
+    *_columns("id", "tenant", "name", "size", "sha256", "uploaded_by", "created_at"),
+    *_columns("key_mount", "key_name"),
+    LabelColumns("label", "label"),
+)
+
+BLOBS = RowMap(
+    Blob,
+    blobs,
+    *_columns("owner", "name", "seq", "size"),
+    Column("kind", load=BlobKind, dump=_enum_value),
+    Column("data", load=bytes),
+    unmapped=("created_at",),
 )

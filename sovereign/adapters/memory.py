@@ -27,8 +27,16 @@ from sovereign.adapters.memory_fleet import (
     MemoryGpuRepository,
     MemoryHostRepository,
 )
+from sovereign.adapters.memory_jobs import (
+    BlobKey,
+    MemoryBlobRepository,
+    MemoryDatasetRepository,
+    MemoryJobRepository,
+    MemoryJobs,
+)
 from sovereign.domain.actions import DualAction
 from sovereign.domain.fleet import Enclave, Gpu, Host
+from sovereign.domain.jobs import Blob, Dataset, Job
 from sovereign.domain.keys import EnclaveKeys
 from sovereign.domain.policy import Visibility
 from sovereign.domain.requests import COMMITTED_STATES, EnclaveRequest
@@ -49,6 +57,9 @@ class MemoryStore:
     gpus: dict[GpuKey, Gpu] = field(default_factory=dict)
     enclaves: dict[uuid.UUID, Enclave] = field(default_factory=dict)
     actions: dict[uuid.UUID, DualAction] = field(default_factory=dict)
+    jobs: dict[uuid.UUID, Job] = field(default_factory=dict)
+    datasets: dict[uuid.UUID, Dataset] = field(default_factory=dict)
+    blobs: dict[BlobKey, Blob] = field(default_factory=dict)
     audit: MemoryAuditStore = field(default_factory=MemoryAuditStore)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -180,6 +191,9 @@ class MemoryUnitOfWork:
     gpus: MemoryGpuRepository
     enclaves: MemoryEnclaveRepository
     actions: MemoryActionRepository
+    jobs: MemoryJobRepository
+    datasets: MemoryDatasetRepository
+    blobs: MemoryBlobRepository
 
     def __init__(self, store: MemoryStore) -> None:
         self._store = store
@@ -191,10 +205,14 @@ class MemoryUnitOfWork:
             self.requests = MemoryRequestRepository(dict(self._store.requests))
             self.keys = MemoryKeyRepository(dict(self._store.keys))
             self._fleet = MemoryFleet(self._store, self.requests.data)
+            self._jobs = MemoryJobs(self._store, self._fleet.enclaves.table.rows, self.tenants.data)
         self.hosts = self._fleet.hosts
         self.gpus = self._fleet.gpus
         self.enclaves = self._fleet.enclaves
         self.actions = self._fleet.actions
+        self.jobs = self._jobs.jobs
+        self.datasets = self._jobs.datasets
+        self.blobs = self._jobs.blobs
         self.audit = _PendingAudit(self._store.audit)
         return self
 
@@ -213,6 +231,7 @@ class MemoryUnitOfWork:
                 if (current.version if current else None) != seen:
                     raise ConcurrentUpdateError(kind="request", ident=str(rid))
             self._fleet.check(store)
+            self._jobs.check(store)
             store.audit.append(self.audit.pending)
             store.tenants.update(self.tenants.data)
             store.images.update(self.images.data)
@@ -220,6 +239,7 @@ class MemoryUnitOfWork:
             for rid in self.requests.touched:
                 store.requests[rid] = self.requests.data[rid]
             self._fleet.publish(store)
+            self._jobs.publish(store)
         self.audit.pending = []
 
 

@@ -253,3 +253,66 @@ dual_actions = sa.Table(
     sa.CheckConstraint("confirmer IS NULL OR confirmer != proposer", name="two_people"),
     sa.Index("ix_dual_actions_state", "state"),
 )
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    # Code run by an enclave's agent; the code, logs and outputs are sealed blobs.
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("enclave_id", sa.Uuid, sa.ForeignKey("enclaves.id"), nullable=False),
+    sa.Column("tenant", sa.String(64), nullable=False),
+    sa.Column("label_level", sa.String(64), nullable=False),
+    sa.Column("label_compartments", sa.String(1024), nullable=False),
+    sa.Column("submitted_by", sa.String(255), nullable=False),
+    sa.Column("manifest", sa.Text, nullable=False),
+    sa.Column("files", sa.Text, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("step", sa.String(16), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("started_at", Timestamp, nullable=True),
+    sa.Column("finished_at", Timestamp, nullable=True),
+    sa.Column("exit_code", sa.Integer, nullable=True),
+    sa.Column("runtime_s", sa.Float, nullable=True),
+    sa.Column("error", sa.String(500), nullable=False, server_default=""),
+    sa.Column("results", sa.Text, nullable=False),
+    sa.Column("log_size", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("simulated", sa.Boolean, nullable=False),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False),
+    sa.Column("claimed_by", sa.String(128), nullable=True),
+    sa.Column("claim_until", Timestamp, nullable=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Index("ix_jobs_enclave", "enclave_id", "created_at"),
+    sa.Index("ix_jobs_step", "step"),
+)
+
+datasets = sa.Table(
+    "datasets",
+    metadata,
+    # Input data of a tenant at a label; the bytes are a sealed blob.
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("tenant", sa.String(64), sa.ForeignKey("tenants.name"), nullable=False),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("label_level", sa.String(64), nullable=False),
+    sa.Column("label_compartments", sa.String(1024), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("uploaded_by", sa.String(255), nullable=False),
+    sa.Column("key_mount", sa.String(255), nullable=False),
+    sa.Column("key_name", sa.String(255), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Index("ix_datasets_tenant", "tenant", "created_at"),
+)
+
+blobs = sa.Table(
+    "blobs",
+    metadata,
+    # Sealed bytes (sovereign.envelope) only: never plaintext.
+    sa.Column("owner", sa.Uuid, primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+)

@@ -1,1 +1,471 @@
-"""The job runner (placeholder; implementation follows on fix/jobs)."""
+"""The job runner: drives each job through its enclave's agent, one recorded step at a time.
+
+Owns one runner pass (:meth:`JobRunner.run_once`): claim the jobs with work left (as the
+reconciler claims enclaves), and for each open a :class:`~sovereign.services.ports.Workloads`
+session and advance it: ``new`` -> put the code and inputs (unsealed in memory only) ->
+``staged`` -> run (``job:start``) -> ``started``: poll the status and pull new log bytes (each
+chunk sealed and stored with the new log offset, in one transaction) -> on a terminal state
+collect the outputs (bounded), seal and store them with the final state (``job:finish``: exit
+code, runtime, output hashes) -> ``finished`` -> discard the job's directory -> ``done``.
+
+Each step's effect and its record commit together, and every agent operation is idempotent
+(resumable puts, ``run`` of a started job answers its status), so a runner killed between any
+two steps is resumed by the next one, which finishes the job exactly once (one ``job:start``,
+one ``job:finish``). An agent that misbehaves (:class:`~sovereign.errors.WorkloadError`, sealed
+data that does not open) fails its job with the reason, never the runner; an agent that cannot
+be reached is retried on the next pass. A job whose enclave has ended fails, and the enclave's
+process enclave is released. Must not decide who may do what: the job service did, at
+submission. The loop that runs passes is :mod:`sovereign.worker`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sovereign.domain.fleet import Enclave, Host
+from sovereign.domain.identity import Principal
+from sovereign.domain.jobs import (
+    AGENT_STATES,
+    MAX_ERROR,
+    AgentJobStatus,
+    BlobKind,
+    Job,
+    JobLimits,
+    JobState,
+    JobStep,
+    OutputFile,
+    check_path,
+)
+from sovereign.domain.labels import Label
+from sovereign.domain.requests import RequestState
+from sovereign.envelope import EnvelopeError
+from sovereign.errors import (
+    ConcurrentUpdateError,
+    DependencyUnavailableError,
+    GoneError,
+    SovereignError,
+    WorkloadError,
+)
+from sovereign.services.ports import (
+    AgentSession,
+    SecretStore,
+    UnitOfWork,
+    UnitOfWorkFactory,
+    Workloads,
+)
+from sovereign.services.recording import CallContext, Clock, Recorder, utcnow
+from sovereign.services.sealing import Sealer, job_target
+from sovereign.text import for_log
+
+log = logging.getLogger(__name__)
+
+#: Log bytes asked of the agent per request (the protocol's largest payload).
+LOG_CHUNK = 1 << 20
+#: Log chunks pulled per job and pass, so one chatty job does not hold the pass.
+LOG_CHUNKS_PER_PASS = 8
+
+
+@dataclass
+class RunnerReport:
+    """What one pass did."""
+
+    started: int = 0
+    finished: int = 0
+    failed: int = 0
+    #: Jobs still queued or running after the pass (the loop polls sooner while there are).
+    active: int = 0
+    #: Whether anything changed (a step recorded, log bytes stored).
+    progressed: bool = False
+
+
+class _JobFailedError(Exception):
+    """A job must fail with ``reason`` (raised inside a step, handled by the pass)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class JobRunner:
+    """One worker's job passes."""
+
+    def __init__(
+        self,
+        uow_factory: UnitOfWorkFactory,
+        store: SecretStore,
+        workloads: Workloads,
+        scheme_top: Label,
+        *,
+        limits: JobLimits,
+        worker: str,
+        claim_ttl: timedelta = timedelta(minutes=5),
+        batch: int = 32,
+        after_step: Callable[[str], None] | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        self._uow = uow_factory
+        self._sealer = Sealer(store)
+        self._workloads = workloads
+        self._limits = limits
+        self.worker = worker
+        self._ttl = claim_ttl
+        self._batch = batch
+        self._after_step = after_step
+        self._clock = clock
+        self._recorder = Recorder(uow_factory, clock)
+        self.ctx = CallContext(
+            principal=Principal(
+                subject="system:jobrunner", username="jobrunner", clearance=scheme_top
+            ),
+            actor="system:jobrunner",
+            source=worker,
+        )
+        #: Enclaves this runner opened sessions to, released when they end.
+        self._opened: set[uuid.UUID] = set()
+
+    # -- the pass ----------------------------------------------------------------------------
+
+    def run_once(self) -> RunnerReport:
+        """Claim jobs with work left and advance each as far as it goes now."""
+        report = RunnerReport()
+        for job, enclave, host, running in self._claim():
+            try:
+                self._advance(job, enclave, host, running, report)
+            except DependencyUnavailableError as e:
+                # The agent, Vault or the database cannot be reached now: retried next pass.
+                log.warning("job %s: %s (retrying)", job.id, for_log(e.message))
+                self._release(job)
+            except Exception:
+                # A bug with one job must not stop the others; it is logged loudly and the
+                # job retried when its claim is given back.
+                log.exception("job %s: the runner crashed on it", job.id)
+                self._release(job)
+            if not job.state.terminal:
+                report.active += 1
+        self._release_ended()
+        return report
+
+    def _claim(self) -> list[tuple[Job, Enclave, Host, bool]]:
+        claimed = []
+        now = self._clock()
+        with self._uow() as uow:
+            for job in uow.jobs.claimable(self.worker, now, self._batch):
+                enclave = uow.enclaves.get(job.enclave_id)
+                request = uow.requests.get(job.enclave_id)
+                assert enclave is not None, "foreign key"
+                assert request is not None, "foreign key"
+                host = uow.hosts.get(enclave.host)
+                assert host is not None, "foreign key"
+                running = request.state is RequestState.RUNNING and enclave.ended_at is None
+                job.claim(self.worker, now, self._ttl)
+                uow.jobs.update(job)
+                claimed.append((job, enclave, host, running))
+            uow.commit()
+        return claimed
+
+    def _advance(
+        self, job: Job, enclave: Enclave, host: Host, running: bool, report: RunnerReport
+    ) -> None:
+        if not running:
+            self._enclave_ended(job, report)
+            return
+        try:
+            with self._workloads.session(enclave, host) as agent:
+                self._opened.add(enclave.id)
+                self._steps(agent, job, report)
+        except (_JobFailedError, WorkloadError, EnvelopeError, GoneError) as e:
+            reason = e.reason if isinstance(e, _JobFailedError) else e.message
+            log.warning("job %s failed: %s", job.id, for_log(reason))
+            self._finish_failed(job, reason, report)
+        except ConcurrentUpdateError:
+            # Someone else changed the job (a cancel request): the next pass reads it again.
+            self._release(job)
+
+    def _steps(self, agent: AgentSession, job: Job, report: RunnerReport) -> None:
+        if job.step is JobStep.NEW and job.cancel_requested:
+            self._finish(job, JobState.CANCELLED, None, [], report, error="cancelled before it ran")
+        if job.step is JobStep.NEW:
+            self._stage(agent, job, report)
+        if job.step is JobStep.STAGED:
+            if job.cancel_requested:
+                self._finish(
+                    job, JobState.CANCELLED, None, [], report, error="cancelled before it ran"
+                )
+            else:
+                self._start(agent, job, report)
+        if job.step is JobStep.STARTED:
+            self._poll(agent, job, report)
+        if job.step is JobStep.FINISHED:
+            agent.discard(str(job.id))
+            self._commit(job, step=JobStep.DONE, release=True)
+            self._stepped("job:discard")
+            report.progressed = True
+        else:
+            self._release(job, keep=True)
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def _stage(self, agent: AgentSession, job: Job, report: RunnerReport) -> None:
+        name = str(job.id)
+        with self._uow(readonly=True) as uow:
+            code = [uow.blobs.get(job.id, BlobKind.CODE, f.name) for f in job.files]
+            if any(blob is None for blob in code):
+                raise _JobFailedError("the job's code is missing from the database")
+            datasets = [uow.datasets.get(i) for i in job.manifest.inputs]
+            inputs = []
+            for dataset in datasets:
+                if dataset is None:
+                    raise _JobFailedError("an input dataset is missing from the database")
+                inputs.append((dataset, self._sealer.open_dataset(uow, dataset)))
+        plain = self._sealer.open([b for b in code if b is not None], job.id, job.label)
+        for info, data in zip(job.files, plain, strict=True):
+            self._put(agent, name, "code", info.name, data)
+        for dataset, data in inputs:
+            self._put(agent, name, "input", dataset.name, data)
+        self._commit(job, step=JobStep.STAGED)
+        self._stepped("job:staged")
+        report.progressed = True
+
+    @staticmethod
+    def _put(agent: AgentSession, job: str, area: str, path: str, data: bytes) -> None:
+        digest = agent.put(job, area, path, data)
+        if digest != hashlib.sha256(data).hexdigest():
+            raise WorkloadError(reason=f"the agent stored {path} with another hash")
+
+    def _start(self, agent: AgentSession, job: Job, report: RunnerReport) -> None:
+        m = job.manifest
+        status = agent.run(
+            str(job.id), entrypoint=m.entrypoint, args=m.args, max_runtime_s=m.max_runtime_s
+        )
+        self._check_status(status)
+        with self._uow() as uow:
+            current = self._reload(uow, job)
+            current.transition(JobState.RUNNING, self._clock())
+            current.step = JobStep.STARTED
+            uow.jobs.update(current)
+            self._recorder.record(
+                uow,
+                self.ctx,
+                "job:start",
+                job_target(job.id),
+                label=job.label,
+                details={"enclave": str(job.enclave_id), "submitted_by": job.submitted_by},
+            )
+            uow.commit()
+        _copy(current, job)
+        self._stepped("job:start")
+        report.started += 1
+        report.progressed = True
+
+    def _poll(self, agent: AgentSession, job: Job, report: RunnerReport) -> None:
+        name = str(job.id)
+        status = agent.cancel(name) if job.cancel_requested else agent.status(name)
+        self._check_status(status)
+        if status.state in ("unknown", "ready"):
+            raise _JobFailedError(f"the agent no longer runs the job (it answers {status.state!r})")
+        self._pull_logs(agent, job, status, report)
+        final = status.terminal
+        if final is None:
+            return
+        if job.log_size < min(status.log_size, self._limits.max_log_bytes):
+            return  # more log to pull first (next pass)
+        outputs = self._collect(agent, job)
+        self._finish(job, final, status, outputs, report)
+
+    def _pull_logs(
+        self, agent: AgentSession, job: Job, status: AgentJobStatus, report: RunnerReport
+    ) -> None:
+        name = str(job.id)
+        wanted = min(status.log_size, self._limits.max_log_bytes)
+        for _ in range(LOG_CHUNKS_PER_PASS):
+            if job.log_size >= wanted:
+                return
+            limit = min(LOG_CHUNK, wanted - job.log_size)
+            data = agent.logs(name, job.log_size, limit)
+            if len(data) > limit:
+                raise WorkloadError(reason="the agent sent more log bytes than asked for")
+            if not data:
+                return
+            with self._uow() as uow:
+                key = self._sealer.enclave_key(uow, job)
+                current = self._reload(uow, job)
+                for blob in self._sealer.seal(
+                    key, job.id, job.label, BlobKind.LOG, [("log", job.log_size, data)]
+                ):
+                    uow.blobs.put(blob)
+                current.log_size += len(data)
+                current.updated_at = self._clock()
+                uow.jobs.update(current)
+                uow.commit()
+            _copy(current, job)
+            self._stepped("job:log")
+            report.progressed = True
+
+    def _collect(self, agent: AgentSession, job: Job) -> list[tuple[OutputFile, bytes]]:
+        name = str(job.id)
+        if not job.manifest.outputs:
+            return []
+        listed = agent.outputs(name, job.manifest.outputs)
+        if len(listed) > self._limits.max_output_files:
+            raise _JobFailedError(
+                f"the job left {len(listed)} output files; at most "
+                f"{self._limits.max_output_files} are collected"
+            )
+        total = sum(f.size for f in listed)
+        if total > self._limits.max_output_bytes:
+            raise _JobFailedError(
+                f"the job's outputs hold {total} bytes; at most "
+                f"{self._limits.max_output_bytes} are collected"
+            )
+        seen: set[str] = set()
+        collected = []
+        for info in listed:
+            try:
+                check_path(info.name, "output name")
+            except SovereignError as e:
+                raise WorkloadError(reason=e.message) from e
+            if info.name in seen or info.size < 0:
+                raise WorkloadError(reason=f"the agent listed {info.name} twice or oddly")
+            seen.add(info.name)
+            data = agent.get(
+                name, info.name, size=info.size, sha256=info.sha256, max_bytes=info.size
+            )
+            if len(data) != info.size or hashlib.sha256(data).hexdigest() != info.sha256:
+                raise WorkloadError(reason=f"the output {info.name} does not match its listing")
+            collected.append((info, data))
+        return collected
+
+    def _finish(
+        self,
+        job: Job,
+        state: JobState,
+        status: AgentJobStatus | None,
+        outputs: list[tuple[OutputFile, bytes]],
+        report: RunnerReport,
+        *,
+        error: str = "",
+    ) -> None:
+        """End the job in ``state``: outputs sealed and stored, ``job:finish`` recorded."""
+        with self._uow() as uow:
+            current = self._reload(uow, job)
+            if outputs:
+                key = self._sealer.enclave_key(uow, job)
+                for blob in self._sealer.seal(
+                    key, job.id, job.label, BlobKind.OUTPUT, [(f.name, 0, d) for f, d in outputs]
+                ):
+                    uow.blobs.put(blob)
+            current.transition(state, self._clock())
+            current.step = JobStep.FINISHED
+            current.results = tuple(f for f, _ in outputs)
+            if status is not None:
+                current.exit_code = status.exit_code
+                current.runtime_s = status.runtime_s
+            current.error = error[:MAX_ERROR]
+            uow.jobs.update(current)
+            self._record_finish(uow, current)
+            uow.commit()
+        _copy(current, job)
+        self._stepped("job:finish")
+        report.finished += 1
+        report.failed += state is JobState.FAILED
+        report.progressed = True
+
+    def _record_finish(self, uow: UnitOfWork, job: Job) -> None:
+        details: dict[str, Any] = {
+            "enclave": str(job.enclave_id),
+            "state": job.state.value,
+            "exit_code": job.exit_code,
+            "runtime_s": job.runtime_s,
+            "outputs": [r.to_dict() for r in job.results],
+        }
+        if job.error:
+            details["error"] = job.error
+        self._recorder.record(
+            uow, self.ctx, "job:finish", job_target(job.id), label=job.label, details=details
+        )
+
+    def _finish_failed(self, job: Job, reason: str, report: RunnerReport) -> None:
+        if job.state.terminal:
+            # Finished already (only the discard failed): leave the agent's directory.
+            self._commit(job, step=JobStep.DONE, release=True)
+            return
+        try:
+            self._finish(job, JobState.FAILED, None, [], report, error=reason)
+        except ConcurrentUpdateError:
+            self._release(job)
+
+    def _enclave_ended(self, job: Job, report: RunnerReport) -> None:
+        if job.state.terminal:
+            self._commit(job, step=JobStep.DONE, release=True)
+        else:
+            self._finish(job, JobState.FAILED, None, [], report, error="the enclave ended")
+            self._commit(job, step=JobStep.DONE, release=True)
+        self._workloads.release(job.enclave_id)
+        self._opened.discard(job.enclave_id)
+
+    def _release_ended(self) -> None:
+        if not self._opened:
+            return
+        with self._uow(readonly=True) as uow:
+            ended = [
+                eid
+                for eid in self._opened
+                if (e := uow.enclaves.get(eid)) is None
+                or e.ended_at is not None
+                or (r := uow.requests.get(eid)) is None
+                or r.state is not RequestState.RUNNING
+            ]
+        for eid in ended:
+            self._workloads.release(eid)
+            self._opened.discard(eid)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_status(status: AgentJobStatus) -> None:
+        if status.state not in AGENT_STATES:
+            raise WorkloadError(reason=f"the agent answered an unknown state {status.state!r}")
+
+    @staticmethod
+    def _reload(uow: UnitOfWork, job: Job) -> Job:
+        current = uow.jobs.get(job.id, for_update=True)
+        if current is None or current.version != job.version:
+            raise ConcurrentUpdateError(kind="job", ident=str(job.id))
+        return current
+
+    def _commit(self, job: Job, *, step: JobStep | None = None, release: bool = False) -> None:
+        with self._uow() as uow:
+            current = self._reload(uow, job)
+            if step is not None:
+                current.step = step
+            if release:
+                current.claimed_by = current.claim_until = None
+            current.updated_at = self._clock()
+            uow.jobs.update(current)
+            uow.commit()
+        _copy(current, job)
+
+    def _release(self, job: Job, *, keep: bool = False) -> None:
+        """Give the claim back (``keep``: the job stays this worker's, claim lapsing)."""
+        if keep:
+            return
+        # If it cannot be given back now, the claim lapses by itself.
+        with contextlib.suppress(ConcurrentUpdateError, DependencyUnavailableError):
+            self._commit(job, release=True)
+
+    def _stepped(self, step: str) -> None:
+        if self._after_step is not None:
+            self._after_step(step)
+
+
+def _copy(source: Job, target: Job) -> None:
+    """Make ``target`` (the pass's copy) what was just stored."""
+    for name in Job.__dataclass_fields__:
+        setattr(target, name, getattr(source, name))
