@@ -10,7 +10,7 @@ import hashlib
 import io
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from devstack.cli import _register_bundled_hosts
+from sovereign.adapters.memory_workloads import FakeRun, MemoryWorkloads
 from sovereign.domain.identity import Principal, Role
 from sovereign.services.auditing import EventFilter
 from sovereign.services.recording import CallContext
@@ -41,16 +42,20 @@ pytestmark = [pytest.mark.idp, pytest.mark.libvirt]
 SECRET = {**SECRET_FORM, "disk_gib": "50"}
 CIVIL = {**CIVIL_FORM, "disk_gib": "50"}
 HOSTILE = "<script>alert('x')</script>"
-#: A job that writes a log line (hostile markup and a terminal escape included) and two outputs.
-MAIN = b"""import json, os, sys
-print("hello from the job", sys.argv[1:])
-print("<script>alert(1)</script>\\x1b[2J")
-os.makedirs("out", exist_ok=True)
-with open("out/metrics.json", "w") as f:
-    json.dump({"accuracy": 0.97}, f)
-with open("model.bin", "wb") as f:
-    f.write(bytes(range(256)))
-"""
+#: What the fake agent's job does (the console is under test here, not the agent: the CLI's
+#: integration test runs real code in a process enclave): it logs its arguments, hostile markup,
+#: a terminal escape and its inputs, and leaves two outputs.
+def program(
+    code: Mapping[str, bytes], inputs: Mapping[str, bytes], args: Sequence[str]
+) -> FakeRun:
+    assert "main.py" in code
+    log = [f"hello from the job {list(args)}".encode(), b"<script>alert(1)</script>\x1b[2J"]
+    log += [b"input " + name.encode() + b": " + data for name, data in sorted(inputs.items())]
+    files = {"out/metrics.json": b'{"accuracy": 0.97}', "model.bin": bytes(range(256))}
+    return FakeRun(0, b"\n".join(log) + b"\n", files)
+
+
+MAIN = b"print('the fake agent does not run this')\n"
 
 Settle = Callable[[], None]
 
@@ -58,7 +63,9 @@ Settle = Callable[[], None]
 @pytest.fixture
 def app(tmp_path: Path, console_idp: Any) -> Iterator[Flask]:
     """The console app with the embedded default's two simulated hosts registered."""
-    app = make_app(tmp_path, console_idp.url)
+    app = make_app(
+        tmp_path, console_idp.url, backends={"workloads": MemoryWorkloads(program)}
+    )
     _register_bundled_hosts(app.extensions["sovereign"])
     yield app
     app.extensions["sovereign"].close()
@@ -87,7 +94,8 @@ def run_jobs(svc: Any) -> None:
     """Drive every open job to its end through the configured workloads."""
     runner = svc.job_runner(worker="t")
     for _ in range(400):
-        if not runner.run_once().busy:
+        report = runner.run_once()
+        if not report.active and not report.progressed:
             return
     raise AssertionError("the job runner never settled")
 
@@ -321,13 +329,9 @@ def test_the_analyst_uploads_a_dataset_and_uses_it_as_an_input(
     rid = running(users, settle)
     form = text(analyst.get(f"/enclaves/{rid}"))
     assert f'value="{dataset.group(1)}"' in form
-    reader = (
-        b"import os\n"
-        b"print(open(os.path.join(os.environ['SOVEREIGN_INPUTS'], 'table.csv')).read())\n"
-    )
-    job = job_id_from(submit(analyst, rid, {"main.py": reader}, inputs=[dataset.group(1)]))
+    job = job_id_from(submit(analyst, rid, inputs=[dataset.group(1)]))
     settle()
-    assert "a,b\n1,2" in text(analyst.get(f"/jobs/{job}/log"))
+    assert "input table.csv: a,b\n1,2" in text(analyst.get(f"/jobs/{job}/log"))
 
     # Other tenants do not see it; an upload above one's clearance is refused with the form.
     assert "table.csv" not in text(users("analyst-research").get("/datasets"))
