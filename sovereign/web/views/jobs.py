@@ -22,7 +22,6 @@ from typing import Any
 from flask import Response, redirect, request, url_for
 from flask.typing import ResponseReturnValue
 from werkzeug.datastructures import FileStorage, Headers, MultiDict
-from werkzeug.exceptions import NotFound
 
 from sovereign.app_context import services
 from sovereign.domain.identity import Principal, Role
@@ -30,6 +29,7 @@ from sovereign.domain.jobs import Dataset, Job, JobLimits, JobManifest
 from sovereign.domain.requests import RequestState
 from sovereign.services.enclaves import EnclaveView
 from sovereign.services.recording import CallContext
+from sovereign.services.sealing import Readers
 from sovereign.web.console import accepts_uploads, bp, caller, flash, page, retry_form
 from sovereign.web.views.requests import require_role
 
@@ -43,13 +43,7 @@ FORM_OVERHEAD = 1 << 20
 
 def limits() -> JobLimits:
     """The configured job and dataset bounds."""
-    found = getattr(services().jobs, "limits", None) if has_jobs() else None
-    return found if isinstance(found, JobLimits) else JobLimits()
-
-
-def has_jobs() -> bool:
-    """Whether this control plane runs jobs (the services carry them)."""
-    return hasattr(services(), "jobs")
+    return services().jobs.limits
 
 
 def may_submit(principal: Principal, view: EnclaveView) -> bool:
@@ -57,16 +51,14 @@ def may_submit(principal: Principal, view: EnclaveView) -> bool:
     r = view.request
     return (
         principal.has_role(Role.ANALYST)
-        and r.tenant in principal.tenants
-        and principal.cleared_for(r.label)
+        and Readers.content(principal, r.tenant, r.label)
         and r.state is RequestState.RUNNING
     )
 
 
 def may_read_results(principal: Principal, job: Job) -> bool:
-    """Whether to offer ``principal`` a job's log and outputs: members of its tenant cleared
-    for its label (the service still decides)."""
-    return job.tenant in principal.tenants and principal.cleared_for(job.label)
+    """Whether to offer ``principal`` a job's log and outputs (the service still decides)."""
+    return Readers.content(principal, job.tenant, job.label)
 
 
 def may_cancel(principal: Principal, job: Job) -> bool:
@@ -139,8 +131,6 @@ def parse_job_form(
 
 def _datasets_for(ctx: CallContext, view: EnclaveView) -> list[Dataset]:
     """The datasets the analyst may offer this enclave: its tenant's, within its label."""
-    if not hasattr(services(), "datasets"):
-        return []
     r = view.request
     return [
         d
@@ -150,12 +140,9 @@ def _datasets_for(ctx: CallContext, view: EnclaveView) -> list[Dataset]:
 
 
 def jobs_section(ctx: CallContext, view: EnclaveView) -> dict[str, Any]:
-    """What the enclave page shows about jobs (nothing where the control plane runs none)."""
-    if not has_jobs():
-        return {"jobs_enabled": False}
+    """What the enclave page shows about jobs."""
     submit = may_submit(ctx.principal, view)
     return {
-        "jobs_enabled": True,
         "jobs": services().jobs.list(ctx, view.request.id),
         "can_submit": submit,
         "job_form": JobForm(),
@@ -183,7 +170,6 @@ def new_job(enclave_id: uuid.UUID) -> ResponseReturnValue:
     """The submit form on its own page (the enclave page carries it too)."""
     ctx = caller()
     require_role(ctx.principal, Role.ANALYST, "Submitting a job")
-    _require_jobs()
     return _form_page(ctx, enclave_id, JobForm())
 
 
@@ -192,7 +178,6 @@ def submit_job(enclave_id: uuid.UUID) -> ResponseReturnValue:
     """Queue the uploaded files as a job; the service checks membership, clearance, the
     enclave's state and the inputs' labels."""
     ctx = caller()
-    _require_jobs()
     limit = limits()
     form, data, files = parse_job_form(request.form, request.files.getlist("files"), limit)
     if data is None:
@@ -212,11 +197,6 @@ def submit_job(enclave_id: uuid.UUID) -> ResponseReturnValue:
 accepts_uploads("console.submit_job", lambda _: limits().max_code_bytes + FORM_OVERHEAD)
 
 
-def _require_jobs() -> None:
-    if not has_jobs():
-        raise NotFound("This control plane runs no jobs.")
-
-
 # -- a job ---------------------------------------------------------------------------------------
 
 
@@ -230,7 +210,6 @@ def job_detail(job_id: uuid.UUID) -> ResponseReturnValue:
     """One job: its manifest and files, state, exit code and runtime, the end of its log (the
     page reloads itself while the job runs) and its outputs to download."""
     ctx = caller()
-    _require_jobs()
     job = services().jobs.get(ctx, job_id)
     readable = may_read_results(ctx.principal, job)
     log, start = "", 0
@@ -255,7 +234,6 @@ def job_detail(job_id: uuid.UUID) -> ResponseReturnValue:
 def job_log(job_id: uuid.UUID) -> ResponseReturnValue:
     """The job's whole log so far, as plain text (never rendered as HTML)."""
     ctx = caller()
-    _require_jobs()
     chunks: list[bytes] = []
     offset = 0
     for _ in range(limits().max_log_bytes // (1 << 20) + 1):
@@ -270,7 +248,6 @@ def job_log(job_id: uuid.UUID) -> ResponseReturnValue:
 def job_output(job_id: uuid.UUID, name: str) -> ResponseReturnValue:
     """One output file as an attachment (each download is an ``output:read`` event)."""
     ctx = caller()
-    _require_jobs()
     data = services().jobs.output(ctx, job_id, name)
     headers = Headers()
     # Werkzeug quotes the name (RFC 6266 filename*); the download is never shown inline.
@@ -282,7 +259,6 @@ def job_output(job_id: uuid.UUID, name: str) -> ResponseReturnValue:
 def cancel_job(job_id: uuid.UUID) -> ResponseReturnValue:
     """Cancel the job: a queued one never starts, a running one is killed."""
     ctx = caller()
-    _require_jobs()
     job = services().jobs.cancel(ctx, job_id)
     flash(f"Job {job.id} is {job.state.value}." if job.state.terminal else "Cancelling the job.")
     return redirect(url_for("console.job_detail", job_id=job_id), 303)
@@ -328,7 +304,6 @@ def _datasets_page(ctx: CallContext, form: DatasetForm | None = None) -> Respons
 def datasets() -> ResponseReturnValue:
     """The datasets the user may see, and the upload form for analysts."""
     ctx = caller()
-    _require_datasets()
     return _datasets_page(ctx)
 
 
@@ -337,7 +312,6 @@ def upload_dataset() -> ResponseReturnValue:
     """Seal and store the uploaded file for a tenant at a label; the service checks the
     tenant membership and that the analyst's clearance dominates the label."""
     ctx = caller()
-    _require_datasets()
     upload = request.files.get("file")
     values: dict[str, Any] = {
         "tenant": request.form.get("tenant", "").strip(),
@@ -370,8 +344,3 @@ def upload_dataset() -> ResponseReturnValue:
 
 
 accepts_uploads("console.upload_dataset", lambda _: limits().max_dataset_bytes + FORM_OVERHEAD)
-
-
-def _require_datasets() -> None:
-    if not hasattr(services(), "datasets"):
-        raise NotFound("This control plane keeps no datasets.")
