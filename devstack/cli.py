@@ -119,7 +119,12 @@ def _banner(app: Flask, running: DevStack, url: str, database_url: str) -> None:
 
 def _start_background(stack: ExitStack, app: Flask) -> None:
     """Start the in-process audit sequencer and reconciler; ``stack`` stops them."""
-    from sovereign.worker import ReconcilerThread, SequencerThread, describe  # noqa: PLC0415
+    from sovereign.worker import (  # noqa: PLC0415
+        ReconcilerThread,
+        SequencerThread,
+        describe,
+        start_jobs,
+    )
 
     services = app_context.services(app)
     settings = app_context.settings(app)
@@ -137,6 +142,8 @@ def _start_background(stack: ExitStack, app: Flask) -> None:
     )
     reconciler.start()
     stack.callback(reconciler.stop)
+    jobs = start_jobs(services, settings.job_poll_interval_s, settings.env)
+    stack.callback(jobs.stop)
 
 
 #: The embedded default's simulated hosts: name -> (site, accreditation).

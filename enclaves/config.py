@@ -466,6 +466,42 @@ class ConsoleFileConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelUnixConfig:
+    """``<channel type='unix'><source mode='bind'/><target type='virtio' name=...>``.
+
+    A virtio-serial port the host reaches through ``virDomainOpenChannel`` (libvirt picks the
+    socket path when ``<source>`` has none); the guest sees ``/dev/virtio-ports/<name>``.
+    """
+
+    name: str
+
+    def to_xml(self) -> ElementTree.Element:
+        """Build the ``<channel>`` element."""
+        element = ElementTree.Element("channel", type="unix")
+        _sub(element, "source", mode="bind")
+        _sub(element, "target", type="virtio", name=self.name)
+        return element
+
+    @classmethod
+    def parse(cls, element: ElementTree.Element) -> Self:
+        """Read ``<channel type='unix'>`` with a virtio target.
+
+        :raises ValueError: for any other channel type, source mode or target type.
+        """
+        _expect(element, "channel")
+        if element.get("type") != "unix":
+            raise ValueError("only <channel type='unix'> is supported")
+        _only_children(element, ("source", "target"))
+        source = _child(element, "source")
+        if source.get("mode") != "bind" or set(source.keys()) != {"mode"}:
+            raise ValueError("only <channel><source mode='bind'/> is supported")
+        target = _child(element, "target")
+        if target.get("type") != "virtio":
+            raise ValueError("only <channel><target type='virtio'> is supported")
+        return cls(name=_attr(target, "name"))
+
+
+@dataclass(frozen=True, slots=True)
 class TpmConfig:
     """``<tpm>`` with an emulator (swtpm) backend, its state optionally encrypted."""
 
@@ -660,6 +696,7 @@ DeviceConfig = (
     | InterfaceConfig
     | SerialFileConfig
     | ConsoleFileConfig
+    | ChannelUnixConfig
     | TpmConfig
     | GraphicsVncConfig
     | VideoConfig
@@ -673,6 +710,7 @@ _DEVICE_PARSERS: dict[str, type[DeviceConfig]] = {
     "interface": InterfaceConfig,
     "serial": SerialFileConfig,
     "console": ConsoleFileConfig,
+    "channel": ChannelUnixConfig,
     "tpm": TpmConfig,
     "graphics": GraphicsVncConfig,
     "video": VideoConfig,

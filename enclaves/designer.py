@@ -12,7 +12,10 @@ that live in the domain XML:
 * no NIC (``NONE``), one NIC on the enclave's own isolated network (``ISOLATED``; a
   ``<network>`` with no ``<forward>`` and no ``<ip>``, see :func:`isolated_network_xml`), or
   an operator network for civilian enclaves only (``CIVILIAN_BRIDGE``);
-* no memory balloon, no shared ``<filesystem>``, no guest agent ``<channel>``, no USB bus,
+* one virtio-serial ``<channel>``, ``org.sovereign.agent.0``, the only way in for work: the
+  control plane reaches Sovereign's agent through ``virDomainOpenChannel`` (no NIC needed);
+  no other channel (no QEMU guest agent, whose commands read and write guest files as root);
+* no memory balloon, no shared ``<filesystem>``, no USB bus,
   no ``<graphics>``/``<video>`` unless a civilian spec allows them; no suspend to disk and no
   crash dump (``on_crash destroy``), which would write guest memory to the host;
 * the serial console goes to a host file; a dynamic ``<seclabel>`` confines the QEMU process.
@@ -36,6 +39,8 @@ GUEST_ARCH = "x86_64"
 SECURITY_MODELS: tuple[str, ...] = ("dac", "selinux", "apparmor")
 #: Prefix of the per-enclave isolated network's name (see :func:`isolated_network_name`).
 ISOLATED_NETWORK_PREFIX = "sov-iso-"
+#: The virtio-serial port of Sovereign's agent (:mod:`enclaves.channel` opens it).
+AGENT_CHANNEL = "org.sovereign.agent.0"
 
 
 class IsolationError(ValueError):
@@ -86,6 +91,7 @@ def design(
     devices += [
         config.SerialFileConfig(path=spec.serial_log),
         config.ConsoleFileConfig(path=spec.serial_log),
+        config.ChannelUnixConfig(name=AGENT_CHANNEL),
         _tpm(spec),
     ]
     if spec.allow_graphics:

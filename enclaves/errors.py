@@ -70,3 +70,38 @@ class EnclaveRefusedError(EnclaveError):
 class GpuUnavailableError(EnclaveRefusedError):
     """A GPU to pass through is not on the host, or another domain already holds a function
     of its IOMMU group (isolation rule 1: a GPU is never shared)."""
+
+
+class AgentError(EnclaveError):
+    """Base of the errors talking to an enclave's workload agent (:mod:`enclaves.agent`).
+
+    The agent runs inside the enclave and is untrusted: whatever it sends surfaces as one of
+    these, never as another exception.
+    """
+
+
+class AgentUnavailableError(AgentError):
+    """The agent cannot be reached, or the connection to it was lost or closed."""
+
+
+class AgentProtocolError(AgentError):
+    """The agent broke the protocol: garbage, an oversize frame, a wrong hash or a bad name.
+
+    The connection is closed; nothing more it says can be trusted to be in step.
+    """
+
+
+class AgentTimeoutError(AgentError):
+    """The agent did not answer in time; the connection is closed."""
+
+
+class AgentRefusedError(AgentError):
+    """The agent answered with an error frame.
+
+    :attr:`message` is the agent's message, control characters replaced and length-capped, so
+    it may be shown but is still text from inside an enclave.
+    """
+
+
+class SandboxError(EnclaveError):
+    """A process enclave (:mod:`enclaves.sandbox`) could not be started, found or stopped."""

@@ -15,12 +15,14 @@ settings or a loaded ``app.config`` mapping (read into settings once, on entry).
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any, cast
 
 from enclaves.uri import UriPolicy, UriRefusedError, check_uri
 from sovereign.domain.actions import ActionKind
+from sovereign.domain.jobs import JobLimits
 from sovereign.domain.labels import LabelScheme
 from sovereign.domain.policy import AccessPolicy
 from sovereign.errors import ConfigurationError
@@ -28,8 +30,10 @@ from sovereign.services.actions import ActionService
 from sovereign.services.auditing import AuditReadService
 from sovereign.services.authfailures import AuthFailureAudit
 from sovereign.services.catalog import CatalogService
+from sovereign.services.datasets import DatasetService
 from sovereign.services.enclaves import EnclaveEnding, EnclaveService
 from sovereign.services.hosts import AccreditHost, HostService
+from sovereign.services.jobs import JobService
 from sovereign.services.keys import KeyService
 from sovereign.services.ports import (
     AuditLog,
@@ -39,6 +43,7 @@ from sovereign.services.ports import (
     Sanitizer,
     SecretStore,
     UnitOfWorkFactory,
+    Workloads,
 )
 from sovereign.services.recording import Clock, utcnow
 from sovereign.services.registry import Services
@@ -54,6 +59,7 @@ __all__ = [
     "build_hypervisor",
     "build_secret_store",
     "build_services",
+    "build_workloads",
     "uri_policy",
     "vault_clients",
 ]
@@ -70,6 +76,7 @@ def build_services(
     secrets: SecretStore | None = None,
     probes: Sequence[Probe] | None = None,
     hypervisor: Hypervisor | None = None,
+    workloads: Workloads | None = None,
     clock: Clock = utcnow,
 ) -> Services:
     """Assemble the services for ``config``; keyword overrides replace backends."""
@@ -132,6 +139,10 @@ def build_services(
     hosts = HostService(uow, hypervisor, scheme, actions, clock=clock)
     enclaves = EnclaveService(uow, policy, ending, actions, hypervisor, clock=clock)
     auth_failures = AuthFailureAudit(uow, interval_s=settings.auth_failure_interval_s, clock=clock)
+    if workloads is None:
+        workloads = build_workloads(settings)
+    limits = job_limits(settings)
+    job_signal = threading.Event()
     return Services(
         scheme=scheme,
         policy=policy,
@@ -156,8 +167,50 @@ def build_services(
             "claim_ttl": timedelta(seconds=settings.reconciler_claim_ttl_s),
             "max_attempts": settings.reconciler_max_attempts,
         },
+        jobs=JobService(uow, secrets, workloads, limits=limits, wake=job_signal.set, clock=clock),
+        datasets=DatasetService(
+            uow, secrets, limits=limits, mount_prefix=settings.vault_mount_prefix, clock=clock
+        ),
+        workloads=workloads,
+        secrets=secrets,
+        job_settings={
+            "clock": clock,
+            "limits": limits,
+            "claim_ttl": timedelta(seconds=settings.job_claim_ttl_s),
+        },
+        job_signal=job_signal,
         probes=list(probes) if probes is not None else default_probes,
         resources=resources,
+    )
+
+
+def job_limits(config: Settings | Mapping[str, Any]) -> JobLimits:
+    """The bounds on jobs and datasets from the JOB_* and DATASET_* settings."""
+    settings = Settings.of(config)
+    return JobLimits(
+        max_runtime_s=settings.job_max_runtime_s,
+        max_files=settings.job_max_files,
+        max_code_bytes=settings.job_max_code_bytes,
+        max_dataset_bytes=settings.dataset_max_bytes,
+        max_output_files=settings.job_max_output_files,
+        max_output_bytes=settings.job_max_output_bytes,
+        max_log_bytes=settings.job_max_log_bytes,
+    )
+
+
+def build_workloads(config: Settings | Mapping[str, Any]) -> Workloads:
+    """The enclaves' agents: process enclaves for simulated (test driver) hosts, the libvirt
+    channel for real ones (nothing starts until a job needs it)."""
+    settings = Settings.of(config)
+    from pathlib import Path  # noqa: PLC0415
+
+    from sovereign.adapters.workloads import AgentWorkloads  # noqa: PLC0415
+
+    return AgentWorkloads(
+        run_dir=Path(settings.workloads_run_dir) if settings.workloads_run_dir else None,
+        uris=uri_policy(settings),
+        timeout_s=settings.workloads_timeout_s,
+        connect_timeout_s=settings.hypervisor_connect_timeout_s,
     )
 
 

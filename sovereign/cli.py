@@ -349,6 +349,7 @@ def worker(interval: float | None, no_reconcile: bool) -> None:
         reconcile=not no_reconcile,
         environment=settings.env,
         echo=click.echo,
+        job_poll_s=settings.job_poll_interval_s,
     )
 
 

@@ -103,6 +103,24 @@ DEFAULTS: dict[str, Any] = {
     "RECONCILER_INTERVAL_S": 1.0,
     "RECONCILER_CLAIM_TTL_S": 300,
     "RECONCILER_MAX_ATTEMPTS": 5,
+    # Jobs and datasets: the longest runtime a manifest may ask for; code files per job and
+    # their total size; one dataset's size; outputs collected per job and their total size
+    # (more fails the job); log bytes kept per job; how often the job runner polls running
+    # jobs (and how long its claim on a job lasts, renewed every pass). Uploads are refused
+    # with 413 above the code or dataset limit plus a little for the multipart envelope.
+    "JOB_MAX_RUNTIME_S": 86_400,
+    "JOB_MAX_FILES": 64,
+    "JOB_MAX_CODE_BYTES": 16 * 1024 * 1024,
+    "DATASET_MAX_BYTES": 64 * 1024 * 1024,
+    "JOB_MAX_OUTPUT_FILES": 64,
+    "JOB_MAX_OUTPUT_BYTES": 64 * 1024 * 1024,
+    "JOB_MAX_LOG_BYTES": 16 * 1024 * 1024,
+    "JOB_POLL_INTERVAL_S": 0.15,
+    "JOB_CLAIM_TTL_S": 30,
+    # Where process enclaves (simulated hosts) keep their sockets and pid files (None:
+    # /tmp/sovereign-run-<uid>), and how long one agent operation may take.
+    "WORKLOADS_RUN_DIR": None,
+    "WORKLOADS_TIMEOUT_S": 30.0,
     # Two-person proposals (accreditation changes, classified kill switch) expire after this.
     "DUAL_ACTION_TTL_S": 3600,
     # Rate limits (Flask-Limiter, see sovereign.api.limits): per client address on what is

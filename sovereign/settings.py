@@ -94,6 +94,18 @@ class Settings:
     reconciler_interval_s: float
     reconciler_claim_ttl_s: int
     reconciler_max_attempts: int
+    # Jobs and datasets.
+    job_max_runtime_s: int
+    job_max_files: int
+    job_max_code_bytes: int
+    dataset_max_bytes: int
+    job_max_output_files: int
+    job_max_output_bytes: int
+    job_max_log_bytes: int
+    job_poll_interval_s: float
+    job_claim_ttl_s: int
+    workloads_run_dir: str | None
+    workloads_timeout_s: float
     # HTTP: limits, proxies, metrics.
     ratelimit_storage_uri: str
     ratelimit_anonymous: str
@@ -195,6 +207,17 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
     "reconciler_interval_s": float,
     "reconciler_claim_ttl_s": int,
     "reconciler_max_attempts": int,
+    "job_max_runtime_s": int,
+    "job_max_files": int,
+    "job_max_code_bytes": int,
+    "dataset_max_bytes": int,
+    "job_max_output_files": int,
+    "job_max_output_bytes": int,
+    "job_max_log_bytes": int,
+    "job_poll_interval_s": float,
+    "job_claim_ttl_s": int,
+    "workloads_run_dir": _optional_str,
+    "workloads_timeout_s": float,
     "ratelimit_storage_uri": str,
     "ratelimit_anonymous": str,
     "ratelimit_auth_failures": str,

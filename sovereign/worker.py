@@ -1,18 +1,24 @@
 """The background work of the control plane, all of it: what runs besides the API, and how.
 
-Runs three things, and owns every loop that runs them:
+Runs four things, and owns every loop that runs them:
 
 - **reconciler passes** (:class:`~sovereign.services.reconciler.Reconciler`), by
   :class:`PassLoop`: a pass that changed something is followed at once by the next; an idle
   one, or one that only reported drift, waits the interval or a domain event;
 - **audit sequencing** (the :class:`~sovereign.services.ports.AuditSequencer` entry point:
   queued events get indices, a checkpoint is signed, the signing key published first);
-- their two hosts: :class:`ReconcilerThread` and :class:`SequencerThread`, daemon threads of
-  the embedded default (``sovereign dev``), and :func:`run_worker`, the ``sovereign worker``
-  process of production (one or more beside the API), which sequences after every pass.
+- **job runner passes** (:class:`~sovereign.services.jobrunner.JobRunner`), by
+  :class:`JobLoop`: at once after a pass that progressed, every ``JOB_POLL_INTERVAL_S`` while
+  jobs run, otherwise after a short idle wait or as soon as a job is submitted or cancelled in
+  this process (the services' job signal);
+- their hosts: :class:`ReconcilerThread`, :class:`JobThread` and :class:`SequencerThread`,
+  daemon threads of the embedded default (``sovereign dev``), and :func:`run_worker`, the
+  ``sovereign worker`` process of production (one or more beside the API), which sequences
+  after every pass and runs jobs in a thread of its own.
 
 Must not do a pass's or a sequencer run's work itself, nor pick backends (the assembly does).
-Crash testing: outside production, ``SOVEREIGN_CRASH_AFTER=provision:define`` makes the worker
+Crash testing: outside production, ``SOVEREIGN_CRASH_AFTER=provision:define`` (or a job step:
+``job:staged``, ``job:start``, ``job:log``, ``job:finish``, ``job:discard``) makes the worker
 kill itself with SIGKILL right after recording that step, as a power cut would.
 """
 
@@ -31,6 +37,7 @@ from sovereign.errors import (
     SovereignError,
 )
 from sovereign.services.drift import LogLimiter, held_note
+from sovereign.services.jobrunner import JobRunner
 from sovereign.services.ports import AuditSequencer
 from sovereign.services.reconciler import PassReport, Reconciler
 from sovereign.services.recording import utcnow
@@ -224,6 +231,102 @@ class SequencerThread:
             self._once()
 
 
+#: Seconds a job loop with no queued or running job waits for a signal before looking again
+#: (jobs submitted through another process are found this late at worst).
+JOB_IDLE_S = 0.5
+
+
+class JobLoop:
+    """Job runner passes, one after another: at once after one that progressed (at most
+    :data:`MAX_BUSY_STREAK` in a row), every ``poll_s`` while jobs are active, otherwise after
+    ``idle_s`` or when ``signal`` is set (a job submitted or cancelled). A failing pass is
+    logged, a repeated failure at most once a minute."""
+
+    def __init__(
+        self,
+        runner: JobRunner,
+        signal: threading.Event,
+        *,
+        poll_s: float,
+        idle_s: float = JOB_IDLE_S,
+    ) -> None:
+        self.runner = runner
+        self._signal = signal
+        self._poll = poll_s
+        self._idle = idle_s
+        self._stop = threading.Event()
+        self._limiter = LogLimiter(utcnow)
+        self.passes = 0
+
+    def stop(self) -> None:
+        """Stop after the current pass."""
+        self._stop.set()
+        self._signal.set()
+
+    def run(self, max_passes: int | None = None) -> None:
+        """Run passes until :meth:`stop` (or ``max_passes`` passes, for tests)."""
+        streak = 0
+        while not self._stop.is_set() and (max_passes is None or self.passes < max_passes):
+            progressed, active = self.run_pass()
+            streak = streak + 1 if progressed else 0
+            if progressed and streak < MAX_BUSY_STREAK:
+                continue
+            streak = 0
+            self._signal.wait(self._poll if active else self._idle)
+            self._signal.clear()
+
+    def run_pass(self) -> tuple[bool, bool]:
+        """One pass; whether it progressed and whether jobs remain active."""
+        try:
+            report = self.runner.run_once()
+        except SovereignError as e:
+            held = self._limiter.allow(e.message)
+            if held is not None:
+                log.warning("job runner pass failed: %s%s", for_log(e.message), held_note(held))
+            return False, True
+        except Exception as e:
+            held = self._limiter.allow(f"crash:{type(e).__name__}:{e}")
+            if held is not None:
+                log.exception("job runner pass crashed%s", held_note(held))
+            return False, True
+        finally:
+            self.passes += 1
+        return report.progressed, report.active > 0
+
+
+class JobThread:
+    """Runs a :class:`JobLoop` in a daemon thread until stopped."""
+
+    def __init__(
+        self,
+        runner: JobRunner,
+        signal: threading.Event,
+        *,
+        poll_s: float,
+        idle_s: float = JOB_IDLE_S,
+    ) -> None:
+        self.loop = JobLoop(runner, signal, poll_s=poll_s, idle_s=idle_s)
+        self._thread = threading.Thread(target=self.loop.run, name="job-runner", daemon=True)
+
+    def start(self) -> None:
+        """Start the loop."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the current pass."""
+        self.loop.stop()
+        self._thread.join(timeout=30)
+
+
+def start_jobs(services: Services, poll_s: float, environment: str) -> JobThread:
+    """A started :class:`JobThread` over ``services`` (with the crash hook outside
+    production)."""
+    runner = services.jobrunner(after_step=crash_hook(environment))
+    thread = JobThread(runner, services.job_signal, poll_s=poll_s)
+    thread.start()
+    return thread
+
+
 def run_worker(
     services: Services,
     interval_s: float,
@@ -232,9 +335,12 @@ def run_worker(
     environment: str = "production",
     echo: Callable[[str], None] = print,
     max_passes: int | None = None,
+    job_poll_s: float | None = None,
 ) -> None:
     """Run ``sovereign worker``: reconciler passes (unless ``reconcile`` is false), each
-    followed by an audit sequencer run, until stopped (or ``max_passes``, for tests).
+    followed by an audit sequencer run, and the job runner in a thread of its own (with the
+    reconciler, every ``job_poll_s`` while jobs run), until stopped (or ``max_passes``, for
+    tests).
 
     :raises DependencyUnavailableError: if no audit log is configured.
     """
@@ -250,10 +356,15 @@ def run_worker(
         if run.sequenced:
             echo(f"sequenced {run.sequenced}; size {run.size}")
 
+    jobs = start_jobs(services, job_poll_s or 0.15, environment) if reconciler else None
     # Domain lifecycle events (a guest crashed, someone stopped it) wake the loop at once.
-    PassLoop(
-        reconciler,
-        interval_s,
-        on_report=lambda report: echo(describe(report)),
-        after_pass=sequence,
-    ).run(max_passes)
+    try:
+        PassLoop(
+            reconciler,
+            interval_s,
+            on_report=lambda report: echo(describe(report)),
+            after_pass=sequence,
+        ).run(max_passes)
+    finally:
+        if jobs is not None:
+            jobs.stop()

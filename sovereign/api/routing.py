@@ -3,6 +3,9 @@
 Owns :class:`Api`, the registry that turns a view function plus its body, query and response
 schemas into a Flask route, and :func:`openapi`, which describes every registered operation.
 Because validation and documentation read the same pydantic models, they cannot drift apart.
+Also ``multipart/form-data`` bodies (:func:`parse_form`: uploads of job code and datasets, each
+operation with its own size limit, refused with 413 above it before anything is parsed), and
+views that answer with their own :class:`~flask.Response` (bytes, extra headers).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, g, request
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
+from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import BadRequest, NotFound, UnsupportedMediaType
 from werkzeug.routing import IntegerConverter, Map
 
@@ -26,7 +30,7 @@ from sovereign.errors import AuthenticationError, InvalidInputError
 from sovereign.services.authfailures import AUTH_FAILURE
 from sovereign.services.recording import CallContext
 
-View = Callable[..., BaseModel | str]
+View = Callable[..., BaseModel | str | Response]
 TEXT = "text/plain"
 
 PATH_PARAM = re.compile(r"<(?:(\w+):)?(\w+)>")
@@ -51,6 +55,8 @@ PATH_SCHEMAS: dict[str, dict[str, Any]] = {
     "string": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": NAME_PATTERN},
     "int": {"type": "integer", "minimum": 0, "maximum": MAX_PATH_INT},
     "uuid": {"type": "string", "format": "uuid"},
+    # Output file names: relative paths (checked by the service; anything else is 404).
+    "path": {"type": "string", "minLength": 1, "maxLength": 255},
 }
 #: Where pydantic puts nested definitions; the document keeps them all under components.
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -82,7 +88,7 @@ PROBLEM_RESPONSES = {
     "404": "Not found, or not visible to you",
     "409": "Conflict with the current state",
     "413": "Body too large",
-    "415": "Body is not application/json",
+    "415": "Body is not of the documented media type",
     "422": "Invalid input",
     "429": "Too many requests (see Retry-After)",
     "431": "Request header fields too large",
@@ -110,6 +116,51 @@ class Operation:
     path_params: list[tuple[str, str]] = field(default_factory=list)
     #: ``text/plain`` operations return a string (signed notes, proofs, keys) instead of JSON.
     media_type: str = "application/json"
+    #: A ``multipart/form-data`` body: the model documents its parts (``bytes`` ones are files);
+    #: the view receives a :class:`Form`.
+    form: type[BaseModel] | None = None
+    #: The body's size limit for this operation (bytes), when it is not MAX_CONTENT_LENGTH.
+    body_limit: Callable[[], int] | None = None
+    #: Response headers the operation sets, documented: name -> description.
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def has_body(self) -> bool:
+        """Whether the operation takes a request body."""
+        return self.body is not None or self.form is not None
+
+
+@dataclass(frozen=True)
+class Form:
+    """A parsed ``multipart/form-data`` body: text parts and file parts (file name, bytes) by
+    part name."""
+
+    fields: dict[str, list[str]]
+    files: dict[str, list[tuple[str, bytes]]]
+
+    def text(self, name: str, *, required: bool = True) -> str | None:
+        """The one text part called ``name`` (a file part's content, read as UTF-8, too).
+
+        :raises InvalidInputError: missing when required, given twice, or not UTF-8.
+        """
+        values = list(self.fields.get(name, []))
+        for _, data in self.files.get(name, []):
+            try:
+                values.append(data.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise InvalidInputError(reason=f"the part {name!r} is not UTF-8 text") from None
+        if len(values) > 1:
+            raise InvalidInputError(reason=f"the part {name!r} is given more than once")
+        if not values:
+            if required:
+                raise InvalidInputError(reason=f"the part {name!r} is required")
+            return None
+        return values[0]
+
+    def file_parts(self, name: str) -> list[tuple[str, bytes]]:
+        """The file parts called ``name``, in order (a text part counts as a file without a
+        name)."""
+        return [*self.files.get(name, []), *(("", v.encode()) for v in self.fields.get(name, []))]
 
 
 def call_context() -> CallContext:
@@ -187,6 +238,33 @@ def parse_body(model: type[BaseModel], *, optional: bool = False) -> BaseModel:
         ) from e
 
 
+def parse_form(limit: int | None) -> Form:
+    """Parse a ``multipart/form-data`` body of at most ``limit`` bytes.
+
+    :raises RequestEntityTooLarge: (413) above the limit, before anything is parsed.
+    :raises UnsupportedMediaType: (415) if the body is not multipart/form-data.
+    :raises BadRequest: (400) if it does not parse.
+    """
+    if limit is not None:
+        # Flask 3.1: a per-request limit, checked against Content-Length (and the stream).
+        request.max_content_length = limit
+        request.max_form_memory_size = limit
+    if request.mimetype != "multipart/form-data":
+        request.get_data(cache=False)  # 413 for an oversized body of another type too
+        raise UnsupportedMediaType("The body must be multipart/form-data.")
+    form, files = request.form, request.files
+    fields = {name: form.getlist(name) for name in form}
+    parts: dict[str, list[tuple[str, bytes]]] = {}
+    for name in files:
+        for storage in files.getlist(name):
+            parts.setdefault(name, []).append(_read(storage))
+    return Form(fields, parts)
+
+
+def _read(storage: FileStorage) -> tuple[str, bytes]:
+    return storage.filename or "", storage.read()
+
+
 def parse_query(model: type[BaseModel]) -> BaseModel:
     """Validate query parameters against ``model``. :raises InvalidInputError: (422)."""
     try:
@@ -219,6 +297,9 @@ class Api:
         auth: bool = True,
         roles: str = "",
         media_type: str = "application/json",
+        form: type[BaseModel] | None = None,
+        body_limit: Callable[[], int] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Callable[[View], View]:
         """Register ``view`` for ``method rule``; it receives the caller, body, query, params."""
 
@@ -238,6 +319,9 @@ class Api:
                 roles=roles,
                 path_params=[(n, c or "string") for c, n in PATH_PARAM.findall(rule)],
                 media_type=media_type,
+                form=form,
+                body_limit=body_limit,
+                headers=dict(headers or {}),
             )
             self.operations.append(op)
 
@@ -248,9 +332,13 @@ class Api:
                     kwargs["ctx"] = call_context()
                 if op.body is not None:
                     kwargs["body"] = parse_body(op.body, optional=op.body_optional)
+                if op.form is not None:
+                    kwargs["form"] = parse_form(op.body_limit() if op.body_limit else None)
                 if op.query is not None:
                     kwargs["query"] = parse_query(op.query)
                 result = op.view(**kwargs)
+                if isinstance(result, Response):
+                    return result
                 body = result if isinstance(result, str) else result.model_dump_json()
                 return Response(body, status=op.status, mimetype=op.media_type)
 
@@ -275,6 +363,8 @@ def openapi(api: Api, prefix: str, *, title: str, version: str) -> dict[str, Any
             models.add(op.response)
         if op.body is not None:
             models.add(op.body)
+        if op.form is not None:
+            models.add(op.form)
     _, defs = models_json_schema(
         [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
         ref_template=REF_TEMPLATE,
@@ -289,27 +379,7 @@ def openapi(api: Api, prefix: str, *, title: str, version: str) -> dict[str, Any
         ]
         if op.query is not None:
             parameters += _query_parameters(op.query, components)
-        schema_ref: dict[str, Any] = (
-            {"$ref": f"#/components/schemas/{op.response.__name__}"}
-            if op.response is not None
-            else {"type": "string"}
-        )
-        problem_ref = {"$ref": "#/components/schemas/Problem"}
-        responses: dict[str, Any] = {
-            str(op.status): {
-                "description": "Success",
-                "content": {op.media_type: {"schema": schema_ref}},
-            }
-        }
-        for code, text in PROBLEM_RESPONSES.items():
-            if code in {"413", "415"} and op.body is None:
-                continue
-            if code in {"401", "403"} and not op.auth:
-                continue
-            responses[code] = {
-                "description": text,
-                "content": {"application/problem+json": {"schema": problem_ref}},
-            }
+        responses = _responses(op)
         operation: dict[str, Any] = {
             "operationId": op.view.__name__,
             "summary": op.summary,
@@ -321,15 +391,9 @@ def openapi(api: Api, prefix: str, *, title: str, version: str) -> dict[str, Any
             operation["description"] = f"Allowed for: {op.roles}."
         if op.auth:
             operation["security"] = [{"bearer": []}]
-        if op.body is not None:
-            operation["requestBody"] = {
-                "required": not op.body_optional,
-                "content": {
-                    "application/json": {
-                        "schema": {"$ref": f"#/components/schemas/{op.body.__name__}"}
-                    }
-                },
-            }
+        body = _request_body(op)
+        if body is not None:
+            operation["requestBody"] = body
         paths.setdefault(path, {})[op.method.lower()] = operation
     return {
         "openapi": "3.1.0",
@@ -341,6 +405,52 @@ def openapi(api: Api, prefix: str, *, title: str, version: str) -> dict[str, Any
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
             },
         },
+    }
+
+
+def _responses(op: Operation) -> dict[str, Any]:
+    """The success response (its media type, schema and headers) and the problem answers."""
+    schema_ref: dict[str, Any] = (
+        {"$ref": f"#/components/schemas/{op.response.__name__}"}
+        if op.response is not None
+        else {"type": "string"}
+    )
+    if op.media_type == "application/octet-stream":
+        schema_ref = {"type": "string", "format": "binary"}
+    success: dict[str, Any] = {
+        "description": "Success",
+        "content": {op.media_type: {"schema": schema_ref}},
+    }
+    if op.headers:
+        success["headers"] = {
+            name: {"description": text, "schema": {"type": "string"}}
+            for name, text in op.headers.items()
+        }
+    problem_ref = {"$ref": "#/components/schemas/Problem"}
+    responses: dict[str, Any] = {str(op.status): success}
+    for code, text in PROBLEM_RESPONSES.items():
+        if code in {"413", "415"} and not op.has_body:
+            continue
+        if code in {"401", "403"} and not op.auth:
+            continue
+        responses[code] = {
+            "description": text,
+            "content": {"application/problem+json": {"schema": problem_ref}},
+        }
+    return responses
+
+
+def _request_body(op: Operation) -> dict[str, Any] | None:
+    """The JSON or multipart request body of ``op``, or None."""
+    if op.body is not None:
+        media, model, required = "application/json", op.body, not op.body_optional
+    elif op.form is not None:
+        media, model, required = "multipart/form-data", op.form, True
+    else:
+        return None
+    return {
+        "required": required,
+        "content": {media: {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
     }
 
 

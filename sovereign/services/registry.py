@@ -8,6 +8,7 @@ container through :func:`sovereign.app_context.services`.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +19,11 @@ from sovereign.services.actions import ActionService
 from sovereign.services.auditing import AuditReadService
 from sovereign.services.authfailures import AuthFailureAudit
 from sovereign.services.catalog import CatalogService
+from sovereign.services.datasets import DatasetService
 from sovereign.services.enclaves import EnclaveService
 from sovereign.services.hosts import HostService
+from sovereign.services.jobrunner import JobRunner
+from sovereign.services.jobs import JobService
 from sovereign.services.keys import KeyService
 from sovereign.services.ports import (
     AuditSequencer,
@@ -27,9 +31,12 @@ from sovereign.services.ports import (
     IdentityProvider,
     Probe,
     Sanitizer,
+    SecretStore,
     UnitOfWorkFactory,
+    Workloads,
 )
 from sovereign.services.reconciler import Reconciler
+from sovereign.services.reconciler.context import worker_name
 from sovereign.services.requests import RequestService
 from sovereign.services.sessions import SessionAuditService
 
@@ -59,7 +66,15 @@ class Services:
     #: What sequences the audit log and signs its checkpoints (the worker's entry point); None
     #: without a log.
     sequencer: AuditSequencer | None
+    #: Jobs in enclaves and the datasets they read; the enclaves' agents they run through.
+    jobs: JobService
+    datasets: DatasetService
+    workloads: Workloads
+    secrets: SecretStore
     reconciler_settings: dict[str, Any] = field(default_factory=dict)
+    job_settings: dict[str, Any] = field(default_factory=dict)
+    #: Set when a job is submitted or cancelled: wakes an in-process job loop at once.
+    job_signal: threading.Event = field(default_factory=threading.Event)
     probes: Sequence[Probe] = field(default_factory=list)
     #: Backend objects to dispose of on shutdown (engines).
     resources: list[Any] = field(default_factory=list)
@@ -69,9 +84,10 @@ class Services:
         self.auth_failures.flush(everything=True)
         for resource in self.resources:
             resource.dispose()
-        close = getattr(self.hypervisor, "close", None)
-        if close is not None:
-            close()
+        for backend in (self.hypervisor, self.workloads):
+            close = getattr(backend, "close", None)
+            if close is not None:
+                close()
 
     def reconciler(self, *, sanitizer: Sanitizer | None = None, **overrides: Any) -> Reconciler:
         """A reconciler over these services (one per worker thread or process)."""
@@ -85,3 +101,8 @@ class Services:
             sanitizer=sanitizer or self.sanitizer,
             **settings,
         )
+
+    def jobrunner(self, **overrides: Any) -> JobRunner:
+        """A job runner over these services (one per worker thread or process)."""
+        settings = {"worker": worker_name(), **self.job_settings, **overrides}
+        return JobRunner(self.uow, self.secrets, self.workloads, self.scheme.highest, **settings)

@@ -170,6 +170,7 @@ def make_fleet(
     secrets: Any = None,
     domain_type: str = "kvm",
     clock: Any = None,
+    workloads: Any = None,
     **config: Any,
 ) -> Fleet:
     """Services on ``database_url`` with the demo catalog and hosts registered and sanitized.
@@ -199,6 +200,7 @@ def make_fleet(
         identity=_NoIdentity(),
         secrets=secrets if secrets is not None else MemorySecretStore(),
         hypervisor=hypervisor,
+        workloads=workloads,
         probes=[],
         clock=clock,
     )

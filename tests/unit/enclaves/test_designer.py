@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from enclaves import config
 from enclaves.designer import (
+    AGENT_CHANNEL,
     IsolationError,
     design,
     isolated_network_name,
@@ -274,7 +275,10 @@ def test_refuses_unknown_security_model() -> None:
     ("needle", "replacement", "message"),
     [
         ('<memballoon model="none" />', '<filesystem type="mount" />', "unsupported device"),
-        ('<memballoon model="none" />', '<channel type="unix" />', "unsupported device"),
+        ('<memballoon model="none" />', '<channel type="pty" />', "<channel type='unix'>"),
+        ('<source mode="bind" />', '<source mode="connect" />', "source mode='bind'"),
+        ('<source mode="bind" />', '<source mode="bind" path="/x" />', "source mode='bind'"),
+        ('<target type="virtio" name', '<target type="guestfwd" name', "type='virtio'"),
         ('<memballoon model="none" />', '<graphics type="spice" />', "graphics type='vnc'"),
         ("<devices>", "<devices><emulator>/usr/bin/qemu</emulator>", "unsupported device"),
         ("<features>", "<features><hyperv />", "unsupported child <hyperv>"),
@@ -349,8 +353,13 @@ def specs(draw: st.DrawFn) -> EnclaveSpec:
 def test_no_designed_domain_leaks(spec: EnclaveSpec, security_model: str) -> None:
     text = design(spec, security_model=security_model).to_string()
     root = ElementTree.fromstring(text)  # noqa: S314
-    for forbidden in ("graphics", "video", "filesystem", "channel", "redirdev", "smartcard"):
+    for forbidden in ("graphics", "video", "filesystem", "redirdev", "smartcard"):
         assert root.find(f"devices/{forbidden}") is None, forbidden
+    # One channel only: Sovereign's agent (never the QEMU guest agent or a spice channel).
+    channels = root.findall("devices/channel")
+    assert [(c.get("type"), c.find("target").get("name")) for c in channels] == [  # type: ignore[union-attr]
+        ("unix", AGENT_CHANNEL)
+    ]
     assert [c.get("model") for c in root.findall("devices/controller[@type='usb']")] == ["none"]
     nics = root.findall("devices/interface")
     assert len(nics) == (0 if spec.network is NetworkPolicy.NONE else 1)
