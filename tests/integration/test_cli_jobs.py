@@ -73,11 +73,11 @@ def served(app: Flask) -> Iterator[str]:
 
     def work() -> None:
         reconciler = svc.reconciler(worker="t")
-        runner = svc.job_runner(worker="t")
+        runner = svc.jobrunner(worker="t")
         while not stop.is_set():
             busy = reconciler.run_once().busy
-            busy = runner.run_once().busy or busy
-            if not busy:
+            report = runner.run_once()
+            if not (busy or report.active or report.progressed):
                 stop.wait(0.1)
 
     threads = [
