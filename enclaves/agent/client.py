@@ -330,15 +330,20 @@ class AgentClient:
             raise AgentUnavailableError(f"agent connection unusable: {self._broken}")
         request_id = self._next_id
         self._next_id = self._next_id % protocol.MAX_ID + 1
-        data = protocol.encode(
-            Frame(protocol.KIND_REQUEST, {"op": op, "id": request_id, **fields}, payload)
-        )
+        try:
+            data = protocol.encode(
+                Frame(protocol.KIND_REQUEST, {"op": op, "id": request_id, **fields}, payload)
+            )
+        except ProtocolError as exc:
+            # Our own request breaks a bound (arguments beyond the 64 KiB header).
+            raise ValueError(f"request too large: {exc}") from exc
         try:
             frame = self._exchange(data)
         except AgentError as exc:
             self._break(type(exc).__name__)
             raise
-        if frame.header.get("id") != request_id:
+        answered = frame.header.get("id")
+        if not protocol.is_int(answered) or answered != request_id:
             raise self._protocol_error("agent answered another request")
         if frame.kind == protocol.KIND_ERROR:
             if frame.payload:

@@ -7,6 +7,27 @@ payload length), then a JSON object (UTF-8) of at most :data:`MAX_HEADER` bytes,
 :data:`MAX_PAYLOAD` payload bytes. Anything else is a :class:`ProtocolError`; whoever reads it
 drops the connection, since the stream can no longer be trusted to be in step.
 
+Kinds: 1 request (header ``op`` and ``id``, a u32 the answer echoes), 2 reply (a JSON answer,
+no payload), 3 error (``message``: short, safe to show; the connection stays usable), 4 data (a
+reply whose payload is the answer: ``logs`` and ``get``). Only ``put_chunk`` requests carry a
+payload. The ops and their request fields are :data:`OPS`; what they answer:
+
+==========  =====================================================================================
+hello       ``{protocol, agent_version, image_digest, simulated, gpus: [{name, uuid,
+            memory_mib}], python}`` (``python``: the jobs' interpreter version)
+put_begin   ``{have}``: bytes of the file the agent already holds (resume from there)
+put_chunk   ``{have}`` after appending the payload at ``offset`` (which must equal ``have``)
+put_end     ``{sha256}`` of the stored file (the whole file is checked before it is renamed
+            into place; inputs become read-only)
+run         status (idempotent: a started, finished or cancelled job answers its status)
+status      ``{state, exit_code, runtime_s, log_size}``
+logs        data: log bytes from ``offset`` (at most ``limit``, at most 1 MiB)
+cancel      status
+outputs     ``{files: [{name, size, sha256}]}``: regular files matching the globs
+get         data: file bytes from ``offset`` (at most ``limit``, at most 1 MiB)
+discard     ``{}``
+==========  =====================================================================================
+
 It must import nothing but the standard library and nothing of its own package but relative
 modules: it is copied into the guest image as ``sovereign_agent.protocol`` (an import-linter
 contract in ``pyproject.toml`` keeps it so). It does no I/O beyond the ``read_exact`` callable
