@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -57,9 +58,10 @@ open("weights.bin", "wb").write(bytes(range(256)) * 4)
 @pytest.fixture
 def app(tmp_path: Path, idp: Any) -> Iterator[Flask]:
     app = make_app(tmp_path, idp.url)
-    _register_bundled_hosts(app.extensions["sovereign"])
+    svc = app.extensions["sovereign"]
+    _register_bundled_hosts(svc)
     yield app
-    app.extensions["sovereign"].close()
+    svc.close()
 
 
 @pytest.fixture
@@ -120,27 +122,39 @@ def cli(served: str, token: Callable[[str], str], tmp_path: Path) -> Run:
     return run
 
 
-def running_enclave(served: str, token: Callable[[str], str]) -> str:
-    """A SECRET//NATO enclave of the defence tenant, approved and up."""
+@pytest.fixture
+def enclave(app: Flask, served: str, token: Callable[[str], str]) -> Iterator[Callable[[], str]]:
+    """``enclave()``: a SECRET//NATO enclave of the defence tenant, approved and up. Its
+    process enclave is stopped afterwards (they outlive the control plane on purpose, so that
+    jobs survive a restart; terminating the enclave would stop it)."""
+    made: list[str] = []
 
     def call(user: str, method: str, path: str, **kw: Any) -> requests.Response:
         headers = {"Authorization": f"Bearer {token(user)}"}
         return requests.request(method, served + path, headers=headers, timeout=30, **kw)
 
-    created = call("analyst-defence", "POST", "/api/v1/requests", json=REQUEST)
-    assert created.status_code == 201, created.text
-    rid = str(created.json()["id"])
-    for officer in ("officer-1", "officer-2"):
-        assert call(officer, "POST", f"/api/v1/requests/{rid}/approve").status_code == 200
-    deadline = time.monotonic() + 60
-    while call("analyst-defence", "GET", f"/api/v1/requests/{rid}").json()["state"] != "running":
-        assert time.monotonic() < deadline, "the enclave never came up"
-        time.sleep(0.2)
-    return rid
+    def make() -> str:
+        created = call("analyst-defence", "POST", "/api/v1/requests", json=REQUEST)
+        assert created.status_code == 201, created.text
+        rid = str(created.json()["id"])
+        made.append(rid)
+        for officer in ("officer-1", "officer-2"):
+            assert call(officer, "POST", f"/api/v1/requests/{rid}/approve").status_code == 200
+        deadline = time.monotonic() + 60
+        while call("analyst-defence", "GET", f"/api/v1/requests/{rid}").json()["state"] != (
+            "running"
+        ):
+            assert time.monotonic() < deadline, "the enclave never came up"
+            time.sleep(0.2)
+        return rid
+
+    yield make
+    for rid in made:
+        app.extensions["sovereign"].workloads.release(uuid.UUID(rid))
 
 
 def test_an_analyst_runs_a_job_from_the_command_line(
-    cli: Run, served: str, token: Callable[[str], str], tmp_path: Path
+    cli: Run, enclave: Callable[[], str], tmp_path: Path
 ):
     data = tmp_path / "rows.csv"
     data.write_text("a\nb\nc\n")
@@ -153,13 +167,13 @@ def test_an_analyst_runs_a_job_from_the_command_line(
     listed = cli("analyst-defence", "datasets", "list").stdout
     assert dataset in listed and "SECRET//NATO" in listed and "rows.csv" in listed
 
-    enclave = running_enclave(served, token)
+    rid = enclave()
     code = tmp_path / "job"
     (code / "lib").mkdir(parents=True)
     (code / "main.py").write_text(MAIN)
     (code / "lib" / "helper.py").write_text("X = 1\n")
     done = cli(
-        "analyst-defence", "jobs", "submit", enclave, str(code), "--entrypoint", "main.py",
+        "analyst-defence", "jobs", "submit", rid, str(code), "--entrypoint", "main.py",
         "--arg", "3", "--input", dataset, "--output", "out/*.json", "--output", "weights.bin",
         "--max-runtime", "60", "--wait",
     )  # fmt: skip
@@ -170,7 +184,7 @@ def test_an_analyst_runs_a_job_from_the_command_line(
     assert "\\x1b]0;owned\\x07done" in done.stdout and "\x1b" not in done.stdout
     assert f"job {job} succeeded: exit code 0" in done.stderr
 
-    assert job in cli("analyst-defence", "jobs", "list", enclave).stdout
+    assert job in cli("analyst-defence", "jobs", "list", rid).stdout
     shown = cli("analyst-defence", "jobs", "show", job).stdout
     assert "succeeded" in shown and "lib/helper.py" in shown and "weights.bin" in shown
     assert "epoch 1 of 3" in cli("analyst-defence", "jobs", "logs", job).stdout
@@ -191,14 +205,14 @@ def test_an_analyst_runs_a_job_from_the_command_line(
 
 
 def test_a_failing_job_makes_wait_exit_non_zero(
-    cli: Run, served: str, token: Callable[[str], str], tmp_path: Path
+    cli: Run, enclave: Callable[[], str], tmp_path: Path
 ):
-    enclave = running_enclave(served, token)
+    rid = enclave()
     code = tmp_path / "job"
     code.mkdir()
     (code / "main.py").write_text("import sys\nprint('about to fail')\nsys.exit(3)\n")
     done = cli(
-        "analyst-defence", "jobs", "submit", enclave, str(code), "--entrypoint", "main.py",
+        "analyst-defence", "jobs", "submit", rid, str(code), "--entrypoint", "main.py",
         "--wait", "--quiet", check=False,
     )  # fmt: skip
     assert done.returncode == 1, done.stderr
@@ -206,17 +220,15 @@ def test_a_failing_job_makes_wait_exit_non_zero(
     assert "failed: exit code 3" in done.stderr
 
 
-def test_submit_refuses_a_symlink_before_sending(
-    cli: Run, served: str, token: Callable[[str], str], tmp_path: Path
-):
+def test_submit_refuses_a_symlink_before_sending(cli: Run, tmp_path: Path):
     code = tmp_path / "job"
     code.mkdir()
     (code / "main.py").write_text("print(1)\n")
     (tmp_path / "secret").write_text("do not send")
     (code / "data").symlink_to(tmp_path / "secret")
-    enclave = "00000000-0000-0000-0000-000000000000"
+    rid = "00000000-0000-0000-0000-000000000000"
     done = cli(
-        "analyst-defence", "jobs", "submit", enclave, str(code), "--entrypoint", "main.py",
+        "analyst-defence", "jobs", "submit", rid, str(code), "--entrypoint", "main.py",
         check=False,
     )  # fmt: skip
     assert done.returncode == 2
@@ -224,14 +236,14 @@ def test_submit_refuses_a_symlink_before_sending(
 
 
 def test_outputs_never_follow_a_symlink_planted_in_the_target(
-    cli: Run, served: str, token: Callable[[str], str], tmp_path: Path
+    cli: Run, enclave: Callable[[], str], tmp_path: Path
 ):
-    enclave = running_enclave(served, token)
+    rid = enclave()
     code = tmp_path / "job"
     code.mkdir()
     (code / "main.py").write_text("open('w.bin', 'wb').write(b'real weights')\n")
     done = cli(
-        "analyst-defence", "jobs", "submit", enclave, str(code), "--entrypoint", "main.py",
+        "analyst-defence", "jobs", "submit", rid, str(code), "--entrypoint", "main.py",
         "--output", "w.bin", "--wait", "--quiet",
     )  # fmt: skip
     job = done.stdout.splitlines()[0]
