@@ -42,12 +42,12 @@ pytestmark = [pytest.mark.idp, pytest.mark.libvirt]
 SECRET = {**SECRET_FORM, "disk_gib": "50"}
 CIVIL = {**CIVIL_FORM, "disk_gib": "50"}
 HOSTILE = "<script>alert('x')</script>"
+
+
 #: What the fake agent's job does (the console is under test here, not the agent: the CLI's
 #: integration test runs real code in a process enclave): it logs its arguments, hostile markup,
 #: a terminal escape and its inputs, and leaves two outputs.
-def program(
-    code: Mapping[str, bytes], inputs: Mapping[str, bytes], args: Sequence[str]
-) -> FakeRun:
+def program(code: Mapping[str, bytes], inputs: Mapping[str, bytes], args: Sequence[str]) -> FakeRun:
     assert "main.py" in code
     log = [f"hello from the job {list(args)}".encode(), b"<script>alert(1)</script>\x1b[2J"]
     log += [b"input " + name.encode() + b": " + data for name, data in sorted(inputs.items())]
@@ -63,9 +63,7 @@ Settle = Callable[[], None]
 @pytest.fixture
 def app(tmp_path: Path, console_idp: Any) -> Iterator[Flask]:
     """The console app with the embedded default's two simulated hosts registered."""
-    app = make_app(
-        tmp_path, console_idp.url, backends={"workloads": MemoryWorkloads(program)}
-    )
+    app = make_app(tmp_path, console_idp.url, backends={"workloads": MemoryWorkloads(program)})
     _register_bundled_hosts(app.extensions["sovereign"])
     yield app
     app.extensions["sovereign"].close()
