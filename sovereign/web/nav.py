@@ -68,7 +68,6 @@ NAV: list[NavItem] = [
         "console.datasets",
         ANALYST,
         "Input data for your jobs, stored encrypted under your tenant's key at a label.",
-        needs="datasets",
     ),
     NavItem(
         "Approval queue",
