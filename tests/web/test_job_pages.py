@@ -342,3 +342,28 @@ def test_datasets_are_offered_to_analysts_only(users: Users):
     nav = text(users("analyst-defence").get("/"))
     assert ">Datasets</a>" in nav
     assert ">Datasets</a>" not in text(users("officer-1").get("/"))
+
+
+def test_uploads_stay_in_memory_and_are_bounded(
+    tmp_path: Path, console_idp: Any, monkeypatch: pytest.MonkeyPatch
+):
+    """Werkzeug spools an uploaded file above 500 KiB to a temporary file: plaintext on the
+    control plane's disk. The console's upload forms parse in memory, within their own bound
+    (the app's 64 KiB for other forms would refuse any real upload)."""
+
+    def no_disk(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an upload was spooled to a temporary file")
+
+    monkeypatch.setattr("werkzeug.wrappers.request.default_stream_factory", no_disk)
+    app = make_app(tmp_path, console_idp.url, DATASET_MAX_BYTES=2 << 20)
+    try:
+        analyst = Users(app, {})("analyst-defence")
+        big = bytes(range(256)) * 4096  # 1 MiB
+        done = upload(analyst, file=(io.BytesIO(big), "big.bin"))
+        assert done.status_code == 303, text(done)
+        assert hashlib.sha256(big).hexdigest() in text(analyst.get("/datasets"))
+        too_big = upload(analyst, file=(io.BytesIO(big * 4), "huge.bin"))
+        assert too_big.status_code == 413
+        assert "huge.bin" not in text(analyst.get("/datasets"))
+    finally:
+        app.extensions["sovereign"].close()
