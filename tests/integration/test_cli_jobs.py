@@ -256,3 +256,26 @@ def test_outputs_never_follow_a_symlink_planted_in_the_target(
     (out / "w.bin").unlink()
     cli("analyst-defence", "jobs", "outputs", job, "--out", str(out))
     assert (out / "w.bin").read_bytes() == b"real weights"
+
+
+def test_a_running_job_is_cancelled_and_logs_follow_it_to_the_end(
+    cli: Run, enclave: Callable[[], str], tmp_path: Path
+):
+    rid = enclave()
+    code = tmp_path / "job"
+    code.mkdir()
+    (code / "main.py").write_text("import time\nprint('started', flush=True)\ntime.sleep(60)\n")
+    done = cli(
+        "analyst-defence", "jobs", "submit", rid, str(code), "--entrypoint", "main.py", "--quiet",
+    )  # fmt: skip
+    job = done.stdout.strip()
+    deadline = time.monotonic() + 30
+    while "started" not in cli("analyst-defence", "jobs", "logs", job).stdout:
+        assert time.monotonic() < deadline, "the job never logged"
+        time.sleep(0.2)
+    cancelled = cli("analyst-defence", "jobs", "cancel", job)
+    assert cancelled.stdout.startswith(f"job {job} is ")
+    followed = cli("analyst-defence", "jobs", "logs", job, "-f", check=False)
+    assert followed.returncode == 1
+    assert followed.stdout == "started\n"
+    assert f"job {job} cancelled" in followed.stderr
