@@ -6,11 +6,12 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# Debian packages: libvirt (test driver + headers for libvirt-python) for running. The test
+# Debian packages: libvirt (test driver + headers for libvirt-python) and bubblewrap (the process
+# enclave, which runs the system python3.X of the venv's version) for running. The test
 # suite adds PostgreSQL (throwaway clusters), a real libvirtd with QEMU, swtpm and what builds a
 # tiny guest (busybox, cpio; the kernel is fetched with apt-get download), and Chromium for the
 # browser tests.
-APT_RUN  := libvirt0 libvirt-dev pkg-config gcc
+APT_RUN  := libvirt0 libvirt-dev pkg-config gcc bubblewrap
 APT_TEST := $(APT_RUN) postgresql qemu-system-x86 qemu-utils libvirt-daemon-system swtpm swtpm-tools \
             busybox-static cpio chromium
 # The benchmarks: PostgreSQL (bench/audit.py) and a real libvirtd with QEMU and what builds the

@@ -115,7 +115,9 @@ class FakeAgent:
         return self._status(record)
 
     def _status(self, record: _Job) -> AgentJobStatus:
-        return AgentJobStatus(record.state, record.exit_code, 0.25, len(record.log))
+        # "log-size": the agent claims more log than it gives.
+        extra = 1000 if self._w.misbehave == "log-size" else 0
+        return AgentJobStatus(record.state, record.exit_code, 0.25, len(record.log) + extra)
 
     def status(self, job: str) -> AgentJobStatus:
         self._op("status")
@@ -174,7 +176,8 @@ class MemoryWorkloads:
         self.exit_codes: dict[str, int | None] = {}
         #: The agent cannot be reached (as a stopped process enclave).
         self.down = False
-        #: An operation name whose answers are garbage ("put-hash": a wrong hash for puts).
+        #: An operation name whose answers are garbage ("put-hash": a wrong hash for puts;
+        #: "log-size": status claims more log than there is).
         self.misbehave: str | None = None
         #: Running jobs do not progress (for tests that look at them while they run).
         self.paused = False

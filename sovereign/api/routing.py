@@ -56,7 +56,12 @@ PATH_SCHEMAS: dict[str, dict[str, Any]] = {
     "int": {"type": "integer", "minimum": 0, "maximum": MAX_PATH_INT},
     "uuid": {"type": "string", "format": "uuid"},
     # Output file names: relative paths (checked by the service; anything else is 404).
-    "path": {"type": "string", "minLength": 1, "maxLength": 255},
+    "path": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+        "pattern": r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$",
+    },
 }
 #: Where pydantic puts nested definitions; the document keeps them all under components.
 REF_TEMPLATE = "#/components/schemas/{model}"

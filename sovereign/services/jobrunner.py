@@ -26,7 +26,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sovereign.domain.fleet import Enclave, Host
@@ -68,6 +68,11 @@ log = logging.getLogger(__name__)
 
 #: Log bytes asked of the agent per request (the protocol's largest payload).
 LOG_CHUNK = 1 << 20
+#: Seconds between two looks for enclaves that stopped running (to release their agents).
+RELEASE_CHECK_S = 1.0
+#: Seconds past a job's max_runtime_s after which the runner stops waiting for the agent to end
+#: it (the agent kills it at its deadline; one that does not is misbehaving).
+OVERDUE_GRACE_S = 60
 #: Log chunks pulled per job and pass, so one chatty job does not hold the pass.
 LOG_CHUNKS_PER_PASS = 8
 
@@ -129,6 +134,9 @@ class JobRunner:
         )
         #: Enclaves this runner opened sessions to, released when they end.
         self._opened: set[uuid.UUID] = set()
+        #: Enclaves running at the last check, and when that was.
+        self._running: set[uuid.UUID] = set()
+        self._checked_at: datetime | None = None
 
     # -- the pass ----------------------------------------------------------------------------
 
@@ -195,6 +203,9 @@ class JobRunner:
             self._stage(agent, job, report)
         if job.step is JobStep.STAGED:
             if job.cancel_requested:
+                # A runner may have started it and died before recording so: stop it first.
+                with contextlib.suppress(WorkloadError):
+                    agent.cancel(str(job.id))
                 self._finish(
                     job, JobState.CANCELLED, None, [], report, error="cancelled before it ran"
                 )
@@ -266,33 +277,50 @@ class JobRunner:
 
     def _poll(self, agent: AgentSession, job: Job, report: RunnerReport) -> None:
         name = str(job.id)
-        status = agent.cancel(name) if job.cancel_requested else agent.status(name)
+        overdue = self._overdue(job)
+        stop = job.cancel_requested or overdue
+        status = agent.cancel(name) if stop else agent.status(name)
         self._check_status(status)
         if status.state in ("unknown", "ready"):
             raise _JobFailedError(f"the agent no longer runs the job (it answers {status.state!r})")
-        self._pull_logs(agent, job, status, report)
+        exhausted = self._pull_logs(agent, job, status, report)
         final = status.terminal
         if final is None:
+            if overdue:
+                # The agent should have killed it at its deadline; it did not end it.
+                raise _JobFailedError("the job ran past its max_runtime_s and did not stop")
             return
-        if job.log_size < min(status.log_size, self._limits.max_log_bytes):
+        if not exhausted:
             return  # more log to pull first (next pass)
+        error = ""
+        if overdue and not job.cancel_requested and final is JobState.CANCELLED:
+            final, error = JobState.TIMED_OUT, "stopped by the runner past its max_runtime_s"
         outputs = self._collect(agent, job)
-        self._finish(job, final, status, outputs, report)
+        self._finish(job, final, status, outputs, report, error=error)
+
+    def _overdue(self, job: Job) -> bool:
+        """Whether the job runs well past its runtime bound (which the agent enforces)."""
+        if job.started_at is None:
+            return False
+        limit = job.manifest.max_runtime_s + OVERDUE_GRACE_S
+        return (self._clock() - job.started_at).total_seconds() > limit
 
     def _pull_logs(
         self, agent: AgentSession, job: Job, status: AgentJobStatus, report: RunnerReport
-    ) -> None:
+    ) -> bool:
+        """Pull and store new log bytes; whether the log is exhausted (all there is, up to
+        the limit, or the agent has no more to give, whatever size it claimed)."""
         name = str(job.id)
-        wanted = min(status.log_size, self._limits.max_log_bytes)
+        wanted = min(max(status.log_size, 0), self._limits.max_log_bytes)
         for _ in range(LOG_CHUNKS_PER_PASS):
             if job.log_size >= wanted:
-                return
+                return True
             limit = min(LOG_CHUNK, wanted - job.log_size)
             data = agent.logs(name, job.log_size, limit)
             if len(data) > limit:
                 raise WorkloadError(reason="the agent sent more log bytes than asked for")
             if not data:
-                return
+                return True
             with self._uow() as uow:
                 key = self._sealer.enclave_key(uow, job)
                 current = self._reload(uow, job)
@@ -307,6 +335,7 @@ class JobRunner:
             _copy(current, job)
             self._stepped("job:log")
             report.progressed = True
+        return job.log_size >= wanted
 
     def _collect(self, agent: AgentSession, job: Job) -> list[tuple[OutputFile, bytes]]:
         name = str(job.id)
@@ -407,24 +436,36 @@ class JobRunner:
         else:
             self._finish(job, JobState.FAILED, None, [], report, error="the enclave ended")
             self._commit(job, step=JobStep.DONE, release=True)
-        self._workloads.release(job.enclave_id)
+        self._release_agent(job.enclave_id)
         self._opened.discard(job.enclave_id)
 
     def _release_ended(self) -> None:
-        if not self._opened:
+        """Release the agents of enclaves that stopped running since the last look (at most
+        every :data:`RELEASE_CHECK_S`): those this runner used, and any open enclave seen
+        running before, jobs or not."""
+        now = self._clock()
+        if self._checked_at is not None and (now - self._checked_at).total_seconds() < (
+            RELEASE_CHECK_S
+        ):
             return
+        self._checked_at = now
         with self._uow(readonly=True) as uow:
-            ended = [
-                eid
-                for eid in self._opened
-                if (e := uow.enclaves.get(eid)) is None
-                or e.ended_at is not None
-                or (r := uow.requests.get(eid)) is None
-                or r.state is not RequestState.RUNNING
-            ]
-        for eid in ended:
-            self._workloads.release(eid)
-            self._opened.discard(eid)
+            running = set()
+            for enclave in uow.enclaves.list(open_only=True):
+                request = uow.requests.get(enclave.id)
+                if request is not None and request.state is RequestState.RUNNING:
+                    running.add(enclave.id)
+        for eid in sorted((self._opened | self._running) - running):
+            self._release_agent(eid)
+        self._opened &= running
+        self._running = running
+
+    def _release_agent(self, enclave_id: uuid.UUID) -> None:
+        try:
+            self._workloads.release(enclave_id)
+        except SovereignError as e:
+            # Tried again only if a job of the enclave is found later; logged for operators.
+            log.warning("could not release enclave %s's agent: %s", enclave_id, for_log(e.message))
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -207,7 +207,7 @@ def test_a_runner_killed_after_any_step_is_finished_by_another_exactly_once(
         for _ in range(10):
             doomed.run_once()
     # The dead runner's claim lapses; another worker takes the job over.
-    fleet.clock.advance(minutes=5)
+    fleet.clock.advance(seconds=45)
     done = drive(fleet, job.id, worker="w2")
     assert done.state is JobState.SUCCEEDED
     assert [r.name for r in done.results] == ["out/result.txt"]
@@ -454,3 +454,51 @@ def test_programs_see_inputs_by_name(fleet: Fleet, enclave: uuid.UUID, workloads
     dataset = upload(fleet)
     drive(fleet, submit(fleet, enclave, [dataset.id]).id)
     assert seen == {"train.csv": DATASET_TEXT, "code:main.py": CODE_TEXT}
+
+
+def test_an_agent_that_claims_more_log_than_it_gives_does_not_hold_the_job(
+    fleet: Fleet, enclave: uuid.UUID, workloads: MemoryWorkloads
+):
+    workloads.misbehave = "log-size"
+    done = drive(fleet, submit(fleet, enclave).id)
+    assert done.state is JobState.SUCCEEDED
+    assert done.log_size == len(b"args --epochs 2\n")
+
+
+def test_a_job_the_agent_does_not_stop_at_its_deadline_is_stopped(
+    fleet: Fleet, enclave: uuid.UUID, workloads: MemoryWorkloads
+):
+    workloads.paused = True
+    job = submit(fleet, enclave, max_runtime_s=30)
+    runner(fleet).run_once()
+    fleet.clock.advance(seconds=60)
+    runner(fleet).run_once()
+    with fleet.services.uow(readonly=True) as uow:
+        assert uow.jobs.get(job.id).state is JobState.RUNNING  # type: ignore[union-attr]
+    fleet.clock.advance(seconds=60)
+    done = drive(fleet, job.id)
+    assert done.state is JobState.TIMED_OUT and "max_runtime_s" in done.error
+    assert "cancel" in workloads.agents[enclave].calls
+
+
+def test_cancel_after_a_crash_between_run_and_its_record_stops_the_job(
+    fleet: Fleet, enclave: uuid.UUID, workloads: MemoryWorkloads
+):
+    workloads.paused = True
+    job = submit(fleet, enclave)
+
+    def die(done: str) -> None:
+        if done == "job:staged":
+            # Start it in the enclave as the dead runner would have, without recording it.
+            workloads.agent(enclave).run(
+                str(job.id), entrypoint="main.py", args=[], max_runtime_s=60
+            )
+            raise Crash(done)
+
+    with pytest.raises(Crash):
+        runner(fleet, after_step=die).run_once()
+    fleet.services.jobs.cancel(ctx(ANALYST_DEFENCE), job.id)
+    fleet.clock.advance(seconds=45)
+    done = drive(fleet, job.id, worker="w2")
+    assert done.state is JobState.CANCELLED
+    assert workloads.agent(enclave).calls.count("cancel") == 1
