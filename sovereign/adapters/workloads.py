@@ -240,8 +240,12 @@ class AgentWorkloads:
             sandbox = self._sandboxes.pop(enclave_id, None)
             self._busy.pop(enclave_id, None)
         if sandbox is None:
-            sandbox = self._sandbox_for(enclave_id, SandboxLimits())
-        sandbox.stop()
+            # Stopping needs only the state directory (a sandbox a previous control plane
+            # started, or none): no interpreter is looked for.
+            stopping = SandboxPython(executable="/usr/bin/python3")
+            sandbox = ProcessEnclave(enclave_id, self._run_dir, stopping, self._agent_dir)
+        with _translated(enclave_id, "stop the process enclave"):
+            sandbox.stop()
 
     def close(self) -> None:
         """Close libvirt connections; process enclaves keep running (their jobs too)."""
