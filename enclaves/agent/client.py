@@ -14,6 +14,7 @@ connection.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import math
 import time
@@ -36,6 +37,8 @@ from enclaves.errors import (
 MAX_TEXT = 256
 #: Most GPUs a ``hello`` answer may list.
 MAX_GPUS = 64
+#: Upload chunks in flight before the first is acknowledged (at most 8 MiB).
+PUT_WINDOW = 8
 #: Bytes read from the transport at a time.
 _RECV_SIZE = 1 << 16
 
@@ -154,18 +157,7 @@ class AgentClient:
             raise self._protocol_error("agent claims more bytes than the file has")
         if progress is not None:
             progress(offset, len(data))
-        while offset < len(data):
-            chunk = data[offset : offset + protocol.MAX_PAYLOAD]
-            reply = self._call(
-                "put_chunk",
-                {**where, "offset": offset, "sha256": hashlib.sha256(chunk).hexdigest()},
-                chunk,
-            )
-            if self._count(reply, "have") != offset + len(chunk):
-                raise self._protocol_error("agent acknowledged another offset")
-            offset += len(chunk)
-            if progress is not None:
-                progress(offset, len(data))
+        self._put_chunks(where, data, offset, progress)
         reply = self._call("put_end", where)
         if self._field(reply, "sha256", str) != digest:
             raise self._protocol_error("agent stored a file with another hash")
@@ -305,6 +297,60 @@ class AgentClient:
             raise self._protocol_error("output does not match its hash")
         return b"".join(parts)
 
+    def _put_chunks(
+        self,
+        where: dict[str, Any],
+        data: bytes,
+        offset: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        """Send ``data`` from ``offset`` in chunks, up to :data:`PUT_WINDOW` ahead of the acks.
+
+        The agent answers in order, so the next chunks cross the transport while it hashes and
+        writes the last. A refusal stops the sending; the answers still due are read (each a
+        refusal too, or an ack) so the stream stays in step, then the first refusal is raised.
+        """
+        pending: collections.deque[tuple[int, int]] = collections.deque()
+        try:
+            self._pipeline(where, data, offset, progress, pending)
+        except BaseException:
+            if pending:
+                # Answers still due (the progress callback raised, say): out of step for good.
+                self._break("upload interrupted")
+            raise
+
+    def _pipeline(
+        self,
+        where: dict[str, Any],
+        data: bytes,
+        offset: int,
+        progress: Callable[[int, int], None] | None,
+        pending: collections.deque[tuple[int, int]],
+    ) -> None:
+        view = memoryview(data)
+        sent = offset
+        refusal: AgentRefusedError | None = None
+        while pending or (sent < len(data) and refusal is None):
+            while refusal is None and sent < len(data) and len(pending) < PUT_WINDOW:
+                chunk = view[sent : sent + protocol.MAX_PAYLOAD]
+                fields = {**where, "offset": sent, "sha256": hashlib.sha256(chunk).hexdigest()}
+                request_id = self._send("put_chunk", fields, bytes(chunk))
+                sent += len(chunk)
+                pending.append((request_id, sent))
+            request_id, acknowledged = pending.popleft()
+            try:
+                reply = self._receive("put_chunk", request_id, kind=protocol.KIND_REPLY)
+            except AgentRefusedError as exc:
+                refusal = refusal or exc
+                continue
+            if refusal is None:
+                if self._count(reply.header, "have") != acknowledged:
+                    raise self._protocol_error("agent acknowledged another offset")
+                if progress is not None:
+                    progress(acknowledged, len(data))
+        if refusal is not None:
+            raise refusal
+
     def discard(self, job: str) -> None:
         """Stop the job if it runs and remove everything of it from the enclave.
 
@@ -326,6 +372,10 @@ class AgentClient:
     def _call_frame(
         self, op: str, fields: dict[str, Any], payload: bytes = b"", *, kind: int
     ) -> Frame:
+        return self._receive(op, self._send(op, fields, payload), kind=kind)
+
+    def _send(self, op: str, fields: dict[str, Any], payload: bytes = b"") -> int:
+        """Send one request; returns its id."""
         if self._broken is not None:
             raise AgentUnavailableError(f"agent connection unusable: {self._broken}")
         request_id = self._next_id
@@ -338,7 +388,20 @@ class AgentClient:
             # Our own request breaks a bound (arguments beyond the 64 KiB header).
             raise ValueError(f"request too large: {exc}") from exc
         try:
-            frame = self._exchange(data)
+            self._transport.send(data, self._timeout_s)
+        except AgentError as exc:
+            self._break(type(exc).__name__)
+            raise
+        return request_id
+
+    def _receive(self, op: str, request_id: int, *, kind: int) -> Frame:
+        """Read the answer to request ``request_id`` within the call's timeout and check it."""
+        reader = _Reader(self._transport, time.monotonic() + self._timeout_s)
+        try:
+            try:
+                frame = protocol.read_frame(reader.read_exact)
+            except ProtocolError as exc:
+                raise AgentProtocolError(f"agent broke the protocol: {exc}") from exc
         except AgentError as exc:
             self._break(type(exc).__name__)
             raise
@@ -357,16 +420,6 @@ class AgentClient:
         if kind == protocol.KIND_REPLY and frame.payload:
             raise self._protocol_error("agent sent an unexpected payload")
         return frame
-
-    def _exchange(self, data: bytes) -> Frame:
-        """Send one request and read one frame back, all within the call's timeout."""
-        deadline = time.monotonic() + self._timeout_s
-        self._transport.send(data, self._timeout_s)
-        reader = _Reader(self._transport, deadline)
-        try:
-            return protocol.read_frame(reader.read_exact)
-        except ProtocolError as exc:
-            raise AgentProtocolError(f"agent broke the protocol: {exc}") from exc
 
     def _break(self, why: str) -> None:
         self._broken = why

@@ -86,8 +86,10 @@ class Stream:
         :raises EOFError: if the peer closed the connection.
         :raises ProtocolError: if the peer stalled in the middle of a frame.
         """
-        chunks = bytearray()
-        while len(chunks) < count:
+        buffer = bytearray(count)
+        view = memoryview(buffer)
+        got = 0
+        while got < count:
             timeout = MID_FRAME_TIMEOUT_S if self._in_frame else self._idle_timeout_s
             readable, _, _ = select.select([self._read_fd], [], [], timeout)
             if not readable and not self._in_frame:
@@ -95,14 +97,15 @@ class Stream:
             if not readable:
                 raise ProtocolError("peer stalled in the middle of a frame")
             try:
-                chunk = os.read(self._read_fd, count - len(chunks))
-            except (ConnectionError, OSError) as exc:
+                # Straight into the frame's buffer: a 1 MiB chunk arrives in many reads.
+                received = os.readv(self._read_fd, [view[got:]])
+            except OSError as exc:
                 raise EOFError from exc
-            if not chunk:
+            if not received:
                 raise EOFError
             self._in_frame = True
-            chunks += chunk
-        return bytes(chunks)
+            got += received
+        return bytes(buffer)
 
     def write(self, data: bytes) -> None:
         """Write all of ``data``."""
@@ -660,8 +663,13 @@ def _glob_match(segments: list[str], pattern: list[str]) -> bool:
 
 def _check_opened(fd: int, expected: str, path: str) -> None:
     """Refuse an opened output that is no regular file or not the file at ``expected``."""
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):
         raise RequestError("not a regular file")
+    if status.st_nlink != 1:
+        # A hard link could name a file from outside the work dir (where the kernel's
+        # protected_hardlinks does not stop it): no output is one.
+        raise RequestError("output is a hard link")
     # The file actually opened, wherever a parent symlink led: it must be the one at that name
     # inside the work dir.
     try:

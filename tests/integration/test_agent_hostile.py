@@ -458,3 +458,46 @@ def test_random_well_framed_answers_only_ever_raise_agent_errors(
     ):
         with contextlib.suppress(AgentError):
             call()
+
+
+def test_a_refused_chunk_stops_the_upload_and_keeps_the_stream_in_step(
+    fake: Callable[..., AgentClient],
+) -> None:
+    def answer(frame: Frame) -> bytes:
+        op = frame.header["op"]
+        if op == "put_begin":
+            return reply(frame, have=0)
+        if op == "put_chunk":
+            offset = frame.header["offset"]
+            if offset >= 2 << 20:
+                return reply(frame, protocol.KIND_ERROR, message="disk full")
+            return reply(frame, have=offset + len(frame.payload))
+        return reply(frame, **status_fields())
+
+    client = fake(answer, timeout_s=5)
+    acknowledged: list[int] = []
+    with pytest.raises(AgentRefusedError, match="disk full"):
+        client.put(
+            JOB, "input", "d.bin", b"x" * (12 << 20), progress=lambda d, t: acknowledged.append(d)
+        )
+    assert acknowledged == [0, 1 << 20, 2 << 20]
+    assert client.status(JOB).state == "running"  # every answer due was read
+
+
+def test_an_upload_interrupted_by_its_caller_closes_the_connection(
+    fake: Callable[..., AgentClient],
+) -> None:
+    def answer(frame: Frame) -> bytes:
+        if frame.header["op"] == "put_begin":
+            return reply(frame, have=0)
+        return reply(frame, have=frame.header["offset"] + len(frame.payload))
+
+    def interrupt(done: int, total: int) -> None:
+        if done:
+            raise KeyboardInterrupt
+
+    client = fake(answer, timeout_s=5)
+    with pytest.raises(KeyboardInterrupt):
+        client.put(JOB, "input", "d.bin", b"x" * (4 << 20), progress=interrupt)
+    # Answers to chunks in flight are still due: the stream cannot be trusted to be in step.
+    quickly(lambda: client.status(JOB), AgentUnavailableError)

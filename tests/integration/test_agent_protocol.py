@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from enclaves.agent import protocol, server
-from enclaves.agent.client import AgentClient, AgentJobStatus
+from enclaves.agent.client import PUT_WINDOW, AgentClient, AgentJobStatus
 from enclaves.agent.protocol import Frame
 from enclaves.agent.transport import SocketTransport
 from enclaves.errors import AgentRefusedError, AgentTimeoutError, AgentUnavailableError
@@ -159,6 +159,9 @@ JOB_SCRIPT = """
     os.mkfifo("pipe.txt")
     with open("bad name.txt", "w") as out:
         out.write("spaces")
+    with open("out/twice.bin", "w") as out:
+        out.write("linked")
+    os.link("out/twice.bin", "out/linked.bin")
     sys.exit(3 if "--fail" in sys.argv else 0)
 """
 
@@ -298,7 +301,8 @@ def test_a_failing_job_reports_its_exit_code(client: AgentClient) -> None:
 
 def test_an_interrupted_upload_resumes(agent: RunningAgent) -> None:
     job = new_job()
-    data = os.urandom(2 * (1 << 20) + 1000)
+    # More chunks than the client keeps in flight, so the drop leaves some unsent.
+    data = os.urandom((PUT_WINDOW + 4) * (1 << 20) + 1000)
 
     class DroppedError(Exception):
         pass
@@ -315,7 +319,8 @@ def test_an_interrupted_upload_resumes(agent: RunningAgent) -> None:
     second = agent.connect()
     seen: list[int] = []
     digest = second.put(job, "input", "big.bin", data, progress=lambda d, t: seen.append(d))
-    assert seen[0] == 1 << 20  # the agent kept the first megabyte
+    # The agent kept what it acknowledged and what was in flight: whole chunks, not all.
+    assert 1 << 20 <= seen[0] < len(data) and seen[0] % (1 << 20) == 0
     assert digest == hashlib.sha256(data).hexdigest()
     stored = agent.root / "jobs" / job / "inputs" / "big.bin"
     assert stored.read_bytes() == data
@@ -430,6 +435,38 @@ def test_status_survives_an_agent_restart(base: Path) -> None:
         assert again.status(job) == finished
         assert again.logs(job, 0) == b"done\n"
         again.close()
+    finally:
+        second.stop()
+
+
+def test_a_job_orphaned_by_an_agent_crash_is_failed_and_killed(base: Path) -> None:
+    first = start_agent(base)
+    job = new_job()
+    with_client = first.connect()
+    put_script(
+        with_client,
+        job,
+        "import os, time\nopen('pid', 'w').write(str(os.getpid()))\ntime.sleep(60)\n",
+    )
+    with_client.run(job, entrypoint="main.py", args=[], max_runtime_s=600)
+    pid_file = first.root / "jobs" / job / "work" / "pid"
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with_client.close()
+    first.process.kill()  # the agent dies; the job, in its own session, lives on
+    first.process.wait(10)
+    pid = int(pid_file.read_text())
+    assert Path(f"/proc/{pid}").exists()
+
+    second = start_agent(base)
+    try:
+        again = second.connect()
+        status = again.status(job)
+        assert (status.state, status.exit_code) == ("failed", None)
+        again.close()
+        assert_gone(pid)
     finally:
         second.stop()
 
