@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from werkzeug.test import TestResponse
+from werkzeug.datastructures import FileStorage, MultiDict
+from werkzeug.test import TestResponse, encode_multipart
 
 from devstack.cli import _register_bundled_hosts
 from sovereign.adapters.memory_workloads import FakeRun, MemoryWorkloads
@@ -128,7 +129,20 @@ def submit(
         "files": [(io.BytesIO(body), name) for name, body in (files or {"main.py": MAIN}).items()],
     }
     data["csrf_token"] = csrf(client, f"/enclaves/{enclave}") if token is None else token
-    return client.post(f"/enclaves/{enclave}/jobs", data=data, content_type="multipart/form-data")
+    return post_multipart(client, f"/enclaves/{enclave}/jobs", data)
+
+
+def post_multipart(client: FlaskClient, path: str, data: dict[str, Any]) -> TestResponse:
+    """Post ``data`` as ``multipart/form-data``, encoded in memory (the test client's own
+    encoder spools bodies above 500 KiB to a temporary file it never closes)."""
+    fields: MultiDict[str, Any] = MultiDict()
+    for name, value in data.items():
+        for item in value if isinstance(value, list) else [value]:
+            # (stream, file name), as the test client takes files.
+            is_file = isinstance(item, tuple)
+            fields.add(name, FileStorage(item[0], filename=item[1], name=name) if is_file else item)
+    boundary, body = encode_multipart(fields)
+    return client.post(path, data=body, content_type=f"multipart/form-data; boundary={boundary}")
 
 
 def job_id_from(response: TestResponse) -> str:
@@ -208,10 +222,10 @@ def test_a_form_without_its_csrf_token_changes_nothing(app: Flask, users: Users,
     assert "security token" in text(refused)
     assert "No jobs in this enclave yet." in text(analyst.get(f"/enclaves/{rid}"))
     assert events(app, "job:submit") == []
-    upload = analyst.post(
+    upload = post_multipart(
+        analyst,
         "/datasets",
-        data={"tenant": "defence", "level": "SECRET", "file": (io.BytesIO(b"x"), "d.csv")},
-        content_type="multipart/form-data",
+        {"tenant": "defence", "level": "SECRET", "file": (io.BytesIO(b"x"), "d.csv")},
     )
     assert upload.status_code == 400
 
@@ -306,7 +320,7 @@ def upload(client: FlaskClient, **fields: Any) -> TestResponse:
         **fields,
         "csrf_token": csrf(client, "/datasets"),
     }
-    return client.post("/datasets", data=data, content_type="multipart/form-data")
+    return post_multipart(client, "/datasets", data)
 
 
 def test_the_analyst_uploads_a_dataset_and_uses_it_as_an_input(
