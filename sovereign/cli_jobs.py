@@ -17,6 +17,7 @@ it reaches the terminal.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import functools
 import hashlib
 import http.client
@@ -55,6 +56,9 @@ POLL_S = 0.5
 TIMEOUT_S = 300.0
 #: Bytes sent or read per step (progress is reported per step).
 CHUNK = 256 * 1024
+#: Longest answer read whole (a job record, a list, a log chunk of at most 1 MiB); outputs are
+#: streamed to disk instead, bounded by the size the job record gives.
+MAX_REPLY = 32 << 20
 #: Exit status of a command the server or the user's input refused; a job that ran but did not
 #: succeed exits 1.
 EXIT_ERROR = 2
@@ -171,14 +175,10 @@ class Api:
             if body or method in {"POST", "PUT"}:
                 conn.putheader("Content-Length", str(total))
             conn.endheaders()
-            sent = 0
-            for piece in body:
-                for at in range(0, len(piece), CHUNK):
-                    step = piece[at : at + CHUNK]
-                    conn.send(step)
-                    sent += len(step)
-                    if progress is not None:
-                        progress(sent, total)
+            # The server may refuse a body (413) and close before reading all of it: its
+            # answer is the error to show, if it sent one.
+            with contextlib.suppress(OSError):
+                _send(conn, body, total, progress)
             response = conn.getresponse()
         except (OSError, http.client.HTTPException) as e:
             conn.close()
@@ -193,15 +193,36 @@ class Api:
         return conn, response
 
     def call(self, method: str, path: str, **kwargs: Any) -> Reply:
-        """A whole request and answer (see :meth:`open`)."""
+        """A whole request and answer (see :meth:`open`), at most :data:`MAX_REPLY` bytes.
+
+        :raises CliError: as :meth:`open` does, or for a longer or cut-off answer.
+        """
         conn, response = self.open(method, path, **kwargs)
         try:
-            data = response.read()
+            data = response.read(MAX_REPLY + 1)
+            if len(data) > MAX_REPLY:
+                raise CliError(f"the server's answer is longer than {MAX_REPLY} bytes")
         except (OSError, http.client.HTTPException) as e:
             raise CliError(f"the answer was cut off: {for_log(e)}") from e
         finally:
             conn.close()
         return Reply(response.status, dict(response.getheaders()), data)
+
+
+def _send(
+    conn: http.client.HTTPConnection,
+    body: Sequence[bytes],
+    total: int,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    sent = 0
+    for piece in body:
+        for at in range(0, len(piece), CHUNK):
+            step = piece[at : at + CHUNK]
+            conn.send(step)
+            sent += len(step)
+            if progress is not None:
+                progress(sent, total)
 
 
 # -- multipart -----------------------------------------------------------------------------------

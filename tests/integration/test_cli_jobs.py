@@ -57,7 +57,8 @@ open("weights.bin", "wb").write(bytes(range(256)) * 4)
 
 @pytest.fixture
 def app(tmp_path: Path, idp: Any) -> Iterator[Flask]:
-    app = make_app(tmp_path, idp.url)
+    # Small code bound, so that a test can pass it cheaply.
+    app = make_app(tmp_path, idp.url, JOB_MAX_CODE_BYTES=1 << 20)
     svc = app.extensions["sovereign"]
     _register_bundled_hosts(svc)
     yield app
@@ -279,3 +280,20 @@ def test_a_running_job_is_cancelled_and_logs_follow_it_to_the_end(
     assert followed.returncode == 1
     assert followed.stdout == "started\n"
     assert f"job {job} cancelled" in followed.stderr
+
+
+def test_a_submission_over_the_limit_is_one_line_of_error(
+    cli: Run, enclave: Callable[[], str], tmp_path: Path
+):
+    rid = enclave()
+    code = tmp_path / "job"
+    code.mkdir()
+    (code / "main.py").write_text("print(1)\n")
+    (code / "weights.bin").write_bytes(bytes(3 << 20))
+    done = cli(
+        "analyst-defence", "jobs", "submit", rid, str(code), "--entrypoint", "main.py",
+        "--quiet", check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "HTTP 413" in done.stderr
