@@ -329,6 +329,7 @@ class Progress:
         if step == self.shown:
             return
         self.shown = step
+        # ``total`` is the whole body (files and the multipart framing around them).
         line = f"uploading {self.what}: {_size(done)} of {_size(total)} ({percent}%)"
         if self.tty:
             click.echo(f"\r{line}", nl=done >= total, err=True)
@@ -545,8 +546,7 @@ def jobs_submit(
     content_type, body = multipart(
         [("manifest", json.dumps(manifest))], [("files", name, data) for name, data in files]
     )
-    size = sum(len(data) for _, data in files)
-    what = f"{len(files)} file{'' if len(files) == 1 else 's'} ({_size(size)})"
+    what = f"{len(files)} file{'' if len(files) == 1 else 's'}"
     job = _job(
         api.call(
             "POST",
@@ -810,7 +810,7 @@ def datasets_upload(
         "/api/v1/datasets",
         body=body,
         headers={"Content-Type": content_type},
-        progress=Progress(f"{file.name} ({_size(len(data))})", quiet=quiet),
+        progress=Progress(file.name, quiet=quiet),
     ).json()
     if not isinstance(found, dict) or "id" not in found:
         raise CliError("the server's answer is not a dataset")
