@@ -182,7 +182,9 @@ def test_the_analyst_submits_a_job_and_reads_its_log_and_outputs(
     assert '<meta http-equiv="refresh" content="2">' in queued  # followed while not ended
     assert HOSTILE not in queued and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in queued
     assert banners(queued) == ["SECRET//NATO", "SECRET//NATO"]
-    assert f"/jobs/{job}" in text(analyst.get(f"/enclaves/{rid}"))
+    listed = text(analyst.get(f"/enclaves/{rid}"))
+    assert f"/jobs/{job}" in listed
+    assert 'id="jobs-simulated"' in listed and 'id="job-simulated"' in queued
 
     settle()
     done = text(analyst.get(f"/jobs/{job}"))
