@@ -86,8 +86,10 @@ class RunnerReport:
     failed: int = 0
     #: Jobs still queued or running after the pass (the loop polls sooner while there are).
     active: int = 0
-    #: Whether anything changed (a step recorded, log bytes stored).
+    #: Whether a job moved on a step (the loop runs the next pass at once).
     progressed: bool = False
+    #: Log bytes stored (new log alone does not hurry the loop: it polls at its interval).
+    logged: int = 0
 
 
 class _JobFailedError(Exception):
@@ -334,7 +336,7 @@ class JobRunner:
                 uow.commit()
             _copy(current, job)
             self._stepped("job:log")
-            report.progressed = True
+            report.logged += len(data)
         return job.log_size >= wanted
 
     def _collect(self, agent: AgentSession, job: Job) -> list[tuple[OutputFile, bytes]]:

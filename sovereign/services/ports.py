@@ -1,7 +1,9 @@
 """The ports the services depend on, as ``typing.Protocol``.
 
-Owns the interfaces of the repositories, the unit of work, the identity provider and the
-readiness probes, and the values that cross them (with :func:`plan_for`, which reads one).
+Owns the interfaces of the repositories (jobs, datasets and sealed blobs among them), the unit
+of work, the identity provider, the enclaves' agents (:class:`Workloads`, :class:`AgentSession`)
+and the readiness probes, and the values that cross them (with :func:`plan_for`, which reads
+one).
 Real backends live in :mod:`sovereign.adapters`, in-memory ones for unit tests in
 :mod:`sovereign.adapters.memory`; a contract test runs each port against all of them.
 """

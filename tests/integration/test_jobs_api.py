@@ -86,8 +86,8 @@ def settle(app: Flask) -> None:
     runner = services.jobrunner(worker="test")
     for _ in range(20):
         busy = reconciler.run_once().busy
-        progressed = runner.run_once().progressed
-        if not (busy or progressed):
+        report = runner.run_once()
+        if not (busy or report.progressed or report.logged):
             return
 
 
