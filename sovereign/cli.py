@@ -1,7 +1,8 @@
 """The ``sovereign`` command line.
 
 Owns the commands operators type: ``db upgrade`` / ``db current``, ``bootstrap``, ``audit``,
-``hosts``, ``worker`` and ``serve`` (production under gunicorn), and the entry-point group
+``hosts``, ``worker`` and ``serve`` (production under gunicorn), the analyst's ``jobs`` and
+``datasets`` (API clients: :mod:`sovereign.cli_jobs`), and the entry-point group
 through which installed packages add theirs (:data:`COMMAND_ENTRY_POINTS`: the development stack
 adds ``dev``). Each command builds what it needs from configuration; nothing runs at import.
 """
@@ -108,9 +109,11 @@ def main() -> None:
 def _register_groups() -> None:
     from sovereign.cli_hosts import hosts  # noqa: PLC0415
     from sovereign.cli_images import images  # noqa: PLC0415
+    from sovereign.cli_jobs import register  # noqa: PLC0415
 
     main.add_command(hosts)
     main.add_command(images)
+    register(main)
 
 
 # -- db ---------------------------------------------------------------------------------------

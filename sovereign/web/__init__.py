@@ -4,7 +4,7 @@ Owns the console blueprint, its OIDC sign-in (authorization code + PKCE against 
 realm the API trusts), server-side sessions, CSRF protection, the classification banner, templates
 and static files. It calls the same services the API calls and never imports adapters, SQLAlchemy,
 hvac or libvirt, the API or the assembly (import-linter contracts say so). No JavaScript: every
-page works with plain links and forms.
+page works with plain links and forms (a running job's page reloads itself by ``<meta>``).
 
 See :mod:`sovereign.web.console` for how to add a page.
 """

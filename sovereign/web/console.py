@@ -16,6 +16,7 @@ Adding a page: write a view on :data:`bp` that calls :func:`caller` and a servic
 from __future__ import annotations
 
 import hmac
+import io
 import logging
 import re
 import time
@@ -38,8 +39,10 @@ from flask import (
 from flask.typing import ResponseReturnValue
 from flask_limiter import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
+from werkzeug.formparser import FormDataParser
 
 from sovereign.app_context import services
+from sovereign.app_context import settings as app_settings
 from sovereign.channels import limits
 from sovereign.channels.statuses import rate_limited_error, status_of
 from sovereign.domain.identity import Principal, Role
@@ -162,10 +165,43 @@ def build(settings: Settings, svc: Services, login: SignInClient) -> Console:
 # -- the session -------------------------------------------------------------------------------
 
 
+#: Console endpoints that take file uploads, with what bounds their body (a function of the
+#: settings, in bytes). Every other form keeps the app's ``MAX_CONTENT_LENGTH``.
+UPLOAD_LIMITS: dict[str, Callable[[Settings], int]] = {}
+
+
+def accepts_uploads(endpoint: str, limit: Callable[[Settings], int]) -> None:
+    """Let ``endpoint`` take a multipart body of up to ``limit(settings)`` bytes, its files held
+    in memory only (see :class:`MemoryFormDataParser`)."""
+    UPLOAD_LIMITS[endpoint] = limit
+
+
+class MemoryFormDataParser(FormDataParser):
+    """Werkzeug's form parser, but uploaded files stay in memory: its default spools any file
+    above 500 KiB to a temporary file, and an uploaded dataset or job's code is plaintext that
+    must never touch the control plane's disk. The body is bounded before it is read."""
+
+    def __init__(self, stream_factory: Any = None, *args: Any, **kwargs: Any) -> None:
+        del stream_factory
+        super().__init__(_memory_stream, *args, **kwargs)
+
+
+def _memory_stream(*_: Any, **__: Any) -> io.BytesIO:
+    return io.BytesIO()
+
+
+def _allow_upload() -> None:
+    limit = UPLOAD_LIMITS.get(request.endpoint or "")
+    if limit is not None and request.method == "POST":
+        request.max_content_length = limit(app_settings())
+        request.form_data_parser_class = MemoryFormDataParser
+
+
 @bp.before_request
 def _load_session() -> None:
     if request.endpoint == "console.static":
         return
+    _allow_upload()  # before anything reads the form (the CSRF check below does)
     cookie = request.cookies.get(console().cookie_name)
     g.console_cookie = cookie
     g.console_session = console().store.get(cookie) if cookie else None

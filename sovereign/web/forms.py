@@ -53,7 +53,9 @@ MIB_PER_GIB = 1024
 MAX_REASON = 2000
 #: Form fields that are free text a person typed (textareas): these alone may hold tab and line
 #: breaks; every other field is an identifier or a choice (see :func:`refuse_control_characters`).
-FREE_TEXT_FIELDS = frozenset({"reason", "purpose"})
+#: A job's arguments and output patterns are one per line (the domain refuses any other control
+#: character in them).
+FREE_TEXT_FIELDS = frozenset({"reason", "purpose", "args", "outputs"})
 
 
 @dataclass

@@ -64,6 +64,12 @@ NAV: list[NavItem] = [
         needs="enclaves",
     ),
     NavItem(
+        "Datasets",
+        "console.datasets",
+        ANALYST,
+        "Input data for your jobs, stored encrypted under your tenant's key at a label.",
+    ),
+    NavItem(
         "Approval queue",
         "console.queue",
         OFFICER,

@@ -6,7 +6,9 @@ The served app runs like ``sovereign dev``: the audit sequencer and the reconcil
 over the bundled simulated hosts on libvirt's test driver. An analyst signs in at the IdP's
 login page and requests a SECRET enclave; officer-1 sees where it would be placed, approves and
 sees "1 of 2 approvals: officer-1"; the analyst cannot approve their own request; officer-2
-approves and the analyst's "My enclaves" shows it running; officer-1 looks at the hosts and
+approves and the analyst's "My enclaves" shows it running; the analyst submits a job through
+the enclave page's upload form, watches its page until it succeeded and downloads its output;
+officer-1 looks at the hosts and
 GPUs and pulls the kill switch for SECRET//NATO, which waits for officer-2's confirmation under
 two-person actions, and the enclave is torn down; the auditor finds it all in the event browser
 and "verify now" says the log is intact. Each page is saved as a screenshot under
@@ -69,6 +71,11 @@ FOR_README = {
     "18-two-person-actions",
 }
 TIMEOUT_MS = 15_000
+#: The job the analyst submits through the form: it logs and leaves one output.
+JOB_MAIN = b"""import json, sys
+print("epochs", sys.argv[2] + ",", "accuracy 0.93")
+json.dump({"accuracy": 0.93}, open("metrics.json", "w"))
+"""
 #: How long the reconciler may take to bring an approved enclave up (or down).
 RECONCILE_S = 15
 
@@ -184,6 +191,13 @@ class User:
         self.context.close()
 
 
+def tmp_download(download: Any) -> bytes:
+    """The bytes of a finished download."""
+    path = download.path()
+    assert path is not None, download.failure()
+    return Path(path).read_bytes()
+
+
 def unlabelled_fields(page: Any) -> list[str]:
     """Ids of visible form fields without a label (JavaScript off: read the HTML)."""
     html = page.content()
@@ -290,6 +304,31 @@ def test_request_two_officer_approval_and_audit_in_the_browser(browser: Any, sta
     assert page.locator("#terminate").count() == 1
     assert unlabelled_fields(page) == []
     analyst.shot("13-enclave-detail")
+
+    # -- the analyst submits a job through the form, follows it and downloads its output ------
+    assert page.inner_text("#jobs") == "No jobs in this enclave yet."
+    page.set_input_files(
+        "#job-files",
+        files=[{"name": "main.py", "mimeType": "text/x-python", "buffer": JOB_MAIN}],
+    )
+    page.fill("#job-entrypoint", "main.py")
+    page.fill("#job-args", "--epochs\n2")
+    page.fill("#job-outputs", "metrics.json")
+    page.fill("#job-max_runtime_s", "60")
+    analyst.shot("13a-job-form")
+    page.click("#submit-job")
+    page.wait_for_url(re.compile(r".*/jobs/[0-9a-f-]{36}$"))
+    job_path = page.url[len(stack.base) :]
+    assert analyst.banners() == ["SECRET//NATO", "SECRET//NATO"]
+    analyst.wait_for_state(job_path, "succeeded")
+    assert "epochs 2, accuracy 0.93" in page.inner_text("#job-log")
+    assert page.inner_text("#job-exit-code") == "0"
+    analyst.shot("13b-job-succeeded")
+    with page.expect_download() as download:
+        page.click("#job-outputs a:has-text('metrics.json')")
+    saved = tmp_download(download.value)
+    assert saved == b'{"accuracy": 0.93}'
+    page.goto(f"{stack.base}/enclaves/{request_id}")
 
     # -- officer-1: hosts and GPUs, then the kill switch, which takes two officers ------------
     page = officer1.page

@@ -143,6 +143,7 @@ def test_each_role_is_offered_its_pages(users: Users):
         "Request an enclave",
         "My requests",
         "My enclaves",
+        "Datasets",
     ]
     assert nav(text(users("officer-1").get("/"))) == [
         "Overview",

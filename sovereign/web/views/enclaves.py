@@ -1,5 +1,5 @@
 """Enclaves in the console: the analyst's "My enclaves" list and an enclave's page with its
-serial console tail and the terminate form.
+serial console tail, its jobs (:mod:`sovereign.web.views.jobs`) and the terminate form.
 
 Owns what each role is offered. Who may see, read the console of and end an enclave is decided
 (and recorded) by ``services().enclaves``; this module only chooses what to show, and shows a
@@ -23,6 +23,7 @@ from sovereign.services.ports import RequestFilter
 from sovereign.services.recording import CallContext
 from sovereign.web.console import bp, caller, flash, page, retry_form
 from sovereign.web.forms import reason_field
+from sovereign.web.views.jobs import jobs_section
 from sovereign.web.views.requests import MINE_PAGES, PAGE_SIZE, require_role
 
 S = RequestState
@@ -128,6 +129,7 @@ def _detail_page(
         mine=r.requester == principal.subject,
         form=form or TerminateForm(),
         status=422 if form is not None and form.error else 200,
+        **jobs_section(ctx, view),
     )
 
 
