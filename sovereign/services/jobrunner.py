@@ -269,7 +269,11 @@ class JobRunner:
                 "job:start",
                 job_target(job.id),
                 label=job.label,
-                details={"enclave": str(job.enclave_id), "submitted_by": job.submitted_by},
+                details={
+                    "enclave": str(job.enclave_id),
+                    "submitted_by": job.submitted_by,
+                    "simulated": job.simulated,
+                },
             )
             uow.commit()
         _copy(current, job)
@@ -415,6 +419,7 @@ class JobRunner:
             "exit_code": job.exit_code,
             "runtime_s": job.runtime_s,
             "outputs": [r.to_dict() for r in job.results],
+            "simulated": job.simulated,
         }
         if job.error:
             details["error"] = job.error

@@ -149,6 +149,7 @@ class JobService:
                     "files": [f.to_dict() for f in job.files],
                     "inputs": [str(d.id) for d in inputs],
                     "max_runtime_s": manifest.max_runtime_s,
+                    "simulated": job.simulated,
                 },
             )
             uow.commit()

@@ -154,6 +154,12 @@ def test_a_job_runs_to_success_with_logs_outputs_and_audit(fleet: Fleet, enclave
     assert finish.details["outputs"] == [r.to_dict() for r in done.results]
     assert finish.label == {"level": "SECRET", "compartments": ["NATO"]}
     assert finish.actor == "system:jobrunner"
+    # The embedded default's process enclave is simulated, and every job event says so.
+    assert [fleet.events(a)[0].details["simulated"] for a in ("job:submit", "job:start")] == [
+        True,
+        True,
+    ]
+    assert finish.details["simulated"] is True
     # The job's directory in the enclave was discarded.
     assert str(job.id) not in fleet.services.workloads.agent(enclave).jobs  # type: ignore[attr-defined]
 
