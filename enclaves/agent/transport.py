@@ -18,7 +18,7 @@ from enclaves.errors import AgentTimeoutError, AgentUnavailableError
 class Transport(Protocol):
     """A byte stream to one agent."""
 
-    def send(self, data: bytes, timeout_s: float) -> None:
+    def send(self, data: bytes | memoryview, timeout_s: float) -> None:
         """Send all of ``data`` within ``timeout_s``.
 
         :raises AgentTimeoutError: if it could not be sent in time.
@@ -61,7 +61,7 @@ class SocketTransport:
             raise AgentUnavailableError(f"cannot connect to the agent: {exc.strerror}") from exc
         return cls(sock)
 
-    def send(self, data: bytes, timeout_s: float) -> None:
+    def send(self, data: bytes | memoryview, timeout_s: float) -> None:
         """Send all of ``data`` within ``timeout_s``."""
         self._sock.settimeout(_positive(timeout_s))
         try:
