@@ -330,11 +330,14 @@ class Agent:
         From the files, the part is hashed once to restart the running hash; ``None`` when no
         upload of that path is in progress.
         """
-        upload = self._uploads.get(key)
-        if upload is not None:
-            return upload
         job, area, path = key
         part, meta = self._part_paths(job, area, path)
+        upload = self._uploads.get(key)
+        if upload is not None:
+            if _size_of(part) == upload.have:
+                return upload
+            # The part file is gone or is not what the running hash covers: start from disk.
+            del self._uploads[key]
         wanted = _read_json(meta)
         if not isinstance(wanted, dict) or wanted.get("path") != path or not _is_regular(part):
             return None
@@ -754,6 +757,15 @@ def _is_regular(path: str) -> bool:
         return stat.S_ISREG(os.lstat(path).st_mode)
     except FileNotFoundError:
         return False
+
+
+def _size_of(path: str) -> int | None:
+    """The size of the regular file at ``path`` (not following a symlink), else ``None``."""
+    try:
+        status = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_size if stat.S_ISREG(status.st_mode) else None
 
 
 def _remove(path: str) -> None:
