@@ -74,7 +74,7 @@ class ChannelTransport:
                 raise
         return cls(stream, description=description)
 
-    def send(self, data: bytes, timeout_s: float) -> None:
+    def send(self, data: bytes | memoryview, timeout_s: float) -> None:
         """Send all of ``data`` within ``timeout_s``.
 
         :raises AgentTimeoutError: if the guest did not take it all in time.

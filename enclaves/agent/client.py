@@ -334,7 +334,7 @@ class AgentClient:
             while refusal is None and sent < len(data) and len(pending) < PUT_WINDOW:
                 chunk = view[sent : sent + protocol.MAX_PAYLOAD]
                 fields = {**where, "offset": sent, "sha256": hashlib.sha256(chunk).hexdigest()}
-                request_id = self._send("put_chunk", fields, bytes(chunk))
+                request_id = self._send("put_chunk", fields, chunk)
                 sent += len(chunk)
                 pending.append((request_id, sent))
             request_id, acknowledged = pending.popleft()
@@ -374,21 +374,24 @@ class AgentClient:
     ) -> Frame:
         return self._receive(op, self._send(op, fields, payload), kind=kind)
 
-    def _send(self, op: str, fields: dict[str, Any], payload: bytes = b"") -> int:
-        """Send one request; returns its id."""
+    def _send(self, op: str, fields: dict[str, Any], payload: bytes | memoryview = b"") -> int:
+        """Send one request; returns its id. The payload is sent from the caller's buffer."""
         if self._broken is not None:
             raise AgentUnavailableError(f"agent connection unusable: {self._broken}")
         request_id = self._next_id
         self._next_id = self._next_id % protocol.MAX_ID + 1
         try:
-            data = protocol.encode(
-                Frame(protocol.KIND_REQUEST, {"op": op, "id": request_id, **fields}, payload)
+            head = protocol.encode_head(
+                protocol.KIND_REQUEST, {"op": op, "id": request_id, **fields}, len(payload)
             )
         except ProtocolError as exc:
             # Our own request breaks a bound (arguments beyond the 64 KiB header).
             raise ValueError(f"request too large: {exc}") from exc
         try:
-            self._transport.send(data, self._timeout_s)
+            self._transport.send(head, self._timeout_s)
+            if payload:
+                # Not joined to the head: a chunk is sent without being copied.
+                self._transport.send(payload, self._timeout_s)
         except AgentError as exc:
             self._break(type(exc).__name__)
             raise

@@ -111,15 +111,24 @@ def encode(frame: Frame) -> bytes:
 
     :raises ProtocolError: if the kind is unknown or the header or payload exceeds its bound.
     """
-    if frame.kind not in KINDS:
+    return encode_head(frame.kind, frame.header, len(frame.payload)) + frame.payload
+
+
+def encode_head(kind: int, header: Mapping[str, Any], payload_length: int) -> bytes:
+    """Serialise a frame's prefix and JSON header; its ``payload_length`` bytes follow them.
+
+    For a sender that writes a large payload straight from its own buffer, uncopied.
+
+    :raises ProtocolError: if the kind is unknown or the header or payload exceeds its bound.
+    """
+    if kind not in KINDS:
         raise ProtocolError("unknown frame kind")
-    header = json.dumps(frame.header, separators=(",", ":"), ensure_ascii=True).encode()
-    if len(header) > MAX_HEADER:
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=True).encode()
+    if len(raw) > MAX_HEADER:
         raise ProtocolError("frame header too large")
-    if len(frame.payload) > MAX_PAYLOAD:
+    if payload_length > MAX_PAYLOAD:
         raise ProtocolError("frame payload too large")
-    prefix = PREFIX.pack(MAGIC, VERSION, frame.kind, 0, len(header), len(frame.payload))
-    return prefix + header + frame.payload
+    return PREFIX.pack(MAGIC, VERSION, kind, 0, len(raw), payload_length) + raw
 
 
 def decode_prefix(prefix: bytes) -> tuple[int, int, int]:

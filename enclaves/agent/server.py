@@ -128,6 +128,20 @@ class _Running:
     done: threading.Event = field(default_factory=threading.Event)
 
 
+@dataclass
+class _Upload:
+    """A file being uploaded: what was announced, and the running hash of what was appended.
+
+    Kept in memory only (the part file and its meta file are what survive a restart), so no
+    hash state of job data is ever written out.
+    """
+
+    size: int
+    sha256: str
+    have: int = 0
+    hasher: Any = field(default_factory=hashlib.sha256)
+
+
 @dataclass(frozen=True)
 class JobUser:
     """The unprivileged user a job runs as."""
@@ -164,6 +178,8 @@ class Agent:
         self.gpus = gpus or []
         self._lock = threading.Lock()
         self._running: dict[str, _Running] = {}
+        #: Uploads in progress by (job, area, path); only the connection's thread touches them.
+        self._uploads: dict[tuple[str, str, str], _Upload] = {}
         self._recover()
 
     # Connection ----------------------------------------------------------------------------
@@ -229,20 +245,23 @@ class Agent:
         if not 0 <= size <= protocol.MAX_PUT_SIZE:
             raise RequestError("size out of range")
         self._ensure_job(job)
+        key = (job, area, path)
         part, meta = self._part_paths(job, area, path)
         dest = self._dest(job, area, path)
         if _is_regular(dest) and _hash_file(dest) == digest:
+            self._uploads.pop(key, None)
             _remove(part)
             _remove(meta)
             return protocol.KIND_REPLY, {"have": size}, b""
-        wanted = {"path": path, "size": size, "sha256": digest}
-        if _read_json(meta) == wanted and _is_regular(part):
-            have = os.lstat(part).st_size
-            if have <= size:
-                return protocol.KIND_REPLY, {"have": have}, b""
-        _write_json(meta, wanted)
+        upload = self._upload(key)
+        if upload is not None and upload.size == size and upload.sha256 == digest:
+            return protocol.KIND_REPLY, {"have": upload.have}, b""
+        self._uploads.pop(key, None)
+        # Written for a resume after an agent restart; the running hash stays in memory.
+        _write_json(meta, {"path": path, "size": size, "sha256": digest})
         with _open_new(part):
             pass
+        self._uploads[key] = _Upload(size=size, sha256=digest)
         return protocol.KIND_REPLY, {"have": 0}, b""
 
     def _op_put_chunk(self, header: dict[str, Any], payload: bytes) -> Answer:
@@ -250,32 +269,48 @@ class Agent:
         offset = header["offset"]
         if protocol.check_sha256(header["sha256"]) != hashlib.sha256(payload).hexdigest():
             raise RequestError("chunk does not match its sha256")
-        part, meta = self._part_paths(job, area, path)
-        wanted = _read_json(meta)
-        if not isinstance(wanted, dict) or wanted.get("path") != path or not _is_regular(part):
+        key = (job, area, path)
+        upload = self._upload(key)
+        if upload is None:
             raise RequestError("no upload in progress")
-        have = os.lstat(part).st_size
-        if offset != have:
-            raise RequestError(f"offset mismatch: have {have}")
-        if have + len(payload) > wanted["size"]:
+        if offset != upload.have:
+            raise RequestError(f"offset mismatch: have {upload.have}")
+        if upload.have + len(payload) > upload.size:
             raise RequestError("chunk beyond the announced size")
+        part, _ = self._part_paths(job, area, path)
         fd = os.open(part, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            _write_all(fd, payload)
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode) or status.st_size != upload.have:
+                # The part file is not what the running hash covers: begin again.
+                self._uploads.pop(key, None)
+                raise RequestError("upload changed underneath; begin it again")
+            try:
+                _write_all(fd, payload)
+            except BaseException:
+                # Part of the chunk may be on disk, not in the hash: the next put_begin
+                # rehashes the part file.
+                self._uploads.pop(key, None)
+                raise
         finally:
             os.close(fd)
-        return protocol.KIND_REPLY, {"have": have + len(payload)}, b""
+        upload.hasher.update(payload)
+        upload.have += len(payload)
+        return protocol.KIND_REPLY, {"have": upload.have}, b""
 
     def _op_put_end(self, header: dict[str, Any], payload: bytes) -> Answer:
         job, area, path = self._upload_target(header)
+        key = (job, area, path)
         part, meta = self._part_paths(job, area, path)
         dest = self._dest(job, area, path)
-        wanted = _read_json(meta)
-        if isinstance(wanted, dict) and wanted.get("path") == path and _is_regular(part):
-            if os.lstat(part).st_size != wanted["size"]:
+        upload = self._upload(key)
+        if upload is not None:
+            if upload.have != upload.size or os.lstat(part).st_size != upload.size:
                 raise RequestError("upload incomplete")
-            digest = _hash_file(part)
-            if digest != wanted["sha256"]:
+            # The running hash covers every byte appended to the part file, in order.
+            digest = upload.hasher.hexdigest()
+            self._uploads.pop(key, None)
+            if digest != upload.sha256:
                 _remove(part)
                 _remove(meta)
                 raise RequestError("file does not match its sha256; upload it again")
@@ -288,6 +323,37 @@ class Agent:
             # The rename happened but its answer was lost: say what is there.
             return protocol.KIND_REPLY, {"sha256": _hash_file(dest)}, b""
         raise RequestError("no upload in progress")
+
+    def _upload(self, key: tuple[str, str, str]) -> _Upload | None:
+        """The upload in progress at ``key``, from memory or, after a restart, from its files.
+
+        From the files, the part is hashed once to restart the running hash; ``None`` when no
+        upload of that path is in progress.
+        """
+        job, area, path = key
+        part, meta = self._part_paths(job, area, path)
+        upload = self._uploads.get(key)
+        if upload is not None:
+            if _size_of(part) == upload.have:
+                return upload
+            # The part file is gone or is not what the running hash covers: start from disk.
+            del self._uploads[key]
+        wanted = _read_json(meta)
+        if not isinstance(wanted, dict) or wanted.get("path") != path or not _is_regular(part):
+            return None
+        size, digest = wanted.get("size"), wanted.get("sha256")
+        if not protocol.is_int(size) or not isinstance(digest, str):
+            return None
+        upload = _Upload(size=size, sha256=digest)
+        fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            upload.have = _hash_into(fd, upload.hasher)
+        finally:
+            os.close(fd)
+        if upload.have > size:
+            return None
+        self._uploads[key] = upload
+        return upload
 
     def _op_run(self, header: dict[str, Any], payload: bytes) -> Answer:
         job = protocol.check_job(header["job"])
@@ -390,6 +456,8 @@ class Agent:
         self._kill(job, cancel=True)
         with self._lock:
             self._running.pop(job, None)
+            for key in [key for key in self._uploads if key[0] == job]:
+                del self._uploads[key]
             if os.path.lexists(self._job_dir(job)):
                 shutil.rmtree(self._job_dir(job), onerror=_force_remove)
         return protocol.KIND_REPLY, {}, b""
@@ -691,6 +759,15 @@ def _is_regular(path: str) -> bool:
         return False
 
 
+def _size_of(path: str) -> int | None:
+    """The size of the regular file at ``path`` (not following a symlink), else ``None``."""
+    try:
+        status = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_size if stat.S_ISREG(status.st_mode) else None
+
+
 def _remove(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -724,11 +801,17 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _hash_fd(fd: int) -> str:
     hasher = hashlib.sha256()
+    _hash_into(fd, hasher)
+    return hasher.hexdigest()
+
+
+def _hash_into(fd: int, hasher: Any) -> int:
+    """Feed the whole file ``fd`` into ``hasher``; returns its length."""
     offset = 0
     while block := os.pread(fd, _HASH_BLOCK, offset):
         hasher.update(block)
         offset += len(block)
-    return hasher.hexdigest()
+    return offset
 
 
 def _hash_file(path: str) -> str:

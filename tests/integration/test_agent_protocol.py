@@ -739,6 +739,93 @@ def test_put_end_answers_after_a_lost_reply(raw: RawConnection) -> None:
     assert raw.call("put_begin", **where, size=len(data), sha256=digest).header["have"] == len(data)
 
 
+def part_file(agent: RunningAgent, job: str) -> Path:
+    (part,) = (agent.root / "jobs" / job / "parts").glob("*.part")
+    return part
+
+
+def test_an_upload_resumes_after_an_agent_restart(base: Path) -> None:
+    # The running hash lives in the agent's memory only: a new agent rehashes the part file.
+    job = new_job()
+    data = os.urandom(3 * (1 << 20) + 7)
+    digest = hashlib.sha256(data).hexdigest()
+    where = {"job": job, "area": "input", "path": "big.bin"}
+    first = start_agent(base)
+    raw = RawConnection(first.socket)
+    raw.call("put_begin", **where, size=len(data), sha256=digest)
+    half = data[: 1 << 20]
+    chunk = raw.call("put_chunk", half, **where, offset=0, sha256=hashlib.sha256(half).hexdigest())
+    assert chunk.header["have"] == len(half)
+    raw.close()
+    first.stop()
+
+    second = start_agent(base)
+    try:
+        client = second.connect()
+        seen: list[int] = []
+        assert client.put(job, "input", "big.bin", data, progress=lambda d, t: seen.append(d)) == (
+            digest
+        )
+        assert seen[0] == len(half)
+        assert (second.root / "jobs" / job / "inputs" / "big.bin").read_bytes() == data
+        client.close()
+    finally:
+        second.stop()
+
+
+def test_a_part_file_changed_behind_the_agent_is_caught(base: Path) -> None:
+    job = new_job()
+    data = b"a" * 2000
+    digest = hashlib.sha256(data).hexdigest()
+    where = {"job": job, "area": "code", "path": "main.py"}
+    first = start_agent(base)
+    raw = RawConnection(first.socket)
+    raw.call("put_begin", **where, size=len(data), sha256=digest)
+    head, tail = data[:1000], data[1000:]
+    raw.call("put_chunk", head, **where, offset=0, sha256=hashlib.sha256(head).hexdigest())
+    part = part_file(first, job)
+    # Grown between two chunks: the running hash no longer covers the file, so the agent
+    # rehashes what is on disk and goes on from there; the whole-file check refuses it.
+    with part.open("ab") as file:
+        file.write(b"x")
+    chunk = raw.call(
+        "put_chunk", tail, **where, offset=1000, sha256=hashlib.sha256(tail).hexdigest()
+    )
+    assert "offset mismatch: have 1001" in refused(chunk)
+    rest = tail[1:]
+    chunk = raw.call(
+        "put_chunk", rest, **where, offset=1001, sha256=hashlib.sha256(rest).hexdigest()
+    )
+    assert chunk.header["have"] == len(data)
+    assert "does not match" in refused(raw.call("put_end", **where))
+    assert not (first.root / "jobs" / job / "work" / "main.py").exists()
+
+    # Same size, other bytes, across a restart: the rehash at put_begin covers the bytes on
+    # disk, so the whole-file check at put_end refuses the file.
+    assert raw.call("put_begin", **where, size=len(data), sha256=digest).header["have"] == 0
+    raw.call("put_chunk", head, **where, offset=0, sha256=hashlib.sha256(head).hexdigest())
+    raw.close()
+    first.stop()
+
+    # Same size, other bytes, across a restart: the rehash at put_begin covers the bytes on
+    # disk, so the whole-file check at put_end refuses the file.
+    part = part_file(first, job)
+    part.write_bytes(b"y" * 1000)
+    second = start_agent(base)
+    try:
+        raw = RawConnection(second.socket)
+        assert raw.call("put_begin", **where, size=len(data), sha256=digest).header["have"] == 1000
+        chunk = raw.call(
+            "put_chunk", tail, **where, offset=1000, sha256=hashlib.sha256(tail).hexdigest()
+        )
+        assert chunk.header["have"] == len(data)
+        assert "does not match" in refused(raw.call("put_end", **where))
+        assert not (second.root / "jobs" / job / "work" / "main.py").exists()
+        raw.close()
+    finally:
+        second.stop()
+
+
 class FdTransport:
     """A :class:`~enclaves.agent.transport.Transport` over a file descriptor (a pty master)."""
 
@@ -798,3 +885,24 @@ def test_the_agent_serves_a_serial_device(base: Path) -> None:
         process.terminate()
         process.wait(10)
         os.close(slave)
+
+
+def test_a_part_file_removed_behind_the_agent_starts_the_upload_over(
+    agent: RunningAgent, raw: RawConnection
+) -> None:
+    job = new_job()
+    data = b"b" * 2000
+    digest = hashlib.sha256(data).hexdigest()
+    where = {"job": job, "area": "code", "path": "main.py"}
+    raw.call("put_begin", **where, size=len(data), sha256=digest)
+    head = data[:1000]
+    raw.call("put_chunk", head, **where, offset=0, sha256=hashlib.sha256(head).hexdigest())
+    part_file(agent, job).unlink()
+    tail = data[1000:]
+    chunk = raw.call(
+        "put_chunk", tail, **where, offset=1000, sha256=hashlib.sha256(tail).hexdigest()
+    )
+    assert "no upload in progress" in refused(chunk)
+    assert raw.call("put_begin", **where, size=len(data), sha256=digest).header["have"] == 0
+    raw.call("put_chunk", data, **where, offset=0, sha256=digest)
+    assert raw.call("put_end", **where).header["sha256"] == digest
