@@ -11,9 +11,10 @@ from it: ``--outside-peers-only`` accepts only connections from outside the agen
 namespace (the control plane; ``SO_PEERCRED`` reports pid 0 for a peer the namespace cannot
 see) and makes the agent non-dumpable (no ``ptrace`` or ``/proc/<pid>/mem`` from a job), and
 ``--own-pid-namespace`` makes it a child subreaper that kills whatever jobs left behind in its
-namespace once none runs (see :class:`.server.Agent`). Its own log (stderr, which the process
-enclave writes to a file on the host's disk) is bounded: lines are cut, rate-limited and
-capped in total (:class:`BoundedLogHandler`).
+namespace once none runs (see :class:`.server.Agent`); in a guest (``--device`` with
+``--job-user``) it does the same to every process of the job user. Its own log (stderr, which
+the process enclave writes to a file on the host's disk) is bounded: lines are cut,
+rate-limited and capped in total (:class:`BoundedLogHandler`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from .server import Agent, JobUser, Stream, namespace_strays
+from .server import Agent, JobUser, Stream, namespace_strays, user_strays
 
 #: A unix-socket connection that sends nothing for this long is closed, so a client that
 #: forgot its connection does not keep the next one waiting for ever.
@@ -77,8 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _prctl(_PR_SET_DUMPABLE, 0)
     if args.own_pid_namespace:
         _check_own_pid_namespace()
+    if args.own_pid_namespace or (args.device and args.job_user):
         # Descendants that leave their job's session (setsid, double fork) become ours, not
-        # the namespace init's: the agent reaps them after killing them (Agent(sweep=...)).
+        # init's: the agent reaps them after killing them (see _sweep).
         _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     # Files the agent makes are readable by the job's user whatever umask the agent was started
     # with (a unit's UMask=0077 would hide the job's own directory from it).
@@ -96,13 +98,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         image_digest=_image_digest(args.image_digest_file),
         simulated=args.simulated,
         gpus=_gpus(),
-        sweep=namespace_strays if args.own_pid_namespace else None,
+        sweep=_sweep(args, job_user),
     )
     if args.device:
         _serve_device(agent, args.device)
     else:
         _serve_unix(agent, args.listen_unix, outside_peers_only=args.outside_peers_only)
     return 0
+
+
+def _sweep(args: argparse.Namespace, job_user: JobUser | None) -> Callable[[], list[int]] | None:
+    """What the agent kills when no job runs: its PID namespace's other processes in the
+    process enclave; in a guest (``--device``) every process of the job user, whom nothing but
+    jobs runs as; else (an agent run by hand, or by tests, with a shared user) nothing more
+    than each job's process group."""
+    if args.own_pid_namespace:
+        return namespace_strays
+    if args.device and job_user is not None:
+        uid = job_user.uid
+        return lambda: user_strays(uid)
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:

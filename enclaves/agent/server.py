@@ -11,10 +11,11 @@ The host on the other end is trusted more than the job but still checked: every 
 is validated, every value range-checked, and every failure is answered as an error frame with a
 short message that reveals nothing of the guest's file system; a malformed frame drops the
 connection and the agent waits for the next one. One request is served at a time; each running
-job has one pump thread (its log and its exit). Given a ``sweep`` (the process enclave, where
-the agent owns its PID namespace), whenever no job runs any more it kills every process the
-sweep names (:func:`namespace_strays`: all but the agent and its ancestors), so a descendant
-that left its job's session does not outlive the job.
+job has one pump thread (its log and its exit). Given a ``sweep``, whenever no job runs any
+more it kills every process the sweep names, so a descendant that left its job's session does
+not outlive the job: in the process enclave, where the agent owns its PID namespace, all but
+the agent and its ancestors (:func:`namespace_strays`); in a guest, every process of the job
+user (:func:`user_strays`).
 
 It must import only the standard library and :mod:`.protocol` (relatively): it is copied into
 the guest image as ``sovereign_agent.server``.
@@ -868,6 +869,19 @@ def namespace_strays() -> list[int]:
     ``/proc`` (the namespace's own, in the process enclave) lists exactly the namespace's
     processes; zombies are left out (they run nothing; ours are reaped by the sweep).
     """
+    return _others(lambda pid: True)
+
+
+def user_strays(uid: int) -> list[int]:
+    """Every live process (but this one and its ancestors) with ``uid`` as any of its uids.
+
+    The guest's sweep: its job user runs nothing but jobs and what they started.
+    """
+    return _others(lambda pid: uid in _uids(pid))
+
+
+def _others(wanted: Callable[[int], bool]) -> list[int]:
+    """The live processes ``wanted`` accepts, leaving out this one and its ancestors."""
     own = os.getpid()
     keep = {own}
     pid = own
@@ -880,9 +894,22 @@ def namespace_strays() -> list[int]:
         if not entry.isdigit() or int(entry) in keep:
             continue
         found = _stat(int(entry))
-        if found is not None and found[0] != "Z":
+        if found is not None and found[0] != "Z" and wanted(int(entry)):
             strays.append(int(entry))
     return strays
+
+
+def _uids(pid: int) -> set[int]:
+    """The real, effective, saved and file-system uids of ``pid`` (none if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as file:
+            text = file.read(16384)
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(b"Uid:"):
+            return {int(field) for field in line.split()[1:] if field.isdigit()}
+    return set()
 
 
 def _stat(pid: int) -> tuple[str, int] | None:

@@ -6,10 +6,12 @@ import io
 import logging
 import os
 import socket
+import subprocess
 
 import pytest
 
 from enclaves.agent import __main__ as cli
+from enclaves.agent import server
 
 
 class Clock:
@@ -82,3 +84,39 @@ def test_a_peer_in_our_namespace_has_a_pid() -> None:
     left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with left, right:
         assert cli.peer_pid(left) == os.getpid()
+
+
+@pytest.mark.parametrize(
+    ("argv", "sweeps"),
+    [
+        (["--listen-unix", "/s", "--own-pid-namespace"], "namespace"),
+        (["--device", "/dev/x", "--job-user", "nobody"], "user"),
+        # An agent run by hand or by tests on a host, whose job user may be shared (nobody):
+        # nothing beyond each job's process group.
+        (["--listen-unix", "/s", "--job-user", "nobody"], None),
+        (["--device", "/dev/x"], None),
+    ],
+)
+def test_what_is_swept_when_no_job_runs(argv: list[str], sweeps: str | None) -> None:
+    args = cli._parser().parse_args(["--root", "/r", *argv])
+    job_user = cli.JobUser("nobody", 65534, 65534) if args.job_user else None
+    sweep = cli._sweep(args, job_user)
+    if sweeps is None:
+        assert sweep is None
+    elif sweeps == "namespace":
+        assert sweep is server.namespace_strays
+    else:
+        assert sweep is not None
+
+
+def test_user_strays_lists_the_users_other_processes() -> None:
+    child = subprocess.Popen(["/usr/bin/sleep", "30"])
+    try:
+        strays = server.user_strays(os.getuid())
+        assert child.pid in strays
+        assert os.getpid() not in strays
+        assert os.getppid() not in strays  # an ancestor
+        assert child.pid not in server.user_strays(os.getuid() + 12345)
+    finally:
+        child.kill()
+        child.wait()
