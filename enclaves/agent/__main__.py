@@ -269,7 +269,7 @@ class BoundedLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
             return
         self._tokens -= 1
         if self._dropped:
-            line = f"sovereign-agent: ({self._dropped} lines dropped) {line}"
+            line = f"{line} [{self._dropped} lines dropped before this one]"
             self._dropped = 0
         if self._written + len(line) + len(_LOG_LIMIT_LINE) + 2 > self._total:
             line = _LOG_LIMIT_LINE  # room for it was kept: the total stays within the cap

@@ -43,7 +43,7 @@ def test_lines_are_rate_limited_and_the_dropped_ones_counted() -> None:
         logger.warning("refused %d", number)
     lines = stream.getvalue().splitlines()[100:]
     assert len(lines) == 30
-    assert lines[0] == "sovereign-agent: (900 lines dropped) refused 1000"
+    assert lines[0] == "refused 1000 [900 lines dropped before this one]"
     assert lines[-1] == "refused 1029"
 
 
