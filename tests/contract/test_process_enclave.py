@@ -549,8 +549,18 @@ time.sleep({linger})
 """
 
 
-@pytest.mark.parametrize("end", ["exit", "cancel"])
-def test_what_a_job_leaves_running_dies_with_it(real_enclave: ProcessEnclave, end: str) -> None:
+@pytest.mark.parametrize(
+    ("end", "state"),
+    [
+        ("exit", "succeeded"),
+        ("cancel", "cancelled"),
+        ("timeout", "timed_out"),
+        ("discard", "unknown"),
+    ],
+)
+def test_what_a_job_leaves_running_dies_with_it(
+    real_enclave: ProcessEnclave, end: str, state: str
+) -> None:
     marker = f"{uuid.uuid4().int % 10**9}.5"
     job = str(uuid.uuid4())
     linger = 0.5 if end == "exit" else 120
@@ -558,18 +568,20 @@ def test_what_a_job_leaves_running_dies_with_it(real_enclave: ProcessEnclave, en
     client = AgentClient(real_enclave.connect(), timeout_s=30)
     try:
         client.put(job, "code", "main.py", code.encode())
-        client.run(job, entrypoint="main.py", args=[], max_runtime_s=300)
+        client.run(job, entrypoint="main.py", args=[], max_runtime_s=3 if end == "timeout" else 300)
         deadline = time.monotonic() + 30
         while b"left it" not in client.logs(job, 0):
             assert time.monotonic() < deadline, client.logs(job, 0)
             time.sleep(0.05)
         assert host_pids_with(f"sleep {marker}"), "the sleeper should be running"
         if end == "cancel":
-            assert client.cancel(job).state == "cancelled"
+            client.cancel(job)
+        elif end == "discard":
+            client.discard(job)
         while (status := client.status(job)).state == "running":
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        assert status.state == ("succeeded" if end == "exit" else "cancelled")
+        assert status.state == state
         # Gone by the time the job's end is visible (zombies aside: they run nothing).
         assert [pid for pid in host_pids_with(f"sleep {marker}") if alive(pid)] == []
         # And the agent still serves: the next job runs.
