@@ -5,7 +5,10 @@ no guest) uses instead of a VM: ``python3 -m sovereign_agent --listen-unix /run/
 --root /job --simulated`` started detached (its own session, no ``--die-with-parent``) inside
 ``bwrap --unshare-all``, so that running jobs survive a control-plane restart and the next
 control plane reconnects through the socket and the pid file it finds in the enclave's state
-directory under the run directory.
+directory under the run directory. The jobs run as the agent's own user, so the agent is also
+given ``--outside-peers-only`` (it closes any connection from inside the sandbox: a job cannot
+hold or talk to its agent's socket) and ``--own-pid-namespace`` (it kills whatever a job left
+running, session-leaving descendants included, once no job runs).
 
 What the sandbox sees, and nothing else: ``/usr`` read-only (with the ``/lib``, ``/lib64``,
 ``/bin`` symlinks of a merged-/usr system), its own ``/proc``, a minimal read-only ``/dev``,
@@ -559,5 +562,9 @@ class ProcessEnclave:
             "--listen-unix", f"{SOCKET_DIR_INSIDE}/{SOCKET_NAME}",
             "--root", AGENT_ROOT_INSIDE,
             "--simulated",
+            # The jobs run as the agent's user: only the control plane (outside the PID
+            # namespace) may connect, and whatever a job leaves running dies when none runs.
+            "--outside-peers-only",
+            "--own-pid-namespace",
         ]  # fmt: skip
         return [*prlimit, _tool("taskset"), "--cpu-list", cpus, *bwrap]

@@ -11,7 +11,11 @@ The host on the other end is trusted more than the job but still checked: every 
 is validated, every value range-checked, and every failure is answered as an error frame with a
 short message that reveals nothing of the guest's file system; a malformed frame drops the
 connection and the agent waits for the next one. One request is served at a time; each running
-job has one pump thread (its log and its exit).
+job has one pump thread (its log and its exit). Given a ``sweep``, whenever no job runs any
+more it kills every process the sweep names, so a descendant that left its job's session does
+not outlive the job: in the process enclave, where the agent owns its PID namespace, all but
+the agent and its ancestors (:func:`namespace_strays`); in a guest, every process of the job
+user (:func:`user_strays`).
 
 It must import only the standard library and :mod:`.protocol` (relatively): it is copied into
 the guest image as ``sovereign_agent.server``.
@@ -49,6 +53,8 @@ MID_FRAME_TIMEOUT_S: Final = 60.0
 KILL_WAIT_S: Final = 10.0
 #: Most directory entries ``outputs`` looks at, so a job cannot make it walk forever.
 MAX_SCANNED: Final = 100_000
+#: How long a sweep waits for the processes it killed to be gone (and reaped).
+SWEEP_WAIT_S: Final = 5.0
 _HASH_BLOCK: Final = 1 << 20
 _LOG_TRUNCATED: Final = b"\n[sovereign-agent: log truncated at 16 MiB]\n"
 
@@ -164,6 +170,7 @@ class Agent:
         image_digest: str = "",
         simulated: bool = False,
         gpus: list[dict[str, Any]] | None = None,
+        sweep: Callable[[], list[int]] | None = None,
     ) -> None:
         self.root = os.path.realpath(root)
         self.jobs_dir = os.path.join(self.root, "jobs")
@@ -176,6 +183,8 @@ class Agent:
         self.image_digest = image_digest
         self.simulated = simulated
         self.gpus = gpus or []
+        #: The processes to kill when no job runs (None: only the jobs' process groups).
+        self._sweep = sweep
         self._lock = threading.Lock()
         self._running: dict[str, _Running] = {}
         #: Uploads in progress by (job, area, path); only the connection's thread touches them.
@@ -538,13 +547,38 @@ class Agent:
         else:
             state = "succeeded" if exit_code == 0 else "failed"
         with self._lock:
+            if self._running.get(job) is running:
+                del self._running[job]
+            # Before the end is recorded: whoever sees it finished sees nothing of it running.
+            self._sweep_locked()
             if os.path.isdir(self._job_dir(job)):
                 self._write_state(
                     job, {"state": state, "exit_code": exit_code, "runtime_s": round(runtime, 3)}
                 )
-            if self._running.get(job) is running:
-                del self._running[job]
         running.done.set()
+
+    def _sweep_locked(self) -> None:
+        """If no job runs, kill what the sweep names and wait until it is gone and reaped.
+
+        With no job running (and the lock held, so none starts) every child of the agent is a
+        leftover (the agent is a subreaper) and may be reaped with ``waitpid(-1)`` without
+        stealing a job's exit status from its ``Popen``.
+        """
+        if self._sweep is None or self._running:
+            return
+        deadline = time.monotonic() + SWEEP_WAIT_S
+        while True:
+            strays = self._sweep()
+            for pid in strays:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            _reap_children()
+            if not strays:
+                return
+            if time.monotonic() > deadline:
+                log.warning("%d processes left by jobs survived being killed", len(strays))
+                return
+            time.sleep(0.01)
 
     def _kill(self, job: str, *, cancel: bool) -> None:
         with self._lock:
@@ -596,6 +630,8 @@ class Agent:
             self._write_state(
                 job, {"state": "failed", "exit_code": None, "runtime_s": round(runtime, 3)}
             )
+        with self._lock:
+            self._sweep_locked()
 
     # Files ---------------------------------------------------------------------------------
 
@@ -825,6 +861,80 @@ def _hash_file(path: str) -> str:
 def _kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+def namespace_strays() -> list[int]:
+    """Every live process in our PID namespace but this one and its ancestors.
+
+    ``/proc`` (the namespace's own, in the process enclave) lists exactly the namespace's
+    processes; zombies are left out (they run nothing; ours are reaped by the sweep).
+    """
+    return _others(lambda pid: True)
+
+
+def user_strays(uid: int) -> list[int]:
+    """Every live process (but this one and its ancestors) with ``uid`` as any of its uids.
+
+    The guest's sweep: its job user runs nothing but jobs and what they started.
+    """
+    return _others(lambda pid: uid in _uids(pid))
+
+
+def _others(wanted: Callable[[int], bool]) -> list[int]:
+    """The live processes ``wanted`` accepts, leaving out this one and its ancestors."""
+    own = os.getpid()
+    keep = {own}
+    pid = own
+    while pid > 1:
+        found = _stat(pid)
+        pid = found[1] if found is not None else 0
+        keep.add(pid)
+    strays = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in keep:
+            continue
+        found = _stat(int(entry))
+        if found is not None and found[0] != "Z" and wanted(int(entry)):
+            strays.append(int(entry))
+    return strays
+
+
+def _uids(pid: int) -> set[int]:
+    """The real, effective, saved and file-system uids of ``pid`` (none if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as file:
+            text = file.read(16384)
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(b"Uid:"):
+            return {int(field) for field in line.split()[1:] if field.isdigit()}
+    return set()
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of ``pid`` from ``/proc/<pid>/stat``; ``None`` if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            text = file.read(4096)
+    except OSError:
+        return None
+    # Field 2 (comm) is parenthesised and may hold anything: the fields after the last ")".
+    fields = text[text.rfind(b")") + 2 :].split()
+    if len(fields) < 2 or not fields[1].isdigit():
+        return None
+    return fields[0].decode("ascii", "replace"), int(fields[1])
+
+
+def _reap_children() -> None:
+    """Reap every child of ours that has exited (call only when no job's ``Popen`` waits)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def _is_session_leader(pid: int) -> bool:

@@ -37,7 +37,7 @@ PROBE_AGENT = textwrap.dedent(
     parser.add_argument("--listen-unix")
     parser.add_argument("--root")
     parser.add_argument("--simulated", action="store_true")
-    options = parser.parse_args()
+    options, _ = parser.parse_known_args()
     server = socket.socket(socket.AF_UNIX)
     server.bind(options.listen_unix)
     server.listen(1)
@@ -459,3 +459,132 @@ def test_site_directories_nobody_can_reach_are_refused(shared_dir: Path, probe_a
         return
     with pytest.raises(SandboxError, match=f"{hidden} is not searchable"):
         sandbox.start()
+
+
+# --- the real agent keeps its jobs away from itself ------------------------------------------
+
+#: A job that tries its own agent's socket ATTEMPTS times and its memory and file descriptors
+#: (it runs as the agent's user); it prints what happened, one word per try.
+JOB_AT_THE_AGENT = """
+import os, socket
+from sovereign_agent import protocol
+hello = protocol.encode(protocol.Frame(protocol.KIND_REQUEST, {"op": "hello", "id": 1}))
+for _ in range(ATTEMPTS):
+    conn = socket.socket(socket.AF_UNIX)
+    conn.settimeout(3)
+    try:
+        conn.connect("/run/agent/agent.sock")
+        conn.sendall(hello)
+        print("answered" if conn.recv(100) else "closed", flush=True)
+    except TimeoutError:
+        print("timeout", flush=True)
+    except OSError:
+        print("closed", flush=True)
+    finally:
+        conn.close()
+agent = os.getppid()
+for what in ("mem", "fd"):
+    try:
+        os.listdir(f"/proc/{agent}/fd") if what == "fd" else open(f"/proc/{agent}/mem", "rb")
+        print(what, "open", flush=True)
+    except OSError as exc:
+        print(what, type(exc).__name__, flush=True)
+"""
+
+
+def run_job(client: AgentClient, job: str, code: str, timeout_s: float = 60) -> str:
+    client.put(job, "code", "main.py", textwrap.dedent(code).encode())
+    client.run(job, entrypoint="main.py", args=[], max_runtime_s=int(timeout_s))
+    deadline = time.monotonic() + timeout_s
+    while (status := client.status(job)).state == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert (status.state, status.exit_code) == ("succeeded", 0), client.logs(job, 0)
+    return client.logs(job, 0).decode()
+
+
+@pytest.fixture
+def real_enclave(shared_dir: Path) -> Iterator[ProcessEnclave]:
+    sandbox = make_enclave(shared_dir, Path(enclaves.agent.__file__).resolve().parent)
+    sandbox.start()
+    yield sandbox
+    sandbox.stop()
+
+
+def test_a_job_cannot_connect_to_its_agent(real_enclave: ProcessEnclave) -> None:
+    attempts = 20
+    client = AgentClient(real_enclave.connect(), timeout_s=30)
+    try:
+        assert client.hello().simulated
+        # The job's connections are closed at once although this session holds the agent.
+        code = JOB_AT_THE_AGENT.replace("ATTEMPTS", str(attempts))
+        log = run_job(client, str(uuid.uuid4()), code)
+        expected = ["closed"] * attempts + ["mem PermissionError", "fd PermissionError"]
+        assert log.splitlines() == expected, log
+        # A second control-plane connection waits its turn meanwhile, undisturbed.
+        waiting = AgentClient(real_enclave.connect(), timeout_s=30)
+        assert client.hello().simulated  # the first session still works
+    finally:
+        client.close()
+    try:
+        assert waiting.hello().simulated
+    finally:
+        waiting.close()
+    tail = real_enclave.log_tail()
+    assert "refused a connection from pid" in tail, tail
+
+
+#: A job that leaves a sleeper behind: forked twice, in a session of its own (so neither the
+#: job's process group nor its parent holds it), then exits (or runs until it is cancelled).
+JOB_LEAVING_A_SLEEPER = """
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.execv("/usr/bin/sleep", ["sleep", "{marker}"])
+    os._exit(0)
+os.wait()
+print("left it", flush=True)
+time.sleep({linger})
+"""
+
+
+@pytest.mark.parametrize(
+    ("end", "state"),
+    [
+        ("exit", "succeeded"),
+        ("cancel", "cancelled"),
+        ("timeout", "timed_out"),
+        ("discard", "unknown"),
+    ],
+)
+def test_what_a_job_leaves_running_dies_with_it(
+    real_enclave: ProcessEnclave, end: str, state: str
+) -> None:
+    marker = f"{uuid.uuid4().int % 10**9}.5"
+    job = str(uuid.uuid4())
+    linger = 0.5 if end == "exit" else 120
+    code = textwrap.dedent(JOB_LEAVING_A_SLEEPER.format(marker=marker, linger=linger))
+    client = AgentClient(real_enclave.connect(), timeout_s=30)
+    try:
+        client.put(job, "code", "main.py", code.encode())
+        client.run(job, entrypoint="main.py", args=[], max_runtime_s=3 if end == "timeout" else 300)
+        deadline = time.monotonic() + 30
+        while b"left it" not in client.logs(job, 0):
+            assert time.monotonic() < deadline, client.logs(job, 0)
+            time.sleep(0.05)
+        assert host_pids_with(f"sleep {marker}"), "the sleeper should be running"
+        if end == "cancel":
+            client.cancel(job)
+        elif end == "discard":
+            client.discard(job)
+        while (status := client.status(job)).state == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert status.state == state
+        # Gone by the time the job's end is visible (zombies aside: they run nothing).
+        assert [pid for pid in host_pids_with(f"sleep {marker}") if alive(pid)] == []
+        # And the agent still serves: the next job runs.
+        assert "42" in run_job(client, str(uuid.uuid4()), "print(6 * 7)")
+    finally:
+        client.close()

@@ -46,11 +46,19 @@ class FakeStream:
         self.accept_at_most = accept_at_most
         self.sent = bytearray()
         self.send_calls = 0
+        #: Bytes handed to send over all calls: what the transport copied for it.
+        self.offered = 0
+        self.largest_offer = 0
+        self.offer_limit: int | None = None
         self.recv_sizes: list[int] = []
         self.aborted = 0
 
     def send(self, data: bytes) -> int:
         self.send_calls += 1
+        self.offered += len(data)
+        self.largest_offer = max(self.largest_offer, len(data))
+        if self.offer_limit is not None and self.offered > self.offer_limit:
+            raise AssertionError(f"offered {self.offered} bytes in {self.send_calls} calls")
         if self.send_answers:
             answer = self.send_answers.pop(0)
             if isinstance(answer, Exception):
@@ -81,6 +89,28 @@ def test_partial_writes_are_resumed_until_everything_is_sent() -> None:
     ChannelTransport(stream).send(b"0123456789", timeout_s=1.0)
     assert bytes(stream.sent) == b"0123456789"
     assert stream.send_calls == 4
+
+
+def test_a_guest_taking_a_byte_at_a_time_costs_linear_copying() -> None:
+    """The bytes handed to the stream stay within a constant of the bytes sent (not n²/2)."""
+    size = 1 << 20
+    stream = FakeStream(accept_at_most=1)
+    stream.offer_limit = 4 * size  # quadratic copying would pass this after ~2900 calls
+    payload = bytes(range(256)) * (size // 256)
+    ChannelTransport(stream).send(payload, 60.0)
+    assert bytes(stream.sent) == payload
+    assert stream.send_calls == size
+    assert stream.offered <= 2 * size + (64 << 10)
+    assert stream.largest_offer <= 64 << 10
+
+
+def test_a_guest_taking_everything_gets_bounded_slices() -> None:
+    stream = FakeStream()
+    payload = b"x" * ((1 << 20) + 5)
+    ChannelTransport(stream).send(payload, 10.0)
+    assert bytes(stream.sent) == payload
+    assert stream.largest_offer == 64 << 10
+    assert stream.send_calls == 17  # 16 full slices and the 5 bytes left
 
 
 def test_would_block_on_send_waits_and_retries() -> None:
