@@ -195,6 +195,8 @@ def test_upload_submit_follow_and_download(app: Flask, call: Call, enclave: str)
         (lambda: job_form(manifest={**MANIFEST, "max_runtime_s": 10**9}), 422, "max_runtime_s"),
         (lambda: job_form(manifest={**MANIFEST, "inputs": ["nope"]}), 422, "dataset ids"),
         (lambda: job_form(manifest={**MANIFEST, "outputs": ["/etc/*"]}), 422, "output pattern"),
+        # Within each argument's bounds, but too much for one request to the agent.
+        (lambda: job_form(manifest={**MANIFEST, "args": ["x" * 1024] * 64}), 422, "bytes of JSON"),
         (lambda: job_form(files={}), 422, "at least one file"),
         (lambda: job_form(files={"x/../main.py": b"1"}), 422, "file name"),
         (lambda: job_form(files={"main.py": b"x" * 5000}), 413, None),
