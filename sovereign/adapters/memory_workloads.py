@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from sovereign.domain.fleet import Enclave, Host
 from sovereign.domain.jobs import AgentGpu, AgentHello, AgentJobStatus, OutputFile
 from sovereign.errors import DependencyUnavailableError, WorkloadError
+from sovereign.services.ports import AGENT_DEPENDENCY
 
 
 @dataclass
@@ -72,6 +73,8 @@ class FakeAgent:
 
     def _op(self, op: str) -> None:
         self.calls.append(op)
+        if self._w.down:
+            raise DependencyUnavailableError(dependency=AGENT_DEPENDENCY)
         if self._w.misbehave == op:
             raise WorkloadError(reason=f"garbage answer to {op} (simulated)")
 
@@ -174,7 +177,8 @@ class MemoryWorkloads:
         self.agents: dict[uuid.UUID, FakeAgent] = {}
         self.released: list[uuid.UUID] = []
         self.exit_codes: dict[str, int | None] = {}
-        #: The agent cannot be reached (as a stopped process enclave).
+        #: The agent cannot be reached (as a stopped process enclave, or a silent guest): new
+        #: sessions and the operations of open ones fail.
         self.down = False
         #: An operation name whose answers are garbage ("put-hash": a wrong hash for puts;
         #: "log-size": status claims more log than there is).
@@ -192,7 +196,7 @@ class MemoryWorkloads:
     @contextmanager
     def session(self, enclave: Enclave, host: Host) -> Iterator[FakeAgent]:
         if self.down:
-            raise DependencyUnavailableError(dependency="enclave agent")
+            raise DependencyUnavailableError(dependency=AGENT_DEPENDENCY)
         self.sessions += 1
         yield self.agent(enclave.id)
 

@@ -51,13 +51,13 @@ from sovereign.errors import (
     InvalidInputError,
     WorkloadError,
 )
-from sovereign.services.ports import AgentSession
+from sovereign.services.ports import AGENT_DEPENDENCY, AgentSession
 
 __all__ = ["AgentWorkloads", "ClientSession"]
 
 T = TypeVar("T")
 #: The ``dependency`` named by an unavailable agent (shown in problem details).
-DEPENDENCY = "enclave agent"
+DEPENDENCY = AGENT_DEPENDENCY
 
 
 @contextlib.contextmanager

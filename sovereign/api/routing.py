@@ -5,7 +5,8 @@ schemas into a Flask route, and :func:`openapi`, which describes every registere
 Because validation and documentation read the same pydantic models, they cannot drift apart.
 Also ``multipart/form-data`` bodies (:func:`parse_form`: uploads of job code and datasets, each
 operation with its own size limit, refused with 413 above it before anything is parsed), and
-views that answer with their own :class:`~flask.Response` (bytes, extra headers).
+views that answer with their own :class:`~flask.Response` (bytes, extra headers). Uploaded
+files are held in memory only (:class:`~sovereign.channels.uploads.MemoryFormDataParser`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from werkzeug.routing import IntegerConverter, Map
 
 from sovereign.api.schemas import NAME_PATTERN, Problem
 from sovereign.app_context import services
+from sovereign.channels.uploads import MemoryFormDataParser
 from sovereign.domain.identity import Principal
 from sovereign.errors import AuthenticationError, InvalidInputError
 from sovereign.services.authfailures import AUTH_FAILURE
@@ -250,6 +252,9 @@ def parse_form(limit: int | None) -> Form:
     :raises UnsupportedMediaType: (415) if the body is not multipart/form-data.
     :raises BadRequest: (400) if it does not parse.
     """
+    # Before the form is first read: file parts stay in memory, never in a temporary file
+    # (werkzeug's default spools parts above 500 KiB to disk, and uploads are plaintext).
+    request.form_data_parser_class = MemoryFormDataParser
     if limit is not None:
         # Flask 3.1: a per-request limit, checked against Content-Length (and the stream).
         request.max_content_length = limit

@@ -14,6 +14,7 @@ Who may see or submit what is decided by the job and dataset services with
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,11 @@ MAX_PATH = 255
 #: Arguments: count and length bounds (the agent receives them in a 64 KiB JSON header).
 MAX_ARGS = 64
 MAX_ARG_LENGTH = 1024
+#: The manifest's strings the agent receives in one request header (entrypoint, args, output
+#: patterns), JSON-encoded as the protocol encodes them (ASCII escapes), at most this many bytes:
+#: half the protocol's 64 KiB header, so that the request's other fields always fit. Without
+#: it, 64 arguments of 1024 characters are valid here and unsendable there.
+MAX_MANIFEST_JSON = 32 * 1024
 #: Output patterns per job (the agent returns at most 256 files for them in all).
 MAX_OUTPUT_PATTERNS = 32
 #: Datasets per job.
@@ -224,6 +230,12 @@ class JobManifest:
             raise InvalidInputError(reason=f"at most {MAX_OUTPUT_PATTERNS} output patterns")
         for pattern in self.outputs:
             check_pattern(pattern)
+        sent = {"entrypoint": self.entrypoint, "args": self.args, "outputs": self.outputs}
+        if len(json.dumps(sent, separators=(",", ":"), ensure_ascii=True)) > MAX_MANIFEST_JSON:
+            raise InvalidInputError(
+                reason=f"the entrypoint, args and outputs together encode to more than "
+                f"{MAX_MANIFEST_JSON} bytes of JSON"
+            )
         if (
             isinstance(self.max_runtime_s, bool)
             or not isinstance(self.max_runtime_s, int)

@@ -4,7 +4,9 @@ Owns one runner pass (:meth:`JobRunner.run_once`): claim the jobs with work left
 reconciler claims enclaves), and for each open a :class:`~sovereign.services.ports.Workloads`
 session and advance it: ``new`` -> put the code and inputs (unsealed in memory only) ->
 ``staged`` -> run (``job:start``) -> ``started``: poll the status and pull new log bytes (each
-chunk sealed and stored with the new log offset, in one transaction) -> on a terminal state
+chunk sealed and stored with the new log offset, in one transaction; the first bytes at once,
+then in batches: when :data:`LOG_PULL_BYTES` wait, :data:`LOG_PULL_INTERVAL_S` after the last
+pull, or at the end, so a job printing a byte at a time makes few blobs) -> on a terminal state
 collect the outputs (bounded), seal and store them with the final state (``job:finish``: exit
 code, runtime, output hashes) -> ``finished`` -> discard the job's directory -> ``done``.
 
@@ -12,10 +14,13 @@ Each step's effect and its record commit together, and every agent operation is 
 (resumable puts, ``run`` of a started job answers its status), so a runner killed between any
 two steps is resumed by the next one, which finishes the job exactly once (one ``job:start``,
 one ``job:finish``). An agent that misbehaves (:class:`~sovereign.errors.WorkloadError`, sealed
-data that does not open) fails its job with the reason, never the runner; an agent that cannot
-be reached is retried on the next pass. A job whose enclave has ended fails, and the enclave's
-process enclave is released. Must not decide who may do what: the job service did, at
-submission. The loop that runs passes is :mod:`sovereign.worker`.
+data that does not open, code that no longer matches its submitted hash) fails its job with the
+reason, never the runner; so does any other permanent refusal, so no job stays claimable for
+ever. An agent that cannot be reached is retried on the next pass, and not asked again in this
+one for the enclave's other jobs; a job past its deadline (or asked to cancel) whose agent
+cannot be reached is ended without it (``timed_out`` or ``cancelled``). A job whose enclave has
+ended fails, and the enclave's process enclave is released. Must not decide who may do what: the
+job service did, at submission. The loop that runs passes is :mod:`sovereign.worker`.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from sovereign.errors import (
     WorkloadError,
 )
 from sovereign.services.ports import (
+    AGENT_DEPENDENCY,
     AgentSession,
     SecretStore,
     UnitOfWork,
@@ -75,6 +81,12 @@ RELEASE_CHECK_S = 1.0
 OVERDUE_GRACE_S = 60
 #: Log chunks pulled per job and pass, so one chatty job does not hold the pass.
 LOG_CHUNKS_PER_PASS = 8
+#: A running job's new log bytes are pulled (and sealed as one blob, one data key) once this
+#: many wait in the agent ...
+LOG_PULL_BYTES = 64 << 10
+#: ... or this many seconds after the last pull; the first bytes are pulled at once (the first
+#: log line shows within a second of the submission), and all of them when the job ends.
+LOG_PULL_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -139,15 +151,19 @@ class JobRunner:
         #: Enclaves running at the last check, and when that was.
         self._running: set[uuid.UUID] = set()
         self._checked_at: datetime | None = None
+        #: When each running job's log was last pulled (forgotten when the job ends).
+        self._pulled_at: dict[uuid.UUID, datetime] = {}
 
     # -- the pass ----------------------------------------------------------------------------
 
     def run_once(self) -> RunnerReport:
         """Claim jobs with work left and advance each as far as it goes now."""
         report = RunnerReport()
+        #: Enclaves whose agent could not be reached in this pass: not asked again in it.
+        unreachable: set[uuid.UUID] = set()
         for job, enclave, host, running in self._claim():
             try:
-                self._advance(job, enclave, host, running, report)
+                self._advance(job, enclave, host, running, report, unreachable=unreachable)
             except DependencyUnavailableError as e:
                 # The agent, Vault or the database cannot be reached now: retried next pass.
                 log.warning("job %s: %s (retrying)", job.id, for_log(e.message))
@@ -181,15 +197,45 @@ class JobRunner:
         return claimed
 
     def _advance(
-        self, job: Job, enclave: Enclave, host: Host, running: bool, report: RunnerReport
+        self,
+        job: Job,
+        enclave: Enclave,
+        host: Host,
+        running: bool,
+        report: RunnerReport,
+        *,
+        unreachable: set[uuid.UUID],
     ) -> None:
+        """Advance ``job`` as far as it goes now.
+
+        :raises DependencyUnavailableError: the agent, Vault or the database cannot be reached
+            (the pass gives the claim back; the job is retried next pass).
+        """
         if not running:
             self._enclave_ended(job, report)
+            return
+        # Decided before the agent is asked, so that a silent agent cannot keep a job open.
+        due = self._due(job)
+        if enclave.id in unreachable:
+            # Its agent did not answer earlier in this pass: do not wait on it again.
+            if due is None:
+                raise DependencyUnavailableError(
+                    f"the agent of enclave {enclave.id} did not answer in this pass",
+                    dependency=AGENT_DEPENDENCY,
+                )
+            self._end_unreachable(job, due, "the enclave's agent does not answer", report)
             return
         try:
             with self._workloads.session(enclave, host) as agent:
                 self._opened.add(enclave.id)
                 self._steps(agent, job, report)
+        except DependencyUnavailableError as e:
+            if e.dependency != AGENT_DEPENDENCY:
+                raise  # Vault or the database: retried next pass
+            unreachable.add(enclave.id)
+            if due is None:
+                raise
+            self._end_unreachable(job, due, e.message, report)
         except (_JobFailedError, WorkloadError, EnvelopeError, GoneError) as e:
             reason = e.reason if isinstance(e, _JobFailedError) else e.message
             log.warning("job %s failed: %s", job.id, for_log(reason))
@@ -197,6 +243,34 @@ class JobRunner:
         except ConcurrentUpdateError:
             # Someone else changed the job (a cancel request): the next pass reads it again.
             self._release(job)
+        except SovereignError as e:
+            # Any other refusal (an argument the agent client will not send, ...) is permanent:
+            # retrying it would hold a claim slot on every pass for ever.
+            log.warning("job %s failed: %s", job.id, for_log(e.message))
+            self._finish_failed(job, e.message, report)
+
+    def _due(self, job: Job) -> JobState | None:
+        """How the job ends if its agent cannot be reached: ``timed_out`` past its deadline
+        (and grace), ``cancelled`` when a cancel was asked for; None while it may wait."""
+        if job.state.terminal:
+            return None
+        if self._overdue(job):
+            return JobState.TIMED_OUT
+        if job.cancel_requested:
+            return JobState.CANCELLED
+        return None
+
+    def _end_unreachable(
+        self, job: Job, state: JobState, reason: str, report: RunnerReport
+    ) -> None:
+        """End a due job whose agent cannot be reached (``job:finish`` with the reason); its
+        directory in the enclave is discarded on a later pass, once the agent answers."""
+        why = "past its max_runtime_s" if state is JobState.TIMED_OUT else "cancelled"
+        error = f"ended without the enclave's agent ({why}): {reason}"
+        log.warning("job %s: %s", job.id, for_log(error))
+        with contextlib.suppress(ConcurrentUpdateError):  # changed: the next pass reads it
+            self._finish(job, state, None, [], report, error=error)
+        self._release(job)
 
     def _steps(self, agent: AgentSession, job: Job, report: RunnerReport) -> None:
         if job.step is JobStep.NEW and job.cancel_requested:
@@ -238,6 +312,11 @@ class JobRunner:
                     raise _JobFailedError("an input dataset is missing from the database")
                 inputs.append((dataset, self._sealer.open_dataset(uow, dataset)))
         plain = self._sealer.open([b for b in code if b is not None], job.id, job.label)
+        for info, data in zip(job.files, plain, strict=True):
+            # What was submitted (and audited by hash) is what runs: a blob swapped in the
+            # database, even one sealed for this job, is refused before it enters the enclave.
+            if len(data) != info.size or hashlib.sha256(data).hexdigest() != info.sha256:
+                raise _JobFailedError(f"the stored code file {info.name} does not match its hash")
         for info, data in zip(job.files, plain, strict=True):
             self._put(agent, name, "code", info.name, data)
         for dataset, data in inputs:
@@ -289,8 +368,10 @@ class JobRunner:
         self._check_status(status)
         if status.state in ("unknown", "ready"):
             raise _JobFailedError(f"the agent no longer runs the job (it answers {status.state!r})")
-        exhausted = self._pull_logs(agent, job, status, report)
         final = status.terminal
+        exhausted = (final is not None or self._log_due(job, status)) and self._pull_logs(
+            agent, job, status, report
+        )
         if final is None:
             if overdue:
                 # The agent should have killed it at its deadline; it did not end it.
@@ -310,6 +391,16 @@ class JobRunner:
             return False
         limit = job.manifest.max_runtime_s + OVERDUE_GRACE_S
         return (self._clock() - job.started_at).total_seconds() > limit
+
+    def _log_due(self, job: Job, status: AgentJobStatus) -> bool:
+        """Whether a running job's new log bytes are pulled now (see :data:`LOG_PULL_BYTES`)."""
+        waiting = min(status.log_size, self._limits.max_log_bytes) - job.log_size
+        if waiting <= 0:
+            return False
+        if job.log_size == 0 or waiting >= LOG_PULL_BYTES:
+            return True  # the first bytes at once; a full batch
+        last = self._pulled_at.get(job.id)
+        return last is None or (self._clock() - last).total_seconds() >= LOG_PULL_INTERVAL_S
 
     def _pull_logs(
         self, agent: AgentSession, job: Job, status: AgentJobStatus, report: RunnerReport
@@ -339,6 +430,7 @@ class JobRunner:
                 uow.jobs.update(current)
                 uow.commit()
             _copy(current, job)
+            self._pulled_at[job.id] = self._clock()
             self._stepped("job:log")
             report.logged += len(data)
         return job.log_size >= wanted
@@ -407,6 +499,7 @@ class JobRunner:
             self._record_finish(uow, current)
             uow.commit()
         _copy(current, job)
+        self._pulled_at.pop(job.id, None)
         self._stepped("job:finish")
         report.finished += 1
         report.failed += state is JobState.FAILED

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 from sovereign.domain.identity import Role
 from sovereign.domain.jobs import (
+    Blob,
     BlobKind,
     Dataset,
     Job,
@@ -44,6 +45,9 @@ from sovereign.services.sealing import Readers, Sealer, job_target
 
 #: Log bytes one read returns at most.
 MAX_LOG_READ = 1 << 20
+#: Stored log chunks one read opens at most (one key unwrap each): a log stored in many small
+#: chunks is read in several calls, each from the offset the last one returned.
+MAX_LOG_BLOBS_PER_READ = 64
 
 
 class JobService:
@@ -251,36 +255,94 @@ class JobService:
     def logs(
         self, ctx: CallContext, job_id: uuid.UUID, offset: int = 0, limit: int = MAX_LOG_READ
     ) -> tuple[bytes, int]:
-        """Log bytes from ``offset`` (at most ``limit``) and the offset that follows them;
-        only for members of the job's tenant cleared for its label.
+        """Log bytes from ``offset`` (at most ``limit``, from at most
+        :data:`MAX_LOG_BLOBS_PER_READ` stored chunks: ask again from the offset returned) and
+        the offset that follows them; only for members of the job's tenant cleared for its
+        label. A read that returns bytes is audited (``job:logs``, fail-closed, with the offset
+        and byte count), as a refusal is.
 
         :raises NotFoundError: missing or not readable. :raises GoneError: key erased.
         :raises InvalidInputError: a negative offset or limit.
+        :raises AuditUnavailableError: the read could not be recorded (nothing is returned).
         """
         if offset < 0 or limit < 0:
             raise InvalidInputError(reason="offset and limit must not be negative")
-        limit = min(limit, MAX_LOG_READ)
-        with self._uow(readonly=True) as uow:
-            job = self._visible(uow, ctx, job_id, "job:logs", content=True)
-            if offset >= job.log_size or limit == 0:
-                return b"", min(offset, job.log_size)
-            self._sealer.enclave_key(uow, job)
-            first = uow.blobs.last(job.id, BlobKind.LOG, "log", offset)
-            blobs = [first] if first is not None else []
-            after = first.seq if first is not None else -1
-            needed = offset + limit
-            while not blobs or blobs[-1].seq + blobs[-1].size < needed:
-                more = uow.blobs.chunks(job.id, BlobKind.LOG, "log", after=after, limit=16)
-                if not more:
-                    break
-                blobs.extend(more)
-                after = more[-1].seq
-        if not blobs:
-            return b"", offset
-        text = b"".join(self._sealer.open(blobs, job.id, job.label))
-        start = offset - blobs[0].seq
-        chunk = text[start : start + limit]
-        return chunk, offset + len(chunk)
+        data, start = self._read_log(ctx, job_id, offset, min(limit, MAX_LOG_READ))
+        return data, start + len(data)
+
+    def log_tail(self, ctx: CallContext, job_id: uuid.UUID, limit: int) -> tuple[bytes, int]:
+        """The end of the log: at most ``limit`` bytes from its at most
+        :data:`MAX_LOG_BLOBS_PER_READ` newest stored chunks, and the offset they start at;
+        readable and audited as :meth:`logs`.
+
+        :raises NotFoundError: missing or not readable. :raises GoneError: key erased.
+        :raises AuditUnavailableError: the read could not be recorded (nothing is returned).
+        """
+        return self._read_log(ctx, job_id, None, max(0, min(limit, MAX_LOG_READ)))
+
+    def _read_log(
+        self, ctx: CallContext, job_id: uuid.UUID, offset: int | None, limit: int
+    ) -> tuple[bytes, int]:
+        """Log bytes from ``offset`` (None: the tail) and the offset they start at."""
+        with self._recorder.decision(ctx, "job:logs", job_target(job_id)) as decision:
+            with self._uow(readonly=True) as uow:
+                job = uow.jobs.get(job_id)
+                decision.label = job.label if job else None
+                if job is None or not Readers.content(ctx.principal, job.tenant, job.label):
+                    raise NotFoundError(kind="job", ident=str(job_id))
+                tail = offset is None
+                start = max(0, job.log_size - limit) if offset is None else offset
+                if start >= job.log_size or limit == 0:
+                    return b"", min(start, job.log_size)
+                self._sealer.enclave_key(uow, job)
+                if tail:
+                    blobs = self._last_log_blobs(uow, job, start)
+                    start = max(start, blobs[0].seq) if blobs else start
+                else:
+                    blobs = self._log_blobs(uow, job, start, start + limit)
+            if not blobs:
+                return b"", start
+            # One key unwrap per blob, so a bounded number per call.
+            text = b"".join(self._sealer.open(blobs, job.id, job.label))
+            chunk = text[start - blobs[0].seq :][:limit]
+            if chunk:
+                with self._uow() as uow:
+                    decision.allow(uow, details={"offset": start, "bytes": len(chunk)})
+                    uow.commit()
+        return chunk, start
+
+    @staticmethod
+    def _log_blobs(uow: UnitOfWork, job: Job, offset: int, needed: int) -> builtins.list[Blob]:
+        """The stored log chunks from the one holding ``offset`` up to ``needed`` (exclusive),
+        at most :data:`MAX_LOG_BLOBS_PER_READ` of them."""
+        first = uow.blobs.last(job.id, BlobKind.LOG, "log", offset)
+        blobs = [first] if first is not None else []
+        after = first.seq if first is not None else -1
+        while len(blobs) < MAX_LOG_BLOBS_PER_READ and (
+            not blobs or blobs[-1].seq + blobs[-1].size < needed
+        ):
+            more = uow.blobs.chunks(
+                job.id, BlobKind.LOG, "log", after=after, limit=MAX_LOG_BLOBS_PER_READ
+            )
+            if not more:
+                break
+            blobs.extend(more)
+            after = more[-1].seq
+        return blobs[:MAX_LOG_BLOBS_PER_READ]
+
+    @staticmethod
+    def _last_log_blobs(uow: UnitOfWork, job: Job, start: int) -> builtins.list[Blob]:
+        """The newest stored log chunks back to the one holding ``start``, at most
+        :data:`MAX_LOG_BLOBS_PER_READ` of them, oldest first."""
+        blobs: builtins.list[Blob] = []
+        before = job.log_size - 1
+        while len(blobs) < MAX_LOG_BLOBS_PER_READ and before >= start:
+            blob = uow.blobs.last(job.id, BlobKind.LOG, "log", before)
+            if blob is None:
+                break
+            blobs.append(blob)
+            before = blob.seq - 1
+        return blobs[::-1]
 
     def output(self, ctx: CallContext, job_id: uuid.UUID, name: str) -> bytes:
         """One output file's plaintext (audited ``output:read``), only for members of the

@@ -599,12 +599,19 @@ class Probe(Protocol):
         ...
 
 
+#: The ``dependency`` of the :class:`~sovereign.errors.DependencyUnavailableError` a
+#: :class:`Workloads` backend raises when an enclave's agent cannot be reached (the job runner
+#: tells it from Vault or the database being down by it).
+AGENT_DEPENDENCY = "enclave agent"
+
+
 class AgentSession(Protocol):
     """An open connection to one enclave's guest agent (the agent protocol's operations).
 
     The agent is untrusted: an implementation bounds and checks every answer, and raises
     :class:`~sovereign.errors.WorkloadError` for one that misbehaves, or
-    :class:`~sovereign.errors.DependencyUnavailableError` when the agent cannot be reached.
+    :class:`~sovereign.errors.DependencyUnavailableError` (``dependency`` =
+    :data:`AGENT_DEPENDENCY`) when the agent cannot be reached.
     """
 
     def hello(self) -> AgentHello:

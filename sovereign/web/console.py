@@ -16,7 +16,6 @@ Adding a page: write a view on :data:`bp` that calls :func:`caller` and a servic
 from __future__ import annotations
 
 import hmac
-import io
 import logging
 import re
 import time
@@ -39,12 +38,12 @@ from flask import (
 from flask.typing import ResponseReturnValue
 from flask_limiter import RateLimitExceeded
 from werkzeug.exceptions import HTTPException
-from werkzeug.formparser import FormDataParser
 
 from sovereign.app_context import services
 from sovereign.app_context import settings as app_settings
 from sovereign.channels import limits
 from sovereign.channels.statuses import rate_limited_error, status_of
+from sovereign.channels.uploads import MemoryFormDataParser
 from sovereign.domain.identity import Principal, Role
 from sovereign.domain.labels import Label
 from sovereign.errors import (
@@ -172,22 +171,8 @@ UPLOAD_LIMITS: dict[str, Callable[[Settings], int]] = {}
 
 def accepts_uploads(endpoint: str, limit: Callable[[Settings], int]) -> None:
     """Let ``endpoint`` take a multipart body of up to ``limit(settings)`` bytes, its files held
-    in memory only (see :class:`MemoryFormDataParser`)."""
+    in memory only (see :class:`~sovereign.channels.uploads.MemoryFormDataParser`)."""
     UPLOAD_LIMITS[endpoint] = limit
-
-
-class MemoryFormDataParser(FormDataParser):
-    """Werkzeug's form parser, but uploaded files stay in memory: its default spools any file
-    above 500 KiB to a temporary file, and an uploaded dataset or job's code is plaintext that
-    must never touch the control plane's disk. The body is bounded before it is read."""
-
-    def __init__(self, stream_factory: Any = None, *args: Any, **kwargs: Any) -> None:
-        del stream_factory
-        super().__init__(_memory_stream, *args, **kwargs)
-
-
-def _memory_stream(*_: Any, **__: Any) -> io.BytesIO:
-    return io.BytesIO()
 
 
 def _allow_upload() -> None:

@@ -147,7 +147,13 @@ def test_a_job_runs_to_success_with_logs_outputs_and_audit(fleet: Fleet, enclave
         ("job:submit", "allow"),
         ("job:start", "allow"),
         ("job:finish", "allow"),
+        # Each read that returned bytes (the empty one at the end is not recorded).
+        ("job:logs", "allow"),
+        ("job:logs", "allow"),
     ]
+    reads = [(e.details["offset"], e.details["bytes"]) for e in fleet.events("job:logs")]
+    assert reads == [(0, len(log)), (5, 4)]
+    assert fleet.events("job:logs")[0].label == {"level": "SECRET", "compartments": ["NATO"]}
     assert events(fleet, "output:") == [("output:read", "allow")]
     finish = fleet.events("job:finish")[0]
     assert finish.details["exit_code"] == 0 and finish.details["state"] == "succeeded"

@@ -42,15 +42,20 @@ PROBLEM = "application/problem+json"
 
 
 @pytest.fixture
-def app(tmp_path: Path, idp: Any) -> Iterator[Flask]:
+def limits(request: pytest.FixtureRequest) -> dict[str, int]:
+    """The upload limits (small, so that 413s are cheap); a test may ask for others."""
+    return getattr(request, "param", {"JOB_MAX_CODE_BYTES": 4096, "DATASET_MAX_BYTES": 8192})
+
+
+@pytest.fixture
+def app(tmp_path: Path, idp: Any, limits: dict[str, int]) -> Iterator[Flask]:
     hypervisor = MemoryHypervisor()
     hypervisor.add_host("mem://civil-1", MemoryHost(gpus=gpus(2)))
     app = make_app(
         tmp_path,
         idp.url,
         backends={"hypervisor": hypervisor, "workloads": MemoryWorkloads()},
-        JOB_MAX_CODE_BYTES=4096,
-        DATASET_MAX_BYTES=8192,
+        **limits,
     )
     services = app.extensions["sovereign"]
     services.hosts.add(
@@ -190,6 +195,8 @@ def test_upload_submit_follow_and_download(app: Flask, call: Call, enclave: str)
         (lambda: job_form(manifest={**MANIFEST, "max_runtime_s": 10**9}), 422, "max_runtime_s"),
         (lambda: job_form(manifest={**MANIFEST, "inputs": ["nope"]}), 422, "dataset ids"),
         (lambda: job_form(manifest={**MANIFEST, "outputs": ["/etc/*"]}), 422, "output pattern"),
+        # Within each argument's bounds, but too much for one request to the agent.
+        (lambda: job_form(manifest={**MANIFEST, "args": ["x" * 1024] * 64}), 422, "bytes of JSON"),
         (lambda: job_form(files={}), 422, "at least one file"),
         (lambda: job_form(files={"x/../main.py": b"1"}), 422, "file name"),
         (lambda: job_form(files={"main.py": b"x" * 5000}), 413, None),
@@ -210,6 +217,58 @@ def test_bad_job_submissions_are_problems(
     assert r.mimetype == PROBLEM
     if detail:
         assert detail in r.get_json()["detail"]
+
+
+def encoded(parts: dict[str, Any]) -> dict[str, Any]:
+    """``parts`` as a multipart body built in memory (the test client's own encoder spools a
+    large body to a temporary file on the client side)."""
+    boundary = "sovereign-test-boundary"
+    body = bytearray()
+    for name, value in parts.items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, tuple):
+                stream, filename = item
+                head = f'name="{name}"; filename="{filename}"'
+                data = stream.read()
+            else:
+                head, data = f'name="{name}"', str(item).encode()
+            body += f"--{boundary}\r\nContent-Disposition: form-data; {head}\r\n\r\n".encode()
+            body += data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return {"data": bytes(body), "content_type": f"multipart/form-data; boundary={boundary}"}
+
+
+@pytest.mark.parametrize(
+    "limits", [{"JOB_MAX_CODE_BYTES": 2 << 20, "DATASET_MAX_BYTES": 2 << 20}], indirect=True
+)
+def test_a_large_upload_never_touches_the_disk(
+    call: Call, enclave: str, monkeypatch: pytest.MonkeyPatch
+):
+    # werkzeug's default parser spools a file part above 500 KiB to a temporary file; an
+    # upload is plaintext, so neither the job's code nor a dataset may take that path.
+    import tempfile
+
+    import werkzeug.formparser
+
+    spooled: list[str] = []
+
+    def refuse(*_: Any, **__: Any) -> Any:
+        spooled.append("temporary file")
+        raise AssertionError("an upload was spooled to a temporary file")
+
+    for name in ("SpooledTemporaryFile", "TemporaryFile", "NamedTemporaryFile", "mkstemp"):
+        monkeypatch.setattr(tempfile, name, refuse)
+    monkeypatch.setattr(werkzeug.formparser, "SpooledTemporaryFile", refuse)
+    big = b"x" * (600 << 10)
+    r = call("analyst-research", "POST", "/api/v1/datasets", **encoded(dataset_form(big)))
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["sha256"] == hashlib.sha256(big).hexdigest()
+    code = b"#" + b"x" * (600 << 10) + b"\n"
+    form = job_form(files={"main.py": code})
+    r = call("analyst-research", "POST", f"/api/v1/enclaves/{enclave}/jobs", **encoded(form))
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["files"][0]["sha256"] == hashlib.sha256(code).hexdigest()
+    assert spooled == []
 
 
 def test_oversized_bodies_are_refused_with_413_before_parsing(call: Call, enclave: str):

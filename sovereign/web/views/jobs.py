@@ -214,8 +214,8 @@ def job_detail(job_id: uuid.UUID) -> ResponseReturnValue:
     readable = may_read_results(ctx.principal, job)
     log, start = "", 0
     if readable:
-        start = max(0, job.log_size - LOG_TAIL)
-        data, _ = services().jobs.logs(ctx, job_id, start, LOG_TAIL)
+        # The newest bytes, however small the chunks they were stored in (one audited read).
+        data, start = services().jobs.log_tail(ctx, job_id, LOG_TAIL)
         log = _log_text(data)
     return page(
         "console/jobs/detail.html",
@@ -236,7 +236,9 @@ def job_log(job_id: uuid.UUID) -> ResponseReturnValue:
     ctx = caller()
     chunks: list[bytes] = []
     offset = 0
-    for _ in range(limits().max_log_bytes // (1 << 20) + 1):
+    # Each read returns at least a byte until the end, and a log holds at most max_log_bytes;
+    # a read may stop short of its limit (it opens a bounded number of stored chunks).
+    while offset < limits().max_log_bytes:
         data, offset = services().jobs.logs(ctx, job_id, offset, 1 << 20)
         if not data:
             break

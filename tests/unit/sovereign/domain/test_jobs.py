@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from enclaves.agent.protocol import MAX_HEADER, encode_head
 from sovereign.domain.jobs import (
     AgentJobStatus,
     Job,
@@ -101,6 +102,11 @@ def test_manifest_parse_defaults_and_bounds():
         ({"entrypoint": "m.py", "args": ["a\nb"]}, "control character"),
         ({"entrypoint": "m.py", "args": ["x" * 1025]}, "argument"),
         ({"entrypoint": "m.py", "args": ["x"] * 65}, "arguments"),
+        # Each argument within its bounds, all of them too many bytes for one agent request
+        # (ASCII JSON: a non-ASCII character is six bytes there).
+        ({"entrypoint": "m.py", "args": ["x" * 1024] * 33}, "bytes of JSON"),
+        ({"entrypoint": "m.py", "args": ["\u00e9" * 1024] * 6}, "bytes of JSON"),
+        ({"entrypoint": "m.py", "args": ["x" * 1024] * 24, "outputs": ["o" * 255] * 32}, "JSON"),
         ({"entrypoint": "m.py", "inputs": ["not-a-uuid"]}, "dataset ids"),
         ({"entrypoint": "m.py", "inputs": [1]}, "dataset ids"),
         ({"entrypoint": "m.py", "inputs": [str(uuid.UUID(int=1))] * 2}, "twice"),
@@ -115,6 +121,15 @@ def test_manifest_parse_defaults_and_bounds():
 def test_manifest_parse_refuses(data: object, reason: str):
     with pytest.raises(InvalidInputError, match=reason):
         JobManifest.parse(data, max_runtime_s=600)
+
+
+def test_every_valid_manifest_fits_one_agent_request():
+    # The largest manifest accepted still encodes into the agent protocol's 64 KiB header
+    # with room to spare (what made 64 arguments of 1024 characters unsendable).
+    args = ["x" * 1024] * 31 + ["x" * 700]
+    m = JobManifest.parse({"entrypoint": "m.py", "args": args}, max_runtime_s=600)
+    header = {"op": "run", "id": 2**32 - 1, "job": str(uuid.UUID(int=0)), **m.to_dict()}
+    assert len(encode_head(1, header, 0)) < MAX_HEADER
 
 
 def test_code_files_are_checked():
