@@ -24,7 +24,7 @@ SOVEREIGN = str(Path(sys.executable).with_name("sovereign"))
 
 
 def test_embedded_default_serves_the_whole_flow(tmp_path: Path):
-    api, bao, idp = free_port(), free_port(), free_port()
+    api, bao, idp = free_port(), free_port_pair(), free_port()
     env = {**os.environ, "SOVEREIGN_INSTANCE_PATH": str(tmp_path), "SOVEREIGN_ENV": "development"}
     log = (tmp_path / "dev.log").open("w")
     proc = subprocess.Popen(
@@ -244,32 +244,37 @@ def test_a_restarted_embedded_default_keeps_a_verifiable_log(tmp_path: Path):
     """The dev OpenBao is in memory, so each start signs with a new Vault key; the keys file
     beside the witness keeps every key, and the whole log still verifies."""
     env = {**os.environ, "SOVEREIGN_INSTANCE_PATH": str(tmp_path), "SOVEREIGN_ENV": "development"}
-    for _ in range(2):
+    for start in range(2):
         api = free_port()
-        proc = subprocess.Popen(
-            [
-                SOVEREIGN,
-                "dev",
-                "--port",
-                str(api),
-                "--vault-port",
-                str(free_port()),
-                "--idp-port",
-                str(free_port()),
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        logfile = tmp_path / f"dev-{start}.log"
+        with logfile.open("w") as log:
+            proc = subprocess.Popen(
+                [
+                    SOVEREIGN,
+                    "dev",
+                    "--port",
+                    str(api),
+                    "--vault-port",
+                    str(free_port_pair()),
+                    "--idp-port",
+                    str(free_port()),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         try:
             deadline = time.monotonic() + 120
             ready = False
-            while not ready and time.monotonic() < deadline:
+            while not ready and time.monotonic() < deadline and proc.poll() is None:
                 try:
                     ready = requests.get(f"http://127.0.0.1:{api}/readyz", timeout=2).ok
                 except requests.ConnectionError:
                     time.sleep(0.2)
-            assert ready, "the embedded default did not become ready"
+            assert ready, (
+                f"the embedded default did not become ready (exit {proc.poll()}):\n"
+                + logfile.read_text()[-4000:]
+            )
             time.sleep(1.5)  # let the in-process sequencer sign a checkpoint
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -290,6 +295,19 @@ def test_a_restarted_embedded_default_keeps_a_verifiable_log(tmp_path: Path):
     # First start: 4 catalog entries, 2 bundled hosts, 12 GPUs sanitized (2 events each);
     # the second start adds nothing (all already there).
     assert f"audit log intact: {4 + 2 + 12 * 2} events" in verified.stdout
+
+
+def free_port_pair() -> int:
+    """A port P for OpenBao, which also binds P+1: both free right now."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two adjacent free ports on 127.0.0.1")
 
 
 def refused(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
