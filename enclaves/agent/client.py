@@ -3,10 +3,11 @@
 Owns :class:`AgentClient`: one request at a time over a :class:`~.transport.Transport`, each
 answer checked before it is believed. The agent runs inside the enclave and is untrusted, so
 every read is bounded (the frame limits of :mod:`.protocol`, a deadline per call), every name
-it returns is checked like a name we send, every file is hashed, and nothing but an
-:class:`~enclaves.errors.AgentError` escapes (plus :class:`ValueError` for bad arguments from
-our own side). After a timeout or a protocol error the connection is closed: the stream may be
-out of step, and a stale answer must never be taken for the next call's.
+it returns is checked like a name we send, every file is hashed (an upload's chunks each carry
+the hash of the file up to their end, so the agent checks them in one running pass), and
+nothing but an :class:`~enclaves.errors.AgentError` escapes (plus :class:`ValueError` for bad
+arguments from our own side). After a timeout or a protocol error the connection is closed: the
+stream may be out of step, and a stale answer must never be taken for the next call's.
 
 It must not interpret jobs (the control plane's job runner does) nor hold state beyond the
 connection.
@@ -149,16 +150,26 @@ class AgentClient:
         protocol.check_path(path)
         if len(data) > protocol.MAX_PUT_SIZE:
             raise ValueError("file too large to upload")
-        digest = hashlib.sha256(data).hexdigest()
+        prefixes = _prefix_digests(data)
+        digest = prefixes[-1]
         where = {"job": job, "area": area, "path": path}
-        reply = self._call("put_begin", {**where, "size": len(data), "sha256": digest})
-        offset = self._count(reply, "have")
-        if offset > len(data):
-            raise self._protocol_error("agent claims more bytes than the file has")
-        if progress is not None:
-            progress(offset, len(data))
-        self._put_chunks(where, data, offset, progress)
-        reply = self._call("put_end", where)
+        for attempt in (1, 2):
+            reply = self._call("put_begin", {**where, "size": len(data), "sha256": digest})
+            offset = self._count(reply, "have")
+            if offset > len(data):
+                raise self._protocol_error("agent claims more bytes than the file has")
+            if progress is not None:
+                progress(offset, len(data))
+            try:
+                self._put_chunks(where, data, prefixes, offset, progress)
+                reply = self._call("put_end", where)
+            except AgentRefusedError:
+                # A resumed part that is not our prefix fails its first prefix digest (or the
+                # whole-file check): the agent discards it, and we begin again from 0, once.
+                if offset == 0 or attempt == 2:
+                    raise
+                continue
+            break
         if self._field(reply, "sha256", str) != digest:
             raise self._protocol_error("agent stored a file with another hash")
         return digest
@@ -301,18 +312,21 @@ class AgentClient:
         self,
         where: dict[str, Any],
         data: bytes,
+        prefixes: list[str],
         offset: int,
         progress: Callable[[int, int], None] | None,
     ) -> None:
         """Send ``data`` from ``offset`` in chunks, up to :data:`PUT_WINDOW` ahead of the acks.
 
+        Chunks end on multiples of :data:`~.protocol.MAX_PAYLOAD` (or at the end), and each
+        carries ``prefixes[i]``, the hash of ``data`` up to its end (see :func:`_prefix_digests`).
         The agent answers in order, so the next chunks cross the transport while it hashes and
         writes the last. A refusal stops the sending; the answers still due are read (each a
         refusal too, or an ack) so the stream stays in step, then the first refusal is raised.
         """
         pending: collections.deque[tuple[int, int]] = collections.deque()
         try:
-            self._pipeline(where, data, offset, progress, pending)
+            self._pipeline(where, data, prefixes, offset, progress=progress, pending=pending)
         except BaseException:
             if pending:
                 # Answers still due (the progress callback raised, say): out of step for good.
@@ -323,7 +337,9 @@ class AgentClient:
         self,
         where: dict[str, Any],
         data: bytes,
+        prefixes: list[str],
         offset: int,
+        *,
         progress: Callable[[int, int], None] | None,
         pending: collections.deque[tuple[int, int]],
     ) -> None:
@@ -332,8 +348,9 @@ class AgentClient:
         refusal: AgentRefusedError | None = None
         while pending or (sent < len(data) and refusal is None):
             while refusal is None and sent < len(data) and len(pending) < PUT_WINDOW:
-                chunk = view[sent : sent + protocol.MAX_PAYLOAD]
-                fields = {**where, "offset": sent, "sha256": hashlib.sha256(chunk).hexdigest()}
+                index = sent // protocol.MAX_PAYLOAD
+                chunk = view[sent : (index + 1) * protocol.MAX_PAYLOAD]
+                fields = {**where, "offset": sent, "sha256": prefixes[index]}
                 request_id = self._send("put_chunk", fields, chunk)
                 sent += len(chunk)
                 pending.append((request_id, sent))
@@ -496,6 +513,21 @@ class _Reader:
         data = bytes(self._buffer[:count])
         del self._buffer[:count]
         return data
+
+
+def _prefix_digests(data: bytes) -> list[str]:
+    """SHA-256 (hex) of ``data[:end]`` for each chunk end, in one pass; the last is the file's.
+
+    Entry ``i`` covers ``data`` up to ``min((i + 1) * MAX_PAYLOAD, len(data))``; an empty file
+    has the one entry, the hash of nothing.
+    """
+    hasher = hashlib.sha256()
+    view = memoryview(data)
+    digests: list[str] = []
+    for start in range(0, len(data), protocol.MAX_PAYLOAD):
+        hasher.update(view[start : start + protocol.MAX_PAYLOAD])
+        digests.append(hasher.hexdigest())
+    return digests or [hasher.hexdigest()]
 
 
 def _check_job(job: str) -> None:

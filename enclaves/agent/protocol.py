@@ -15,10 +15,16 @@ payload. The ops and their request fields are :data:`OPS`; what they answer:
 ==========  =====================================================================================
 hello       ``{protocol, agent_version, image_digest, simulated, gpus: [{name, uuid,
             memory_mib}], python}`` (``python``: the jobs' interpreter version)
-put_begin   ``{have}``: bytes of the file the agent already holds (resume from there)
-put_chunk   ``{have}`` after appending the payload at ``offset`` (which must equal ``have``)
-put_end     ``{sha256}`` of the stored file (the whole file is checked before it is renamed
-            into place; inputs become read-only)
+put_begin   ``{have}``: bytes of the file the agent already holds (resume from there); the
+            request announces the file's ``size`` and whole-file ``sha256`` (its identity)
+put_chunk   ``{have}`` after appending the payload at ``offset`` (which must equal ``have``);
+            ``sha256`` is the running *prefix* digest, the hash of the file's bytes
+            ``[0, offset + len(payload))``, checked against the agent's running hash before the
+            chunk is written (so the agent hashes the data once, and a resumed chunk also proves
+            the part already held is the client's prefix). On a mismatch the agent discards the
+            part and refuses; the client begins again from 0 (once)
+put_end     ``{sha256}`` of the stored file (the running hash, i.e. the last prefix digest, must
+            equal the announced one before it is renamed into place; inputs become read-only)
 run         status (idempotent: a started, finished or cancelled job answers its status)
 status      ``{state, exit_code, runtime_s, log_size}``
 logs        data: log bytes from ``offset`` (at most ``limit``, at most 1 MiB)

@@ -1,11 +1,11 @@
 """The workload agent that runs inside an enclave.
 
 Owns the agent's side of :mod:`.protocol`: it receives a job's code and inputs (resumable
-uploads, every chunk and every file hashed), runs the job as a subprocess in its own session
-(as an unprivileged user when one is configured), kills its process group at the deadline or
-on cancel, captures its log (capped), lists and serves its outputs (regular files inside the
-work dir only) and removes it on discard. A job's state lives in ``jobs/<job>/state.json`` so a
-restarted agent still answers for finished jobs.
+uploads: one running hash per file, which each chunk's prefix digest is checked against), runs
+the job as a subprocess in its own session (as an unprivileged user when one is configured),
+kills its process group at the deadline or on cancel, captures its log (capped), lists and
+serves its outputs (regular files inside the work dir only) and removes it on discard. A job's
+state lives in ``jobs/<job>/state.json`` so a restarted agent still answers for finished jobs.
 
 The host on the other end is trusted more than the job but still checked: every name and path
 is validated, every value range-checked, and every failure is answered as an error frame with a
@@ -276,8 +276,7 @@ class Agent:
     def _op_put_chunk(self, header: dict[str, Any], payload: bytes) -> Answer:
         job, area, path = self._upload_target(header)
         offset = header["offset"]
-        if protocol.check_sha256(header["sha256"]) != hashlib.sha256(payload).hexdigest():
-            raise RequestError("chunk does not match its sha256")
+        prefix_digest = protocol.check_sha256(header["sha256"])
         key = (job, area, path)
         upload = self._upload(key)
         if upload is None:
@@ -286,7 +285,17 @@ class Agent:
             raise RequestError(f"offset mismatch: have {upload.have}")
         if upload.have + len(payload) > upload.size:
             raise RequestError("chunk beyond the announced size")
-        part, _ = self._part_paths(job, area, path)
+        part, meta = self._part_paths(job, area, path)
+        # The one pass over the data: the running hash, with the chunk, must be the client's
+        # hash of the file's bytes up to the chunk's end. That checks the chunk and, on a
+        # resume, that the part already held is the client's prefix.
+        hasher = upload.hasher.copy()
+        hasher.update(payload)
+        if hasher.hexdigest() != prefix_digest:
+            self._uploads.pop(key, None)
+            _remove(part)
+            _remove(meta)
+            raise RequestError("chunk does not match its prefix sha256; upload it again")
         fd = os.open(part, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             status = os.fstat(fd)
@@ -303,7 +312,7 @@ class Agent:
                 raise
         finally:
             os.close(fd)
-        upload.hasher.update(payload)
+        upload.hasher = hasher
         upload.have += len(payload)
         return protocol.KIND_REPLY, {"have": upload.have}, b""
 
@@ -316,7 +325,8 @@ class Agent:
         if upload is not None:
             if upload.have != upload.size or os.lstat(part).st_size != upload.size:
                 raise RequestError("upload incomplete")
-            # The running hash covers every byte appended to the part file, in order.
+            # The running hash covers every byte appended to the part file, in order: the
+            # last chunk's prefix digest (or, resumed with nothing left to send, the rehash).
             digest = upload.hasher.hexdigest()
             self._uploads.pop(key, None)
             if digest != upload.sha256:

@@ -7,6 +7,7 @@ job in it. Needs ``bwrap`` (Makefile APT_TEST) and unprivileged user namespaces.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -417,6 +418,9 @@ def test_a_real_job_through_the_real_agent(shared_dir: Path) -> None:
             assert hello.simulated
             client.put(job, "code", "main.py", code)
             client.put(job, "input", "data/x.csv", b"1,2\n")
+            # Several chunks, each checked by its prefix digest inside the enclave.
+            big = os.urandom((3 << 20) + 11)
+            assert client.put(job, "input", "data/big.bin", big) == hashlib.sha256(big).hexdigest()
             client.run(job, entrypoint="main.py", args=[], max_runtime_s=60)
             deadline = time.monotonic() + 60
             while (status := client.status(job)).state == "running":

@@ -124,6 +124,9 @@ def test_a_job_end_to_end(workloads: Workloads) -> None:
         assert session.put(job, "input", "data/x.csv", data) == hashlib.sha256(data).hexdigest()
         # Idempotent: putting the same file again answers the same hash.
         assert session.put(job, "input", "data/x.csv", data) == hashlib.sha256(data).hexdigest()
+        # Several chunks (each carries the hash of the file up to its end).
+        big = bytes(range(256)) * ((5 << 20) // 512)
+        assert session.put(job, "code", "weights.bin", big) == hashlib.sha256(big).hexdigest()
         status = session.run(job, entrypoint="main.py", args=["a", "b"], max_runtime_s=60)
         assert status.state in ("running", "succeeded")
         assert session.run(job, entrypoint="main.py", args=["a", "b"], max_runtime_s=60).state in (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import socket
 import threading
 import time
@@ -372,16 +373,107 @@ def test_put_chunks_are_bounded_and_hashed(fake: Callable[..., AgentClient]) -> 
     def answer(frame: Frame) -> bytes:
         op = frame.header["op"]
         if op == "put_begin":
+            assert frame.header["sha256"] == hashlib.sha256(data).hexdigest()
             return reply(frame, have=0)
         if op == "put_chunk":
-            assert frame.header["sha256"] == hashlib.sha256(frame.payload).hexdigest()
+            assert len(frame.payload) <= protocol.MAX_PAYLOAD
             stored.extend(frame.payload)
+            # The prefix digest: the hash of the file up to the chunk's end.
+            assert frame.header["sha256"] == hashlib.sha256(bytes(stored)).hexdigest()
             return reply(frame, have=len(stored))
         return reply(frame, sha256=hashlib.sha256(bytes(stored)).hexdigest())
 
     client = fake(answer)
     assert client.put(JOB, "input", "d.bin", data) == hashlib.sha256(data).hexdigest()
     assert bytes(stored) == data
+
+
+def test_a_resumed_put_sends_prefix_digests_from_where_the_agent_is(
+    fake: Callable[..., AgentClient],
+) -> None:
+    # From an offset off the chunk grid, the first chunk ends on it and the rest follow it.
+    data = os.urandom((2 << 20) + 77)
+    chunks: list[tuple[int, int, str]] = []
+
+    def answer(frame: Frame) -> bytes:
+        op = frame.header["op"]
+        if op == "put_begin":
+            return reply(frame, have=1000)
+        if op == "put_chunk":
+            offset = frame.header["offset"]
+            chunks.append((offset, offset + len(frame.payload), frame.header["sha256"]))
+            return reply(frame, have=offset + len(frame.payload))
+        return reply(frame, sha256=hashlib.sha256(data).hexdigest())
+
+    client = fake(answer)
+    assert client.put(JOB, "input", "d.bin", data) == hashlib.sha256(data).hexdigest()
+    assert [(start, end) for start, end, _ in chunks] == [
+        (1000, 1 << 20),
+        (1 << 20, 2 << 20),
+        (2 << 20, len(data)),
+    ]
+    assert [digest for _, _, digest in chunks] == [
+        hashlib.sha256(data[:end]).hexdigest() for _, end, _ in chunks
+    ]
+
+
+def test_a_refused_resume_begins_again_from_zero_once(fake: Callable[..., AgentClient]) -> None:
+    # The agent refuses a resumed part that is not our prefix: the client begins again from
+    # 0, once; an agent that keeps refusing gets its refusal raised, not an endless loop.
+    data = b"z" * 3000
+    begins: list[int] = []
+
+    def answer(frame: Frame) -> bytes:
+        op = frame.header["op"]
+        if op == "put_begin":
+            begins.append(1)
+            return reply(frame, have=1000)
+        if op == "put_chunk":
+            return reply(frame, protocol.KIND_ERROR, message="chunk does not match its sha256")
+        return reply(frame, protocol.KIND_ERROR, message="no upload in progress")
+
+    client = fake(answer, timeout_s=5)
+    with pytest.raises(AgentRefusedError, match="sha256"):
+        client.put(JOB, "code", "main.py", data)
+    assert len(begins) == 2
+
+
+def test_a_refusal_from_zero_is_not_retried(fake: Callable[..., AgentClient]) -> None:
+    begins: list[int] = []
+
+    def answer(frame: Frame) -> bytes:
+        op = frame.header["op"]
+        if op == "put_begin":
+            begins.append(1)
+            return reply(frame, have=0)
+        return reply(frame, protocol.KIND_ERROR, message="chunk does not match its sha256")
+
+    client = fake(answer, timeout_s=5)
+    with pytest.raises(AgentRefusedError, match="sha256"):
+        client.put(JOB, "code", "main.py", b"content")
+    assert len(begins) == 1
+
+
+def test_a_retried_put_still_checks_what_the_agent_stored(
+    fake: Callable[..., AgentClient],
+) -> None:
+    data = b"content"
+    begins: list[int] = []
+
+    def answer(frame: Frame) -> bytes:
+        op = frame.header["op"]
+        if op == "put_begin":
+            begins.append(1)
+            return reply(frame, have=len(data) if len(begins) == 1 else 0)
+        if op == "put_chunk":
+            return reply(frame, have=len(frame.payload))
+        if len(begins) == 1:
+            return reply(frame, protocol.KIND_ERROR, message="file does not match its sha256")
+        return reply(frame, sha256=SHA)
+
+    client = fake(answer, timeout_s=5)
+    quickly(lambda: client.put(JOB, "code", "main.py", data), AgentProtocolError)
+    assert len(begins) == 2
 
 
 @pytest.mark.parametrize(

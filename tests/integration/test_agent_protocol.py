@@ -598,27 +598,48 @@ def test_the_agent_refuses_bad_output_patterns_and_names(agent: RunningAgent) ->
     raw.close()
 
 
-def test_the_agent_checks_chunk_and_file_hashes(raw: RawConnection) -> None:
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_the_agent_checks_chunk_and_file_hashes(agent: RunningAgent, raw: RawConnection) -> None:
+    # Each chunk carries the prefix digest: the hash of the file up to the chunk's end.
     job = new_job()
     data = b"hello world"
     digest = hashlib.sha256(data).hexdigest()
     where = {"job": job, "area": "code", "path": "main.py"}
+    parts = agent.root / "jobs" / job / "parts"
     assert raw.call("put_begin", **where, size=len(data), sha256=digest).header["have"] == 0
+    skipped = raw.call("put_chunk", data[3:], **where, offset=3, sha256=digest)
+    assert "offset mismatch: have 0" in refused(skipped)
+    # A hostile client's wrong prefix digest: refused, and the part is discarded.
     wrong = raw.call("put_chunk", data, **where, offset=0, sha256=SHA_EMPTY)
     assert "sha256" in refused(wrong)
-    skipped = raw.call("put_chunk", data, **where, offset=3, sha256=digest)
-    assert "offset mismatch: have 0" in refused(skipped)
-    # A chunk of other bytes, correctly hashed, still makes the file wrong: put_end notices.
+    assert not any(parts.iterdir())
+    assert "no upload" in refused(raw.call("put_chunk", data, **where, offset=0, sha256=digest))
+    # The digest of the chunk alone is not the prefix digest of a second chunk.
+    assert raw.call("put_begin", **where, size=len(data), sha256=digest).header["have"] == 0
+    first = raw.call("put_chunk", data[:5], **where, offset=0, sha256=sha(data[:5]))
+    assert first.header["have"] == 5
+    alone = raw.call("put_chunk", data[5:], **where, offset=5, sha256=sha(data[5:]))
+    assert "sha256" in refused(alone)
+    # A file of other bytes, its prefixes correctly hashed, still is not the announced file.
+    assert raw.call("put_begin", **where, size=len(data), sha256=digest).header["have"] == 0
     forged = b"HELLO WORLD"
-    frame = raw.call(
-        "put_chunk", forged, **where, offset=0, sha256=hashlib.sha256(forged).hexdigest()
-    )
+    frame = raw.call("put_chunk", forged, **where, offset=0, sha256=sha(forged))
     assert frame.header["have"] == len(forged)
     assert "does not match" in refused(raw.call("put_end", **where))
     too_long = raw.call("put_begin", **where, size=2, sha256=digest)
     assert too_long.header["have"] == 0
     assert "beyond" in refused(raw.call("put_chunk", data, **where, offset=0, sha256=digest))
     assert "size" in refused(raw.call("put_begin", **where, size=-1, sha256=digest))
+    # Whole and in order, the prefix digests lead to the stored file.
+    assert raw.call("put_begin", **where, size=len(data), sha256=digest).header["have"] == 0
+    for start, end in ((0, 4), (4, 9), (9, 11)):
+        chunk = data[start:end]
+        reply = raw.call("put_chunk", chunk, **where, offset=start, sha256=sha(data[:end]))
+        assert reply.header["have"] == end
+    assert raw.call("put_end", **where).header["sha256"] == digest
 
 
 def test_the_agent_refuses_out_of_range_values(agent: RunningAgent) -> None:
@@ -745,7 +766,8 @@ def part_file(agent: RunningAgent, job: str) -> Path:
 
 
 def test_an_upload_resumes_after_an_agent_restart(base: Path) -> None:
-    # The running hash lives in the agent's memory only: a new agent rehashes the part file.
+    # The running hash lives in the agent's memory only: a new agent rehashes the part file,
+    # and the client's next prefix digest confirms the part is the client's prefix.
     job = new_job()
     data = os.urandom(3 * (1 << 20) + 7)
     digest = hashlib.sha256(data).hexdigest()
@@ -754,6 +776,7 @@ def test_an_upload_resumes_after_an_agent_restart(base: Path) -> None:
     raw = RawConnection(first.socket)
     raw.call("put_begin", **where, size=len(data), sha256=digest)
     half = data[: 1 << 20]
+    # The first chunk's prefix digest is that of the chunk alone.
     chunk = raw.call("put_chunk", half, **where, offset=0, sha256=hashlib.sha256(half).hexdigest())
     assert chunk.header["have"] == len(half)
     raw.close()
@@ -776,52 +799,87 @@ def test_an_upload_resumes_after_an_agent_restart(base: Path) -> None:
 def test_a_part_file_changed_behind_the_agent_is_caught(base: Path) -> None:
     job = new_job()
     data = b"a" * 2000
-    digest = hashlib.sha256(data).hexdigest()
+    digest = sha(data)
     where = {"job": job, "area": "code", "path": "main.py"}
     first = start_agent(base)
     raw = RawConnection(first.socket)
+    parts = first.root / "jobs" / job / "parts"
     raw.call("put_begin", **where, size=len(data), sha256=digest)
     head, tail = data[:1000], data[1000:]
-    raw.call("put_chunk", head, **where, offset=0, sha256=hashlib.sha256(head).hexdigest())
+    raw.call("put_chunk", head, **where, offset=0, sha256=sha(head))
     part = part_file(first, job)
     # Grown between two chunks: the running hash no longer covers the file, so the agent
-    # rehashes what is on disk and goes on from there; the whole-file check refuses it.
+    # rehashes what is on disk; the next prefix digest is not that of the bytes there.
     with part.open("ab") as file:
         file.write(b"x")
-    chunk = raw.call(
-        "put_chunk", tail, **where, offset=1000, sha256=hashlib.sha256(tail).hexdigest()
-    )
+    chunk = raw.call("put_chunk", tail, **where, offset=1000, sha256=digest)
     assert "offset mismatch: have 1001" in refused(chunk)
-    rest = tail[1:]
-    chunk = raw.call(
-        "put_chunk", rest, **where, offset=1001, sha256=hashlib.sha256(rest).hexdigest()
-    )
-    assert chunk.header["have"] == len(data)
-    assert "does not match" in refused(raw.call("put_end", **where))
+    chunk = raw.call("put_chunk", tail[1:], **where, offset=1001, sha256=digest)
+    assert "sha256" in refused(chunk)
+    assert not any(parts.iterdir())  # discarded
     assert not (first.root / "jobs" / job / "work" / "main.py").exists()
 
-    # Same size, other bytes, across a restart: the rehash at put_begin covers the bytes on
-    # disk, so the whole-file check at put_end refuses the file.
     assert raw.call("put_begin", **where, size=len(data), sha256=digest).header["have"] == 0
-    raw.call("put_chunk", head, **where, offset=0, sha256=hashlib.sha256(head).hexdigest())
+    raw.call("put_chunk", head, **where, offset=0, sha256=sha(head))
     raw.close()
     first.stop()
 
-    # Same size, other bytes, across a restart: the rehash at put_begin covers the bytes on
-    # disk, so the whole-file check at put_end refuses the file.
-    part = part_file(first, job)
+    # Same size, other bytes, across a restart: the agent rehashes the part, and the next
+    # chunk's prefix digest (the client's hash of the file up to its end) refuses it.
     part.write_bytes(b"y" * 1000)
     second = start_agent(base)
     try:
         raw = RawConnection(second.socket)
         assert raw.call("put_begin", **where, size=len(data), sha256=digest).header["have"] == 1000
-        chunk = raw.call(
-            "put_chunk", tail, **where, offset=1000, sha256=hashlib.sha256(tail).hexdigest()
-        )
-        assert chunk.header["have"] == len(data)
-        assert "does not match" in refused(raw.call("put_end", **where))
+        chunk = raw.call("put_chunk", tail, **where, offset=1000, sha256=digest)
+        assert "sha256" in refused(chunk)
+        assert not any(parts.iterdir())
+        assert "no upload" in refused(raw.call("put_end", **where))
+        assert raw.call("put_begin", **where, size=len(data), sha256=digest).header["have"] == 0
         assert not (second.root / "jobs" / job / "work" / "main.py").exists()
         raw.close()
+    finally:
+        second.stop()
+
+
+def test_a_resumed_part_that_is_not_the_clients_prefix_starts_over(base: Path) -> None:
+    # The client begins again from 0, once, when the agent refuses a resumed part.
+    job = new_job()
+    data = os.urandom(3 * (1 << 20) + 5)
+    small = b"print('small')\n"
+    first = start_agent(base)
+    raw = RawConnection(first.socket)
+    big_at = {"job": job, "area": "input", "path": "big.bin"}
+    raw.call("put_begin", **big_at, size=len(data), sha256=sha(data))
+    head = data[: 1 << 20]
+    assert raw.call("put_chunk", head, **big_at, offset=0, sha256=sha(head)).header["have"] == len(
+        head
+    )
+    # A whole part, every byte of it sent: only put_end is left.
+    small_at = {"job": job, "area": "code", "path": "main.py"}
+    raw.call("put_begin", **small_at, size=len(small), sha256=sha(small))
+    raw.call("put_chunk", small, **small_at, offset=0, sha256=sha(small))
+    raw.close()
+    first.stop()
+    for part in (first.root / "jobs" / job / "parts").glob("*.part"):
+        part.write_bytes(bytes(len(part.read_bytes())))  # same size, other bytes
+
+    second = start_agent(base)
+    try:
+        client = second.connect()
+        seen: list[int] = []
+        assert client.put(job, "input", "big.bin", data, progress=lambda d, t: seen.append(d)) == (
+            sha(data)
+        )
+        assert seen[:2] == [len(head), 0] and seen[-1] == len(data)
+        assert (second.root / "jobs" / job / "inputs" / "big.bin").read_bytes() == data
+        seen.clear()
+        assert client.put(job, "code", "main.py", small, progress=lambda d, t: seen.append(d)) == (
+            sha(small)
+        )
+        assert seen == [len(small), 0, len(small)]
+        assert (second.root / "jobs" / job / "work" / "main.py").read_bytes() == small
+        client.close()
     finally:
         second.stop()
 
@@ -899,9 +957,7 @@ def test_a_part_file_removed_behind_the_agent_starts_the_upload_over(
     raw.call("put_chunk", head, **where, offset=0, sha256=hashlib.sha256(head).hexdigest())
     part_file(agent, job).unlink()
     tail = data[1000:]
-    chunk = raw.call(
-        "put_chunk", tail, **where, offset=1000, sha256=hashlib.sha256(tail).hexdigest()
-    )
+    chunk = raw.call("put_chunk", tail, **where, offset=1000, sha256=digest)
     assert "no upload in progress" in refused(chunk)
     assert raw.call("put_begin", **where, size=len(data), sha256=digest).header["have"] == 0
     raw.call("put_chunk", data, **where, offset=0, sha256=digest)
