@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.gpu import NO_GPU, gpu_present
+
 ROOT = Path(__file__).resolve().parents[3]
 MAIN = ROOT / "examples" / "train_classifier" / "main.py"
 STEPS = 120
@@ -230,11 +232,8 @@ def test_an_unusable_input_fails_the_job_with_a_message(tmp_path: Path):
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not gpu_present(), reason=NO_GPU)
 def test_the_example_trains_on_cuda_when_a_gpu_is_there(tmp_path: Path):
-    import torch
-
-    if not torch.cuda.is_available():
-        pytest.skip("no GPU visible to PyTorch")
     run = run_example(tmp_path, "--steps", str(STEPS), "--device", "auto")
     assert run.returncode == 0, run.stderr[-3000:]
     metrics = run.metrics
