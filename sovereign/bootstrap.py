@@ -30,9 +30,10 @@ from sovereign.services.actions import ActionService
 from sovereign.services.auditing import AuditReadService
 from sovereign.services.authfailures import AuthFailureAudit
 from sovereign.services.catalog import CatalogService
+from sovereign.services.certificates import CertificateService
 from sovereign.services.datasets import DatasetService
 from sovereign.services.enclaves import EnclaveEnding, EnclaveService
-from sovereign.services.hosts import AccreditHost, HostService
+from sovereign.services.hosts import AccreditHost, HostService, ReturnGpu
 from sovereign.services.jobs import JobService
 from sovereign.services.keys import KeyService
 from sovereign.services.ports import (
@@ -132,7 +133,11 @@ def build_services(
     # What confirming each two-person action does: its executor, given here.
     actions = ActionService(
         uow,
-        {ActionKind.ACCREDIT_HOST: AccreditHost(scheme, clock), ActionKind.KILL_SWITCH: ending},
+        {
+            ActionKind.ACCREDIT_HOST: AccreditHost(scheme, clock),
+            ActionKind.KILL_SWITCH: ending,
+            ActionKind.RETURN_GPU: ReturnGpu(uow, clock),
+        },
         ttl=timedelta(seconds=settings.dual_action_ttl_s),
         clock=clock,
     )
@@ -158,6 +163,7 @@ def build_services(
         actions=actions,
         hosts=hosts,
         enclaves=enclaves,
+        certificates=CertificateService(uow, policy, clock),
         sessions=SessionAuditService(uow, clock, failures=auth_failures),
         auth_failures=auth_failures,
         sanitizer=_sanitizer(),

@@ -27,6 +27,7 @@ from sovereign.domain.fleet import Gpu, Host
 from sovereign.domain.placement import Placement
 from sovereign.domain.policy import AccessPolicy
 from sovereign.domain.requests import RequestState
+from sovereign.services.certificates import GpuCertificate
 from sovereign.services.enclaves import EnclaveView, KillResult
 
 
@@ -142,6 +143,76 @@ class GpuList(BaseModel):
     """GPUs, by host and address."""
 
     items: list[GpuOut]
+
+
+class CertificateQuery(PageQuery):
+    """A page of a GPU's hand-over certificates; the cursor is a sequence number."""
+
+    # 18 digits always fit the log's signed 64-bit sequence numbers; 19 may not.
+    cursor: Annotated[str, Field(pattern=r"^[0-9]{1,18}$")] | None = None
+
+
+class CertificateOut(BaseModel):
+    """One GPU hand-over certificate, with its place in the audit log (its event's sequence
+    number: ``GET /audit/proof/{seq}`` proves it)."""
+
+    seq: int
+    leaf_hash: str
+    time: datetime
+    host: str
+    address: str
+    #: Where the GPU went with it: ``free`` (clean) or ``quarantined`` (failed).
+    to: str
+    verdict: Literal["clean", "failed"]
+    reason: str
+    simulated: bool
+    coverage: float | None
+    gb_per_s: float | None
+    #: The label of the event: the previous tenant's (null where the GPU had none).
+    label: LabelOut | None
+    proof: str = Field(description="Where its inclusion proof is, relative to the API root.")
+    #: The certificate as recorded (canonical JSON; see the README).
+    certificate: dict[str, Any]
+
+    @classmethod
+    def of(cls, c: GpuCertificate) -> CertificateOut:
+        """From a certificate read from the log."""
+        label = c.label
+        return cls(
+            seq=c.seq,
+            leaf_hash=c.leaf_hash,
+            time=c.time,
+            host=c.host,
+            address=c.address,
+            to=c.to,
+            verdict="clean" if c.verdict == "clean" else "failed",
+            reason=c.reason,
+            simulated=c.simulated,
+            coverage=c.coverage,
+            gb_per_s=c.gb_per_s,
+            label=LabelOut(
+                level=str(label.get("level", "")),
+                compartments=sorted(str(x) for x in label.get("compartments", [])),
+            )
+            if label
+            else None,
+            proof=f"/audit/proof/{c.seq}",
+            certificate=c.document,
+        )
+
+
+class CertificateList(BaseModel):
+    """A GPU's hand-over certificates you are cleared for, newest first; pass ``next_cursor``
+    on while it is not null."""
+
+    items: list[CertificateOut]
+    next_cursor: str | None
+
+
+class GpuReturnIn(Strict):
+    """Why a quarantined GPU may go back to service (two officers)."""
+
+    reason: RequiredReason
 
 
 class EnclaveQuery(PageQuery):

@@ -22,10 +22,11 @@ from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from werkzeug.datastructures import FileStorage
 from werkzeug.exceptions import BadRequest, NotFound, UnsupportedMediaType
-from werkzeug.routing import IntegerConverter, Map
+from werkzeug.routing import BaseConverter, IntegerConverter, Map
 
 from sovereign.api.schemas import NAME_PATTERN, Problem
 from sovereign.app_context import services
+from sovereign.channels.inputs import PCI_ADDRESS_PATTERN
 from sovereign.channels.uploads import MemoryFormDataParser
 from sovereign.domain.identity import Principal
 from sovereign.errors import AuthenticationError, InvalidInputError
@@ -51,12 +52,26 @@ class Int64Converter(IntegerConverter):
         super().__init__(url_map, *args, **kwargs)
 
 
+class PciAddressConverter(BaseConverter):
+    """``<pci:...>``: a GPU's PCI address (``0000:18:00.0``), read in lower case as the fleet
+    records it; anything else matches no route (404, like any unknown GPU). Installed by
+    :func:`install`."""
+
+    regex = PCI_ADDRESS_PATTERN.removeprefix("^").removesuffix("$")
+
+    def to_python(self, value: str) -> str:
+        """The address in lower case."""
+        return value.lower()
+
+
 #: OpenAPI schemas of the app's URL converters (``int`` as :class:`Int64Converter` bounds it).
 PATH_SCHEMAS: dict[str, dict[str, Any]] = {
     # Werkzeug's default converter: in this API only names (hosts) travel as strings.
     "string": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": NAME_PATTERN},
     "int": {"type": "integer", "minimum": 0, "maximum": MAX_PATH_INT},
     "uuid": {"type": "string", "format": "uuid"},
+    # A GPU's PCI address (domain:bus:slot.function).
+    "pci": {"type": "string", "minLength": 12, "maxLength": 12, "pattern": PCI_ADDRESS_PATTERN},
     # Output file names: relative paths (checked by the service; anything else is 404).
     "path": {
         "type": "string",
@@ -363,6 +378,7 @@ class Api:
 def install(app: Flask) -> None:
     """Give ``app`` the URL converters the document describes; before any route is added."""
     app.url_map.converters["int"] = Int64Converter
+    app.url_map.converters["pci"] = PciAddressConverter
 
 
 def openapi(api: Api, prefix: str, *, title: str, version: str) -> dict[str, Any]:

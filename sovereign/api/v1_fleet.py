@@ -122,6 +122,51 @@ def list_gpus(ctx: CallContext, query: f.GpuQuery) -> f.GpuList:
 
 @api.route(
     "GET",
+    "/gpus/<host>/<pci:address>/certificates",
+    summary="A GPU's hand-over certificates",
+    tag="hosts",
+    query=f.CertificateQuery,
+    response=f.CertificateList,
+    roles="security officers and auditors, up to their clearance of each certificate's "
+    "previous label",
+)
+def list_certificates(
+    ctx: CallContext, host: str, address: str, query: f.CertificateQuery
+) -> f.CertificateList:
+    """Newest first: each hand-over (reset, scrub, verify) of the GPU and its verdict, with the
+    sequence number of its ``gpu:handover`` event, whose inclusion proof proves it."""
+    page = services().certificates.list(
+        ctx,
+        host,
+        address,
+        limit=query.limit,
+        before=int(query.cursor) if query.cursor else None,
+    )
+    return f.CertificateList(
+        items=[f.CertificateOut.of(c) for c in page.items], next_cursor=page.next_cursor
+    )
+
+
+@api.route(
+    "POST",
+    "/gpus/<host>/<pci:address>/return",
+    summary="Propose returning a quarantined GPU to service",
+    tag="hosts",
+    body=f.GpuReturnIn,
+    response=f.ActionOut,
+    status=202,
+    roles="security officers cleared for the GPU's last label; a second officer confirms with "
+    "POST /actions/{id}/confirm",
+)
+def propose_gpu_return(
+    ctx: CallContext, host: str, address: str, body: f.GpuReturnIn
+) -> f.ActionOut:
+    """Once confirmed the GPU goes quarantined -> dirty, so it is handed over again."""
+    return f.ActionOut.of(services().hosts.propose_return(ctx, host, address, body.reason))
+
+
+@api.route(
+    "GET",
     "/enclaves",
     summary="List enclaves",
     tag="enclaves",

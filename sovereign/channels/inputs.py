@@ -27,6 +27,9 @@ class FreeText:
 #: What a name (tenant, host, image) looks like; string path parameters are names too.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=NAME_PATTERN)]
+#: What a GPU's PCI address looks like (``DDDD:BB:SS.F``, as ``lspci -D`` and libvirt print it):
+#: the only form a GPU address takes in a URL, a form or on the command line.
+PCI_ADDRESS_PATTERN = r"^[0-9a-fA-F]{4}:[0-9a-fA-F]{2}:[01][0-9a-fA-F]\.[0-7]$"
 #: No control character or line separator (``sovereign.text``), stated in the document so that
 #: clients and the contract test know it; :class:`Strict` enforces it for every string anyway.
 PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"

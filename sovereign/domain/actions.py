@@ -1,7 +1,8 @@
 """Actions that need two distinct security officers: one proposes, another confirms.
 
 Owns :class:`DualAction` and its rules (the two-person rule for the most dangerous changes that
-are not request approvals: a host's accreditation, the kill switch for classified enclaves). A
+are not request approvals: a host's accreditation, the kill switch for classified enclaves, a
+quarantined GPU's return to service). A
 proposal names what will be done and why; it expires if nobody confirms it in time; the
 confirming officer must differ from the proposer and be cleared for the action's label. What the
 action does once confirmed is the services' business, not this module's.
@@ -25,6 +26,8 @@ class ActionKind(StrEnum):
 
     ACCREDIT_HOST = "host:accredit"
     KILL_SWITCH = "enclave:kill"
+    #: A quarantined GPU back to service: ``quarantined -> dirty``, so it gets a new hand-over.
+    RETURN_GPU = "gpu:return"
 
 
 class ActionState(StrEnum):

@@ -11,7 +11,10 @@ quarantined; a host's accreditation is set when an operator adds it from the com
 changed only by two officers (a proposal here, confirmed through the action service, which
 carries it out with :class:`AccreditHost`); over the API an operator may
 add hosts at the lowest level only. Officers, operators and auditors read hosts; a GPU's last
-label is shown only to readers cleared for it.
+label is shown only to readers cleared for it. A quarantined GPU returns to service only through
+two officers cleared for its last tenant's label (:meth:`HostService.propose_return`, carried
+out by :class:`ReturnGpu`): it goes ``quarantined -> dirty``, so it is handed over again and gets
+a new certificate before anyone uses it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from audit import Outcome
 from enclaves.inventory import GpuDevice
 from sovereign.domain.actions import ActionKind, DualAction, check_officer
 from sovereign.domain.fleet import DOMAIN_TYPES, Gpu, Host, HostIdentity
@@ -44,7 +48,14 @@ from sovereign.services.ports import (
     UnitOfWork,
     UnitOfWorkFactory,
 )
-from sovereign.services.recording import CallContext, Clock, Recorder, host_target, utcnow
+from sovereign.services.recording import (
+    CallContext,
+    Clock,
+    Recorder,
+    gpu_target,
+    host_target,
+    utcnow,
+)
 
 #: Roles that may read hosts and GPUs.
 HOST_READERS = frozenset({Role.OFFICER, Role.OPERATOR, Role.AUDITOR})
@@ -430,6 +441,106 @@ class HostService:
             reason,
             check=check,
         )
+
+    # -- returning a quarantined GPU (two officers) -------------------------------------------
+
+    def propose_return(self, ctx: CallContext, host: str, address: str, reason: str) -> DualAction:
+        """First officer proposes returning a quarantined GPU to service; a second one confirms
+        it (the GPU then goes ``quarantined -> dirty`` and is handed over again).
+
+        The proposal carries the GPU's last tenant's label (the lowest level where it had
+        none): both officers must be cleared for it, and only officers cleared for it see it.
+
+        :raises InvalidInputError: no reason. :raises NotFoundError: no such GPU, or the caller
+            may not read hosts (the same answer). :raises PolicyDeniedError: no officer, or not
+            cleared for the GPU's last label. :raises ConflictError: the GPU is not quarantined.
+        """
+        target = gpu_target(host, address)
+        with self._recorder.decision(ctx, ActionKind.RETURN_GPU.value, target) as decision:
+            if not reason.strip():
+                raise InvalidInputError(reason="a reason is required")
+            with self._uow(readonly=True) as uow:
+                gpu = _find_gpu(uow, host, address)
+            decision.label = gpu.last_label if gpu is not None else None
+            if gpu is None or not _can_read(ctx):
+                raise NotFoundError(kind="gpu", ident=f"{host}/{address}")
+            if gpu.last_label is not None and not ctx.principal.cleared_for(gpu.last_label):
+                # Without naming the label: the caller is not cleared to know it.
+                raise PolicyDeniedError(
+                    reason="returning this GPU needs clearance for its last tenant's label"
+                )
+        label = gpu.last_label or self._scheme.lowest
+
+        def check(uow: UnitOfWork) -> None:
+            found = _find_gpu(uow, host, address)
+            if found is None:
+                raise NotFoundError(kind="gpu", ident=f"{host}/{address}")
+            if found.state != "quarantined":
+                raise ConflictError(
+                    reason=f"GPU {host}/{address} is {found.state}; only a quarantined GPU is "
+                    "returned to service"
+                )
+
+        return self._actions.propose(
+            ctx,
+            ActionKind.RETURN_GPU,
+            {"host": host, "address": address},
+            label,
+            reason,
+            check=check,
+        )
+
+
+def _find_gpu(uow: UnitOfWork, host: str, address: str) -> Gpu | None:
+    """The GPU ``host``/``address``, if it exists."""
+    return next((gpu for gpu in uow.gpus.list(host) if gpu.address == address), None)
+
+
+class ReturnGpu:
+    """Carries out a confirmed return of a quarantined GPU to service (the action service's
+    executor for :attr:`~sovereign.domain.actions.ActionKind.RETURN_GPU`): ``quarantined ->
+    dirty`` with the audit event ``gpu:return`` on the GPU, so the reconciler hands it over
+    again and nothing uses it before a clean certificate."""
+
+    def __init__(self, uow_factory: UnitOfWorkFactory, clock: Clock = utcnow) -> None:
+        self._clock = clock
+        self._recorder = Recorder(uow_factory, clock)
+
+    def execute(self, uow: UnitOfWork, ctx: CallContext, action: DualAction) -> dict[str, Any]:
+        """Move the GPU inside ``uow``; returns the audit details.
+
+        :raises NotFoundError: the GPU is gone. :raises ConflictError: it is no longer
+            quarantined (or someone moved it meanwhile).
+        """
+        host, address = str(action.params["host"]), str(action.params["address"])
+        gpu = _find_gpu(uow, host, address)
+        if gpu is None:
+            raise NotFoundError(kind="gpu", ident=f"{host}/{address}")
+        if gpu.state != "quarantined":
+            raise ConflictError(
+                reason=f"GPU {host}/{address} is {gpu.state}, no longer quarantined"
+            )
+        gpu.move("dirty", self._clock())
+        uow.gpus.update(gpu, "quarantined")
+        details = {"host": host, "address": address, "from": "quarantined", "to": "dirty"}
+        self._recorder.record(
+            uow,
+            ctx,
+            "gpu:return",
+            gpu_target(host, address),
+            Outcome.ALLOW,
+            reason=action.reason,
+            label=gpu.last_label,
+            details={
+                **details,
+                "action": str(action.id),
+                "proposer": action.proposer_name,
+            },
+        )
+        return details
+
+    def after_commit(self, ctx: CallContext, action: DualAction, details: dict[str, Any]) -> None:
+        """Nothing is left to do: the reconciler picks the dirty GPU up."""
 
 
 class AccreditHost:

@@ -2,11 +2,12 @@
 
 Owns :class:`CallContext` (principal, request id, source address), the audit target names of
 the objects services decide about (:func:`request_target`, :func:`enclave_target`,
-:func:`host_target`, :func:`action_target`), and :class:`Recorder`, which writes allowed
-decisions inside the caller's unit of work (fail-closed: no event, no change) and denied ones in
-a unit of their own after the change was rolled back. :meth:`Recorder.decision` is the one place
-that rule is written: services open a decision, allow it in their transaction, and leave the
-refusals and dependency failures to it. Must not decide anything itself.
+:func:`host_target`, :func:`action_target`, :func:`gpu_target`), and :class:`Recorder`, which
+writes allowed decisions inside the caller's unit of work (fail-closed: no event, no change)
+and denied ones in a unit of their own after the change was rolled back.
+:meth:`Recorder.decision` is the one place that rule is written: services open a decision,
+allow it in their transaction, and leave the refusals and dependency failures to it. Must not
+decide anything itself.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ def host_target(name: str) -> str:
 def action_target(action_id: uuid.UUID) -> str:
     """The audit target name of a two-person action's proposal."""
     return f"action/{action_id}"
+
+
+def gpu_target(host: str, address: str) -> str:
+    """The audit target name of a GPU: its host and PCI address."""
+    return f"gpu/{host}/{address}"
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from sovereign.services.actions import ActionService
 from sovereign.services.auditing import AuditReadService
 from sovereign.services.authfailures import AuthFailureAudit
 from sovereign.services.catalog import CatalogService
+from sovereign.services.certificates import CertificateService
 from sovereign.services.datasets import DatasetService
 from sovereign.services.enclaves import EnclaveService
 from sovereign.services.hosts import HostService
@@ -57,6 +58,8 @@ class Services:
     actions: ActionService
     hosts: HostService
     enclaves: EnclaveService
+    #: GPU hand-over certificates (the ``gpu:handover`` events) for officers and auditors.
+    certificates: CertificateService
     #: Console sign-ins, sign-outs and expiry in the audit log.
     sessions: SessionAuditService
     #: Authentication and CSRF failures in the audit log, aggregated per source and interval.
