@@ -253,6 +253,71 @@ def audit_prove(seq: int, out: Path | None) -> None:
         click.echo(f"wrote proof of event {seq} to {out}", err=True)
 
 
+def _certificate_query(gpu: str) -> Any:
+    """The audit query for the latest certificate of ``HOST/ADDRESS``.
+
+    :raises InvalidInputError: not a host name and a PCI address.
+    """
+    from sovereign.errors import InvalidInputError  # noqa: PLC0415
+    from sovereign.services.certificates import certificate_query  # noqa: PLC0415
+
+    host, slash, address = gpu.partition("/")
+    if not slash:
+        raise InvalidInputError(reason="name the GPU as HOST/ADDRESS")
+    return certificate_query(host, address)
+
+
+@audit.command("certificate")
+@click.argument("gpu", metavar="HOST/ADDRESS")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the inclusion proof to FILE (else it follows the certificate on stdout).",
+)
+def audit_certificate(gpu: str, out: Path | None) -> None:
+    """Print the latest hand-over certificate of the GPU HOST/ADDRESS (e.g.
+    secret-h100x8/0000:18:00.0) as JSON, and the inclusion proof of its gpu:handover event, in
+    the format of `audit prove`: `audit verify-proof FILE --key KEY` checks it offline."""
+    from sovereign.errors import InvalidInputError  # noqa: PLC0415
+    from sovereign.services.certificates import GpuCertificate  # noqa: PLC0415
+
+    try:
+        query = _certificate_query(gpu)
+    except InvalidInputError as e:
+        click.secho(f"error: {e.message}; e.g. secret-h100x8/0000:18:00.0", fg="red", err=True)
+        sys.exit(2)
+    log = _audit_log()
+    try:
+        found = [c for c in map(GpuCertificate.of, log.events(query)) if c is not None]
+    except SovereignError as e:
+        _fail(e)
+    if not found:
+        click.secho(
+            f"error: no hand-over certificate of {gpu} in the sequenced log (the worker "
+            "sequences new events; `sovereign audit sequence` does it now)",
+            fg="red",
+            err=True,
+        )
+        sys.exit(1)
+    latest = found[0]
+    try:
+        proof = log.proof(latest.seq)
+    except SovereignError as e:
+        _fail(e)
+    click.echo(json.dumps(latest.document, indent=2, sort_keys=True))
+    click.echo(
+        f"event {latest.seq} (gpu:handover of {latest.host}/{latest.address} at "
+        f"{latest.time.isoformat()}): verdict {latest.verdict}, the GPU went {latest.to}",
+        err=True,
+    )
+    if out is None:
+        click.echo()
+        click.echo(proof, nl=False)
+    else:
+        out.write_text(proof)
+        click.echo(f"wrote proof of event {latest.seq} to {out}", err=True)
+
+
 @audit.command("verify-proof")
 @click.argument("proof_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--key", "keys", multiple=True, required=True, help="Verifier key, or @FILE.")

@@ -164,6 +164,12 @@ class SqlAuditLog:
                 raise NotFoundError(kind="audit event", ident=str(seq))
             return found[0]
 
+    def events(self, query: AuditQuery) -> list[StoredEvent]:
+        """Sequenced events matching ``query``, newest first (the command line's reads: whoever
+        runs it holds the database, so no clearance filter applies here)."""
+        with self._connect() as conn:
+            return SqlAuditStore(conn).query(query)
+
     def proof(self, seq: int) -> str:
         """A C2SP tlog-proof of event ``seq`` under the smallest checkpoint that covers it.
 

@@ -1,9 +1,11 @@
-"""The fleet in the console: hosts and their GPUs, drain / quarantine / reactivate, proposing a
-new accreditation, the pending two-person actions, and the kill switch.
+"""The fleet in the console: hosts and their GPUs with each GPU's latest hand-over certificate,
+drain / quarantine / reactivate, proposing a new accreditation or a quarantined GPU's return to
+service, the pending two-person actions, and the kill switch.
 
 Owns what officers (and, for hosts, operators and auditors) are offered. Every decision stays in
 the services: ``services().hosts`` (who reads hosts, who changes their state, GPU labels shown
-only to cleared readers), ``services().actions`` (the two-person rule) and
+only to cleared readers, who proposes a GPU's return), ``services().certificates`` (officers
+and auditors, up to their clearance), ``services().actions`` (the two-person rule) and
 ``services().enclaves.kill_switch`` (one officer below the two-person level, two at or above
 it). A refusal shows the service's reason on the form it came from; nothing is changed then.
 """
@@ -26,6 +28,7 @@ from sovereign.domain.fleet import GPU_STATES, HOST_STATES, Gpu, Host
 from sovereign.domain.identity import Principal, Role
 from sovereign.domain.labels import Label, LabelScheme
 from sovereign.errors import InvalidInputError, LabelError, SovereignError
+from sovereign.services.certificates import CERTIFICATE_READERS, GpuCertificate
 from sovereign.services.enclaves import EnclaveView, KillResult
 from sovereign.services.hosts import HOST_OPERATORS
 from sovereign.services.recording import CallContext
@@ -57,6 +60,11 @@ def describe_action(action: DualAction) -> str:
     if action.kind is ActionKind.ACCREDIT_HOST:
         new = _label_text(params.get("accreditation"))
         return f"Change the accreditation of host {params.get('host')} to {new}"
+    if action.kind is ActionKind.RETURN_GPU:
+        return (
+            f"Return the quarantined GPU {params.get('address')} of host {params.get('host')} "
+            "to service (it goes dirty and is handed over again before any use)"
+        )
     what = []
     if params.get("label"):
         what.append(f"labelled {_label_text(params['label'])}")
@@ -127,8 +135,11 @@ class HostForms:
     level: str = ""
     compartments: list[str] = field(default_factory=list)
     accreditation_reason: str = ""
+    #: The GPU whose return form was sent, and its reason.
+    gpu: str = ""
+    return_reason: str = ""
     error: str | None = None
-    #: Which form ``error`` belongs to: "state" or "accreditation".
+    #: Which form ``error`` belongs to: "state", "accreditation" or "return".
     failed: str | None = None
 
 
@@ -148,12 +159,20 @@ def _host_page(ctx: CallContext, name: str, forms: HostForms | None = None) -> R
     if not forms.level:
         forms.level = host.accreditation.level
         forms.compartments = sorted(host.accreditation.compartments)
+    # Only officers and auditors read certificates; an operator is not asked (no refusal).
+    readers = bool(principal.roles & CERTIFICATE_READERS)
+    certificates: dict[str, GpuCertificate] = (
+        services().certificates.latest_of_host(ctx, name) if readers else {}
+    )
     return page(
         "console/hosts/detail.html",
         title=f"Host {host.name}",
-        shown=_gpu_labels(gpus),
+        shown=[*_gpu_labels(gpus), *(c.label for c in certificates.values())],
         host=host,
         gpus=gpus,
+        certificates=certificates,
+        certificate_reader=readers,
+        can_return=officer,
         states=[(state, STATE_CHOICES[state]) for state in states],
         can_accredit=officer and principal.cleared_for(host.accreditation),
         levels=levels,
@@ -213,6 +232,27 @@ def propose_accreditation(name: str) -> ResponseReturnValue:
     flash(
         f"Proposed: accreditation {label} for host {name} ({proposal.status()}). A second, "
         "different officer must confirm it here."
+    )
+    return redirect(url_for("console.actions"), 303)
+
+
+@bp.post("/hosts/<name>/gpus/<pci:address>/return")
+def propose_gpu_return(name: str, address: str) -> ResponseReturnValue:
+    """Propose returning a quarantined GPU to service; a second officer confirms it under
+    two-person actions (the GPU then goes dirty and is handed over again)."""
+    ctx = caller()
+    reason = reason_field(request.form)
+    forms = HostForms(gpu=address, return_reason=reason, failed="return")
+
+    def again(error: SovereignError) -> Response:
+        forms.error = error.message
+        return _host_page(ctx, name, forms)
+
+    retry_form(again)
+    proposal = services().hosts.propose_return(ctx, name, address, reason)
+    flash(
+        f"Proposed: return GPU {address} of host {name} to service ({proposal.status()}). A "
+        "second, different officer must confirm it here."
     )
     return redirect(url_for("console.actions"), 303)
 
