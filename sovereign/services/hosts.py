@@ -499,7 +499,7 @@ def _find_gpu(uow: UnitOfWork, host: str, address: str) -> Gpu | None:
 class ReturnGpu:
     """Carries out a confirmed return of a quarantined GPU to service (the action service's
     executor for :attr:`~sovereign.domain.actions.ActionKind.RETURN_GPU`): ``quarantined ->
-    dirty`` with the audit event ``gpu:return`` on the GPU, so the reconciler hands it over
+    dirty`` with the audit event ``gpu:returned`` on the GPU, so the reconciler hands it over
     again and nothing uses it before a clean certificate."""
 
     def __init__(self, uow_factory: UnitOfWorkFactory, clock: Clock = utcnow) -> None:
@@ -526,7 +526,7 @@ class ReturnGpu:
         self._recorder.record(
             uow,
             ctx,
-            "gpu:return",
+            "gpu:returned",
             gpu_target(host, address),
             Outcome.ALLOW,
             reason=action.reason,
