@@ -57,6 +57,7 @@ __all__ = [
     "build_audit_log",
     "build_console_login",
     "build_hypervisor",
+    "build_sanitizer",
     "build_secret_store",
     "build_services",
     "build_workloads",
@@ -77,6 +78,7 @@ def build_services(
     probes: Sequence[Probe] | None = None,
     hypervisor: Hypervisor | None = None,
     workloads: Workloads | None = None,
+    sanitizer: Sanitizer | None = None,
     clock: Clock = utcnow,
 ) -> Services:
     """Assemble the services for ``config``; keyword overrides replace backends."""
@@ -160,12 +162,13 @@ def build_services(
         enclaves=enclaves,
         sessions=SessionAuditService(uow, clock, failures=auth_failures),
         auth_failures=auth_failures,
-        sanitizer=_sanitizer(),
+        sanitizer=sanitizer if sanitizer is not None else build_sanitizer(settings),
         sequencer=audit_log,
         reconciler_settings={
             "clock": clock,
             "claim_ttl": timedelta(seconds=settings.reconciler_claim_ttl_s),
             "max_attempts": settings.reconciler_max_attempts,
+            "sanitizer_deadline": timedelta(seconds=settings.sanitizer_deadline_s),
         },
         jobs=JobService(uow, secrets, workloads, limits=limits, wake=job_signal.set, clock=clock),
         datasets=DatasetService(
@@ -356,10 +359,15 @@ def _sql_audit_log(settings: Settings, engine: Any, *, read_only: bool = False) 
     return SqlAuditLog(engine, signer, settings.audit_origin, witness, keys_file=keys_file)
 
 
-def _sanitizer() -> Sanitizer:
-    from sovereign.adapters.sanitizer import RecordedSanitizer  # noqa: PLC0415
+def build_sanitizer(config: Settings | Mapping[str, Any]) -> Sanitizer:
+    """The GPU hand-over backend (SANITIZER_* settings).
 
-    return RecordedSanitizer()
+    Interim: the in-memory sanitizer until the simulated and libvirt backends are wired.
+    """
+    Settings.of(config)
+    from sovereign.adapters.memory_sanitizer import MemorySanitizer  # noqa: PLC0415
+
+    return MemorySanitizer()
 
 
 def _keycloak(settings: Settings, scheme: LabelScheme) -> IdentityProvider:
