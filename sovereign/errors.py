@@ -186,6 +186,25 @@ class WorkloadError(SovereignError):
     code = "workload-error"
 
 
+class GpuHandoverError(SovereignError):
+    """A GPU's hand-over between tenants failed (the reset or the scrub could not be done, or
+    gave no usable answer): the hand-over ends with a failed certificate and the GPU is
+    quarantined. ``reason`` (one line, no secret) goes into the certificate as it is.
+
+    Not for a host that cannot be reached now: that is a
+    :class:`DependencyUnavailableError`, retried later.
+    """
+
+    msg_fmt = "GPU hand-over failed: {reason}"
+    safe = True
+    code = "gpu-handover-failed"
+
+    def __init__(self, reason: str | None = None, **kwargs: Any) -> None:
+        self.reason = str(reason if reason is not None else kwargs.pop("reason", "unknown"))
+        kwargs.pop("reason", None)
+        super().__init__(None, reason=self.reason, **kwargs)
+
+
 class GoneError(SovereignError):
     """The thing existed but can never be read again (e.g. its key was crypto-erased)."""
 

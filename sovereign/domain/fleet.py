@@ -5,12 +5,13 @@ Owns :class:`Host`, :class:`Gpu` and :class:`Enclave` with their state machines:
 sanitizing -> free`` (isolation rule 2: a dirty GPU is never allocated) and may be
 ``quarantined`` from any state but ``allocated``; an enclave records where a request was placed
 and how far provisioning or teardown got (its life itself is the request's state). It also turns
-records into the snapshot :mod:`sovereign.domain.placement` decides on. It must not talk to
-libvirt or the database.
+records into the snapshot :mod:`sovereign.domain.placement` decides on, and names the libvirt
+domains of enclaves and of GPU sanitizers. It must not talk to libvirt or the database.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ __all__ = [
     "GPU_TRANSITIONS",
     "HOST_STATES",
     "PROVISION_STEPS",
+    "SANITIZER_DOMAIN_PREFIX",
     "TEARDOWN_STEPS",
     "Enclave",
     "FleetView",
@@ -46,6 +48,7 @@ __all__ = [
     "TeardownStep",
     "domain_name",
     "placement_request",
+    "sanitizer_domain_name",
 ]
 
 HOST_STATES: tuple[HostStatus, ...] = ("active", "draining", "quarantined")
@@ -250,3 +253,23 @@ def placement_request(request: EnclaveRequest, tenant: Tenant) -> PlacementReque
 def domain_name(enclave_id: uuid.UUID) -> str:
     """The libvirt domain name of an enclave (stable, unique, no label in it)."""
     return f"sov-{enclave_id.hex[:16]}"
+
+
+#: A PCI function address as the inventory records it (``DDDD:BB:SS.F``, hexadecimal).
+_PCI_ADDRESS = re.compile(r"[0-9A-Fa-f]{4}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-7]")
+
+#: The prefix of every sanitizer domain's name (no enclave's name starts with it).
+SANITIZER_DOMAIN_PREFIX = "sov-sanitize-"
+
+
+def sanitizer_domain_name(address: str) -> str:
+    """The libvirt domain name of the short-lived sanitizer domain of the GPU at ``address``.
+
+    One name per GPU (a leftover of a killed hand-over is found and destroyed by the next one),
+    ``sov-sanitize-`` and the PCI address with ``:`` and ``.`` replaced by ``-``.
+
+    :raises ValueError: ``address`` is not a PCI address (``DDDD:BB:SS.F``).
+    """
+    if not _PCI_ADDRESS.fullmatch(address):
+        raise ValueError(f"not a PCI address (expected DDDD:BB:SS.F): {address!r}")
+    return SANITIZER_DOMAIN_PREFIX + address.replace(":", "-").replace(".", "-")

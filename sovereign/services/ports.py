@@ -1,9 +1,10 @@
 """The ports the services depend on, as ``typing.Protocol``.
 
 Owns the interfaces of the repositories (jobs, datasets and sealed blobs among them), the unit
-of work, the identity provider, the enclaves' agents (:class:`Workloads`, :class:`AgentSession`)
-and the readiness probes, and the values that cross them (with :func:`plan_for`, which reads
-one).
+of work, the identity provider, the enclaves' agents (:class:`Workloads`, :class:`AgentSession`),
+the GPU sanitizer (:class:`Sanitizer`, with :class:`HandoverRequest` and
+:class:`HandoverEvidence`) and the readiness probes, and the values that cross them (with
+:func:`plan_for`, which reads one).
 Real backends live in :mod:`sovereign.adapters`, in-memory ones for unit tests in
 :mod:`sovereign.adapters.memory`; a contract test runs each port against all of them.
 """
@@ -566,13 +567,66 @@ class Hypervisor(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class HandoverRequest:
+    """One GPU's hand-over between tenants, as the reconciler asks a :class:`Sanitizer` for it.
+
+    Carries no secret but ``canary_nonce`` (the previous enclave's canary nonce, which only the
+    control plane keeps): a backend passes it to the scrub program and never logs it.
+    """
+
+    #: The host record's name, its hypervisor URI and libvirt host UUID (None if not recorded).
+    host: str
+    uri: str
+    host_uuid: str | None
+    #: The GPU's PCI address (``DDDD:BB:SS.F``), NVML UUID if known, model, and every function
+    #: of its IOMMU group (all of them are reset).
+    address: str
+    gpu_uuid: str | None
+    model: str
+    group_members: tuple[str, ...]
+    #: A fresh random nonce (32 bytes) the scrub program derives its fill pattern from.
+    nonce: bytes
+    #: The canary nonce of the GPU's previous enclave (32 bytes), None when it never had one.
+    canary_nonce: bytes | None
+    #: The whole hand-over (reset, sanitizer domain, scrub, clean-up) must end within this.
+    deadline_s: float
+    #: The name of the GPU's sanitizer domain
+    #: (:func:`sovereign.domain.fleet.sanitizer_domain_name`).
+    domain_name: str
+
+
+@dataclass(frozen=True)
+class HandoverEvidence:
+    """What a :class:`Sanitizer` did: the reset as the host recorded it and the scrub report.
+
+    Both are untrusted until :func:`sovereign.domain.handover.certificate` has checked them
+    (the report comes from a program inside a domain; types and bounds are checked there).
+    """
+
+    #: What the reset did, e.g. ``{"type": "libvirt-node-device-reset", "functions": [...],
+    #: "duration_ms": 12}`` or ``{"type": "none", "simulated": true, "note": "..."}``.
+    reset: dict[str, Any]
+    #: The scrub program's report (``sovereign-scrub/1``), as it came back.
+    report: dict[str, Any]
+    #: True where no real GPU was scrubbed (a simulated device memory stood in for it).
+    simulated: bool
+
+
 class Sanitizer(Protocol):
-    """Clears a GPU between tenants (isolation rule 2) and says what it did."""
+    """Hands a GPU over between tenants (isolation rule 2): resets it, scrubs and verifies its
+    memory, checks for the previous tenant's canary, and returns the evidence."""
 
-    def sanitize(self, uri: str, address: str) -> dict[str, Any]:
-        """Sanitize one GPU; returns the evidence for the audit event (method, result...).
+    def hand_over(self, request: HandoverRequest) -> HandoverEvidence:
+        """Do the whole hand-over of one GPU, within ``request.deadline_s``.
 
-        :raises DependencyUnavailableError: if it cannot be done now (retried later).
+        A leftover sanitizer domain of the same GPU (a killed earlier attempt) is destroyed
+        first; the sanitizer domain is gone when this returns or raises.
+
+        :raises DependencyUnavailableError: it cannot be done now (host unreachable): the GPU
+            stays ``sanitizing`` and the hand-over is retried later.
+        :raises GpuHandoverError: it was tried and failed (reset refused, scrub failed, no
+            answer within the deadline): the GPU is quarantined with a failed certificate.
         """
         ...
 
@@ -659,6 +713,13 @@ class AgentSession(Protocol):
 
     def discard(self, job: str) -> None:
         """Remove the job's directory in the enclave."""
+        ...
+
+    def plant_canary(self, canary_nonce: bytes) -> dict[str, Any]:
+        """Write the enclave's canary (derived from ``canary_nonce``) over the GPU memory the
+        finished job freed; the agent's answer, ``{"planted_bytes": int, "device": str}``
+        (``0`` and ``"none"`` where the enclave has no GPU nor simulated device memory).
+        Refused by the agent while a job runs."""
         ...
 
 
