@@ -117,8 +117,8 @@ def reset_functions(host: LibvirtHost, functions: Sequence[PciAddress]) -> Reset
             done.append(_reset_one(conn, host.uri, address))
     except UnsupportedError as e:
         raise UnsupportedError(
-            f"{host.uri} cannot reset PCI functions through libvirt: {e.message} (libvirt's "
-            f"test driver has no node device detach or reset)"
+            f"cannot reset PCI functions through libvirt on this driver (libvirt's test driver "
+            f"has no node device detach or reset): {e.message}"
         ) from e
     return ResetRecord(tuple(done), (time.monotonic() - started) * 1000.0)
 
