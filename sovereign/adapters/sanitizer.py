@@ -95,7 +95,7 @@ class SimulatedSanitizer:
             )
         except ImportError as e:
             raise GpuHandoverError(NO_TORCH) from e
-        except (RuntimeError, ValueError, OSError, MemoryError) as e:
+        except (scrub.ScrubError, RuntimeError, ValueError, OSError, MemoryError) as e:
             raise GpuHandoverError(_reason(f"the scrub program failed: {e}")) from e
         elapsed = time.monotonic() - started
         if elapsed > request.deadline_s:

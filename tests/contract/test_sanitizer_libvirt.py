@@ -114,7 +114,7 @@ def test_node_device_reset_is_unsupported_on_the_test_driver(host: LibvirtHost) 
 
 @pytest.mark.libvirt
 def test_unknown_function_is_not_found_on_the_test_driver(host: LibvirtHost) -> None:
-    with pytest.raises(NodeDeviceNotFoundError, match="0000:fe:1f.7"):
+    with pytest.raises(NodeDeviceNotFoundError, match=r"0000:fe:1f\.7"):
         reset_functions(host, [PciAddress.parse("0000:fe:1f.7")])
 
 
@@ -240,7 +240,7 @@ def test_real_libvirtd_reset_of_a_missing_function_is_not_found(libvirtd: Libvir
         }
         missing = PciAddress.parse("00fe:fe:1f.7")
         assert "pci_00fe_fe_1f_7" not in present
-        with pytest.raises(NodeDeviceNotFoundError, match="00fe:fe:1f.7"):
+        with pytest.raises(NodeDeviceNotFoundError, match=r"00fe:fe:1f\.7"):
             reset_functions(host, [missing])
     finally:
         host.close()

@@ -130,7 +130,7 @@ def test_a_function_on_no_driver_is_detached_and_reset() -> None:
 
 
 def test_missing_function_is_not_found() -> None:
-    with pytest.raises(NodeDeviceNotFoundError, match="0000:3b:00.1"):
+    with pytest.raises(NodeDeviceNotFoundError, match=r"0000:3b:00\.1"):
         reset_functions(host_with([], pci_0000_3b_00_0="nvidia"), [GPU, AUDIO])
 
 
@@ -143,7 +143,7 @@ def test_unsupported_reset_says_so() -> None:
 def test_refused_detach_stops_before_any_reset() -> None:
     calls: list[str] = []
     host = host_with(calls, pci_0000_3b_00_0="nvidia", pci_0000_3b_00_0_fail="detach")
-    with pytest.raises(EnclaveError, match="detaching PCI function 0000:3b:00.0"):
+    with pytest.raises(EnclaveError, match=r"detaching PCI function 0000:3b:00\.0"):
         reset_functions(host, [GPU])
     assert calls == ["detach pci_0000_3b_00_0"]
 

@@ -140,7 +140,8 @@ def test_readonly_disk_is_not_transient() -> None:
 def test_uuid_is_stable_per_name() -> None:
     spec = gpu_with_audio_function()
     assert design_sanitizer(spec).uuid == sanitizer_uuid(spec.name)
-    assert sanitizer_uuid("sov-sanitize-0000-3b-00-0") != sanitizer_uuid("sov-sanitize-0000-3b-00-1")
+    other = "sov-sanitize-0000-3b-00-1"
+    assert sanitizer_uuid(spec.name) != sanitizer_uuid(other)
 
 
 @pytest.mark.parametrize(
