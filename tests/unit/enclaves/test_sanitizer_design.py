@@ -16,10 +16,13 @@ import pytest
 
 from enclaves import config
 from enclaves.designer import AGENT_CHANNEL
+from enclaves.imagestore import ImageFile, StoredImage
 from enclaves.sanitizer import (
     SANITIZE_ARGUMENT,
+    SanitizerSettings,
     SanitizerSpec,
     design_sanitizer,
+    hand_over,
     sanitizer_uuid,
 )
 from enclaves.spec import PciAddress
@@ -182,3 +185,51 @@ def test_disk_parse_refuses_what_it_does_not_model(
     text = golden("sanitizer_gpu_with_audio_function").replace(needle, replacement)
     with pytest.raises(ValueError, match=message):
         config.DomainConfig.from_string(text)
+
+
+class NoHost:
+    """Any use of the host fails the test: these refusals come before the host is touched."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"the host was touched ({name})")
+
+
+def stored_image(tmp_path: Path, *, boot_files: bool = True) -> StoredImage:
+    entry = ImageFile(path=tmp_path / "x", sha256="0" * 64, size=1)
+    return StoredImage(
+        checksum="sha256:" + "ab" * 32,
+        disk=entry,
+        kernel=entry if boot_files else None,
+        initrd=entry if boot_files else None,
+        cmdline=CMDLINE,
+        recipe_digest="",
+    )
+
+
+@pytest.mark.parametrize(
+    ("functions", "settings", "timeout_s", "boot_files", "message"),
+    [
+        ((), SanitizerSettings(), 60.0, True, "simulated memory only"),
+        ((PciAddress.parse("0000:3b:00.0"),), SanitizerSettings(), 0.0, True, "timeout_s"),
+        ((PciAddress.parse("0000:3b:00.0"),), SanitizerSettings(), 60.0, False, "kernel"),
+    ],
+)
+def test_hand_over_refuses_before_touching_the_host(
+    tmp_path: Path,
+    functions: tuple[PciAddress, ...],
+    settings: SanitizerSettings,
+    timeout_s: float,
+    boot_files: bool,
+    message: str,
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        hand_over(
+            NoHost(),  # type: ignore[arg-type]
+            name="sov-sanitize-0000-3b-00-0",
+            functions=functions,
+            image=stored_image(tmp_path, boot_files=boot_files),
+            nonce=b"\0" * 32,
+            canary_nonce=None,
+            settings=settings,
+            timeout_s=timeout_s,
+        )
