@@ -162,7 +162,7 @@ def build_services(
         enclaves=enclaves,
         sessions=SessionAuditService(uow, clock, failures=auth_failures),
         auth_failures=auth_failures,
-        sanitizer=sanitizer if sanitizer is not None else build_sanitizer(settings),
+        sanitizer=sanitizer if sanitizer is not None else build_sanitizer(settings, hypervisor),
         sequencer=audit_log,
         reconciler_settings={
             "clock": clock,
@@ -359,15 +359,39 @@ def _sql_audit_log(settings: Settings, engine: Any, *, read_only: bool = False) 
     return SqlAuditLog(engine, signer, settings.audit_origin, witness, keys_file=keys_file)
 
 
-def build_sanitizer(config: Settings | Mapping[str, Any]) -> Sanitizer:
-    """The GPU hand-over backend (SANITIZER_* settings).
+def build_sanitizer(
+    config: Settings | Mapping[str, Any], hypervisor: Hypervisor | None = None
+) -> Sanitizer:
+    """The GPU hand-over backend, routed per host (SANITIZER_* settings).
 
-    Interim: the in-memory sanitizer until the simulated and libvirt backends are wired.
+    The test driver's simulated GPUs are scrubbed in process on SANITIZER_SIMULATED_MIB of
+    host memory (``simulated: true``); real hosts get a node-device reset and a scrub in a
+    sanitizer domain booted from SANITIZER_IMAGE, over ``hypervisor``'s connections (URI policy
+    and host identity pinning apply). A hypervisor without libvirt connections (a test double)
+    serves no real host: their hand-overs fail, and their GPUs are quarantined.
     """
-    Settings.of(config)
-    from sovereign.adapters.memory_sanitizer import MemorySanitizer  # noqa: PLC0415
+    settings = Settings.of(config)
+    from sovereign.adapters.sanitizer import (  # noqa: PLC0415
+        LibvirtSanitizer,
+        RoutingSanitizer,
+        SanitizerSettings,
+        SimulatedSanitizer,
+    )
 
-    return MemorySanitizer()
+    real: Sanitizer | None = None
+    hosts = getattr(hypervisor, "enclave_host", None)
+    if hosts is not None:
+        real = LibvirtSanitizer(
+            hosts,
+            image_dir=settings.image_dir,
+            image=settings.sanitizer_image,
+            settings=SanitizerSettings(
+                machine=settings.enclave_machine,
+                cpu_mode=settings.enclave_cpu_mode,
+                security_model=settings.enclave_security_model,
+            ),
+        )
+    return RoutingSanitizer(SimulatedSanitizer(settings.sanitizer_simulated_mib), real)
 
 
 def _keycloak(settings: Settings, scheme: LabelScheme) -> IdentityProvider:

@@ -202,8 +202,8 @@ def make_fleet(
     clock = clock if clock is not None else Clock()
     if hypervisor is None:
         hypervisor = MemoryHypervisor()
-        if sanitizer is None:
-            sanitizer = MemorySanitizer()
+    if sanitizer is None and isinstance(hypervisor, MemoryHypervisor):
+        sanitizer = MemorySanitizer()
     services = build_services(
         app.config,
         identity=_NoIdentity(),
