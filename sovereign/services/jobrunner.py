@@ -398,14 +398,19 @@ class JobRunner:
     def _plant_canary(agent: AgentSession, enclave: Enclave) -> dict[str, Any]:
         """Plant the enclave's canary over the GPU memory the job freed; what the agent said,
         for the ``job:finish`` event (never the nonce). A refusal (another job of the enclave
-        still runs) is recorded, not fatal: the hand-over scrubs the GPU all the same.
+        still runs) or no answer is recorded, never fatal: the job's outputs are collected
+        already, and the hand-over scrubs the GPU all the same.
 
-        :raises DependencyUnavailableError: the agent cannot be reached (retried next pass).
+        :raises DependencyUnavailableError: Vault or the database (not the agent) is down.
         """
         if enclave.canary_nonce is None:
             return {"planted": False, "reason": "the enclave has no canary nonce"}
         try:
             answer = agent.plant_canary(enclave.canary_nonce)
+        except DependencyUnavailableError as e:
+            if e.dependency != AGENT_DEPENDENCY:
+                raise
+            return {"planted": False, "reason": e.message[:MAX_ERROR]}
         except WorkloadError as e:
             return {"planted": False, "reason": e.message[:MAX_ERROR]}
         planted = answer.get("planted_bytes") if isinstance(answer, dict) else None
