@@ -8,6 +8,7 @@ its GPU is being handed over."""
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,14 +17,19 @@ from typing import Any
 import pytest
 
 from audit import AuditEvent
+from enclaves.hosts import bundled_host_path
+from enclaves.uri import UriPolicy
+from sovereign.adapters.memory_hypervisor import MemoryHost, MemoryHypervisor
 from sovereign.adapters.memory_sanitizer import MemorySanitizer
 from sovereign.adapters.memory_workloads import MemoryWorkloads
+from sovereign.bootstrap import build_sanitizer
+from sovereign.config import DEFAULTS
 from sovereign.domain.fleet import sanitizer_domain_name
 from sovereign.domain.jobs import JobManifest, JobStep
 from sovereign.errors import DependencyUnavailableError, GpuHandoverError
 from sovereign.services.ports import HandoverRequest
 from tests.support.factories import ANALYST_DEFENCE, ctx
-from tests.support.fleet import Fleet, make_fleet
+from tests.support.fleet import SECRET_NATO, Fleet, gpus, make_fleet
 
 DEADLINE_S = 30
 CLAIM_TTL_S = 60  # make_fleet's RECONCILER_CLAIM_TTL_S
@@ -378,3 +384,49 @@ def test_an_agent_refusing_the_canary_does_not_fail_the_job(
     (finish,) = fleet.events("job:finish")
     assert finish.details["canary"]["planted"] is False
     assert "garbage answer to canary" in finish.details["canary"]["reason"]
+
+
+def test_the_assembly_scrubs_test_driver_gpus_with_the_scrub_program(
+    database_url: str, tmp_path: Path
+):
+    """The embedded default's path: a ``test://`` host's GPUs handed over by the routing
+    sanitizer the assembly builds, which runs the real scrub program on 1 MiB of host memory
+    per GPU (``simulated: true``); a host outside the test driver without a libvirt connection
+    gets no hand-over at all (quarantined, never free)."""
+    hosts = tmp_path / "hosts"
+    hosts.mkdir()
+    shutil.copy(bundled_host_path("secret-h100x8"), hosts / "sim.xml")
+    uri = f"test://{hosts / 'sim.xml'}"
+    hypervisor = MemoryHypervisor(
+        UriPolicy(transports=frozenset({"test"}), test_dirs=(str(hosts),))
+    )
+    config = {**DEFAULTS, "SANITIZER_SIMULATED_MIB": 1, "SANITIZER_DEADLINE_S": 60}
+    made = make_fleet(
+        database_url,
+        folder=tmp_path,
+        hypervisor=hypervisor,
+        hosts={
+            "sim-1": (uri, SECRET_NATO, MemoryHost(gpus=gpus(2))),
+            "other-1": ("mem://other-1", SECRET_NATO, MemoryHost(gpus=gpus(1, 0x40))),
+        },
+        sanitizer=build_sanitizer(config, hypervisor),
+    )
+    try:
+        states = made.gpu_states()
+        assert states["sim-1/0000:18:00.0"] == states["sim-1/0000:19:00.0"] == "free"
+        assert states["other-1/0000:40:00.0"] == "quarantined"
+        by_target = {e.target: e.details["certificate"] for e in made.events("gpu:handover")}
+        cert = by_target["gpu/sim-1/0000:18:00.0"]
+        assert cert["verdict"] == "clean"
+        assert cert["simulated"] is True
+        assert cert["reset"]["type"] == "none"
+        assert cert["scrub"]["device"] == "cpu"
+        assert cert["scrub"]["bytes_total"] == 1 << 20
+        assert cert["scrub"]["coverage"] >= 0.99
+        assert cert["scrub"]["patterns"] == ["zeros", "nonce"]
+        assert cert["canary_hits"] == 0
+        other = by_target["gpu/other-1/0000:40:00.0"]
+        assert other["verdict"] == "failed"
+        assert "no sanitizer is configured" in other["reason"]
+    finally:
+        made.services.close()
