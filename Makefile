@@ -19,7 +19,7 @@ APT_TEST := $(APT_RUN) postgresql qemu-system-x86 libvirt-daemon-system swtpm sw
 # tiny guest (bench/enclaves.py's boot), without the browser.
 APT_BENCH := $(APT_RUN) postgresql qemu-system-x86 libvirt-daemon-system swtpm swtpm-tools \
              busybox-static cpio
-BENCHMARKS := api audit enclaves keys placement workloads
+BENCHMARKS := api audit enclaves gpu_scrub keys placement workloads
 
 .PHONY: run test lint typecheck contracts pytest bench bench-setup clean help
 
@@ -32,14 +32,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# workloads: PyTorch, which runs the scrub program of every GPU hand-over (on the embedded
+# default, over simulated device memory) and the jobs of process enclaves.
 $(VENV)/.run-installed: pyproject.toml | $(BIN)/python
 	bash .ci/apt-install $(APT_RUN)
-	$(BIN)/pip install --quiet -e '.[devstack,libvirt]'
+	$(BIN)/pip install --quiet -e '.[devstack,libvirt,workloads]'
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	bash .ci/apt-install $(APT_TEST)
-	$(BIN)/pip install --quiet -e '.[devstack,libvirt,postgres,test]'
+	$(BIN)/pip install --quiet -e '.[devstack,libvirt,postgres,test,workloads]'
 	touch $@ $(VENV)/.run-installed
 
 $(VENV)/.bench-installed: pyproject.toml | $(BIN)/python

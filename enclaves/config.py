@@ -336,6 +336,11 @@ class DiskConfig:
     target_bus: str
     #: UUID of the ``<secret type='passphrase'>`` unlocking the LUKS volume, if encrypted.
     luks_secret_uuid: uuid.UUID | None = None
+    #: ``<readonly/>``: the guest cannot write the disk at all.
+    readonly: bool = False
+    #: ``<transient/>``: the guest writes to an overlay libvirt creates next to the source when
+    #: the domain starts and deletes when it stops; the source itself is never written.
+    transient: bool = False
 
     def to_xml(self) -> ElementTree.Element:
         """Build the ``<disk>`` element."""
@@ -343,6 +348,10 @@ class DiskConfig:
         _sub(element, "driver", name="qemu", type=self.driver_type)
         _sub(element, "source", file=self.source_file)
         _sub(element, "target", dev=self.target_dev, bus=self.target_bus)
+        if self.readonly:
+            _sub(element, "readonly")
+        if self.transient:
+            _sub(element, "transient")
         if self.luks_secret_uuid is not None:
             encryption = _sub(element, "encryption", format="luks")
             _sub(encryption, "secret", type="passphrase", uuid=str(self.luks_secret_uuid))
@@ -357,7 +366,13 @@ class DiskConfig:
         _expect(element, "disk")
         if element.get("type") != "file" or element.get("device") != "disk":
             raise ValueError("only <disk type='file' device='disk'> is supported")
-        _only_children(element, ("driver", "source", "target", "encryption"))
+        _only_children(
+            element, ("driver", "source", "target", "readonly", "transient", "encryption")
+        )
+        for flag in ("readonly", "transient"):
+            found = element.find(flag)
+            if found is not None and (len(found) or found.attrib):
+                raise ValueError(f"only a plain <{flag}/> is supported")
         target = _child(element, "target")
         secret_uuid = None
         encryption = element.find("encryption")
@@ -374,6 +389,8 @@ class DiskConfig:
             target_dev=_attr(target, "dev"),
             target_bus=_attr(target, "bus"),
             luks_secret_uuid=secret_uuid,
+            readonly=element.find("readonly") is not None,
+            transient=element.find("transient") is not None,
         )
 
 

@@ -187,6 +187,35 @@ class EnclaveHost:
         self.conn.close()
 
 
+def upload_image(host: EnclaveHost, image: StoredImage) -> str:
+    """Upload ``image``'s disk, kernel and initramfs into ``host``'s pool once, each verified
+    against the image's manifest as it streams; return the disk's volume name.
+
+    :raises EnclaveError: if a file does not match its manifest hash or libvirt refuses.
+    """
+    for entry, suffix, fmt in (
+        (image.disk, "qcow2", "qcow2"),
+        (image.kernel, "vmlinuz", "raw"),
+        (image.initrd, "initrd", "raw"),
+    ):
+        if entry is None:
+            continue
+        capacity = check_qcow2(entry.path) if fmt == "qcow2" else entry.size
+        host.volumes.upload(
+            image_volume(image, suffix),
+            entry.path,
+            sha256=entry.sha256,
+            fmt="qcow2" if fmt == "qcow2" else "raw",
+            capacity=capacity,
+        )
+    return image_volume(image, "qcow2")
+
+
+def pool_volume_path(host: EnclaveHost, name: str) -> str:
+    """Where the pool volume ``name`` lives on ``host`` (libvirt's answer, else the pool path)."""
+    return host.volumes.path(name) or str(Path(host.settings.pool_path) / name)
+
+
 class HostedEnclave:
     """One enclave on one host: its steps, each idempotent, and its console."""
 
@@ -292,23 +321,7 @@ class HostedEnclave:
     def _upload(self, image: StoredImage) -> str:
         """Upload the image's files into the host's pool once, verified; return the disk's
         volume name."""
-        volumes = self._host.volumes
-        for entry, suffix, fmt in (
-            (image.disk, "qcow2", "qcow2"),
-            (image.kernel, "vmlinuz", "raw"),
-            (image.initrd, "initrd", "raw"),
-        ):
-            if entry is None:
-                continue
-            capacity = check_qcow2(entry.path) if fmt == "qcow2" else entry.size
-            volumes.upload(
-                image_volume(image, suffix),
-                entry.path,
-                sha256=entry.sha256,
-                fmt="qcow2" if fmt == "qcow2" else "raw",
-                capacity=capacity,
-            )
-        return image_volume(image, "qcow2")
+        return upload_image(self._host, image)
 
     def _define_secrets(self, keys: EnclaveKeys | None) -> str:
         plan, host = self._plan, self._host
@@ -334,7 +347,7 @@ class HostedEnclave:
         return self._pool_volume_path(self._plan.domain_name)
 
     def _pool_volume_path(self, name: str) -> str:
-        return self._host.volumes.path(name) or str(Path(self._settings.pool_path) / name)
+        return pool_volume_path(self._host, name)
 
     def _check_gpus(self) -> None:
         """Refuse a GPU the host does not have, or one another domain already holds.

@@ -61,6 +61,10 @@ class NetworkNotFoundError(NotFoundError):
     """The hypervisor has no virtual network with the requested name."""
 
 
+class NodeDeviceNotFoundError(NotFoundError):
+    """The hypervisor has no node device (a host PCI function) with the requested name."""
+
+
 class EnclaveRefusedError(EnclaveError):
     """The enclave as planned may not be built: its spec is invalid or breaks an isolation
     rule (the designer's refusal), or what a step needs is missing (its keys). Retrying the

@@ -43,6 +43,7 @@ from enclaves.errors import (
     HostIdentityChangedError,
     HypervisorUnavailableError,
     NetworkNotFoundError,
+    NodeDeviceNotFoundError,
     NotFoundError,
     SecretNotFoundError,
     StoragePoolNotFoundError,
@@ -70,6 +71,7 @@ _NOT_FOUND_ERROR_CODES: tuple[tuple[str, type[NotFoundError]], ...] = (
     ("VIR_ERR_NO_STORAGE_VOL", VolumeNotFoundError),
     ("VIR_ERR_NO_SECRET", SecretNotFoundError),
     ("VIR_ERR_NO_NETWORK", NetworkNotFoundError),
+    ("VIR_ERR_NO_NODE_DEVICE", NodeDeviceNotFoundError),
 )
 #: What libvirt's ``virCheckFlags`` says (with ``VIR_ERR_INVALID_ARG``) when a driver does not
 #: know a flag; the text has been stable since libvirt 0.9 and is the only way to tell this
@@ -147,6 +149,7 @@ def _translate(action: str, *, unavailable: bool = False) -> Iterator[None]:
     :raises VolumeNotFoundError: when libvirt reports ``VIR_ERR_NO_STORAGE_VOL``.
     :raises SecretNotFoundError: when libvirt reports ``VIR_ERR_NO_SECRET``.
     :raises NetworkNotFoundError: when libvirt reports ``VIR_ERR_NO_NETWORK``.
+    :raises NodeDeviceNotFoundError: when libvirt reports ``VIR_ERR_NO_NODE_DEVICE``.
     :raises UnsupportedError: when the driver lacks the function (``VIR_ERR_NO_SUPPORT``) or
         one of the flags passed to it.
     :raises EnclaveError: for any other libvirt error.

@@ -131,8 +131,9 @@ class Recipe:
         "systemd-sysv",
         "python3",
     )
-    #: pip requirements, pinned: the CPU build of PyTorch (found on this machine's disk) and numpy.
-    wheels: tuple[str, ...] = ("torch==2.13.0", "numpy==2.4.6")
+    #: pip requirements, pinned: the CPU build of PyTorch (found on this machine's disk), numpy
+    #: and nvidia-ml-py (pynvml: the scrub program's NVML read of the GPU's identity and state).
+    wheels: tuple[str, ...] = ("torch==2.13.0", "numpy==2.4.6", "nvidia-ml-py==13.615.71")
     #: Extra ``pip download`` arguments (the CUDA variant names PyTorch's wheel index here).
     pip_args: tuple[str, ...] = ()
     cmdline: str = "root=/dev/vda rw console=ttyS0"
@@ -208,8 +209,14 @@ def cuda_recipe(cuda: str = "cu128") -> Recipe:
             "nvidia-kernel-dkms",
             "firmware-misc-nonfree",
         ),
-        wheels=("torch==2.13.0", "numpy==2.4.6"),
-        pip_args=("--index-url", f"https://download.pytorch.org/whl/{cuda}"),
+        wheels=base.wheels,
+        # nvidia-ml-py is not on PyTorch's index: PyPI is the extra one (every wheel is pinned).
+        pip_args=(
+            "--index-url",
+            f"https://download.pytorch.org/whl/{cuda}",
+            "--extra-index-url",
+            "https://pypi.org/simple",
+        ),
         files=base.files,
     )
 

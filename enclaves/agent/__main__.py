@@ -15,6 +15,11 @@ namespace once none runs (see :class:`.server.Agent`); in a guest (``--device`` 
 ``--job-user``) it does the same to every process of the job user. Its own log (stderr, which
 the process enclave writes to a file on the host's disk) is bounded: lines are cut,
 rate-limited and capped in total (:class:`BoundedLogHandler`).
+
+A sanitizer domain boots the same image with ``sovereign.mode=sanitize`` on the kernel command
+line (or the agent gets ``--sanitize-only``): the agent then answers only ``hello`` and
+``scrub``. ``--simulated-gpu-mib`` gives an agent without a GPU (the process enclave, tests, a
+guest under TCG) host memory that ``scrub`` and ``canary`` treat as the GPU's.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from .protocol import MAX_SIMULATE_MIB
 from .server import Agent, JobUser, Stream, namespace_strays, user_strays
 
 #: A unix-socket connection that sends nothing for this long is closed, so a client that
@@ -59,6 +65,9 @@ _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
 #: The inode of the initial PID namespace (the kernel's PROC_PID_INIT_INO).
 _INIT_PID_NS_INODE = 0xEFFFFFFC
+#: The kernel command line, and the token on it that starts the agent in sanitize mode.
+PROC_CMDLINE = "/proc/cmdline"
+SANITIZE_TOKEN = "sovereign.mode=sanitize"  # noqa: S105 - a kernel argument, no secret
 
 log = logging.getLogger("sovereign_agent")
 
@@ -99,7 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         simulated=args.simulated,
         gpus=_gpus(),
         sweep=_sweep(args, job_user),
+        simulated_gpu_mib=args.simulated_gpu_mib,
+        sanitize_only=args.sanitize_only or sanitize_requested(),
+        scrub_python=args.scrub_python,
     )
+    if agent.sanitize_only:
+        log.info("sanitize mode: answering only hello and scrub")
     if args.device:
         _serve_device(agent, args.device)
     else:
@@ -131,6 +145,19 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-digest-file", help="file holding the guest image's digest")
     parser.add_argument("--simulated", action="store_true", help="report a simulated enclave")
     parser.add_argument(
+        "--scrub-python", help="interpreter the scrub program runs with (needs torch; --python)"
+    )
+    parser.add_argument(
+        "--simulated-gpu-mib",
+        type=_simulated_mib,
+        help="host memory (MiB) that scrub and canary treat as the GPU's where there is none",
+    )
+    parser.add_argument(
+        "--sanitize-only",
+        action="store_true",
+        help=f"answer only hello and scrub (also set by {SANITIZE_TOKEN} on the kernel cmdline)",
+    )
+    parser.add_argument(
         "--outside-peers-only",
         action="store_true",
         help="close every connection from a process inside the agent's PID namespace",
@@ -141,6 +168,22 @@ def _parser() -> argparse.ArgumentParser:
         help="the PID namespace is the agent's: kill all but it and its ancestors when no job runs",
     )
     return parser
+
+
+def _simulated_mib(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= MAX_SIMULATE_MIB:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to {MAX_SIMULATE_MIB}")
+    return int(text)
+
+
+def sanitize_requested(path: str = PROC_CMDLINE) -> bool:
+    """Whether the kernel command line at ``path`` holds :data:`SANITIZE_TOKEN` (a word of it)."""
+    try:
+        with open(path, "rb") as file:
+            words = file.read(1 << 16).decode("ascii", "replace").split()
+    except OSError:
+        return False
+    return SANITIZE_TOKEN in words
 
 
 def _serve_device(agent: Agent, device: str) -> None:

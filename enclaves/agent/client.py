@@ -40,6 +40,10 @@ MAX_TEXT = 256
 MAX_GPUS = 64
 #: Upload chunks in flight before the first is acknowledged (at most 8 MiB).
 PUT_WINDOW = 8
+#: Deepest nesting a scrub report may have (its ``device_state`` holds small objects).
+MAX_REPORT_DEPTH = 4
+#: Most keys (all levels together) a scrub report may have.
+MAX_REPORT_KEYS = 256
 #: Bytes read from the transport at a time.
 _RECV_SIZE = 1 << 16
 
@@ -63,6 +67,8 @@ class AgentHello:
     simulated: bool
     gpus: tuple[AgentGpu, ...]
     python: str
+    #: ``jobs``, or ``sanitize`` (the agent answers only hello and scrub).
+    mode: str = "jobs"
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,9 @@ class AgentClient:
         simulated = reply.get("simulated")
         if not isinstance(simulated, bool):
             raise self._protocol_error("malformed hello")
+        mode = reply.get("mode", "jobs")
+        if mode not in protocol.MODES:
+            raise self._protocol_error("agent reported an unknown mode")
         return AgentHello(
             protocol=self._count(reply, "protocol"),
             agent_version=self._text(reply, "agent_version"),
@@ -127,7 +136,55 @@ class AgentClient:
             simulated=simulated,
             gpus=tuple(gpus),
             python=self._text(reply, "python"),
+            mode=str(mode),
         )
+
+    def scrub(
+        self,
+        *,
+        nonce: bytes,
+        canary_nonce: bytes | None,
+        simulate_mib: int | None,
+        timeout_s: float,
+    ) -> dict[str, Any]:
+        """Have the agent run the scrub program; its report, a JSON object within bounds.
+
+        Only the shape is checked here (an object of at most :data:`MAX_REPORT_KEYS` keys,
+        :data:`MAX_REPORT_DEPTH` deep, within the frame's 64 KiB): the report is the guest's
+        word, and the control plane validates its fields before it believes any.
+
+        :raises ValueError: if an argument is malformed.
+        :raises AgentError: if the agent refuses, misbehaves or does not answer in ``timeout_s``.
+        """
+        fields: dict[str, Any] = {"nonce": _nonce_hex(nonce, "nonce")}
+        if canary_nonce is not None:
+            fields["canary_nonce"] = _nonce_hex(canary_nonce, "canary_nonce")
+        if simulate_mib is not None:
+            protocol.check_simulate_mib(simulate_mib)
+            fields["simulate_mib"] = simulate_mib
+        _check_timeout(timeout_s)
+        reply = self._call_frame("scrub", fields, kind=protocol.KIND_REPLY, timeout_s=timeout_s)
+        report = {key: value for key, value in reply.header.items() if key != "id"}
+        if _json_keys(report, MAX_REPORT_DEPTH) > MAX_REPORT_KEYS:
+            raise self._protocol_error("agent sent an oversized scrub report")
+        return report
+
+    def plant_canary(self, canary_nonce: bytes, *, timeout_s: float) -> dict[str, Any]:
+        """Have the agent write the canary over the device memory the last job freed.
+
+        Returns ``{"planted_bytes": int, "device": str}`` (``0`` and ``"none"`` where the agent
+        has neither a GPU nor simulated device memory).
+
+        :raises ValueError: if an argument is malformed.
+        :raises AgentError: if the agent refuses (a job runs), misbehaves or does not answer.
+        """
+        fields = {"canary_nonce": _nonce_hex(canary_nonce, "canary_nonce")}
+        _check_timeout(timeout_s)
+        reply = self._call_frame("canary", fields, kind=protocol.KIND_REPLY, timeout_s=timeout_s)
+        return {
+            "planted_bytes": self._count(reply.header, "planted_bytes"),
+            "device": self._text(reply.header, "device"),
+        }
 
     def put(
         self,
@@ -387,9 +444,15 @@ class AgentClient:
         return self._call_frame(op, fields, payload, kind=protocol.KIND_REPLY).header
 
     def _call_frame(
-        self, op: str, fields: dict[str, Any], payload: bytes = b"", *, kind: int
+        self,
+        op: str,
+        fields: dict[str, Any],
+        payload: bytes = b"",
+        *,
+        kind: int,
+        timeout_s: float | None = None,
     ) -> Frame:
-        return self._receive(op, self._send(op, fields, payload), kind=kind)
+        return self._receive(op, self._send(op, fields, payload), kind=kind, timeout_s=timeout_s)
 
     def _send(self, op: str, fields: dict[str, Any], payload: bytes | memoryview = b"") -> int:
         """Send one request; returns its id. The payload is sent from the caller's buffer."""
@@ -414,9 +477,12 @@ class AgentClient:
             raise
         return request_id
 
-    def _receive(self, op: str, request_id: int, *, kind: int) -> Frame:
+    def _receive(
+        self, op: str, request_id: int, *, kind: int, timeout_s: float | None = None
+    ) -> Frame:
         """Read the answer to request ``request_id`` within the call's timeout and check it."""
-        reader = _Reader(self._transport, time.monotonic() + self._timeout_s)
+        wait = self._timeout_s if timeout_s is None else timeout_s
+        reader = _Reader(self._transport, time.monotonic() + wait)
         try:
             try:
                 frame = protocol.read_frame(reader.read_exact)
@@ -528,6 +594,32 @@ def _prefix_digests(data: bytes) -> list[str]:
         hasher.update(view[start : start + protocol.MAX_PAYLOAD])
         digests.append(hasher.hexdigest())
     return digests or [hasher.hexdigest()]
+
+
+def _nonce_hex(nonce: bytes, name: str) -> str:
+    if not isinstance(nonce, bytes) or len(nonce) != 32:
+        raise ValueError(f"{name} must be 32 bytes")
+    return nonce.hex()
+
+
+def _check_timeout(timeout_s: float) -> None:
+    if (
+        not isinstance(timeout_s, int | float)
+        or isinstance(timeout_s, bool)
+        or not math.isfinite(timeout_s)
+        or timeout_s <= 0
+    ):
+        raise ValueError("timeout_s must be a positive number of seconds")
+
+
+def _json_keys(value: Any, depth: int) -> int:
+    """How many object keys and list items ``value`` holds; beyond ``depth`` levels, too many."""
+    if not isinstance(value, dict | list):
+        return 0
+    if depth == 0:
+        return MAX_REPORT_KEYS + 1
+    items = list(value.values()) if isinstance(value, dict) else value
+    return len(items) + sum(_json_keys(item, depth - 1) for item in items)
 
 
 def _check_job(job: str) -> None:

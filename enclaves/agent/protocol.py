@@ -14,7 +14,8 @@ payload. The ops and their request fields are :data:`OPS`; what they answer:
 
 ==========  =====================================================================================
 hello       ``{protocol, agent_version, image_digest, simulated, gpus: [{name, uuid,
-            memory_mib}], python}`` (``python``: the jobs' interpreter version)
+            memory_mib}], python, mode}`` (``python``: the jobs' interpreter version;
+            ``mode``: ``jobs``, or ``sanitize`` when the agent answers only hello and scrub)
 put_begin   ``{have}``: bytes of the file the agent already holds (resume from there); the
             request announces the file's ``size`` and whole-file ``sha256`` (its identity)
 put_chunk   ``{have}`` after appending the payload at ``offset`` (which must equal ``have``);
@@ -32,7 +33,18 @@ cancel      status
 outputs     ``{files: [{name, size, sha256}]}``: regular files matching the globs
 get         data: file bytes from ``offset`` (at most ``limit``, at most 1 MiB)
 discard     ``{}``
+scrub       the scrub program's report (``sovereign-scrub/1``, see ``scrub.py``): the agent runs
+            it as a subprocess on the guest's GPU, or on its simulated device memory where it
+            has no GPU (``simulate_mib`` in MiB, else the agent's ``--simulated-gpu-mib``).
+            ``nonce`` and the optional ``canary_nonce`` are 64 hex digits (32 bytes)
+canary      ``{planted_bytes, device}``: the canary word of ``canary_nonce`` written over all the
+            device memory a fresh process can claim (the memory the last job freed); ``0`` and
+            ``"none"`` where the agent has neither a GPU nor simulated device memory
 ==========  =====================================================================================
+
+``scrub`` and ``canary`` are refused while a job runs. In sanitize mode (the guest's kernel
+command line holds ``sovereign.mode=sanitize``, or the agent's ``--sanitize-only``) the agent
+answers only ``hello`` and ``scrub``.
 
 It must import nothing but the standard library and nothing of its own package but relative
 modules: it is copied into the guest image as ``sovereign_agent.protocol`` (an import-linter
@@ -91,11 +103,17 @@ MAX_RUNTIME_S: Final = 7 * 24 * 3600
 MAX_MESSAGE: Final = 200
 #: Longest relative path or pattern.
 MAX_PATH: Final = 255
+#: Largest simulated device memory a ``scrub`` may ask for, in MiB (the scrub program's bound).
+MAX_SIMULATE_MIB: Final = 64 << 10
+#: The agent's modes: all ops, or only ``hello`` and ``scrub`` (a sanitizer domain).
+MODES: Final = ("jobs", "sanitize")
+SANITIZE_OPS: Final = frozenset({"hello", "scrub"})
 
 _JOB = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _PATH = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
 _PATTERN = re.compile(r"[A-Za-z0-9._*?-]+(/[A-Za-z0-9._*?-]+)*")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_NONCE = re.compile(r"[0-9a-f]{64}")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
@@ -230,6 +248,9 @@ OPS: Final[Mapping[str, Mapping[str, type | tuple[type, ...]]]] = {
     "outputs": {"job": str, "patterns": list},
     "get": {"job": str, "name": str, "offset": int, "limit": int},
     "discard": {"job": str},
+    # Optional fields (checked by the handler): canary_nonce (str or null), simulate_mib.
+    "scrub": {"nonce": str},
+    "canary": {"canary_nonce": str},
 }
 
 
@@ -329,6 +350,28 @@ def check_sha256(digest: object) -> str:
     if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
         raise ValueError("sha256 must be 64 lower-case hex digits")
     return digest
+
+
+def check_nonce(nonce: object) -> str:
+    """Return ``nonce`` if it is 64 lower-case hex digits (32 bytes).
+
+    :raises ValueError: otherwise.
+    """
+    if not isinstance(nonce, str) or not _NONCE.fullmatch(nonce):
+        raise ValueError("a nonce must be 64 lower-case hex digits")
+    return nonce
+
+
+def check_simulate_mib(value: object) -> int | None:
+    """Return ``value`` if it is ``None`` or an integer from 1 to :data:`MAX_SIMULATE_MIB`.
+
+    :raises ValueError: otherwise.
+    """
+    if value is None:
+        return None
+    if not is_int(value) or not 1 <= value <= MAX_SIMULATE_MIB:
+        raise ValueError(f"simulate_mib must be an integer from 1 to {MAX_SIMULATE_MIB}")
+    return value
 
 
 def safe_message(text: str) -> str:

@@ -17,6 +17,11 @@ not outlive the job: in the process enclave, where the agent owns its PID namesp
 the agent and its ancestors (:func:`namespace_strays`); in a guest, every process of the job
 user (:func:`user_strays`).
 
+``scrub`` and ``canary`` run the scrub program (``scrub.py`` beside this module, which needs
+torch) as a subprocess, ``python -m <this package>.scrub``, bounded in time and output and never
+while a job runs; the agent never imports it. In sanitize mode (a sanitizer domain) the agent
+answers only ``hello`` and ``scrub``.
+
 It must import only the standard library and :mod:`.protocol` (relatively): it is copied into
 the guest image as ``sovereign_agent.server``.
 """
@@ -55,6 +60,12 @@ KILL_WAIT_S: Final = 10.0
 MAX_SCANNED: Final = 100_000
 #: How long a sweep waits for the processes it killed to be gone (and reaped).
 SWEEP_WAIT_S: Final = 5.0
+#: Longest run of the scrub program (a whole GPU's scan, fills and verifies, torch's start).
+SCRUB_MAX_RUNTIME_S: Final = 600.0
+#: Most bytes the scrub program may print (its report is one JSON line of a few KiB).
+SCRUB_MAX_OUTPUT: Final = 64 << 10
+#: How much of the scrub program's stderr is kept for the agent's log when it fails.
+_SCRUB_STDERR_TAIL: Final = 2048
 _HASH_BLOCK: Final = 1 << 20
 _LOG_TRUNCATED: Final = b"\n[sovereign-agent: log truncated at 16 MiB]\n"
 
@@ -171,6 +182,10 @@ class Agent:
         simulated: bool = False,
         gpus: list[dict[str, Any]] | None = None,
         sweep: Callable[[], list[int]] | None = None,
+        simulated_gpu_mib: int | None = None,
+        sanitize_only: bool = False,
+        scrub_python: str | None = None,
+        scrub_timeout_s: float = SCRUB_MAX_RUNTIME_S,
     ) -> None:
         self.root = os.path.realpath(root)
         self.jobs_dir = os.path.join(self.root, "jobs")
@@ -183,6 +198,11 @@ class Agent:
         self.image_digest = image_digest
         self.simulated = simulated
         self.gpus = gpus or []
+        #: Host memory standing in for a GPU's where the agent has none (scrub, canary).
+        self.simulated_gpu_mib = protocol.check_simulate_mib(simulated_gpu_mib)
+        self.sanitize_only = sanitize_only
+        self.scrub_python = scrub_python or python
+        self.scrub_timeout_s = scrub_timeout_s
         #: The processes to kill when no job runs (None: only the jobs' process groups).
         self._sweep = sweep
         self._lock = threading.Lock()
@@ -214,6 +234,8 @@ class Agent:
     def handle(self, op: str, request_id: int, frame: Frame) -> bytes:
         """Run one checked request and return the encoded answer (a reply or an error)."""
         handler: Callable[[dict[str, Any], bytes], Answer] = getattr(self, f"_op_{op}")
+        if self.sanitize_only and op not in protocol.SANITIZE_OPS:
+            handler = _refuse_in_sanitize_mode
         try:
             kind, header, payload = handler(frame.header, frame.payload)
             return protocol.encode(Frame(kind, {**header, "id": request_id}, payload))
@@ -243,6 +265,7 @@ class Agent:
                 "simulated": self.simulated,
                 "gpus": self.gpus,
                 "python": self.python_version,
+                "mode": "sanitize" if self.sanitize_only else "jobs",
             },
             b"",
         )
@@ -480,6 +503,82 @@ class Agent:
             if os.path.lexists(self._job_dir(job)):
                 shutil.rmtree(self._job_dir(job), onerror=_force_remove)
         return protocol.KIND_REPLY, {}, b""
+
+    def _op_scrub(self, header: dict[str, Any], payload: bytes) -> Answer:
+        nonce = protocol.check_nonce(header["nonce"])
+        canary = header.get("canary_nonce")
+        if canary is not None:
+            protocol.check_nonce(canary)
+        simulate = protocol.check_simulate_mib(header.get("simulate_mib"))
+        argv = ["scrub", "--nonce", nonce]
+        if self.gpus:
+            # A GPU is there: it is what gets scrubbed, whatever the request says.
+            argv += ["--device", "cuda"]
+        else:
+            simulate = simulate or self.simulated_gpu_mib
+            if simulate is None:
+                raise RequestError("no GPU and no simulated device memory to scrub")
+            argv += ["--device", "cpu", "--simulate-mib", str(simulate)]
+        if canary is not None:
+            argv += ["--canary-nonce", canary]
+        return protocol.KIND_REPLY, self._scrub_program(argv), b""
+
+    def _op_canary(self, header: dict[str, Any], payload: bytes) -> Answer:
+        canary = protocol.check_nonce(header["canary_nonce"])
+        argv = ["plant", "--canary-nonce", canary]
+        if self.gpus:
+            argv += ["--device", "cuda"]
+        elif self.simulated_gpu_mib is not None:
+            argv += ["--device", "cpu", "--simulate-mib", str(self.simulated_gpu_mib)]
+        else:
+            with self._lock:
+                if self._running:
+                    raise RequestError("a job is running")
+            return protocol.KIND_REPLY, {"planted_bytes": 0, "device": "none"}, b""
+        answer = self._scrub_program(argv)
+        planted, device = answer.get("planted_bytes"), answer.get("device")
+        if not protocol.is_int(planted) or planted < 0 or not isinstance(device, str):
+            raise RequestError("the scrub program gave a malformed answer")
+        return protocol.KIND_REPLY, {"planted_bytes": planted, "device": device[:64]}, b""
+
+    def _scrub_program(self, argv: list[str]) -> dict[str, Any]:
+        """Run ``python -m <package>.scrub ARGV`` (never while a job runs); its JSON answer.
+
+        The program's own error answer (``{"error": ...}``) becomes a refusal.
+        """
+        package = __package__ or "sovereign_agent"
+        # The directory holding the package's top level (``sovereign_agent`` or ``enclaves``).
+        top = os.path.dirname(os.path.abspath(__file__))
+        for _ in package.split("."):
+            top = os.path.dirname(top)
+        env = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "PYTHONPATH": top,
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "HOME": "/nonexistent",
+        }
+        command = [self.scrub_python, "-m", f"{package}.scrub", *argv]
+        with self._lock:
+            if self._running:
+                raise RequestError("a job is running")
+            status, out, err = _run_bounded(
+                command, env=env, timeout_s=self.scrub_timeout_s, cap=SCRUB_MAX_OUTPUT
+            )
+        lines = out.decode("utf-8", "replace").strip().splitlines()
+        try:
+            answer = json.loads(lines[-1]) if lines else None
+        except ValueError:
+            answer = None
+        if status is None:
+            raise RequestError("the scrub program ran out of time or output")
+        if not isinstance(answer, dict):
+            log.warning("the scrub program failed (exit %s): %s", status, err[-300:])
+            raise RequestError(f"the scrub program failed (exit {status})")
+        if "error" in answer:
+            raise RequestError(f"scrub: {answer['error']}")
+        if status != 0:
+            raise RequestError(f"the scrub program failed (exit {status})")
+        return answer
 
     # Jobs ----------------------------------------------------------------------------------
 
@@ -750,6 +849,64 @@ def _copy_output(running: _Running, read_fd: int, log_fd: int) -> None:
             written += len(keep)
             if written >= LOG_CAP:
                 _write_all(log_fd, _LOG_TRUNCATED)
+
+
+def _refuse_in_sanitize_mode(header: dict[str, Any], payload: bytes) -> Answer:
+    raise RequestError("sanitize mode: only hello and scrub are answered")
+
+
+def _run_bounded(
+    command: list[str], *, env: dict[str, str], timeout_s: float, cap: int
+) -> tuple[int | None, bytes, str]:
+    """Run ``command`` in its own session; ``(exit status, stdout, stderr's tail)``.
+
+    The status is ``None`` when it ran past ``timeout_s`` or printed more than ``cap`` bytes:
+    its whole process group is killed then (and always once it is done).
+    """
+    process = subprocess.Popen(  # noqa: S603 - a fixed interpreter and module, checked arguments
+        command,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        close_fds=True,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    out, err = bytearray(), bytearray()
+    streams = {process.stdout.fileno(): out, process.stderr.fileno(): err}
+    deadline = time.monotonic() + timeout_s
+    overrun = False
+    try:
+        while streams and not overrun:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                overrun = True
+                break
+            readable, _, _ = select.select(list(streams), [], [], remaining)
+            for fd in readable:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    del streams[fd]
+                    continue
+                buffer = streams[fd]
+                buffer += chunk
+                if buffer is out and len(out) > cap:
+                    overrun = True
+                elif buffer is err:
+                    del err[:-_SCRUB_STDERR_TAIL]
+    finally:
+        _kill_group(process.pid)
+        status: int | None
+        try:
+            status = process.wait(KILL_WAIT_S)
+        except subprocess.TimeoutExpired:
+            status = None
+        process.stdout.close()
+        process.stderr.close()
+    tail = err.decode("utf-8", "replace")
+    return (None if overrun else status), bytes(out), tail
 
 
 def _range(header: dict[str, Any]) -> tuple[int, int]:

@@ -91,6 +91,13 @@ class LibvirtHypervisor:
                 host = self._hosts[canonical] = hosted.EnclaveHost(canonical, self._settings)
             return host
 
+    def enclave_host(self, uri: str) -> hosted.EnclaveHost:
+        """The host's connection and objects (shared with the GPU sanitizer backend).
+
+        :raises ConflictError: if the URI policy refuses ``uri``.
+        """
+        return self._host(uri)
+
     def _enclave(self, plan: EnclavePlan) -> HostedEnclave:
         # The port's plan is the hypervisor side's plan plus the host's URI.
         return self._host(plan.uri).enclave(plan)
