@@ -337,3 +337,34 @@ def test_returning_an_unknown_gpu_is_404(app: Flask, call: Call):
         call("officer-1", "POST", f"/api/v1/gpus/{HOST}/0000:99:00.0/return", json={"reason": "x"}),
         404,
     )
+
+
+# -- end to end: the reconciler's own hand-over ----------------------------------------------
+
+
+def test_the_reconcilers_hand_over_of_a_test_driver_gpu_is_listed_simulated(app: Flask, call: Call):
+    """The new host's GPUs start dirty; the reconciler hands them over with the scrub program
+    on simulated device memory, and the certificate reads back through the API, its proof
+    verifying offline."""
+    services = app.extensions["sovereign"]
+    reconciler = services.reconciler(worker="e2e")
+    for _ in range(20):
+        if not reconciler.run_once().busy:
+            break
+    assert gpu_state(app, GPU) == "free"
+    services.audit.log.sequence()
+    (cert,) = certificates(call, "auditor").items
+    assert cert.verdict == "clean" and cert.to == "free"
+    assert cert.simulated is True and cert.certificate["simulated"] is True
+    assert cert.coverage is not None and cert.coverage >= 0.99
+    assert cert.certificate["previous_label"] is None and cert.label is None
+    assert cert.certificate["scrub"]["mismatches"] == 0
+    assert cert.certificate["gpu"]["address"] == GPU
+    # Unlabelled (the GPU never had a tenant): every reader cleared for anything sees it.
+    assert [c.seq for c in certificates(call, "auditor-low").items] == [cert.seq]
+    proof = call("auditor", "GET", f"/api/v1{cert.proof}").get_data(as_text=True)
+    keys = [parse_verifier_key(k) for k in services.audit.public_keys()]
+    entry = json.loads(verify_proof(proof, keys).entry)
+    details = entry["details"]
+    assert (details["from"], details["to"]) == ("sanitizing", "free")
+    assert details["certificate"] == cert.certificate

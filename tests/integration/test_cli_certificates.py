@@ -119,3 +119,26 @@ def test_a_gpu_without_a_certificate_says_so(app: Flask):
     result = CliRunner().invoke(main, ["audit", "certificate", "secret-1/0000:99:00.0"])
     assert result.exit_code == 1
     assert "no hand-over certificate of secret-1/0000:99:00.0" in result.output
+
+
+def test_a_certificate_of_the_reconcilers_own_hand_over_verifies(app: Flask, tmp_path: Path):
+    """What `make run` does: a test-driver GPU handed over by the reconciler (the scrub program
+    on simulated device memory), its certificate and proof from the command line."""
+    services = app.extensions["sovereign"]
+    reconciler = services.reconciler(worker="cli")
+    for _ in range(20):
+        if not reconciler.run_once().busy:
+            break
+    runner = CliRunner()
+    assert runner.invoke(main, ["audit", "sequence"]).exit_code == 0
+    proof = tmp_path / "gpu.proof"
+    shown = runner.invoke(main, ["audit", "certificate", GPU, "--out", str(proof)])
+    assert shown.exit_code == 0, shown.output
+    cert = json.loads(shown.stdout)
+    assert cert["verdict"] == "clean" and cert["simulated"] is True
+    assert cert["host"] == "secret-1" and cert["gpu"]["address"] == "0000:18:00.0"
+    assert cert["scrub"]["coverage"] >= 0.99
+    key = runner.invoke(main, ["audit", "public-key"]).output.strip()
+    verified = runner.invoke(main, ["audit", "verify-proof", str(proof), "--key", key])
+    assert verified.exit_code == 0, verified.output
+    assert json.loads(verified.output.splitlines()[1])["details"]["certificate"] == cert
