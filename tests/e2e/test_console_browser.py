@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -108,6 +109,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     background = ExitStack()
     # As `sovereign dev` does: the bundled simulated hosts, the sequencer and the reconciler.
     _start_background(background, app)
+    _handed_over(app)
     server = serve_in_thread(app, port=port)
     shots = ARTIFACTS
     shots.mkdir(parents=True, exist_ok=True)
@@ -118,6 +120,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         background.close()
         idp.stop()
         app.extensions["sovereign"].close()
+
+
+def _handed_over(app: Any) -> None:
+    """Wait until the reconciler handed every new GPU over (each one is scrubbed by the scrub
+    program on simulated device memory before it is free, which takes a moment)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with app.extensions["sovereign"].uow(readonly=True) as uow:
+            states = {gpu.state for gpu in uow.gpus.list()}
+        if states and not states & {"dirty", "sanitizing"}:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the GPUs were not handed over in time: {sorted(states)}")
 
 
 @pytest.fixture(scope="module")
@@ -341,6 +356,10 @@ def test_request_two_officer_approval_and_audit_in_the_browser(browser: Any, sta
     officer1.shot("14-hosts-and-gpus")
     page.click("a[href='/hosts/secret-h100x8']")
     assert unlabelled_fields(page) == []
+    # Each GPU's latest hand-over certificate: clean, simulated, with a link to its proof.
+    assert page.locator("td.certificate .state-certificate-clean").count() == 8
+    assert page.locator("td.certificate .badge-simulated").count() == 8
+    assert page.locator("td.certificate a[download]").count() == 8
     officer1.shot("15-host-detail")
 
     page.click("nav >> text=Kill switch")
