@@ -368,3 +368,59 @@ def test_the_reconcilers_hand_over_of_a_test_driver_gpu_is_listed_simulated(app:
     details = entry["details"]
     assert (details["from"], details["to"]) == ("sanitizing", "free")
     assert details["certificate"] == cert.certificate
+
+
+def test_after_a_tenant_the_certificates_carry_its_label_and_follow_clearance(
+    app: Flask, call: Call
+):
+    """A SECRET//NATO enclave runs on two GPUs and ends; the reconciler hands them over and
+    the certificates name the previous enclave and label: cleared readers see them, others
+    do not."""
+    services = app.extensions["sovereign"]
+    reconciler = services.reconciler(worker="e2e")
+
+    def settle() -> None:
+        for _ in range(30):
+            if not reconciler.run_once().busy:
+                return
+
+    settle()
+    body = {
+        "tenant": "defence",
+        "label": SECRET_NATO,
+        "resources": {
+            "vcpus": 4,
+            "memory_mib": 8192,
+            "gpus": 2,
+            "gpu_model": "H100-SXM5-80GB",
+            "disk_gib": 20,
+        },
+        "image": "debian-12-cuda",
+        "purpose": "certificates",
+        "lease_hours": 1,
+    }
+    r = call("analyst-defence", "POST", "/api/v1/requests", json=body)
+    assert r.status_code == 201, r.get_data(as_text=True)
+    rid = r.get_json()["id"]
+    for officer in ("officer-1", "officer-2"):
+        assert call(officer, "POST", f"/api/v1/requests/{rid}/approve").status_code == 200
+    settle()
+    enclave = call("officer-1", "GET", f"/api/v1/enclaves/{rid}").get_json()
+    assert enclave["state"] == "running", enclave
+    used = enclave["gpus"]
+    assert len(used) == 2
+    r = call("officer-1", "POST", f"/api/v1/enclaves/{rid}/terminate", json={"reason": "done"})
+    assert r.status_code == 200, r.get_data(as_text=True)
+    settle()
+    services.audit.log.sequence()
+    for address in used:
+        assert gpu_state(app, address) == "free"
+        url = f"/api/v1/gpus/{HOST}/{address}/certificates"
+        newest, first = certificates(call, "auditor", url).items
+        assert newest.certificate["previous_label"] == "SECRET//NATO"
+        assert newest.certificate["previous_enclave"] == rid
+        assert newest.label is not None and newest.label.compartments == ["NATO"]
+        assert newest.verdict == "clean" and newest.simulated
+        assert first.certificate["previous_label"] is None
+        # Below SECRET//NATO: only the first hand-over, of a GPU nobody had used.
+        assert [c.seq for c in certificates(call, "auditor-low", url).items] == [first.seq]
