@@ -300,6 +300,18 @@ def test_two_officers_return_a_quarantined_gpu_which_goes_dirty_audited(app: Fla
     again = problem(call("officer-1", "POST", url, json={"reason": "again"}), 409)
     assert "dirty" in again["detail"]
 
+    # Dirty, it is handed over again by the reconciler: free only with a new clean certificate.
+    reconciler = services.reconciler(worker="return")
+    for _ in range(20):
+        if not reconciler.run_once().busy:
+            break
+    assert gpu_state(app, GPU) == "free"
+    services.audit.log.sequence()
+    newest, failed = certificates(call, "officer-1").items
+    assert (newest.verdict, failed.verdict) == ("clean", "failed")
+    assert newest.seq > moved.seq > failed.seq
+    assert newest.certificate["previous_label"] == "SECRET//NATO"
+
 
 def test_only_quarantined_gpus_may_be_proposed(app: Flask, call: Call):
     handed_over(app.extensions["sovereign"], HOST, GPU)  # clean: free
