@@ -379,10 +379,11 @@ def _destroy(host: EnclaveHost, name: str, domain: Any) -> None:
 def _wait_for_agent(
     host: EnclaveHost, spec: SanitizerSpec, image: StoredImage, deadline: float
 ) -> AgentClient:
-    """Open the channel and wait for the agent's ``hello`` from the image it booted.
+    """Open the channel and wait for the agent's ``hello``, in sanitize mode, from the image
+    it booted.
 
     :raises AgentTimeoutError: if it does not answer before ``deadline``.
-    :raises AgentError: if it answers from another image.
+    :raises AgentError: if it answers in another mode or from another image.
     """
     domain_uuid = sanitizer_uuid(spec.name)
     last = "no answer"
@@ -406,6 +407,11 @@ def _wait_for_agent(
                 client.close()
             time.sleep(_CHANNEL_RETRY_S)
             continue
+        if hello.mode != "sanitize":
+            client.close()
+            raise AgentProtocolError(
+                f"the sanitizer domain's agent runs in {hello.mode!r} mode, not 'sanitize'"
+            )
         if image.recipe_digest and hello.image_digest != image.recipe_digest:
             client.close()
             raise AgentProtocolError(
