@@ -36,6 +36,7 @@ validates it and writes the certificate), import the control plane, or catch
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import time
 import uuid
@@ -60,6 +61,8 @@ from enclaves.host import _import_libvirt, _translate
 from enclaves.imagestore import StoredImage
 from enclaves.nodedev import reset_functions
 from enclaves.spec import CPU_MODES, PciAddress
+
+log = logging.getLogger(__name__)
 
 #: Every sanitizer domain's name starts with this (``sov-sanitize-0000-18-00-0``).
 NAME_PREFIX = "sov-sanitize-"
@@ -344,6 +347,18 @@ def hand_over(
     finally:
         _destroy(host, name, domain)
     timings["total_s"] = time.monotonic() - started
+    timings["boot_s"], timings["scrub_s"] = boot_s, scrub_s
+    log.info(
+        "sanitizer %s on %s: reset %.2f s, image upload %.2f s, boot to hello %.2f s, "
+        "scrub %.2f s, total %.2f s",
+        name,
+        host.uri,
+        timings["reset_s"],
+        timings["upload_s"],
+        boot_s,
+        scrub_s,
+        timings["total_s"],
+    )
     return HandoverResult(
         domain=name,
         reset=reset,
