@@ -31,7 +31,12 @@ import pytest
 from enclaves import imagebuild
 from enclaves.enclave import EnclaveHost, GuestSettings
 from enclaves.imagestore import ImageStore
-from enclaves.sanitizer import SANITIZE_ARGUMENT, SanitizerSettings
+from enclaves.sanitizer import (
+    SANITIZE_ARGUMENT,
+    SanitizerSettings,
+    SanitizerSpec,
+    design_sanitizer,
+)
 from sovereign.adapters.sanitizer import LibvirtSanitizer
 from sovereign.domain.fleet import sanitizer_domain_name
 from sovereign.errors import GpuHandoverError
@@ -244,7 +249,7 @@ def test_a_real_sanitizer_domain_scrubs_and_reports_over_its_channel(
     assert live.find("devices/hostdev") is None, "no GPU on this machine: nothing passed through"
     disks = live.findall("devices/disk")
     assert len(disks) == 1
-    assert disks[0].find("transient") is not None
+    assert disks[0].find("transient[@shareBacking='yes']") is not None
     assert [t.get("name") for t in live.findall("devices/channel/target")] == [
         "org.sovereign.agent.0"
     ]
@@ -277,3 +282,43 @@ def test_a_hand_over_out_of_time_fails_and_leaves_nothing(
         sanitizer.hand_over(_request(8.0, None))
     assert time.monotonic() - started < 60.0
     assert _left_behind(folder) == []
+
+
+def test_two_sanitizer_domains_share_the_image_at_once(
+    libvirtd: Libvirtd, folder: Path, workload_image: imagebuild.BuiltImage
+) -> None:
+    # Two GPUs of one host handed over at the same time boot the same image: with
+    # shareBacking each gets its own overlay and the image is opened read-only by both.
+    del libvirtd
+    image = folder / "image.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(image), "64M"], check=True, timeout=30
+    )
+    image.chmod(0o644)
+    names = [sanitizer_domain_name(a) for a in ("0000:18:00.0", "0000:2a:00.0")]
+    conn = libvirt.open(URI)
+    started = []
+    try:
+        for name in names:
+            spec = SanitizerSpec(
+                name=name,
+                functions=(),
+                disk=str(image),
+                kernel=str(workload_image.kernel),
+                initrd=str(workload_image.initrd),
+                cmdline=workload_image.cmdline,
+                serial_log=str(folder / "console" / f"{name}.log"),
+                domain_type="qemu",
+                memory_mib=256,
+                vcpus=1,
+            )
+            xml = design_sanitizer(spec).to_string()
+            started.append(conn.createXML(xml, libvirt.VIR_DOMAIN_START_VALIDATE))
+        assert [d.isActive() for d in started] == [1, 1]
+        overlays = sorted(p.name for p in folder.glob("image.qcow2.TRANSIENT-*"))
+        assert overlays == [f"image.qcow2.TRANSIENT-{n}" for n in sorted(names)]
+    finally:
+        for domain in started:
+            domain.destroy()
+        conn.close()
+    assert list(folder.glob("*TRANSIENT*")) == [], "each overlay goes with its domain"
