@@ -354,7 +354,7 @@ def scrub(
     _check_nonce(nonce, "nonce")
     if canary_nonce is not None:
         _check_nonce(canary_nonce, "canary_nonce")
-    target = resolve_device(device, simulate_bytes)
+    target = resolve_device(device, simulate_bytes, given_buffers=buffers is not None)
     started = time.perf_counter()
     pattern = Pattern(nonce, target)
     canary = canary_word(canary_nonce) if canary_nonce is not None else None
@@ -419,7 +419,9 @@ def plant_canary(
     return {"planted_bytes": planted, "device": str(target)}
 
 
-def resolve_device(device: str, simulate_bytes: int | None) -> torch.device:
+def resolve_device(
+    device: str, simulate_bytes: int | None, *, given_buffers: bool = False
+) -> torch.device:
     """The torch device ``device`` names (``auto``: the first GPU, else the simulated one).
 
     :raises ScrubError: if the name is not allowed, the GPU is missing, or ``cpu`` has no
@@ -442,7 +444,7 @@ def resolve_device(device: str, simulate_bytes: int | None) -> torch.device:
         else:
             raise ScrubError("no GPU visible, and no simulated device memory asked for")
     if device == "cpu":
-        if simulate_bytes is None:
+        if simulate_bytes is None and not given_buffers:
             raise ScrubError("the cpu device needs a simulated size")
         return torch.device("cpu")
     if not torch.cuda.is_available():
