@@ -5,7 +5,10 @@ GPU's memory) and its report, the contract the control plane validates (``sovere
 
 1. allocate as much of the device's memory as it can (1 GiB pieces, then halves down to 2 MiB,
    keeping a bounded working reserve for the verification's temporaries) and record
-   ``bytes_covered`` against ``bytes_total`` (NVML's total on a GPU);
+   ``bytes_covered`` against ``bytes_total``: on a GPU NVML's total less what NVML reports as
+   reserved for the driver and firmware (``nvmlDeviceGetMemoryInfo_v2``; no program, and so no
+   tenant, can allocate it), NVML's total where that figure is missing; both raw figures are in
+   ``device_state`` (``memory_total``, ``memory_reserved``);
 2. canary scan: count the 8-byte words of the fresh allocation, before any write, equal to the
    canary word (the first 8 bytes of SHA-256 of a domain tag and the canary nonce), wherever
    they lie; :func:`plant_canary` writes that word over all it can allocate;
@@ -493,12 +496,19 @@ def _handle(nvml: Any, device: torch.device) -> Any:
 
 
 def _nvml_total(device: torch.device) -> int | None:
+    """NVML's total less its reserved memory (v2), else its total; ``None`` without NVML."""
     try:
         nvml = _nvml()
     except Exception:  # noqa: BLE001 - no NVML: the caller falls back to CUDA's figure
         return None
     try:
-        return int(nvml.nvmlDeviceGetMemoryInfo(_handle(nvml, device)).total)
+        handle = _handle(nvml, device)
+        total = int(nvml.nvmlDeviceGetMemoryInfo(handle).total)
+        try:
+            reserved = _reserved(nvml, handle)
+        except Exception:  # noqa: BLE001 - an older driver or pynvml: no v2 figures
+            return total
+        return total - reserved if 0 <= reserved < total else total
     except Exception:  # noqa: BLE001 - likewise
         return None
     finally:

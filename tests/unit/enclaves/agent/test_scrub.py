@@ -382,3 +382,23 @@ def test_the_command_line_reports_a_cpu_without_a_size_as_an_error() -> None:
         "program": "sovereign-scrub/1",
         "error": "the cpu device needs a simulated size",
     }
+
+
+def test_the_gpus_total_leaves_out_what_the_driver_reserves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gpu = torch.device("cuda", 0)
+    monkeypatch.setattr(scrub, "_handle", lambda nvml, device: object())
+    monkeypatch.setattr(scrub, "_nvml", fake_nvml)
+    assert scrub._nvml_total(gpu) == (80 << 30) - (512 << 20)
+    # An older pynvml without the v2 figures: NVML's total.
+    old = fake_nvml()
+    del old.nvmlMemory_v2
+    monkeypatch.setattr(scrub, "_nvml", lambda: old)
+    assert scrub._nvml_total(gpu) == 80 << 30
+
+    def missing() -> Any:
+        raise ImportError("No module named 'pynvml'")
+
+    monkeypatch.setattr(scrub, "_nvml", missing)
+    assert scrub._nvml_total(gpu) is None
