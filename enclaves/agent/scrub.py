@@ -159,8 +159,9 @@ class _Layout:
     def __init__(self, buffers: list[torch.Tensor], verify_rows: int) -> None:
         self.buffers = buffers
         self.words = [buffer.view(torch.int64) for buffer in buffers]
-        #: (buffer's words, first global row, the chunk's words viewed as (rows, columns)).
+        #: Verification chunks: (first global row, words viewed as (rows, columns)).
         self.chunks: list[tuple[int, torch.Tensor]] = []
+        #: Fill targets, one a buffer's full rows and one its partial last row: the same form.
         self.fills: list[tuple[int, torch.Tensor]] = []
         row = 0
         for words in self.words:
@@ -176,6 +177,11 @@ class _Layout:
                 self.fills.append((row + full, part))
                 self.chunks.append((row + full, part))
             row += full + (1 if tail else 0)
+
+    def counts(self) -> torch.Tensor:
+        """One counter a chunk, on the device: the passes add nothing else that stays."""
+        device = self.buffers[0].device if self.buffers else torch.device("cpu")
+        return torch.zeros(len(self.chunks), dtype=torch.int64, device=device)
 
     @property
     def nbytes(self) -> int:
@@ -225,7 +231,9 @@ def _warm_up(device: torch.device, pattern: Pattern | None, canary: int | None) 
     torch.count_nonzero(words)
     torch.count_nonzero(words.view(torch.uint8))
     torch.count_nonzero(torch.eq(words, canary if canary is not None else 1))
-    torch.stack([torch.count_nonzero(words), torch.count_nonzero(words)]).sum().item()
+    counts = torch.zeros(2, dtype=torch.int64, device=device)
+    counts[0].copy_(torch.count_nonzero(words))
+    counts.tolist()
     _sync(device)
 
 
@@ -263,15 +271,15 @@ class _Timer:
 
 def _scan_canary(layout: _Layout, word: int) -> int:
     """How many words of the buffers equal ``word``."""
-    counts = []
+    counts = layout.counts()
     flags: torch.Tensor | None = None
-    for _, chunk in layout.chunks:
+    for index, (_, chunk) in enumerate(layout.chunks):
         if flags is None or flags.numel() < chunk.numel():
             flags = torch.empty(chunk.numel(), dtype=torch.bool, device=chunk.device)
         hits = flags[: chunk.numel()].view(chunk.shape)
         torch.eq(chunk, word, out=hits)
-        counts.append(torch.count_nonzero(hits))
-    return _total(counts)
+        counts[index].copy_(torch.count_nonzero(hits))
+    return sum(_values(counts))
 
 
 def _fill_zeros(layout: _Layout) -> None:
@@ -286,7 +294,9 @@ def _fill_pattern(layout: _Layout, pattern: Pattern) -> None:
 
 def _verify_zeros(layout: _Layout) -> int:
     """Bytes of the buffers that are not zero: words counted per chunk, bytes where they differ."""
-    counts = [torch.count_nonzero(chunk) for _, chunk in layout.chunks]
+    counts = layout.counts()
+    for index, (_, chunk) in enumerate(layout.chunks):
+        counts[index].copy_(torch.count_nonzero(chunk))
     per_chunk = _values(counts)
     mismatches = 0
     for (_, chunk), count in zip(layout.chunks, per_chunk, strict=True):
@@ -298,12 +308,12 @@ def _verify_zeros(layout: _Layout) -> int:
 def _verify_pattern(layout: _Layout, pattern: Pattern) -> int:
     """Bytes of the buffers that differ from the pattern, counted like :func:`_verify_zeros`."""
     diff: torch.Tensor | None = None
-    counts = []
-    for row, chunk in layout.chunks:
+    counts = layout.counts()
+    for index, (row, chunk) in enumerate(layout.chunks):
         if diff is None or diff.numel() < chunk.numel():
             diff = torch.empty(chunk.numel(), dtype=torch.int64, device=chunk.device)
         delta = _diff(diff, row, chunk, pattern)
-        counts.append(torch.count_nonzero(delta))
+        counts[index].copy_(torch.count_nonzero(delta))
     per_chunk = _values(counts)
     mismatches = 0
     for (row, chunk), count in zip(layout.chunks, per_chunk, strict=True):
@@ -322,15 +332,9 @@ def _diff(space: torch.Tensor, row: int, chunk: torch.Tensor, pattern: Pattern) 
     return delta
 
 
-def _values(counts: list[torch.Tensor]) -> list[int]:
-    """The counts as integers, read back from the device at once."""
-    if not counts:
-        return []
-    return [int(value) for value in torch.stack(counts).tolist()]
-
-
-def _total(counts: list[torch.Tensor]) -> int:
-    return sum(_values(counts))
+def _values(counts: torch.Tensor) -> list[int]:
+    """The per-chunk counts as integers, read back from the device at once."""
+    return [int(value) for value in counts.tolist()]
 
 
 # The program ---------------------------------------------------------------------------------
