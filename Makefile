@@ -32,14 +32,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# workloads: PyTorch, which runs the scrub program of every GPU hand-over (on the embedded
+# default, over simulated device memory) and the jobs of process enclaves.
 $(VENV)/.run-installed: pyproject.toml | $(BIN)/python
 	bash .ci/apt-install $(APT_RUN)
-	$(BIN)/pip install --quiet -e '.[devstack,libvirt]'
+	$(BIN)/pip install --quiet -e '.[devstack,libvirt,workloads]'
 	touch $@
 
 $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	bash .ci/apt-install $(APT_TEST)
-	$(BIN)/pip install --quiet -e '.[devstack,libvirt,postgres,test]'
+	$(BIN)/pip install --quiet -e '.[devstack,libvirt,postgres,test,workloads]'
 	touch $@ $(VENV)/.run-installed
 
 $(VENV)/.bench-installed: pyproject.toml | $(BIN)/python

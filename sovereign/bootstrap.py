@@ -57,6 +57,7 @@ __all__ = [
     "build_audit_log",
     "build_console_login",
     "build_hypervisor",
+    "build_sanitizer",
     "build_secret_store",
     "build_services",
     "build_workloads",
@@ -77,6 +78,7 @@ def build_services(
     probes: Sequence[Probe] | None = None,
     hypervisor: Hypervisor | None = None,
     workloads: Workloads | None = None,
+    sanitizer: Sanitizer | None = None,
     clock: Clock = utcnow,
 ) -> Services:
     """Assemble the services for ``config``; keyword overrides replace backends."""
@@ -160,12 +162,13 @@ def build_services(
         enclaves=enclaves,
         sessions=SessionAuditService(uow, clock, failures=auth_failures),
         auth_failures=auth_failures,
-        sanitizer=_sanitizer(),
+        sanitizer=sanitizer if sanitizer is not None else build_sanitizer(settings, hypervisor),
         sequencer=audit_log,
         reconciler_settings={
             "clock": clock,
             "claim_ttl": timedelta(seconds=settings.reconciler_claim_ttl_s),
             "max_attempts": settings.reconciler_max_attempts,
+            "sanitizer_deadline": timedelta(seconds=settings.sanitizer_deadline_s),
         },
         jobs=JobService(uow, secrets, workloads, limits=limits, wake=job_signal.set, clock=clock),
         datasets=DatasetService(
@@ -356,10 +359,39 @@ def _sql_audit_log(settings: Settings, engine: Any, *, read_only: bool = False) 
     return SqlAuditLog(engine, signer, settings.audit_origin, witness, keys_file=keys_file)
 
 
-def _sanitizer() -> Sanitizer:
-    from sovereign.adapters.sanitizer import RecordedSanitizer  # noqa: PLC0415
+def build_sanitizer(
+    config: Settings | Mapping[str, Any], hypervisor: Hypervisor | None = None
+) -> Sanitizer:
+    """The GPU hand-over backend, routed per host (SANITIZER_* settings).
 
-    return RecordedSanitizer()
+    The test driver's simulated GPUs are scrubbed in process on SANITIZER_SIMULATED_MIB of
+    host memory (``simulated: true``); real hosts get a node-device reset and a scrub in a
+    sanitizer domain booted from SANITIZER_IMAGE, over ``hypervisor``'s connections (URI policy
+    and host identity pinning apply). A hypervisor without libvirt connections (a test double)
+    serves no real host: their hand-overs fail, and their GPUs are quarantined.
+    """
+    settings = Settings.of(config)
+    from sovereign.adapters.sanitizer import (  # noqa: PLC0415
+        LibvirtSanitizer,
+        RoutingSanitizer,
+        SanitizerSettings,
+        SimulatedSanitizer,
+    )
+
+    real: Sanitizer | None = None
+    hosts = getattr(hypervisor, "enclave_host", None)
+    if hosts is not None:
+        real = LibvirtSanitizer(
+            hosts,
+            image_dir=settings.image_dir,
+            image=settings.sanitizer_image,
+            settings=SanitizerSettings(
+                machine=settings.enclave_machine,
+                cpu_mode=settings.enclave_cpu_mode,
+                security_model=settings.enclave_security_model,
+            ),
+        )
+    return RoutingSanitizer(SimulatedSanitizer(settings.sanitizer_simulated_mib), real)
 
 
 def _keycloak(settings: Settings, scheme: LabelScheme) -> IdentityProvider:

@@ -8,6 +8,7 @@ performs I/O beyond reading the optional instance file.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -128,6 +129,14 @@ DEFAULTS: dict[str, Any] = {
     # /tmp/sovereign-run-<uid>), and how long one agent operation may take.
     "WORKLOADS_RUN_DIR": None,
     "WORKLOADS_TIMEOUT_S": 30.0,
+    # GPU hand-over between tenants (reset, scrub and verify, certificate): the simulated
+    # device memory a test-driver host's GPU is scrubbed on (MiB of host memory), the most
+    # seconds one hand-over may take before the GPU is quarantined ("no answer within N s"),
+    # and the guest image (sha256:<hex> of the image store) real hosts boot the sanitizer
+    # domain from (None: real hosts' hand-overs fail, so their GPUs are quarantined).
+    "SANITIZER_SIMULATED_MIB": 64,
+    "SANITIZER_DEADLINE_S": 600.0,
+    "SANITIZER_IMAGE": None,
     # Two-person proposals (accreditation changes, classified kill switch) expire after this.
     "DUAL_ACTION_TTL_S": 3600,
     # Rate limits (Flask-Limiter, see sovereign.api.limits): per client address on what is
@@ -301,10 +310,34 @@ def verify(config: Mapping[str, Any]) -> None:
         )
     _whole_number(config, "MAX_HEADER_BYTES", 1024, 1024 * 1024)
     _whole_number(config, "TRUSTED_PROXIES", 0, 10)
+    _verify_sanitizer(config)
     _verify_hypervisor_uris(config)
     if config["TWO_PERSON_LEVEL"] not in config["LABEL_LEVELS"]:
         raise ConfigurationError(
             reason=f"TWO_PERSON_LEVEL {config['TWO_PERSON_LEVEL']!r} is not in LABEL_LEVELS"
+        )
+
+
+#: An image of the image store, by checksum (what SANITIZER_IMAGE names).
+_IMAGE_CHECKSUM = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def _verify_sanitizer(config: Mapping[str, Any]) -> None:
+    """The GPU hand-over settings: a sane simulated size and deadline, an image checksum."""
+    _whole_number(config, "SANITIZER_SIMULATED_MIB", 1, 64 * 1024)
+    deadline = config["SANITIZER_DEADLINE_S"]
+    if (
+        isinstance(deadline, bool)
+        or not isinstance(deadline, int | float)
+        or not 1 <= deadline <= 86_400
+    ):
+        raise ConfigurationError(
+            reason=f"SANITIZER_DEADLINE_S must be seconds from 1 to 86400, not {deadline!r}"
+        )
+    image = config.get("SANITIZER_IMAGE")
+    if image is not None and not (isinstance(image, str) and _IMAGE_CHECKSUM.fullmatch(image)):
+        raise ConfigurationError(
+            reason="SANITIZER_IMAGE must be an image checksum of the image store (sha256:<hex>)"
         )
 
 

@@ -108,6 +108,10 @@ class Settings:
     job_claim_ttl_s: int
     workloads_run_dir: str | None
     workloads_timeout_s: float
+    # GPU hand-over (sanitizer).
+    sanitizer_simulated_mib: int
+    sanitizer_deadline_s: float
+    sanitizer_image: str | None
     # HTTP: limits, proxies, metrics.
     ratelimit_storage_uri: str
     ratelimit_anonymous: str
@@ -222,6 +226,9 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
     "job_claim_ttl_s": int,
     "workloads_run_dir": _optional_str,
     "workloads_timeout_s": float,
+    "sanitizer_simulated_mib": int,
+    "sanitizer_deadline_s": float,
+    "sanitizer_image": _optional_str,
     "ratelimit_storage_uri": str,
     "ratelimit_anonymous": str,
     "ratelimit_auth_failures": str,

@@ -77,6 +77,7 @@ def describe(report: PassReport) -> str:
             ("terminated", report.terminated),
             ("failed", report.failed),
             ("sanitized", report.sanitized),
+            ("quarantined", report.quarantined),
             ("repaired", report.repaired),
         )
         if value

@@ -57,6 +57,14 @@ def _join(parts: tuple[str, ...]) -> str:
     return ",".join(parts)
 
 
+def _from_hex(text: str | None) -> bytes | None:
+    return None if text is None else bytes.fromhex(text)
+
+
+def _to_hex(value: bytes | None) -> str | None:
+    return None if value is None else value.hex()
+
+
 def _enum_value(member: Any) -> Any:
     return member.value
 
@@ -163,6 +171,7 @@ ENCLAVES = RowMap(
     LabelColumns("label", "label"),
     Column("classified", load=bool),
     Column("error", dump=lambda text: text[:ENCLAVE_ERROR_MAX]),
+    Column("canary_nonce", load=_from_hex, dump=_to_hex),
 )
 
 ACTIONS = RowMap(

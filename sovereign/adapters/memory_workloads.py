@@ -6,8 +6,10 @@ root, with the protocol's idempotence (``put`` of a file already there answers i
 of a started job answers its status, ``discard`` of an unknown job does nothing). A job's
 behaviour is a ``program`` (the test's stand-in for ``python3 ENTRYPOINT``): called at ``run``
 with the code, inputs and arguments, it returns a :class:`FakeRun` whose log is visible at
-once and whose end comes after a number of status polls. Switches make the agent unreachable
-(``down``) or misbehave (``misbehave``) as a hostile guest would. Not for production, nor the
+once and whose end comes after a number of status polls. Canaries planted at a job's end are
+kept in :attr:`MemoryWorkloads.canaries` (refused while a job runs, as the agent does).
+Switches make the agent unreachable (``down``) or misbehave (``misbehave``) as a hostile guest
+would. Not for production, nor the
 embedded default (the real adapter is :mod:`sovereign.adapters.workloads`).
 """
 
@@ -19,11 +21,15 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from sovereign.domain.fleet import Enclave, Host
 from sovereign.domain.jobs import AgentGpu, AgentHello, AgentJobStatus, OutputFile
 from sovereign.errors import DependencyUnavailableError, WorkloadError
 from sovereign.services.ports import AGENT_DEPENDENCY
+
+#: The simulated device memory a fake agent says it planted its canary over.
+FAKE_DEVICE_BYTES = 1 << 20
 
 
 @dataclass
@@ -66,8 +72,9 @@ class _Job:
 class FakeAgent:
     """One enclave's agent, in memory (an :class:`~sovereign.services.ports.AgentSession`)."""
 
-    def __init__(self, workloads: MemoryWorkloads) -> None:
+    def __init__(self, workloads: MemoryWorkloads, enclave_id: uuid.UUID | None = None) -> None:
         self._w = workloads
+        self._enclave_id = enclave_id
         self.jobs: dict[str, _Job] = {}
         self.calls: list[str] = []
 
@@ -168,6 +175,14 @@ class FakeAgent:
         self._op("discard")
         self.jobs.pop(job, None)
 
+    def plant_canary(self, canary_nonce: bytes) -> dict[str, Any]:
+        self._op("canary")
+        if any(record.state == "running" for record in self.jobs.values()):
+            raise WorkloadError(reason="canary refused: a job is running")
+        if self._enclave_id is not None:
+            self._w.canaries.append((self._enclave_id, canary_nonce))
+        return {"planted_bytes": FAKE_DEVICE_BYTES, "device": "simulated"}
+
 
 class MemoryWorkloads:
     """Agents of every enclave, in memory; ``simulated`` for every host (as the test driver)."""
@@ -186,12 +201,14 @@ class MemoryWorkloads:
         #: Running jobs do not progress (for tests that look at them while they run).
         self.paused = False
         self.sessions = 0
+        #: (enclave id, canary nonce) of every canary planted, in order.
+        self.canaries: list[tuple[uuid.UUID, bytes]] = []
         self._lock = threading.Lock()
 
     def agent(self, enclave_id: uuid.UUID) -> FakeAgent:
         """The enclave's agent (made on first use)."""
         with self._lock:
-            return self.agents.setdefault(enclave_id, FakeAgent(self))
+            return self.agents.setdefault(enclave_id, FakeAgent(self, enclave_id))
 
     @contextmanager
     def session(self, enclave: Enclave, host: Host) -> Iterator[FakeAgent]:

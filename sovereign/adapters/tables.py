@@ -227,6 +227,8 @@ enclaves = sa.Table(
     sa.Column("updated_at", Timestamp, nullable=False),
     sa.Column("ended_at", Timestamp, nullable=True),
     sa.Column("version", sa.Integer, nullable=False),
+    # The enclave's GPU canary nonce (32 bytes, hex): only the control plane keeps it.
+    sa.Column("canary_nonce", sa.String(64), nullable=True),
     sa.Index("ix_enclaves_host_open", "host", "ended_at"),
     sa.Index("ix_enclaves_open", "ended_at"),
 )

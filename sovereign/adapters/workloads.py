@@ -25,7 +25,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from enclaves import agent as agent_package
 from enclaves.agent.client import AgentClient
@@ -58,6 +58,9 @@ __all__ = ["AgentWorkloads", "ClientSession"]
 T = TypeVar("T")
 #: The ``dependency`` named by an unavailable agent (shown in problem details).
 DEPENDENCY = AGENT_DEPENDENCY
+#: The least time planting the canary may take (the agent starts the scrub program, which
+#: imports PyTorch and writes all of the GPU's free memory).
+CANARY_TIMEOUT_S = 120.0
 
 
 @contextlib.contextmanager
@@ -91,9 +94,12 @@ def _translated(enclave_id: uuid.UUID, action: str) -> Iterator[None]:
 class ClientSession:
     """An :class:`~sovereign.services.ports.AgentSession` over an :class:`AgentClient`."""
 
-    def __init__(self, enclave_id: uuid.UUID, client: AgentClient) -> None:
+    def __init__(
+        self, enclave_id: uuid.UUID, client: AgentClient, *, canary_timeout_s: float = 120.0
+    ) -> None:
         self._enclave_id = enclave_id
         self._client = client
+        self._canary_timeout_s = canary_timeout_s
 
     def _call(self, action: str, call: Callable[[], T]) -> T:
         with _translated(self._enclave_id, action):
@@ -166,6 +172,14 @@ class ClientSession:
         """Remove the job's directory in the enclave."""
         self._call("discard", lambda: self._client.discard(job))
 
+    def plant_canary(self, canary_nonce: bytes) -> dict[str, Any]:
+        """Plant the enclave's canary over the GPU memory the finished job freed (the nonce
+        goes to the agent only; the client checks the answer's shape and bounds)."""
+        return self._call(
+            "canary",
+            lambda: self._client.plant_canary(canary_nonce, timeout_s=self._canary_timeout_s),
+        )
+
 
 def _status(found: ClientJobStatus) -> AgentJobStatus:
     """The client's job status as the domain's value."""
@@ -229,7 +243,9 @@ class AgentWorkloads:
             transport = self._open(enclave, host)
             client = AgentClient(transport, timeout_s=self._timeout_s)
             try:
-                yield ClientSession(enclave.id, client)
+                yield ClientSession(
+                    enclave.id, client, canary_timeout_s=max(self._timeout_s, CANARY_TIMEOUT_S)
+                )
             finally:
                 client.close()
 

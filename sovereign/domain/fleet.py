@@ -32,6 +32,7 @@ from sovereign.domain.tenants import Tenant, TenantKind
 from sovereign.errors import InvalidTransitionError
 
 __all__ = [
+    "CANARY_NONCE_BYTES",
     "DOMAIN_TYPES",
     "GPU_STATES",
     "GPU_TRANSITIONS",
@@ -54,6 +55,8 @@ __all__ = [
 HOST_STATES: tuple[HostStatus, ...] = ("active", "draining", "quarantined")
 GPU_STATES: tuple[GpuStatus, ...] = ("free", "allocated", "dirty", "sanitizing", "quarantined")
 DOMAIN_TYPES = ("kvm", "qemu")
+#: Size of an enclave's GPU canary nonce.
+CANARY_NONCE_BYTES = 32
 
 GPU_TRANSITIONS: dict[str, frozenset[str]] = {
     "free": frozenset({"allocated", "quarantined"}),
@@ -176,6 +179,11 @@ class Enclave:
     retry_at: datetime | None = None
     version: int = 1
     ended_at: datetime | None = None
+    #: The enclave's GPU canary nonce (32 random bytes; None for enclaves placed before
+    #: canaries): the job runner plants a pattern derived from it over the GPU memory a job
+    #: freed, and the next hand-over looks for it. Only the control plane keeps it: it is
+    #: never logged nor put in an audit event.
+    canary_nonce: bytes | None = field(default=None, repr=False)
 
     def claimable(self, now: datetime, worker: str) -> bool:
         """Whether ``worker`` may work on the enclave now (unclaimed, or claim lapsed/own)."""

@@ -7,8 +7,11 @@ session and advance it: ``new`` -> put the code and inputs (unsealed in memory o
 chunk sealed and stored with the new log offset, in one transaction; the first bytes at once,
 then in batches: when :data:`LOG_PULL_BYTES` wait, :data:`LOG_PULL_INTERVAL_S` after the last
 pull, or at the end, so a job printing a byte at a time makes few blobs) -> on a terminal state
-collect the outputs (bounded), seal and store them with the final state (``job:finish``: exit
-code, runtime, output hashes) -> ``finished`` -> discard the job's directory -> ``done``.
+collect the outputs (bounded), plant the enclave's GPU canary over the memory the job freed
+(:meth:`~sovereign.services.ports.AgentSession.plant_canary`, with the enclave's canary nonce,
+which only the control plane keeps; the next GPU hand-over looks for it), seal and store the
+outputs with the final state (``job:finish``: exit code, runtime, output hashes, the agent's
+answer to the canary) -> ``finished`` -> discard the job's directory -> ``done``.
 
 Each step's effect and its record commit together, and every agent operation is idempotent
 (resumable puts, ``run`` of a started job answers its status), so a runner killed between any
@@ -28,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,6 +83,10 @@ RELEASE_CHECK_S = 1.0
 #: Seconds past a job's max_runtime_s after which the runner stops waiting for the agent to end
 #: it (the agent kills it at its deadline; one that does not is misbehaving).
 OVERDUE_GRACE_S = 60
+#: Bounds on the agent's answer to ``canary``: bytes planted (far above any device memory)
+#: and the device's name.
+MAX_CANARY_BYTES = 2**50
+CANARY_DEVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]{0,63}")
 #: Log chunks pulled per job and pass, so one chatty job does not hold the pass.
 LOG_CHUNKS_PER_PASS = 8
 #: A running job's new log bytes are pulled (and sealed as one blob, one data key) once this
@@ -228,7 +236,7 @@ class JobRunner:
         try:
             with self._workloads.session(enclave, host) as agent:
                 self._opened.add(enclave.id)
-                self._steps(agent, job, report)
+                self._steps(agent, job, enclave, report)
         except DependencyUnavailableError as e:
             if e.dependency != AGENT_DEPENDENCY:
                 raise  # Vault or the database: retried next pass
@@ -272,7 +280,7 @@ class JobRunner:
             self._finish(job, state, None, [], report, error=error)
         self._release(job)
 
-    def _steps(self, agent: AgentSession, job: Job, report: RunnerReport) -> None:
+    def _steps(self, agent: AgentSession, job: Job, enclave: Enclave, report: RunnerReport) -> None:
         if job.step is JobStep.NEW and job.cancel_requested:
             self._finish(job, JobState.CANCELLED, None, [], report, error="cancelled before it ran")
         if job.step is JobStep.NEW:
@@ -288,7 +296,7 @@ class JobRunner:
             else:
                 self._start(agent, job, report)
         if job.step is JobStep.STARTED:
-            self._poll(agent, job, report)
+            self._poll(agent, job, enclave, report)
         if job.step is JobStep.FINISHED:
             agent.discard(str(job.id))
             self._commit(job, step=JobStep.DONE, release=True)
@@ -360,7 +368,7 @@ class JobRunner:
         report.started += 1
         report.progressed = True
 
-    def _poll(self, agent: AgentSession, job: Job, report: RunnerReport) -> None:
+    def _poll(self, agent: AgentSession, job: Job, enclave: Enclave, report: RunnerReport) -> None:
         name = str(job.id)
         overdue = self._overdue(job)
         stop = job.cancel_requested or overdue
@@ -383,7 +391,39 @@ class JobRunner:
         if overdue and not job.cancel_requested and final is JobState.CANCELLED:
             final, error = JobState.TIMED_OUT, "stopped by the runner past its max_runtime_s"
         outputs = self._collect(agent, job)
-        self._finish(job, final, status, outputs, report, error=error)
+        canary = self._plant_canary(agent, enclave)
+        self._finish(job, final, status, outputs, report, error=error, canary=canary)
+
+    @staticmethod
+    def _plant_canary(agent: AgentSession, enclave: Enclave) -> dict[str, Any]:
+        """Plant the enclave's canary over the GPU memory the job freed; what the agent said,
+        for the ``job:finish`` event (never the nonce). A refusal (another job of the enclave
+        still runs) or no answer is recorded, never fatal: the job's outputs are collected
+        already, and the hand-over scrubs the GPU all the same.
+
+        :raises DependencyUnavailableError: Vault or the database (not the agent) is down.
+        """
+        if enclave.canary_nonce is None:
+            return {"planted": False, "reason": "the enclave has no canary nonce"}
+        try:
+            answer = agent.plant_canary(enclave.canary_nonce)
+        except DependencyUnavailableError as e:
+            if e.dependency != AGENT_DEPENDENCY:
+                raise
+            return {"planted": False, "reason": e.message[:MAX_ERROR]}
+        except WorkloadError as e:
+            return {"planted": False, "reason": e.message[:MAX_ERROR]}
+        planted = answer.get("planted_bytes") if isinstance(answer, dict) else None
+        device = answer.get("device") if isinstance(answer, dict) else None
+        if (
+            not isinstance(planted, int)
+            or isinstance(planted, bool)
+            or not 0 <= planted <= MAX_CANARY_BYTES
+            or not isinstance(device, str)
+            or not CANARY_DEVICE.fullmatch(device)
+        ):
+            return {"planted": False, "reason": "the agent's answer to canary is malformed"}
+        return {"planted": planted > 0, "planted_bytes": planted, "device": device}
 
     def _overdue(self, job: Job) -> bool:
         """Whether the job runs well past its runtime bound (which the agent enforces)."""
@@ -478,8 +518,10 @@ class JobRunner:
         report: RunnerReport,
         *,
         error: str = "",
+        canary: dict[str, Any] | None = None,
     ) -> None:
-        """End the job in ``state``: outputs sealed and stored, ``job:finish`` recorded."""
+        """End the job in ``state``: outputs sealed and stored, ``job:finish`` recorded (with
+        the canary planted after it, where one was)."""
         with self._uow() as uow:
             current = self._reload(uow, job)
             if outputs:
@@ -496,7 +538,7 @@ class JobRunner:
                 current.runtime_s = status.runtime_s
             current.error = error[:MAX_ERROR]
             uow.jobs.update(current)
-            self._record_finish(uow, current)
+            self._record_finish(uow, current, canary)
             uow.commit()
         _copy(current, job)
         self._pulled_at.pop(job.id, None)
@@ -505,7 +547,9 @@ class JobRunner:
         report.failed += state is JobState.FAILED
         report.progressed = True
 
-    def _record_finish(self, uow: UnitOfWork, job: Job) -> None:
+    def _record_finish(
+        self, uow: UnitOfWork, job: Job, canary: dict[str, Any] | None = None
+    ) -> None:
         details: dict[str, Any] = {
             "enclave": str(job.enclave_id),
             "state": job.state.value,
@@ -516,6 +560,8 @@ class JobRunner:
         }
         if job.error:
             details["error"] = job.error
+        if canary is not None:
+            details["canary"] = canary
         self._recorder.record(
             uow, self.ctx, "job:finish", job_target(job.id), label=job.label, details=details
         )

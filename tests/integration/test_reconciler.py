@@ -73,9 +73,13 @@ def test_new_hosts_gpus_are_sanitized_before_first_use(new_fleet: Callable[..., 
     fleet = new_fleet()
     assert set(fleet.gpu_states().values()) == {"free"}
     sanitized = fleet.actions("gpu:")
-    # Each of the 12 GPUs went dirty -> sanitizing -> free, with evidence.
+    # Each of the 12 GPUs went dirty -> sanitizing -> free, with a clean certificate.
     assert sanitized.count("gpu:sanitize") == 12
-    assert sanitized.count("gpu:sanitized") == 12
+    assert sanitized.count("gpu:handover") == 12
+    certificates = [e.details["certificate"] for e in fleet.events("gpu:handover")]
+    assert {c["verdict"] for c in certificates} == {"clean"}
+    assert all(c["simulated"] for c in certificates), "no real GPU was scrubbed"
+    assert {c["previous_enclave"] for c in certificates} == {None}, "never used before"
 
 
 def test_approved_request_runs_then_terminates_and_its_gpus_go_dirty_then_free(fleet: Fleet):

@@ -20,6 +20,7 @@ from audit import AuditEvent, AuditQuery
 from enclaves.inventory import GpuDevice
 from sovereign import config as settings
 from sovereign.adapters.memory_hypervisor import MemoryHost, MemoryHypervisor
+from sovereign.adapters.memory_sanitizer import MemorySanitizer
 from sovereign.adapters.memory_secrets import MemorySecretStore
 from sovereign.bootstrap import Services, build_services
 from sovereign.domain.identity import Principal
@@ -172,6 +173,7 @@ def make_fleet(
     domain_type: str = "kvm",
     clock: Any = None,
     workloads: Any = None,
+    sanitizer: Any = None,
     **config: Any,
 ) -> Fleet:
     """Services on ``database_url`` with the demo catalog and hosts registered and sanitized.
@@ -180,6 +182,8 @@ def make_fleet(
     folder of a developer's ``make run``).
 
     ``hosts`` maps a name to (uri, accreditation, memory host or None for a real URI).
+    ``sanitizer`` hands GPUs over; by default a :class:`MemorySanitizer` when the hypervisor
+    is the memory one, else the assembly's (simulated GPUs scrubbed on 1 MiB each).
     """
     app = settings.new_app()
     settings.load(
@@ -188,6 +192,7 @@ def make_fleet(
             "ENV": "testing",
             "DATABASE_URL": database_url,
             "RECONCILER_CLAIM_TTL_S": 60,
+            "SANITIZER_SIMULATED_MIB": 1,
             "AUDIT_SIGNING_KEY": str(folder / "audit.key"),
             "AUDIT_WITNESS_PATH": str(folder / "witness.jsonl"),
             **config,
@@ -195,13 +200,17 @@ def make_fleet(
         check=False,
     )
     clock = clock if clock is not None else Clock()
-    hypervisor = hypervisor if hypervisor is not None else MemoryHypervisor()
+    if hypervisor is None:
+        hypervisor = MemoryHypervisor()
+    if sanitizer is None and isinstance(hypervisor, MemoryHypervisor):
+        sanitizer = MemorySanitizer()
     services = build_services(
         app.config,
         identity=_NoIdentity(),
         secrets=secrets if secrets is not None else MemorySecretStore(),
         hypervisor=hypervisor,
         workloads=workloads,
+        sanitizer=sanitizer,
         probes=[],
         clock=clock,
     )

@@ -7,8 +7,9 @@ Owns the lifecycle after approval. Each pass runs five phases, one module each, 
 2. :mod:`.placement`: approved requests placed, GPUs claimed, enclaves recorded;
 3. :mod:`.steps`: claimed enclaves advanced one idempotent, recorded step at a time
    (provisioning, teardown, crypto-erase), so any crash converges;
-4. :mod:`.sanitization`: dirty GPUs through the :class:`~sovereign.services.ports.Sanitizer`
-   port (``dirty -> sanitizing -> free``, the evidence in the audit event);
+4. :mod:`.sanitization`: dirty GPUs handed over through the
+   :class:`~sovereign.services.ports.Sanitizer` port (``dirty -> sanitizing -> free |
+   quarantined``, the certificate in the ``gpu:handover`` audit event);
 5. :mod:`.drift`: database and hosts compared; identity changes and unknown domains
    quarantine a host, a stopped enclave fails, an ended enclave's domain is removed.
 

@@ -47,7 +47,9 @@ class PassReport:
     running: int = 0
     terminated: int = 0
     failed: int = 0
+    #: GPUs handed over (with a certificate), and how many of those were quarantined.
     sanitized: int = 0
+    quarantined: int = 0
     #: Drift repaired: orphan domains removed, enclaves whose domain stopped failed.
     repaired: int = 0
     #: Drift reported in this pass: new, changed or cleared conditions, and the repairs.

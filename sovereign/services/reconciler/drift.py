@@ -6,8 +6,10 @@ alone; a domain nobody recorded is reported and its host quarantined (never adop
 enclave recorded ``running`` whose domain does not run is failed (the steps phase tears it
 down); a domain of an ended enclave is torn down again. A standing condition (a domain nobody
 recorded) is not work: it is logged and audited once when it appears, changes or clears
-(:class:`~sovereign.services.drift.DriftLedger`). Must not adopt a domain nor repair a host
-whose identity changed.
+(:class:`~sovereign.services.drift.DriftLedger`). The one domain without a record that is not
+drift: a GPU's short-lived sanitizer domain (its exact name,
+:func:`~sovereign.domain.fleet.sanitizer_domain_name`), while that host has that GPU in a
+hand-over (``sanitizing``). Must not adopt a domain nor repair a host whose identity changed.
 """
 
 from __future__ import annotations
@@ -17,11 +19,17 @@ import uuid
 
 from audit import Outcome
 from enclaves.steps import HOST_TEARDOWN_STEPS
-from sovereign.domain.fleet import Enclave, Host
+from sovereign.domain.fleet import (
+    SANITIZER_DOMAIN_PREFIX,
+    Enclave,
+    Gpu,
+    Host,
+    sanitizer_domain_name,
+)
 from sovereign.errors import ConcurrentUpdateError, DependencyUnavailableError, SovereignError
 from sovereign.services.collaborators import HostGuard
 from sovereign.services.drift import DriftChange, DriftLedger, LogLimiter, held_note
-from sovereign.services.ports import UnitOfWork
+from sovereign.services.ports import DomainFacts, UnitOfWork
 from sovereign.services.reconciler.context import PassContext, PassReport, S, enclave_target
 from sovereign.services.recording import host_target
 from sovereign.text import for_log
@@ -55,6 +63,7 @@ class DriftCheck:
         with c.uow(readonly=True) as uow:
             hosts = uow.hosts.list()
             open_enclaves = {e.id: e for e in uow.enclaves.list()}
+            gpus_before = uow.gpus.list()
         for host in hosts:
             try:
                 if not self._hosts.check_identity(c.ctx, host):
@@ -76,7 +85,10 @@ class DriftCheck:
                 continue
             running = {d.enclave_id for d in domains if d.running and d.enclave_id}
             unknown: dict[tuple[str, str], str] = {}
+            handovers = self._handovers(host, domains, gpus_before)
             for domain in domains:
+                if domain.enclave_id is None and domain.name in handovers:
+                    continue
                 enclave = self._recorded(domain.enclave_id, open_enclaves)
                 if enclave is None or enclave.host != host.name:
                     unknown[domain.name, UNKNOWN_DOMAIN] = (
@@ -89,6 +101,29 @@ class DriftCheck:
             for enclave in open_enclaves.values():
                 if enclave.host == host.name:
                     self._check_running(enclave, enclave.id in running, report)
+
+    def _handovers(
+        self, host: Host, domains: list[DomainFacts], gpus_before: list[Gpu]
+    ) -> frozenset[str]:
+        """Names of the sanitizer domains on ``host`` that belong to a hand-over in progress.
+
+        A sanitizer domain lives only while its GPU is ``sanitizing``, so it was when the
+        domains were listed; the GPUs are read before and after the listing, and a GPU that was
+        ``sanitizing`` in either read, or changed between them (a whole hand-over in between),
+        explains its domain. Any other domain with such a name is drift like any other.
+        """
+        if not any(d.name.startswith(SANITIZER_DOMAIN_PREFIX) for d in domains):
+            return frozenset()
+        with self._c.uow(readonly=True) as uow:
+            after = {g.address: g for g in uow.gpus.list(host.name)}
+        names = set()
+        for before in gpus_before:
+            now = after.get(before.address)
+            if before.host != host.name or now is None:
+                continue
+            if "sanitizing" in (before.state, now.state) or before.updated_at != now.updated_at:
+                names.add(sanitizer_domain_name(before.address))
+        return frozenset(names)
 
     def _recorded(
         self, enclave_id: uuid.UUID | None, open_enclaves: dict[uuid.UUID, Enclave]

@@ -45,12 +45,14 @@ class Reconciler:
         worker: str | None = None,
         claim_ttl: timedelta = timedelta(minutes=5),
         max_attempts: int = 5,
+        sanitizer_deadline: timedelta = timedelta(minutes=10),
         batch: int = 20,
         after_step: Callable[[str], None] | None = None,
     ) -> None:
         self._uow = uow_factory
         self._hypervisor = hypervisor
         self._sanitizer = sanitizer
+        self._sanitizer_deadline = sanitizer_deadline
         self.worker = worker or worker_name()
         self._recorder = Recorder(uow_factory, clock)
         self.ctx = CallContext(
@@ -84,7 +86,7 @@ class Reconciler:
         leases.expire_leases(self._c, report)
         self._placement.run(report)
         self._steps.run(report)
-        sanitization.sanitize(self._c, self._sanitizer, report)
+        sanitization.sanitize(self._c, self._sanitizer, self._sanitizer_deadline, report)
         self._drift.run(report)
         return report
 

@@ -2,18 +2,26 @@
 
 Owns placement's transaction: placement (:func:`sovereign.domain.placement.place`) on a
 consistent snapshot (every host row locked), the GPUs claimed (compare-and-set ``free ->
-allocated``), the enclave recorded and the request moved to ``provisioning``, with its
-``enclave:place`` event. A request that fits nowhere is reported once per set of reasons.
-Must not decide placement itself (the domain does) nor touch the hypervisor.
+allocated``), the enclave recorded (with its fresh GPU canary nonce) and the request moved to
+``provisioning``, with its ``enclave:place`` event. A request that fits nowhere is reported
+once per set of reasons. Must not decide placement itself (the domain does)
+nor touch the hypervisor.
 """
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from datetime import timedelta
 
 from audit import Outcome
-from sovereign.domain.fleet import Enclave, FleetView, domain_name, placement_request
+from sovereign.domain.fleet import (
+    CANARY_NONCE_BYTES,
+    Enclave,
+    FleetView,
+    domain_name,
+    placement_request,
+)
 from sovereign.domain.labels import LabelScheme
 from sovereign.domain.placement import named_labels, place
 from sovereign.domain.policy import Visibility
@@ -96,6 +104,7 @@ class Placement:
                 lease_expires_at=now + timedelta(hours=request.lease_hours),
                 created_at=now,
                 updated_at=now,
+                canary_nonce=secrets.token_bytes(CANARY_NONCE_BYTES),
             )
             uow.enclaves.add(enclave)
             chosen = set(placement.gpus)

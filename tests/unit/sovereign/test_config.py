@@ -158,3 +158,40 @@ def test_hypervisor_connections_open_under_the_configured_timeout(tmp_path, monk
     # Nothing connects here: the host object only remembers how long an open may take.
     conn = hypervisor._host("qemu+tls://node1.example/system").conn  # type: ignore[attr-defined]
     assert conn._open_timeout == 3
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("SANITIZER_SIMULATED_MIB", 0),
+        ("SANITIZER_SIMULATED_MIB", 65537),
+        ("SANITIZER_SIMULATED_MIB", "64"),
+        ("SANITIZER_SIMULATED_MIB", True),
+        ("SANITIZER_DEADLINE_S", 0),
+        ("SANITIZER_DEADLINE_S", 86_401),
+        ("SANITIZER_DEADLINE_S", "600"),
+        ("SANITIZER_IMAGE", "debian-12"),
+        ("SANITIZER_IMAGE", "sha256:" + "0" * 63),
+        ("SANITIZER_IMAGE", "sha256:" + "A" * 64),
+    ],
+)
+def test_gpu_hand_over_settings_are_checked(tmp_path, monkeypatch, key, value):
+    with pytest.raises(ConfigurationError, match=key):
+        load(tmp_path, monkeypatch, **{key: value})
+
+
+def test_gpu_hand_over_settings_defaults_and_environment(tmp_path, monkeypatch):
+    assert settings.DEFAULTS["SANITIZER_SIMULATED_MIB"] == 64
+    assert settings.DEFAULTS["SANITIZER_DEADLINE_S"] == 600.0
+    assert settings.DEFAULTS["SANITIZER_IMAGE"] is None
+    image = "sha256:" + "ab" * 32
+    monkeypatch.setenv("SOVEREIGN_SANITIZER_IMAGE", image)
+    monkeypatch.setenv("SOVEREIGN_SANITIZER_SIMULATED_MIB", "8")
+    monkeypatch.setenv("SOVEREIGN_SANITIZER_DEADLINE_S", "120.5")
+    monkeypatch.setenv("SOVEREIGN_INSTANCE_PATH", str(tmp_path))
+    app = settings.new_app()
+    settings.load(app, BASE)
+    typed = app.extensions[settings.SETTINGS]
+    assert typed.sanitizer_image == image
+    assert typed.sanitizer_simulated_mib == 8
+    assert typed.sanitizer_deadline_s == 120.5

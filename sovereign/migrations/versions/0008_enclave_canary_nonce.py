@@ -1,0 +1,27 @@
+"""enclave canary nonce: the per-enclave secret the GPU canary is derived from (hex)
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-06 23:30:00.000000
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+
+revision = '0008'
+down_revision = '0007'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('enclaves', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('canary_nonce', sa.String(length=64), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('enclaves', schema=None) as batch_op:
+        batch_op.drop_column('canary_nonce')
