@@ -130,7 +130,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--mib", type=int, default=1024, help="the cpu's buffer in MiB (1024)")
     parser.add_argument("--gpu-mib", type=int, help="cap on the GPU's claim in MiB (all of it)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of each kind (3)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of each kind (5)")
     parser.add_argument("--no-gpu", action="store_true", help="measure the cpu only")
     parser.add_argument("--quick", action="store_true", help="a smoke run with small sizes")
     args = parser.parse_args()

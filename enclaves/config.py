@@ -338,8 +338,10 @@ class DiskConfig:
     luks_secret_uuid: uuid.UUID | None = None
     #: ``<readonly/>``: the guest cannot write the disk at all.
     readonly: bool = False
-    #: ``<transient/>``: the guest writes to an overlay libvirt creates next to the source when
-    #: the domain starts and deletes when it stops; the source itself is never written.
+    #: ``<transient shareBacking='yes'/>``: the guest writes to an overlay libvirt creates next
+    #: to the source when the domain starts and deletes when it stops; the source itself is
+    #: never written, and other domains may use it at the same time (``shareBacking``: libvirt
+    #: opens it read-only and adds the disk once the overlay exists).
     transient: bool = False
 
     def to_xml(self) -> ElementTree.Element:
@@ -351,7 +353,7 @@ class DiskConfig:
         if self.readonly:
             _sub(element, "readonly")
         if self.transient:
-            _sub(element, "transient")
+            _sub(element, "transient", shareBacking="yes")
         if self.luks_secret_uuid is not None:
             encryption = _sub(element, "encryption", format="luks")
             _sub(encryption, "secret", type="passphrase", uuid=str(self.luks_secret_uuid))
@@ -369,10 +371,12 @@ class DiskConfig:
         _only_children(
             element, ("driver", "source", "target", "readonly", "transient", "encryption")
         )
-        for flag in ("readonly", "transient"):
-            found = element.find(flag)
-            if found is not None and (len(found) or found.attrib):
-                raise ValueError(f"only a plain <{flag}/> is supported")
+        readonly, transient = element.find("readonly"), element.find("transient")
+        if readonly is not None and (len(readonly) or readonly.attrib):
+            raise ValueError("only a plain <readonly/> is supported")
+        shared = {"shareBacking": "yes"}
+        if transient is not None and (len(transient) or transient.attrib != shared):
+            raise ValueError("only <transient shareBacking='yes'/> is supported")
         target = _child(element, "target")
         secret_uuid = None
         encryption = element.find("encryption")
@@ -389,8 +393,8 @@ class DiskConfig:
             target_dev=_attr(target, "dev"),
             target_bus=_attr(target, "bus"),
             luks_secret_uuid=secret_uuid,
-            readonly=element.find("readonly") is not None,
-            transient=element.find("transient") is not None,
+            readonly=readonly is not None,
+            transient=transient is not None,
         )
 
 

@@ -36,6 +36,7 @@ validates it and writes the certificate), import the control plane, or catch
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import time
 import uuid
@@ -60,6 +61,8 @@ from enclaves.host import _import_libvirt, _translate
 from enclaves.imagestore import StoredImage
 from enclaves.nodedev import reset_functions
 from enclaves.spec import CPU_MODES, PciAddress
+
+log = logging.getLogger(__name__)
 
 #: Every sanitizer domain's name starts with this (``sov-sanitize-0000-18-00-0``).
 NAME_PREFIX = "sov-sanitize-"
@@ -344,6 +347,18 @@ def hand_over(
     finally:
         _destroy(host, name, domain)
     timings["total_s"] = time.monotonic() - started
+    timings["boot_s"], timings["scrub_s"] = boot_s, scrub_s
+    log.info(
+        "sanitizer %s on %s: reset %.2f s, image upload %.2f s, boot to hello %.2f s, "
+        "scrub %.2f s, total %.2f s",
+        name,
+        host.uri,
+        timings["reset_s"],
+        timings["upload_s"],
+        boot_s,
+        scrub_s,
+        timings["total_s"],
+    )
     return HandoverResult(
         domain=name,
         reset=reset,
@@ -379,10 +394,11 @@ def _destroy(host: EnclaveHost, name: str, domain: Any) -> None:
 def _wait_for_agent(
     host: EnclaveHost, spec: SanitizerSpec, image: StoredImage, deadline: float
 ) -> AgentClient:
-    """Open the channel and wait for the agent's ``hello`` from the image it booted.
+    """Open the channel and wait for the agent's ``hello``, in sanitize mode, from the image
+    it booted.
 
     :raises AgentTimeoutError: if it does not answer before ``deadline``.
-    :raises AgentError: if it answers from another image.
+    :raises AgentError: if it answers in another mode or from another image.
     """
     domain_uuid = sanitizer_uuid(spec.name)
     last = "no answer"
@@ -406,6 +422,11 @@ def _wait_for_agent(
                 client.close()
             time.sleep(_CHANNEL_RETRY_S)
             continue
+        if hello.mode != "sanitize":
+            client.close()
+            raise AgentProtocolError(
+                f"the sanitizer domain's agent runs in {hello.mode!r} mode, not 'sanitize'"
+            )
         if image.recipe_digest and hello.image_digest != image.recipe_digest:
             client.close()
             raise AgentProtocolError(

@@ -5,7 +5,10 @@ GPU's memory) and its report, the contract the control plane validates (``sovere
 
 1. allocate as much of the device's memory as it can (1 GiB pieces, then halves down to 2 MiB,
    keeping a bounded working reserve for the verification's temporaries) and record
-   ``bytes_covered`` against ``bytes_total`` (NVML's total on a GPU);
+   ``bytes_covered`` against ``bytes_total``: on a GPU NVML's total less what NVML reports as
+   reserved for the driver and firmware (``nvmlDeviceGetMemoryInfo_v2``; no program, and so no
+   tenant, can allocate it), NVML's total where that figure is missing; both raw figures are in
+   ``device_state`` (``memory_total``, ``memory_reserved``);
 2. canary scan: count the 8-byte words of the fresh allocation, before any write, equal to the
    canary word (the first 8 bytes of SHA-256 of a domain tag and the canary nonce), wherever
    they lie; :func:`plant_canary` writes that word over all it can allocate;
@@ -156,8 +159,9 @@ class _Layout:
     def __init__(self, buffers: list[torch.Tensor], verify_rows: int) -> None:
         self.buffers = buffers
         self.words = [buffer.view(torch.int64) for buffer in buffers]
-        #: (buffer's words, first global row, the chunk's words viewed as (rows, columns)).
+        #: Verification chunks: (first global row, words viewed as (rows, columns)).
         self.chunks: list[tuple[int, torch.Tensor]] = []
+        #: Fill targets, one a buffer's full rows and one its partial last row: the same form.
         self.fills: list[tuple[int, torch.Tensor]] = []
         row = 0
         for words in self.words:
@@ -173,6 +177,11 @@ class _Layout:
                 self.fills.append((row + full, part))
                 self.chunks.append((row + full, part))
             row += full + (1 if tail else 0)
+
+    def counts(self) -> torch.Tensor:
+        """One counter a chunk, on the device: the passes add nothing else that stays."""
+        device = self.buffers[0].device if self.buffers else torch.device("cpu")
+        return torch.zeros(len(self.chunks), dtype=torch.int64, device=device)
 
     @property
     def nbytes(self) -> int:
@@ -222,7 +231,9 @@ def _warm_up(device: torch.device, pattern: Pattern | None, canary: int | None) 
     torch.count_nonzero(words)
     torch.count_nonzero(words.view(torch.uint8))
     torch.count_nonzero(torch.eq(words, canary if canary is not None else 1))
-    torch.stack([torch.count_nonzero(words), torch.count_nonzero(words)]).sum().item()
+    counts = torch.zeros(2, dtype=torch.int64, device=device)
+    counts[0].copy_(torch.count_nonzero(words))
+    counts.tolist()
     _sync(device)
 
 
@@ -260,15 +271,15 @@ class _Timer:
 
 def _scan_canary(layout: _Layout, word: int) -> int:
     """How many words of the buffers equal ``word``."""
-    counts = []
+    counts = layout.counts()
     flags: torch.Tensor | None = None
-    for _, chunk in layout.chunks:
+    for index, (_, chunk) in enumerate(layout.chunks):
         if flags is None or flags.numel() < chunk.numel():
             flags = torch.empty(chunk.numel(), dtype=torch.bool, device=chunk.device)
         hits = flags[: chunk.numel()].view(chunk.shape)
         torch.eq(chunk, word, out=hits)
-        counts.append(torch.count_nonzero(hits))
-    return _total(counts)
+        counts[index].copy_(torch.count_nonzero(hits))
+    return sum(_values(counts))
 
 
 def _fill_zeros(layout: _Layout) -> None:
@@ -283,7 +294,9 @@ def _fill_pattern(layout: _Layout, pattern: Pattern) -> None:
 
 def _verify_zeros(layout: _Layout) -> int:
     """Bytes of the buffers that are not zero: words counted per chunk, bytes where they differ."""
-    counts = [torch.count_nonzero(chunk) for _, chunk in layout.chunks]
+    counts = layout.counts()
+    for index, (_, chunk) in enumerate(layout.chunks):
+        counts[index].copy_(torch.count_nonzero(chunk))
     per_chunk = _values(counts)
     mismatches = 0
     for (_, chunk), count in zip(layout.chunks, per_chunk, strict=True):
@@ -295,12 +308,12 @@ def _verify_zeros(layout: _Layout) -> int:
 def _verify_pattern(layout: _Layout, pattern: Pattern) -> int:
     """Bytes of the buffers that differ from the pattern, counted like :func:`_verify_zeros`."""
     diff: torch.Tensor | None = None
-    counts = []
-    for row, chunk in layout.chunks:
+    counts = layout.counts()
+    for index, (row, chunk) in enumerate(layout.chunks):
         if diff is None or diff.numel() < chunk.numel():
             diff = torch.empty(chunk.numel(), dtype=torch.int64, device=chunk.device)
         delta = _diff(diff, row, chunk, pattern)
-        counts.append(torch.count_nonzero(delta))
+        counts[index].copy_(torch.count_nonzero(delta))
     per_chunk = _values(counts)
     mismatches = 0
     for (row, chunk), count in zip(layout.chunks, per_chunk, strict=True):
@@ -319,15 +332,9 @@ def _diff(space: torch.Tensor, row: int, chunk: torch.Tensor, pattern: Pattern) 
     return delta
 
 
-def _values(counts: list[torch.Tensor]) -> list[int]:
-    """The counts as integers, read back from the device at once."""
-    if not counts:
-        return []
-    return [int(value) for value in torch.stack(counts).tolist()]
-
-
-def _total(counts: list[torch.Tensor]) -> int:
-    return sum(_values(counts))
+def _values(counts: torch.Tensor) -> list[int]:
+    """The per-chunk counts as integers, read back from the device at once."""
+    return [int(value) for value in counts.tolist()]
 
 
 # The program ---------------------------------------------------------------------------------
@@ -354,7 +361,7 @@ def scrub(
     _check_nonce(nonce, "nonce")
     if canary_nonce is not None:
         _check_nonce(canary_nonce, "canary_nonce")
-    target = resolve_device(device, simulate_bytes)
+    target = resolve_device(device, simulate_bytes, given_buffers=buffers is not None)
     started = time.perf_counter()
     pattern = Pattern(nonce, target)
     canary = canary_word(canary_nonce) if canary_nonce is not None else None
@@ -419,7 +426,9 @@ def plant_canary(
     return {"planted_bytes": planted, "device": str(target)}
 
 
-def resolve_device(device: str, simulate_bytes: int | None) -> torch.device:
+def resolve_device(
+    device: str, simulate_bytes: int | None, *, given_buffers: bool = False
+) -> torch.device:
     """The torch device ``device`` names (``auto``: the first GPU, else the simulated one).
 
     :raises ScrubError: if the name is not allowed, the GPU is missing, or ``cpu`` has no
@@ -442,7 +451,7 @@ def resolve_device(device: str, simulate_bytes: int | None) -> torch.device:
         else:
             raise ScrubError("no GPU visible, and no simulated device memory asked for")
     if device == "cpu":
-        if simulate_bytes is None:
+        if simulate_bytes is None and not given_buffers:
             raise ScrubError("the cpu device needs a simulated size")
         return torch.device("cpu")
     if not torch.cuda.is_available():
@@ -491,12 +500,19 @@ def _handle(nvml: Any, device: torch.device) -> Any:
 
 
 def _nvml_total(device: torch.device) -> int | None:
+    """NVML's total less its reserved memory (v2), else its total; ``None`` without NVML."""
     try:
         nvml = _nvml()
     except Exception:  # noqa: BLE001 - no NVML: the caller falls back to CUDA's figure
         return None
     try:
-        return int(nvml.nvmlDeviceGetMemoryInfo(_handle(nvml, device)).total)
+        handle = _handle(nvml, device)
+        total = int(nvml.nvmlDeviceGetMemoryInfo(handle).total)
+        try:
+            reserved = _reserved(nvml, handle)
+        except Exception:  # noqa: BLE001 - an older driver or pynvml: no v2 figures
+            return total
+        return total - reserved if 0 <= reserved < total else total
     except Exception:  # noqa: BLE001 - likewise
         return None
     finally:

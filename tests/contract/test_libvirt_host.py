@@ -22,9 +22,9 @@ import pytest
 
 from enclaves.errors import (
     DomainNotFoundError,
-    EnclaveError,
     HostIdentityChangedError,
     HypervisorUnavailableError,
+    NodeDeviceNotFoundError,
 )
 from enclaves.host import HostIdentity, HostInfo, LibvirtHost, _translate
 from enclaves.hosts import BUNDLED_HOSTS, bundled_host_path, bundled_host_uri
@@ -300,7 +300,10 @@ def test_translate_maps_libvirt_error_codes(secret: LibvirtHost) -> None:
         _translate("looking up domain nope"),
     ):
         conn.lookupByName("nope")
-    with pytest.raises(EnclaveError) as missing_device, _translate("looking up node device nope"):
+    with (
+        pytest.raises(NodeDeviceNotFoundError) as missing_device,
+        _translate("looking up node device nope"),
+    ):
         conn.nodeDeviceLookupByName("nope")
     conn.close()
     # A connection error, not a missing object: the class follows the code, not the call.
@@ -309,7 +312,7 @@ def test_translate_maps_libvirt_error_codes(secret: LibvirtHost) -> None:
 
     assert missing_domain.value.message.startswith("looking up domain nope failed: ")
     assert f"code {libvirt.VIR_ERR_NO_DOMAIN})" in missing_domain.value.message
-    assert type(missing_device.value) is EnclaveError
+    assert type(missing_device.value) is NodeDeviceNotFoundError
     assert f"code {libvirt.VIR_ERR_NO_NODE_DEVICE})" in missing_device.value.message
 
 

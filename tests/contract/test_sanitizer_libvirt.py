@@ -82,7 +82,7 @@ def test_sanitizer_domain_validates_and_starts_transient_on_the_test_driver(
         live = ElementTree.fromstring(domain.XMLDesc(0))  # noqa: S314
         assert live.find("devices/interface") is None
         assert len(live.findall("devices/disk")) == 1
-        assert live.find("devices/disk/transient") is not None
+        assert live.find("devices/disk/transient[@shareBacking='yes']") is not None
         assert len(live.findall("devices/hostdev")) == len(members)
         assert live.findtext("on_crash") == "destroy"
     finally:
@@ -97,7 +97,7 @@ def test_schema_validation_is_real(host: LibvirtHost) -> None:
     xml = design_sanitizer(sanitizer_spec(address, members)).to_string()
     with pytest.raises(libvirt.libvirtError):
         host.connect().createXML(
-            xml.replace("<transient />", "<transient bogus='1' />"),
+            xml.replace('<transient shareBacking="yes" />', "<transient bogus='1' />"),
             libvirt.VIR_DOMAIN_START_VALIDATE,
         )
 
@@ -219,7 +219,7 @@ def test_real_qemu_driver_validates_and_defines_the_sanitizer_domain(
         )
         try:
             live = ElementTree.fromstring(domain.XMLDesc(0))  # noqa: S314
-            assert live.find("devices/disk/transient") is not None
+            assert live.find("devices/disk/transient[@shareBacking='yes']") is not None
             assert len(live.findall("devices/hostdev[@managed='yes']")) == 2
             assert live.find("devices/interface") is None
         finally:

@@ -593,3 +593,84 @@ def test_an_upload_interrupted_by_its_caller_closes_the_connection(
         client.put(JOB, "input", "d.bin", b"x" * (4 << 20), progress=interrupt)
     # Answers to chunks in flight are still due: the stream cannot be trusted to be in step.
     quickly(lambda: client.status(JOB), AgentUnavailableError)
+
+
+# Scrub reports and canary answers ----------------------------------------------------------
+
+NONCE = bytes(range(32))
+
+
+def scrub_call(client: AgentClient, timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
+    return client.scrub(nonce=NONCE, canary_nonce=NONCE, simulate_mib=None, timeout_s=timeout_s)
+
+
+def test_a_scrub_report_is_passed_on_as_a_json_object(fake: Callable[..., AgentClient]) -> None:
+    report = {"program": "sovereign-scrub/1", "passes": [{"name": "zeros-fill"}], "x": None}
+    client = fake(lambda frame: reply(frame, **report))
+    assert scrub_call(client) == report
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        {"deep": {"a": {"b": {"c": {"d": 1}}}}},
+        {"many": list(range(300))},
+        {f"k{index}": index for index in range(300)},
+    ],
+)
+def test_an_oversized_scrub_report_is_a_protocol_error(
+    fake: Callable[..., AgentClient], report: dict[str, Any]
+) -> None:
+    client = fake(lambda frame: reply(frame, **report))
+    quickly(lambda: scrub_call(client), AgentProtocolError)
+
+
+def test_a_scrub_that_never_answers_times_out_on_its_own_deadline(
+    fake: Callable[..., AgentClient],
+) -> None:
+    client = fake(lambda frame: None, timeout_s=60.0)
+    quickly(lambda: scrub_call(client, timeout_s=0.3), AgentTimeoutError)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"planted_bytes": -1, "device": "cpu"},
+        {"planted_bytes": 1.5, "device": "cpu"},
+        {"planted_bytes": True, "device": "cpu"},
+        {"planted_bytes": 4, "device": "cpu\x1b[2J"},
+        {"planted_bytes": 4, "device": "x" * 300},
+        {"planted_bytes": 4},
+    ],
+)
+def test_a_malformed_canary_answer_is_a_protocol_error(
+    fake: Callable[..., AgentClient], answer: dict[str, Any]
+) -> None:
+    client = fake(lambda frame: reply(frame, **answer))
+    quickly(lambda: client.plant_canary(NONCE, timeout_s=TIMEOUT_S), AgentProtocolError)
+
+
+def test_the_nonces_travel_as_hex(fake: Callable[..., AgentClient]) -> None:
+    seen: list[Frame] = []
+
+    def script(frame: Frame) -> bytes:
+        seen.append(frame)
+        if frame.header["op"] == "canary":
+            return reply(frame, planted_bytes=8, device="cuda:0")
+        return reply(frame, program="sovereign-scrub/1")
+
+    client = fake(script)
+    assert client.plant_canary(NONCE, timeout_s=TIMEOUT_S) == {
+        "planted_bytes": 8,
+        "device": "cuda:0",
+    }
+    client.scrub(nonce=NONCE, canary_nonce=None, simulate_mib=16, timeout_s=TIMEOUT_S)
+    assert seen[0].header == {"op": "canary", "id": 1, "canary_nonce": NONCE.hex()}
+    assert seen[1].header == {"op": "scrub", "id": 2, "nonce": NONCE.hex(), "simulate_mib": 16}
+
+
+def test_hello_with_an_unknown_mode_is_a_protocol_error(fake: Callable[..., AgentClient]) -> None:
+    client = fake(lambda frame: reply(frame, **hello_fields(mode="debug")))
+    quickly(client.hello, AgentProtocolError)
+    sane = fake(lambda frame: reply(frame, **hello_fields(mode="sanitize")))
+    assert sane.hello().mode == "sanitize"

@@ -39,7 +39,9 @@ from enclaves.errors import AgentRefusedError, AgentTimeoutError, AgentUnavailab
 from tests.support.gpu import NO_GPU, gpu_present
 
 AGENT_SOURCES = Path(server.__file__).parent
-AGENT_FILES = ("__init__.py", "protocol.py", "server.py", "__main__.py")
+AGENT_FILES = ("__init__.py", "protocol.py", "server.py", "__main__.py", "scrub.py")
+#: The scrub program needs torch: the test's interpreter has it (the agent runs with ``-S``).
+SCRUB = ("--scrub-python", sys.executable)
 SYSTEM_PYTHON = "/usr/bin/python3"
 AS_ROOT = os.geteuid() == 0 and Path(SYSTEM_PYTHON).exists()
 
@@ -967,3 +969,127 @@ def test_a_part_file_removed_behind_the_agent_starts_the_upload_over(
     assert raw.call("put_begin", **where, size=len(data), sha256=digest).header["have"] == 0
     raw.call("put_chunk", data, **where, offset=0, sha256=digest)
     assert raw.call("put_end", **where).header["sha256"] == digest
+
+
+# The scrub program over the channel ------------------------------------------------------
+
+SCRUB_NONCE = hashlib.sha256(b"scrub nonce").digest()
+CANARY_NONCE = hashlib.sha256(b"canary nonce").digest()
+
+
+def test_the_agent_scrubs_its_simulated_device_memory(base: Path) -> None:
+    running = start_agent(base, "--simulated-gpu-mib", "4", *SCRUB)
+    try:
+        client = running.connect()
+        planted = client.plant_canary(CANARY_NONCE, timeout_s=120)
+        assert planted == {"planted_bytes": 4 << 20, "device": "cpu"}
+        report = client.scrub(
+            nonce=SCRUB_NONCE, canary_nonce=CANARY_NONCE, simulate_mib=None, timeout_s=120
+        )
+        assert report["program"] == "sovereign-scrub/1"
+        assert report["simulated"] is True
+        assert report["bytes_total"] == report["bytes_covered"] == 4 << 20
+        assert report["mismatches"] == 0
+        assert report["canary_checked"] is True
+        assert report["canary_hits"] == 0
+        assert "id" not in report
+        # The request may size the simulated memory; the connection is still in step.
+        smaller = client.scrub(nonce=SCRUB_NONCE, canary_nonce=None, simulate_mib=1, timeout_s=120)
+        assert smaller["bytes_covered"] == 1 << 20
+        assert client.hello().mode == "jobs"
+        client.close()
+    finally:
+        running.stop()
+
+
+def test_an_agent_without_any_device_memory_plants_nothing(client: AgentClient) -> None:
+    assert client.plant_canary(CANARY_NONCE, timeout_s=10) == {"planted_bytes": 0, "device": "none"}
+    with pytest.raises(AgentRefusedError, match="no GPU and no simulated device memory"):
+        client.scrub(nonce=SCRUB_NONCE, canary_nonce=None, simulate_mib=None, timeout_s=10)
+
+
+def test_scrub_and_canary_wait_for_no_job(base: Path) -> None:
+    running = start_agent(base, "--simulated-gpu-mib", "1", *SCRUB)
+    try:
+        client = running.connect()
+        job = new_job()
+        put_script(client, job, "import time\ntime.sleep(60)")
+        client.run(job, entrypoint="main.py", args=[], max_runtime_s=120)
+        with pytest.raises(AgentRefusedError, match="a job is running"):
+            client.plant_canary(CANARY_NONCE, timeout_s=10)
+        with pytest.raises(AgentRefusedError, match="a job is running"):
+            client.scrub(nonce=SCRUB_NONCE, canary_nonce=None, simulate_mib=None, timeout_s=10)
+        client.cancel(job)
+        assert client.plant_canary(CANARY_NONCE, timeout_s=120)["planted_bytes"] == 1 << 20
+        client.close()
+    finally:
+        running.stop()
+
+
+def test_an_agent_in_sanitize_mode_answers_only_hello_and_scrub(base: Path) -> None:
+    running = start_agent(base, "--sanitize-only", "--simulated-gpu-mib", "2", *SCRUB)
+    try:
+        client = running.connect()
+        assert client.hello().mode == "sanitize"
+        job = new_job()
+        with pytest.raises(AgentRefusedError, match="sanitize mode"):
+            client.put(job, "code", "main.py", b"print(1)")
+        with pytest.raises(AgentRefusedError, match="sanitize mode"):
+            client.plant_canary(CANARY_NONCE, timeout_s=10)
+        report = client.scrub(
+            nonce=SCRUB_NONCE, canary_nonce=CANARY_NONCE, simulate_mib=None, timeout_s=120
+        )
+        assert report["bytes_covered"] == 2 << 20
+        assert report["mismatches"] == 0
+        assert not any(running.root.glob("jobs/*"))
+        client.close()
+    finally:
+        running.stop()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"nonce": b"short"}, "nonce must be 32 bytes"),
+        ({"canary_nonce": "ab" * 32}, "canary_nonce must be 32 bytes"),
+        ({"simulate_mib": 0}, "simulate_mib must be"),
+        ({"simulate_mib": 1 << 20}, "simulate_mib must be"),
+        ({"timeout_s": 0}, "timeout_s must be"),
+        ({"timeout_s": float("nan")}, "timeout_s must be"),
+    ],
+)
+def test_the_client_checks_scrub_arguments(
+    client: AgentClient, kwargs: dict[str, object], message: str
+) -> None:
+    arguments: dict[str, object] = {
+        "nonce": SCRUB_NONCE,
+        "canary_nonce": None,
+        "simulate_mib": None,
+        "timeout_s": 10.0,
+        **kwargs,
+    }
+    with pytest.raises(ValueError, match=message):
+        client.scrub(**arguments)  # type: ignore[arg-type]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_present(), reason=NO_GPU)
+def test_the_agent_scrubs_the_real_gpu(base: Path) -> None:
+    running = start_agent(base, "--simulated-gpu-mib", "4", *SCRUB)
+    try:
+        client = running.connect()
+        # The agent runs with -S: its GPU list comes from nvidia-smi (NVML in a guest).
+        gpus = client.hello().gpus
+        assert gpus, "the agent sees no GPU: is nvidia-smi installed with the driver?"
+        report = client.scrub(
+            nonce=SCRUB_NONCE, canary_nonce=CANARY_NONCE, simulate_mib=8, timeout_s=600
+        )
+        # A GPU is there: it is scrubbed, not the simulated memory the request asked for.
+        assert report["simulated"] is False
+        assert report["device"].startswith("cuda")
+        assert report["mismatches"] == 0
+        assert report["bytes_covered"] / report["bytes_total"] >= 0.99
+        assert report["device_state"]["uuid"] in {gpu.uuid for gpu in gpus}
+        client.close()
+    finally:
+        running.stop()

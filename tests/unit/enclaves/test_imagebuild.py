@@ -95,6 +95,13 @@ def test_the_cuda_variant_is_another_recipe_with_the_driver_and_the_cuda_wheels(
     assert cuda.digest() != imagebuild.default_recipe().digest()
 
 
+def test_both_images_carry_nvml_and_the_scrub_program():
+    # The scrub program reads the GPU's identity and state through nvidia-ml-py (pynvml).
+    for recipe in (imagebuild.default_recipe(), imagebuild.cuda_recipe("cu128")):
+        assert any(wheel.startswith("nvidia-ml-py==") for wheel in recipe.wheels)
+        assert f"{imagebuild.AGENT_TARGET}/scrub.py" in recipe.files
+
+
 def test_the_cuda_tag_is_checked_before_it_reaches_a_url():
     with pytest.raises(ValueError, match="cu128"):
         imagebuild.cuda_recipe("cu128/../../evil")

@@ -109,7 +109,7 @@ def test_only_the_gpu_group_the_image_and_the_channel() -> None:
     assert root.find("metadata") is None, "a sanitizer domain is not an enclave"
     disks = root.findall("devices/disk")
     assert len(disks) == 1, "one disk: the sanitizer image, never a tenant's"
-    assert disks[0].find("transient") is not None
+    assert disks[0].find("transient[@shareBacking='yes']") is not None
     assert disks[0].find("encryption") is None
     source = disks[0].find("source")
     assert source is not None
@@ -175,8 +175,9 @@ def test_spec_refuses(change: dict[str, object], message: str) -> None:
 @pytest.mark.parametrize(
     ("needle", "replacement", "message"),
     [
-        ("<transient />", '<transient shareBacking="yes" />', "plain <transient/>"),
-        ("<transient />", "<shareable />", "unsupported child"),
+        ('<transient shareBacking="yes" />', "<transient />", "shareBacking"),
+        ('<transient shareBacking="yes" />', '<transient shareBacking="no" />', "shareBacking"),
+        ('<transient shareBacking="yes" />', "<shareable />", "unsupported child"),
     ],
 )
 def test_disk_parse_refuses_what_it_does_not_model(
