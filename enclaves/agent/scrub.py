@@ -55,8 +55,9 @@ MAX_PIECE: Final = 1 << 30
 MIN_PIECE: Final = 2 << 20
 #: Held while the device is being claimed, then freed for the verification's temporaries.
 RESERVE_BYTES: Final = 64 << 20
-#: Rows (of BLOCK_BYTES) verified at a time: small enough to stay in a GPU's L2 cache.
-VERIFY_ROWS: Final = {"cuda": 32, "cpu": 4}
+#: Rows (of BLOCK_BYTES) verified at a time: on a GPU few enough that the temporaries stay in
+#: its L2 cache; on the host enough that each operation outweighs starting its threads.
+VERIFY_ROWS: Final = {"cuda": 32, "cpu": 64}
 #: The canary scan's chunks are this many verify chunks (its temporary is 1/8 of its chunk).
 SCAN_FACTOR: Final = {"cuda": 8, "cpu": 1}
 #: Largest simulated device (and largest cap on a GPU's allocation), in MiB.
