@@ -57,7 +57,7 @@ MIN_PIECE: Final = 2 << 20
 RESERVE_BYTES: Final = 64 << 20
 #: Rows (of BLOCK_BYTES) verified at a time: on a GPU few enough that the temporaries stay in
 #: its L2 cache; on the host enough that each operation outweighs starting its threads.
-VERIFY_ROWS: Final = {"cuda": 32, "cpu": 64}
+VERIFY_ROWS: Final = {"cuda": 32, "cpu": 16}
 #: The canary scan's chunks are this many verify chunks (its temporary is 1/8 of its chunk).
 SCAN_FACTOR: Final = {"cuda": 8, "cpu": 1}
 #: Largest simulated device (and largest cap on a GPU's allocation), in MiB.
