@@ -210,6 +210,7 @@ def test_no_answer_within_the_deadline_quarantines_the_gpu(
     assert cert["verdict"] == "failed"
     assert cert["reason"] == f"no answer within {DEADLINE_S} s"
     assert cert["scrub"] is None, "a late report is not trusted"
+    assert cert["reset"] is None
 
 
 def test_a_host_that_cannot_be_reached_is_retried_and_the_gpu_never_handed_out(

@@ -13,6 +13,8 @@ from typing import Any
 from flask import Flask
 
 from sovereign import create_app
+from sovereign.adapters.memory_hypervisor import MemoryHypervisor
+from sovereign.adapters.memory_sanitizer import MemorySanitizer
 from sovereign.adapters.migrations import upgrade
 from sovereign.cli import _bootstrap
 
@@ -41,8 +43,13 @@ def make_app(
 
     ``config`` adds or overrides settings; ``seed`` loads the demo tenants and images;
     ``clock`` replaces the services' clock (tokens are still checked on real time).
-    ``backends`` replace services' backends (``create_app`` overrides, e.g. ``hypervisor``).
+    ``backends`` replace services' backends (``create_app`` overrides, e.g. ``hypervisor``);
+    with the in-memory hypervisor, GPUs are handed over by the in-memory sanitizer unless
+    ``backends`` names one (the assembly's serves only test-driver and libvirt hosts).
     """
+    backends = dict(backends or {})
+    if isinstance(backends.get("hypervisor"), MemoryHypervisor):
+        backends.setdefault("sanitizer", MemorySanitizer())
     url = f"sqlite:///{folder / 'sovereign.db'}"
     upgrade(url)
     app = create_app(
@@ -62,7 +69,7 @@ def make_app(
             **config,
         },
         **({"clock": clock} if clock is not None else {}),
-        **(backends or {}),
+        **backends,
     )
     if seed:
         demo = json.loads((resources.files("sovereign") / "data" / "demo.json").read_text())
