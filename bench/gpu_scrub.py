@@ -11,10 +11,12 @@ What is measured
        bandwidth of each pass (canary scan, zero fill, zero verify, nonce fill, nonce verify).
 
     ``scrub_ratio`` = the slower fill pass / the raw fill (goal >= 0.8); ``verify_ratio`` = the
-    slower verify pass / the raw read; ``scan_ratio`` = the canary scan / the raw read;
-    ``scrub_total_s`` = the scrub's passes over the whole buffer (scan, fill and verify twice).
-    Each figure is the best of ``--rounds`` rounds; the buffers are touched once before (so
-    the host's page faults are not timed). The scrub must report no mismatch and no canary hit
+    slower verify pass / the raw read; ``scan_ratio`` = the canary scan / the raw read: each
+    the median, over 3 x ``--rounds`` rounds, of the pass timed right after its baseline (a
+    shared machine's load then weighs on both alike). ``scrub_total_s`` = the scrub's passes
+    over the whole buffer (scan, fill and verify twice), and the bandwidths, are the best of
+    ``--rounds`` whole scrubs. The buffers are touched once before (so the host's page faults
+    are not timed). The scrub must report no mismatch and no canary hit
     (nothing planted the canary): otherwise the exit status is non-zero.
 
 Output
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from typing import Any
 
@@ -95,8 +98,7 @@ def measure(device: torch.device, buffers: list[torch.Tensor], rounds: int) -> d
             f"{device} round {number + 1}: raw fill {best['raw_fill']:.1f} GB/s, "
             + ", ".join(f"{e['name']} {e['gb_per_s']:.1f}" for e in report["passes"])
         )
-    fill = min(best["zeros-fill"], best["nonce-fill"])
-    verify = min(best["zeros-verify"], best["nonce-verify"])
+    ratios = paired(device, buffers, raw_fill, raw_read, 3 * rounds)
     return {
         "device": str(device),
         "name": _name(device),
@@ -107,16 +109,48 @@ def measure(device: torch.device, buffers: list[torch.Tensor], rounds: int) -> d
         "passes_gb_per_s": {
             name: round(value, 2) for name, value in best.items() if not name.startswith("raw")
         },
-        "scrub_ratio": round(fill / best["raw_fill"], 3),
-        "zeros_fill_ratio": round(best["zeros-fill"] / best["raw_fill"], 3),
-        "nonce_fill_ratio": round(best["nonce-fill"] / best["raw_fill"], 3),
-        "verify_ratio": round(verify / best["raw_read"], 3),
-        "scan_ratio": round(best["canary-scan"] / best["raw_read"], 3),
+        "scrub_ratio": min(ratios["zeros-fill"], ratios["nonce-fill"]),
+        "zeros_fill_ratio": ratios["zeros-fill"],
+        "nonce_fill_ratio": ratios["nonce-fill"],
+        "verify_ratio": min(ratios["zeros-verify"], ratios["nonce-verify"]),
+        "zeros_verify_ratio": ratios["zeros-verify"],
+        "nonce_verify_ratio": ratios["nonce-verify"],
+        "scan_ratio": ratios["canary-scan"],
         "scrub_total_s": round(total_s, 4),
         "scrub_s_per_80gb": round(total_s * 80e9 / nbytes, 4),
         "mismatches": report["mismatches"],
         "canary_hits": report["canary_hits"],
     }
+
+
+def paired(
+    device: torch.device, buffers: list[torch.Tensor], raw_fill: Any, raw_read: Any, pairs: int
+) -> dict[str, float]:
+    """Median over ``pairs`` rounds of each pass's time against its raw baseline's, timed back
+    to back (so both see the same load on a shared machine): the ratios of bandwidths."""
+    rows = scrub.VERIFY_ROWS[device.type]
+    layout = scrub._Layout(buffers, rows, rows * scrub.SCAN_FACTOR[device.type])
+    pattern = scrub.Pattern(NONCE, device)
+    pattern.prepare(layout.rows)
+    word = scrub.canary_word(CANARY)
+    passes = {
+        "zeros-fill": (raw_fill, lambda: scrub._fill_zeros(layout)),
+        "zeros-verify": (raw_read, lambda: scrub._verify_zeros(layout)),
+        "nonce-fill": (raw_fill, lambda: scrub._fill_pattern(layout, pattern)),
+        "nonce-verify": (raw_read, lambda: scrub._verify_pattern(layout, pattern)),
+        "canary-scan": (raw_read, lambda: scrub._scan_canary(layout, word)),
+    }
+    ratios: dict[str, list[float]] = {name: [] for name in passes}
+    for _ in range(pairs):
+        for name, (raw, ours) in passes.items():
+            raw_s = _timed(device, raw)
+            if name == "zeros-verify":
+                scrub._fill_zeros(layout)  # what the verify reads is what its fill wrote
+            elif name == "nonce-verify":
+                scrub._fill_pattern(layout, pattern)
+            ours_s = _timed(device, ours)
+            ratios[name].append(raw_s / ours_s)
+    return {name: round(statistics.median(values), 3) for name, values in ratios.items()}
 
 
 def _name(device: torch.device) -> str:

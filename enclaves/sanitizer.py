@@ -86,6 +86,12 @@ def sanitizer_uuid(name: str) -> uuid.UUID:
     return uuid.uuid5(_UUID_NAMESPACE, name)
 
 
+def _check_name(name: str) -> None:
+    """:raises ValueError: unless ``name`` is a sanitizer domain's name (never an enclave's)."""
+    if not _NAME_RE.fullmatch(name):
+        raise ValueError(f"a sanitizer domain is named {NAME_PREFIX}<address>: {name!r}")
+
+
 def _absolute(what: str, path: str) -> None:
     """:raises ValueError: unless ``path`` is a clean absolute path."""
     if not path.startswith("/") or "\x00" in path or ".." in Path(path).parts:
@@ -116,8 +122,7 @@ class SanitizerSpec:
     disk_mode: DiskMode = "transient"
 
     def __post_init__(self) -> None:
-        if not _NAME_RE.fullmatch(self.name):
-            raise ValueError(f"a sanitizer domain is named {NAME_PREFIX}<address>: {self.name!r}")
+        _check_name(self.name)
         if len(set(self.functions)) != len(self.functions):
             raise ValueError("a PCI function is passed through twice")
         for what, path in (
@@ -214,10 +219,12 @@ class HandoverResult:
 
 
 def destroy_leftover(host: EnclaveHost, name: str) -> bool:
-    """Destroy (and undefine) a domain called ``name``; whether there was one.
+    """Destroy (and undefine) a sanitizer domain called ``name``; whether there was one.
 
+    :raises ValueError: if ``name`` is not a sanitizer domain's (an enclave is never touched).
     :raises EnclaveError: if libvirt refuses.
     """
+    _check_name(name)
     conn = host.conn.connect()
     libvirt = _import_libvirt()
     try:
@@ -284,6 +291,7 @@ def hand_over(
     """
     if not timeout_s > 0:
         raise ValueError("timeout_s must be positive")
+    _check_name(name)
     if not functions and settings.simulate_mib is None:
         raise ValueError("a hand-over without a GPU function scrubs simulated memory only")
     if image.kernel is None or image.initrd is None:
@@ -298,6 +306,7 @@ def hand_over(
     else:
         reset = {
             "type": "none",
+            "simulated": True,
             "functions": [],
             "duration_ms": 0.0,
             "note": "no GPU passed through: the scrub ran on simulated device memory",

@@ -55,8 +55,11 @@ MAX_PIECE: Final = 1 << 30
 MIN_PIECE: Final = 2 << 20
 #: Held while the device is being claimed, then freed for the verification's temporaries.
 RESERVE_BYTES: Final = 64 << 20
-#: Rows (of BLOCK_BYTES) verified at a time: small enough to stay in a GPU's L2 cache.
-VERIFY_ROWS: Final = {"cuda": 32, "cpu": 4}
+#: Rows (of BLOCK_BYTES) verified at a time: on a GPU few enough that the temporaries stay in
+#: its L2 cache; on the host enough that each operation outweighs starting its threads.
+VERIFY_ROWS: Final = {"cuda": 32, "cpu": 16}
+#: The canary scan's chunks are this many verify chunks (its temporary is 1/8 of its chunk).
+SCAN_FACTOR: Final = {"cuda": 8, "cpu": 1}
 #: Largest simulated device (and largest cap on a GPU's allocation), in MiB.
 MAX_SIMULATE_MIB: Final = 64 << 10
 PATTERNS: Final = ("zeros", "nonce")
@@ -137,9 +140,17 @@ class Pattern:
         self.base = splitmix64(
             torch.arange(BLOCK_WORDS, dtype=torch.int64, device=device), self._base_seed
         )
+        self._table: torch.Tensor | None = None
+
+    def prepare(self, rows: int) -> None:
+        """Compute the keys of rows ``0 .. rows - 1`` at once (a few kernels, not a few a chunk)."""
+        self._table = self.keys(0, rows)
 
     def keys(self, first_row: int, rows: int) -> torch.Tensor:
         """The keys of rows ``first_row .. first_row + rows - 1``, shape ``(rows, 1)``."""
+        table = self._table
+        if table is not None and first_row + rows <= table.shape[0]:
+            return table[first_row : first_row + rows]
         index = torch.arange(first_row, first_row + rows, dtype=torch.int64, device=self.device)
         return splitmix64(index, self._row_seed).view(rows, 1)
 
@@ -156,36 +167,43 @@ class Pattern:
 class _Layout:
     """The buffers as int64 words, cut into row chunks numbered across all buffers."""
 
-    def __init__(self, buffers: list[torch.Tensor], verify_rows: int) -> None:
+    def __init__(self, buffers: list[torch.Tensor], verify_rows: int, scan_rows: int) -> None:
         self.buffers = buffers
         self.words = [buffer.view(torch.int64) for buffer in buffers]
-        #: Verification chunks: (first global row, words viewed as (rows, columns)).
-        self.chunks: list[tuple[int, torch.Tensor]] = []
-        #: Fill targets, one a buffer's full rows and one its partial last row: the same form.
+        #: Fill targets, one a buffer's full rows and one its partial last row, as
+        #: (first global row, words viewed as (rows, columns)); the zero verify reads these.
         self.fills: list[tuple[int, torch.Tensor]] = []
         row = 0
         for words in self.words:
             full = words.numel() // BLOCK_WORDS
             tail = words.numel() - full * BLOCK_WORDS
             if full:
-                grid = words[: full * BLOCK_WORDS].view(full, BLOCK_WORDS)
-                self.fills.append((row, grid))
-                for start in range(0, full, verify_rows):
-                    self.chunks.append((row + start, grid[start : start + verify_rows]))
+                self.fills.append((row, words[: full * BLOCK_WORDS].view(full, BLOCK_WORDS)))
             if tail:
-                part = words[full * BLOCK_WORDS :].view(1, tail)
-                self.fills.append((row + full, part))
-                self.chunks.append((row + full, part))
+                self.fills.append((row + full, words[full * BLOCK_WORDS :].view(1, tail)))
             row += full + (1 if tail else 0)
+        self.rows = row
+        #: The pattern verify's chunks (its temporaries are one chunk), the same form.
+        self.chunks = _cut(self.fills, verify_rows)
+        #: The canary scan's chunks (its temporary is a bool a word).
+        self.scan_chunks = _cut(self.fills, scan_rows)
 
-    def counts(self) -> torch.Tensor:
-        """One counter a chunk, on the device: the passes add nothing else that stays."""
+    def counts(self, count: int) -> torch.Tensor:
+        """``count`` counters on the device: the passes keep nothing else per chunk."""
         device = self.buffers[0].device if self.buffers else torch.device("cpu")
-        return torch.zeros(len(self.chunks), dtype=torch.int64, device=device)
+        return torch.zeros(count, dtype=torch.int64, device=device)
 
     @property
     def nbytes(self) -> int:
         return sum(buffer.numel() for buffer in self.buffers)
+
+
+def _cut(grids: list[tuple[int, torch.Tensor]], rows: int) -> list[tuple[int, torch.Tensor]]:
+    return [
+        (first + start, grid[start : start + rows])
+        for first, grid in grids
+        for start in range(0, grid.shape[0], rows)
+    ]
 
 
 def _check_buffers(buffers: list[torch.Tensor], device: torch.device) -> None:
@@ -224,7 +242,7 @@ def _warm_up(device: torch.device, pattern: Pattern | None, canary: int | None) 
     """Run every kernel the passes use once, so none has to be loaded once memory is full."""
     words = torch.zeros(BLOCK_WORDS, dtype=torch.int64, device=device)
     if pattern is not None:
-        layout = _Layout([words.view(torch.uint8)], 1)
+        layout = _Layout([words.view(torch.uint8)], 1, 1)
         _fill_pattern(layout, pattern)
         _verify_pattern(layout, pattern)
     words.zero_()
@@ -271,9 +289,9 @@ class _Timer:
 
 def _scan_canary(layout: _Layout, word: int) -> int:
     """How many words of the buffers equal ``word``."""
-    counts = layout.counts()
+    counts = layout.counts(len(layout.scan_chunks))
     flags: torch.Tensor | None = None
-    for index, (_, chunk) in enumerate(layout.chunks):
+    for index, (_, chunk) in enumerate(layout.scan_chunks):
         if flags is None or flags.numel() < chunk.numel():
             flags = torch.empty(chunk.numel(), dtype=torch.bool, device=chunk.device)
         hits = flags[: chunk.numel()].view(chunk.shape)
@@ -293,13 +311,16 @@ def _fill_pattern(layout: _Layout, pattern: Pattern) -> None:
 
 
 def _verify_zeros(layout: _Layout) -> int:
-    """Bytes of the buffers that are not zero: words counted per chunk, bytes where they differ."""
-    counts = layout.counts()
-    for index, (_, chunk) in enumerate(layout.chunks):
-        counts[index].copy_(torch.count_nonzero(chunk))
-    per_chunk = _values(counts)
+    """Bytes of the buffers that are not zero: words counted, then bytes where words differ.
+
+    No temporary: one reduction a buffer.
+    """
+    counts = layout.counts(len(layout.fills))
+    for index, (_, grid) in enumerate(layout.fills):
+        counts[index].copy_(torch.count_nonzero(grid))
+    per_grid = _values(counts)
     mismatches = 0
-    for (_, chunk), count in zip(layout.chunks, per_chunk, strict=True):
+    for (_, chunk), count in zip(layout.fills, per_grid, strict=True):
         if count:
             mismatches += int(torch.count_nonzero(chunk.reshape(-1).view(torch.uint8)).item())
     return mismatches
@@ -308,7 +329,7 @@ def _verify_zeros(layout: _Layout) -> int:
 def _verify_pattern(layout: _Layout, pattern: Pattern) -> int:
     """Bytes of the buffers that differ from the pattern, counted like :func:`_verify_zeros`."""
     diff: torch.Tensor | None = None
-    counts = layout.counts()
+    counts = layout.counts(len(layout.chunks))
     for index, (row, chunk) in enumerate(layout.chunks):
         if diff is None or diff.numel() < chunk.numel():
             diff = torch.empty(chunk.numel(), dtype=torch.int64, device=chunk.device)
@@ -370,7 +391,9 @@ def scrub(
         buffers = _allocate(target, simulate_bytes)
     else:
         _check_buffers(buffers, target)
-    layout = _Layout(buffers, VERIFY_ROWS[target.type])
+    rows = VERIFY_ROWS[target.type]
+    layout = _Layout(buffers, rows, rows * SCAN_FACTOR[target.type])
+    pattern.prepare(layout.rows)
     covered = layout.nbytes
     timer = _Timer(target)
     hits = 0

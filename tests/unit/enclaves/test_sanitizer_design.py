@@ -22,6 +22,7 @@ from enclaves.sanitizer import (
     SanitizerSettings,
     SanitizerSpec,
     design_sanitizer,
+    destroy_leftover,
     hand_over,
     sanitizer_uuid,
 )
@@ -234,3 +235,8 @@ def test_hand_over_refuses_before_touching_the_host(
             settings=settings,
             timeout_s=timeout_s,
         )
+
+
+def test_an_enclave_domain_is_never_taken_for_a_leftover_sanitizer() -> None:
+    with pytest.raises(ValueError, match="sov-sanitize-"):
+        destroy_leftover(NoHost(), "sov-0123456789abcdef")  # type: ignore[arg-type]

@@ -402,3 +402,14 @@ def test_the_gpus_total_leaves_out_what_the_driver_reserves(
 
     monkeypatch.setattr(scrub, "_nvml", missing)
     assert scrub._nvml_total(gpu) is None
+
+
+def test_the_chunks_cover_every_word_once_in_row_order() -> None:
+    buffers = [buffer(5 * MIB + 24), buffer(MIB), buffer(40)]
+    layout = scrub._Layout(buffers, 2, 3)
+    total_words = sum(b.numel() for b in buffers) // 8
+    assert layout.rows == 6 + 1 + 1
+    for cut in (layout.fills, layout.chunks, layout.scan_chunks):
+        assert sum(chunk.numel() for _, chunk in cut) == total_words
+        rows = [first + offset for first, chunk in cut for offset in range(chunk.shape[0])]
+        assert rows == list(range(layout.rows))
