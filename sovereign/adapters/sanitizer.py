@@ -26,9 +26,10 @@ GPUs, or log the canary nonce.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from enclaves.enclave import EnclaveHost
 from enclaves.errors import EnclaveError, HostIdentityChangedError, HypervisorUnavailableError
@@ -152,7 +153,7 @@ class LibvirtSanitizer:
                 image=image,
                 nonce=request.nonce,
                 canary_nonce=request.canary_nonce,
-                settings=self._settings,
+                settings=self._settings_for(request),
                 timeout_s=request.deadline_s,
             )
         except (HypervisorUnavailableError, HostIdentityChangedError) as e:
@@ -171,6 +172,16 @@ class LibvirtSanitizer:
             # Simulated device memory stands in for the GPU only where none was passed through.
             simulated=self._settings.simulate_mib is not None,
         )
+
+    def _settings_for(self, request: HandoverRequest) -> SanitizerSettings:
+        """The settings with the host's domain type (``kvm``, or ``qemu`` on a TCG host).
+
+        :raises GpuHandoverError: for any other domain type.
+        """
+        if request.domain_type not in ("kvm", "qemu"):
+            raise GpuHandoverError(f"unknown domain type {request.domain_type!r} of the host")
+        domain_type: Literal["kvm", "qemu"] = "kvm" if request.domain_type == "kvm" else "qemu"
+        return dataclasses.replace(self._settings, domain_type=domain_type)
 
     def _functions(self, request: HandoverRequest) -> list[PciAddress]:
         """The PCI functions to reset and pass through: the GPU's whole IOMMU group.

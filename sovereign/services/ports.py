@@ -594,6 +594,9 @@ class HandoverRequest:
     #: The name of the GPU's sanitizer domain
     #: (:func:`sovereign.domain.fleet.sanitizer_domain_name`).
     domain_name: str
+    #: The host's libvirt domain type (``kvm``; ``qemu`` for TCG-only hosts): the sanitizer
+    #: domain runs as the host's enclaves do.
+    domain_type: str = "kvm"
 
 
 @dataclass(frozen=True)

@@ -97,8 +97,8 @@ def _sanitizer(
         cmdline=built.cmdline,
         recipe_digest=built.recipe_digest,
     )
+    # The domain type comes with each request (the host's: qemu under TCG here), not from these.
     settings = SanitizerSettings(
-        domain_type="qemu",
         memory_mib=2048,
         vcpus=2,
         cpu_mode="maximum",
@@ -126,6 +126,7 @@ def _request(deadline_s: float, canary_nonce: bytes | None) -> HandoverRequest:
         canary_nonce=canary_nonce,
         deadline_s=deadline_s,
         domain_name=NAME,
+        domain_type="qemu",
     )
 
 

@@ -92,6 +92,7 @@ def _hand_over(
         canary_nonce=canary_nonce,
         deadline_s=deadline.total_seconds(),
         domain_name=sanitizer_domain_name(gpu.address),
+        domain_type=host.domain_type,
     )
     cert = _certify(c, sanitizer, request, subject, started=started, deadline=deadline)
     verdict = str(cert["verdict"])
