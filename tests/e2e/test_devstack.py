@@ -128,9 +128,10 @@ def test_embedded_default_serves_the_whole_flow(tmp_path: Path):
         )
         assert r.status_code == 200, r.text
         wait_for_state(base, rid, "terminated", analyst)
+        auditor = {"Authorization": f"Bearer {token('auditor')}"}
+        proofs = certified_free(base, enclave, auditor, tmp_path)
 
         # The in-process sequencer puts the decisions into the Merkle log within a second.
-        auditor = {"Authorization": f"Bearer {token('auditor')}"}
         deadline = time.monotonic() + 15
         seen: set[str] = set()
         while time.monotonic() < deadline and not {"request:create", "request:approve"} <= seen:
@@ -163,6 +164,20 @@ def test_embedded_default_serves_the_whole_flow(tmp_path: Path):
     )
     assert verified.returncode == 0, verified.stderr
     assert "audit log intact" in verified.stdout
+    # Each certificate's inclusion proof verifies offline, as any event's does.
+    key = subprocess.run(
+        [SOVEREIGN, "audit", "public-key"], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    for proof in proofs:
+        checked = subprocess.run(
+            [SOVEREIGN, "audit", "verify-proof", str(proof), "--key", key],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert checked.returncode == 0, checked.stderr
+        assert "gpu:handover" in checked.stdout
     # The stack cleaned up after itself: state and token gone, OpenBao no longer answers.
     assert not (tmp_path / "dev" / "devstack.json").exists()
     assert not (tmp_path / "dev" / "metrics-token").exists()
@@ -225,6 +240,43 @@ def run_a_job(base: str, rid: str, analyst: dict[str, str]) -> None:
     # Measured from the submission's request to the first log line read over HTTP; it
     # includes starting the enclave's process enclave (its first job).
     assert latency <= 1.0, f"first log line after {latency:.2f} s"
+
+
+def certified_free(
+    base: str, enclave: dict[str, Any], auditor: dict[str, str], folder: Path
+) -> list[Path]:
+    """Wait until the terminated enclave's GPUs are free again, each with a clean, simulated
+    hand-over certificate naming the enclave; return their inclusion proofs saved as files."""
+    host, rid = enclave["host"], enclave["request"]["id"]
+    proofs = []
+    for address in enclave["gpus"]:
+        deadline = time.monotonic() + 30
+        while True:
+            gpus = requests.get(
+                f"{base}/api/v1/gpus?host={host}", headers=auditor, timeout=10
+            ).json()["items"]
+            state = next(g["state"] for g in gpus if g["address"] == address)
+            page = requests.get(
+                f"{base}/api/v1/gpus/{host}/{address}/certificates", headers=auditor, timeout=10
+            ).json()
+            latest = page["items"][0]["certificate"] if page["items"] else None
+            if state == "free" and latest and latest["previous_enclave"] == rid:
+                break
+            assert time.monotonic() < deadline, (state, page)
+            time.sleep(0.2)
+        assert latest["verdict"] == "clean", latest
+        assert latest["simulated"] is True
+        assert latest["previous_label"] == "SECRET//NATO"
+        assert latest["canary_checked"] is True and latest["canary_hits"] == 0
+        assert latest["scrub"]["coverage"] >= 0.99 and latest["scrub"]["mismatches"] == 0
+        proof = requests.get(
+            f"{base}/api/v1/audit/proof/{page['items'][0]['seq']}", headers=auditor, timeout=10
+        )
+        assert proof.status_code == 200, proof.text
+        path = folder / f"gpu-{address.replace(':', '-')}.proof"
+        path.write_text(proof.text)
+        proofs.append(path)
+    return proofs
 
 
 def wait_for_state(base: str, rid: str, state: str, headers: dict[str, str]) -> dict[str, Any]:
