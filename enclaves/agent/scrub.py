@@ -431,7 +431,8 @@ def scrub(
 def plant_canary(
     device: str, *, canary_nonce: bytes, simulate_bytes: int | None = None
 ) -> dict[str, Any]:
-    """Write the canary word over all the memory of ``device`` this process can claim.
+    """Write the canary word over all the memory of ``device`` this process can claim (every
+    GPU for ``cuda`` with no index: the agent plants on all of the enclave's GPUs).
 
     Run at the end of a job, in a fresh process: what it claims is the memory the job freed.
 
@@ -439,14 +440,23 @@ def plant_canary(
     """
     word = canary_word(canary_nonce)
     target = resolve_device(device, simulate_bytes)
-    _warm_up(target, None, word)
-    buffers = _allocate(target, simulate_bytes)
-    for buffer in buffers:
-        buffer.view(torch.int64).fill_(word)
-    _sync(target)
-    planted = sum(buffer.numel() for buffer in buffers)
-    del buffers
-    return {"planted_bytes": planted, "device": str(target)}
+    # ``cuda`` with no index: every GPU the job had, one after the other.
+    targets = (
+        [torch.device("cuda", index) for index in range(torch.cuda.device_count())]
+        if device == "cuda"
+        else [target]
+    )
+    planted = 0
+    for one in targets:
+        _warm_up(one, None, word)
+        buffers = _allocate(one, simulate_bytes)
+        for buffer in buffers:
+            buffer.view(torch.int64).fill_(word)
+        _sync(one)
+        planted += sum(buffer.numel() for buffer in buffers)
+        del buffers
+    name = str(targets[0]) if len(targets) == 1 else f"cuda:0-{len(targets) - 1}"
+    return {"planted_bytes": planted, "device": name}
 
 
 def resolve_device(

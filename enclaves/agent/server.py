@@ -557,7 +557,8 @@ class Agent:
             "PYTHONDONTWRITEBYTECODE": "1",
             "HOME": "/nonexistent",
         }
-        command = [self.scrub_python, "-m", f"{package}.scrub", *argv]
+        # -P: no directory of anyone's choosing goes first on sys.path; PYTHONPATH finds us.
+        command = [self.scrub_python, "-P", "-m", f"{package}.scrub", *argv]
         with self._lock:
             if self._running:
                 raise RequestError("a job is running")
@@ -871,6 +872,9 @@ def _run_bounded(
         stderr=subprocess.PIPE,
         start_new_session=True,
         close_fds=True,
+        # Not the agent's working directory (a process enclave's is the job's, which the job
+        # writes): with -P nothing from it can shadow the package.
+        cwd="/",
     )
     assert process.stdout is not None
     assert process.stderr is not None

@@ -45,13 +45,17 @@ from sovereign.services.ports import Page, RequestFilter
 
 
 def create_engine(url: str, *, pool_size: int = 5) -> sa.Engine:
-    """An engine for ``url``; SQLite gets WAL, full sync, foreign keys and a busy timeout."""
+    """An engine for ``url``; SQLite gets WAL, full sync, foreign keys and a busy timeout.
+
+    Statement parameters never appear in SQLAlchemy's error messages (``hide_parameters``):
+    they may hold an enclave's canary nonce, and errors reach the logs.
+    """
     if url.startswith("sqlite"):
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        engine = sa.create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return sa.create_engine(url, pool_size=pool_size, pool_pre_ping=True)
+    return sa.create_engine(url, pool_size=pool_size, pool_pre_ping=True, hide_parameters=True)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

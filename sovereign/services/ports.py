@@ -586,9 +586,9 @@ class HandoverRequest:
     model: str
     group_members: tuple[str, ...]
     #: A fresh random nonce (32 bytes) the scrub program derives its fill pattern from.
-    nonce: bytes
+    nonce: bytes = field(repr=False)
     #: The canary nonce of the GPU's previous enclave (32 bytes), None when it never had one.
-    canary_nonce: bytes | None
+    canary_nonce: bytes | None = field(repr=False)
     #: The whole hand-over (reset, sanitizer domain, scrub, clean-up) must end within this.
     deadline_s: float
     #: The name of the GPU's sanitizer domain

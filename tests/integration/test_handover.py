@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 
 from audit import AuditEvent
 from enclaves.hosts import bundled_host_path
+from enclaves.inventory import GpuDevice
 from enclaves.uri import UriPolicy
 from sovereign.adapters.memory_hypervisor import MemoryHost, MemoryHypervisor
 from sovereign.adapters.memory_sanitizer import MemorySanitizer
@@ -429,5 +431,73 @@ def test_the_assembly_scrubs_test_driver_gpus_with_the_scrub_program(
         other = by_target["gpu/other-1/0000:40:00.0"]
         assert other["verdict"] == "failed"
         assert "no sanitizer is configured" in other["reason"]
+    finally:
+        made.services.close()
+
+
+def test_an_attempt_overtaken_by_a_newer_one_frees_nothing(
+    fleet: Fleet, sanitizer: MemorySanitizer
+):
+    _, (address, _) = used_gpus(fleet, sanitizer)
+
+    # While w1's attempt runs, the GPU is retaken (a newer attempt starts, as a worker resuming
+    # it, or an officer's return followed by a new hand-over, would do).
+    def retaken(request: HandoverRequest) -> None:
+        if request.address != address:
+            return
+        with fleet.services.uow() as uow:
+            (gpu,) = [g for g in uow.gpus.list("secret-1") if g.address == address]
+            gpu.updated_at = fleet.clock() + timedelta(seconds=1)
+            uow.gpus.update(gpu, "sanitizing")
+            uow.commit()
+
+    sanitizer.during = retaken
+    fleet.reconciler("w1").run_once()
+    # w1's answer was clean, but its attempt is no longer the GPU's: it frees nothing and
+    # records no certificate; the newer attempt decides.
+    assert [r.address for r in sanitizer.requests].count(address) == 1
+    assert state(fleet, address) == "sanitizing"
+    assert handovers(fleet, address) == []
+
+
+def test_a_gpu_sharing_its_iommu_group_with_another_gpu_is_never_certified(
+    database_url: str, tmp_path: Path, sanitizer: MemorySanitizer
+):
+    # Two GPUs behind one PCIe switch without ACS: one IOMMU group holds both.
+    first, second = "0000:18:00.0", "0000:19:00.0"
+    shared = tuple(
+        GpuDevice(
+            address=address,
+            model="H100-SXM5-80GB",
+            numa_node=0,
+            iommu_group=10,
+            group_members=(first, second),
+        )
+        for address in (first, second)
+    )
+    made = make_fleet(
+        database_url,
+        folder=tmp_path,
+        sanitizer=sanitizer,
+        hosts={
+            "secret-1": (
+                "mem://secret-1",
+                {"level": "SECRET", "compartments": ["CRYPTO", "EU", "NATO"]},
+                MemoryHost(gpus=(*shared, *gpus(2, 0x30))),
+            )
+        },
+    )
+    try:
+        # A sanitizer domain would hold both and could not prove which one it scrubbed.
+        for address in (first, second):
+            assert state(made, address) == "quarantined"
+            (event,) = [
+                e for e in made.events("gpu:handover") if e.target == f"gpu/secret-1/{address}"
+            ]
+            cert = event.details["certificate"]
+            assert cert["verdict"] == "failed"
+            assert "IOMMU group also holds GPU" in cert["reason"]
+        assert {r.address for r in sanitizer.requests} == {"0000:30:00.0", "0000:31:00.0"}
+        assert state(made, "0000:30:00.0") == "free"
     finally:
         made.services.close()

@@ -78,6 +78,9 @@ def _hand_over(
         _move(c, gpu, "sanitizing", "gpu:sanitize", {})
     else:
         _resume(c, gpu)
+    # This attempt's stamp as stored: the final move requires it unchanged, so an attempt that
+    # another worker has since retaken (or that an officer's return restarted) frees nothing.
+    stamp = _stored(c, gpu).updated_at
     started = gpu.updated_at or c.clock()
     subject, canary_nonce = _subject(c, gpu, host)
     request = HandoverRequest(
@@ -94,7 +97,21 @@ def _hand_over(
         domain_name=sanitizer_domain_name(gpu.address),
         domain_type=host.domain_type,
     )
-    cert = _certify(c, sanitizer, request, subject, started=started, deadline=deadline)
+    shared = _other_gpus_in_group(c, gpu)
+    if shared:
+        # A sanitizer domain would hold both GPUs, and its report could not say which one it
+        # scrubbed: such a GPU is never certified (fail closed).
+        cert = failed_certificate(
+            subject,
+            reason=(
+                f"its IOMMU group also holds GPU {', '.join(shared)}: a sanitizer domain would "
+                "see both and could not prove which one it scrubbed"
+            ),
+            simulated=_simulated(host),
+            issued_at=c.clock(),
+        )
+    else:
+        cert = _certify(c, sanitizer, request, subject, started=started, deadline=deadline)
     verdict = str(cert["verdict"])
     target: GpuStatus = "free" if verdict == "clean" else "quarantined"
     if target == "quarantined":
@@ -104,8 +121,34 @@ def _hand_over(
             for_log(gpu.address),
             for_log(str(cert.get("reason", ""))),
         )
-    _move(c, gpu, target, "gpu:handover", {"certificate": cert})
+    _move(c, gpu, target, "gpu:handover", {"certificate": cert}, stamp=stamp)
     return verdict
+
+
+def _simulated(host: Host) -> bool:
+    """Whether the host's GPUs are simulated (libvirt's test driver)."""
+    return _simulated_uri(host.uri)
+
+
+def _simulated_uri(uri: str) -> bool:
+    return uri.startswith("test:")
+
+
+def _stored(c: PassContext, gpu: Gpu) -> Gpu:
+    """The GPU as stored now. :raises ConcurrentUpdateError: if it is gone."""
+    with c.uow(readonly=True) as uow:
+        current = next((g for g in uow.gpus.list(gpu.host) if g.address == gpu.address), None)
+    if current is None:
+        raise ConcurrentUpdateError(kind="gpu", ident=f"{gpu.host}/{gpu.address}")
+    return current
+
+
+def _other_gpus_in_group(c: PassContext, gpu: Gpu) -> list[str]:
+    """The host's other recorded GPUs that share ``gpu``'s IOMMU group."""
+    members = set(gpu.group_members)
+    with c.uow(readonly=True) as uow:
+        others = uow.gpus.list(gpu.host)
+    return sorted(o.address for o in others if o.address != gpu.address and o.address in members)
 
 
 def _certify(
@@ -124,7 +167,9 @@ def _certify(
     except DependencyUnavailableError:
         raise
     except GpuHandoverError as e:
-        return failed_certificate(subject, reason=e.reason, simulated=False, issued_at=c.clock())
+        return failed_certificate(
+            subject, reason=e.reason, simulated=_simulated_uri(request.uri), issued_at=c.clock()
+        )
     except Exception as e:
         # A backend that breaks is no evidence of anything: quarantine, and say so in the log.
         log.exception(
@@ -133,7 +178,7 @@ def _certify(
         return failed_certificate(
             subject,
             reason=f"the sanitizer failed unexpectedly ({type(e).__name__})",
-            simulated=False,
+            simulated=_simulated_uri(request.uri),
             issued_at=c.clock(),
         )
     issued_at = c.clock()
@@ -200,11 +245,28 @@ def _resume(c: PassContext, gpu: Gpu) -> None:
 
 
 def _move(
-    c: PassContext, gpu: Gpu, target: GpuStatus, action: str, details: dict[str, Any]
+    c: PassContext,
+    gpu: Gpu,
+    target: GpuStatus,
+    action: str,
+    details: dict[str, Any],
+    *,
+    stamp: datetime | None = None,
 ) -> None:
-    """Move ``gpu`` to ``target`` (compare-and-set) with its audit event, in one unit of work."""
+    """Move ``gpu`` to ``target`` (compare-and-set) with its audit event, in one unit of work.
+
+    With ``stamp`` (a hand-over attempt's), the host row is locked and the move happens only if
+    the GPU is still in that attempt (same state, same ``updated_at``).
+
+    :raises ConcurrentUpdateError: someone else moved or retook the GPU first.
+    """
     before = gpu.state
     with c.uow() as uow:
+        if stamp is not None:
+            uow.hosts.get(gpu.host, for_update=True)
+            current = next((g for g in uow.gpus.list(gpu.host) if g.address == gpu.address), None)
+            if current is None or current.state != before or current.updated_at != stamp:
+                raise ConcurrentUpdateError(kind="gpu", ident=f"{gpu.host}/{gpu.address}")
         gpu.move(target, c.clock())
         uow.gpus.update(gpu, before)
         c.event(

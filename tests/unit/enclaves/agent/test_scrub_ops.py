@@ -247,3 +247,22 @@ def test_the_command_line_takes_the_simulated_device_and_sanitize_options() -> N
             cli._parser().parse_args(
                 ["--root", "/r", "--listen-unix", "/s", "--simulated-gpu-mib", bad]
             )
+
+
+def test_nothing_in_the_working_directory_can_stand_in_for_the_scrub_program(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A process enclave's agent works in the job's directory, which the job writes: a module
+    # there named like the program must never run in its place.
+    planted = tmp_path / "work"
+    marker = tmp_path / "hijacked"
+    package = planted / "enclaves" / "agent"
+    package.mkdir(parents=True)
+    (planted / "enclaves" / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "scrub.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(planted)
+    answer = call(make_agent(tmp_path, simulated_gpu_mib=1), "canary", canary_nonce=CANARY)
+    assert answer.kind == protocol.KIND_REPLY, answer.header
+    assert answer.header["planted_bytes"] == MIB
+    assert not marker.exists()
