@@ -18,12 +18,13 @@ from flask.testing import FlaskClient
 from audit import AuditQuery
 from audit.note import parse_verifier_key
 from audit.proof import verify_proof
-from devstack.idp import DEMO_PASSWORD, DEMO_USERS, DemoUser, password_token, start_dev_idp
+from devstack.idp import DEMO_PASSWORD, DEMO_USERS, password_token, start_dev_idp
 from enclaves.hosts import bundled_host_path
 from sovereign.api import fleet_schemas as f
 from sovereign.cli_hosts import cli_context
 from tests.support.apps import make_app
 from tests.support.handover import handed_over
+from tests.support.users import LOW_CLEARANCE_USERS
 
 pytestmark = [pytest.mark.idp, pytest.mark.libvirt]
 
@@ -33,31 +34,11 @@ OTHER = "0000:2a:00.0"
 URL = f"/api/v1/gpus/{HOST}/{GPU}/certificates"
 SECRET_NATO = {"level": "SECRET", "compartments": ["NATO"]}
 ALL = {"level": "SECRET", "compartments": ["CRYPTO", "EU", "NATO"]}
-LOW_USERS = (
-    DemoUser(
-        username="auditor-low",
-        password=DEMO_PASSWORD,
-        name="Junior Auditor",
-        roles=("auditor",),
-        groups=(),
-        clearance="UNCLASSIFIED",
-        compartments=(),
-    ),
-    DemoUser(
-        username="officer-restricted",
-        password=DEMO_PASSWORD,
-        name="Junior Officer",
-        roles=("security-officer",),
-        groups=(),
-        clearance="RESTRICTED",
-        compartments=(),
-    ),
-)
 
 
 @pytest.fixture(scope="module")
 def low_idp() -> Iterator[Any]:
-    handle, _app = start_dev_idp(environment="testing", users=(*DEMO_USERS, *LOW_USERS))
+    handle, _app = start_dev_idp(environment="testing", users=(*DEMO_USERS, *LOW_CLEARANCE_USERS))
     yield handle
     handle.stop()
 

@@ -18,6 +18,7 @@ from werkzeug.test import TestResponse
 
 from devstack.idp import DEMO_PASSWORD, DEMO_USERS, DemoUser, start_dev_idp
 from tests.support.apps import AheadClock, make_app
+from tests.support.users import LOW_CLEARANCE_USERS
 
 #: The test client's origin; the IdP must know the console's callback there.
 ORIGIN = "http://localhost"
@@ -37,24 +38,7 @@ EXTRA_USERS = (
         clearance="SECRET",
         compartments=("NATO",),
     ),
-    DemoUser(
-        username="auditor-low",
-        password=DEMO_PASSWORD,
-        name="Junior Auditor",
-        roles=("auditor",),
-        groups=(),
-        clearance="UNCLASSIFIED",
-        compartments=(),
-    ),
-    DemoUser(
-        username="officer-restricted",
-        password=DEMO_PASSWORD,
-        name="Junior Officer",
-        roles=("security-officer",),
-        groups=(),
-        clearance="RESTRICTED",
-        compartments=(),
-    ),
+    *LOW_CLEARANCE_USERS,
 )
 
 SECRET_FORM: dict[str, Any] = {
