@@ -99,6 +99,34 @@ def _absolute(what: str, path: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class SanitizerSettings:
+    """How sanitizer domains are laid out on hosts (from configuration, and the host's domain
+    type)."""
+
+    domain_type: Literal["kvm", "qemu"] = "kvm"
+    memory_mib: int = 4096
+    vcpus: int = 2
+    machine: str | None = None
+    cpu_mode: str | None = None
+    security_model: str = "dac"
+    disk_mode: DiskMode = "transient"
+    #: The agent's simulated device memory in MiB: only for a domain with no GPU (tests).
+    simulate_mib: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.domain_type not in ("kvm", "qemu"):
+            raise ValueError(f"domain type must be kvm or qemu, got {self.domain_type!r}")
+        if not 256 <= self.memory_mib <= 1 << 22 or not 1 <= self.vcpus <= 256:
+            raise ValueError("memory_mib must be 256..4194304 and vcpus 1..256")
+        if self.cpu_mode is not None and self.cpu_mode not in CPU_MODES:
+            raise ValueError(f"cpu mode must be one of {CPU_MODES}, got {self.cpu_mode!r}")
+        if self.security_model not in SECURITY_MODELS:
+            raise ValueError(f"security model must be one of {SECURITY_MODELS}")
+        if self.disk_mode not in _DISK_MODES:
+            raise ValueError(f"disk mode must be one of {_DISK_MODES}, got {self.disk_mode!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class SanitizerSpec:
     """What one sanitizer domain gets."""
 
@@ -113,13 +141,8 @@ class SanitizerSpec:
     #: The image's own kernel command line (``sovereign.mode=sanitize`` is appended).
     cmdline: str
     serial_log: str
-    domain_type: Literal["kvm", "qemu"] = "kvm"
-    memory_mib: int = 4096
-    vcpus: int = 2
-    machine: str | None = None
-    cpu_mode: str | None = None
-    security_model: str = "dac"
-    disk_mode: DiskMode = "transient"
+    #: Domain type, memory, vCPUs, machine, CPU mode, security model and disk mode.
+    layout: SanitizerSettings = SanitizerSettings()
 
     def __post_init__(self) -> None:
         _check_name(self.name)
@@ -134,28 +157,19 @@ class SanitizerSpec:
             _absolute(what, path)
         if not _CMDLINE_RE.fullmatch(self.cmdline) or "sovereign.mode=" in self.cmdline:
             raise ValueError(f"unsuitable image kernel command line {self.cmdline!r}")
-        if self.domain_type not in ("kvm", "qemu"):
-            raise ValueError(f"domain type must be kvm or qemu, got {self.domain_type!r}")
-        if not 256 <= self.memory_mib <= 1 << 22 or not 1 <= self.vcpus <= 256:
-            raise ValueError("memory_mib must be 256..4194304 and vcpus 1..256")
-        if self.cpu_mode is not None and self.cpu_mode not in CPU_MODES:
-            raise ValueError(f"cpu mode must be one of {CPU_MODES}, got {self.cpu_mode!r}")
-        if self.security_model not in SECURITY_MODELS:
-            raise ValueError(f"security model must be one of {SECURITY_MODELS}")
-        if self.disk_mode not in _DISK_MODES:
-            raise ValueError(f"disk mode must be one of {_DISK_MODES}, got {self.disk_mode!r}")
 
 
 def design_sanitizer(spec: SanitizerSpec) -> config.DomainConfig:
     """The sanitizer domain of ``spec`` (see the module's rules)."""
+    layout = spec.layout
     devices: list[config.DeviceConfig] = [
         config.DiskConfig(
             source_file=spec.disk,
             driver_type="qcow2",
             target_dev="vda",
             target_bus="virtio",
-            readonly=spec.disk_mode == "readonly",
-            transient=spec.disk_mode == "transient",
+            readonly=layout.disk_mode == "readonly",
+            transient=layout.disk_mode == "transient",
         ),
         config.ControllerConfig(type="usb", model="none"),
         config.SerialFileConfig(path=spec.serial_log),
@@ -165,43 +179,28 @@ def design_sanitizer(spec: SanitizerSpec) -> config.DomainConfig:
     devices.extend(config.HostdevPciConfig(address=a) for a in spec.functions)
     devices.append(config.MemballoonConfig(model="none"))
     return config.DomainConfig(
-        type=spec.domain_type,
+        type=layout.domain_type,
         name=spec.name,
         uuid=sanitizer_uuid(spec.name),
-        memory=config.MemoryConfig(mib=spec.memory_mib),
-        vcpu=config.VcpuConfig(count=spec.vcpus),
+        memory=config.MemoryConfig(mib=layout.memory_mib),
+        vcpu=config.VcpuConfig(count=layout.vcpus),
         os=config.OsConfig(
             arch=GUEST_ARCH,
-            machine=spec.machine,
+            machine=layout.machine,
             kernel=spec.kernel,
             initrd=spec.initrd,
             cmdline=f"{spec.cmdline} {SANITIZE_ARGUMENT}".strip(),
         ),
         features=config.FeaturesConfig(acpi=True, apic=True),
-        cpu=None if spec.cpu_mode is None else config.CpuConfig(mode=spec.cpu_mode),
+        cpu=None if layout.cpu_mode is None else config.CpuConfig(mode=layout.cpu_mode),
         pm=config.PmConfig(suspend_to_mem=False, suspend_to_disk=False),
         # A sanitizer runs once: whatever ends it ends the domain.
         on_poweroff="destroy",
         on_reboot="destroy",
         on_crash="destroy",
         devices=tuple(devices),
-        seclabels=(config.SeclabelConfig(type="dynamic", model=spec.security_model),),
+        seclabels=(config.SeclabelConfig(type="dynamic", model=layout.security_model),),
     )
-
-
-@dataclass(frozen=True, slots=True)
-class SanitizerSettings:
-    """How sanitizer domains are laid out on hosts (from configuration)."""
-
-    domain_type: Literal["kvm", "qemu"] = "kvm"
-    memory_mib: int = 4096
-    vcpus: int = 2
-    machine: str | None = None
-    cpu_mode: str | None = None
-    security_model: str = "dac"
-    disk_mode: DiskMode = "transient"
-    #: The agent's simulated device memory in MiB: only for a domain with no GPU (tests).
-    simulate_mib: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,13 +323,7 @@ def hand_over(
         initrd=pool_volume_path(host, image_volume(image, "initrd")),
         cmdline=image.cmdline,
         serial_log=str(Path(host.settings.console_dir) / f"{name}.log"),
-        domain_type=settings.domain_type,
-        memory_mib=settings.memory_mib,
-        vcpus=settings.vcpus,
-        machine=settings.machine,
-        cpu_mode=settings.cpu_mode,
-        security_model=settings.security_model,
-        disk_mode=settings.disk_mode,
+        layout=settings,
     )
     xml = design_sanitizer(spec).to_string()
     _left(deadline, "starting the sanitizer domain")

@@ -33,7 +33,7 @@ from enclaves.hosts import bundled_host_uri
 from enclaves.imagestore import ImageStore
 from enclaves.inventory import inventory
 from enclaves.nodedev import reset_functions
-from enclaves.sanitizer import SanitizerSpec, design_sanitizer, sanitizer_uuid
+from enclaves.sanitizer import SanitizerSettings, SanitizerSpec, design_sanitizer, sanitizer_uuid
 from enclaves.spec import PciAddress
 from sovereign.adapters.sanitizer import LibvirtSanitizer
 from sovereign.domain.fleet import sanitizer_domain_name
@@ -59,11 +59,16 @@ def first_gpu(host: LibvirtHost) -> tuple[str, tuple[str, ...]]:
 
 
 def sanitizer_spec(address: str, members: tuple[str, ...], **changes: Any) -> SanitizerSpec:
+    """The golden spec for this GPU, with ``changes`` to it or to its layout."""
+    base = gpu_with_audio_function()
+    layout_fields = {f.name for f in dataclasses.fields(SanitizerSettings)}
+    layout = {k: v for k, v in changes.items() if k in layout_fields}
     return dataclasses.replace(
-        gpu_with_audio_function(),
+        base,
         name=sanitizer_domain_name(address),
         functions=tuple(PciAddress.parse(m) for m in members),
-        **changes,
+        layout=dataclasses.replace(base.layout, **layout),
+        **{k: v for k, v in changes.items() if k not in layout_fields},
     )
 
 

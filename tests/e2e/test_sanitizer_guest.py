@@ -309,9 +309,7 @@ def test_two_sanitizer_domains_share_the_image_at_once(
                 initrd=str(workload_image.initrd),
                 cmdline=workload_image.cmdline,
                 serial_log=str(folder / "console" / f"{name}.log"),
-                domain_type="qemu",
-                memory_mib=256,
-                vcpus=1,
+                layout=SanitizerSettings(domain_type="qemu", memory_mib=256, vcpus=1),
             )
             xml = design_sanitizer(spec).to_string()
             started.append(conn.createXML(xml, libvirt.VIR_DOMAIN_START_VALIDATE))

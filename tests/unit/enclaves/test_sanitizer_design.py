@@ -43,12 +43,14 @@ def gpu_with_audio_function() -> SanitizerSpec:
         initrd=f"{IMAGE}.initrd",
         cmdline=CMDLINE,
         serial_log="/var/log/sovereign/sov-sanitize-0000-3b-00-0.log",
-        domain_type="kvm",
-        memory_mib=8192,
-        vcpus=4,
-        machine="q35",
-        cpu_mode="host-passthrough",
-        security_model="selinux",
+        layout=SanitizerSettings(
+            domain_type="kvm",
+            memory_mib=8192,
+            vcpus=4,
+            machine="q35",
+            cpu_mode="host-passthrough",
+            security_model="selinux",
+        ),
     )
 
 
@@ -62,11 +64,9 @@ def tcg_without_gpu_readonly() -> SanitizerSpec:
         initrd=f"{IMAGE}.initrd",
         cmdline=CMDLINE,
         serial_log="/var/log/sovereign/sov-sanitize-0000-18-00-0.log",
-        domain_type="qemu",
-        memory_mib=2048,
-        vcpus=2,
-        cpu_mode="maximum",
-        disk_mode="readonly",
+        layout=SanitizerSettings(
+            domain_type="qemu", memory_mib=2048, vcpus=2, cpu_mode="maximum", disk_mode="readonly"
+        ),
     )
 
 
@@ -161,6 +161,16 @@ def test_uuid_is_stable_per_name() -> None:
         ({"kernel": "/var/lib/../../etc/passwd"}, "absolute"),
         ({"cmdline": CMDLINE + " sovereign.mode=job"}, "command line"),
         ({"cmdline": CMDLINE + " <evil/>"}, "command line"),
+    ],
+)
+def test_spec_refuses(change: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(gpu_with_audio_function(), **change)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
         ({"domain_type": "xen"}, "domain type"),
         ({"memory_mib": 16}, "memory_mib"),
         ({"cpu_mode": "host-model"}, "cpu mode"),
@@ -168,9 +178,9 @@ def test_uuid_is_stable_per_name() -> None:
         ({"disk_mode": "writable"}, "disk mode"),
     ],
 )
-def test_spec_refuses(change: dict[str, object], message: str) -> None:
+def test_layout_refuses(change: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        dataclasses.replace(gpu_with_audio_function(), **change)  # type: ignore[arg-type]
+        dataclasses.replace(gpu_with_audio_function().layout, **change)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
