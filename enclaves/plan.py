@@ -42,3 +42,13 @@ class PlanImage:
 
     name: str
     checksum: str
+
+
+#: The namespace of sanitizer domain UUIDs (a UUID derived from the name: one per GPU).
+_SANITIZER_UUID_NAMESPACE = uuid.UUID("5a417e00-5c2b-4b00-9000-00000000000d")
+
+
+def sanitizer_uuid(name: str) -> uuid.UUID:
+    """The domain UUID of the sanitizer domain called ``name`` (stable: one per GPU), which
+    :mod:`enclaves.sanitizer` gives it and the control plane's drift check expects."""
+    return uuid.uuid5(_SANITIZER_UUID_NAMESPACE, name)

@@ -39,7 +39,6 @@ import contextlib
 import logging
 import re
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +59,7 @@ from enclaves.errors import (
 from enclaves.host import _import_libvirt, _translate
 from enclaves.imagestore import StoredImage
 from enclaves.nodedev import reset_functions
+from enclaves.plan import sanitizer_uuid
 from enclaves.spec import CPU_MODES, PciAddress
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,6 @@ log = logging.getLogger(__name__)
 NAME_PREFIX = "sov-sanitize-"
 #: Appended to the image's kernel command line: the agent answers only hello and scrub.
 SANITIZE_ARGUMENT = "sovereign.mode=sanitize"
-#: The namespace of sanitizer domain UUIDs (a UUID derived from the name: one per GPU).
-_UUID_NAMESPACE = uuid.UUID("5a417e00-5c2b-4b00-9000-00000000000d")
 _NAME_RE = re.compile(r"^sov-sanitize-[0-9a-f-]{1,48}$")
 #: What a kernel command line may hold (it is written into XML and read by the guest kernel).
 _CMDLINE_RE = re.compile(r"^[A-Za-z0-9 _./:=,+@-]{0,1024}$")
@@ -79,11 +77,6 @@ _DISK_MODES: tuple[str, ...] = ("transient", "readonly")
 _CHANNEL_RETRY_S = 1.0
 #: Per-call limit of the agent client before the scrub (hello).
 _HELLO_TIMEOUT_S = 5.0
-
-
-def sanitizer_uuid(name: str) -> uuid.UUID:
-    """The domain UUID of the sanitizer domain called ``name`` (stable: one per GPU)."""
-    return uuid.uuid5(_UUID_NAMESPACE, name)
 
 
 def _check_name(name: str) -> None:

@@ -20,6 +20,7 @@ import pytest
 from audit import AuditEvent
 from enclaves.hosts import bundled_host_path
 from enclaves.inventory import GpuDevice
+from enclaves.plan import sanitizer_uuid
 from enclaves.uri import UriPolicy
 from sovereign.adapters.memory_hypervisor import MemoryHost, MemoryHypervisor
 from sovereign.adapters.memory_sanitizer import MemorySanitizer
@@ -304,7 +305,7 @@ def test_a_sanitizer_domain_is_not_drift_while_its_gpu_is_handed_over(
 
     def start_domain_then_die(request: HandoverRequest) -> None:
         if request.address == address:
-            host.domains[uuid.uuid4()] = (name, True, None, frozenset({address}))
+            host.domains[sanitizer_uuid(name)] = (name, True, None, frozenset({address}))
             raise Crash
 
     sanitizer.during = start_domain_then_die
@@ -501,3 +502,26 @@ def test_a_gpu_sharing_its_iommu_group_with_another_gpu_is_never_certified(
         assert state(made, "0000:30:00.0") == "free"
     finally:
         made.services.close()
+
+
+def test_a_domain_named_like_a_sanitizer_without_its_uuid_is_drift(
+    fleet: Fleet, sanitizer: MemorySanitizer
+):
+    _, (address, _) = used_gpus(fleet, sanitizer)
+    host = fleet.hypervisor.hosts["mem://secret-1"]
+    name = sanitizer_domain_name(address)
+
+    # During the GPU's hand-over someone starts a domain under the sanitizer's name, but not
+    # the sanitizer's UUID: it is not the hand-over's, so it is drift.
+    def impostor_then_die(request: HandoverRequest) -> None:
+        if request.address == address:
+            host.domains[uuid.uuid4()] = (name, True, None, frozenset())
+            raise Crash
+
+    sanitizer.during = impostor_then_die
+    with pytest.raises(Crash):
+        fleet.reconciler("w1").run_once()
+    sanitizer.during = None
+    report = fleet.reconciler("w2").run_once()
+    assert state(fleet, address) == "sanitizing"
+    assert any(name in line for line in report.drift)

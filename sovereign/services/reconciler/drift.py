@@ -18,6 +18,7 @@ import logging
 import uuid
 
 from audit import Outcome
+from enclaves.plan import sanitizer_uuid
 from enclaves.steps import HOST_TEARDOWN_STEPS
 from sovereign.domain.fleet import (
     SANITIZER_DOMAIN_PREFIX,
@@ -87,7 +88,11 @@ class DriftCheck:
             unknown: dict[tuple[str, str], str] = {}
             handovers = self._handovers(host, domains, gpus_before)
             for domain in domains:
-                if domain.enclave_id is None and domain.name in handovers:
+                if (
+                    domain.enclave_id is None
+                    and domain.name in handovers
+                    and domain.domain_uuid == sanitizer_uuid(domain.name)
+                ):
                     continue
                 enclave = self._recorded(domain.enclave_id, open_enclaves)
                 if enclave is None or enclave.host != host.name:
@@ -110,7 +115,8 @@ class DriftCheck:
         A sanitizer domain lives only while its GPU is ``sanitizing``, so it was when the
         domains were listed; the GPUs are read before and after the listing, and a GPU that was
         ``sanitizing`` in either read, or changed between them (a whole hand-over in between),
-        explains its domain. Any other domain with such a name is drift like any other.
+        explains its domain (if it also has the UUID the sanitizer gives that name). Any other
+        domain with such a name is drift like any other.
         """
         if not any(d.name.startswith(SANITIZER_DOMAIN_PREFIX) for d in domains):
             return frozenset()
