@@ -10,6 +10,7 @@ Small qcow2 images made with ``qemu-img``; every volume, secret and pool is remo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets as random
 import shutil
@@ -41,18 +42,26 @@ def pool_dir() -> Iterator[Path]:
 
 @pytest.fixture
 def host(libvirtd: Libvirtd) -> Iterator[LibvirtHost]:
+    # Before too: a run killed mid-test leaves its pool, at a directory since gone.
+    _drop_pool(libvirtd.uri)
     conn = LibvirtHost(libvirtd.uri)
     yield conn
-    raw = libvirt.open(libvirtd.uri)
+    _drop_pool(libvirtd.uri)
+    conn.close()
+
+
+def _drop_pool(uri: str) -> None:
+    """Remove this module's storage pool from the daemon, if it is there."""
+    raw = libvirt.open(uri)
     try:
         for pool in raw.listAllStoragePools(0):
             if pool.name() == POOL:
                 if pool.isActive():
                     pool.destroy()
-                pool.undefine()
+                with contextlib.suppress(libvirt.libvirtError):  # transient: gone once destroyed
+                    pool.undefine()
     finally:
         raw.close()
-    conn.close()
 
 
 def _image(path: Path, size: str = "64M", text: bytes = b"approved image") -> tuple[Path, str]:
