@@ -189,7 +189,8 @@ class WorkloadError(SovereignError):
 class GpuHandoverError(SovereignError):
     """A GPU's hand-over between tenants failed (the reset or the scrub could not be done, or
     gave no usable answer): the hand-over ends with a failed certificate and the GPU is
-    quarantined. ``reason`` (one line, no secret) goes into the certificate as it is.
+    quarantined. ``reason`` (no secret; it may quote libvirt or a guest) goes into the
+    certificate, which makes it one bounded, printable line.
 
     Not for a host that cannot be reached now: that is a
     :class:`DependencyUnavailableError`, retried later.

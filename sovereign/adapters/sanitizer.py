@@ -19,9 +19,9 @@ Owns three backends of ``Sanitizer.hand_over(HandoverRequest) -> HandoverEvidenc
 It translates what goes wrong, once, here: a host that cannot be reached now is a
 :class:`~sovereign.errors.DependencyUnavailableError` (retried later); anything else (a reset
 refused, no sanitizer image, an agent that does not answer in time, a scrub that fails) is a
-:class:`~sovereign.errors.GpuHandoverError` whose one-line reason goes into the failed
-certificate. It must not judge the scrub report (:mod:`sovereign.domain.handover` does), move
-GPUs, or log the canary nonce.
+:class:`~sovereign.errors.GpuHandoverError` whose reason goes into the failed certificate
+(which makes it one bounded, printable line). It must not judge the scrub report
+(:mod:`sovereign.domain.handover` does), move GPUs, or log the canary nonce.
 """
 
 from __future__ import annotations
@@ -54,15 +54,7 @@ SIMULATED_RESET: dict[str, Any] = {
     "simulated": True,
     "note": "libvirt's test driver has no node device reset",
 }
-#: A certificate's reason is one line of at most this many characters.
-_MAX_REASON = 280
 NO_TORCH = "the scrub program needs PyTorch: install sovereign[workloads]"
-
-
-def _reason(text: str) -> str:
-    """One printable line of at most :data:`_MAX_REASON` characters."""
-    line = " ".join("".join(c if c.isprintable() else " " for c in text).split())
-    return line if len(line) <= _MAX_REASON else line[: _MAX_REASON - 1] + "…"
 
 
 class SimulatedSanitizer:
@@ -97,7 +89,7 @@ class SimulatedSanitizer:
         except ImportError as e:
             raise GpuHandoverError(NO_TORCH) from e
         except (scrub.ScrubError, RuntimeError, ValueError, OSError, MemoryError) as e:
-            raise GpuHandoverError(_reason(f"the scrub program failed: {e}")) from e
+            raise GpuHandoverError(f"the scrub program failed: {e}") from e
         elapsed = time.monotonic() - started
         if elapsed > request.deadline_s:
             raise GpuHandoverError(
@@ -140,7 +132,7 @@ class LibvirtSanitizer:
         try:
             image = ImageStore(self._image_dir).find(self._image)
         except (EnclaveError, ValueError, OSError) as e:
-            raise GpuHandoverError(_reason(f"sanitizer image {self._image}: {e}")) from e
+            raise GpuHandoverError(f"sanitizer image {self._image}: {e}") from e
         if image is None:
             raise GpuHandoverError(f"sanitizer image {self._image} is not in the image store")
         try:
@@ -163,9 +155,9 @@ class LibvirtSanitizer:
         except DependencyUnavailableError:
             raise
         except EnclaveError as e:
-            raise GpuHandoverError(_reason(e.message)) from e
+            raise GpuHandoverError(e.message) from e
         except (SovereignError, ValueError) as e:
-            raise GpuHandoverError(_reason(str(e))) from e
+            raise GpuHandoverError(str(e)) from e
         return HandoverEvidence(
             reset=result.reset,
             report=result.report,

@@ -406,7 +406,8 @@ def _state_value(value: object, where: str, depth: int) -> Any:
 
 
 def _one_line(text: str) -> str:
-    flat = _UNSAFE.sub(" ", text).strip() or "unknown"
+    """``text`` (which may quote a guest or libvirt) as one printable line, bounded."""
+    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split()) or "unknown"
     return flat if len(flat) <= _MAX_REASON else flat[: _MAX_REASON - 3] + "..."
 
 
