@@ -11,17 +11,19 @@ BIN    := $(VENV)/bin
 # venv's version) and mmdebstrap, e2fsprogs and qemu-utils (build the guest image from the Debian archive:
 # `sovereign images build`). The test suite adds PostgreSQL (throwaway clusters), a real libvirtd with QEMU,
 # swtpm and what builds a tiny guest (busybox, cpio; the kernel is fetched with apt-get
-# download), and Chromium for the browser tests.
+# download), Chromium for the browser tests, and the SSH client Ansible reaches the Debian
+# guest of the deployment scenario (tests/deploy) with.
 APT_RUN  := libvirt0 libvirt-dev pkg-config gcc bubblewrap mmdebstrap e2fsprogs qemu-utils
 APT_TEST := $(APT_RUN) postgresql qemu-system-x86 libvirt-daemon-system swtpm swtpm-tools \
-            busybox-static cpio chromium
+            busybox-static cpio chromium \
+            openssh-client
 # The benchmarks: PostgreSQL (bench/audit.py) and a real libvirtd with QEMU and what builds the
 # tiny guest (bench/enclaves.py's boot), without the browser.
 APT_BENCH := $(APT_RUN) postgresql qemu-system-x86 libvirt-daemon-system swtpm swtpm-tools \
              busybox-static cpio
 BENCHMARKS := api audit enclaves gpu_scrub keys placement workloads
 
-.PHONY: run test lint typecheck contracts pytest bench bench-setup clean help
+.PHONY: run test lint typecheck contracts ansible pytest bench bench-setup clean help
 
 help:
 	@echo "make run    start the control plane on the embedded default (http://127.0.0.1:$${SOVEREIGN_PORT:-8700})"
@@ -62,10 +64,21 @@ typecheck: $(VENV)/.test-installed
 contracts: $(VENV)/.test-installed
 	$(BIN)/lint-imports
 
+# The Ansible estate (ansible/): YAML lint, every playbook's syntax against every inventory, and
+# ansible-lint's production profile (no skips). The converge itself is tests/deploy (pytest).
+PLAYBOOKS := site pki hardening database openbao keycloak control_plane hypervisors
+ansible: $(VENV)/.test-installed
+	cd ansible && ../$(BIN)/yamllint --strict .
+	cd ansible && for p in $(PLAYBOOKS); do \
+	  ../$(BIN)/ansible-playbook -i inventories/ci --syntax-check $$p.yml >/dev/null && \
+	  ../$(BIN)/ansible-playbook -i inventories/es -i inventories/pt --syntax-check $$p.yml >/dev/null \
+	  || exit 1; done
+	cd ansible && ../$(BIN)/ansible-lint --profile production
+
 pytest: $(VENV)/.test-installed
 	$(BIN)/python -m pytest
 
-test: lint typecheck contracts pytest
+test: lint typecheck contracts ansible pytest
 
 bench-setup: $(VENV)/.bench-installed
 

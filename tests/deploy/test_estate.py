@@ -1,0 +1,140 @@
+"""site.yml converges the ci estate on a real Debian 12 systemd guest, changes nothing the
+second time, and leaves every tier running as the README says (checked from inside the guest,
+over SSH, with testinfra)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import testinfra
+
+from tests.deploy.conftest import Estate
+
+pytestmark = pytest.mark.deploy
+
+FQDN = "ci-node.sovereign.test"
+CA = "/usr/local/share/ca-certificates/sovereign-estate-ca.crt"
+
+
+@pytest.fixture(scope="module")
+def host(estate: Estate) -> testinfra.host.Host:
+    config = estate.target.ssh_config(estate.workdir / "ssh_config", alias="guest")
+    return testinfra.get_host("ssh://guest", ssh_config=str(config))
+
+
+def test_site_converges(estate: Estate) -> None:
+    recap = estate.first
+    assert recap.returncode == 0, f"first converge failed; see {recap.log}"
+    assert recap.total("failed") == 0 and recap.total("unreachable") == 0
+    assert recap.total("changed") > 0
+
+
+def test_second_converge_changes_nothing(estate: Estate) -> None:
+    recap = estate.second
+    assert recap is not estate.first, "the first converge failed"
+    assert recap.returncode == 0, f"second converge failed; see {recap.log}"
+    assert recap.total("changed") == 0, f"changed on re-converge: {recap.changed_tasks}"
+
+
+@pytest.mark.parametrize(
+    "unit",
+    [
+        "postgresql@15-main.service",
+        "openbao.service",
+        "sovereign-api.service",
+        "sovereign-worker.service",
+        "nginx.service",
+        "libvirtd-tls.socket",
+        "nftables.service",
+    ],
+)
+def test_services_are_running_and_enabled(host: testinfra.host.Host, unit: str) -> None:
+    service = host.service(unit)
+    assert service.is_running, unit
+    assert service.is_enabled, unit
+
+
+def test_control_plane_is_ready_through_nginx_over_tls(host: testinfra.host.Host) -> None:
+    # The guest trusts the estate CA (hardening); curl verifies the name and the chain.
+    out = host.check_output(f"curl -sS --fail --max-time 60 https://{FQDN}/readyz")
+    assert json.loads(out) == {"status": "ready"}
+    # Plain HTTP to the app's port is not exposed beyond the loopback.
+    assert host.socket("tcp://127.0.0.1:8700").is_listening
+    assert not host.socket("tcp://0.0.0.0:8700").is_listening
+
+
+def test_openbao_is_unsealed_with_the_projects_mounts(
+    host: testinfra.host.Host, estate: Estate
+) -> None:
+    init = json.loads((estate.secrets_dir / "openbao" / "init.json").read_text())
+    status = json.loads(
+        host.check_output(f"curl -sS --fail https://{FQDN}:8200/v1/sys/seal-status")
+    )
+    assert status["initialized"] is True and status["sealed"] is False
+    token = init["root_token"]
+    mounts = json.loads(
+        host.check_output(
+            f"curl -sS --fail -H 'X-Vault-Token: {token}' https://{FQDN}:8200/v1/sys/mounts"
+        )
+    )
+    assert "sovereign-civilian/" in mounts["data"]
+    assert mounts["data"]["sovereign-civilian/"]["type"] == "transit"
+    auth = json.loads(
+        host.check_output(
+            f"curl -sS --fail -H 'X-Vault-Token: {token}' https://{FQDN}:8200/v1/sys/auth"
+        )
+    )
+    assert "approle/" in auth["data"]
+
+
+def test_database_grants_are_as_documented(host: testinfra.host.Host) -> None:
+    out = host.check_output(
+        "runuser -u postgres -- psql -d sovereign -AtF ' ' -c "
+        '"SELECT table_name, privilege_type FROM information_schema.role_table_grants '
+        "WHERE grantee = 'sovereign_app' AND table_name LIKE 'audit%'\""
+    )
+    grants: dict[str, set[str]] = {}
+    for line in out.splitlines():
+        table, privilege = line.split()
+        grants.setdefault(table, set()).add(privilege)
+    assert grants == {
+        "audit_log": {"SELECT", "INSERT"},
+        "audit_nodes": {"SELECT", "INSERT"},
+        "audit_checkpoints": {"SELECT", "INSERT"},
+        "audit_pending": {"SELECT", "INSERT", "DELETE"},
+    }
+    # The runtime role really cannot rewrite the log, triggers or not.
+    denied = host.run(
+        "runuser -u sovereign -- sh -c '. /etc/sovereign/sovereign.env && "
+        'psql "${SOVEREIGN_DATABASE_URL#postgresql+psycopg}" -c "DELETE FROM audit_log"\''
+    )
+    assert denied.rc != 0 and "permission denied" in denied.stderr
+
+
+def test_hypervisor_answers_over_qemu_tls_to_the_control_plane_only(
+    host: testinfra.host.Host,
+) -> None:
+    uri = f"qemu+tls://{FQDN}/system"
+    # The control plane's user holds the client certificate the hypervisor accepts.
+    ok = host.run(f"runuser -u sovereign -- virsh -c {uri} uri")
+    assert ok.rc == 0, ok.stderr
+    assert ok.stdout.strip() == uri
+    # root on the same machine has no client certificate: refused.
+    refused = host.run(f"virsh -c {uri} uri")
+    assert refused.rc != 0
+
+
+def test_hypervisor_is_registered_with_its_site(host: testinfra.host.Host) -> None:
+    out = host.check_output(
+        "runuser -u sovereign -- sh -c 'set -a; . /etc/sovereign/sovereign.env; "
+        "/opt/sovereign/venv/bin/sovereign hosts list'"
+    )
+    assert "ci-node" in out and "ci-lab" in out
+
+
+def test_no_default_network_and_no_password_logins(host: testinfra.host.Host) -> None:
+    nets = host.check_output("virsh -c qemu:///system net-list --all --name")
+    assert "default" not in nets.split()
+    sshd = host.check_output("sshd -T")
+    assert "passwordauthentication no" in sshd
