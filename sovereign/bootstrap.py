@@ -115,7 +115,12 @@ def build_services(
         from sovereign.adapters.vault import VaultProbe  # noqa: PLC0415
 
         default_probes.append(
-            VaultProbe(settings.vault_addr, settings.vault_token, settings.vault_timeout_s)
+            VaultProbe(
+                settings.vault_addr,
+                settings.vault_token,
+                settings.vault_timeout_s,
+                verify=settings.vault_ca_bundle or True,
+            )
         )
     keys = KeyService(
         uow, secrets, policy=policy, mount_prefix=settings.vault_mount_prefix, clock=clock

@@ -336,8 +336,17 @@ class VaultProbe:
 
     name = "vault"
 
-    def __init__(self, addr: str, token: str | None = None, timeout_s: float = 5) -> None:
-        self._client = hvac.Client(url=addr, token=token, timeout=timeout_s)
+    def __init__(
+        self,
+        addr: str,
+        token: str | None = None,
+        timeout_s: float = 5,
+        *,
+        verify: bool | str = True,
+    ) -> None:
+        # verify: the CA bundle the secret store trusts (VAULT_CA_BUNDLE), so that a Vault
+        # with a private CA is not reported unreachable.
+        self._client = hvac.Client(url=addr, token=token, timeout=timeout_s, verify=verify)
 
     def ping(self) -> None:
         """:raises DependencyUnavailableError: unreachable, uninitialised or sealed."""
