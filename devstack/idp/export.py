@@ -131,9 +131,7 @@ class RealmExport:
         roles = frozenset(r["name"] for r in data.get("roles", {}).get("realm", []))
         groups = frozenset(_group_paths(data.get("groups", []), ""))
         scopes = {s["name"]: s for s in data.get("clientScopes", [])}
-        clients = tuple(
-            _client(c, scopes, secrets, source) for c in data.get("clients", [])
-        )
+        clients = tuple(_client(c, scopes, secrets, source) for c in data.get("clients", []))
         if not clients:
             raise RealmExportError(f"{source}: no clients")
         return cls(
@@ -182,7 +180,6 @@ class RealmExport:
 def default_realm_export() -> RealmExport:
     """The packaged realm export, with the dev IdP's client secrets."""
     return RealmExport.load()
-
 
 
 def _group_paths(groups: Iterable[Mapping[str, Any]], parent: str) -> Iterator[str]:

@@ -2,10 +2,11 @@
 
 This module owns the fixed cast of demo users that the dev IdP serves and the client model, as
 plain frozen dataclasses. The clients themselves, the realm roles and groups come from the one
-realm definition (:mod:`devstack.idp.export`), which checks these users against it. It must not import Authlib and holds no protocol logic; the
-passwords here are public test fixtures and must never be reused anywhere real. The console
-client's secret is the one the control plane's configuration expects of the dev IdP
-(:data:`sovereign.config.DEV_IDP_CONSOLE_CLIENT_SECRET`), so that it is written once.
+realm definition (:mod:`devstack.idp.export`), which checks these users against it. It must
+not import Authlib and holds no protocol logic; the passwords here are public test fixtures and
+must never be reused anywhere real. The console client's secret is the one the control plane's
+configuration expects of the dev IdP (:data:`sovereign.config.DEV_IDP_CONSOLE_CLIENT_SECRET`),
+so that it is written once.
 """
 
 from __future__ import annotations
