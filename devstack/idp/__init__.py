@@ -9,12 +9,18 @@ Keycloak.
 
 from devstack.idp.app import ALLOWED_ENVIRONMENTS, DevIdpRefusedError, create_idp_app
 from devstack.idp.bruteforce import BruteForceSettings
+from devstack.idp.export import (
+    DEMO_CLIENTS,
+    RealmExport,
+    RealmExportError,
+    default_realm_export,
+    realm_export_path,
+)
 from devstack.idp.server import ServerHandle, password_token, serve_in_thread, start_dev_idp
 from devstack.idp.users import (
     CLI_CLIENT_ID,
     CONSOLE_CLIENT_ID,
     CONSOLE_CLIENT_SECRET,
-    DEMO_CLIENTS,
     DEMO_PASSWORD,
     DEMO_USERS,
     DemoClient,
@@ -33,9 +39,13 @@ __all__ = [
     "DemoClient",
     "DemoUser",
     "DevIdpRefusedError",
+    "RealmExport",
+    "RealmExportError",
     "ServerHandle",
     "create_idp_app",
+    "default_realm_export",
     "password_token",
+    "realm_export_path",
     "serve_in_thread",
     "start_dev_idp",
 ]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Final, Literal
 
 from authlib.oidc import rpinitiated
 from authlib.oidc.discovery import OpenIDProviderMetadata
@@ -34,16 +34,11 @@ from flask import Flask
 
 from devstack.idp.authserver import build_server
 from devstack.idp.bruteforce import BruteForceDetector, BruteForceSettings
-from devstack.idp.realm import (
-    DEFAULT_ACCESS_TOKEN_TTL,
-    DEFAULT_REFRESH_TOKEN_TTL,
-    Realm,
-    generate_key,
-)
+from devstack.idp.export import RealmExport, default_realm_export
+from devstack.idp.realm import Realm, generate_key
 from devstack.idp.routes import register_routes
 from devstack.idp.users import (
     CONSOLE_CLIENT_ID,
-    DEMO_CLIENTS,
     DEMO_USERS,
     DemoClient,
     DemoUser,
@@ -66,25 +61,32 @@ def create_idp_app(
     *,
     environment: str,
     issuer_base: str,
-    realm: str = "sovereign",
+    realm: str | None = None,
     users: Iterable[DemoUser] = DEMO_USERS,
-    clients: Iterable[DemoClient] = DEMO_CLIENTS,
+    clients: Iterable[DemoClient] | None = None,
+    realm_export: RealmExport | None = None,
     signing_key: rsa.RSAPrivateKey | None = None,
-    access_token_ttl: int = DEFAULT_ACCESS_TOKEN_TTL,
-    refresh_token_ttl: int = DEFAULT_REFRESH_TOKEN_TTL,
+    access_token_ttl: int | None = None,
+    refresh_token_ttl: int | None = None,
     extra_redirect_uris: Sequence[str] = (),
     extra_post_logout_redirect_uris: Sequence[str] = (),
-    brute_force: BruteForceSettings | None = BruteForceSettings(),  # noqa: B008 - frozen
+    brute_force: BruteForceSettings | Literal["realm"] | None = "realm",
 ) -> Flask:
     """Build the IdP app serving one realm under ``{issuer_base}/realms/{realm}``.
 
-    ``brute_force`` turns on Keycloak's brute-force detection with those settings (Keycloak's
-    defaults unless given); None turns it off.
+    The realm comes from ``realm_export`` (the packaged ``realm-sovereign.json``, the one realm
+    definition production also gets, unless given): its name, roles, groups, clients, token
+    lifespans and brute-force settings. ``realm``, ``clients`` and the TTLs override it for
+    tests; every user and client must still be the realm's (:class:`RealmExportError`).
+
+    ``brute_force`` is the realm's brute-force detection by default (``"realm"``); settings
+    given here replace it, None turns it off.
 
     ``extra_redirect_uris`` and ``extra_post_logout_redirect_uris`` are added, as exact
     matches, to the confidential ``sovereign`` client (e.g. a console on a random port).
 
     :raises DevIdpRefusedError: if ``environment`` is not development or testing.
+    :raises RealmExportError: if a user or client is not possible in the realm definition.
     :raises ValueError: if the issuer is neither https nor loopback http.
     """
     if environment not in ALLOWED_ENVIRONMENTS:
@@ -92,21 +94,24 @@ def create_idp_app(
             f"the development identity provider is refused in environment {environment!r}; "
             f"it runs only in {sorted(ALLOWED_ENVIRONMENTS)}"
         )
+    definition = realm_export or default_realm_export()
+    name = realm or definition.name
     registered = [
         with_extra_uris(c, extra_redirect_uris, extra_post_logout_redirect_uris)
         if c.client_id == CONSOLE_CLIENT_ID
         else c
-        for c in clients
+        for c in definition.check_clients(definition.clients if clients is None else clients)
     ]
+    guard = definition.brute_force if brute_force == "realm" else brute_force
     state = Realm(
-        name=realm,
-        issuer=f"{issuer_base.rstrip('/')}/realms/{realm}",
+        name=name,
+        issuer=f"{issuer_base.rstrip('/')}/realms/{name}",
         private_key=signing_key or generate_key(),
-        users=users,
+        users=definition.check_users(users),
         clients=registered,
-        access_token_ttl=access_token_ttl,
-        refresh_token_ttl=refresh_token_ttl,
-        brute_force=BruteForceDetector(brute_force) if brute_force is not None else None,
+        access_token_ttl=access_token_ttl or definition.access_token_ttl,
+        refresh_token_ttl=refresh_token_ttl or definition.refresh_token_ttl,
+        brute_force=BruteForceDetector(guard) if guard is not None else None,
     )
     metadata = state.discovery_document()
     # Fail at startup, not at the first login, if Authlib would refuse the issuer.
@@ -117,7 +122,7 @@ def create_idp_app(
     logger.warning(
         "development identity provider: never use in production "
         "(realm %r, issuer %s, environment %s)",
-        realm,
+        name,
         state.issuer,
         environment,
     )

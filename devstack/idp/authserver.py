@@ -50,13 +50,15 @@ AUTHORIZATION_CODE_TTL: Final = 60
 
 
 class _S256CodeChallenge(CodeChallenge):  # type: ignore[misc]
-    """PKCE (RFC 7636) with S256 only, and mandatory for public clients."""
+    """PKCE (RFC 7636) with S256 only, mandatory for public clients and for clients whose
+    realm definition requires it (``pkce.code.challenge.method``)."""
 
     SUPPORTED_CODE_CHALLENGE_METHOD: ClassVar[list[str]] = ["S256"]
 
     def validate_code_challenge(self, grant: Any, redirect_uri: str) -> None:
         data = grant.request.payload.data
-        if grant.request.client.demo.is_public and not data.get("code_challenge"):
+        demo = grant.request.client.demo
+        if (demo.is_public or demo.pkce_required) and not data.get("code_challenge"):
             raise InvalidRequestError("Missing parameter: code_challenge")
         if data.get("code_challenge") and data.get("code_challenge_method") != "S256":
             # An absent method means "plain" (RFC 7636 section 4.3), which is not offered.

@@ -100,9 +100,14 @@ class Client:
         return method in CONFIDENTIAL_AUTH_METHODS
 
     def check_response_type(self, response_type: str) -> bool:
-        return response_type == "code"
+        return response_type == "code" and self.demo.standard_flow
 
     def check_grant_type(self, grant_type: str) -> bool:
+        # Keycloak's per-client switches: standard flow (code) and direct access grants.
+        if grant_type == "authorization_code":
+            return self.demo.standard_flow
+        if grant_type == "password":
+            return self.demo.direct_access_grants
         return grant_type in GRANT_TYPES
 
 

@@ -1,10 +1,12 @@
 """Demo identities for the development identity provider.
 
-This module owns the fixed cast of demo users and OAuth clients that the dev IdP serves, as
-plain frozen dataclasses. It must not import Authlib and holds no protocol logic; the
-passwords here are public test fixtures and must never be reused anywhere real. The console
-client's secret is the one the control plane's configuration expects of the dev IdP
-(:data:`sovereign.config.DEV_IDP_CONSOLE_CLIENT_SECRET`), so that it is written once.
+This module owns the fixed cast of demo users that the dev IdP serves and the client model, as
+plain frozen dataclasses. The clients themselves, the realm roles and groups come from the one
+realm definition (:mod:`devstack.idp.export`), which checks these users against it. It must
+not import Authlib and holds no protocol logic; the passwords here are public test fixtures and
+must never be reused anywhere real. The console client's secret is the one the control plane's
+configuration expects of the dev IdP (:data:`sovereign.config.DEV_IDP_CONSOLE_CLIENT_SECRET`),
+so that it is written once.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ __all__ = [
     "CLI_CLIENT_ID",
     "CONSOLE_CLIENT_ID",
     "CONSOLE_CLIENT_SECRET",
-    "DEMO_CLIENTS",
     "DEMO_PASSWORD",
     "DEMO_USERS",
     "DemoClient",
@@ -85,6 +86,12 @@ class DemoClient:
     redirect_uris: tuple[str, ...]
     post_logout_redirect_uris: tuple[str, ...]
     audience: str = "sovereign"
+    #: Keycloak's ``standardFlowEnabled``: the authorization code flow.
+    standard_flow: bool = True
+    #: Keycloak's ``directAccessGrantsEnabled``: the password grant.
+    direct_access_grants: bool = True
+    #: Keycloak's ``pkce.code.challenge.method`` S256: PKCE required even of a confidential client.
+    pkce_required: bool = False
 
     @property
     def is_public(self) -> bool:
@@ -167,29 +174,5 @@ DEMO_USERS: tuple[DemoUser, ...] = (
         groups=(),
         clearance=None,
         compartments=(),
-    ),
-)
-
-_LOCAL_CALLBACKS = (
-    "http://127.0.0.1:8700/auth/callback",
-    "http://localhost:8700/auth/callback",
-)
-_LOCAL_SIGNED_OUT = (
-    "http://127.0.0.1:8700/",
-    "http://localhost:8700/",
-)
-
-DEMO_CLIENTS: tuple[DemoClient, ...] = (
-    DemoClient(
-        client_id=CLI_CLIENT_ID,
-        secret=None,
-        redirect_uris=_LOCAL_CALLBACKS,
-        post_logout_redirect_uris=_LOCAL_SIGNED_OUT,
-    ),
-    DemoClient(
-        client_id=CONSOLE_CLIENT_ID,
-        secret=CONSOLE_CLIENT_SECRET,
-        redirect_uris=_LOCAL_CALLBACKS,
-        post_logout_redirect_uris=_LOCAL_SIGNED_OUT,
     ),
 )

@@ -765,12 +765,27 @@ def test_confidential_code_flow_with_basic_auth(
     console = KeycloakOpenID(
         server_url=idp.url, realm_name=REALM, client_id=CONSOLE, client_secret_key=CONSOLE_SECRET
     )
-    url = console.auth_url(redirect_uri=CALLBACK, scope="openid", state="c", nonce="n")
+    # The realm definition requires PKCE (S256) of the confidential console client too.
+    verifier = generate_code_verifier()
+    challenge, method = generate_code_challenge(verifier)
+    url = console.auth_url(
+        redirect_uri=CALLBACK,
+        scope="openid",
+        state="c",
+        nonce="n",
+        code_challenge=challenge,
+        code_challenge_method=method,
+    )
     form, _ = start_login(http, url)
     code = code_from(submit_login(http, url, form, "officer-1", PASSWORD), CALLBACK)["code"][0]
     response = http.post(
         f"{issuer}/protocol/openid-connect/token",
-        data={"grant_type": "authorization_code", "code": code, "redirect_uri": CALLBACK},
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": CALLBACK,
+            "code_verifier": verifier,
+        },
         auth=(CONSOLE, CONSOLE_SECRET),
         timeout=10,
     )
@@ -826,7 +841,10 @@ def test_extra_redirect_uris_are_registered_for_the_console() -> None:
             client_id=CONSOLE,
             client_secret_key=CONSOLE_SECRET,
         )
-        url = console.auth_url(redirect_uri=extra, state="x")
+        challenge, method = generate_code_challenge(generate_code_verifier())
+        url = console.auth_url(
+            redirect_uri=extra, state="x", code_challenge=challenge, code_challenge_method=method
+        )
         form, _ = start_login(http, url)
         assert code_from(submit_login(http, url, form, "operator", PASSWORD), extra)["code"]
 
