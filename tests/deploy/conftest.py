@@ -46,15 +46,16 @@ def estate() -> Iterator[Estate]:
     image = build_target()
     inputs = controller_inputs(workdir)
     secrets_dir = workdir / "secrets"
-    # The Keycloak-compatible stand-in on the controller's loopback; the guest reaches it at
-    # 10.0.2.2 (QEMU's user network), which is therefore the issuer's host.
+    # The Keycloak-compatible stand-in on the controller's loopback, forwarded to the guest's
+    # loopback over SSH: the same issuer URL on both sides (and a loopback one, the only plain
+    # HTTP issuer OAuth allows).
     port = free_port()
-    idp_url = f"http://10.0.2.2:{port}/"
+    idp_url = f"http://127.0.0.1:{port}/"
     idp = serve_in_thread(
         create_idp_app(environment="testing", issuer_base=idp_url.rstrip("/")), "127.0.0.1", port
     )
     try:
-        with boot_target(image, workdir / "target") as target:
+        with boot_target(image, workdir / "target") as target, target.reverse_forward(port):
             runs = []
             for n in (1, 2):
                 recap = converge(

@@ -120,12 +120,9 @@ class TargetImage:
 
 
 def recipe_digest(packages: Sequence[str]) -> str:
-    """The cache key: the build format, the packages and this module's own bytes."""
-    described = {
-        "format": FORMAT,
-        "packages": sorted(packages),
-        "builder": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
-    }
+    """The cache key: the build format (bump :data:`FORMAT` when the steps change) and the
+    packages."""
+    described = {"format": FORMAT, "packages": sorted(packages)}
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
 
@@ -258,6 +255,35 @@ class Target:
             timeout=timeout,
             stdin=subprocess.DEVNULL,
         )
+
+    @contextlib.contextmanager
+    def reverse_forward(self, port: int) -> Iterator[None]:
+        """Make the controller's ``127.0.0.1:port`` answer on the guest's ``127.0.0.1:port``
+        (an SSH remote forward) while the context lasts: a loopback service on both sides has
+        the same URL, so e.g. an identity provider's issuer is the same for guest and tests."""
+        forward = subprocess.Popen(
+            [
+                "ssh",
+                *self.ssh_options(),
+                "-N",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-R",
+                f"127.0.0.1:{port}:127.0.0.1:{port}",
+                "root@127.0.0.1",
+            ],
+            stdin=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while self.ssh(f"exec 3<>/dev/tcp/127.0.0.1/{port}", timeout=30).returncode != 0:
+                if forward.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the remote forward of port {port} did not come up")
+                time.sleep(0.5)
+            yield
+        finally:
+            forward.terminate()
+            forward.wait(timeout=10)
 
     def ssh_config(self, path: Path, alias: str = "target") -> Path:
         """Write an OpenSSH client configuration naming the guest ``alias`` (for testinfra)."""
