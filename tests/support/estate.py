@@ -124,6 +124,8 @@ def converge(
         "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
         "ANSIBLE_FORCE_COLOR": "0",
         "ANSIBLE_NOCOLOR": "1",
+        # Each task's duration in the log, the slowest listed at the end.
+        "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks",
         "ANSIBLE_SSH_COMMON_ARGS": f"-o UserKnownHostsFile={target.known_hosts} "
         "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes",
         "SOVEREIGN_CI_SSH_PORT": str(target.port),
