@@ -32,6 +32,7 @@ from authlib.oidc.discovery import OpenIDProviderMetadata
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
 
+from devstack.idp.admin import AdminApi, register_admin_routes
 from devstack.idp.authserver import build_server
 from devstack.idp.bruteforce import BruteForceDetector, BruteForceSettings
 from devstack.idp.export import RealmExport, default_realm_export
@@ -119,6 +120,9 @@ def create_idp_app(
 
     app = Flask(__name__)
     register_routes(app, build_server(state))
+    # Read-only admin API subset over the same export, for the Ansible role's check mode.
+    admin = AdminApi(realm=name, data=definition.data, clients=tuple(registered))
+    register_admin_routes(app, admin)
     logger.warning(
         "development identity provider: never use in production "
         "(realm %r, issuer %s, environment %s)",

@@ -17,9 +17,10 @@ The export holds no users and no secrets; a confidential client's secret is give
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final
@@ -95,6 +96,9 @@ class RealmExport:
     brute_force: BruteForceSettings | None
     access_token_ttl: int
     refresh_token_ttl: int
+    #: The parsed export itself (a deep copy), for the read-only admin API of
+    #: :mod:`devstack.idp.admin`.
+    data: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def load(
@@ -142,6 +146,7 @@ class RealmExport:
             brute_force=_brute_force(data),
             access_token_ttl=int(data.get("accessTokenLifespan", 300)),
             refresh_token_ttl=int(data.get("ssoSessionIdleTimeout", 1800)),
+            data=copy.deepcopy(dict(data)),
         )
 
     def check_users(self, users: Iterable[DemoUser]) -> tuple[DemoUser, ...]:
