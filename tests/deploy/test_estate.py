@@ -9,7 +9,8 @@ import json
 import pytest
 import testinfra
 
-from tests.deploy.conftest import Estate
+from tests.deploy.conftest import ARTIFACTS, Estate
+from tests.support.estate import converge
 
 pytestmark = pytest.mark.deploy
 
@@ -138,3 +139,51 @@ def test_no_default_network_and_no_password_logins(host: testinfra.host.Host) ->
     assert "default" not in nets.split()
     sshd = host.check_output("sshd -T")
     assert "passwordauthentication no" in sshd
+
+
+def test_gpu_passthrough_is_rendered_in_check_mode(
+    host: testinfra.host.Host, estate: Estate
+) -> None:
+    # No GPU and no IOMMU here: with GPUs listed, --check renders and validates the IOMMU
+    # kernel arguments, the vfio-pci binding files and the unit, and writes none of them.
+    recap = converge(
+        estate.target,
+        estate.inputs,
+        secrets_dir=estate.secrets_dir,
+        idp_url=estate.idp_url,
+        log=ARTIFACTS / "check-gpus.log",
+        playbook="hypervisors.yml",
+        extra=("--check", "--diff"),
+        extra_vars={"libvirt_host_gpus": ["0000:18:00.0", "0000:2a:00.0"]},
+    )
+    assert recap.returncode == 0, f"see {recap.log}"
+    would_change = {task.split(" : ", 1)[1] for task in recap.changed_tasks}
+    assert {
+        "Turn the IOMMU on (kernel arguments, effective after a reboot)",
+        "Load the vfio modules at boot",
+        "Load the GPU drivers only after vfio-pci",
+        "Install the vfio-pci binding script",
+        "Install the vfio-pci binding unit",
+    } <= would_change
+    diff = recap.log.read_text(encoding="utf-8") if recap.log else ""
+    assert "iommu=pt" in diff and "0000:18:00.0" in diff and "0000:2a:00.0" in diff
+    for path in (
+        "/etc/default/grub.d/sovereign-iommu.cfg",
+        "/etc/modprobe.d/sovereign-vfio.conf",
+        "/usr/local/sbin/sovereign-vfio-bind",
+        "/etc/systemd/system/sovereign-vfio-bind.service",
+    ):
+        assert not host.file(path).exists, path
+    # A malformed address never reaches a file or a shell.
+    bad = converge(
+        estate.target,
+        estate.inputs,
+        secrets_dir=estate.secrets_dir,
+        idp_url=estate.idp_url,
+        log=ARTIFACTS / "check-bad-gpu.log",
+        playbook="hypervisors.yml",
+        extra=("--check",),
+        extra_vars={"libvirt_host_gpus": ["0000:18:00.0; reboot"]},
+    )
+    assert bad.returncode != 0
+    assert "must be PCI addresses" in (bad.log.read_text(encoding="utf-8") if bad.log else "")

