@@ -94,8 +94,12 @@ class AdminApi:
         """An admin bearer token for the dev admin's password grant, or None."""
         if form.get("grant_type") != "password" or form.get("client_id") != ADMIN_CLIENT_ID:
             return None
-        user_ok = hmac.compare_digest(form.get("username", ""), DEV_ADMIN_USERNAME)
-        password_ok = hmac.compare_digest(form.get("password", ""), DEV_ADMIN_PASSWORD)
+        user_ok = hmac.compare_digest(
+            form.get("username", "").encode(), DEV_ADMIN_USERNAME.encode()
+        )
+        password_ok = hmac.compare_digest(
+            form.get("password", "").encode(), DEV_ADMIN_PASSWORD.encode()
+        )
         if not (user_ok and password_ok):
             return None
         token = secrets.token_urlsafe(32)

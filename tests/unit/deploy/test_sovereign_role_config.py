@@ -203,8 +203,9 @@ def test_worker_env_file_replaces_only_the_vault_identity(estate: tuple[Role, li
 def test_sovereign_manage_runs_the_cli_with_the_env_file(
     estate: tuple[Role, list[str]], tmp_path: Path
 ) -> None:
-    """The wrapper the tasks and the libvirt_host role run: the env file's settings, except
-    what the caller's environment sets (the owner's DATABASE_URL for migrations)."""
+    """The wrapper the tasks and the libvirt_host role run: the env file's settings; with
+    ``--as-owner`` (migrations) the owner's DATABASE_URL from its root-only file first, so the
+    owner's password is never on a command line or in Ansible's environment."""
     role, _ = estate
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
@@ -219,23 +220,35 @@ def test_sovereign_manage_runs_the_cli_with_the_env_file(
     env_path = tmp_path / "sovereign.env"
     task_vars = role.task_vars("config.yml", "Write the control plane's configuration")
     env_path.write_text(role.render("sovereign.env.j2", **task_vars))
+    owner = "postgresql+psycopg://sovereign_owner:x@db:5432/sovereign?sslmode=verify-full"
+    owner_path = tmp_path / "owner.env"
+    owner_path.write_text(
+        role.render("owner.env.j2", **{**task_vars, "sovereign_owner_database_url": owner})
+    )
     wrapper = tmp_path / "sovereign-manage"
     wrapper.write_text(
         role.render(
-            "sovereign-manage.j2", sovereign_venv=str(venv), sovereign_env_file=str(env_path)
+            "sovereign-manage.j2",
+            sovereign_venv=str(venv),
+            sovereign_env_file=str(env_path),
+            sovereign_owner_env_file=str(owner_path),
         )
     )
     wrapper.chmod(0o755)
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SOVEREIGN_")}
-    owner = "postgresql+psycopg://sovereign_owner:x@db:5432/sovereign"
-    done = subprocess.run(
-        [str(wrapper), "db", "current"],
-        env={**clean, "SOVEREIGN_DATABASE_URL": owner},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    seen = json.loads(done.stdout)
-    assert seen["argv"] == ["db", "current"]
     expected = parse_env_file(env_path.read_text())
-    assert seen["env"] == {**expected, "SOVEREIGN_DATABASE_URL": owner}
+
+    def run(*args: str) -> dict[str, object]:
+        done = subprocess.run(
+            [str(wrapper), *args], env=clean, capture_output=True, text=True, check=True
+        )
+        seen: dict[str, object] = json.loads(done.stdout)
+        return seen
+
+    plain = run("hosts", "list")
+    assert plain["argv"] == ["hosts", "list"]
+    assert plain["env"] == expected
+    migrating = run("--as-owner", "db", "current")
+    assert migrating["argv"] == ["db", "current"]
+    assert migrating["env"] == {**expected, "SOVEREIGN_DATABASE_URL": owner}
+    assert expected["SOVEREIGN_DATABASE_URL"] != owner
