@@ -10,13 +10,14 @@ import pytest
 import testinfra
 
 from tests.deploy.conftest import ARTIFACTS, Estate
-from tests.support.estate import converge
+from tests.support.estate import Recap, converge
 
 pytestmark = pytest.mark.deploy
 
 FQDN = "ci-node.sovereign.test"
-#: The first task of the libvirt_host role's GPU part (the converged rest is not rerun).
-GPU_TASKS = "Check the GPUs' PCI addresses"
+#: The libvirt_host role's inclusion of its GPU tasks (the converged rest is not rerun; a task
+#: inside a dynamic include cannot be started at).
+GPU_TASKS = "Bind the GPUs to vfio-pci"
 
 
 @pytest.fixture(scope="module")
@@ -142,21 +143,26 @@ def test_no_default_network_and_no_password_logins(host: testinfra.host.Host) ->
     assert "passwordauthentication no" in sshd
 
 
+def _check_gpus(estate: Estate, log: str, gpus: list[str], *extra: str) -> Recap:
+    """``hypervisors.yml --check`` from the GPU tasks on, with ``gpus`` listed."""
+    return converge(
+        estate.target,
+        estate.inputs,
+        secrets_dir=estate.secrets_dir,
+        idp_url=estate.idp_url,
+        log=ARTIFACTS / log,
+        playbook="hypervisors.yml",
+        extra=("--check", "--start-at-task", GPU_TASKS, *extra),
+        extra_vars={"libvirt_host_gpus": gpus},
+    )
+
+
 def test_gpu_passthrough_is_rendered_in_check_mode(
     host: testinfra.host.Host, estate: Estate
 ) -> None:
     # No GPU and no IOMMU here: with GPUs listed, --check renders and validates the IOMMU
     # kernel arguments, the vfio-pci binding files and the unit, and writes none of them.
-    recap = converge(
-        estate.target,
-        estate.inputs,
-        secrets_dir=estate.secrets_dir,
-        idp_url=estate.idp_url,
-        log=ARTIFACTS / "check-gpus.log",
-        playbook="hypervisors.yml",
-        extra=("--check", "--diff", "--start-at-task", GPU_TASKS),
-        extra_vars={"libvirt_host_gpus": ["0000:18:00.0", "0000:2a:00.0"]},
-    )
+    recap = _check_gpus(estate, "check-gpus.log", ["0000:18:00.0", "0000:2a:00.0"], "--diff")
     assert recap.returncode == 0, f"see {recap.log}"
     would_change = {task.split(" : ", 1)[1] for task in recap.changed_tasks}
     assert {
@@ -176,15 +182,6 @@ def test_gpu_passthrough_is_rendered_in_check_mode(
     ):
         assert not host.file(path).exists, path
     # A malformed address never reaches a file or a shell.
-    bad = converge(
-        estate.target,
-        estate.inputs,
-        secrets_dir=estate.secrets_dir,
-        idp_url=estate.idp_url,
-        log=ARTIFACTS / "check-bad-gpu.log",
-        playbook="hypervisors.yml",
-        extra=("--check", "--start-at-task", GPU_TASKS),
-        extra_vars={"libvirt_host_gpus": ["0000:18:00.0; reboot"]},
-    )
+    bad = _check_gpus(estate, "check-bad-gpu.log", ["0000:18:00.0; reboot"])
     assert bad.returncode != 0
     assert "must be PCI addresses" in (bad.log.read_text(encoding="utf-8") if bad.log else "")
