@@ -24,7 +24,6 @@ from sovereign import config as configuration
 from sovereign.settings import Settings
 
 ANSIBLE_DIR = Path(__file__).resolve().parents[3] / "ansible"
-ROLE = ANSIBLE_DIR / "roles" / "sovereign"
 
 #: estate -> (inventories, the control plane host, the hypervisors it must list).
 ESTATES = {
@@ -42,7 +41,10 @@ WORKER_ROLE_ID = "5c1a7e0e-0000-4000-8000-00000000beef"
 class Role:
     """The role's variables for one host, and its templates rendered with them."""
 
-    def __init__(self, inventories: list[str], host: str, secrets: Path) -> None:
+    def __init__(
+        self, inventories: list[str], host: str, secrets: Path, role: str = "sovereign"
+    ) -> None:
+        self.root = ANSIBLE_DIR / "roles" / role
         with warnings.catch_warnings():
             # ansible's SSH agent support imports cryptography's deprecated DSA.
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -63,7 +65,10 @@ class Role:
         )
         found = inventory.get_host(host)
         assert found is not None, host
-        host_vars = VariableManager(loader=self.loader, inventory=inventory).get_vars(host=found)
+        manager = VariableManager(loader=self.loader, inventory=inventory)
+        host_vars = manager.get_vars(host=found)
+        # What templates read of other hosts (their estate_address, ...), as plays see it.
+        host_vars["hostvars"] = {h.name: manager.get_vars(host=h) for h in inventory.get_hosts()}
         # Precedence as in a play: role defaults < inventory < role vars < facts < extra vars.
         self.variables: dict[str, Any] = {
             **self._load("defaults/main.yml"),
@@ -79,8 +84,10 @@ class Role:
         }
 
     def _load(self, relative: str) -> dict[str, Any]:
+        if not (self.root / relative).is_file():  # not every role has vars/main.yml
+            return {}
         loaded: dict[str, Any] = self.loader.load_from_file(
-            str(ROLE / relative), trusted_as_template=True
+            str(self.root / relative), trusted_as_template=True
         )
         return loaded
 
@@ -92,17 +99,17 @@ class Role:
     def task_vars(self, tasks_file: str, task_name: str) -> dict[str, Any]:
         """The ``vars`` of the task named ``task_name``, as written in the role."""
         tasks: list[dict[str, Any]] = self.loader.load_from_file(
-            str(ROLE / "tasks" / tasks_file), trusted_as_template=True
+            str(self.root / "tasks" / tasks_file), trusted_as_template=True
         )
         (task,) = [t for t in tasks if t["name"] == task_name]
         return {name: self.template(value) for name, value in task.get("vars", {}).items()}
 
     def render(self, template: str, **extra: Any) -> str:
         """The role's ``templates/<template>`` as the template module renders it."""
-        source = self._trust((ROLE / "templates" / template).read_text())
+        source = self._trust((self.root / "templates" / template).read_text())
         templar = self._templar_class(loader=self.loader, variables={**self.variables, **extra})
         # As the template module does: includes are found beside the template.
-        templar = templar.copy_with_new_env(searchpath=[str(ROLE / "templates")])
+        templar = templar.copy_with_new_env(searchpath=[str(self.root / "templates")])
         rendered: str = templar.template(source, escape_backslashes=False)
         return rendered
 
