@@ -119,10 +119,12 @@ def test_hs256_signed_with_the_public_key_is_refused(
 @pytest.mark.parametrize(
     ("changes", "reason"),
     [
-        ({"exp": int(time.time()) - 120}, "expired"),
+        # Times are taken when the test runs, not at collection: a long test before it (the
+        # deployment scenario runs for half an hour) would otherwise make "+600 s" the past.
+        ({"exp": lambda: int(time.time()) - 120}, "expired"),
         ({"iss": "http://127.0.0.1:1/realms/sovereign"}, "another issuer"),
         ({"aud": ["account"]}, "not for this service"),
-        ({"nbf": int(time.time()) + 600}, "not valid yet"),
+        ({"nbf": lambda: int(time.time()) + 600}, "not valid yet"),
         ({"typ": "ID"}, "not an access token"),
         ({"exp": None}, "does not verify"),
         ({"clearance": "COSMIC"}, "clearance claim not understood"),
@@ -131,8 +133,9 @@ def test_hs256_signed_with_the_public_key_is_refused(
 def test_wrong_claims_are_refused(
     verifier: KeycloakIdentityProvider, real_token: str, changes, reason
 ):
+    claims = {name: value() if callable(value) else value for name, value in changes.items()}
     with pytest.raises(AuthenticationError, match=reason):
-        verifier.authenticate(mint(real_token, **changes))
+        verifier.authenticate(mint(real_token, **claims))
 
 
 def test_leeway_tolerates_small_skew(verifier: KeycloakIdentityProvider, real_token: str):
