@@ -135,6 +135,47 @@ def _strings(entry: Mapping[str, Any], name: str, where: str) -> tuple[str, ...]
     return tuple(value)
 
 
+def _parse_entry(index: int, entry: Any, seen: set[str]) -> Control:
+    where = f"entry {index}"
+    if not isinstance(entry, dict):
+        raise _bad(where, "must be an object")
+    missing = [name for name in _FIELDS if name not in entry]
+    extra = sorted(set(entry) - set(_FIELDS))
+    if missing or extra:
+        raise _bad(where, f"missing {missing}, unexpected {extra}")
+    if not all(
+        isinstance(entry[n], str) for n in ("id", "framework", "title", "summary", "declaration")
+    ):
+        raise _bad(where, "id, framework, title, summary and declaration must be strings")
+    ident = entry["id"]
+    where = f"control {ident!r}"
+    if not ident or ident in seen:
+        raise _bad(where, "ids must be non-empty and unique")
+    if entry["framework"] not in FRAMEWORKS:
+        raise _bad(where, f"framework must be one of {', '.join(FRAMEWORKS)}")
+    if not entry["title"].strip() or not entry["summary"].strip():
+        raise _bad(where, "title and summary must not be empty")
+    if len(entry["summary"]) > MAX_SUMMARY:
+        raise _bad(where, f"summary longer than {MAX_SUMMARY} characters")
+    claims = _strings(entry, "claims", where)
+    facts = _strings(entry, "facts", where)
+    if unknown := sorted(set(claims) - set(CLAIMS)):
+        raise _bad(where, f"unknown claims {unknown}")
+    if unknown := sorted(set(facts) - set(FACTS)):
+        raise _bad(where, f"unknown facts {unknown}")
+    if not claims and not entry["declaration"].strip():
+        raise _bad(where, "a control without claims must say what is to be declared")
+    return Control(
+        id=ident,
+        framework=entry["framework"],
+        title=entry["title"],
+        summary=entry["summary"],
+        claims=claims,
+        facts=facts,
+        declaration=entry["declaration"],
+    )
+
+
 def parse_controls(data: Any) -> tuple[Control, ...]:
     """The controls of a decoded catalogue, checked: every field present and typed, ids
     unique, frameworks, claims and facts known, and every control resting on something.
@@ -146,46 +187,9 @@ def parse_controls(data: Any) -> tuple[Control, ...]:
     controls: list[Control] = []
     seen: set[str] = set()
     for index, entry in enumerate(data):
-        where = f"entry {index}"
-        if not isinstance(entry, dict):
-            raise _bad(where, "must be an object")
-        missing = [name for name in _FIELDS if name not in entry]
-        extra = sorted(set(entry) - set(_FIELDS))
-        if missing or extra:
-            raise _bad(where, f"missing {missing}, unexpected {extra}")
-        for name in ("id", "framework", "title", "summary", "declaration"):
-            if not isinstance(entry[name], str):
-                raise _bad(where, f"{name} must be a string")
-        ident = entry["id"]
-        where = f"control {ident!r}"
-        if not ident or ident in seen:
-            raise _bad(where, "ids must be non-empty and unique")
-        seen.add(ident)
-        if entry["framework"] not in FRAMEWORKS:
-            raise _bad(where, f"framework must be one of {', '.join(FRAMEWORKS)}")
-        if not entry["title"].strip() or not entry["summary"].strip():
-            raise _bad(where, "title and summary must not be empty")
-        if len(entry["summary"]) > MAX_SUMMARY:
-            raise _bad(where, f"summary longer than {MAX_SUMMARY} characters")
-        claims = _strings(entry, "claims", where)
-        facts = _strings(entry, "facts", where)
-        if unknown := sorted(set(claims) - set(CLAIMS)):
-            raise _bad(where, f"unknown claims {unknown}")
-        if unknown := sorted(set(facts) - set(FACTS)):
-            raise _bad(where, f"unknown facts {unknown}")
-        if not claims and not entry["declaration"].strip():
-            raise _bad(where, "a control without claims must say what is to be declared")
-        controls.append(
-            Control(
-                id=ident,
-                framework=entry["framework"],
-                title=entry["title"],
-                summary=entry["summary"],
-                claims=claims,
-                facts=facts,
-                declaration=entry["declaration"],
-            )
-        )
+        control = _parse_entry(index, entry, seen)
+        seen.add(control.id)
+        controls.append(control)
     return tuple(controls)
 
 
