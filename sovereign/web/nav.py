@@ -104,6 +104,15 @@ NAV: list[NavItem] = [
         "Every decision with its place in the Merkle tree; verify the log, download proofs "
         "and exports.",
     ),
+    NavItem(
+        "Attestation",
+        "console.audit_attestation",
+        frozenset({Role.AUDITOR}),
+        "What the log proves about a period (no co-residency, GPU hand-overs, crypto-erase, "
+        "two-person approvals, residency, completeness), signed, and the controls of ENS, "
+        "SecNumCloud and C5 it evidences.",
+        needs="attestation",
+    ),
 ]
 
 
