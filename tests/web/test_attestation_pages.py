@@ -17,7 +17,7 @@ from sovereign.domain.identity import Role
 from sovereign.errors import PolicyDeniedError
 from sovereign.services.recording import CallContext
 from tests.unit.sovereign.services.attestation.reports import report
-from tests.web.conftest import Users, text
+from tests.web.conftest import Users, banners, text
 
 pytestmark = pytest.mark.idp
 
@@ -105,6 +105,18 @@ def test_hostile_text_in_the_report_is_escaped(users: Users, stub: StubAttester)
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
     assert "seq 5, 7" in html
     del stub
+
+
+def test_the_page_is_marked_at_the_clearance_the_report_was_scoped_to(
+    app: Flask, users: Users, stub: StubAttester
+):
+    # No clearance limit: the report may name anything, so the page is marked at the top.
+    html = text(users("auditor").get("/audit/attestation"))
+    assert banners(html)[0] == str(services(app).scheme.highest)
+    stub.found = report(scope={"source": "live", "clearance": {"level": "RESTRICTED"}})
+    html = text(users("auditor").get("/audit/attestation"))
+    assert banners(html) == ["RESTRICTED", "RESTRICTED"]
+    assert "RESTRICTED: events above it are neither counted nor named" in html
 
 
 def test_downloads_the_signed_note_and_the_html_page(users: Users, stub: StubAttester):

@@ -107,8 +107,13 @@ def audit_attestation() -> ResponseReturnValue:
     report, note = _attester().attest(ctx, since, until)
     views = _views(ctx, report, chosen)
     query = _query()
+    # The report may name anything up to the clearance it was scoped to: mark the page so;
+    # a report without a clearance limit covers everything.
+    clearance = (report.get("scope") or {}).get("clearance")
+    shown = [clearance] if isinstance(clearance, dict) else [services().scheme.highest]
     return page(
         "console/audit/attestation.html",
+        shown=shown,
         title="Attestation",
         form={
             "since": request.args.get("since", ""),
