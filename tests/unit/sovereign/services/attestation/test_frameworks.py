@@ -34,8 +34,8 @@ from tests.unit.sovereign.services.attestation.reports import report
 #: erasure, logging and its protection, administrator access.
 REQUIRED = {
     "ens-high": {"op.nub.1", "op.acc.3", "op.exp.10", "mp.si.5", "op.exp.8", "op.acc.6"},
-    "secnumcloud": {"19.2", "6.2", "10.1", "5.3", "12.6", "19.2.c", "9.6"},
-    "c5": {"PSS-12", "OIS-04", "CRY-04", "OPS-12", "OPS-14", "IDM-09"},
+    "secnumcloud": {"19.2", "6.2", "10.1", "10.5", "5.3", "12.6", "12.7", "19.2.c", "9.6"},
+    "c5": {"PSS-12", "OIS-04", "CRY-04", "OPS-12", "OPS-14", "OPS-15", "IDM-09", "OPS-24"},
 }
 
 
@@ -140,7 +140,7 @@ def test_verdicts_follow_the_claims():
         ("residency", "holds"),
     ]
     # Only the control's own framework, in catalogue order.
-    assert [v.control.framework for v in by_framework(bad, "c5", facts)] == ["c5"] * 7
+    assert [v.control.framework for v in by_framework(bad, "c5", facts)] == ["c5"] * 8
 
 
 def test_a_claim_missing_from_the_report_is_not_evaluated_never_evidenced():
@@ -208,5 +208,5 @@ def test_the_text_rendering_names_each_control_its_verdict_facts_and_declaration
     assert "fact sites_countries: ES" in text
     assert "19.2.c  [declaration needed]" in text
     assert "to declare: State from which countries" in text
-    assert text.splitlines()[-1] == "2 declaration needed; 4 evidenced; 1 violated"
+    assert text.splitlines()[-1] == "3 declaration needed; 6 evidenced; 1 violated"
     assert format_framework([]) == "No controls.\n"
