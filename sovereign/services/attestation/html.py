@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import Environment, PackageLoader
 
 from sovereign.services.attestation.frameworks import FRAMEWORKS, ControlView
 
@@ -45,11 +45,11 @@ def _clearance(value: Any) -> str:
 
 @cache
 def _environment() -> Environment:
-    # autoescape=True for every template whatever its name (select_autoescape's default list
-    # would do for .html, but say it outright: nothing from the log is trusted markup).
+    # Autoescaping for every template whatever its name: nothing taken from the log (messages,
+    # notes, titles, labels) is trusted markup.
     env = Environment(
         loader=PackageLoader("sovereign.services.attestation", "templates"),
-        autoescape=select_autoescape(default=True, default_for_string=True),
+        autoescape=True,
         trim_blocks=True,
         lstrip_blocks=True,
     )
