@@ -144,9 +144,7 @@ class SqlEnclaveRepository:
             stmt = stmt.where(enclaves.c.host == host)
         return ENCLAVES.load_all(self._conn.execute(stmt), self._labels)
 
-    def overlapping(
-        self, since: datetime | None, until: datetime | None
-    ) -> builtins.list[Enclave]:
+    def overlapping(self, since: datetime | None, until: datetime | None) -> builtins.list[Enclave]:
         """Enclaves that existed at some time in ``[since, until)``, ended ones included,
         oldest first (what usage reports add up)."""
         c = enclaves.c

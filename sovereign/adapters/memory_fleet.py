@@ -273,9 +273,7 @@ class MemoryEnclaveRepository:
         )
         return _sorted(found, lambda e: (e.created_at, e.id))
 
-    def overlapping(
-        self, since: datetime | None, until: datetime | None
-    ) -> builtins.list[Enclave]:
+    def overlapping(self, since: datetime | None, until: datetime | None) -> builtins.list[Enclave]:
         """Enclaves that existed at some time in ``[since, until)``, ended ones included,
         oldest first."""
         found = (

@@ -199,9 +199,7 @@ class EnclaveRepository(Protocol):
         """Enclaves not yet ended (or all), oldest first."""
         ...
 
-    def overlapping(
-        self, since: datetime | None, until: datetime | None
-    ) -> builtins.list[Enclave]:
+    def overlapping(self, since: datetime | None, until: datetime | None) -> builtins.list[Enclave]:
         """Enclaves that existed at some time in ``[since, until)`` (None: unbounded), ended
         ones included: created before ``until`` and not ended at or before ``since``; oldest
         first."""
