@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from audit import Outcome
@@ -77,6 +77,41 @@ class UsageReport:
     def gpu_hours(self) -> float:
         """All the GPU hours in the report."""
         return sum(row.gpu_hours for row in self.rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready values (times in RFC 3339, hours to the second)."""
+        return {
+            "by": self.by,
+            "since": _rfc3339(self.since),
+            "until": _rfc3339(self.until),
+            "gpu_hours": _hours(self.gpu_hours),
+            "rows": [
+                {
+                    "tenant": r.tenant,
+                    "country": r.country,
+                    "gpu_hours": _hours(r.gpu_hours),
+                    "enclaves": r.enclaves,
+                }
+                for r in self.rows
+            ],
+            "totals": [
+                {"key": t.key, "gpu_hours": _hours(t.gpu_hours), "enclaves": t.enclaves}
+                for t in self.totals
+            ],
+            "parity": [
+                {"tenant": tenant, "shares": {c: round(x, 4) for c, x in shares.items()}}
+                for tenant, shares in self.parity.items()
+            ],
+        }
+
+
+def _rfc3339(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _hours(value: float) -> float:
+    # A second is 1/3600 h: four decimals keep every second and drop float noise.
+    return round(value, 4)
 
 
 def gpu_hours(enclave: Enclave, since: datetime | None, until: datetime) -> float:
