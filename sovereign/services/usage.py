@@ -106,7 +106,8 @@ class UsageReport:
 
 
 def _rfc3339(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat, not strftime: it writes every year with four digits (year 467 as 0467).
+    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _hours(value: float) -> float:
