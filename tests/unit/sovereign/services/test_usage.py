@@ -260,3 +260,18 @@ def test_country_order_puts_the_least_used_country_first_when_parity_is_on(world
         assert world.service().country_order(u, "research", ["PT", "ES"], NOW) == ["ES", "PT"]
     assert world.service(parity=True).parity_window == timedelta(days=30)
     assert world.service().parity_window is None
+
+
+def test_the_report_as_json_values(world: World):
+    world.enclave("research", "es-1", 0 * HOUR, 1 * HOUR + timedelta(seconds=1))
+    far = datetime(467, 7, 5, 14, 16, 19, tzinfo=UTC)
+    data = world.service().report(CLI, by="tenant", since=far).to_dict()
+    assert data == {
+        "by": "tenant",
+        "since": "0467-07-05T14:16:19Z",
+        "until": "2026-11-11T00:00:00Z",
+        "gpu_hours": 1.0003,
+        "rows": [{"tenant": "research", "country": "ES", "gpu_hours": 1.0003, "enclaves": 1}],
+        "totals": [{"key": "research", "gpu_hours": 1.0003, "enclaves": 1}],
+        "parity": [{"tenant": "research", "shares": {"ES": 1.0, "PT": 0.0}}],
+    }
