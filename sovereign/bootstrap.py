@@ -51,6 +51,7 @@ from sovereign.services.registry import Services
 from sovereign.services.requests import RequestService
 from sovereign.services.sessions import SessionAuditService
 from sovereign.services.signin import SignInClient
+from sovereign.services.usage import UsageService
 from sovereign.settings import Settings
 
 __all__ = [
@@ -187,6 +188,13 @@ def build_services(
         ),
         workloads=workloads,
         secrets=secrets,
+        usage=UsageService(
+            uow,
+            policy,
+            parity=settings.placement_parity,
+            window=timedelta(days=settings.parity_window_days),
+            clock=clock,
+        ),
         job_settings={
             "clock": clock,
             "limits": limits,

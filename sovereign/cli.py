@@ -1,8 +1,9 @@
 """The ``sovereign`` command line.
 
 Owns the commands operators type: ``db upgrade`` / ``db current``, ``bootstrap``, ``audit``,
-``hosts``, ``worker`` and ``serve`` (production under gunicorn), the analyst's ``jobs`` and
-``datasets`` (API clients: :mod:`sovereign.cli_jobs`), and the entry-point group
+``hosts``, ``report`` (:mod:`sovereign.cli_report`), ``worker`` and ``serve`` (production
+under gunicorn), the analyst's ``jobs`` and ``datasets`` (API clients:
+:mod:`sovereign.cli_jobs`), and the entry-point group
 through which installed packages add theirs (:data:`COMMAND_ENTRY_POINTS`: the development stack
 adds ``dev``). Each command builds what it needs from configuration; nothing runs at import.
 """
@@ -110,9 +111,11 @@ def _register_groups() -> None:
     from sovereign.cli_hosts import hosts  # noqa: PLC0415
     from sovereign.cli_images import images  # noqa: PLC0415
     from sovereign.cli_jobs import register  # noqa: PLC0415
+    from sovereign.cli_report import report  # noqa: PLC0415
 
     main.add_command(hosts)
     main.add_command(images)
+    main.add_command(report)
     register(main)
 
 

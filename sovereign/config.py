@@ -139,6 +139,12 @@ DEFAULTS: dict[str, Any] = {
     "SANITIZER_IMAGE": None,
     # Two-person proposals (accreditation changes, classified kill switch) expire after this.
     "DUAL_ACTION_TTL_S": 3600,
+    # Placement parity: when an enclave is pinned to one of its tenant's allowed countries,
+    # prefer the country where the tenant used the fewest GPU hours over the last
+    # PARITY_WINDOW_DAYS days (1 to 3650), so that its work spreads over them; off, the first
+    # allowed country (by ISO code) that has room. Usage reports show the shares either way.
+    "PLACEMENT_PARITY": False,
+    "PARITY_WINDOW_DAYS": 30,
     # Rate limits (Flask-Limiter, see sovereign.api.limits): per client address on what is
     # reachable without credentials, per address on refused authentications, per principal on
     # writes. memory:// counts per process (N replicas allow N times the limit); give every
@@ -310,6 +316,11 @@ def verify(config: Mapping[str, Any]) -> None:
         )
     _whole_number(config, "MAX_HEADER_BYTES", 1024, 1024 * 1024)
     _whole_number(config, "TRUSTED_PROXIES", 0, 10)
+    _whole_number(config, "PARITY_WINDOW_DAYS", 1, 3650)
+    if not isinstance(config["PLACEMENT_PARITY"], bool):
+        raise ConfigurationError(
+            reason=f"PLACEMENT_PARITY must be true or false, not {config['PLACEMENT_PARITY']!r}"
+        )
     _verify_sanitizer(config)
     _verify_hypervisor_uris(config)
     if config["TWO_PERSON_LEVEL"] not in config["LABEL_LEVELS"]:

@@ -57,6 +57,10 @@ class Settings:
     step_up_max_age_s: int
     gpu_models: tuple[str, ...]
     dual_action_ttl_s: int
+    #: Pin enclaves to the allowed country where their tenant used the fewest GPU hours over
+    #: the last ``parity_window_days`` days (off: the first allowed country with room).
+    placement_parity: bool
+    parity_window_days: int
     # Identity (Keycloak).
     idp_url: str | None
     idp_realm: str
@@ -190,6 +194,8 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
     "step_up_max_age_s": int,
     "gpu_models": _strings,
     "dual_action_ttl_s": int,
+    "placement_parity": bool,
+    "parity_window_days": int,
     "idp_url": _optional_str,
     "idp_realm": str,
     "idp_client_id": str,

@@ -144,6 +144,17 @@ class SqlEnclaveRepository:
             stmt = stmt.where(enclaves.c.host == host)
         return ENCLAVES.load_all(self._conn.execute(stmt), self._labels)
 
+    def overlapping(self, since: datetime | None, until: datetime | None) -> builtins.list[Enclave]:
+        """Enclaves that existed at some time in ``[since, until)``, ended ones included,
+        oldest first (what usage reports add up)."""
+        c = enclaves.c
+        stmt = ENCLAVES.select().order_by(c.created_at, c.id)
+        if until is not None:
+            stmt = stmt.where(c.created_at < until)
+        if since is not None:
+            stmt = stmt.where(sa.or_(c.ended_at.is_(None), c.ended_at > since))
+        return ENCLAVES.load_all(self._conn.execute(stmt), self._labels)
+
     def claimable(
         self, worker: str, now: datetime, limit: int, *, states: Collection[str]
     ) -> builtins.list[Enclave]:

@@ -273,6 +273,17 @@ class MemoryEnclaveRepository:
         )
         return _sorted(found, lambda e: (e.created_at, e.id))
 
+    def overlapping(self, since: datetime | None, until: datetime | None) -> builtins.list[Enclave]:
+        """Enclaves that existed at some time in ``[since, until)``, ended ones included,
+        oldest first."""
+        found = (
+            e
+            for e in self.table.rows.values()
+            if (until is None or e.created_at < until)
+            and (since is None or e.ended_at is None or e.ended_at > since)
+        )
+        return _sorted(found, lambda e: (e.created_at, e.id))
+
     def claimable(
         self, worker: str, now: datetime, limit: int, *, states: Collection[str]
     ) -> builtins.list[Enclave]:

@@ -17,6 +17,7 @@ from sovereign.api import (
     v1,
     v1_fleet,  # noqa: F401 - adds the fleet routes to v1's blueprint
     v1_jobs,  # noqa: F401 - adds the job and dataset routes to v1's blueprint
+    v1_reports,  # noqa: F401 - adds the report routes to v1's blueprint
 )
 
 #: Where the REST API lives (the rate limits key its writes by principal).

@@ -140,6 +140,8 @@ class Host:
     #: before identities were recorded; the reconciler records it, or quarantines the host).
     host_uuid: str | None = None
     hostname: str | None = None
+    #: ISO 3166-1 alpha-2 code of the country the host's site is in ("" where not recorded).
+    country: str = ""
 
     def identity(self) -> HostIdentity | None:
         """The recorded hypervisor identity, if any."""

@@ -199,6 +199,12 @@ class EnclaveRepository(Protocol):
         """Enclaves not yet ended (or all), oldest first."""
         ...
 
+    def overlapping(self, since: datetime | None, until: datetime | None) -> builtins.list[Enclave]:
+        """Enclaves that existed at some time in ``[since, until)`` (None: unbounded), ended
+        ones included: created before ``until`` and not ended at or before ``since``; oldest
+        first."""
+        ...
+
     def claimable(
         self, worker: str, now: datetime, limit: int, *, states: Collection[str]
     ) -> builtins.list[Enclave]:

@@ -40,6 +40,7 @@ from sovereign.services.reconciler import Reconciler
 from sovereign.services.reconciler.context import worker_name
 from sovereign.services.requests import RequestService
 from sovereign.services.sessions import SessionAuditService
+from sovereign.services.usage import UsageService
 
 
 @dataclass
@@ -74,6 +75,8 @@ class Services:
     datasets: DatasetService
     workloads: Workloads
     secrets: SecretStore
+    #: GPU hours per tenant and country, and the parity order of a tenant's countries.
+    usage: UsageService
     reconciler_settings: dict[str, Any] = field(default_factory=dict)
     job_settings: dict[str, Any] = field(default_factory=dict)
     #: Set when a job is submitted or cancelled: wakes an in-process job loop at once.

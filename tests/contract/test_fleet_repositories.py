@@ -498,6 +498,37 @@ def test_enclaves_round_trip_and_list_oldest_first(uow: UnitOfWorkFactory):
         assert u.enclaves.list(open_only=False, host="nobody") == []
 
 
+def test_enclaves_overlapping_a_period_include_ended_ones(uow: UnitOfWorkFactory):
+    hour = timedelta(hours=1)
+    with uow() as u:
+        ids = [enclave_request(u) for _ in range(5)]
+        # Created at T0 + 0, 1, 2, 3, 4 h; the first two ended at T0 + 1 h and T0 + 2.5 h.
+        early = enclave(ids[0], at=0, ended_at=T0 + hour)
+        ended = enclave(ids[1], at=3600, ended_at=T0 + 2.5 * hour)
+        running = enclave(ids[2], at=7200)
+        later = enclave(ids[3], at=3 * 3600)
+        last = enclave(ids[4], at=4 * 3600)
+        for e in (last, later, running, ended, early):  # stored out of order
+            u.enclaves.add(e)
+        u.commit()
+    with uow() as u:
+
+        def between(since: datetime | None, until: datetime | None) -> list[uuid.UUID]:
+            return [e.id for e in u.enclaves.overlapping(since, until)]
+
+        everything = [early.id, ended.id, running.id, later.id, last.id]
+        assert between(None, None) == everything
+        # Ended at the period's start: gone before it; created at its end: not yet there.
+        assert between(T0 + hour, T0 + 3 * hour) == [ended.id, running.id]
+        assert between(T0 + 2.5 * hour, None) == [running.id, later.id, last.id]
+        assert between(None, T0 + hour) == [early.id]
+        assert between(T0 + 10 * hour, None) == [running.id, later.id, last.id]
+        assert between(None, T0) == []
+        found = u.enclaves.overlapping(T0, T0 + hour)
+        assert found[0] == early  # whole records, ended_at included
+        assert _aware(found[0].ended_at, found[0].created_at)
+
+
 def _id(e: Enclave) -> uuid.UUID:
     return e.id
 

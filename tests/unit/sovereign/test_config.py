@@ -195,3 +195,29 @@ def test_gpu_hand_over_settings_defaults_and_environment(tmp_path, monkeypatch):
     assert typed.sanitizer_image == image
     assert typed.sanitizer_simulated_mib == 8
     assert typed.sanitizer_deadline_s == 120.5
+
+
+def test_placement_parity_is_off_by_default_over_thirty_days(tmp_path, monkeypatch):
+    config = load(tmp_path, monkeypatch)
+    assert (config["PLACEMENT_PARITY"], config["PARITY_WINDOW_DAYS"]) == (False, 30)
+    monkeypatch.setenv("SOVEREIGN_PLACEMENT_PARITY", "true")
+    monkeypatch.setenv("SOVEREIGN_PARITY_WINDOW_DAYS", "7")
+    app = settings.new_app()
+    settings.load(app, BASE)
+    typed = app.extensions[settings.SETTINGS]
+    assert (typed.placement_parity, typed.parity_window_days) == (True, 7)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("PARITY_WINDOW_DAYS", 0),
+        ("PARITY_WINDOW_DAYS", 3651),
+        ("PARITY_WINDOW_DAYS", "30"),
+        ("PLACEMENT_PARITY", "false"),
+        ("PLACEMENT_PARITY", 1),
+    ],
+)
+def test_parity_settings_are_checked(tmp_path, monkeypatch, key, value):
+    with pytest.raises(ConfigurationError, match=key):
+        load(tmp_path, monkeypatch, **{key: value})
