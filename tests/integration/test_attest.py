@@ -5,6 +5,7 @@ and the signed report opens offline under the log's key."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 
 from audit import AuditEvent, AuditQuery, Outcome
 from audit.note import parse_verifier_key
@@ -20,6 +22,7 @@ from audit.sql import SqlAuditStore
 from sovereign import config as configuration
 from sovereign.adapters.migrations import upgrade
 from sovereign.bootstrap import build_attestation
+from sovereign.cli import main
 from sovereign.domain.identity import Role
 from sovereign.errors import InvalidInputError, PolicyDeniedError
 from sovereign.services.attestation.report import open_report
@@ -216,3 +219,65 @@ def test_auditors_only_and_scoped_to_their_clearance(fleet: Fleet) -> None:
     assert _claims(full)["two-person"]["checked"] > 0
     with pytest.raises(InvalidInputError):
         fleet.services.attestation.attest(ctx(AUDITOR), utcnow(), utcnow().replace(year=2020))
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An instance folder whose database holds the consistent history, sequenced."""
+    monkeypatch.setenv("SOVEREIGN_INSTANCE_PATH", str(tmp_path))
+    monkeypatch.setenv("SOVEREIGN_ENV", "testing")
+    runner = CliRunner()
+    assert runner.invoke(main, ["db", "upgrade"]).exit_code == 0
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'sovereign.db'}")
+    with engine.begin() as conn:
+        SqlAuditStore(conn).append(s.event for s in good_history().events)
+    engine.dispose()
+    assert runner.invoke(main, ["audit", "sequence"]).exit_code == 0
+    (tmp_path / "log.pub").write_text(runner.invoke(main, ["audit", "public-key"]).output)
+    return tmp_path
+
+
+def test_cli_attests_live_and_the_signed_report_verifies_offline(instance: Path) -> None:
+    runner = CliRunner()
+    note = instance / "report.note"
+    result = runner.invoke(main, ["audit", "attest", "--out", str(note)])
+    assert result.exit_code == 0, result.output
+    assert "attestation of sovereign.local/audit: HOLDS" in result.output
+    assert "(e) Data residency: holds (4 checked)" in result.output
+    key = f"@{instance / 'log.pub'}"
+    checked = runner.invoke(
+        main, ["audit", "verify-attestation", str(note), "--key", key, "--json"]
+    )
+    assert checked.exit_code == 0, checked.output
+    assert "attestation verifies" in checked.output
+    forged = note.read_text().replace('"verdict":"holds"', '"verdict":"violated"', 1)
+    note.write_text(forged)
+    bad = runner.invoke(main, args)
+    assert bad.exit_code == 1
+    assert "does NOT verify" in bad.output
+
+
+def test_cli_attests_offline_from_an_export_and_the_witness(instance: Path) -> None:
+    runner = CliRunner()
+    export = instance / "export.jsonl"
+    assert runner.invoke(main, ["audit", "export", "--out", str(export)]).exit_code == 0
+    key = f"@{instance / 'log.pub'}"
+    witness = str(instance / "audit-witness.jsonl")
+    args = ["audit", "attest", "--export", str(export), "--witness", witness, "--key", key]
+    result = runner.invoke(main, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["scope"]["source"] == "export"
+    assert report["verdict"] == "holds"
+    # One changed event in the export: the rebuilt tree no longer matches the witness.
+    lines = export.read_text().splitlines()
+    lines[5] = lines[5].replace('"outcome":"allow"', '"outcome":"deny"')
+    export.write_text("\n".join(lines) + "\n")
+    tampered = runner.invoke(main, args)
+    assert tampered.exit_code == 1
+    assert "(f) Complete, intact log: violated" in tampered.output
+    assert "event 5 does not match its stored leaf hash" in tampered.output
+    assert runner.invoke(main, ["audit", "attest", "--export", str(export)]).exit_code == 2
