@@ -248,9 +248,8 @@ def test_cli_attests_live_and_the_signed_report_verifies_offline(instance: Path)
     assert "attestation of sovereign.local/audit: HOLDS" in result.output
     assert "(e) Data residency: holds (4 checked)" in result.output
     key = f"@{instance / 'log.pub'}"
-    checked = runner.invoke(
-        main, ["audit", "verify-attestation", str(note), "--key", key, "--json"]
-    )
+    args = ["audit", "verify-attestation", str(note), "--key", key]
+    checked = runner.invoke(main, [*args, "--json"])
     assert checked.exit_code == 0, checked.output
     assert "attestation verifies" in checked.output
     forged = note.read_text().replace('"verdict":"holds"', '"verdict":"violated"', 1)
