@@ -28,6 +28,8 @@ from sovereign.errors import InvalidInputError, PolicyDeniedError
 from sovereign.services.attestation.report import open_report
 from sovereign.services.attestation.service import AttestationService
 from sovereign.services.recording import utcnow
+from tests.support.apps import make_app
+from tests.support.audit import stored
 from tests.support.factories import AUDITOR, OFFICER_1, OFFICER_2, ctx, principal
 from tests.support.fleet import SYSTEM, Fleet, make_fleet
 from tests.support.tamper import change_one_byte, drop_append_only_triggers, row_of, set_entry
@@ -280,3 +282,45 @@ def test_cli_attests_offline_from_an_export_and_the_witness(instance: Path) -> N
     assert "(f) Complete, intact log: violated" in tampered.output
     assert "event 5 does not match its stored leaf hash" in tampered.output
     assert runner.invoke(main, ["audit", "attest", "--export", str(export)]).exit_code == 2
+
+
+# -- the API ---------------------------------------------------------------------------------
+
+
+@pytest.mark.idp
+def test_api_attestation_for_auditors(tmp_path: Path, idp: Any, token: Any) -> None:
+    app = make_app(tmp_path, idp.url)
+    client = app.test_client()
+    try:
+
+        def get(user: str, path: str) -> Any:
+            app.extensions["sovereign"].audit.log.sequence()
+            return client.get(path, headers={"Authorization": f"Bearer {token(user)}"})
+
+        answer = get("auditor", "/api/v1/audit/attestation")
+        assert answer.status_code == 200, answer.get_data(as_text=True)
+        body = answer.get_json()
+        report = body["report"]
+        assert report["type"] == "sovereign-attestation/v1"
+        assert report["scope"]["clearance"]["level"] == "SECRET"
+        assert [c["id"] for c in report["claims"]][-1] == "completeness"
+        keys = [parse_verifier_key(k) for k in client.get("/api/v1/audit/public-key").text.split()]
+        assert open_report(body["note"], keys) == report
+        note = get("auditor", "/api/v1/audit/attestation/note?since=2026-01-01T00:00:00Z")
+        assert note.mimetype == "text/plain"
+        assert open_report(note.get_data(as_text=True), keys)["period"]["since"] == (
+            "2026-01-01T00:00:00Z"
+        )
+        for user in ("officer-1", "analyst-defence", "operator"):
+            assert get(user, "/api/v1/audit/attestation").status_code == 403
+        bad = get(
+            "auditor",
+            "/api/v1/audit/attestation?since=2026-02-01T00:00:00Z&until=2026-01-01T00:00:00Z",
+        )
+        assert bad.status_code in {400, 422}
+        assert bad.mimetype == "application/problem+json"
+        assert get("auditor", "/api/v1/audit/attestation?since=yesterday").status_code == 422
+        actions = [e["action"] for e in stored(app)]
+        assert "audit:attest" in actions
+    finally:
+        app.extensions["sovereign"].close()
