@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from audit import AuditEvent, Outcome, StoredEvent
+from audit.merkle import leaf_hash
 from sovereign.domain.labels import LabelScheme
 from sovereign.services.attestation.claims import AttestParams
 
@@ -50,7 +51,7 @@ class History:
             details={"subject": subject, **(details or {})},
             time=START + timedelta(minutes=seq),
         )
-        self.events.append(StoredEvent(seq, event))
+        self.events.append(StoredEvent(seq, event, leaf_hash(event.canonical_bytes())))
         return seq
 
     def seq_of(self, action: str, target: str) -> int:
