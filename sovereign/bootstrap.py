@@ -27,6 +27,7 @@ from sovereign.domain.labels import LabelScheme
 from sovereign.domain.policy import AccessPolicy
 from sovereign.errors import ConfigurationError
 from sovereign.services.actions import ActionService
+from sovereign.services.attestation.service import AttestationService
 from sovereign.services.auditing import AuditReadService
 from sovereign.services.authfailures import AuthFailureAudit
 from sovereign.services.catalog import CatalogService
@@ -56,6 +57,7 @@ from sovereign.settings import Settings
 
 __all__ = [
     "Services",
+    "build_attestation",
     "build_audit_log",
     "build_console_login",
     "build_hypervisor",
@@ -172,6 +174,7 @@ def build_services(
         hosts=hosts,
         enclaves=enclaves,
         certificates=CertificateService(uow, policy, clock),
+        attestation=AttestationService(uow, policy, clock, audit_log, origin=settings.audit_origin),
         sessions=SessionAuditService(uow, clock, failures=auth_failures),
         auth_failures=auth_failures,
         sanitizer=sanitizer if sanitizer is not None else build_sanitizer(settings, hypervisor),
@@ -348,6 +351,26 @@ def build_audit_log(config: Settings | Mapping[str, Any], *, read_only: bool = F
 
     settings = Settings.of(config)
     return _sql_audit_log(settings, create_engine(settings.database_url), read_only=read_only)
+
+
+def build_attestation(config: Settings | Mapping[str, Any]) -> AttestationService:
+    """The attestation service alone, for ``sovereign audit attest`` on the control plane's
+    host: the database and the signing audit log, no identity provider."""
+    from sovereign.adapters.database import (  # noqa: PLC0415
+        SqlUnitOfWorkFactory,
+        create_engine,
+    )
+
+    settings = Settings.of(config)
+    scheme = LabelScheme(settings.label_levels, settings.label_compartments)
+    policy = AccessPolicy(scheme, two_person_level=settings.two_person_level)
+    engine = create_engine(settings.database_url)
+    return AttestationService(
+        SqlUnitOfWorkFactory(engine, scheme),
+        policy,
+        log=_sql_audit_log(settings, engine),
+        origin=settings.audit_origin,
+    )
 
 
 def _sql_audit_log(settings: Settings, engine: Any, *, read_only: bool = False) -> AuditLog:

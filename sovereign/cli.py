@@ -210,6 +210,13 @@ def _audit_log(*, read_only: bool = True) -> Any:
         _fail(e)
 
 
+def _register_audit_commands() -> None:
+    from sovereign.cli_attest import attest, verify_attestation  # noqa: PLC0415
+
+    audit.add_command(attest)
+    audit.add_command(verify_attestation)
+
+
 @audit.command("verify")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option(
@@ -473,3 +480,4 @@ def serve(bind: str | None, workers: int, threads: int) -> None:
 
 
 _register_groups()
+_register_audit_commands()

@@ -18,7 +18,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from audit.export import export
-from audit.note import NoteError, NoteVerifier, parse_verifier_key
+from audit.note import NoteError, NoteVerifier, parse_verifier_key, sign_note
 from audit.proof import Proof, format_proof
 from audit.sequencer import Sequencer, SequencerRun, TamperError
 from audit.signer import Ed25519FileSigner, Signer, SignerError
@@ -227,6 +227,31 @@ class SqlAuditLog:
                 progress=progress,
                 check_columns=check_columns,
             )
+
+    def signed_sizes(self) -> list[int]:
+        """Every tree size a checkpoint was signed at (database and witness), smallest first.
+
+        :raises LogVerificationError: if the witness file cannot be read.
+        """
+        try:
+            witnessed = self._witness.read() if self._witness is not None else []
+        except WitnessError as e:
+            raise LogVerificationError(str(e)) from e
+        with self._connect() as conn:
+            stored = SqlLogReader(conn).checkpoints()
+        return sorted({c.size for c in stored} | {w.size for w in witnessed})
+
+    def sign_note(self, text: str) -> str:
+        """``text`` as a signed note under the checkpoint key and origin (attestation reports).
+
+        :raises ConfigurationError: a read-only log (no signing key) or a signer that fails.
+        """
+        if self._signer is None:
+            raise ConfigurationError(reason="this audit log is read-only: no signing key")
+        try:
+            return sign_note(text, [self._signer])
+        except (NoteError, SignerError) as e:
+            raise ConfigurationError(reason=f"audit signing key: {e}") from e
 
     def export(self, fmt: str, query: AuditQuery) -> Iterator[str]:
         """Lines of the events matching ``query`` (oldest first) in ``fmt``."""

@@ -401,3 +401,22 @@ class Problem(BaseModel):
     request_id: str | None = None
     errors: list[dict[str, Any]] | None = None
     dependency: str | None = None
+
+
+# -- attestation ------------------------------------------------------------------------------
+
+
+class AttestationQuery(Strict):
+    """The period of an attestation: ``since`` inclusive, ``until`` exclusive (default now)."""
+
+    since: DateTimeParam | None = None
+    until: DateTimeParam | None = None
+
+
+class AttestationOut(BaseModel):
+    """An attestation: the report (``sovereign-attestation/v1``) and the same report as a
+    C2SP signed note under the log's key (verify it with ``sovereign audit
+    verify-attestation``)."""
+
+    report: dict[str, Any]
+    note: str

@@ -243,3 +243,36 @@ def audit_consistency(ctx: CallContext, query: s.ConsistencyQuery) -> s.Consiste
 def audit_public_key() -> str:
     """The signed-note verifier key(s) of the log, one per line, newest first."""
     return "".join(f"{key}\n" for key in services().audit.public_keys())
+
+
+@api.route(
+    "GET",
+    "/audit/attestation",
+    summary="Attest the audit log over a period",
+    tag="audit",
+    query=s.AttestationQuery,
+    response=s.AttestationOut,
+    roles="auditors, over the events their clearance dominates",
+)
+def audit_attestation(ctx: CallContext, query: s.AttestationQuery) -> s.AttestationOut:
+    """The six claims (co-residency, GPU hand-over, crypto-erase, two-person control,
+    residency, completeness) evaluated over the log, with the seqs each verdict rests on, and
+    the report signed as a note under the log's key."""
+    report, note = services().attestation.attest(ctx, query.since, query.until)
+    return s.AttestationOut(report=report, note=note)
+
+
+@api.route(
+    "GET",
+    "/audit/attestation/note",
+    summary="Attest the audit log over a period, as a signed note",
+    tag="audit",
+    query=s.AttestationQuery,
+    response=None,
+    media_type=TEXT,
+    roles="auditors, over the events their clearance dominates",
+)
+def audit_attestation_note(ctx: CallContext, query: s.AttestationQuery) -> str:
+    """The attestation report as a C2SP signed note (text/plain); verify it offline with
+    ``sovereign audit verify-attestation FILE --key KEY``."""
+    return services().attestation.attest(ctx, query.since, query.until)[1]

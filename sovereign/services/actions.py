@@ -19,7 +19,14 @@ from sovereign.domain.labels import Label
 from sovereign.errors import NotFoundError, PolicyDeniedError, SovereignError
 from sovereign.services.collaborators import ActionExecutor
 from sovereign.services.ports import UnitOfWork, UnitOfWorkFactory
-from sovereign.services.recording import CallContext, Clock, Recorder, action_target, utcnow
+from sovereign.services.recording import (
+    CallContext,
+    Clock,
+    Recorder,
+    action_target,
+    clearance_detail,
+    utcnow,
+)
 
 
 class ActionService:
@@ -81,7 +88,12 @@ class ActionService:
                     uow,
                     action="action:propose",
                     reason=reason,
-                    details={"kind": kind.value, "params": params, "status": action.status()},
+                    details={
+                        "kind": kind.value,
+                        "params": params,
+                        "status": action.status(),
+                        "clearance": clearance_detail(ctx),
+                    },
                 )
                 uow.commit()
         return action
@@ -127,6 +139,7 @@ class ActionService:
                     "params": action.params,
                     "proposer": action.proposer_name,
                     "status": action.status(),
+                    "clearance": clearance_detail(ctx),
                     **details,
                 },
             )

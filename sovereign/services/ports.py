@@ -20,7 +20,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
 
-from audit import AuditStore, StoredEvent
+from audit import AuditQuery, AuditStore, StoredEvent
 from enclaves.inventory import GpuDevice
 from enclaves.plan import EnclavePlan as HostPlan
 from enclaves.plan import PlanImage
@@ -402,6 +402,21 @@ class AuditLog(Protocol):
         self, progress: Callable[[int, int], None] | None = None, *, check_columns: bool = True
     ) -> Any:
         """Rebuild and check the whole log. :raises LogVerificationError:."""
+        ...
+
+    def events(self, query: AuditQuery) -> list[StoredEvent]:
+        """Sequenced events matching ``query`` (no clearance filter: the caller applies one)."""
+        ...
+
+    def signed_sizes(self) -> list[int]:
+        """Every tree size a checkpoint was signed at (database and witness), smallest first."""
+        ...
+
+    def sign_note(self, text: str) -> str:
+        """``text`` signed as a C2SP note under the checkpoint key and origin.
+
+        :raises ConfigurationError: no signing key.
+        """
         ...
 
 

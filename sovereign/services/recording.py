@@ -40,6 +40,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def clearance_detail(ctx: CallContext) -> dict[str, Any] | None:
+    """The caller's clearance as an event detail (the label dict events use; None if none)."""
+    clearance = ctx.principal.clearance
+    return clearance.to_dict() if clearance is not None else None
+
+
 def request_target(request_id: uuid.UUID) -> str:
     """The audit target name of a request."""
     return f"request/{request_id}"

@@ -16,6 +16,7 @@ from typing import Any
 from sovereign.domain.labels import LabelScheme
 from sovereign.domain.policy import AccessPolicy
 from sovereign.services.actions import ActionService
+from sovereign.services.attestation.service import AttestationService
 from sovereign.services.auditing import AuditReadService
 from sovereign.services.authfailures import AuthFailureAudit
 from sovereign.services.catalog import CatalogService
@@ -61,6 +62,8 @@ class Services:
     enclaves: EnclaveService
     #: GPU hand-over certificates (the ``gpu:handover`` events) for officers and auditors.
     certificates: CertificateService
+    #: Attestations: the claims the audit log proves over a period, signed (auditors).
+    attestation: AttestationService
     #: Console sign-ins, sign-outs and expiry in the audit log.
     sessions: SessionAuditService
     #: Authentication and CSRF failures in the audit log, aggregated per source and interval.

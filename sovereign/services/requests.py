@@ -20,7 +20,14 @@ from sovereign.domain.tenants import Resources
 from sovereign.errors import ConcurrentUpdateError, InvalidInputError, NotFoundError
 from sovereign.services.collaborators import EnclaveKeyring
 from sovereign.services.ports import Page, RequestFilter, UnitOfWork, UnitOfWorkFactory
-from sovereign.services.recording import CallContext, Clock, Recorder, request_target, utcnow
+from sovereign.services.recording import (
+    CallContext,
+    Clock,
+    Recorder,
+    clearance_detail,
+    request_target,
+    utcnow,
+)
 
 #: How often a decision is retried when another one changed the request at the same moment.
 CONCURRENCY_RETRIES = 3
@@ -282,6 +289,8 @@ class RequestService:
                         "to": request.state.value,
                         "approvals": len(request.approvers),
                         "approvals_needed": self._policy.approvals_needed(request.label),
+                        # What the attestation's two-person claim holds the decider to.
+                        "clearance": clearance_detail(ctx),
                     },
                 )
                 uow.commit()

@@ -125,6 +125,9 @@ class Placement:
                 label=label,
                 details={
                     "host": placement.host,
+                    # The enclave's own label (the event's label also covers the rejected
+                    # hosts' enclaves): the attestation's co-residency claim reads it.
+                    "label": request.label.to_dict(),
                     "gpus": list(placement.gpus),
                     "gpu_model": placement.gpu_model,
                     "rejected": placement.reasons,
