@@ -647,6 +647,17 @@ EVENT_CLAIMS: tuple[Callable[[Sequence[StoredEvent], AttestParams], ClaimResult]
 )
 
 
+#: The claim ids, (a) to (f), in report order (the controls catalogue names claims by them).
+CLAIM_IDS: tuple[str, ...] = (
+    "co-residency",
+    "gpu-handover",
+    "crypto-erase",
+    "two-person",
+    "residency",
+    "completeness",
+)
+
+
 def evaluate(
     events: Sequence[StoredEvent], params: AttestParams, log: LogStatus
 ) -> list[ClaimResult]:
@@ -655,6 +666,7 @@ def evaluate(
 
 
 __all__ = [
+    "CLAIM_IDS",
     "EVENT_CLAIMS",
     "AttestParams",
     "ClaimResult",

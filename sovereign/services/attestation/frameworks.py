@@ -21,6 +21,7 @@ from importlib import resources
 from typing import Any, Final
 
 from sovereign.errors import ConfigurationError, InvalidInputError
+from sovereign.services.attestation.claims import CLAIM_IDS
 from sovereign.settings import Settings
 
 #: The frameworks the catalogue covers, with the name a reader knows them by.
@@ -31,14 +32,7 @@ FRAMEWORKS: Final[Mapping[str, str]] = {
 }
 
 #: The claims of an attestation report (sovereign-attestation/v1), by id, in report order.
-CLAIMS: Final[tuple[str, ...]] = (
-    "co-residency",
-    "gpu-handover",
-    "crypto-erase",
-    "two-person",
-    "residency",
-    "completeness",
-)
+CLAIMS: Final[tuple[str, ...]] = CLAIM_IDS
 
 #: The configuration facts the control plane states about itself, with what each one means.
 FACTS: Final[Mapping[str, str]] = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from sovereign.services.attestation.claims import (
+    CLAIM_IDS,
     LogStatus,
     co_residency,
     completeness,
@@ -24,6 +25,7 @@ def test_every_claim_holds_over_a_consistent_history() -> None:
     h = good_history()
     results = evaluate(h.events, PARAMS, INTACT)
     assert [r.letter for r in results] == list("abcdef")
+    assert tuple(r.id for r in results) == CLAIM_IDS
     assert {r.id: r.verdict for r in results} == dict.fromkeys(
         ["co-residency", "gpu-handover", "crypto-erase", "two-person", "residency", "completeness"],
         "holds",
