@@ -140,6 +140,9 @@ class Host:
     #: before identities were recorded; the reconciler records it, or quarantines the host).
     host_uuid: str | None = None
     hostname: str | None = None
+    #: The country of the host's site (ISO 3166-1 alpha-2), copied at registration and
+    #: relocation so placement and listings need no join.
+    country: str = ""
 
     def identity(self) -> HostIdentity | None:
         """The recorded hypervisor identity, if any."""
