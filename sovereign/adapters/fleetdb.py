@@ -3,9 +3,9 @@
 Owns the statements on the ``sites``, ``hosts``, ``gpus``, ``enclaves`` and ``dual_actions``
 tables; their rows become :mod:`sovereign.domain.fleet` / :mod:`sovereign.domain.actions` /
 :mod:`sovereign.domain.sites` objects through the maps of :mod:`sovereign.adapters.mappings`.
-Hosts, enclaves and actions use optimistic locking (``version``); a GPU changes state only by compare-and-set on its current
-state, so two placements can never both allocate it. On PostgreSQL the reconciler's work queue
-is read with ``FOR UPDATE SKIP LOCKED``; elsewhere the claim columns alone arbitrate. Driver
+Hosts, enclaves and actions use optimistic locking (``version``); a GPU changes state only by
+compare-and-set on its current state, so two placements can never both allocate it. On
+PostgreSQL the reconciler's work queue is read with ``FOR UPDATE SKIP LOCKED``; elsewhere the claim columns alone arbitrate. Driver
 errors are translated by the unit of work (:mod:`sovereign.adapters.database`).
 """
 
