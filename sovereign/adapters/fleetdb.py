@@ -5,8 +5,9 @@ tables; their rows become :mod:`sovereign.domain.fleet` / :mod:`sovereign.domain
 :mod:`sovereign.domain.sites` objects through the maps of :mod:`sovereign.adapters.mappings`.
 Hosts, enclaves and actions use optimistic locking (``version``); a GPU changes state only by
 compare-and-set on its current state, so two placements can never both allocate it. On
-PostgreSQL the reconciler's work queue is read with ``FOR UPDATE SKIP LOCKED``; elsewhere the claim columns alone arbitrate. Driver
-errors are translated by the unit of work (:mod:`sovereign.adapters.database`).
+PostgreSQL the reconciler's work queue is read with ``FOR UPDATE SKIP LOCKED``; elsewhere the
+claim columns alone arbitrate. Driver errors are translated by the unit of work
+(:mod:`sovereign.adapters.database`).
 """
 
 from __future__ import annotations
