@@ -51,6 +51,7 @@ from sovereign.services.registry import Services
 from sovereign.services.requests import RequestService
 from sovereign.services.sessions import SessionAuditService
 from sovereign.services.signin import SignInClient
+from sovereign.services.sites import SiteService
 from sovereign.settings import Settings
 
 __all__ = [
@@ -169,6 +170,7 @@ def build_services(
         hypervisor=hypervisor,
         actions=actions,
         hosts=hosts,
+        sites=SiteService(uow, clock=clock),
         enclaves=enclaves,
         certificates=CertificateService(uow, policy, clock),
         sessions=SessionAuditService(uow, clock, failures=auth_failures),

@@ -88,6 +88,14 @@ def _label(host: Host | None) -> Label | None:
     return host.accreditation if host is not None else None
 
 
+def _site_country(uow: UnitOfWork, site: str) -> str:
+    """The country of ``site``. :raises InvalidInputError: no such site (422)."""
+    found = uow.sites.get(site)
+    if found is None:
+        raise InvalidInputError(reason=f"unknown site {site!r}")
+    return found.country
+
+
 def _same_identity(host: Host, found: HostIdentity) -> None:
     """:raises HostIdentityError: the host answers with another identity than recorded."""
     recorded = host.identity()
@@ -170,8 +178,8 @@ class HostService:
         The URI is checked (and made canonical) before anything connects to it; the host is
         recorded with the identity the hypervisor answers with.
 
-        :raises InvalidInputError: bad domain type; a malformed or refused URI (never tried);
-            a hypervisor that reports no host UUID.
+        :raises InvalidInputError: bad domain type; an unknown site; a malformed or refused URI
+            (never tried); a hypervisor that reports no host UUID.
         :raises PolicyDeniedError: not an operator or officer; over the API, an accreditation
             above the lowest level (that takes two officers).
         :raises ConflictError: a host with this name or URI exists, or one with the same
@@ -190,6 +198,9 @@ class HostService:
                         "host's accreditation takes two officers"
                     )
             uri = self._hypervisor.check_uri(uri)
+            with self._uow(readonly=True) as uow:
+                # The host takes its site's country (checked again in the writing transaction).
+                country = _site_country(uow, site)
             with self._uow(readonly=True) as uow:
                 if uow.hosts.get(name) is not None or any(h.uri == uri for h in uow.hosts.list()):
                     raise ConflictError(reason=f"a host called {name!r} or at {uri} exists")
@@ -216,10 +227,12 @@ class HostService:
                 updated_at=now,
                 host_uuid=identity.host_uuid,
                 hostname=identity.hostname,
+                country=country,
             )
             with self._uow() as uow:
                 # Checked again in the writing transaction; the unique index settles a race.
                 self._check_unique(uow, name, identity)
+                host.country = _site_country(uow, site)
                 uow.hosts.add(host)
                 for gpu in facts.gpus:
                     uow.gpus.add(self._new_gpu(host, gpu, now))
@@ -232,6 +245,7 @@ class HostService:
                         "host_uuid": identity.host_uuid,
                         "hostname": identity.hostname,
                         "site": site,
+                        "country": host.country,
                         "accreditation": accreditation.to_dict(),
                         "hypervisor": facts.hypervisor_type,
                         "vcpus": facts.cpus,

@@ -162,6 +162,13 @@ def test_hosts_add_refuses_a_command_uri_and_a_second_registration(
     script.write_text(f"#!/bin/sh\ntouch {marker}\n")
     script.chmod(0o755)
     common = ["--site", "hall-a", "--accreditation", "SECRET:NATO"]
+    unknown = runner.invoke(
+        main, ["hosts", "add", bundled_host_uri("secret-h100x8"), "--name", "secret-1", *common]
+    )
+    assert unknown.exit_code == 2
+    assert "unknown site 'hall-a'" in unknown.output
+    site = ["sites", "add", "hall-a", "--country", "ES", "--operator", "Hall A operator"]
+    assert runner.invoke(main, site).exit_code == 0
     refused = runner.invoke(
         main, ["hosts", "add", f"qemu+ext:///system?command={script}", "--name", "x", *common]
     )

@@ -18,6 +18,7 @@ from sovereign.api import fleet_schemas as f
 from sovereign.cli_hosts import cli_context
 from sovereign.services.reconciler import Reconciler
 from tests.support.apps import make_app
+from tests.support.fleet import ensure_site
 from tests.support.hostfiles import other_machine
 
 pytestmark = [pytest.mark.idp, pytest.mark.libvirt]
@@ -52,6 +53,7 @@ def app(tmp_path: Path, idp: Any) -> Iterator[Flask]:
     for name, label in (("secret-h100x8", ALL), ("civilian-h100x4", CIVIL["label"])):
         copy = tmp_path / f"{name}.xml"
         shutil.copy(bundled_host_path(name), copy)
+        ensure_site(services, f"hall-{name[:3]}")
         services.hosts.add(
             cli_context(),
             name=name,
@@ -59,6 +61,8 @@ def app(tmp_path: Path, idp: Any) -> Iterator[Flask]:
             site=f"hall-{name[:3]}",
             accreditation=services.scheme.parse(label),
         )
+    for site in ("s", "x", "hall-c"):
+        ensure_site(services, site)
     yield app
     services.close()
 
