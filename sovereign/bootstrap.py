@@ -33,7 +33,7 @@ from sovereign.services.catalog import CatalogService
 from sovereign.services.certificates import CertificateService
 from sovereign.services.datasets import DatasetService
 from sovereign.services.enclaves import EnclaveEnding, EnclaveService
-from sovereign.services.hosts import AccreditHost, HostService, ReturnGpu
+from sovereign.services.hosts import AccreditHost, HostService, RelocateHost, ReturnGpu
 from sovereign.services.jobs import JobService
 from sovereign.services.keys import KeyService
 from sovereign.services.ports import (
@@ -145,6 +145,7 @@ def build_services(
             ActionKind.ACCREDIT_HOST: AccreditHost(scheme, clock),
             ActionKind.KILL_SWITCH: ending,
             ActionKind.RETURN_GPU: ReturnGpu(uow, clock),
+            ActionKind.RELOCATE_HOST: RelocateHost(clock),
         },
         ttl=timedelta(seconds=settings.dual_action_ttl_s),
         clock=clock,

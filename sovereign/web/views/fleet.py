@@ -60,6 +60,8 @@ def describe_action(action: DualAction) -> str:
     if action.kind is ActionKind.ACCREDIT_HOST:
         new = _label_text(params.get("accreditation"))
         return f"Change the accreditation of host {params.get('host')} to {new}"
+    if action.kind is ActionKind.RELOCATE_HOST:
+        return f"Relocate host {params.get('host')} to site {params.get('site')}"
     if action.kind is ActionKind.RETURN_GPU:
         return (
             f"Return the quarantined GPU {params.get('address')} of host {params.get('host')} "
