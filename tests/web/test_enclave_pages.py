@@ -149,12 +149,18 @@ def test_each_role_is_offered_its_pages(users: Users):
         "Overview",
         "Approval queue",
         "Hosts and GPUs",
+        "Sites",
         "Two-person actions",
         "Kill switch",
         "Audit log",
     ]
-    assert nav(text(users("auditor").get("/"))) == ["Overview", "Hosts and GPUs", "Audit log"]
-    assert nav(text(users("operator").get("/"))) == ["Overview", "Hosts and GPUs"]
+    assert nav(text(users("auditor").get("/"))) == [
+        "Overview",
+        "Hosts and GPUs",
+        "Sites",
+        "Audit log",
+    ]
+    assert nav(text(users("operator").get("/"))) == ["Overview", "Hosts and GPUs", "Sites"]
 
 
 # -- the analyst's enclaves ------------------------------------------------------------------
