@@ -285,6 +285,8 @@ class EnclaveOut(BaseModel):
     request: RequestOut
     host: str | None
     site: str | None
+    #: The country of the host's site (ISO 3166-1 alpha-2), None before placement.
+    country: str | None
     gpus: list[str]
     domain_name: str | None
     lease_expires_at: datetime | None
@@ -301,6 +303,7 @@ class EnclaveOut(BaseModel):
             request=RequestOut.of(v.request, policy),
             host=e.host if e else None,
             site=v.host_site,
+            country=v.host_country,
             gpus=list(e.gpus) if e else [],
             domain_name=e.domain_name if e else None,
             lease_expires_at=e.lease_expires_at if e else None,

@@ -370,6 +370,7 @@ def test_a_host_carrying_live_enclaves_is_not_relocated(call: Call, reconcile: C
     reconcile()
     enclave = call("officer-1", "GET", f"/api/v1/enclaves/{rid}").get_json()
     assert enclave["state"] == "running" and enclave["host"] == "civilian-h100x4"
+    assert (enclave["site"], enclave["country"]) == ("hall-civ", "ES")
     refused = problem(call("officer-2", "POST", f"/api/v1/actions/{action['id']}/confirm"), 409)
     assert "live enclaves" in refused["detail"]
     assert "live enclaves" in problem(call("officer-1", "POST", path, json=body), 409)["detail"]
