@@ -195,3 +195,11 @@ def test_gpu_hand_over_settings_defaults_and_environment(tmp_path, monkeypatch):
     assert typed.sanitizer_image == image
     assert typed.sanitizer_simulated_mib == 8
     assert typed.sanitizer_deadline_s == 120.5
+
+
+def test_the_default_country_is_an_iso_code(tmp_path, monkeypatch):
+    assert load(tmp_path, monkeypatch)["DEFAULT_COUNTRY"] == "ES"
+    assert load(tmp_path, monkeypatch, DEFAULT_COUNTRY="PT")["DEFAULT_COUNTRY"] == "PT"
+    for bad in ("es", "XX", "ESP"):
+        with pytest.raises(ConfigurationError, match=r"DEFAULT_COUNTRY: .*unknown country"):
+            load(tmp_path, monkeypatch, DEFAULT_COUNTRY=bad)
