@@ -146,23 +146,36 @@ def _start_background(stack: ExitStack, app: Flask) -> None:
     stack.callback(jobs.stop)
 
 
+#: The embedded default's sites: name -> (country, operator), created before its hosts.
+BUNDLED_SITES = {
+    "es-mad-1": ("ES", "Centro Nacional de IA (demo)"),
+    "pt-lis-1": ("PT", "Iberian AI Gigafactory Lisboa (demo)"),
+}
+
 #: The embedded default's simulated hosts: name -> (site, accreditation).
 BUNDLED_HOST_SETUP = {
     "secret-h100x8": (
-        "hall-a/rack-1",
+        "es-mad-1",
         {"level": "SECRET", "compartments": ["CRYPTO", "EU", "NATO"]},
     ),
-    "civilian-h100x4": ("hall-b/rack-7", {"level": "UNCLASSIFIED", "compartments": []}),
+    "civilian-h100x4": ("es-mad-1", {"level": "UNCLASSIFIED", "compartments": []}),
+    "civilian-pt-1": ("pt-lis-1", {"level": "UNCLASSIFIED", "compartments": []}),
 }
 
 
 def _register_bundled_hosts(services: Any) -> list[str]:
-    """Register the bundled test-driver hosts that are not registered yet."""
+    """Create the bundled sites and register the bundled test-driver hosts not there yet (each
+    through its service, so each is an audit event)."""
     from enclaves.hosts import bundled_host_uri  # noqa: PLC0415
     from sovereign.cli_hosts import cli_context  # noqa: PLC0415
 
-    known = {host.name for host in services.hosts.list(cli_context())}
     lines = []
+    sites = {site.name for site in services.sites.list(cli_context())}
+    for name, (country, operator) in BUNDLED_SITES.items():
+        if name not in sites:
+            services.sites.add(cli_context(), name=name, country=country, operator=operator)
+            lines.append(f"created site {name} ({country}, {operator})")
+    known = {host.name for host in services.hosts.list(cli_context())}
     for name, (site, label) in BUNDLED_HOST_SETUP.items():
         if name in known:
             continue
@@ -173,7 +186,10 @@ def _register_bundled_hosts(services: Any) -> list[str]:
             site=site,
             accreditation=services.scheme.parse(label),
         )
-        lines.append(f"registered simulated host {host.name} ({host.accreditation})")
+        lines.append(
+            f"registered simulated host {host.name} ({host.accreditation}) at {site} "
+            f"({host.country})"
+        )
     return lines
 
 

@@ -34,7 +34,7 @@ from sovereign.services.catalog import CatalogService
 from sovereign.services.certificates import CertificateService
 from sovereign.services.datasets import DatasetService
 from sovereign.services.enclaves import EnclaveEnding, EnclaveService
-from sovereign.services.hosts import AccreditHost, HostService, ReturnGpu
+from sovereign.services.hosts import AccreditHost, HostService, RelocateHost, ReturnGpu
 from sovereign.services.jobs import JobService
 from sovereign.services.keys import KeyService
 from sovereign.services.ports import (
@@ -52,6 +52,7 @@ from sovereign.services.registry import Services
 from sovereign.services.requests import RequestService
 from sovereign.services.sessions import SessionAuditService
 from sovereign.services.signin import SignInClient
+from sovereign.services.sites import SiteService
 from sovereign.services.usage import UsageService
 from sovereign.settings import Settings
 
@@ -147,6 +148,7 @@ def build_services(
             ActionKind.ACCREDIT_HOST: AccreditHost(scheme, clock),
             ActionKind.KILL_SWITCH: ending,
             ActionKind.RETURN_GPU: ReturnGpu(uow, clock),
+            ActionKind.RELOCATE_HOST: RelocateHost(clock),
         },
         ttl=timedelta(seconds=settings.dual_action_ttl_s),
         clock=clock,
@@ -172,6 +174,7 @@ def build_services(
         hypervisor=hypervisor,
         actions=actions,
         hosts=hosts,
+        sites=SiteService(uow, clock=clock),
         enclaves=enclaves,
         certificates=CertificateService(uow, policy, clock),
         attestation=AttestationService(uow, policy, clock, audit_log, origin=settings.audit_origin),

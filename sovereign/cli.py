@@ -108,12 +108,13 @@ def main() -> None:
 
 
 def _register_groups() -> None:
-    from sovereign.cli_hosts import hosts  # noqa: PLC0415
+    from sovereign.cli_hosts import hosts, sites  # noqa: PLC0415
     from sovereign.cli_images import images  # noqa: PLC0415
     from sovereign.cli_jobs import register  # noqa: PLC0415
     from sovereign.cli_report import report  # noqa: PLC0415
 
     main.add_command(hosts)
+    main.add_command(sites)
     main.add_command(images)
     main.add_command(report)
     register(main)

@@ -1,6 +1,7 @@
-"""``sovereign hosts``: register hypervisors, rediscover their GPUs, drain and quarantine them.
+"""``sovereign hosts`` and ``sovereign sites``: record the sites hosts stand in, register
+hypervisors at them, rediscover their GPUs, drain and quarantine them.
 
-Owns the host commands of the CLI. They run with the control plane's own configuration (the
+Owns the host and site commands of the CLI. They run with the control plane's own configuration (the
 database and Vault credentials), as the deploying operator; their audit events name the actor
 ``system:cli`` and the operating-system user. Accreditation given at ``hosts add`` is trusted for
 that reason; changing it later takes two officers through the API.
@@ -61,7 +62,11 @@ def hosts() -> None:
 # The URI is checked against the configured allow-list (HYPERVISOR_TRANSPORTS,
 # HYPERVISOR_URI_PARAMS, HYPERVISOR_PORTS) before anything connects to it.
 @click.option("--name", required=True, help="Short unique host name.")
-@click.option("--site", required=True, help="Where the host is (data hall, rack).")
+@click.option(
+    "--site",
+    required=True,
+    help="The site the host stands in (sovereign sites add); it gets the site's country.",
+)
 @click.option(
     "--accreditation",
     required=True,
@@ -94,7 +99,8 @@ def hosts_add(uri: str, name: str, site: str, accreditation: str, domain_type: s
     except SovereignError as e:
         _fail(e)
     click.echo(
-        f"added {host.name} ({host.uri}) at {host.site}, accredited {host.accreditation}: "
+        f"added {host.name} ({host.uri}) at {host.site} ({host.country}), "
+        f"accredited {host.accreditation}: "
         f"{host.vcpus} vCPUs, {host.memory_mib} MiB, {len(gpus)} GPUs (dirty until sanitized); "
         f"hypervisor {host.host_uuid} ({host.hostname})"
     )
@@ -109,14 +115,17 @@ def hosts_list() -> None:
         gpus = services.hosts.gpus(cli_context())
     except SovereignError as e:
         _fail(e)
-    click.echo(f"{'NAME':<18} {'STATE':<12} {'ACCREDITATION':<22} {'SITE':<16} GPUS (free/total)")
+    click.echo(
+        f"{'NAME':<18} {'STATE':<12} {'ACCREDITATION':<22} {'SITE':<16} {'COUNTRY':<8} "
+        "GPUS (free/total)"
+    )
     for host in found:
         mine = [g for g in gpus if g.host == host.name]
         free = sum(1 for g in mine if g.state == "free")
         accreditation = str(host.accreditation)
         click.echo(
             f"{host.name:<18} {host.state:<12} {accreditation:<22} {host.site:<16} "
-            f"{free}/{len(mine)}"
+            f"{host.country or '-':<8} {free}/{len(mine)}"
         )
 
 
@@ -166,3 +175,33 @@ def hosts_drain(name: str, reason: str) -> None:
 def hosts_quarantine(name: str, reason: str) -> None:
     """Take host NAME out of service until an officer reactivates it."""
     _set_state(name, "quarantined", reason)
+
+
+@click.group()
+def sites() -> None:
+    """The sites hosts stand in, and their countries."""
+
+
+@sites.command("add")
+@click.argument("name")
+@click.option("--country", required=True, help="ISO 3166-1 alpha-2 code, upper case (ES, PT, ...).")
+@click.option("--operator", required=True, help="Who runs the site (1 to 128 characters).")
+def sites_add(name: str, country: str, operator: str) -> None:
+    """Record site NAME (lower-case letters, digits and '-') in COUNTRY, run by OPERATOR."""
+    try:
+        site = _services().sites.add(cli_context(), name=name, country=country, operator=operator)
+    except SovereignError as e:
+        _fail(e)
+    click.echo(f"added site {site.name} in {site.country}, run by {site.operator}")
+
+
+@sites.command("list")
+def sites_list() -> None:
+    """Sites with country and operator."""
+    try:
+        found = _services().sites.list(cli_context())
+    except SovereignError as e:
+        _fail(e)
+    click.echo(f"{'NAME':<18} {'COUNTRY':<8} OPERATOR")
+    for site in found:
+        click.echo(f"{site.name:<18} {site.country:<8} {site.operator}")

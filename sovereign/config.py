@@ -18,7 +18,8 @@ from flask import Config, Flask
 
 from enclaves.uri import SAFE_PARAMS, TRANSPORTS
 from sovereign.domain.labels import DEFAULT_COMPARTMENTS, DEFAULT_LEVELS
-from sovereign.errors import ConfigurationError
+from sovereign.domain.sites import check_country
+from sovereign.errors import ConfigurationError, InvalidInputError
 from sovereign.settings import SETTINGS, Settings
 
 ENVIRONMENTS = ("production", "development", "testing")
@@ -61,6 +62,10 @@ DEFAULTS: dict[str, Any] = {
     "VAULT_CA_BUNDLE": None,
     # Transit mounts are "<prefix>civilian" and "<prefix><classified tenant>".
     "VAULT_MOUNT_PREFIX": "sovereign-",
+    # The country (ISO 3166-1 alpha-2) migration 0009 gives the sites it creates for hosts
+    # registered before sites existed. The migration reads SOVEREIGN_DEFAULT_COUNTRY from its
+    # environment (an instance file does not reach it); correct sites later by relocation.
+    "DEFAULT_COUNTRY": "ES",
     # libvirt URIs of the hypervisors checked by /readyz.
     "HYPERVISOR_URIS": [],
     # /metrics and the per-dependency /readyz detail need a bearer token: an operator's, or
@@ -285,6 +290,10 @@ def verify(config: Mapping[str, Any]) -> None:
         raise ConfigurationError(
             reason=f"ENV must be one of {', '.join(ENVIRONMENTS)}, not {env!r}"
         )
+    try:
+        check_country(str(config["DEFAULT_COUNTRY"]))
+    except InvalidInputError as e:
+        raise ConfigurationError(reason=f"DEFAULT_COUNTRY: {e.message}") from e
     if env == "production":
         if config.get("IDP_DEV"):
             raise ConfigurationError(

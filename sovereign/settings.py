@@ -78,6 +78,8 @@ class Settings:
     vault_timeout_s: float
     vault_ca_bundle: str | None
     vault_mount_prefix: str
+    #: The country of sites migration 0009 creates for hosts registered before sites.
+    default_country: str
     # Hypervisors and enclaves.
     hypervisor_uris: tuple[str, ...]
     hypervisor_transports: tuple[str, ...]
@@ -205,6 +207,7 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
     "tenant_group_prefix": str,
     "vault_timeout_s": float,
     "vault_mount_prefix": str,
+    "default_country": str,
     "hypervisor_uris": _strings,
     "hypervisor_transports": _strings,
     "hypervisor_uri_params": _strings,

@@ -15,7 +15,7 @@ import urllib.parse
 from importlib import resources
 
 #: Names of the bundled host descriptions, in the order the dev stack registers them.
-BUNDLED_HOSTS: tuple[str, ...] = ("secret-h100x8", "civilian-h100x4")
+BUNDLED_HOSTS: tuple[str, ...] = ("secret-h100x8", "civilian-h100x4", "civilian-pt-1")
 
 
 def bundled_hosts_dir() -> pathlib.Path:

@@ -27,6 +27,7 @@ from sovereign.adapters.fleetdb import (
     SqlEnclaveRepository,
     SqlGpuRepository,
     SqlHostRepository,
+    SqlSiteRepository,
 )
 from sovereign.adapters.jobsdb import SqlBlobRepository, SqlDatasetRepository, SqlJobRepository
 from sovereign.adapters.mappings import APPROVALS, IMAGES, KEYS, REQUESTS, TENANTS
@@ -336,6 +337,7 @@ class SqlUnitOfWork:
     images: SqlImageRepository
     requests: SqlRequestRepository
     keys: SqlKeyRepository
+    sites: SqlSiteRepository
     hosts: SqlHostRepository
     gpus: SqlGpuRepository
     enclaves: SqlEnclaveRepository
@@ -369,6 +371,7 @@ class SqlUnitOfWork:
         self.images = SqlImageRepository(self._conn, self._labels)
         self.requests = SqlRequestRepository(self._conn, self._labels)
         self.keys = SqlKeyRepository(self._conn, self._labels)
+        self.sites = SqlSiteRepository(self._conn, self._labels)
         self.hosts = SqlHostRepository(self._conn, self._labels)
         self.gpus = SqlGpuRepository(self._conn, self._labels)
         self.enclaves = SqlEnclaveRepository(self._conn, self._labels)

@@ -1,12 +1,13 @@
-"""Repositories of the fleet: hosts, GPUs, enclaves and two-person actions (SQLAlchemy Core).
+"""The fleet's repositories: sites, hosts, GPUs, enclaves, two-person actions (SQLAlchemy Core).
 
-Owns the statements on the ``hosts``, ``gpus``, ``enclaves`` and ``dual_actions`` tables; their
-rows become :mod:`sovereign.domain.fleet` / :mod:`sovereign.domain.actions` objects through the
-maps of :mod:`sovereign.adapters.mappings`. Hosts, enclaves and actions use
-optimistic locking (``version``); a GPU changes state only by compare-and-set on its current
-state, so two placements can never both allocate it. On PostgreSQL the reconciler's work queue
-is read with ``FOR UPDATE SKIP LOCKED``; elsewhere the claim columns alone arbitrate. Driver
-errors are translated by the unit of work (:mod:`sovereign.adapters.database`).
+Owns the statements on the ``sites``, ``hosts``, ``gpus``, ``enclaves`` and ``dual_actions``
+tables; their rows become :mod:`sovereign.domain.fleet` / :mod:`sovereign.domain.actions` /
+:mod:`sovereign.domain.sites` objects through the maps of :mod:`sovereign.adapters.mappings`.
+Hosts, enclaves and actions use optimistic locking (``version``); a GPU changes state only by
+compare-and-set on its current state, so two placements can never both allocate it. On
+PostgreSQL the reconciler's work queue is read with ``FOR UPDATE SKIP LOCKED``; elsewhere the
+claim columns alone arbitrate. Driver errors are translated by the unit of work
+(:mod:`sovereign.adapters.database`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
-from sovereign.adapters.mappings import ACTIONS, ENCLAVES, GPUS, HOSTS
+from sovereign.adapters.mappings import ACTIONS, ENCLAVES, GPUS, HOSTS, SITES
 from sovereign.adapters.rowmap import LabelLoader
-from sovereign.adapters.tables import dual_actions, enclave_requests, enclaves, gpus, hosts
+from sovereign.adapters.tables import dual_actions, enclave_requests, enclaves, gpus, hosts, sites
 from sovereign.domain.actions import ActionState, DualAction
 from sovereign.domain.fleet import Enclave, Gpu, Host
 from sovereign.domain.placement import GpuStatus
+from sovereign.domain.sites import Site
 from sovereign.errors import ConcurrentUpdateError
 
 #: What each update may change: never the key or the creation time; versions are bumped by the
@@ -32,6 +34,28 @@ _HOST_CHANGES = HOSTS.dumper(exclude=("id", "created_at", "version"))
 _GPU_CHANGES = GPUS.dumper(exclude=("host", "address"))
 _ENCLAVE_CHANGES = ENCLAVES.dumper(exclude=("id", "created_at", "version"))
 _ACTION_CHANGES = ACTIONS.dumper(only=("state", "confirmer", "confirmer_name", "decided_at"))
+
+
+class SqlSiteRepository:
+    """Sites in ``sites``."""
+
+    def __init__(self, conn: sa.Connection, labels: LabelLoader) -> None:
+        self._conn = conn
+        self._labels = labels
+
+    def add(self, site: Site) -> None:
+        """Store a new site (a duplicate name breaks ``pk_sites``)."""
+        self._conn.execute(sites.insert().values(**SITES.values(site)))
+
+    def get(self, name: str) -> Site | None:
+        """The site called ``name``, or None."""
+        r = self._conn.execute(SITES.select().where(sites.c.name == name)).first()
+        return None if r is None else SITES.load(r, self._labels)
+
+    def list(self) -> list[Site]:
+        """All sites, by name."""
+        rows = self._conn.execute(SITES.select().order_by(sites.c.name))
+        return SITES.load_all(rows, self._labels)
 
 
 class SqlHostRepository:

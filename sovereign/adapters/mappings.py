@@ -25,6 +25,7 @@ from sovereign.adapters.tables import (
     hosts,
     images,
     jobs,
+    sites,
     tenants,
 )
 from sovereign.domain.actions import ActionKind, ActionState, DualAction
@@ -42,6 +43,7 @@ from sovereign.domain.jobs import (
 )
 from sovereign.domain.keys import EnclaveKeys, KeyRef, WrappedSecret
 from sovereign.domain.requests import Approval, Decision, EnclaveRequest, RequestState
+from sovereign.domain.sites import Site
 from sovereign.domain.tenants import Image, Resources, Tenant, TenantKind
 
 #: Longest error text an enclave row keeps (the column's size).
@@ -149,8 +151,11 @@ HOSTS = RowMap(
     hosts,
     *_columns("id", "name", "uri", "site", "domain_type", "vcpus", "memory_mib", "state"),
     *_columns("reason", "created_at", "updated_at", "version", "host_uuid", "hostname"),
+    *_columns("country"),
     LabelColumns("accreditation", "accreditation"),
 )
+
+SITES = RowMap(Site, sites, *_columns("name", "country", "operator", "created_at"))
 
 GPUS = RowMap(
     Gpu,

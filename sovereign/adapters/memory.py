@@ -40,6 +40,7 @@ from sovereign.domain.jobs import Blob, Dataset, Job
 from sovereign.domain.keys import EnclaveKeys
 from sovereign.domain.policy import Visibility
 from sovereign.domain.requests import COMMITTED_STATES, EnclaveRequest
+from sovereign.domain.sites import Site
 from sovereign.domain.tenants import Image, Resources, Tenant
 from sovereign.errors import ConcurrentUpdateError
 from sovereign.services.ports import Page, RequestFilter
@@ -53,6 +54,7 @@ class MemoryStore:
     images: dict[str, Image] = field(default_factory=dict)
     requests: dict[uuid.UUID, EnclaveRequest] = field(default_factory=dict)
     keys: dict[uuid.UUID, EnclaveKeys] = field(default_factory=dict)
+    sites: dict[str, Site] = field(default_factory=dict)
     hosts: dict[uuid.UUID, Host] = field(default_factory=dict)
     gpus: dict[GpuKey, Gpu] = field(default_factory=dict)
     enclaves: dict[uuid.UUID, Enclave] = field(default_factory=dict)
@@ -80,6 +82,29 @@ class MemoryTenantRepository:
         if tenant.name in self.data:
             raise ConcurrentUpdateError(kind="tenant", ident=tenant.name)
         self.data[tenant.name] = tenant
+
+
+class MemorySiteRepository:
+    """Sites in a dict; ``added`` are the names this unit stored (checked again at commit)."""
+
+    def __init__(self, data: dict[str, Site]) -> None:
+        self.data = data
+        self.added: list[str] = []
+
+    def add(self, site: Site) -> None:
+        """Store a new site. :raises ConcurrentUpdateError: one of that name exists."""
+        if site.name in self.data:
+            raise ConcurrentUpdateError(kind="site", ident=f"{site.name} (constraint pk_sites)")
+        self.data[site.name] = site
+        self.added.append(site.name)
+
+    def get(self, name: str) -> Site | None:
+        """The site called ``name``, or None."""
+        return self.data.get(name)
+
+    def list(self) -> list[Site]:
+        """All sites, by name."""
+        return [self.data[k] for k in sorted(self.data)]
 
 
 class MemoryImageRepository:
@@ -204,6 +229,7 @@ class MemoryUnitOfWork:
             self.images = MemoryImageRepository(dict(self._store.images))
             self.requests = MemoryRequestRepository(dict(self._store.requests))
             self.keys = MemoryKeyRepository(dict(self._store.keys))
+            self.sites = MemorySiteRepository(dict(self._store.sites))
             self._fleet = MemoryFleet(self._store, self.requests.data)
             self._jobs = MemoryJobs(self._store, self._fleet.enclaves.table.rows, self.tenants.data)
         self.hosts = self._fleet.hosts
@@ -230,12 +256,16 @@ class MemoryUnitOfWork:
                 seen = self.requests.versions.get(rid)
                 if (current.version if current else None) != seen:
                     raise ConcurrentUpdateError(kind="request", ident=str(rid))
+            for name in self.sites.added:
+                if name in store.sites:
+                    raise ConcurrentUpdateError(kind="site", ident=f"{name} (constraint pk_sites)")
             self._fleet.check(store)
             self._jobs.check(store)
             store.audit.append(self.audit.pending)
             store.tenants.update(self.tenants.data)
             store.images.update(self.images.data)
             store.keys.update(self.keys.data)
+            store.sites.update({name: self.sites.data[name] for name in self.sites.added})
             for rid in self.requests.touched:
                 store.requests[rid] = self.requests.data[rid]
             self._fleet.publish(store)

@@ -146,6 +146,16 @@ enclave_keys = sa.Table(
     sa.Column("destroyed_at", Timestamp, nullable=True),
 )
 
+sites = sa.Table(
+    "sites",
+    metadata,
+    sa.Column("name", sa.String(63), primary_key=True),
+    # ISO 3166-1 alpha-2, upper case (sovereign.domain.sites.check_country).
+    sa.Column("country", sa.String(2), nullable=False),
+    sa.Column("operator", sa.String(128), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+)
+
 hosts = sa.Table(
     "hosts",
     metadata,
@@ -167,6 +177,8 @@ hosts = sa.Table(
     # machine, whatever URI spelling reached it. NULL only for hosts registered before 0006.
     sa.Column("host_uuid", sa.String(36), nullable=True, unique=True),
     sa.Column("hostname", sa.String(255), nullable=True),
+    # The country of the host's site, copied at registration and relocation (0009).
+    sa.Column("country", sa.String(2), nullable=False, server_default=""),
     sa.CheckConstraint("state IN ('active', 'draining', 'quarantined')", name="state"),
     sa.CheckConstraint("domain_type IN ('kvm', 'qemu')", name="domain_type"),
 )

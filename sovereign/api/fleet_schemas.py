@@ -1,5 +1,5 @@
-"""Schemas of the fleet endpoints: hosts, GPUs, enclaves, placement previews, two-person actions
-and the kill switch (pydantic; the same models validate input and generate OpenAPI).
+"""Schemas of the fleet endpoints: sites, hosts, GPUs, enclaves, placement previews, two-person
+actions and the kill switch (pydantic; the same models validate input and generate OpenAPI).
 
 Owns the shape of those bodies and how fleet domain objects become responses.
 """
@@ -27,6 +27,7 @@ from sovereign.domain.fleet import Gpu, Host
 from sovereign.domain.placement import Placement
 from sovereign.domain.policy import AccessPolicy
 from sovereign.domain.requests import RequestState
+from sovereign.domain.sites import Site
 from sovereign.services.certificates import GpuCertificate
 from sovereign.services.enclaves import EnclaveView, KillResult
 
@@ -40,6 +41,48 @@ class HostCreate(Strict):
     uri: Annotated[str, Field(min_length=3, max_length=1024)]
     site: Annotated[str, Field(min_length=1, max_length=128)]
     domain_type: Literal["kvm", "qemu"] = "kvm"
+
+
+class RelocationIn(Strict):
+    """A host's new site (two officers; never while it carries live enclaves)."""
+
+    site: Annotated[str, Field(min_length=1, max_length=128)]
+    reason: RequiredReason
+
+
+class SiteCreate(Strict):
+    """A site to record. Name, country and operator are checked by the service (422 with the
+    reason, audited): a lower-case slug, an ISO 3166-1 alpha-2 code such as ``ES``, one line."""
+
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    country: Annotated[str, Field(min_length=1, max_length=16)]
+    operator: Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class SiteOut(BaseModel):
+    """A site hosts stand in, its country and operator."""
+
+    name: str
+    #: ISO 3166-1 alpha-2.
+    country: str
+    operator: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, site: Site) -> SiteOut:
+        """From a domain site."""
+        return cls(
+            name=site.name,
+            country=site.country,
+            operator=site.operator,
+            created_at=site.created_at,
+        )
+
+
+class SiteList(BaseModel):
+    """Sites, by name."""
+
+    items: list[SiteOut]
 
 
 class HostStateIn(Strict):
@@ -62,6 +105,8 @@ class HostOut(BaseModel):
     name: str
     uri: str
     site: str
+    #: The country of its site (ISO 3166-1 alpha-2), copied at registration and relocation.
+    country: str
     accreditation: LabelOut
     domain_type: str
     #: The hypervisor's identity (libvirt's host UUID and hostname) recorded at registration.
@@ -81,6 +126,7 @@ class HostOut(BaseModel):
             name=h.name,
             uri=h.uri,
             site=h.site,
+            country=h.country,
             accreditation=LabelOut.of(h.accreditation),
             domain_type=h.domain_type,
             host_uuid=h.host_uuid,
@@ -239,6 +285,8 @@ class EnclaveOut(BaseModel):
     request: RequestOut
     host: str | None
     site: str | None
+    #: The country of the host's site (ISO 3166-1 alpha-2), None before placement.
+    country: str | None
     gpus: list[str]
     domain_name: str | None
     lease_expires_at: datetime | None
@@ -255,6 +303,7 @@ class EnclaveOut(BaseModel):
             request=RequestOut.of(v.request, policy),
             host=e.host if e else None,
             site=v.host_site,
+            country=v.host_country,
             gpus=list(e.gpus) if e else [],
             domain_name=e.domain_name if e else None,
             lease_expires_at=e.lease_expires_at if e else None,

@@ -1,5 +1,5 @@
-"""REST API v1, the fleet: hosts, GPUs, enclaves, placement previews, two-person actions and the
-kill switch. Thin views on the same ``api`` registry as :mod:`sovereign.api.v1`.
+"""REST API v1, the fleet: sites, hosts, GPUs, enclaves, placement previews, two-person actions
+and the kill switch. Thin views on the same ``api`` registry as :mod:`sovereign.api.v1`.
 
 Owns those endpoints. As everywhere in the API, views hold no policy and catch no domain
 errors: the services decide and audit, the problem table answers.
@@ -104,6 +104,46 @@ def propose_accreditation(ctx: CallContext, name: str, body: f.AccreditationIn) 
     """Two officers change a host's accreditation, like a classified approval."""
     label = services().scheme.parse(body.accreditation.model_dump())
     return f.ActionOut.of(services().hosts.propose_accreditation(ctx, name, label, body.reason))
+
+
+@api.route(
+    "POST",
+    "/hosts/<name>/relocation",
+    summary="Propose moving a host to another site",
+    tag="hosts",
+    body=f.RelocationIn,
+    response=f.ActionOut,
+    status=202,
+    roles="security officers; a second officer confirms with POST /actions/{id}/confirm",
+)
+def propose_relocation(ctx: CallContext, name: str, body: f.RelocationIn) -> f.ActionOut:
+    """Two officers move a host to another site and its country; refused (409) while the host
+    carries live enclaves, whose data would cross a border with it."""
+    return f.ActionOut.of(services().hosts.propose_relocation(ctx, name, body.site, body.reason))
+
+
+@api.route(
+    "GET", "/sites", summary="List sites", tag="sites", response=f.SiteList, roles=HOST_READERS
+)
+def list_sites(ctx: CallContext) -> f.SiteList:
+    """Every site hosts may stand in, with its country and operator."""
+    return f.SiteList(items=[f.SiteOut.of(site) for site in services().sites.list(ctx)])
+
+
+@api.route(
+    "POST",
+    "/sites",
+    summary="Record a site",
+    tag="sites",
+    body=f.SiteCreate,
+    response=f.SiteOut,
+    status=201,
+    roles="operators and officers",
+)
+def add_site(ctx: CallContext, body: f.SiteCreate) -> f.SiteOut:
+    """A site in one country (ISO 3166-1 alpha-2); hosts registered there take its country."""
+    site = services().sites.add(ctx, name=body.name, country=body.country, operator=body.operator)
+    return f.SiteOut.of(site)
 
 
 @api.route(

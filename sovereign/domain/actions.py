@@ -2,7 +2,7 @@
 
 Owns :class:`DualAction` and its rules (the two-person rule for the most dangerous changes that
 are not request approvals: a host's accreditation, the kill switch for classified enclaves, a
-quarantined GPU's return to service). A
+quarantined GPU's return to service, a host's relocation to another site and country). A
 proposal names what will be done and why; it expires if nobody confirms it in time; the
 confirming officer must differ from the proposer and be cleared for the action's label. What the
 action does once confirmed is the services' business, not this module's.
@@ -28,6 +28,9 @@ class ActionKind(StrEnum):
     KILL_SWITCH = "enclave:kill"
     #: A quarantined GPU back to service: ``quarantined -> dirty``, so it gets a new hand-over.
     RETURN_GPU = "gpu:return"
+    #: A host moves to another site (and with it, maybe, another country); never while it
+    #: carries live enclaves, whose data would cross a border with it.
+    RELOCATE_HOST = "host:relocate"
 
 
 class ActionState(StrEnum):

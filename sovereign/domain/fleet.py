@@ -140,7 +140,8 @@ class Host:
     #: before identities were recorded; the reconciler records it, or quarantines the host).
     host_uuid: str | None = None
     hostname: str | None = None
-    #: ISO 3166-1 alpha-2 code of the country the host's site is in ("" where not recorded).
+    #: The country of the host's site (ISO 3166-1 alpha-2), copied at registration and
+    #: relocation so placement and listings need no join.
     country: str = ""
 
     def identity(self) -> HostIdentity | None:

@@ -63,6 +63,8 @@ class EnclaveView:
     enclave: Enclave | None
     host_site: str | None
     gpus: tuple[Gpu, ...]
+    #: The country of the host's site (None before placement).
+    host_country: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,13 +102,14 @@ class EnclaveService:
 
     def _view(self, uow: UnitOfWork, request: EnclaveRequest) -> EnclaveView:
         enclave = uow.enclaves.get(request.id)
-        site = None
+        site = country = None
         gpus: tuple[Gpu, ...] = ()
         if enclave is not None:
             host = uow.hosts.get(enclave.host)
             site = host.site if host else None
+            country = host.country if host else None
             gpus = tuple(g for g in uow.gpus.list(enclave.host) if g.address in enclave.gpus)
-        return EnclaveView(request, enclave, site, gpus)
+        return EnclaveView(request, enclave, site, gpus, country)
 
     def list(self, ctx: CallContext, query: RequestFilter) -> Page[EnclaveView]:
         """Requests past approval the caller may see, with their enclaves, newest first.

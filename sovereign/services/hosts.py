@@ -88,6 +88,14 @@ def _label(host: Host | None) -> Label | None:
     return host.accreditation if host is not None else None
 
 
+def _site_country(uow: UnitOfWork, site: str) -> str:
+    """The country of ``site``. :raises InvalidInputError: no such site (422)."""
+    found = uow.sites.get(site)
+    if found is None:
+        raise InvalidInputError(reason=f"unknown site {site!r}")
+    return found.country
+
+
 def _same_identity(host: Host, found: HostIdentity) -> None:
     """:raises HostIdentityError: the host answers with another identity than recorded."""
     recorded = host.identity()
@@ -170,8 +178,8 @@ class HostService:
         The URI is checked (and made canonical) before anything connects to it; the host is
         recorded with the identity the hypervisor answers with.
 
-        :raises InvalidInputError: bad domain type; a malformed or refused URI (never tried);
-            a hypervisor that reports no host UUID.
+        :raises InvalidInputError: bad domain type; an unknown site; a malformed or refused URI
+            (never tried); a hypervisor that reports no host UUID.
         :raises PolicyDeniedError: not an operator or officer; over the API, an accreditation
             above the lowest level (that takes two officers).
         :raises ConflictError: a host with this name or URI exists, or one with the same
@@ -190,6 +198,9 @@ class HostService:
                         "host's accreditation takes two officers"
                     )
             uri = self._hypervisor.check_uri(uri)
+            with self._uow(readonly=True) as uow:
+                # The host takes its site's country (checked again in the writing transaction).
+                country = _site_country(uow, site)
             with self._uow(readonly=True) as uow:
                 if uow.hosts.get(name) is not None or any(h.uri == uri for h in uow.hosts.list()):
                     raise ConflictError(reason=f"a host called {name!r} or at {uri} exists")
@@ -216,10 +227,12 @@ class HostService:
                 updated_at=now,
                 host_uuid=identity.host_uuid,
                 hostname=identity.hostname,
+                country=country,
             )
             with self._uow() as uow:
                 # Checked again in the writing transaction; the unique index settles a race.
                 self._check_unique(uow, name, identity)
+                host.country = _site_country(uow, site)
                 uow.hosts.add(host)
                 for gpu in facts.gpus:
                     uow.gpus.add(self._new_gpu(host, gpu, now))
@@ -232,6 +245,7 @@ class HostService:
                         "host_uuid": identity.host_uuid,
                         "hostname": identity.hostname,
                         "site": site,
+                        "country": host.country,
                         "accreditation": accreditation.to_dict(),
                         "hypervisor": facts.hypervisor_type,
                         "vcpus": facts.cpus,
@@ -442,6 +456,36 @@ class HostService:
             check=check,
         )
 
+    # -- relocation (two officers) ------------------------------------------------------------
+
+    def propose_relocation(self, ctx: CallContext, name: str, site: str, reason: str) -> DualAction:
+        """First officer proposes moving a host to another site (and its country); a second
+        one confirms it (carried out by :class:`RelocateHost`).
+
+        The proposal carries the host's accreditation: both officers must be cleared for it.
+
+        :raises InvalidInputError: no reason; an unknown site. :raises NotFoundError: no such
+            host. :raises PolicyDeniedError: no officer, or not cleared for the host.
+        :raises ConflictError: the host stands at that site already, or carries live enclaves
+            (moving it would move their data across a border).
+        """
+        if not reason.strip():
+            raise InvalidInputError(reason="a reason is required")
+        with self._uow(readonly=True) as uow:
+            current = uow.hosts.get(name)
+        label = current.accreditation if current is not None else self._scheme.lowest
+
+        def check(uow: UnitOfWork) -> None:
+            host = uow.hosts.get(name)
+            if host is None or not _can_read(ctx):
+                raise NotFoundError(kind="host", ident=name)
+            check_officer(ctx.principal, host.accreditation)
+            _check_relocation(uow, host, site)
+
+        return self._actions.propose(
+            ctx, ActionKind.RELOCATE_HOST, {"host": name, "site": site}, label, reason, check=check
+        )
+
     # -- returning a quarantined GPU (two officers) -------------------------------------------
 
     def propose_return(self, ctx: CallContext, host: str, address: str, reason: str) -> DualAction:
@@ -489,6 +533,60 @@ class HostService:
             reason,
             check=check,
         )
+
+
+def _check_relocation(uow: UnitOfWork, host: Host, site: str) -> str:
+    """The country ``host`` would move to at ``site``.
+
+    :raises InvalidInputError: an unknown site. :raises ConflictError: the host is there
+        already, or carries live enclaves.
+    """
+    country = _site_country(uow, site)
+    if host.site == site:
+        raise ConflictError(reason=f"host {host.name} stands at site {site} already")
+    if uow.enclaves.list(host=host.name):
+        raise ConflictError(
+            reason=f"host {host.name} carries live enclaves; moving it would move their data "
+            "across a border: terminate them (or wait until they end) first"
+        )
+    return country
+
+
+class RelocateHost:
+    """Carries out a confirmed two-person relocation of a host (the action service's executor
+    for :attr:`~sovereign.domain.actions.ActionKind.RELOCATE_HOST`): the host takes the new
+    site and its country. Refused while the host carries live enclaves."""
+
+    def __init__(self, clock: Clock = utcnow) -> None:
+        self._clock = clock
+
+    def execute(self, uow: UnitOfWork, ctx: CallContext, action: DualAction) -> dict[str, Any]:
+        """Move the host inside ``uow``; returns the notes (``from_site``, ``from_country``,
+        ``to_site``, ``to_country``) that land in the ``action:confirm`` event.
+
+        :raises NotFoundError: the host is gone. :raises PolicyDeniedError: not cleared for
+            its accreditation. :raises InvalidInputError: the site is gone.
+        :raises ConflictError: it carries live enclaves, or stands there already.
+        """
+        name, site = str(action.params["host"]), str(action.params["site"])
+        host = uow.hosts.get(name, for_update=True)
+        if host is None:
+            raise NotFoundError(kind="host", ident=name)
+        check_officer(ctx.principal, host.accreditation)
+        country = _check_relocation(uow, host, site)
+        notes = {
+            "host": name,
+            "from_site": host.site,
+            "from_country": host.country,
+            "to_site": site,
+            "to_country": country,
+        }
+        host.site, host.country, host.updated_at = site, country, self._clock()
+        uow.hosts.update(host)
+        return notes
+
+    def after_commit(self, ctx: CallContext, action: DualAction, details: dict[str, Any]) -> None:
+        """Nothing is left to do once the host's record moved."""
 
 
 def _find_gpu(uow: UnitOfWork, host: str, address: str) -> Gpu | None:

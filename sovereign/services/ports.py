@@ -41,6 +41,7 @@ from sovereign.domain.keys import EnclaveKeys, EnclaveSecrets, KeyRef, WrappedSe
 from sovereign.domain.placement import GpuStatus
 from sovereign.domain.policy import Visibility
 from sovereign.domain.requests import EnclaveRequest, RequestState
+from sovereign.domain.sites import Site
 from sovereign.domain.tenants import Image, Resources, Tenant
 
 
@@ -137,6 +138,22 @@ class KeyRepository(Protocol):
 
     def update(self, keys: EnclaveKeys) -> None:
         """Store changed references (rotation, destruction)."""
+        ...
+
+
+class SiteRepository(Protocol):
+    """Sites by unique name (never deleted)."""
+
+    def add(self, site: Site) -> None:
+        """Store a new site. :raises ConcurrentUpdateError: one of that name exists."""
+        ...
+
+    def get(self, name: str) -> Site | None:
+        """The site called ``name``, or None."""
+        ...
+
+    def list(self) -> list[Site]:
+        """All sites, by name."""
         ...
 
 
@@ -312,6 +329,8 @@ class UnitOfWork(Protocol):
     def requests(self) -> RequestRepository: ...
     @property
     def keys(self) -> KeyRepository: ...
+    @property
+    def sites(self) -> SiteRepository: ...
     @property
     def hosts(self) -> HostRepository: ...
     @property

@@ -61,6 +61,11 @@ def host_target(name: str) -> str:
     return f"host/{name}"
 
 
+def site_target(name: str) -> str:
+    """The audit target name of a site."""
+    return f"site/{name}"
+
+
 def action_target(action_id: uuid.UUID) -> str:
     """The audit target name of a two-person action's proposal."""
     return f"action/{action_id}"

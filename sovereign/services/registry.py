@@ -41,6 +41,7 @@ from sovereign.services.reconciler import Reconciler
 from sovereign.services.reconciler.context import worker_name
 from sovereign.services.requests import RequestService
 from sovereign.services.sessions import SessionAuditService
+from sovereign.services.sites import SiteService
 from sovereign.services.usage import UsageService
 
 
@@ -59,6 +60,8 @@ class Services:
     hypervisor: Hypervisor
     actions: ActionService
     hosts: HostService
+    #: The sites hosts stand in, and their countries.
+    sites: SiteService
     enclaves: EnclaveService
     #: GPU hand-over certificates (the ``gpu:handover`` events) for officers and auditors.
     certificates: CertificateService

@@ -84,10 +84,17 @@ NAV: list[NavItem] = [
         needs="hosts",
     ),
     NavItem(
+        "Sites",
+        "console.sites",
+        HOST_READERS,
+        "Where hosts stand: each site's country and operator; operators record new sites.",
+        needs="sites",
+    ),
+    NavItem(
         "Two-person actions",
         "console.actions",
         OFFICER,
-        "Accreditation changes and kill switches waiting for a second officer.",
+        "Accreditation changes, relocations and kill switches waiting for a second officer.",
         needs="actions",
     ),
     NavItem(

@@ -167,7 +167,11 @@ def test_pci_devices_are_sorted_although_libvirt_lists_them_unsorted(
 
 @pytest.mark.parametrize(
     ("name", "cpus", "memory_mib"),
-    [("secret-h100x8", 128, 2 * MIB_PER_TIB), ("civilian-h100x4", 96, MIB_PER_TIB)],
+    [
+        ("secret-h100x8", 128, 2 * MIB_PER_TIB),
+        ("civilian-h100x4", 96, MIB_PER_TIB),
+        ("civilian-pt-1", 64, MIB_PER_TIB // 2),
+    ],
 )
 def test_info_reports_the_bundled_topology(name: str, cpus: int, memory_mib: int) -> None:
     with LibvirtHost(bundled_host_uri(name)) as host:

@@ -309,12 +309,12 @@ def test_request_two_officer_approval_and_audit_in_the_browser(browser: Any, sta
     analyst.wait_for_state("/enclaves", "running")
     page = analyst.page
     row = page.inner_text("table.enclaves tbody tr")
-    assert "secret-h100x8" in row and "hall-a/rack-1" in row
+    assert "secret-h100x8" in row and "es-mad-1" in row
     assert re.search(r"2 GPUs: 0000:[0-9a-f]{2}:00\.0, 0000:[0-9a-f]{2}:00\.0", row)
     assert analyst.banners() == ["SECRET//NATO", "SECRET//NATO"]
     analyst.shot("12-my-enclaves-running")
     page.click(f"a[href='/enclaves/{request_id}']")
-    assert page.inner_text("#enclave-host") == "secret-h100x8 (site hall-a/rack-1)"
+    assert page.inner_text("#enclave-host") == "secret-h100x8 (site es-mad-1)"
     assert page.locator("#console-log").count() == 1
     assert page.locator("#terminate").count() == 1
     assert unlabelled_fields(page) == []

@@ -344,10 +344,10 @@ def test_a_restarted_embedded_default_keeps_a_verifiable_log(tmp_path: Path):
         check=False,
     )
     assert verified.returncode == 0, verified.stderr
-    # First start: 4 catalog entries, 2 bundled hosts, 12 GPUs handed over (2 events each:
-    # gpu:sanitize, then gpu:handover with the certificate);
+    # First start: 4 catalog entries, 2 bundled sites, 3 bundled hosts, 14 GPUs handed over
+    # (2 events each: gpu:sanitize, then gpu:handover with the certificate);
     # the second start adds nothing (all already there).
-    assert f"audit log intact: {4 + 2 + 12 * 2} events" in verified.stdout
+    assert f"audit log intact: {4 + 2 + 3 + 14 * 2} events" in verified.stdout
 
 
 def free_port_pair() -> int:

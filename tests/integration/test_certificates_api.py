@@ -23,6 +23,7 @@ from enclaves.hosts import bundled_host_path
 from sovereign.api import fleet_schemas as f
 from sovereign.cli_hosts import cli_context
 from tests.support.apps import make_app
+from tests.support.fleet import ensure_site
 from tests.support.handover import handed_over
 from tests.support.users import LOW_CLEARANCE_USERS
 
@@ -49,6 +50,7 @@ def app(tmp_path: Path, low_idp: Any) -> Iterator[Flask]:
     services = app.extensions["sovereign"]
     copy = tmp_path / f"{HOST}.xml"
     shutil.copy(bundled_host_path(HOST), copy)
+    ensure_site(services, "hall-a")
     services.hosts.add(
         cli_context(),
         name=HOST,

@@ -162,6 +162,13 @@ def test_hosts_add_refuses_a_command_uri_and_a_second_registration(
     script.write_text(f"#!/bin/sh\ntouch {marker}\n")
     script.chmod(0o755)
     common = ["--site", "hall-a", "--accreditation", "SECRET:NATO"]
+    unknown = runner.invoke(
+        main, ["hosts", "add", bundled_host_uri("secret-h100x8"), "--name", "secret-1", *common]
+    )
+    assert unknown.exit_code == 2
+    assert "unknown site 'hall-a'" in unknown.output
+    site = ["sites", "add", "hall-a", "--country", "ES", "--operator", "Hall A operator"]
+    assert runner.invoke(main, site).exit_code == 0
     refused = runner.invoke(
         main, ["hosts", "add", f"qemu+ext:///system?command={script}", "--name", "x", *common]
     )
@@ -176,3 +183,32 @@ def test_hosts_add_refuses_a_command_uri_and_a_second_registration(
     again = runner.invoke(main, ["hosts", "add", alias, "--name", "secret-2", *common])
     assert again.exit_code == 2
     assert "exists" in again.output
+    assert "at hall-a (ES)" in added.output
+    listed = runner.invoke(main, ["hosts", "list"]).output.splitlines()
+    assert listed[0].split()[4] == "COUNTRY" and listed[1].split()[:5] == [
+        "secret-1",
+        "active",
+        "SECRET//NATO",
+        "hall-a",
+        "ES",
+    ]
+
+
+def test_sites_add_and_list(env: dict[str, str]):
+    runner = CliRunner()
+    assert runner.invoke(main, ["db", "upgrade"]).exit_code == 0
+    made = runner.invoke(
+        main, ["sites", "add", "pt-lis-1", "--country", "PT", "--operator", "Lisboa (demo)"]
+    )
+    assert made.exit_code == 0, made.output
+    assert made.output.strip() == "added site pt-lis-1 in PT, run by Lisboa (demo)"
+    for bad, message in (
+        (["pt-lis-1", "--country", "PT"], "exists"),
+        (["pt-lis-2", "--country", "pt"], "unknown country 'pt'"),
+        (["PT LIS", "--country", "PT"], "invalid site name"),
+    ):
+        refused = runner.invoke(main, ["sites", "add", *bad, "--operator", "x"])
+        assert refused.exit_code == 2 and message in refused.output, refused.output
+    listed = runner.invoke(main, ["sites", "list"]).output.splitlines()
+    assert listed[0].split() == ["NAME", "COUNTRY", "OPERATOR"]
+    assert listed[1:] == [f"{'pt-lis-1':<18} {'PT':<8} Lisboa (demo)"]

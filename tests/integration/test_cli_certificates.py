@@ -34,6 +34,8 @@ def app(tmp_path: Path, idp: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[F
         monkeypatch.setenv(key, value)
     runner = CliRunner()
     assert runner.invoke(main, ["db", "upgrade"]).exit_code == 0
+    site = ["sites", "add", "hall-a", "--country", "ES", "--operator", "Hall A operator"]
+    assert runner.invoke(main, site).exit_code == 0
     added = runner.invoke(
         main,
         [

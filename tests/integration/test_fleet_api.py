@@ -18,6 +18,7 @@ from sovereign.api import fleet_schemas as f
 from sovereign.cli_hosts import cli_context
 from sovereign.services.reconciler import Reconciler
 from tests.support.apps import make_app
+from tests.support.fleet import ensure_site
 from tests.support.hostfiles import other_machine
 
 pytestmark = [pytest.mark.idp, pytest.mark.libvirt]
@@ -52,6 +53,7 @@ def app(tmp_path: Path, idp: Any) -> Iterator[Flask]:
     for name, label in (("secret-h100x8", ALL), ("civilian-h100x4", CIVIL["label"])):
         copy = tmp_path / f"{name}.xml"
         shutil.copy(bundled_host_path(name), copy)
+        ensure_site(services, f"hall-{name[:3]}")
         services.hosts.add(
             cli_context(),
             name=name,
@@ -59,6 +61,8 @@ def app(tmp_path: Path, idp: Any) -> Iterator[Flask]:
             site=f"hall-{name[:3]}",
             accreditation=services.scheme.parse(label),
         )
+    for site in ("s", "x", "hall-c"):
+        ensure_site(services, site)
     yield app
     services.close()
 
@@ -268,3 +272,107 @@ def test_operator_adds_a_host_at_the_lowest_level_only(call: Call, tmp_path: Pat
     unreachable = {"name": "gone", "uri": "qemu+tls://192.0.2.1/system", "site": "x"}
     r = call("operator", "POST", "/api/v1/hosts", json=unreachable)
     assert r.status_code == 503
+
+
+# -- sites and relocation --------------------------------------------------------------------
+
+
+def test_sites_are_listed_for_readers_and_added_by_operators(call: Call):
+    body = {"name": "pt-lis-1", "country": "PT", "operator": "Lisboa (demo)"}
+    r = call("operator", "POST", "/api/v1/sites", json=body)
+    assert r.status_code == 201, r.get_json()
+    assert f.SiteOut.model_validate(r.get_json()).country == "PT"
+    for user in ("operator", "officer-1", "auditor"):
+        sites = f.SiteList.model_validate(call(user, "GET", "/api/v1/sites").get_json())
+        assert {s.name: s.country for s in sites.items}["pt-lis-1"] == "PT"
+    problem(call("analyst-defence", "GET", "/api/v1/sites"), 403)
+    problem(call(None, "GET", "/api/v1/sites"), 401)
+    problem(call("operator", "POST", "/api/v1/sites", json=body), 409)
+    problem(call("auditor", "POST", "/api/v1/sites", json={**body, "name": "x-2"}), 403)
+    bad = problem(call("operator", "POST", "/api/v1/sites", json={**body, "country": "XX"}), 422)
+    assert "unknown country 'XX' (ISO 3166-1 alpha-2" in bad["detail"]
+    problem(call("operator", "POST", "/api/v1/sites", json={**body, "country": "pt"}), 422)
+    problem(call("operator", "POST", "/api/v1/sites", json={**body, "name": "Bad"}), 422)
+    problem(call("operator", "POST", "/api/v1/sites", json={**body, "extra": 1}), 422)
+
+
+def test_hosts_show_their_country_and_stand_at_a_known_site(call: Call, tmp_path: Path):
+    hosts = call("operator", "GET", "/api/v1/hosts").get_json()["items"]
+    assert {h["name"]: h["country"] for h in hosts} == {
+        "civilian-h100x4": "ES",
+        "secret-h100x8": "ES",
+    }
+    copy = other_machine(tmp_path, "civilian-h100x4", "extra")
+    body = {"name": "extra", "uri": f"test://{copy}", "site": "nowhere"}
+    assert (
+        "unknown site 'nowhere'"
+        in problem(call("operator", "POST", "/api/v1/hosts", json=body), 422)["detail"]
+    )
+
+
+def _confirm_details(app: Flask, action_id: str) -> dict[str, Any]:
+    services = app.extensions["sovereign"]
+    services.audit.log.sequence()
+    from audit import AuditQuery
+
+    with services.uow(readonly=True) as uow:
+        stored = uow.audit.query(AuditQuery(limit=10_000))
+    found = [
+        e.event
+        for e in stored
+        if e.event.action == "action:confirm"
+        and e.event.target == f"action/{action_id}"
+        and e.event.outcome == "allow"
+    ]
+    assert len(found) == 1
+    return dict(found[0].details)
+
+
+def test_relocation_takes_two_officers_and_moves_the_country(app: Flask, call: Call):
+    site = {"name": "pt-lis-1", "country": "PT", "operator": "Lisboa (demo)"}
+    assert call("operator", "POST", "/api/v1/sites", json=site).status_code == 201
+    path = "/api/v1/hosts/civilian-h100x4/relocation"
+    body = {"site": "pt-lis-1", "reason": "moved to Lisbon"}
+    problem(call("operator", "POST", path, json=body), 403)
+    problem(call("officer-1", "POST", path, json={"site": "nowhere", "reason": "x"}), 422)
+    problem(call("officer-1", "POST", path, json={"site": "hall-civ", "reason": "x"}), 409)
+    problem(call("officer-1", "POST", path, json={"site": "pt-lis-1"}), 422)
+    r = call("officer-1", "POST", path, json=body)
+    assert r.status_code == 202, r.get_json()
+    action = r.get_json()
+    assert action["kind"] == "host:relocate"
+    assert action["params"] == {"host": "civilian-h100x4", "site": "pt-lis-1"}
+    problem(call("officer-1", "POST", f"/api/v1/actions/{action['id']}/confirm"), 403)
+    assert call("operator", "GET", "/api/v1/hosts/civilian-h100x4").get_json()["country"] == "ES"
+    r = call("officer-2", "POST", f"/api/v1/actions/{action['id']}/confirm")
+    assert r.status_code == 200, r.get_json()
+    host = call("operator", "GET", "/api/v1/hosts/civilian-h100x4").get_json()
+    assert (host["site"], host["country"]) == ("pt-lis-1", "PT")
+    details = _confirm_details(app, action["id"])
+    assert {k: details[k] for k in ("from_site", "from_country", "to_site", "to_country")} == {
+        "from_site": "hall-civ",
+        "from_country": "ES",
+        "to_site": "pt-lis-1",
+        "to_country": "PT",
+    }
+
+
+def test_a_host_carrying_live_enclaves_is_not_relocated(call: Call, reconcile: Callable[[], None]):
+    site = {"name": "pt-lis-1", "country": "PT", "operator": "Lisboa (demo)"}
+    assert call("operator", "POST", "/api/v1/sites", json=site).status_code == 201
+    path = "/api/v1/hosts/civilian-h100x4/relocation"
+    body = {"site": "pt-lis-1", "reason": "moved to Lisbon"}
+    # Proposed while the host is empty; an enclave lands on it before the confirmation.
+    r = call("officer-1", "POST", path, json=body)
+    assert r.status_code == 202, r.get_json()
+    action = r.get_json()
+    rid = approved(call, CIVIL)
+    reconcile()
+    enclave = call("officer-1", "GET", f"/api/v1/enclaves/{rid}").get_json()
+    assert enclave["state"] == "running" and enclave["host"] == "civilian-h100x4"
+    assert (enclave["site"], enclave["country"]) == ("hall-civ", "ES")
+    refused = problem(call("officer-2", "POST", f"/api/v1/actions/{action['id']}/confirm"), 409)
+    assert "live enclaves" in refused["detail"]
+    assert "live enclaves" in problem(call("officer-1", "POST", path, json=body), 409)["detail"]
+    host = call("operator", "GET", "/api/v1/hosts/civilian-h100x4").get_json()
+    assert (host["site"], host["country"]) == ("hall-civ", "ES")

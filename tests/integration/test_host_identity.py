@@ -20,7 +20,15 @@ from sovereign.adapters.memory_hypervisor import MemoryHost, MemoryHypervisor
 from sovereign.errors import ConcurrentUpdateError, ConflictError, HostIdentityError
 from sovereign.services.recording import utcnow
 from tests.support.factories import OPERATOR, ctx
-from tests.support.fleet import SECRET_NATO, SYSTEM, UNCLASSIFIED, Fleet, gpus, make_fleet
+from tests.support.fleet import (
+    SECRET_NATO,
+    SYSTEM,
+    UNCLASSIFIED,
+    Fleet,
+    ensure_site,
+    gpus,
+    make_fleet,
+)
 
 SECRET_ALL = {"level": "SECRET", "compartments": ["CRYPTO", "EU", "NATO"]}
 HOME = "qemu+tls://node1.example/system"
@@ -40,6 +48,9 @@ def fleet(database_url: str, tmp_path: Path) -> Iterator[Fleet]:
             "civil-1": ("mem://civil-1", UNCLASSIFIED, MemoryHost(gpus=gpus(4, 0x3A))),
         },
     )
+    # The sites the tests register hosts at (a host names an existing site).
+    for site in ("x", "elsewhere", "hall-a"):
+        ensure_site(made.services, site)
     yield made
     made.services.close()
 
@@ -283,6 +294,7 @@ def test_every_alias_of_a_test_driver_host_is_refused(database_url: str, tmp_pat
         clock=utcnow,
         **config,
     )
+    ensure_site(fleet.services, "x")
     try:
         before = fleet.services.hosts.gpus(SYSTEM)
 

@@ -19,6 +19,7 @@ from flask.testing import FlaskClient
 from audit import AuditQuery
 from sovereign.cli_hosts import cli_context
 from tests.support.apps import make_app
+from tests.support.fleet import ensure_site
 from tests.support.hostfiles import host_copy, other_machine
 
 pytestmark = [pytest.mark.idp, pytest.mark.libvirt]
@@ -73,6 +74,8 @@ def app(tmp_path: Path, idp: Any) -> Iterator[Flask]:
         HYPERVISOR_CONNECT_TIMEOUT_S=5,
     )
     services = app.extensions["sovereign"]
+    for site in ("hall-a", "x"):
+        ensure_site(services, site)
     services.hosts.add(
         cli_context(),
         name="secret-1",

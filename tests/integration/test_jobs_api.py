@@ -19,7 +19,7 @@ from sovereign.adapters.memory_hypervisor import MemoryHost, MemoryHypervisor
 from sovereign.adapters.memory_workloads import MemoryWorkloads
 from sovereign.cli_hosts import cli_context
 from tests.support.apps import make_app
-from tests.support.fleet import gpus
+from tests.support.fleet import ensure_site, gpus
 
 pytestmark = pytest.mark.idp
 
@@ -58,6 +58,7 @@ def app(tmp_path: Path, idp: Any, limits: dict[str, int]) -> Iterator[Flask]:
         **limits,
     )
     services = app.extensions["sovereign"]
+    ensure_site(services, "hall-b")
     services.hosts.add(
         cli_context(),
         name="civil-1",

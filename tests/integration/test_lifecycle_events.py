@@ -17,7 +17,7 @@ from sovereign import config as settings
 from sovereign.adapters.memory_hypervisor import MemoryHost
 from sovereign.bootstrap import build_hypervisor
 from sovereign.worker import ReconcilerThread
-from tests.support.fleet import Fleet, gpus, make_fleet
+from tests.support.fleet import Fleet, ensure_site, gpus, make_fleet
 
 SECRET_ALL = {"level": "SECRET", "compartments": ["CRYPTO", "EU", "NATO"]}
 
@@ -41,6 +41,7 @@ def test_watch_hosts_subscribes_every_host_once_and_new_ones_later(tmp_path: Pat
         hv.emit("mem://secret-1", uuid.uuid4(), "crashed")
         assert woken == [1]
         hv.add_host("mem://new", MemoryHost(gpus=gpus(2)))
+        ensure_site(fleet.services, "x")
         fleet.services.hosts.add(
             fleet.reconciler().ctx,
             name="new",

@@ -166,6 +166,7 @@ def known(app: Flask, token: Callable[[str], str]) -> dict[str, list[str]]:
     secret = post("analyst-defence", "/api/v1/requests", SECRET_REQUEST)["id"]
     civil = post("analyst-research", "/api/v1/requests", CIVIL_REQUEST)["id"]
     post("officer-1", f"/api/v1/requests/{civil}/approve", {})
+    post("operator", "/api/v1/sites", {"name": "a", "country": "ES", "operator": "A"})
     post("operator", "/api/v1/hosts", {"name": "civil-1", "uri": "mem://civil-1", "site": "a"})
     ids = [secret, civil]
     return {"request_id": ids, "enclave_id": ids, "name": ["civil-1"]}

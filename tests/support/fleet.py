@@ -230,6 +230,7 @@ def make_fleet(
     for name, (uri, label, memory) in hosts.items():
         if memory is not None:
             hypervisor.add_host(uri, memory)
+        ensure_site(services, f"site-{name}")
         services.hosts.add(
             SYSTEM,
             name=name,
@@ -241,3 +242,10 @@ def make_fleet(
     fleet = Fleet(services, hypervisor, clock)
     fleet.settle()
     return fleet
+
+
+def ensure_site(services: Any, name: str, country: str = "ES") -> None:
+    """Create site ``name`` in ``country`` unless it exists (a host names an existing site)."""
+    context = CallContext(principal=SYSTEM.principal, actor="system:test")
+    if name not in {site.name for site in services.sites.list(context)}:
+        services.sites.add(context, name=name, country=country, operator="test operator")

@@ -149,12 +149,18 @@ def test_each_role_is_offered_its_pages(users: Users):
         "Overview",
         "Approval queue",
         "Hosts and GPUs",
+        "Sites",
         "Two-person actions",
         "Kill switch",
         "Audit log",
     ]
-    assert nav(text(users("auditor").get("/"))) == ["Overview", "Hosts and GPUs", "Audit log"]
-    assert nav(text(users("operator").get("/"))) == ["Overview", "Hosts and GPUs"]
+    assert nav(text(users("auditor").get("/"))) == [
+        "Overview",
+        "Hosts and GPUs",
+        "Sites",
+        "Audit log",
+    ]
+    assert nav(text(users("operator").get("/"))) == ["Overview", "Hosts and GPUs", "Sites"]
 
 
 # -- the analyst's enclaves ------------------------------------------------------------------
@@ -170,7 +176,7 @@ def test_my_enclaves_shows_state_host_site_gpus_lease_and_step(users: Users, rec
     row = html[html.index(f"/enclaves/{rid}") :]
     row = row[: row.index("</tr>")]
     assert '<span class="state state-running">running</span>' in row
-    assert "secret-h100x8" in row and "hall-a/rack-1" in row
+    assert "secret-h100x8" in row and "es-mad-1" in row
     assert re.search(r"2 GPUs: <code>0000:[0-9a-f]{2}:00\.0, 0000:[0-9a-f]{2}:00\.0</code>", row)
     assert re.search(r'<time datetime="[^"]+">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</time>', row)
     assert "start" in row  # the last provisioning step
@@ -209,7 +215,7 @@ def test_the_enclave_page_shows_the_serial_console_escaped(
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; done" in console
     assert "<script>" not in html
     assert len(console) < 8192 + 200  # the tail only
-    assert 'id="enclave-host">secret-h100x8 (site hall-a/rack-1)' in html
+    assert 'id="enclave-host">secret-h100x8 (site es-mad-1)' in html
     assert banners(html) == ["SECRET//NATO", "SECRET//NATO"]
     # Officers read it too; auditors see the enclave but not its console.
     assert "&lt;script&gt;" in text(users("officer-1").get(f"/enclaves/{rid}"))
@@ -391,8 +397,12 @@ def test_hosts_and_gpus_with_state_accreditation_site_and_last_label(
     rid = running(users, reconcile)
     officer = users("officer-1")
     html = text(officer.get("/hosts"))
-    assert re.findall(r'<a href="/hosts/([\w-]+)">', html) == ["civilian-h100x4", "secret-h100x8"]
-    assert "hall-a/rack-1" in html and "hall-b/rack-7" in html
+    assert re.findall(r'<a href="/hosts/([\w-]+)">', html) == [
+        "civilian-h100x4",
+        "civilian-pt-1",
+        "secret-h100x8",
+    ]
+    assert "es-mad-1" in html and "pt-lis-1" in html
     assert '<span class="label-badge classification-3">SECRET//CRYPTO/EU/NATO</span>' in html
     assert "6 free, 2 allocated" in html and "4 free" in html
     assert html.count('<span class="state state-gpu-allocated">allocated</span>') == 2

@@ -199,6 +199,7 @@ def test_fleet_pages_have_their_places_in_the_navigation():
     assert later == {
         "console.my_enclaves": "enclaves",
         "console.hosts": "hosts",
+        "console.sites": "sites",
         "console.actions": "actions",
         "console.kill_switch": "enclaves",
         # Until the attestation service is assembled, its page stays out of the navigation.

@@ -1,6 +1,6 @@
 """The fleet in the console: hosts and their GPUs with each GPU's latest hand-over certificate,
-drain / quarantine / reactivate, proposing a new accreditation or a quarantined GPU's return to
-service, the pending two-person actions, and the kill switch.
+drain / quarantine / reactivate, proposing a new accreditation, a relocation to another site or
+a quarantined GPU's return to service, the pending two-person actions, and the kill switch.
 
 Owns what officers (and, for hosts, operators and auditors) are offered. Every decision stays in
 the services: ``services().hosts`` (who reads hosts, who changes their state, GPU labels shown
@@ -60,6 +60,8 @@ def describe_action(action: DualAction) -> str:
     if action.kind is ActionKind.ACCREDIT_HOST:
         new = _label_text(params.get("accreditation"))
         return f"Change the accreditation of host {params.get('host')} to {new}"
+    if action.kind is ActionKind.RELOCATE_HOST:
+        return f"Relocate host {params.get('host')} to site {params.get('site')}"
     if action.kind is ActionKind.RETURN_GPU:
         return (
             f"Return the quarantined GPU {params.get('address')} of host {params.get('host')} "
@@ -135,11 +137,13 @@ class HostForms:
     level: str = ""
     compartments: list[str] = field(default_factory=list)
     accreditation_reason: str = ""
+    site: str = ""
+    relocation_reason: str = ""
     #: The GPU whose return form was sent, and its reason.
     gpu: str = ""
     return_reason: str = ""
     error: str | None = None
-    #: Which form ``error`` belongs to: "state", "accreditation" or "return".
+    #: Which form ``error`` belongs to: "state", "accreditation", "relocation" or "return".
     failed: str | None = None
 
 
@@ -164,6 +168,9 @@ def _host_page(ctx: CallContext, name: str, forms: HostForms | None = None) -> R
     certificates: dict[str, GpuCertificate] = (
         services().certificates.latest_of_host(ctx, name) if readers else {}
     )
+    can_accredit = officer and principal.cleared_for(host.accreditation)
+    # The sites a cleared officer may propose to move the host to (any but its own).
+    sites = [s for s in services().sites.list(ctx) if s.name != host.site] if can_accredit else []
     return page(
         "console/hosts/detail.html",
         title=f"Host {host.name}",
@@ -174,7 +181,8 @@ def _host_page(ctx: CallContext, name: str, forms: HostForms | None = None) -> R
         certificate_reader=readers,
         can_return=officer,
         states=[(state, STATE_CHOICES[state]) for state in states],
-        can_accredit=officer and principal.cleared_for(host.accreditation),
+        can_accredit=can_accredit,
+        sites=sites,
         levels=levels,
         compartments=compartments,
         forms=forms,
@@ -231,6 +239,28 @@ def propose_accreditation(name: str) -> ResponseReturnValue:
     proposal = services().hosts.propose_accreditation(ctx, name, label, reason)
     flash(
         f"Proposed: accreditation {label} for host {name} ({proposal.status()}). A second, "
+        "different officer must confirm it here."
+    )
+    return redirect(url_for("console.actions"), 303)
+
+
+@bp.post("/hosts/<name>/relocation")
+def propose_relocation(name: str) -> ResponseReturnValue:
+    """Propose moving the host to another site; a second officer confirms it under two-person
+    actions (refused while the host carries live enclaves)."""
+    ctx = caller()
+    site = request.form.get("site", "")
+    reason = reason_field(request.form)
+    forms = HostForms(site=site, relocation_reason=reason, failed="relocation")
+
+    def again(error: SovereignError) -> Response:
+        forms.error = error.message
+        return _host_page(ctx, name, forms)
+
+    retry_form(again)
+    proposal = services().hosts.propose_relocation(ctx, name, site, reason)
+    flash(
+        f"Proposed: relocate host {name} to site {site} ({proposal.status()}). A second, "
         "different officer must confirm it here."
     )
     return redirect(url_for("console.actions"), 303)

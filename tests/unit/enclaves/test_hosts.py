@@ -77,7 +77,7 @@ def _group_members(capability: ElementTree.Element) -> list[tuple[int, int, int,
 
 
 def test_bundled_host_names() -> None:
-    assert BUNDLED_HOSTS == ("secret-h100x8", "civilian-h100x4")
+    assert BUNDLED_HOSTS == ("secret-h100x8", "civilian-h100x4", "civilian-pt-1")
 
 
 @pytest.mark.parametrize("name", BUNDLED_HOSTS)
@@ -119,7 +119,11 @@ def test_unknown_bundled_host_is_refused_with_the_known_names(
 
 @pytest.mark.parametrize(
     ("name", "cpus", "memory_kib"),
-    [("secret-h100x8", 128, 2048 * GIB_IN_KIB), ("civilian-h100x4", 96, 1024 * GIB_IN_KIB)],
+    [
+        ("secret-h100x8", 128, 2048 * GIB_IN_KIB),
+        ("civilian-h100x4", 96, 1024 * GIB_IN_KIB),
+        ("civilian-pt-1", 64, 512 * GIB_IN_KIB),
+    ],
 )
 def test_host_topology_has_two_numa_nodes(name: str, cpus: int, memory_kib: int) -> None:
     cpu = _root(name).find("cpu")
@@ -162,7 +166,9 @@ def test_device_names_match_their_pci_addresses(name: str) -> None:
         assert device_name == f"pci_{domain:04x}_{bus:02x}_{slot:02x}_{function:x}"
 
 
-@pytest.mark.parametrize(("name", "gpus"), [("secret-h100x8", 8), ("civilian-h100x4", 4)])
+@pytest.mark.parametrize(
+    ("name", "gpus"), [("secret-h100x8", 8), ("civilian-h100x4", 4), ("civilian-pt-1", 2)]
+)
 def test_gpus_are_split_evenly_over_numa_nodes_0_and_1(name: str, gpus: int) -> None:
     found = _gpus(name)
     per_node = collections.Counter(

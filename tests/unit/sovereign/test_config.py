@@ -221,3 +221,11 @@ def test_placement_parity_is_off_by_default_over_thirty_days(tmp_path, monkeypat
 def test_parity_settings_are_checked(tmp_path, monkeypatch, key, value):
     with pytest.raises(ConfigurationError, match=key):
         load(tmp_path, monkeypatch, **{key: value})
+
+
+def test_the_default_country_is_an_iso_code(tmp_path, monkeypatch):
+    assert load(tmp_path, monkeypatch)["DEFAULT_COUNTRY"] == "ES"
+    assert load(tmp_path, monkeypatch, DEFAULT_COUNTRY="PT")["DEFAULT_COUNTRY"] == "PT"
+    for bad in ("es", "XX", "ESP"):
+        with pytest.raises(ConfigurationError, match=r"DEFAULT_COUNTRY: .*unknown country"):
+            load(tmp_path, monkeypatch, DEFAULT_COUNTRY=bad)
