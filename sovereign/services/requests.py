@@ -8,7 +8,7 @@ may not see answer "not found" so their existence does not leak.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 from sovereign.domain.labels import LabelScheme
 from sovereign.domain.policy import AccessPolicy
 from sovereign.domain.requests import Decision, EnclaveRequest, RequestState
+from sovereign.domain.residency import allowed_countries, narrow
 from sovereign.domain.tenants import Resources
 from sovereign.errors import ConcurrentUpdateError, InvalidInputError, NotFoundError
 from sovereign.services.collaborators import EnclaveKeyring
@@ -37,6 +38,8 @@ class RequestDraft:
     image: str
     purpose: str
     lease_hours: int
+    #: A narrowing of the tenant's residency (None: any country the tenant allows).
+    residency: tuple[str, ...] | None = None
 
 
 class RequestService:
@@ -89,6 +92,7 @@ class RequestService:
                 if image is None:
                     raise InvalidInputError(reason=f"unknown image {draft.image!r}")
                 committed = uow.requests.committed_usage(tenant.name)
+            narrowing = None if draft.residency is None else narrow(tenant, draft.residency)
             self._policy.check_request(
                 ctx.principal,
                 tenant,
@@ -113,6 +117,7 @@ class RequestService:
                 state=RequestState.PENDING,
                 created_at=now,
                 updated_at=now,
+                residency=narrowing,
             )
             with self._uow() as uow:
                 uow.requests.add(request)
@@ -124,6 +129,7 @@ class RequestService:
                         "image": image.name,
                         "resources": vars(draft.resources),
                         "approvals_needed": self._policy.approvals_needed(label),
+                        "residency": list(allowed_countries(request, tenant)),
                     },
                 )
                 uow.commit()
@@ -152,6 +158,13 @@ class RequestService:
             )
             raise error
         return request
+
+    def residency(self, requests: Sequence[EnclaveRequest]) -> list[tuple[str, ...]]:
+        """The effective residency of each request (its narrowing, else its tenant's), for
+        requests the caller was already allowed to read."""
+        with self._uow(readonly=True) as uow:
+            tenants = {t.name: t for t in uow.tenants.list()}
+        return [allowed_countries(r, tenants[r.tenant]) for r in requests]
 
     def list(self, ctx: CallContext, query: RequestFilter) -> Page[EnclaveRequest]:
         """Requests the caller may see, newest first. :raises PolicyDeniedError: no such role."""
