@@ -61,6 +61,10 @@ DEFAULTS: dict[str, Any] = {
     "VAULT_CA_BUNDLE": None,
     # Transit mounts are "<prefix>civilian" and "<prefix><classified tenant>".
     "VAULT_MOUNT_PREFIX": "sovereign-",
+    # Data residency: the Vault of each country's enclave keys, e.g.
+    # {"PT": {"addr": "https://vault.pt.example:8200", "mount_prefix": "sovereign-"}} (same
+    # credentials and CA bundle as VAULT_ADDR). Countries not named, and {}, use VAULT_ADDR.
+    "VAULT_COUNTRIES": {},
     # libvirt URIs of the hypervisors checked by /readyz.
     "HYPERVISOR_URIS": [],
     # /metrics and the per-dependency /readyz detail need a bearer token: an operator's, or

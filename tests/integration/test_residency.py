@@ -13,7 +13,7 @@ import pytest
 
 from sovereign.adapters.memory_hypervisor import MemoryHost
 from sovereign.domain.tenants import Resources
-from sovereign.errors import InvalidInputError
+from sovereign.errors import InvalidInputError, NotFoundError
 from sovereign.services.requests import RequestDraft
 from tests.support.factories import ANALYST_DEFENCE, ANALYST_RESEARCH, ctx
 from tests.support.fleet import UNCLASSIFIED, Fleet, gpus, make_fleet
@@ -164,3 +164,50 @@ def test_a_request_may_only_narrow_its_tenants_residency(new_fleet):
         fleet.services.requests.create(ctx(ANALYST_DEFENCE), draft)
     (denied,) = [e for e in fleet.events("request:create") if e.outcome.value == "deny"]
     assert "PT" in denied.reason
+
+
+PT_VAULT = {"PT": {"addr": "https://vault.pt.example:8200", "mount_prefix": "pt-"}}
+
+
+def test_keys_live_in_the_vault_of_the_enclaves_country(new_fleet):
+    fleet = new_fleet(VAULT_COUNTRIES=PT_VAULT)
+    stores = fleet.services.keys.stores
+    assert stores.countries == ("PT",)
+    portugal = stores.for_country("PT").store
+    spain = stores.for_country("ES").store
+    assert portugal is not spain, "Spain has no Vault of its own: the default one"
+
+    in_pt = civil_request(fleet, residency=("PT",))
+    in_es = civil_request(fleet, residency=("ES",))
+    with fleet.services.uow(readonly=True) as uow:
+        pt_keys, es_keys = uow.keys.get(in_pt), uow.keys.get(in_es)
+    assert pt_keys is not None and es_keys is not None
+    assert (pt_keys.country, pt_keys.key.mount) == ("PT", "pt-civilian")
+    assert (es_keys.country, es_keys.key.mount) == ("ES", "sovereign-civilian")
+    # Each store holds only its own country's key: the other cannot unwrap it.
+    assert portugal.unwrap(pt_keys.luks, b"luks")
+    with pytest.raises(NotFoundError):
+        spain.unwrap(pt_keys.luks, b"luks")
+    with pytest.raises(NotFoundError):
+        portugal.unwrap(es_keys.luks, b"luks")
+    created = {e.details["request"]: e.details for e in fleet.events("key:create")}
+    assert (created[str(in_pt)]["country"], created[str(in_pt)]["vault_name"]) == ("PT", "PT")
+    assert (created[str(in_es)]["country"], created[str(in_es)]["vault_name"]) == (
+        "ES",
+        "default",
+    )
+
+    # The enclave runs (its data keys unwrapped in Portugal) and is crypto-erased there.
+    fleet.reconciler().run_once()
+    assert fleet.state(in_pt) == "running"
+    fleet.services.enclaves.terminate(ctx(ANALYST_RESEARCH), in_pt, "done")
+    fleet.reconciler().run_once()
+    assert fleet.state(in_pt) == "terminated"
+    with pytest.raises(NotFoundError):
+        portugal.unwrap(pt_keys.luks, b"luks")
+    (destroyed,) = [
+        e for e in fleet.events("key:destroy") if e.details.get("request") == str(in_pt)
+    ]
+    assert destroyed.details["country"] == "PT"
+    assert destroyed.details["vault_name"] == "PT"
+    assert destroyed.details["vault"], "Vault's own answer is kept"
