@@ -15,7 +15,7 @@ from sovereign.adapters.memory_hypervisor import MemoryHost
 from sovereign.domain.tenants import Resources
 from sovereign.errors import InvalidInputError, NotFoundError
 from sovereign.services.requests import RequestDraft
-from tests.support.factories import ANALYST_DEFENCE, ANALYST_RESEARCH, ctx
+from tests.support.factories import ANALYST_DEFENCE, ANALYST_RESEARCH, OFFICER_1, ctx
 from tests.support.fleet import UNCLASSIFIED, Fleet, gpus, make_fleet
 
 SECRET_ALL = {"level": "SECRET", "compartments": ["CRYPTO", "EU", "NATO"]}
@@ -211,3 +211,24 @@ def test_keys_live_in_the_vault_of_the_enclaves_country(new_fleet):
     assert destroyed.details["country"] == "PT"
     assert destroyed.details["vault_name"] == "PT"
     assert destroyed.details["vault"], "Vault's own answer is kept"
+
+
+def test_the_placement_preview_names_the_residency_rule(new_fleet):
+    fleet = new_fleet()
+    draft = RequestDraft(
+        tenant="research",
+        label=UNCLASSIFIED,
+        resources=Resources(vcpus=4, memory_mib=8192, gpus=1, disk_gib=20),
+        gpu_model="H100-SXM5-80GB",
+        image="ubuntu-24.04-research",
+        purpose="test",
+        lease_hours=4,
+        residency=("PT",),
+    )
+    request = fleet.services.requests.create(ctx(ANALYST_RESEARCH), draft)
+    preview = fleet.services.enclaves.preview(fleet.signed_in(OFFICER_1), request.id)
+    assert preview.host == "civil-pt"
+    assert preview.reasons == {
+        "civil-es": "country ES not allowed for tenant research",
+        "secret-es": "country ES not allowed for tenant research",
+    }
