@@ -90,7 +90,6 @@ def host(name: str, *, state: Any = "active", reason: str = "", uri: str = "") -
         updated_at=T0 + timedelta(minutes=1),
         state=state,
         reason=reason,
-        country="ES",  # TEMP (residency branch only; the sites branch sets its own)
     )
 
 
