@@ -159,9 +159,7 @@ HOSTS = RowMap(
     hosts,
     *_columns("id", "name", "uri", "site", "domain_type", "vcpus", "memory_mib", "state"),
     *_columns("reason", "created_at", "updated_at", "version", "host_uuid", "hostname"),
-    # TEMP (residency branch only; the sites branch maps it and registration sets it from
-    # the host's site): a host without a country is stored in ES, the default country.
-    Column("country", dump=lambda country: country or "ES"),
+    *_columns("country"),  # TEMP (residency branch only; the sites branch maps it)
     LabelColumns("accreditation", "accreditation"),
 )
 
