@@ -159,7 +159,6 @@ HOSTS = RowMap(
     hosts,
     *_columns("id", "name", "uri", "site", "domain_type", "vcpus", "memory_mib", "state"),
     *_columns("reason", "created_at", "updated_at", "version", "host_uuid", "hostname"),
-    *_columns("country"),  # TEMP (residency branch only; the sites branch maps it)
     LabelColumns("accreditation", "accreditation"),
 )
 

@@ -161,8 +161,6 @@ hosts = sa.Table(
     sa.Column("name", sa.String(64), nullable=False, unique=True),
     sa.Column("uri", sa.String(1024), nullable=False, unique=True),
     sa.Column("site", sa.String(128), nullable=False),
-    # TEMP (residency branch only; the sites branch's 0009 brings the real column).
-    sa.Column("country", sa.String(2), nullable=False, server_default=""),
     sa.Column("accreditation_level", sa.String(64), nullable=False),
     sa.Column("accreditation_compartments", sa.String(1024), nullable=False),
     sa.Column("domain_type", sa.String(8), nullable=False),

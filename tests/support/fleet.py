@@ -238,13 +238,6 @@ def make_fleet(
             accreditation=services.scheme.parse(label),
             domain_type=domain_type,
         )
-        # TEMP (residency branch only): the sites branch gives hosts their site's country.
-        with services.uow() as uow:
-            found = uow.hosts.get(name)
-            assert found is not None
-            found.country = "ES"
-            uow.hosts.update(found)
-            uow.commit()
     fleet = Fleet(services, hypervisor, clock)
     fleet.settle()
     return fleet
