@@ -37,6 +37,7 @@ from sovereign.services.enclaves import EnclaveEnding, EnclaveService
 from sovereign.services.hosts import AccreditHost, HostService, RelocateHost, ReturnGpu
 from sovereign.services.jobs import JobService
 from sovereign.services.keys import KeyService
+from sovereign.services.keystores import KeyStores
 from sovereign.services.ports import (
     AuditLog,
     Hypervisor,
@@ -62,6 +63,7 @@ __all__ = [
     "build_audit_log",
     "build_console_login",
     "build_hypervisor",
+    "build_key_stores",
     "build_sanitizer",
     "build_secret_store",
     "build_services",
@@ -80,13 +82,15 @@ def build_services(
     identity: IdentityProvider | None = None,
     audit_log: AuditLog | None = None,
     secrets: SecretStore | None = None,
+    country_secrets: Mapping[str, SecretStore] | None = None,
     probes: Sequence[Probe] | None = None,
     hypervisor: Hypervisor | None = None,
     workloads: Workloads | None = None,
     sanitizer: Sanitizer | None = None,
     clock: Clock = utcnow,
 ) -> Services:
-    """Assemble the services for ``config``; keyword overrides replace backends."""
+    """Assemble the services for ``config``; keyword overrides replace backends
+    (``country_secrets``: the secret stores of the countries ``VAULT_COUNTRIES`` names)."""
     settings = Settings.of(config)
     scheme = LabelScheme(settings.label_levels, settings.label_compartments)
     policy = AccessPolicy(
@@ -126,8 +130,22 @@ def build_services(
                 verify=settings.vault_ca_bundle or True,
             )
         )
+        for code, country in settings.vault_countries.items():
+            probe = VaultProbe(
+                country.addr,
+                settings.vault_token,
+                settings.vault_timeout_s,
+                verify=settings.vault_ca_bundle or True,
+            )
+            probe.name = f"vault-{code}"
+            default_probes.append(probe)
     keys = KeyService(
-        uow, secrets, policy=policy, mount_prefix=settings.vault_mount_prefix, clock=clock
+        uow,
+        secrets,
+        policy=policy,
+        mount_prefix=settings.vault_mount_prefix,
+        stores=build_key_stores(settings, secrets, country_secrets),
+        clock=clock,
     )
     if settings.hypervisor_uris:
         from sovereign.adapters.hypervisor import HypervisorProbe  # noqa: PLC0415
@@ -160,13 +178,26 @@ def build_services(
         workloads = build_workloads(settings)
     limits = job_limits(settings)
     job_signal = threading.Event()
+    usage = UsageService(
+        uow,
+        policy,
+        parity=settings.placement_parity,
+        window=timedelta(days=settings.parity_window_days),
+        clock=clock,
+    )
     return Services(
         scheme=scheme,
         policy=policy,
         uow=uow,
         identity=identity,
         requests=RequestService(
-            uow, policy, gpu_models=settings.gpu_models, keys=keys, clock=clock
+            uow,
+            policy,
+            gpu_models=settings.gpu_models,
+            keys=keys,
+            clock=clock,
+            # Which allowed country a new enclave is pinned to first (parity, when it is on).
+            country_order=usage.country_order,
         ),
         keys=keys,
         catalog=CatalogService(uow, scheme, clock),
@@ -194,13 +225,7 @@ def build_services(
         ),
         workloads=workloads,
         secrets=secrets,
-        usage=UsageService(
-            uow,
-            policy,
-            parity=settings.placement_parity,
-            window=timedelta(days=settings.parity_window_days),
-            clock=clock,
-        ),
+        usage=usage,
         job_settings={
             "clock": clock,
             "limits": limits,
@@ -304,8 +329,9 @@ def build_hypervisor(config: Settings | Mapping[str, Any]) -> Hypervisor:
     )
 
 
-def vault_clients(config: Settings | Mapping[str, Any]) -> Any:
-    """An authenticated hvac client factory: AppRole, or the dev server's token."""
+def vault_clients(config: Settings | Mapping[str, Any], addr: str | None = None) -> Any:
+    """An authenticated hvac client factory: AppRole, or the dev server's token; for
+    ``VAULT_ADDR``, or ``addr`` (a country's Vault, with the same credentials)."""
     settings = Settings.of(config)
     from sovereign.adapters.vault import AppRoleAuth, TokenAuth, VaultClients  # noqa: PLC0415
 
@@ -322,11 +348,42 @@ def vault_clients(config: Settings | Mapping[str, Any]) -> Any:
     return VaultClients(
         # As before the typed settings: only AUDIT_SIGNER="vault" named without VAULT_ADDR gets
         # here with None (hvac's own default address); everything else checks VAULT_ADDR first.
-        cast("str", settings.vault_addr),
+        addr if addr is not None else cast("str", settings.vault_addr),
         auth,
         timeout_s=settings.vault_timeout_s,
         verify=settings.vault_ca_bundle or True,
     )
+
+
+def build_key_stores(
+    config: Settings | Mapping[str, Any],
+    default: SecretStore,
+    country_secrets: Mapping[str, SecretStore] | None = None,
+) -> KeyStores:
+    """The key stores per country of ``VAULT_COUNTRIES`` (``country_secrets`` overrides them):
+    a Vault each when Vault is configured; outside production an in-memory store each."""
+    settings = Settings.of(config)
+    given = dict(country_secrets or {})
+    countries: dict[str, tuple[SecretStore, str | None]] = {}
+    for code, country in settings.vault_countries.items():
+        store = given.pop(code, None)
+        if store is None:
+            if settings.vault_addr:
+                from sovereign.adapters.vault import VaultSecretStore  # noqa: PLC0415
+
+                store = VaultSecretStore(vault_clients(settings, country.addr))
+            else:
+                from sovereign.adapters.memory_secrets import MemorySecretStore  # noqa: PLC0415
+
+                log.warning("no Vault configured: %s's enclave keys live in memory", code)
+                store = MemorySecretStore()
+        countries[code] = (store, country.mount_prefix)
+    if given:
+        raise ConfigurationError(
+            reason=f"secret stores given for countries VAULT_COUNTRIES does not name: "
+            f"{', '.join(sorted(given))}"
+        )
+    return KeyStores(default, settings.vault_mount_prefix, countries)
 
 
 def build_secret_store(config: Settings | Mapping[str, Any]) -> SecretStore:

@@ -66,6 +66,10 @@ DEFAULTS: dict[str, Any] = {
     # registered before sites existed. The migration reads SOVEREIGN_DEFAULT_COUNTRY from its
     # environment (an instance file does not reach it); correct sites later by relocation.
     "DEFAULT_COUNTRY": "ES",
+    # Data residency: the Vault of each country's enclave keys, e.g.
+    # {"PT": {"addr": "https://vault.pt.example:8200", "mount_prefix": "sovereign-"}} (same
+    # credentials and CA bundle as VAULT_ADDR). Countries not named, and {}, use VAULT_ADDR.
+    "VAULT_COUNTRIES": {},
     # libvirt URIs of the hypervisors checked by /readyz.
     "HYPERVISOR_URIS": [],
     # /metrics and the per-dependency /readyz detail need a bearer token: an operator's, or

@@ -16,11 +16,13 @@ them as well.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sovereign.errors import ConfigurationError
+from sovereign.domain.sites import check_country
+from sovereign.errors import ConfigurationError, InvalidInputError
 
 #: ``app.extensions`` key of the app's :class:`Settings`.
 SETTINGS = "sovereign.settings"
@@ -40,6 +42,41 @@ def _ports(value: Any) -> dict[str, tuple[int, ...]]:
 
 def _colours(value: Any) -> dict[str, tuple[str, ...]]:
     return {str(name): tuple(str(c) for c in pair) for name, pair in (value or {}).items()}
+
+
+@dataclass(frozen=True)
+class VaultCountry:
+    """The Vault of one country's keys: its address and transit mount prefix (None: the
+    default ``VAULT_MOUNT_PREFIX``)."""
+
+    addr: str
+    mount_prefix: str | None = None
+
+
+def _vault_countries(value: Any) -> dict[str, VaultCountry]:
+    """``{"PT": {"addr": "https://vault.pt:8200", "mount_prefix": "pt-"}}`` -> typed."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError('must be an object: {"PT": {"addr": URL, "mount_prefix": "..."}}')
+    countries: dict[str, VaultCountry] = {}
+    for code, entry in value.items():
+        try:
+            check_country(code)
+        except InvalidInputError as e:
+            raise ValueError(e.message) from e
+        if not isinstance(entry, Mapping) or set(entry) - {"addr", "mount_prefix"}:
+            raise ValueError(f'{code}: must be {{"addr": URL, "mount_prefix": optional}}')
+        addr, prefix = entry.get("addr"), entry.get("mount_prefix")
+        if not isinstance(addr, str) or not addr.startswith(("https://", "http://")):
+            raise ValueError(f"{code}: addr must be an http(s) URL, got {addr!r}")
+        if prefix is not None and not (isinstance(prefix, str) and _MOUNT.fullmatch(prefix)):
+            raise ValueError(f"{code}: mount_prefix must be letters, digits, '-' or '_'")
+        countries[code] = VaultCountry(addr, prefix)
+    return countries
+
+
+_MOUNT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -80,6 +117,9 @@ class Settings:
     vault_mount_prefix: str
     #: The country of sites migration 0009 creates for hosts registered before sites.
     default_country: str
+    #: Country (ISO 3166-1 alpha-2) -> the Vault its enclaves' keys live in (data residency);
+    #: countries not named use the one above.
+    vault_countries: dict[str, VaultCountry]
     # Hypervisors and enclaves.
     hypervisor_uris: tuple[str, ...]
     hypervisor_transports: tuple[str, ...]
@@ -208,6 +248,7 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
     "vault_timeout_s": float,
     "vault_mount_prefix": str,
     "default_country": str,
+    "vault_countries": _vault_countries,
     "hypervisor_uris": _strings,
     "hypervisor_transports": _strings,
     "hypervisor_uri_params": _strings,

@@ -87,6 +87,14 @@ def _wrapped(attr: str, column: str) -> Composite:
     )
 
 
+def _codes_load(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(json.loads(text))
+
+
+def _codes_dump(codes: tuple[str, ...] | None) -> str | None:
+    return None if codes is None else json.dumps(list(codes))
+
+
 TENANTS = RowMap(
     Tenant,
     tenants,
@@ -101,6 +109,7 @@ TENANTS = RowMap(
         gpus="quota_gpus",
         disk_gib="quota_disk_gib",
     ),
+    Column("residency", load=_codes_load, dump=_codes_dump),
     unmapped=("created_at",),
 )
 
@@ -116,7 +125,8 @@ REQUESTS = RowMap(
     EnclaveRequest,
     enclave_requests,
     *_columns("id", "tenant", "requester", "requester_name", "gpu_model", "image", "purpose"),
-    *_columns("lease_hours", "reason", "created_at", "updated_at", "version"),
+    *_columns("lease_hours", "reason", "created_at", "updated_at", "version", "country"),
+    Column("residency", load=_codes_load, dump=_codes_dump),
     LabelColumns("label", "label"),
     Composite.of(
         "resources",
@@ -140,7 +150,7 @@ APPROVALS = RowMap(
 KEYS = RowMap(
     EnclaveKeys,
     enclave_keys,
-    *_columns("request_id", "created_at", "destroyed_at"),
+    *_columns("request_id", "created_at", "destroyed_at", "country"),
     Composite.of("key", KeyRef, mount="mount", name="key_name", version="key_version"),
     _wrapped("luks", "luks_wrapped"),
     _wrapped("vtpm", "vtpm_wrapped"),

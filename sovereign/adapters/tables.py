@@ -62,6 +62,8 @@ tenants = sa.Table(
     sa.Column("quota_gpus", sa.Integer, nullable=False),
     sa.Column("quota_disk_gib", sa.Integer, nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
+    # The countries its enclaves may live in: a JSON list of ISO 3166-1 alpha-2 codes.
+    sa.Column("residency", sa.Text, nullable=False, server_default='["ES"]'),
     sa.CheckConstraint("kind IN ('classified', 'civilian')", name="kind"),
 )
 
@@ -100,6 +102,10 @@ enclave_requests = sa.Table(
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("updated_at", Timestamp, nullable=False),
     sa.Column("version", sa.Integer, nullable=False),
+    # The requester's narrowing of the tenant's residency (JSON list; NULL: none), and the
+    # country the enclave was pinned to at final approval (NULL before, and for old rows).
+    sa.Column("residency", sa.Text, nullable=True),
+    sa.Column("country", sa.String(2), nullable=True),
     # Keyset pages, newest first: all tenants, and one tenant (an analyst's view).
     sa.Index("ix_enclave_requests_created", "created_at", "id"),
     sa.Index("ix_enclave_requests_tenant_created", "tenant", "created_at", "id"),
@@ -144,6 +150,8 @@ enclave_keys = sa.Table(
     sa.Column("vtpm_wrapped", sa.String(1024), nullable=False),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("destroyed_at", Timestamp, nullable=True),
+    # The country whose secret store holds the key (NULL for keys made before residency).
+    sa.Column("country", sa.String(2), nullable=True),
 )
 
 sites = sa.Table(

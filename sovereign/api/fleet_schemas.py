@@ -300,7 +300,7 @@ class EnclaveOut(BaseModel):
         return cls(
             id=v.request.id,
             state=v.request.state,
-            request=RequestOut.of(v.request, policy),
+            request=RequestOut.of(v.request, policy, v.residency),
             host=e.host if e else None,
             site=v.host_site,
             country=v.host_country,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -191,10 +192,15 @@ class RequestOut(BaseModel):
     approvals_received: int
     created_at: datetime
     updated_at: datetime
+    #: The countries the enclave may run in: the request's narrowing, else its tenant's.
+    residency: list[str]
+    #: The country the enclave was pinned to at final approval (where its key lives).
+    country: str | None
 
     @classmethod
-    def of(cls, r: EnclaveRequest, policy: AccessPolicy) -> RequestOut:
-        """From a domain request; ``policy`` says how many approvals it needs."""
+    def of(cls, r: EnclaveRequest, policy: AccessPolicy, residency: Sequence[str]) -> RequestOut:
+        """From a domain request; ``policy`` says how many approvals it needs, ``residency``
+        is its effective residency."""
         return cls(
             id=r.id,
             tenant=r.tenant,
@@ -222,6 +228,8 @@ class RequestOut(BaseModel):
             approvals_received=len(set(r.approvers)),
             created_at=r.created_at,
             updated_at=r.updated_at,
+            residency=list(residency),
+            country=r.country,
         )
 
 
@@ -240,6 +248,8 @@ class TenantOut(BaseModel):
     kind: Literal["classified", "civilian"]
     max_label: LabelOut
     quota: ResourcesOut
+    #: The countries (ISO 3166-1 alpha-2) its enclaves and their keys may live in.
+    residency: list[str]
 
     @classmethod
     def of(cls, t: Tenant) -> TenantOut:
@@ -250,6 +260,7 @@ class TenantOut(BaseModel):
             kind=t.kind.value,
             max_label=LabelOut.of(t.max_label),
             quota=ResourcesOut.of(t.quota),
+            residency=list(t.residency),
         )
 
 

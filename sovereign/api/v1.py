@@ -25,7 +25,8 @@ api = Api(blueprint)
 
 
 def _out(request: EnclaveRequest) -> s.RequestOut:
-    return s.RequestOut.of(request, services().policy)
+    (residency,) = services().requests.residency([request])
+    return s.RequestOut.of(request, services().policy, residency)
 
 
 @api.route(
@@ -60,7 +61,14 @@ def list_requests(ctx: CallContext, query: s.RequestQuery) -> s.RequestPage:
             state=query.state, tenant=query.tenant, limit=query.limit, cursor=query.cursor
         ),
     )
-    return s.RequestPage(items=[_out(r) for r in page.items], next_cursor=page.next_cursor)
+    residencies = services().requests.residency(page.items)
+    return s.RequestPage(
+        items=[
+            s.RequestOut.of(r, services().policy, residency)
+            for r, residency in zip(page.items, residencies, strict=True)
+        ],
+        next_cursor=page.next_cursor,
+    )
 
 
 @api.route(

@@ -97,6 +97,13 @@ class RequestCreate(Strict):
     image: Annotated[str, Field(min_length=1, max_length=128)]
     purpose: Annotated[str, Field(min_length=1, max_length=2000), FreeText()]
     lease_hours: Annotated[int, Field(ge=1, le=24 * 365)]
+    #: Narrow the tenant's residency to these countries (ISO 3166-1 alpha-2).
+    residency: (
+        Annotated[
+            list[Annotated[str, Field(pattern=r"^[A-Z]{2}$")]], Field(min_length=1, max_length=64)
+        ]
+        | None
+    ) = None
 
     def draft(self) -> RequestDraft:
         """This request as the request service takes it."""
@@ -111,4 +118,5 @@ class RequestCreate(Strict):
             image=self.image,
             purpose=self.purpose,
             lease_hours=self.lease_hours,
+            residency=None if self.residency is None else tuple(self.residency),
         )

@@ -28,6 +28,7 @@ from sovereign.domain.placement import (
     PlacementRequest,
 )
 from sovereign.domain.requests import EnclaveRequest
+from sovereign.domain.residency import placement_countries
 from sovereign.domain.tenants import Tenant, TenantKind
 from sovereign.errors import InvalidTransitionError
 
@@ -246,6 +247,7 @@ def _host_state(host: Host, gpus: Iterable[Gpu], enclaves: Sequence[Enclave]) ->
         free_memory_mib=host.memory_mib - sum(enclave.memory_mib for enclave in enclaves),
         # The records themselves: placement reads them and never changes them.
         gpus=tuple(sorted(gpus, key=lambda g: g.address)),
+        country=host.country,
     )
 
 
@@ -258,6 +260,8 @@ def placement_request(request: EnclaveRequest, tenant: Tenant) -> PlacementReque
         gpu_model=request.gpu_model,
         vcpus=request.resources.vcpus,
         memory_mib=request.resources.memory_mib,
+        countries=placement_countries(request, tenant),
+        tenant=tenant.name,
     )
 
 

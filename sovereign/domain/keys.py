@@ -42,6 +42,8 @@ class EnclaveKeys:
     vtpm: WrappedSecret
     created_at: datetime
     destroyed_at: datetime | None = None
+    #: The country whose secret store holds the key (None for keys made before residency).
+    country: str | None = None
 
     def destroyed(self, when: datetime) -> EnclaveKeys:
         """The same record, marked crypto-erased."""

@@ -7,6 +7,8 @@ returns the fleet as it is after a placement (for simulations, property tests an
 Rules, checked per host in this order; the first one a host breaks is its reason:
 
 1. the host is ``active`` (not ``draining`` or ``quarantined``);
+1a. its country is one the request may run in (data residency: the tenant's countries, or the
+   request's narrowing of them, or the one country the enclave was pinned to at approval);
 2. its accreditation dominates the request's label (isolation rule 1);
 3. it carries no enclave of a different label (hosts are dedicated per label);
 4. classified and civilian enclaves never share a host;
@@ -56,6 +58,10 @@ class PlacementRequest:
     gpu_model: str | None
     vcpus: int
     memory_mib: int
+    #: The countries the enclave may run in (ISO 3166-1 alpha-2); None accepts any country.
+    countries: frozenset[str] | None = None
+    #: The requesting tenant's name (named in the residency rule's reason).
+    tenant: str = ""
 
 
 _Unit = tuple[int | None, tuple[str, ...]]
@@ -103,6 +109,8 @@ class HostState:
     free_vcpus: int
     free_memory_mib: int
     gpus: tuple[Gpu, ...] = ()
+    #: The host's country (ISO 3166-1 alpha-2; empty when unknown).
+    country: str = ""
     #: Derived from ``gpus`` on first use; not a field of the state (not compared or copied).
     _pool_cache: dict[str, _ModelPool] | None = field(
         default=None, init=False, repr=False, compare=False
@@ -266,6 +274,8 @@ def _isolation_reason(host: HostState, request: PlacementRequest, label: str) ->
     """Why ``host`` may not carry the request's label at all (rules 1-4), or None."""
     if host.state != "active":
         return host.state
+    if request.countries is not None and host.country not in request.countries:
+        return f"country {host.country or '(unknown)'} not allowed for tenant {request.tenant}"
     if not host.accreditation.dominates(request.label):
         return f"accreditation {host.accreditation} does not dominate {label}"
     present = host.labels_present

@@ -94,6 +94,10 @@ class EnclaveRequest:
     reason: str = ""
     #: Optimistic-concurrency counter, bumped on every stored change.
     version: int = 1
+    #: The countries the requester narrowed the tenant's residency to (None: no narrowing).
+    residency: tuple[str, ...] | None = None
+    #: The country the enclave was pinned to at final approval (where its key lives).
+    country: str | None = None
 
     def transition(self, target: RequestState, now: datetime) -> None:
         """Move to ``target``. :raises InvalidTransitionError: if the machine has no such edge."""

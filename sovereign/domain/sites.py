@@ -50,7 +50,7 @@ class Site:
     created_at: datetime
 
 
-def check_country(code: str) -> str:
+def check_country(code: object) -> str:
     """``code`` if it is an ISO 3166-1 alpha-2 code as the standard writes it (``ES``, ``PT``).
 
     Nothing is upper-cased or trimmed: a country enters the records exactly as it is compared.

@@ -1,6 +1,7 @@
 """Tenants, their quotas, and the image catalog.
 
-Owns :class:`Resources` (the unit of quotas and requests), :class:`Tenant` and :class:`Image`.
+Owns :class:`Resources` (the unit of quotas and requests), :class:`Tenant` (with its data
+residency) and :class:`Image`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from sovereign.domain.labels import Label
+
+#: The residency of a tenant defined without one (and of tenants created before residency).
+DEFAULT_RESIDENCY: tuple[str, ...] = ("ES",)
 
 
 class TenantKind(StrEnum):
@@ -60,6 +64,9 @@ class Tenant:
     max_label: Label
     quota: Resources
     display_name: str = ""
+    #: The countries (ISO 3166-1 alpha-2, sorted, at least one) its enclaves and their keys
+    #: may live in (:mod:`sovereign.domain.residency`).
+    residency: tuple[str, ...] = DEFAULT_RESIDENCY
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from typing import Any
 from sovereign.domain.identity import Role
 from sovereign.domain.keys import RESERVED_DOMAINS
 from sovereign.domain.labels import Label, LabelScheme
-from sovereign.domain.tenants import Image, Resources, Tenant, TenantKind
+from sovereign.domain.residency import check_residency
+from sovereign.domain.tenants import DEFAULT_RESIDENCY, Image, Resources, Tenant, TenantKind
 from sovereign.errors import ConflictError, InvalidInputError
 from sovereign.services.ports import UnitOfWorkFactory
 from sovereign.services.recording import CallContext, Clock, Recorder, utcnow
@@ -130,7 +131,11 @@ class CatalogService:
                         "tenant:create",
                         f"tenant/{tenant.name}",
                         label=tenant.max_label,
-                        details={"kind": tenant.kind.value, "quota": vars(tenant.quota)},
+                        details={
+                            "kind": tenant.kind.value,
+                            "quota": vars(tenant.quota),
+                            "residency": list(tenant.residency),
+                        },
                     )
             for image in images:
                 if uow.images.get(image.name) is None:
@@ -162,6 +167,7 @@ class CatalogService:
                     gpus=int(quota.get("gpus", 0)),
                     disk_gib=int(quota.get("disk_gib", 0)),
                 ),
+                residency=check_residency(data.get("residency", DEFAULT_RESIDENCY)),
             )
         except (KeyError, ValueError, TypeError, AttributeError) as e:
             raise InvalidInputError(reason=f"bad tenant definition {dict(data)!r}: {e}") from e

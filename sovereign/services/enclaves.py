@@ -27,6 +27,7 @@ from sovereign.domain.labels import Label
 from sovereign.domain.placement import Placement, as_seen_by, place
 from sovereign.domain.policy import AccessPolicy, Visibility
 from sovereign.domain.requests import EnclaveRequest, RequestState
+from sovereign.domain.residency import allowed_countries
 from sovereign.errors import InvalidInputError, NotFoundError, PolicyDeniedError, SovereignError
 from sovereign.services.collaborators import EnclaveKeyring, Proposals
 from sovereign.services.ports import (
@@ -65,6 +66,8 @@ class EnclaveView:
     gpus: tuple[Gpu, ...]
     #: The country of the host's site (None before placement).
     host_country: str | None = None
+    #: The request's effective residency (its narrowing, else its tenant's).
+    residency: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,9 @@ class EnclaveService:
             site = host.site if host else None
             country = host.country if host else None
             gpus = tuple(g for g in uow.gpus.list(enclave.host) if g.address in enclave.gpus)
-        return EnclaveView(request, enclave, site, gpus, country)
+        tenant = uow.tenants.get(request.tenant)
+        residency = allowed_countries(request, tenant) if tenant is not None else ()
+        return EnclaveView(request, enclave, site, gpus, country, residency)
 
     def list(self, ctx: CallContext, query: RequestFilter) -> Page[EnclaveView]:
         """Requests past approval the caller may see, with their enclaves, newest first.

@@ -1,9 +1,11 @@
 """Use cases for enclave keys: create them at approval, rotate, crypto-erase at termination.
 
 Owns the coordination of the secret store (Vault), the key references in the database and the
-audit events about keys. Plaintext data keys never leave this module except to the caller that
-hands them to the hypervisor, and are never stored or logged. Nothing half-created remains:
-a key created in Vault whose references could not be stored is destroyed again.
+audit events about keys. An enclave's key lives in the store of the country the enclave was
+pinned to (:class:`~sovereign.services.keystores.KeyStores`); the key record names that country.
+Plaintext data keys never leave this module except to the caller that hands them to the
+hypervisor, and are never stored or logged. Nothing half-created remains: a key created in Vault
+whose references could not be stored is destroyed again.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from sovereign.domain.policy import AccessPolicy
 from sovereign.domain.requests import EnclaveRequest
 from sovereign.domain.tenants import Tenant
 from sovereign.errors import NotFoundError, PolicyDeniedError, SovereignError
+from sovereign.services.keystores import KeyStores
 from sovereign.services.ports import SecretStore, UnitOfWork, UnitOfWorkFactory
 from sovereign.services.recording import (
     CallContext,
@@ -54,12 +57,16 @@ class KeyService:
         *,
         policy: AccessPolicy,
         mount_prefix: str = "sovereign-",
+        stores: KeyStores | None = None,
         clock: Clock = utcnow,
     ) -> None:
+        """``stores`` routes keys to their country's store; by default every key is in
+        ``store`` under ``mount_prefix``."""
         self._uow = uow_factory
         self.store = store
         self._policy = policy
-        self._prefix = mount_prefix
+        #: Where each country's keys live.
+        self.stores = stores if stores is not None else KeyStores(store, mount_prefix)
         self._clock = clock
         self._recorder = Recorder(uow_factory, clock)
 
@@ -67,18 +74,23 @@ class KeyService:
     def provisioned(
         self, uow: UnitOfWork, ctx: CallContext, request: EnclaveRequest, tenant: Tenant
     ) -> Iterator[EnclaveKeys]:
-        """Create the enclave's key and data keys inside ``uow`` (3 Vault round trips).
+        """Create the enclave's key and data keys inside ``uow`` (3 Vault round trips), in the
+        store of the country the request was pinned to.
 
         If anything after the key's creation fails (Vault, the database, the commit), the key
         is destroyed again so no orphan key remains.
 
         :raises DependencyUnavailableError: if Vault cannot be used.
         """
-        ref = self.store.create_key(key_mount(tenant, self._prefix), enclave_key_name(request.id))
+        target = self.stores.for_country(request.country)
+        store = target.store
+        ref = store.create_key(key_mount(tenant, target.mount_prefix), enclave_key_name(request.id))
         try:
-            luks = self.store.data_key(ref, LUKS_CONTEXT)[1]
-            vtpm = self.store.data_key(ref, VTPM_CONTEXT)[1]
-            keys = EnclaveKeys(request.id, luks.key, luks, vtpm, self._clock())
+            luks = store.data_key(ref, LUKS_CONTEXT)[1]
+            vtpm = store.data_key(ref, VTPM_CONTEXT)[1]
+            keys = EnclaveKeys(
+                request.id, luks.key, luks, vtpm, self._clock(), country=request.country
+            )
             uow.keys.add(keys)
             self._recorder.record(
                 uow,
@@ -86,16 +98,21 @@ class KeyService:
                 "key:create",
                 f"key/{ref.mount}/{ref.name}",
                 label=request.label,
-                details={"request": str(request.id), "key_version": keys.key.version},
+                details={
+                    "request": str(request.id),
+                    "key_version": keys.key.version,
+                    "country": request.country,
+                    "vault_name": target.name,
+                },
             )
             yield keys
         except BaseException:
-            self._discard(ref)
+            self._discard(store, ref)
             raise
 
-    def _discard(self, ref: KeyRef) -> None:
+    def _discard(self, store: SecretStore, ref: KeyRef) -> None:
         try:
-            self.store.destroy_key(ref)
+            store.destroy_key(ref)
         except SovereignError:
             # Logged, not raised: the original failure is what the caller must see. The key
             # holds no data yet (no wrapped copy was stored), so it protects nothing.
@@ -110,9 +127,10 @@ class KeyService:
             keys = uow.keys.get(request_id)
         if keys is None or keys.destroyed_at is not None:
             raise NotFoundError(kind="enclave keys", ident=str(request_id))
+        store = self.stores.for_country(keys.country).store
         return EnclaveSecrets(
-            luks_passphrase=self.store.unwrap(keys.luks, LUKS_CONTEXT),
-            vtpm_secret=self.store.unwrap(keys.vtpm, VTPM_CONTEXT),
+            luks_passphrase=store.unwrap(keys.luks, LUKS_CONTEXT),
+            vtpm_secret=store.unwrap(keys.vtpm, VTPM_CONTEXT),
         )
 
     def _officer_keys(
@@ -147,10 +165,13 @@ class KeyService:
     def _rotate(
         self, decision: Decision, uow: UnitOfWork, request: EnclaveRequest, keys: EnclaveKeys
     ) -> EnclaveKeys:
-        new_ref = self.store.rotate(keys.key)
-        luks = self.store.rewrap(keys.luks, LUKS_CONTEXT)
-        vtpm = self.store.rewrap(keys.vtpm, VTPM_CONTEXT)
-        rotated = EnclaveKeys(request.id, new_ref, luks, vtpm, keys.created_at)
+        store = self.stores.for_country(keys.country).store
+        new_ref = store.rotate(keys.key)
+        luks = store.rewrap(keys.luks, LUKS_CONTEXT)
+        vtpm = store.rewrap(keys.vtpm, VTPM_CONTEXT)
+        rotated = EnclaveKeys(
+            request.id, new_ref, luks, vtpm, keys.created_at, country=keys.country
+        )
         uow.keys.update(rotated)
         decision.allow(
             uow,
@@ -163,14 +184,20 @@ class KeyService:
     def _destroy(
         self, decision: Decision, uow: UnitOfWork, request: EnclaveRequest, keys: EnclaveKeys
     ) -> EnclaveKeys:
-        answer = self.store.destroy_key(keys.key)
+        target = self.stores.for_country(keys.country)
+        answer = target.store.destroy_key(keys.key)
         destroyed = keys.destroyed(self._clock())
         uow.keys.update(destroyed)
         decision.allow(
             uow,
             target=f"key/{keys.key.mount}/{keys.key.name}",
             label=request.label,
-            details={"request": str(request.id), "vault": answer},
+            details={
+                "request": str(request.id),
+                "vault": answer,
+                "country": keys.country,
+                "vault_name": target.name,
+            },
         )
         return destroyed
 

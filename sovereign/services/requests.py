@@ -1,5 +1,8 @@
 """Use cases for enclave requests: create, read, list, approve, reject, cancel.
 
+At final approval the enclave is pinned to one country of its residency (:func:`choose_country`)
+before its keys are created there, so it always runs where its key lives.
+
 Owns the coordination of policy, repositories and the audit log for requests. Every change and
 its audit event commit together; every refusal is recorded with its reason; requests the caller
 may not see answer "not found" so their existence does not leak.
@@ -8,15 +11,19 @@ may not see answer "not found" so their existence does not leak.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
+from sovereign.domain.fleet import FleetView, placement_request
 from sovereign.domain.labels import LabelScheme
+from sovereign.domain.placement import place
 from sovereign.domain.policy import AccessPolicy
 from sovereign.domain.requests import Decision, EnclaveRequest, RequestState
-from sovereign.domain.tenants import Resources
+from sovereign.domain.residency import allowed_countries, narrow
+from sovereign.domain.tenants import Resources, Tenant
 from sovereign.errors import ConcurrentUpdateError, InvalidInputError, NotFoundError
 from sovereign.services.collaborators import EnclaveKeyring
 from sovereign.services.ports import Page, RequestFilter, UnitOfWork, UnitOfWorkFactory
@@ -32,6 +39,36 @@ from sovereign.services.recording import (
 #: How often a decision is retried when another one changed the request at the same moment.
 CONCURRENCY_RETRIES = 3
 
+#: Orders a tenant's allowed countries, most preferred first: (unit of work, tenant name,
+#: allowed countries, now) -> countries (e.g. fewest recent GPU hours first, for parity).
+CountryOrder = Callable[[UnitOfWork, str, Sequence[str], datetime], list[str]]
+
+
+def sorted_countries(
+    _uow: UnitOfWork, _tenant: str, allowed: Sequence[str], _now: datetime
+) -> list[str]:
+    """The default :data:`CountryOrder`: alphabetical."""
+    return sorted(allowed)
+
+
+def choose_country(
+    uow: UnitOfWork,
+    request: EnclaveRequest,
+    tenant: Tenant,
+    order: CountryOrder,
+    now: datetime,
+) -> str:
+    """The country to pin an approved request's enclave (and its key) to: the first allowed
+    country, in ``order``, where a placement preview on the fleet as it is now finds a host;
+    if none fits now, the first one (the request waits there for capacity)."""
+    ordered = order(uow, tenant.name, allowed_countries(request, tenant), now)
+    snapshot = FleetView(uow.hosts.list(), uow.gpus.list(), uow.enclaves.list()).snapshot()
+    wanted = placement_request(request, tenant)
+    for country in ordered:
+        if place(replace(wanted, countries=frozenset({country})), snapshot).ok:
+            return country
+    return ordered[0]
+
 
 @dataclass(frozen=True)
 class RequestDraft:
@@ -44,6 +81,8 @@ class RequestDraft:
     image: str
     purpose: str
     lease_hours: int
+    #: A narrowing of the tenant's residency (None: any country the tenant allows).
+    residency: tuple[str, ...] | None = None
 
 
 class RequestService:
@@ -56,11 +95,13 @@ class RequestService:
         *,
         gpu_models: Collection[str],
         keys: EnclaveKeyring | None = None,
+        country_order: CountryOrder = sorted_countries,
         clock: Clock = utcnow,
     ) -> None:
         self._uow = uow_factory
         self._policy = policy
         self._keys = keys
+        self._country_order = country_order
         self._gpu_models = frozenset(gpu_models)
         self._clock = clock
         self._recorder = Recorder(uow_factory, clock)
@@ -96,6 +137,7 @@ class RequestService:
                 if image is None:
                     raise InvalidInputError(reason=f"unknown image {draft.image!r}")
                 committed = uow.requests.committed_usage(tenant.name)
+            narrowing = None if draft.residency is None else narrow(tenant, draft.residency)
             self._policy.check_request(
                 ctx.principal,
                 tenant,
@@ -120,6 +162,7 @@ class RequestService:
                 state=RequestState.PENDING,
                 created_at=now,
                 updated_at=now,
+                residency=narrowing,
             )
             with self._uow() as uow:
                 uow.requests.add(request)
@@ -131,6 +174,7 @@ class RequestService:
                         "image": image.name,
                         "resources": vars(draft.resources),
                         "approvals_needed": self._policy.approvals_needed(label),
+                        "residency": list(allowed_countries(request, tenant)),
                     },
                 )
                 uow.commit()
@@ -159,6 +203,13 @@ class RequestService:
             )
             raise error
         return request
+
+    def residency(self, requests: Sequence[EnclaveRequest]) -> list[tuple[str, ...]]:
+        """The effective residency of each request (its narrowing, else its tenant's), for
+        requests the caller was already allowed to read."""
+        with self._uow(readonly=True) as uow:
+            tenants = {t.name: t for t in uow.tenants.list()}
+        return [allowed_countries(r, tenants[r.tenant]) for r in requests]
 
     def list(self, ctx: CallContext, query: RequestFilter) -> Page[EnclaveRequest]:
         """Requests the caller may see, newest first. :raises PolicyDeniedError: no such role."""
@@ -221,15 +272,15 @@ class RequestService:
     def _on_approval(
         self, uow: UnitOfWork, ctx: CallContext, request: EnclaveRequest, before: RequestState
     ) -> AbstractContextManager[object]:
-        """Create the enclave's keys in Vault when this decision completed the approval."""
-        if (
-            self._keys is None
-            or before is not RequestState.PENDING
-            or request.state is not RequestState.APPROVED
-        ):
+        """When this decision completed the approval: pin the enclave's country, and create
+        its keys in that country's Vault."""
+        if before is not RequestState.PENDING or request.state is not RequestState.APPROVED:
             return nullcontext()
         tenant = uow.tenants.get(request.tenant)
         assert tenant is not None, "foreign key guarantees the tenant"
+        request.country = choose_country(uow, request, tenant, self._country_order, self._clock())
+        if self._keys is None:
+            return nullcontext()
         return self._keys.provisioned(uow, ctx, request, tenant)
 
     def _change(
@@ -280,18 +331,16 @@ class RequestService:
             step(uow, request)
             with self._on_approval(uow, ctx, request, before):
                 uow.requests.update(request)
-                decision.allow(
-                    uow,
-                    reason=reason,
-                    label=request.label,
-                    details={
-                        "from": before.value,
-                        "to": request.state.value,
-                        "approvals": len(request.approvers),
-                        "approvals_needed": self._policy.approvals_needed(request.label),
-                        # What the attestation's two-person claim holds the decider to.
-                        "clearance": clearance_detail(ctx),
-                    },
-                )
+                details: dict[str, Any] = {
+                    "from": before.value,
+                    "to": request.state.value,
+                    "approvals": len(request.approvers),
+                    "approvals_needed": self._policy.approvals_needed(request.label),
+                    # What the attestation's two-person claim holds the decider to.
+                    "clearance": clearance_detail(ctx),
+                }
+                if before is RequestState.PENDING and request.state is RequestState.APPROVED:
+                    details["country"] = request.country
+                decision.allow(uow, reason=reason, label=request.label, details=details)
                 uow.commit()
             return request

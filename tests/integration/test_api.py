@@ -472,3 +472,53 @@ def test_proof_rules(call: Call):
     problem(call("auditor", "GET", "/api/v1/audit/consistency?from=1"), 422)
     problem(call("auditor", "GET", "/api/v1/audit/consistency?from=1&to=99999"), 404)
     problem(call(None, "GET", "/api/v1/audit/checkpoint"), 401)
+
+
+def test_residency_on_tenants_and_requests(call: Call):
+    tenants = call("officer-1", "GET", "/api/v1/tenants").get_json()["items"]
+    assert {t["name"]: t["residency"] for t in tenants} == {
+        "defence": ["ES"],
+        "research": ["ES", "PT"],
+    }
+    # A request may narrow its tenant's residency, never widen it.
+    body = problem(
+        call("analyst-defence", "POST", "/api/v1/requests", json={**BODY, "residency": ["PT"]}),
+        422,
+    )
+    assert "residency PT not allowed for tenant defence" in body["detail"]
+    body = problem(
+        call("analyst-research", "POST", "/api/v1/requests", json={**CIVIL, "residency": ["XX"]}),
+        422,
+    )
+    assert "unknown country 'XX'" in body["detail"]
+    for bad in ([], ["pt"], "PT", ["PRT"]):
+        problem(
+            call("analyst-research", "POST", "/api/v1/requests", json={**CIVIL, "residency": bad}),
+            422,
+        )
+    narrowed = call(
+        "analyst-research", "POST", "/api/v1/requests", json={**CIVIL, "residency": ["PT"]}
+    ).get_json()
+    assert (narrowed["residency"], narrowed["country"]) == (["PT"], None)
+    plain = call("analyst-research", "POST", "/api/v1/requests", json=CIVIL).get_json()
+    assert (plain["residency"], plain["country"]) == (["ES", "PT"], None)
+    listed = call("officer-1", "GET", "/api/v1/requests").get_json()["items"]
+    assert {r["id"]: r["residency"] for r in listed} == {
+        narrowed["id"]: ["PT"],
+        plain["id"]: ["ES", "PT"],
+    }
+    # Final approval pins the country (no host anywhere here: the first allowed one).
+    r = call("officer-1", "POST", f"/api/v1/requests/{narrowed['id']}/approve")
+    assert r.status_code == 200, r.get_json()
+    assert (r.get_json()["state"], r.get_json()["country"]) == ("approved", "PT")
+    events = call(
+        "auditor", "GET", f"/api/v1/audit/events?target=request/{narrowed['id']}"
+    ).get_json()["items"]
+    by_action = {e["action"]: e["details"] for e in events if e["outcome"] == "allow"}
+    assert by_action["request:create"]["residency"] == ["PT"]
+    assert by_action["request:approve"]["country"] == "PT"
+    created = call("auditor", "GET", "/api/v1/audit/events?action=tenant:create").get_json()
+    details = {e["target"]: e["details"] for e in created["items"]}
+    assert details["tenant/research"]["kind"] == "civilian"
+    assert details["tenant/research"]["residency"] == ["ES", "PT"]
+    assert details["tenant/defence"]["residency"] == ["ES"]

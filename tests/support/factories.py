@@ -61,6 +61,7 @@ def tenant(
     level: str,
     compartments: tuple[str, ...] = (),
     quota: Resources = BIG,
+    residency: tuple[str, ...] = ("ES",),
 ) -> Tenant:
     return Tenant(
         id=uuid.uuid4(),
@@ -68,6 +69,7 @@ def tenant(
         kind=kind,
         max_label=SCHEME.label(level, compartments),
         quota=quota,
+        residency=residency,
     )
 
 
@@ -84,7 +86,7 @@ def image(
 
 
 DEFENCE = tenant("defence", TenantKind.CLASSIFIED, "SECRET", ALL)
-RESEARCH = tenant("research", TenantKind.CIVILIAN, "UNCLASSIFIED")
+RESEARCH = tenant("research", TenantKind.CIVILIAN, "UNCLASSIFIED", residency=("ES", "PT"))
 
 
 def draft(

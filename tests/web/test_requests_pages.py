@@ -101,6 +101,8 @@ def test_filing_a_request_shows_it_with_its_approvals_and_records_it(app: Flask,
     assert page.status_code == 200
     assert "Request filed at SECRET//NATO; it needs 2 officer approval(s)." in html
     assert '<strong id="approval-status">0 of 2 approvals</strong>' in html
+    assert '<dd id="residency">ES (the tenant\'s)</dd>' in html
+    assert '<dd id="country">chosen at final approval</dd>' in html
     assert banners(html) == ["SECRET//NATO", "SECRET//NATO"]
     assert 'id="approve"' not in html  # analysts are not offered a decision
     assert 'id="cancel"' in html
@@ -225,6 +227,7 @@ def test_two_officers_approve_a_secret_request(app: Flask, users: Users):
     page = text(officer2.get(f"/requests/{rid}"))
     assert "2 of 2 approvals: officer-1, officer-2" in page
     assert '<span class="state state-approved">approved</span>' in page
+    assert '<dd id="country">ES (pinned at approval; its key lives there)</dd>' in page
     assert rid not in text(officer2.get("/queue"))
     approvals = events(app, action="request:approve", target=f"request/{rid}")
     assert [e.event.actor for e in reversed(approvals)] == ["user:officer-1", "user:officer-2"]

@@ -25,6 +25,7 @@ from sovereign.domain.fleet import (
 from sovereign.domain.labels import LabelScheme
 from sovereign.domain.placement import named_labels, place
 from sovereign.domain.policy import Visibility
+from sovereign.domain.residency import allowed_countries
 from sovereign.errors import ConcurrentUpdateError
 from sovereign.services.ports import RequestFilter
 from sovereign.services.reconciler.context import PassContext, PassReport, S, enclave_target
@@ -118,6 +119,7 @@ class Placement:
                     uow.gpus.update(gpu, "free")
             request.transition(S.PROVISIONING, now)
             uow.requests.update(request)
+            host = next(h for h in fleet.hosts if h.name == placement.host)
             c.event(
                 uow,
                 "enclave:place",
@@ -131,6 +133,11 @@ class Placement:
                     "gpus": list(placement.gpus),
                     "gpu_model": placement.gpu_model,
                     "rejected": placement.reasons,
+                    "site": host.site,
+                    "country": host.country,
+                    "tenant": request.tenant,
+                    "classified": wanted.classified,
+                    "residency": list(allowed_countries(request, tenant)),
                 },
             )
             uow.commit()

@@ -284,6 +284,7 @@ def _detail_page(
         title=f"Request {found.id}",
         shown=[found.label],
         r=found,
+        residency=services().requests.residency([found])[0],
         status_text=approval_status(found, services().policy.approvals_needed(found.label)),
         can_cancel=pending and own,
         can_decide=pending and officer and not own and not decided,

@@ -75,3 +75,24 @@ def test_the_assembly_takes_settings_or_a_loaded_mapping(tmp_path, monkeypatch):
 
     app = _app(tmp_path, monkeypatch)
     assert uri_policy(app.config) == uri_policy(app_context.settings(app))
+
+
+def test_vault_countries_are_checked(tmp_path, monkeypatch):
+    pt = {"PT": {"addr": "https://vault.pt.example:8200", "mount_prefix": "pt-"}}
+    assert app_context.settings(_app(tmp_path, monkeypatch)).vault_countries == {}
+    loaded = app_context.settings(_app(tmp_path, monkeypatch, VAULT_COUNTRIES=pt))
+    assert loaded.vault_countries["PT"].addr == "https://vault.pt.example:8200"
+    assert loaded.vault_countries["PT"].mount_prefix == "pt-"
+    plain = {"PT": {"addr": "https://vault.pt.example:8200"}}
+    loaded = app_context.settings(_app(tmp_path, monkeypatch, VAULT_COUNTRIES=plain))
+    assert loaded.vault_countries["PT"].mount_prefix is None
+    for bad in (
+        ["PT"],
+        {"XX": {"addr": "https://v"}},
+        {"pt": {"addr": "https://v"}},
+        {"PT": {"addr": "v"}},
+        {"PT": {"addr": "https://v", "token": "s"}},
+        {"PT": {"addr": "https://v", "mount_prefix": "a/b"}},
+    ):
+        with pytest.raises(ConfigurationError, match="VAULT_COUNTRIES"):
+            _app(tmp_path, monkeypatch, VAULT_COUNTRIES=bad)

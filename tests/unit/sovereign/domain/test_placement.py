@@ -1,7 +1,8 @@
 """Unit and property tests for sovereign.domain.placement.
 
 Each rule is checked with the reason an officer reads; the property tests apply random sequences
-of placements to small fleets and check that isolation rules 1 and 2 always hold.
+of placements to small fleets and check that isolation rules 1 and 2 always hold and that no
+enclave lands outside the countries its request allows.
 """
 
 from __future__ import annotations
@@ -57,10 +58,13 @@ def host(name, accreditation=TOP, gpus=None, state="active", labels=(), classifi
         free_vcpus=kw.get("vcpus", 128),
         free_memory_mib=kw.get("memory", 1 << 20),
         gpus=tuple(gpus if gpus is not None else [gpu(i, numa=i // 4) for i in range(8)]),
+        country=kw.get("country", "ES"),
     )
 
 
-def request(label=SECRET, classified=True, gpus=1, model=H100, vcpus=8, memory=1024):
+def request(
+    label=SECRET, classified=True, gpus=1, model=H100, vcpus=8, memory=1024, countries=None
+):
     return PlacementRequest(
         label=label,
         classified=classified,
@@ -68,6 +72,8 @@ def request(label=SECRET, classified=True, gpus=1, model=H100, vcpus=8, memory=1
         gpu_model=model,
         vcpus=vcpus,
         memory_mib=memory,
+        countries=countries,
+        tenant="defence",
     )
 
 
@@ -86,6 +92,26 @@ def test_host_must_be_active():
     assert not placement.ok
     assert placement.reasons == {"d": "draining", "q": "quarantined"}
     assert placement.explain() == "d: draining\nq: quarantined"
+
+
+def test_host_must_be_in_a_country_the_tenant_allows():
+    fleet = [host("pt", country="PT"), host("unknown", country=""), host("es", country="ES")]
+    placement = place(request(countries=frozenset({"ES"})), fleet)
+    assert placement.host == "es"
+    assert placement.reasons == {
+        "pt": "country PT not allowed for tenant defence",
+        "unknown": "country (unknown) not allowed for tenant defence",
+    }
+    # Right after "active": a draining host abroad says it is draining.
+    fleet = [host("d", state="draining", country="PT")]
+    assert place(request(countries=frozenset({"ES"})), fleet).reasons == {"d": "draining"}
+    # ... and before accreditation: the country is the first thing an officer reads.
+    fleet = [host("c", accreditation=CONFIDENTIAL, country="PT")]
+    assert place(request(countries=frozenset({"ES"})), fleet).reasons == {
+        "c": "country PT not allowed for tenant defence"
+    }
+    # None accepts any country.
+    assert place(request(), [host("pt", country="PT")]).host == "pt"
 
 
 def test_accreditation_must_dominate_the_label():
@@ -276,6 +302,8 @@ LATTICE = [
 ACCREDITATIONS = [CONFIDENTIAL, SECRET, SECRET_NATO, TOP]
 SHARED = ("0000:02:00.0", "0000:03:00.0")
 
+COUNTRIES = ["ES", "PT", "FR"]
+
 gpu_states = st.sampled_from(["free", "free", "free", "allocated", "dirty", "sanitizing"])
 
 
@@ -297,6 +325,7 @@ def fleets(draw):
                 state=draw(st.sampled_from(["active", "active", "active", "draining"])),
                 vcpus=draw(st.integers(0, 64)),
                 memory=draw(st.integers(0, 65536)),
+                country=draw(st.sampled_from(COUNTRIES)),
             )
         )
     return hosts
@@ -310,6 +339,7 @@ requests = st.builds(
     model=st.sampled_from([H100, None]),
     vcpus=st.integers(0, 16),
     memory=st.integers(0, 16384),
+    countries=st.none() | st.frozensets(st.sampled_from(COUNTRIES), min_size=1),
 )
 
 
@@ -331,6 +361,7 @@ def test_no_sequence_of_placements_breaks_isolation(fleet, sequence):
             continue
         before = next(h for h in fleet if h.name == placement.host)
         assert before.state == "active"
+        assert req.countries is None or before.country in req.countries
         assert before.accreditation.dominates(req.label)
         assert len(placement.gpus) == req.gpus
         free = {g.address for g in before.gpus if g.state == "free"}
