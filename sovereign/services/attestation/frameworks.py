@@ -206,8 +206,6 @@ def gather_facts(
 ) -> dict[str, Any]:
     """The configuration facts (:data:`FACTS`) of ``settings``; the sites' countries come
     from the database, so the caller passes them (None: not gathered)."""
-    # VAULT_COUNTRIES (country -> store) arrives with residency; absent: one store for all.
-    vault_countries = getattr(settings, "vault_countries", None) or {}
     return {
         "environment": settings.env,
         "two_person_level": settings.two_person_level,
@@ -218,7 +216,7 @@ def gather_facts(
         "audit_witness_configured": bool(settings.audit_witness_path),
         "audit_signer": settings.audit_signer,
         "vault_configured": settings.vault_addr is not None,
-        "vault_countries": sorted(str(country) for country in vault_countries),
+        "vault_countries": sorted(settings.vault_countries),
         "sites_countries": None if sites_countries is None else sorted(set(sites_countries)),
         "sanitizer_image_configured": settings.sanitizer_image is not None,
     }
