@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, cast
 
@@ -27,6 +27,7 @@ from sovereign.domain.labels import LabelScheme
 from sovereign.domain.policy import AccessPolicy
 from sovereign.errors import ConfigurationError
 from sovereign.services.actions import ActionService
+from sovereign.services.attestation.frameworks import gather_facts
 from sovereign.services.attestation.service import AttestationService
 from sovereign.services.auditing import AuditReadService
 from sovereign.services.authfailures import AuthFailureAudit
@@ -208,7 +209,9 @@ def build_services(
         sites=SiteService(uow, clock=clock),
         enclaves=enclaves,
         certificates=CertificateService(uow, policy, clock),
-        attestation=AttestationService(uow, policy, clock, audit_log, origin=settings.audit_origin),
+        attestation=AttestationService(
+            uow, policy, clock, audit_log, origin=settings.audit_origin, facts=_facts(settings)
+        ),
         sessions=SessionAuditService(uow, clock, failures=auth_failures),
         auth_failures=auth_failures,
         sanitizer=sanitizer if sanitizer is not None else build_sanitizer(settings, hypervisor),
@@ -430,7 +433,17 @@ def build_attestation(config: Settings | Mapping[str, Any]) -> AttestationServic
         policy,
         log=_sql_audit_log(settings, engine),
         origin=settings.audit_origin,
+        facts=_facts(settings),
     )
+
+
+def _facts(settings: Settings) -> Callable[[list[str]], dict[str, Any]]:
+    """The configuration facts an attestation states, given the sites' countries."""
+
+    def facts(countries: list[str]) -> dict[str, Any]:
+        return gather_facts(settings, sites_countries=countries)
+
+    return facts
 
 
 def _sql_audit_log(settings: Settings, engine: Any, *, read_only: bool = False) -> AuditLog:

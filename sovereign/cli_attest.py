@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from sovereign.errors import SovereignError
+from sovereign.services.attestation.frameworks import FRAMEWORKS
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -71,11 +72,60 @@ def format_summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _emit(report: dict[str, Any], as_json: bool) -> None:
+#: ``--framework`` choices: one framework of the controls catalogue, or every one.
+FRAMEWORK_CHOICES = ("all", *FRAMEWORKS)
+
+
+def _framework_option(command: Any) -> Any:
+    return click.option(
+        "--framework",
+        type=click.Choice(FRAMEWORK_CHOICES),
+        help="Also read the report against a framework's controls (ENS high, SecNumCloud 3.2, "
+        "BSI C5:2020): what each control has as automatic evidence and what needs a human "
+        "declaration.",
+    )(command)
+
+
+def _html_option(command: Any) -> Any:
+    return click.option(
+        "--html",
+        "html_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Also write the report as a self-contained HTML page to FILE.",
+    )(command)
+
+
+def _emit(
+    report: dict[str, Any],
+    as_json: bool,
+    framework: str | None = None,
+    html_file: Path | None = None,
+) -> None:
+    """Print the report (and its controls), write the HTML page, exit 0 iff every claim holds."""
+    from sovereign.services.attestation.frameworks import (  # noqa: PLC0415
+        by_framework,
+        format_framework,
+    )
+    from sovereign.services.attestation.html import render_html  # noqa: PLC0415
+
+    # The facts are the ones the report states (signed with it); an offline report has none.
+    facts = report.get("facts") or {}
+    names = [] if framework is None else list(FRAMEWORKS) if framework == "all" else [framework]
+    views = {name: by_framework(report, name, facts) for name in names}
     if as_json:
-        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        shown = dict(report)
+        if views:
+            shown["frameworks"] = {n: [v.to_dict() for v in vs] for n, vs in views.items()}
+        click.echo(json.dumps(shown, indent=2, sort_keys=True))
     else:
         click.echo(format_summary(report))
+        for found in views.values():
+            click.echo("")
+            click.echo(format_framework(found), nl=False)
+    if html_file is not None:
+        every = [view for found in views.values() for view in found]
+        html_file.write_text(render_html(report, every or None), encoding="utf-8")
+        click.echo(f"wrote the HTML report to {html_file}", err=True)
     sys.exit(0 if report["verdict"] == "holds" else 1)
 
 
@@ -104,6 +154,8 @@ def _progress(message: str) -> None:
     help="Write the signed report note (offline: the report's JSON) to FILE.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_framework_option
+@_html_option
 def attest(
     *,
     since: datetime | None,
@@ -113,6 +165,8 @@ def attest(
     keys: tuple[str, ...],
     out: Path | None,
     as_json: bool,
+    framework: str | None,
+    html_file: Path | None,
 ) -> None:
     """Evaluate the six claims over the audit log for a period and report each verdict with
     the seqs it rests on. Exit 0 when every claim holds, 1 when one is violated."""
@@ -124,7 +178,7 @@ def attest(
         if out is not None:
             out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
             click.echo(f"wrote the (unsigned) report to {out}", err=True)
-        _emit(report, as_json)
+        _emit(report, as_json, framework, html_file)
     if witness is not None or keys:
         _fail("--witness and --key go with --export")
     from sovereign.bootstrap import build_attestation  # noqa: PLC0415
@@ -139,7 +193,7 @@ def attest(
     if out is not None:
         out.write_text(note)
         click.echo(f"wrote the signed report to {out}", err=True)
-    _emit(report, as_json)
+    _emit(report, as_json, framework, html_file)
 
 
 def _offline(
@@ -186,7 +240,15 @@ def _offline(
 @click.argument("note_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--key", "keys", multiple=True, required=True, help="The log's key, or @FILE.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify_attestation(note_file: Path, keys: tuple[str, ...], as_json: bool) -> None:
+@_framework_option
+@_html_option
+def verify_attestation(
+    note_file: Path,
+    keys: tuple[str, ...],
+    as_json: bool,
+    framework: str | None,
+    html_file: Path | None,
+) -> None:
     """Verify a signed attestation report offline (only the log's public key is needed) and
     print it. Exit 0 when it verifies and every claim holds, 1 otherwise."""
     from audit.note import NoteError  # noqa: PLC0415
@@ -198,7 +260,7 @@ def verify_attestation(note_file: Path, keys: tuple[str, ...], as_json: bool) ->
         click.secho(f"attestation does NOT verify: {e}", fg="red", err=True)
         sys.exit(1)
     click.echo(f"attestation verifies: signed by {report['origin']}", err=True)
-    _emit(report, as_json)
+    _emit(report, as_json, framework, html_file)
 
 
 __all__ = ["attest", "format_summary", "verify_attestation"]

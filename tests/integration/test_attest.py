@@ -6,6 +6,7 @@ and the signed report opens offline under the log's key."""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -82,14 +83,17 @@ def test_the_services_own_history_attests(fleet: Fleet) -> None:
     _lifecycle(fleet)
     report, note = fleet.services.attestation.attest(SYSTEM, None, None)
     claims = _claims(report)
-    for claim in ("gpu-handover", "crypto-erase", "two-person", "completeness"):
-        assert claims[claim]["verdict"] == "holds", claims[claim]
-        assert claims[claim]["checked"] > 0
+    for claim in claims.values():
+        assert claim["verdict"] == "holds", claim
+        assert claim["checked"] > 0, claim
     assert claims["gpu-handover"]["checked"] == 8
-    # Until the sites and residency work lands here the placements lack their country and
-    # class: those claims must say so, never pass silently.
-    for claim in ("co-residency", "residency"):
-        assert all("lacks the detail" in v["message"] for v in claims[claim]["violations"])
+    # Three placements (two SECRET on one host, one civilian) and their three keys.
+    assert claims["residency"]["checked"] == 6
+    # The control plane's own configuration facts, signed with the claims.
+    assert report["facts"]["two_person_level"] == "CONFIDENTIAL"
+    assert report["facts"]["sites_countries"] == sorted(
+        {site.country for site in fleet.services.sites.list(SYSTEM)}
+    )
     assert [c["letter"] for c in report["claims"]] == list("abcdef")
     assert report["scope"]["source"] == "live"
     assert report["scope"]["clearance"] is None
@@ -219,6 +223,15 @@ def test_auditors_only_and_scoped_to_their_clearance(fleet: Fleet) -> None:
     full, _ = fleet.services.attestation.attest(ctx(AUDITOR), None, None)
     assert full["scope"]["events"] > report["scope"]["events"]
     assert _claims(full)["two-person"]["checked"] > 0
+    # Each run is recorded at the clearance it was scoped to: the low auditor's figures are
+    # for anyone cleared for UNCLASSIFIED, the full one's only for auditors cleared as high.
+    fleet.services.audit.log.sequence()
+    found = fleet.services.audit.log.events(AuditQuery(action="audit:attest"))
+    runs = [s.event for s in sorted(found, key=lambda s: s.seq) if s.event.outcome is Outcome.ALLOW]
+    assert [run.label for run in runs] == [
+        {"level": "UNCLASSIFIED", "compartments": []},
+        AUDITOR.clearance.to_dict(),
+    ]
     with pytest.raises(InvalidInputError):
         fleet.services.attestation.attest(ctx(AUDITOR), utcnow(), utcnow().replace(year=2020))
 
@@ -254,6 +267,17 @@ def test_cli_attests_live_and_the_signed_report_verifies_offline(instance: Path)
     checked = runner.invoke(main, [*args, "--json"])
     assert checked.exit_code == 0, checked.output
     assert "attestation verifies" in checked.output
+    # Read against a framework's controls, and as a page, from the signed report alone.
+    page = instance / "report.html"
+    ens = runner.invoke(main, [*args, "--framework", "ens-high", "--html", str(page)])
+    assert ens.exit_code == 0, ens.output
+    assert re.search(r"^op\.nub\.1 +\[evidenced\]", ens.output, re.M)
+    assert re.search(r"^op\.acc\.6 +\[declaration needed\]", ens.output, re.M)
+    html = page.read_text()
+    assert html.startswith("<!doctype html>") and 'id="framework-ens-high"' in html
+    every = json.loads(runner.invoke(main, [*args, "--framework", "all", "--json"]).stdout)
+    assert sorted(every["frameworks"]) == ["c5", "ens-high", "secnumcloud"]
+    assert {v["id"] for v in every["frameworks"]["c5"]} >= {"PSS-12", "OIS-04", "CRY-04"}
     forged = note.read_text().replace('"verdict":"holds"', '"verdict":"violated"', 1)
     note.write_text(forged)
     bad = runner.invoke(main, args)

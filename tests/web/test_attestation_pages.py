@@ -1,8 +1,9 @@
 """The auditor's attestation page: the period form, the report as HTML with the frameworks'
 controls, the signed note and HTML downloads, access control and escaping.
 
-Until the attestation service is assembled (``services().attestation``), a stub with its
-interface stands in: it answers auditors only, as the service does."""
+The first tests run the assembled service over the app's real log; the ones about the form,
+escaping and marking use a stub with its interface (auditors only, as the service) whose report
+holds what they need."""
 
 from __future__ import annotations
 
@@ -49,14 +50,6 @@ def stub(app: Flask, monkeypatch: pytest.MonkeyPatch) -> StubAttester:
     return found
 
 
-@pytest.fixture
-def attester(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The assembled attestation service, or the stub while there is none."""
-    if not hasattr(services(app), "attestation"):
-        monkeypatch.setattr(services(app), "attestation", StubAttester(report()), raising=False)
-
-
-@pytest.mark.usefixtures("attester")
 def test_auditors_attest_and_see_every_claim_and_the_frameworks(users: Users):
     page = users("auditor").get("/audit/attestation")
     html = text(page)
@@ -72,7 +65,6 @@ def test_auditors_attest_and_see_every_claim_and_the_frameworks(users: Users):
     assert 'href="/audit/attestation"' in text(users("auditor").get("/"))
 
 
-@pytest.mark.usefixtures("attester")
 def test_analysts_and_officers_may_not(users: Users):
     for who in ("analyst-defence", "officer-1"):
         for path in ("/audit/attestation", "/audit/attestation/note"):

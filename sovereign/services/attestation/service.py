@@ -113,6 +113,11 @@ def check_period(since: datetime | None, until: datetime | None) -> None:
         raise InvalidInputError(reason="since must not be after until")
 
 
+#: The configuration facts of the control plane, given the registered sites' countries
+#: (:func:`sovereign.services.attestation.frameworks.gather_facts` over the settings).
+Facts = Callable[[list[str]], dict[str, Any]]
+
+
 class AttestationService:
     """Attestations over the live log, for auditors (and the system)."""
 
@@ -123,8 +128,12 @@ class AttestationService:
         clock: Clock = utcnow,
         log: AuditLog | None = None,
         origin: str = "",
+        *,
+        facts: Facts | None = None,
     ) -> None:
         self._policy = policy
+        self._uow = uow_factory
+        self._facts = facts
         self._clock = clock
         self._recorder = Recorder(uow_factory, clock)
         self._log = log
@@ -189,13 +198,25 @@ class AttestationService:
             levels=self._policy.scheme.levels,
             two_person_level=self._policy.two_person_level,
         )
+        if self._facts is not None:
+            # What the control plane states about its own configuration, signed with the
+            # claims: the controls of the frameworks read them (sites' countries from the
+            # records, the rest from the settings).
+            with self._uow(readonly=True) as uow:
+                countries = [site.country for site in uow.sites.list()]
+            report["facts"] = self._facts(countries)
         note = log.sign_note(note_text(report))
+        # The figures of a report (events counted, verdicts) are about what its scope saw: the
+        # event carries that scope's label, so no auditor below it learns of them.
+        clearance = ctx.principal.clearance
+        label = self._policy.scheme.highest if is_system(ctx) or clearance is None else clearance
         self._recorder.commit(
             self._recorder.event(
                 ctx,
                 "audit:attest",
                 TARGET,
                 Outcome.ALLOW,
+                label=label,
                 details={
                     "verdict": report["verdict"],
                     "since": report["period"]["since"],

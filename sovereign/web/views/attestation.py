@@ -11,44 +11,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from flask import Response, request, url_for
 from flask.typing import ResponseReturnValue
 from markupsafe import Markup
 
-from sovereign.app_context import services, settings
-from sovereign.errors import InvalidInputError, NotFoundError
+from sovereign.app_context import services
+from sovereign.errors import InvalidInputError
 from sovereign.services.attestation.frameworks import (
     FRAMEWORKS,
     ControlView,
     by_framework,
-    gather_facts,
 )
 from sovereign.services.attestation.html import render_body, render_html
-from sovereign.services.recording import CallContext
 from sovereign.web.console import bp, caller, page
 from sovereign.web.views.audit import _when
 
 #: The framework choice meaning every framework of the catalogue.
 ALL = "all"
-
-
-class Attester(Protocol):
-    """What the console needs of the attestation service."""
-
-    def attest(
-        self, ctx: CallContext, since: datetime | None, until: datetime | None
-    ) -> tuple[dict[str, Any], str]:
-        """The report dict and its signed note for the period, as the caller may see it."""
-        ...
-
-
-def _attester() -> Attester:
-    found: Attester | None = getattr(services(), "attestation", None)
-    if found is None:
-        raise NotFoundError(kind="Page", ident="/audit/attestation")
-    return found
 
 
 def _period() -> tuple[datetime | None, datetime | None]:
@@ -67,16 +48,9 @@ def _framework() -> str:
     return chosen
 
 
-def _sites_countries(ctx: CallContext) -> list[str] | None:
-    """The registered sites' countries, where the services have sites (None otherwise)."""
-    sites = getattr(services(), "sites", None)
-    if sites is None:
-        return None
-    return [str(site.country) for site in sites.list(ctx)]
-
-
-def _views(ctx: CallContext, report: dict[str, Any], chosen: str) -> list[ControlView]:
-    facts = gather_facts(settings(), sites_countries=_sites_countries(ctx))
+def _views(report: dict[str, Any], chosen: str) -> list[ControlView]:
+    # The facts the report states (signed with it); a report without them has none to offer.
+    facts = report.get("facts") or {}
     names: Sequence[str] = list(FRAMEWORKS) if chosen == ALL else [chosen]
     return [view for name in names for view in by_framework(report, name, facts)]
 
@@ -104,8 +78,8 @@ def audit_attestation() -> ResponseReturnValue:
     ctx = caller()
     since, until = _period()
     chosen = _framework()
-    report, note = _attester().attest(ctx, since, until)
-    views = _views(ctx, report, chosen)
+    report, note = services().attestation.attest(ctx, since, until)
+    views = _views(report, chosen)
     query = _query()
     # The report may name anything up to the clearance it was scoped to: mark the page so;
     # a report without a clearance limit covers everything.
@@ -137,7 +111,7 @@ def audit_attestation_note() -> ResponseReturnValue:
     verify-attestation`` checks it offline with the log's public key)."""
     ctx = caller()
     since, until = _period()
-    _report, note = _attester().attest(ctx, since, until)
+    _report, note = services().attestation.attest(ctx, since, until)
     return _download(note, f"sovereign-attestation-{_stamp()}.note", "text/plain")
 
 
@@ -147,6 +121,6 @@ def audit_attestation_html() -> ResponseReturnValue:
     ctx = caller()
     since, until = _period()
     chosen = _framework()
-    report, _note = _attester().attest(ctx, since, until)
-    body = render_html(report, _views(ctx, report, chosen))
+    report, _note = services().attestation.attest(ctx, since, until)
+    body = render_html(report, _views(report, chosen))
     return _download(body, f"sovereign-attestation-{_stamp()}.html", "text/html")
