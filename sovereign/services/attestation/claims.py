@@ -14,12 +14,13 @@ nothing, writes nothing; :mod:`.service` feeds it events.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 from audit import Outcome, StoredEvent
+from audit.verify import VerifyReport
 from sovereign.domain.labels import Label, LabelScheme
 from sovereign.errors import LabelError
 
@@ -104,6 +105,18 @@ class LogStatus:
     checkpoints: int = 0
     witnessed: int = 0
     signed_sizes: tuple[int, ...] = ()
+
+    @classmethod
+    def intact_as(cls, report: VerifyReport, signed_sizes: Iterable[int]) -> LogStatus:
+        """The status of a log :func:`audit.verify.verify_log` found intact."""
+        return cls(
+            intact=True,
+            size=report.size,
+            root_hash=report.root_hash.hex(),
+            checkpoints=report.checkpoints,
+            witnessed=report.witnessed,
+            signed_sizes=tuple(sorted(set(signed_sizes))),
+        )
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -277,7 +277,8 @@ def by_framework(
     return views
 
 
-def _fact_text(value: Any) -> str:
+def fact_text(value: Any) -> str:
+    """A configuration fact as a reader wants it: yes/no, lists joined, None as unknown."""
     if isinstance(value, bool):
         return "yes" if value else "no"
     if value is None:
@@ -302,7 +303,7 @@ def format_framework(views: Sequence[ControlView]) -> str:
             claims = ", ".join(f"{c.id}: {c.verdict}" for c in view.claims)
             lines.append(f"{pad}claims: {claims}")
         for name, value in view.facts.items():
-            lines.append(f"{pad}fact {name}: {_fact_text(value)}")
+            lines.append(f"{pad}fact {name}: {fact_text(value)}")
         if view.declaration:
             lines.append(f"{pad}to declare: {view.declaration}")
     counts: dict[str, int] = {}

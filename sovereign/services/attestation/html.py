@@ -15,23 +15,12 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader
 
-from sovereign.services.attestation.frameworks import FRAMEWORKS, ControlView
+from sovereign.services.attestation.frameworks import FRAMEWORKS, ControlView, fact_text
 
 __all__ = ["render_body", "render_html"]
 
 PAGE_TEMPLATE = "report.html"
 BODY_TEMPLATE = "_body.html"
-
-
-def _fact(value: Any) -> str:
-    """A configuration fact as a reader wants it: yes/no, lists joined, None as unknown."""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if value is None:
-        return "unknown"
-    if isinstance(value, list | tuple):
-        return ", ".join(str(v) for v in value) or "none"
-    return str(value)
 
 
 def _clearance(value: Any) -> str:
@@ -53,7 +42,7 @@ def _environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters["fact"] = _fact
+    env.filters["fact"] = fact_text
     return env
 
 

@@ -97,14 +97,7 @@ def export_status(
         )
     except LogVerificationError as e:
         return LogStatus(intact=False, problem=str(e))
-    return LogStatus(
-        intact=True,
-        size=report.size,
-        root_hash=report.root_hash.hex(),
-        checkpoints=report.checkpoints,
-        witnessed=report.witnessed,
-        signed_sizes=tuple(sorted({w.size for w in witness})),
-    )
+    return LogStatus.intact_as(report, (w.size for w in witness))
 
 
 def attest_export(

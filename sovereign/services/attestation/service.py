@@ -94,14 +94,7 @@ def log_status(log: AuditLog, progress: Progress | None = None) -> LogStatus:
         sizes = log.signed_sizes()
     except LogVerificationError as e:
         return LogStatus(intact=False, problem=str(e))
-    return LogStatus(
-        intact=True,
-        size=report.size,
-        root_hash=report.root_hash.hex(),
-        checkpoints=report.checkpoints,
-        witnessed=report.witnessed,
-        signed_sizes=tuple(sizes),
-    )
+    return LogStatus.intact_as(report, sizes)
 
 
 def check_period(since: datetime | None, until: datetime | None) -> None:
