@@ -159,6 +159,7 @@ def test_each_role_is_offered_its_pages(users: Users):
         "Hosts and GPUs",
         "Sites",
         "Audit log",
+        "Attestation",
     ]
     assert nav(text(users("operator").get("/"))) == ["Overview", "Hosts and GPUs", "Sites"]
 
