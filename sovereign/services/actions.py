@@ -92,7 +92,7 @@ class ActionService:
                         "kind": kind.value,
                         "params": params,
                         "status": action.status(),
-                        "clearance": clearance_detail(ctx),
+                        "clearance": clearance_detail(ctx, action.label),
                     },
                 )
                 uow.commit()
@@ -139,7 +139,7 @@ class ActionService:
                     "params": action.params,
                     "proposer": action.proposer_name,
                     "status": action.status(),
-                    "clearance": clearance_detail(ctx),
+                    "clearance": clearance_detail(ctx, action.label),
                     **details,
                 },
             )

@@ -40,10 +40,22 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def clearance_detail(ctx: CallContext) -> dict[str, Any] | None:
-    """The caller's clearance as an event detail (the label dict events use; None if none)."""
+def clearance_detail(ctx: CallContext, label: Label) -> dict[str, Any] | None:
+    """The caller's clearance as far as ``label`` reaches, as an event detail (the label dict
+    events use; None if they have none): the greatest lower bound of the two. It equals
+    ``label`` exactly when the caller was cleared for it, which is what the attestation's
+    two-person claim checks, and names no level or compartment above ``label``, the label the
+    event is read at (an officer's whole clearance would tell a lower auditor of compartments
+    above them)."""
     clearance = ctx.principal.clearance
-    return clearance.to_dict() if clearance is not None else None
+    if clearance is None:
+        return None
+    low = clearance if clearance.rank <= label.rank else label
+    return Label(
+        level=low.level,
+        rank=low.rank,
+        compartments=clearance.compartments & label.compartments,
+    ).to_dict()
 
 
 def request_target(request_id: uuid.UUID) -> str:

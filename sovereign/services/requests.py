@@ -337,7 +337,7 @@ class RequestService:
                     "approvals": len(request.approvers),
                     "approvals_needed": self._policy.approvals_needed(request.label),
                     # What the attestation's two-person claim holds the decider to.
-                    "clearance": clearance_detail(ctx),
+                    "clearance": clearance_detail(ctx, request.label),
                 }
                 if before is RequestState.PENDING and request.state is RequestState.APPROVED:
                     details["country"] = request.country

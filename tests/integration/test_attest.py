@@ -10,6 +10,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,12 @@ def test_the_services_own_history_attests(fleet: Fleet) -> None:
     keys = [parse_verifier_key(k) for k in fleet.services.audit.public_keys()]
     assert open_report(note, keys) == report
     assert "audit:attest" in fleet.actions("audit:")
+    # Each decider's clearance is recorded as far as the event's label reaches, never above:
+    # the officers (SECRET//CRYPTO/EU/NATO) appear as SECRET//NATO on SECRET//NATO approvals.
+    decided = fleet.services.audit.log.events(AuditQuery(action="request:approve"))
+    assert decided
+    for approval in decided:
+        assert approval.event.details["clearance"] == approval.event.label
 
 
 def test_an_injected_violation_is_found_with_its_seq(fleet: Fleet) -> None:
@@ -234,6 +241,11 @@ def test_auditors_only_and_scoped_to_their_clearance(fleet: Fleet) -> None:
     ]
     with pytest.raises(InvalidInputError):
         fleet.services.attestation.attest(ctx(AUDITOR), utcnow(), utcnow().replace(year=2020))
+    # A period ending in the future is attested up to now, never beyond.
+    before = utcnow()
+    future, _ = fleet.services.attestation.attest(ctx(AUDITOR), None, utcnow().replace(year=2099))
+    until = datetime.fromisoformat(future["period"]["until"].replace("Z", "+00:00"))
+    assert before <= until <= utcnow()
 
 
 # -- the command line ------------------------------------------------------------------------

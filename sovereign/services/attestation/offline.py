@@ -122,7 +122,7 @@ def attest_export(
     origin = verifiers[0].name
     events = read_export(lines)
     status = export_status(events, verifiers, origin, witness, progress)
-    end = until if until is not None else generated_at
+    end = generated_at if until is None or until > generated_at else until
     stored = [s for s, _ in events if s.event.time < end]
     params = AttestParams(scheme, two_person_level, since, end)
     claims = evaluate(stored, params, status)

@@ -170,7 +170,9 @@ class AttestationService:
             check_period(since, until)
             log = self.log
         now = self._clock()
-        end = until if until is not None else now
+        # Nothing is attested beyond the present: a report signed "holds until 2099" would
+        # vouch for events that have not happened.
+        end = now if until is None or until > now else until
         events = read_events(log, scope, end, progress)
         status = log_status(log, progress)
         params = AttestParams(self._policy.scheme, self._policy.two_person_level, since, end)
