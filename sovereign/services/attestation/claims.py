@@ -633,6 +633,12 @@ def completeness(
         f"{log.size} events, root {log.root_hash}; {log.checkpoints} signed checkpoints and "
         f"{log.witnessed} witnessed ones match"
     )
+    covered = max(log.signed_sizes, default=0)
+    if beyond := [s.seq for s in events if s.seq >= covered]:
+        result.notes.append(
+            f"{len(beyond)} event(s) from seq {beyond[0]} on are not yet covered by a signed "
+            "checkpoint and were not evaluated by claims (a) to (e)"
+        )
     last = max((s.seq for s in events if params.in_period(s)), default=None)
     if last is None:
         result.notes.append("no events in the period")
@@ -674,8 +680,16 @@ CLAIM_IDS: tuple[str, ...] = (
 def evaluate(
     events: Sequence[StoredEvent], params: AttestParams, log: LogStatus
 ) -> list[ClaimResult]:
-    """Every claim, (a) to (f), over ``events`` (oldest first)."""
-    return [claim(events, params) for claim in EVENT_CLAIMS] + [completeness(events, params, log)]
+    """Every claim, (a) to (f), over ``events`` (oldest first).
+
+    Claims (a) to (e) rest only on events a signed checkpoint covers (seq below the largest
+    signed size): an event past it is vouched for by nothing, and one dated before the period
+    (a forged ``key:destroy``, a wider ``tenant:create``) would otherwise change what the
+    period's events are judged against. Claim (f) sees them all, and says what was left out.
+    """
+    covered = max(log.signed_sizes, default=0)
+    vouched = [s for s in events if s.seq < covered]
+    return [claim(vouched, params) for claim in EVENT_CLAIMS] + [completeness(events, params, log)]
 
 
 __all__ = [

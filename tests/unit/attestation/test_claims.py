@@ -134,6 +134,26 @@ def test_terminated_enclave_without_key_destroy_is_found() -> None:
     assert B in v.message
 
 
+def test_events_no_signed_checkpoint_covers_are_not_evidence() -> None:
+    # B's key is never destroyed; a forged key:destroy is appended past the last signed
+    # checkpoint (an export's unsigned tail), dated before the period so that the period's own
+    # end is still covered.
+    h = good_history()
+    ended = h.add("enclave:terminated", f"enclave/{B}", {"host": "mad-1"})
+    signed = LogStatus(intact=True, size=ended + 2, signed_sizes=(ended + 1,))
+    forged = h.add("key:destroy", f"key/transit/enclave-{B}", {"request": B, "vault": {}})
+    h.events[forged] = replace(
+        h.events[forged], event=replace(h.events[forged].event, time=h.events[0].event.time)
+    )
+    period = replace(PARAMS, since=h.events[1].event.time)
+    results = {r.id: r for r in evaluate(h.events, period, signed)}
+    [v] = results["crypto-erase"].violations
+    assert v.seqs == [ended]
+    assert any(
+        f"from seq {forged} on are not yet covered" in n for n in results["completeness"].notes
+    )
+
+
 def test_key_destroy_without_vaults_answer_is_found() -> None:
     h = good_history()
     key = h.add("key:destroy", f"key/transit/enclave-{B}", {"request": B})
