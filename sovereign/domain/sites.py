@@ -88,8 +88,15 @@ def check_operator(operator: str) -> str:
         raise InvalidInputError(reason="a site's operator is required")
     if len(operator) > OPERATOR_MAX:
         raise InvalidInputError(reason=f"a site's operator is at most {OPERATOR_MAX} characters")
-    if any(unicodedata.category(ch).startswith("C") for ch in operator):
-        raise InvalidInputError(reason="a site's operator may not hold control characters")
+    # Controls, and the Unicode line and paragraph separators (Zl, Zp) that line-based
+    # readers (log viewers, ``sites list`` parsed by the deployment) split on.
+    if any(
+        unicodedata.category(ch) in {"Zl", "Zp"} or unicodedata.category(ch).startswith("C")
+        for ch in operator
+    ):
+        raise InvalidInputError(
+            reason="a site's operator may not hold control characters or line separators"
+        )
     return operator
 
 

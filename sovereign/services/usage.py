@@ -250,11 +250,19 @@ class UsageService:
                     if visibility.covers(e.label) and (tenant is None or e.tenant == tenant)
                 ]
                 used = tally(seen, _host_countries(uow), since, end)
-                residency = {t.name: _residency(t) for t in uow.tenants.list()}
+                tenants = uow.tenants.list()
+                residency = {t.name: _residency(t) for t in tenants}
             report = _report(by, since, end, used, residency)
+            # A query naming a tenant is recorded at that tenant's label, as its creation is.
+            named = next((t for t in tenants if t.name == tenant), None)
             self._recorder.commit(
                 self._recorder.event(
-                    ctx, REPORT_ACTION, REPORT_TARGET, Outcome.ALLOW, details=details
+                    ctx,
+                    REPORT_ACTION,
+                    REPORT_TARGET,
+                    Outcome.ALLOW,
+                    label=named.max_label if named is not None else None,
+                    details=details,
                 )
             )
         return report

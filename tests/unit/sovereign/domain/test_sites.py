@@ -43,7 +43,17 @@ def test_invalid_site_names(name: str) -> None:
 def test_operators_are_one_line_of_at_most_128_characters() -> None:
     assert check_operator("Centro Nacional de IA (demo)") == "Centro Nacional de IA (demo)"
     assert check_operator("é" * 128) == "é" * 128
-    for bad in ("", "   ", "a" * 129, "line\nbreak", "bell\x07", "bidi\u202e"):
+    for bad in (
+        "",
+        "   ",
+        "a" * 129,
+        "line\nbreak",
+        "bell\x07",
+        "bidi\u202e",
+        "sep\u2028",
+        "para\u2029",
+        "nel\x85",
+    ):
         with pytest.raises(InvalidInputError):
             check_operator(bad)
 

@@ -200,6 +200,10 @@ def test_the_period_clips_and_until_stops_at_now(world: World):
     assert future.until == NOW
     assert [(r.country, r.gpu_hours) for r in future.rows] == [("PT", 24.0)]
     assert service.report(CLI, tenant="defence").rows == ()
+    # A query naming a tenant is recorded at that tenant's label; one naming none at none.
+    *_, unnamed, named = world.events()
+    assert (unnamed.label, named.details["tenant"]) == (None, "defence")
+    assert named.label == {"level": "SECRET", "compartments": ["CRYPTO", "EU", "NATO"]}
 
 
 def test_enclaves_above_the_readers_clearance_change_nothing(world: World):
