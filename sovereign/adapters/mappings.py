@@ -150,7 +150,7 @@ APPROVALS = RowMap(
 KEYS = RowMap(
     EnclaveKeys,
     enclave_keys,
-    *_columns("request_id", "created_at", "destroyed_at", "country"),
+    *_columns("request_id", "created_at", "destroyed_at", "country", "vault"),
     Composite.of("key", KeyRef, mount="mount", name="key_name", version="key_version"),
     _wrapped("luks", "luks_wrapped"),
     _wrapped("vtpm", "vtpm_wrapped"),

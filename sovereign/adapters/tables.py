@@ -152,6 +152,8 @@ enclave_keys = sa.Table(
     sa.Column("destroyed_at", Timestamp, nullable=True),
     # The country whose secret store holds the key (NULL for keys made before residency).
     sa.Column("country", sa.String(2), nullable=True),
+    # The secret store that holds it ("default" or a country code; NULL before residency).
+    sa.Column("vault", sa.String(16), nullable=True),
 )
 
 sites = sa.Table(

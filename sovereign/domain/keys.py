@@ -44,6 +44,10 @@ class EnclaveKeys:
     destroyed_at: datetime | None = None
     #: The country whose secret store holds the key (None for keys made before residency).
     country: str | None = None
+    #: The name of the secret store that holds it (a country code, or ``default``), recorded
+    #: at creation: every later use goes to that store, whatever the configuration says then
+    #: (None for keys made before residency: the store of their country).
+    vault: str | None = None
 
     def destroyed(self, when: datetime) -> EnclaveKeys:
         """The same record, marked crypto-erased."""

@@ -14,6 +14,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 from sovereign.domain.identity import Role
 from sovereign.domain.keys import (
@@ -89,7 +90,13 @@ class KeyService:
             luks = store.data_key(ref, LUKS_CONTEXT)[1]
             vtpm = store.data_key(ref, VTPM_CONTEXT)[1]
             keys = EnclaveKeys(
-                request.id, luks.key, luks, vtpm, self._clock(), country=request.country
+                request.id,
+                luks.key,
+                luks,
+                vtpm,
+                self._clock(),
+                country=request.country,
+                vault=target.name,
             )
             uow.keys.add(keys)
             self._recorder.record(
@@ -127,7 +134,7 @@ class KeyService:
             keys = uow.keys.get(request_id)
         if keys is None or keys.destroyed_at is not None:
             raise NotFoundError(kind="enclave keys", ident=str(request_id))
-        store = self.stores.for_country(keys.country).store
+        store = self.stores.holding(keys).store
         return EnclaveSecrets(
             luks_passphrase=store.unwrap(keys.luks, LUKS_CONTEXT),
             vtpm_secret=store.unwrap(keys.vtpm, VTPM_CONTEXT),
@@ -165,13 +172,11 @@ class KeyService:
     def _rotate(
         self, decision: Decision, uow: UnitOfWork, request: EnclaveRequest, keys: EnclaveKeys
     ) -> EnclaveKeys:
-        store = self.stores.for_country(keys.country).store
+        store = self.stores.holding(keys).store
         new_ref = store.rotate(keys.key)
         luks = store.rewrap(keys.luks, LUKS_CONTEXT)
         vtpm = store.rewrap(keys.vtpm, VTPM_CONTEXT)
-        rotated = EnclaveKeys(
-            request.id, new_ref, luks, vtpm, keys.created_at, country=keys.country
-        )
+        rotated = replace(keys, key=new_ref, luks=luks, vtpm=vtpm)
         uow.keys.update(rotated)
         decision.allow(
             uow,
@@ -184,7 +189,7 @@ class KeyService:
     def _destroy(
         self, decision: Decision, uow: UnitOfWork, request: EnclaveRequest, keys: EnclaveKeys
     ) -> EnclaveKeys:
-        target = self.stores.for_country(keys.country)
+        target = self.stores.holding(keys)
         answer = target.store.destroy_key(keys.key)
         destroyed = keys.destroyed(self._clock())
         uow.keys.update(destroyed)

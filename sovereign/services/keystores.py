@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sovereign.domain.keys import EnclaveKeys
+from sovereign.errors import DependencyUnavailableError
 from sovereign.services.ports import SecretStore
 
 #: The name the audit events give the one configured Vault.
@@ -51,7 +53,27 @@ class KeyStores:
         return tuple(sorted(self._countries))
 
     def for_country(self, country: str | None) -> KeyStore:
-        """The store of ``country``'s keys (the default one when it has none of its own)."""
+        """The store a new key of ``country`` is created in (the default one when the country
+        has none of its own; the key's record then names ``default``)."""
         if country is None:
             return self.default
         return self._countries.get(country, self.default)
+
+    def holding(self, keys: EnclaveKeys) -> KeyStore:
+        """The store that holds ``keys``: the one named when they were created.
+
+        Fails closed: a key is never unwrapped, rotated or erased through another store than
+        the one that holds it (after ``VAULT_COUNTRIES`` changed, the other store would answer
+        "no such key" and an erasure would look done while the key lived on).
+
+        :raises DependencyUnavailableError: that store is no longer configured.
+        """
+        if keys.vault is None:
+            # Made before the store was recorded: the store of its country, as then.
+            return self.for_country(keys.country)
+        if keys.vault == DEFAULT_STORE:
+            return self.default
+        found = self._countries.get(keys.vault)
+        if found is None:
+            raise DependencyUnavailableError(dependency=f"vault-{keys.vault}")
+        return found

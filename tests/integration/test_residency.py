@@ -13,10 +13,11 @@ import pytest
 
 from sovereign.adapters.memory_hypervisor import MemoryHost
 from sovereign.domain.tenants import Resources
-from sovereign.errors import InvalidInputError, NotFoundError
+from sovereign.errors import DependencyUnavailableError, InvalidInputError, NotFoundError
+from sovereign.services.keystores import KeyStores
 from sovereign.services.requests import RequestDraft
 from tests.support.factories import ANALYST_DEFENCE, ANALYST_RESEARCH, OFFICER_1, ctx
-from tests.support.fleet import UNCLASSIFIED, Fleet, gpus, make_fleet
+from tests.support.fleet import SYSTEM, UNCLASSIFIED, Fleet, gpus, make_fleet
 
 SECRET_ALL = {"level": "SECRET", "compartments": ["CRYPTO", "EU", "NATO"]}
 
@@ -182,8 +183,12 @@ def test_keys_live_in_the_vault_of_the_enclaves_country(new_fleet):
     with fleet.services.uow(readonly=True) as uow:
         pt_keys, es_keys = uow.keys.get(in_pt), uow.keys.get(in_es)
     assert pt_keys is not None and es_keys is not None
-    assert (pt_keys.country, pt_keys.key.mount) == ("PT", "pt-civilian")
-    assert (es_keys.country, es_keys.key.mount) == ("ES", "sovereign-civilian")
+    assert (pt_keys.country, pt_keys.key.mount, pt_keys.vault) == ("PT", "pt-civilian", "PT")
+    assert (es_keys.country, es_keys.key.mount, es_keys.vault) == (
+        "ES",
+        "sovereign-civilian",
+        "default",
+    )
     # Each store holds only its own country's key: the other cannot unwrap it.
     assert portugal.unwrap(pt_keys.luks, b"luks")
     with pytest.raises(NotFoundError):
@@ -211,6 +216,24 @@ def test_keys_live_in_the_vault_of_the_enclaves_country(new_fleet):
     assert destroyed.details["country"] == "PT"
     assert destroyed.details["vault_name"] == "PT"
     assert destroyed.details["vault"], "Vault's own answer is kept"
+
+
+def test_a_key_is_used_only_through_the_store_that_holds_it(new_fleet, monkeypatch):
+    fleet = new_fleet(VAULT_COUNTRIES=PT_VAULT)
+    in_pt = civil_request(fleet, residency=("PT",))
+    keys = fleet.services.keys
+    # Portugal's Vault drops out of the configuration: its keys are not looked for (and not
+    # "found already deleted") in the default store; every use fails closed, naming it.
+    monkeypatch.setattr(keys, "stores", KeyStores(keys.stores.default.store))
+    with pytest.raises(DependencyUnavailableError, match="vault-PT"):
+        keys.secrets(in_pt)
+    with pytest.raises(DependencyUnavailableError, match="vault-PT"):
+        keys.crypto_erase(SYSTEM, in_pt)
+    with fleet.services.uow(readonly=True) as uow:
+        still = uow.keys.get(in_pt)
+    assert still is not None and still.destroyed_at is None
+    monkeypatch.undo()
+    assert keys.crypto_erase(SYSTEM, in_pt).destroyed_at is not None
 
 
 def test_the_placement_preview_names_the_residency_rule(new_fleet):
