@@ -279,10 +279,12 @@ def test_request_two_officer_approval_and_audit_in_the_browser(browser: Any, sta
     assert officer1.banners() == ["SECRET//NATO", "SECRET//NATO"]
     officer1.shot("05-officer-queue")
     page.click(f"a[href='{request_path}']")
-    # The placement preview: where the request would go, and why the other host would not.
+    # The placement preview: where the request would go, and why the other hosts would not
+    # (the Portuguese one is outside the tenant's residency before its accreditation counts).
     assert page.inner_text("#placement-choice").startswith("Would go to secret-h100x8, GPUs 0000:")
     assert page.inner_text("#placement-reasons") == (
-        "civilian-h100x4 — accreditation UNCLASSIFIED does not dominate SECRET//NATO"
+        "civilian-h100x4 — accreditation UNCLASSIFIED does not dominate SECRET//NATO\n"
+        "civilian-pt-1 — country PT not allowed for tenant defence"
     )
     page.fill("#approve-reason", "Justified by the mission brief; NATO releasable data only.")
     page.click("#approve")

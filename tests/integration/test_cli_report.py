@@ -69,7 +69,9 @@ def test_usage_as_a_table_and_as_json(app: Flask):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0] == f"GPU usage from {SINCE}Z to {UNTIL}Z, by tenant"
-    rows = {tuple(line.split()[:2]): line.split()[2:] for line in lines[3:] if line.strip()}
+    # The table runs to the first blank line (the parity shares follow it).
+    table = lines[3 : lines.index("", 3) if "" in lines[3:] else None]
+    rows = {tuple(line.split()[:2]): line.split()[2:] for line in table if line.strip()}
     for (tenant, country), (hours, count) in want.items():
         assert rows[(tenant, country or "-")] == [f"{hours:.2f}", str(count)]
     assert rows[("all", "57.00")] == []  # the command line counts every label: 33 + 24
