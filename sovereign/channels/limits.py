@@ -11,7 +11,8 @@ runs (all strings in Flask-Limiter's notation, e.g. ``"300/minute;5000/hour"``):
   answers other than step-up challenges, console CSRF and sign-in refusals): an address that
   keeps presenting bad tokens is turned away for the rest of the window, whatever it asks for;
 * ``RATELIMIT_WRITES``, per principal subject (per address until one is verified), on
-  POST/PUT/PATCH/DELETE under ``/api/v1`` and on console forms.
+  POST/PUT/PATCH/DELETE under ``/api/v1`` and on console forms, and on the reads that cost as
+  much (:data:`COSTLY_READS`: an attestation re-verifies the whole log and records an event).
 
 ``/healthz``, ``/metrics`` and static files are never limited (probes and scrapers). A breach
 is answered 429 (:class:`~sovereign.errors.RateLimitedError`): problem+json with
@@ -48,6 +49,16 @@ EXTENSION = "sovereign.limits"
 RESOLVERS = "sovereign.limits.subjects"
 #: Methods that change something: limited per principal.
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: Reads counted as writes: each re-verifies the whole audit log and records an event.
+COSTLY_READS = frozenset(
+    {
+        "api_v1.audit_attestation",
+        "api_v1.audit_attestation_note",
+        "console.audit_attestation",
+        "console.audit_attestation_note",
+        "console.audit_attestation_html",
+    }
+)
 #: Never limited: liveness probes, metrics scrapes and static files.
 EXEMPT_ENDPOINTS = frozenset({"ops.healthz", "metrics_endpoint", "console.static"})
 #: Reachable without credentials, so limited per address whatever the request carries.
@@ -122,6 +133,8 @@ def _api_prefix() -> str:
 
 
 def _write() -> bool:
+    if request.endpoint in COSTLY_READS:
+        return True
     if request.method not in WRITE_METHODS:
         return False
     return request.path.startswith(_api_prefix() + "/") or (request.endpoint or "").startswith(

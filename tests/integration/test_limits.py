@@ -112,6 +112,17 @@ def test_writes_are_limited_per_principal(
     assert client.post("/api/v1/requests", json=CIVIL, headers=other).status_code == 201
 
 
+def test_attestations_count_as_writes(limited: Callable[..., Flask], token: Callable[[str], str]):
+    # Each re-verifies the whole log and records an event: one auditor cannot loop on them.
+    client = limited(RATELIMIT_WRITES="2/minute").test_client()
+    auditor = bearer(token("auditor"))
+    started = time.time()
+    assert client.get("/api/v1/audit/attestation", headers=auditor).status_code == 200
+    assert client.get("/api/v1/audit/attestation/note", headers=auditor).status_code == 200
+    assert_limited(client.get("/api/v1/audit/attestation", headers=auditor), started)
+    assert client.get("/api/v1/audit/events", headers=auditor).status_code == 200  # plain reads
+
+
 def test_limits_can_be_switched_off(limited: Callable[..., Flask]):
     client = limited(RATELIMIT_ENABLED=False, RATELIMIT_ANONYMOUS="1/minute").test_client()
     for _ in range(3):
