@@ -181,7 +181,7 @@ ENCLAVES = RowMap(
     enclaves,
     *_columns("id", "host", "domain_name", "tenant", "vcpus", "memory_mib", "disk_gib"),
     *_columns("lease_expires_at", "step", "attempts", "claimed_by", "claim_until", "retry_at"),
-    *_columns("created_at", "updated_at", "version", "ended_at"),
+    *_columns("created_at", "updated_at", "version", "ended_at", "country"),
     Column("gpus", load=_split, dump=_join),
     LabelColumns("label", "label"),
     Column("classified", load=bool),

@@ -251,6 +251,8 @@ enclaves = sa.Table(
     sa.Column("version", sa.Integer, nullable=False),
     # The enclave's GPU canary nonce (32 bytes, hex): only the control plane keeps it.
     sa.Column("canary_nonce", sa.String(64), nullable=True),
+    # The country its host was in when it was placed ("" before countries were recorded).
+    sa.Column("country", sa.String(2), nullable=False, server_default=""),
     sa.Index("ix_enclaves_host_open", "host", "ended_at"),
     sa.Index("ix_enclaves_open", "ended_at"),
 )

@@ -188,6 +188,9 @@ class Enclave:
     #: freed, and the next hand-over looks for it. Only the control plane keeps it: it is
     #: never logged nor put in an audit event.
     canary_nonce: bytes | None = field(default=None, repr=False)
+    #: The country of its host when it was placed (ISO 3166-1 alpha-2; "" for enclaves placed
+    #: before countries): where it ran, whatever later relocations do to the host.
+    country: str = ""
 
     def claimable(self, now: datetime, worker: str) -> bool:
         """Whether ``worker`` may work on the enclave now (unclaimed, or claim lapsed/own)."""

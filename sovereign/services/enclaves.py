@@ -64,7 +64,7 @@ class EnclaveView:
     enclave: Enclave | None
     host_site: str | None
     gpus: tuple[Gpu, ...]
-    #: The country of the host's site (None before placement).
+    #: The country the enclave was placed in (None before placement).
     host_country: str | None = None
     #: The request's effective residency (its narrowing, else its tenant's).
     residency: tuple[str, ...] = ()
@@ -110,7 +110,8 @@ class EnclaveService:
         if enclave is not None:
             host = uow.hosts.get(enclave.host)
             site = host.site if host else None
-            country = host.country if host else None
+            # Where it was placed (the host's country then), else the host's for old enclaves.
+            country = enclave.country or (host.country if host else None)
             gpus = tuple(g for g in uow.gpus.list(enclave.host) if g.address in enclave.gpus)
         tenant = uow.tenants.get(request.tenant)
         residency = allowed_countries(request, tenant) if tenant is not None else ()

@@ -2,13 +2,14 @@
 
 Owns how usage is counted and who may read it. An enclave uses ``len(gpus)`` GPUs from its
 placement (``created_at``) to its end (``ended_at``, or now while it runs), clipped to the
-period asked for; it counts in the country of its host (:attr:`Host.country`, recorded from the
-host's site; ``""`` where the host has none). Reports are for officers and auditors, and count
-only enclaves whose label the caller's clearance dominates (the audit log's own filter): an
-enclave above it changes no figure, no total and no share, so nothing about it can be inferred;
-the command line (a ``system:`` actor) counts everything. Each report is recorded as a
-``report:usage`` event (fail-closed: no event, no report), whose details name the query, never
-a figure.
+period asked for; it counts in the country it was placed in (:attr:`Enclave.country`, its
+host's country then, so a later relocation of the host moves no history), or for enclaves placed
+before countries were recorded in its host's (``""`` where the host has none). Reports are for
+officers and auditors, and count only enclaves whose label the caller's clearance dominates (the
+audit log's own filter): an enclave above it changes no figure, no total and no share, so nothing
+about it can be inferred; the command line (a ``system:`` actor) counts everything. Each report
+is recorded as a ``report:usage`` event (fail-closed: no event, no report), whose details name
+the query, never a figure.
 
 :func:`country_order` is what placement asks when it pins a new enclave to a country: with
 parity on (setting ``PLACEMENT_PARITY``) a tenant's allowed countries in order of fewest GPU
@@ -129,16 +130,17 @@ def tally(
     since: datetime | None,
     until: datetime,
 ) -> dict[tuple[str, str], tuple[float, int]]:
-    """GPU hours and enclave counts by ``(tenant, country)``; ``countries`` maps host names to
-    their country (a host not in it counts as ``""``). Enclaves not alive in the period are
-    left out."""
+    """GPU hours and enclave counts by ``(tenant, country)``: the country an enclave was
+    placed in, or for one placed before countries were recorded its host's (``countries`` maps
+    host names to their country; a host not in it counts as ``""``). Enclaves not alive in the
+    period are left out."""
     found: dict[tuple[str, str], tuple[float, int]] = {}
     for enclave in enclaves:
         if enclave.created_at >= until or (
             since is not None and enclave.ended_at is not None and enclave.ended_at <= since
         ):
             continue
-        key = (enclave.tenant, countries.get(enclave.host, ""))
+        key = (enclave.tenant, enclave.country or countries.get(enclave.host, ""))
         hours, count = found.get(key, (0.0, 0))
         found[key] = (hours + gpu_hours(enclave, since, until), count + 1)
     return found
@@ -168,11 +170,6 @@ def country_order(
     mine = [e for e in uow.enclaves.overlapping(since, now) if e.tenant == tenant_name]
     used = tally(mine, _host_countries(uow), since, now)
     return sorted(order, key=lambda code: (used.get((tenant_name, code), (0.0, 0))[0], code))
-
-
-def _residency(tenant: object) -> tuple[str, ...]:
-    """A tenant's allowed countries (its ``residency``, where tenants record one)."""
-    return tuple(getattr(tenant, "residency", ()) or ())
 
 
 class UsageService:
@@ -251,7 +248,7 @@ class UsageService:
                 ]
                 used = tally(seen, _host_countries(uow), since, end)
                 tenants = uow.tenants.list()
-                residency = {t.name: _residency(t) for t in tenants}
+                residency = {t.name: t.residency for t in tenants}
             report = _report(by, since, end, used, residency)
             # A query naming a tenant is recorded at that tenant's label, as its creation is.
             named = next((t for t in tenants if t.name == tenant), None)

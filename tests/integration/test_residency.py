@@ -106,6 +106,10 @@ def test_a_narrowed_request_runs_in_its_country_and_the_events_say_where(new_fle
     assert details["rejected"]["civil-es"] == "country ES not allowed for tenant research"
     (approved,) = [e for e in fleet.events("request:approve") if e.target == f"request/{rid}"]
     assert approved.details["country"] == "PT"
+    # The enclave keeps the country it was placed in (usage counts it there for good).
+    with fleet.services.uow(readonly=True) as uow:
+        placed = uow.enclaves.get(rid)
+    assert placed is not None and placed.country == "PT"
 
 
 def test_the_first_allowed_country_with_room_is_chosen(new_fleet):

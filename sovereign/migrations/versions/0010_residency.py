@@ -32,9 +32,15 @@ def upgrade() -> None:
     with op.batch_alter_table('enclave_keys', schema=None) as batch_op:
         batch_op.add_column(sa.Column('country', sa.String(length=2), nullable=True))
         batch_op.add_column(sa.Column('vault', sa.String(length=16), nullable=True))
+    with op.batch_alter_table('enclaves', schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column('country', sa.String(length=2), server_default='', nullable=False)
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('enclaves', schema=None) as batch_op:
+        batch_op.drop_column('country')
     with op.batch_alter_table('enclave_keys', schema=None) as batch_op:
         batch_op.drop_column('vault')
         batch_op.drop_column('country')

@@ -91,6 +91,7 @@ class Placement:
                 report.unplaceable += 1
                 return
             now = c.clock()
+            host = next(h for h in fleet.hosts if h.name == placement.host)
             enclave = Enclave(
                 id=request.id,
                 host=placement.host,
@@ -106,6 +107,7 @@ class Placement:
                 created_at=now,
                 updated_at=now,
                 canary_nonce=secrets.token_bytes(CANARY_NONCE_BYTES),
+                country=host.country,
             )
             uow.enclaves.add(enclave)
             chosen = set(placement.gpus)
@@ -119,7 +121,6 @@ class Placement:
                     uow.gpus.update(gpu, "free")
             request.transition(S.PROVISIONING, now)
             uow.requests.update(request)
-            host = next(h for h in fleet.hosts if h.name == placement.host)
             c.event(
                 uow,
                 "enclave:place",

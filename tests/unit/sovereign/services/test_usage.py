@@ -68,12 +68,8 @@ class World:
     def __init__(self) -> None:
         self.store = MemoryStore()
         self.uow = MemoryUnitOfWorkFactory(self.store)
-        research = replace(RESEARCH)
-        # Tenants record residency only once the residency change is in: set it where the
-        # dataclass has it, else carry it as a plain attribute for the report to read.
-        object.__setattr__(research, "residency", ("ES", "PT"))
-        defence = replace(DEFENCE)
-        object.__setattr__(defence, "residency", ("ES",))
+        research = replace(RESEARCH, residency=("ES", "PT"))
+        defence = replace(DEFENCE, residency=("ES",))
         self.store.tenants = {"defence": defence, "research": research}
         for host in (_host("es-1", "ES"), _host("pt-1", "PT"), _host("old", "")):
             self.store.hosts[host.id] = host
@@ -87,6 +83,7 @@ class World:
         *,
         gpus: int = 1,
         label: Any = OPEN,
+        country: str = "",
     ) -> Enclave:
         rid = uuid.uuid4()
         self.store.requests[rid] = EnclaveRequest(
@@ -119,6 +116,7 @@ class World:
             created_at=T0 + start,
             updated_at=T0 + start,
             ended_at=None if end is None else T0 + end,
+            country=country,
         )
         self.store.enclaves[rid] = made
         return made
@@ -235,6 +233,14 @@ def test_only_officers_and_auditors_read_usage_and_bad_input_is_refused(world: W
     denied = [e for e in world.events() if e.outcome.value == "deny"]
     assert len(denied) == 5
     assert not [e for e in world.events() if e.outcome.value == "allow"]
+
+
+def test_an_enclave_counts_where_it_was_placed_whatever_its_host_became(world: World):
+    # Placed on pt-1 while it stood in Spain; the host was relocated to Portugal since.
+    world.enclave("research", "pt-1", 0 * HOUR, 2 * HOUR, country="ES")
+    world.enclave("research", "pt-1", 3 * HOUR, 4 * HOUR, country="PT")
+    report = world.service().report(CLI, by="country", until=T0 + 24 * HOUR)
+    assert [(r.country, r.gpu_hours) for r in report.rows] == [("ES", 2.0), ("PT", 1.0)]
 
 
 def test_no_report_without_its_audit_event(world: World):
