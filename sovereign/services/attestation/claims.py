@@ -467,6 +467,8 @@ class _Residency:
         self.tenants: dict[str, tuple[frozenset[str], int]] = {}
         self.request_tenant: dict[str, str] = {}
         self.placed: dict[str, tuple[str, int]] = {}
+        #: Host -> the enclaves on it (by id) and the seq of each one's placement.
+        self.live: dict[str, dict[str, int]] = {}
 
     def host_added(self, s: StoredEvent) -> None:
         name = _id(s.event.target, "host/") or s.event.target
@@ -481,10 +483,25 @@ class _Residency:
     def relocated(self, s: StoredEvent) -> None:
         d = s.event.details
         host = (d.get("params") or {}).get("host")
-        if isinstance(host, str) and isinstance(d.get("to_country"), str):
-            self.hosts[host] = (d["to_country"], s.seq)
-        else:
+        if not (isinstance(host, str) and isinstance(d.get("to_country"), str)):
             self.result.missing(s, "to_country")
+            return
+        self.hosts[host] = (d["to_country"], s.seq)
+        carried = self.live.get(host)
+        if carried and self.params.in_period(s):
+            # Its enclaves' data would have crossed the border with it.
+            self.result.checked += 1
+            self.result.violate(
+                sorted([*carried.values(), s.seq]),
+                f"host {host} was relocated to {d['to_country']} while it carried enclaves "
+                f"{', '.join(sorted(carried))}",
+            )
+
+    def ended(self, s: StoredEvent) -> None:
+        enclave = _id(s.event.target, "enclave/") or s.event.target
+        host = s.event.details.get("host")
+        if isinstance(host, str):
+            self.live.get(host, {}).pop(enclave, None)
 
     def tenant(self, s: StoredEvent) -> None:
         name = _id(s.event.target, "tenant/") or s.event.target
@@ -510,6 +527,7 @@ class _Residency:
                 return
         host, tenant, said = d["host"], d["tenant"], d["country"]
         self.placed[enclave] = (said, s.seq)
+        self.live.setdefault(host, {})[enclave] = s.seq
         if not self.params.in_period(s):
             return
         result.checked += 1
@@ -557,7 +575,8 @@ class _Residency:
 
 def residency(events: Sequence[StoredEvent], params: AttestParams) -> ClaimResult:
     """(e) Every placement ran in a country of its tenant's residency (the host's country as
-    the log itself tells it), and every enclave key was created in that same country."""
+    the log itself tells it), no host was relocated while it carried enclaves, and every
+    enclave key was created in that same country."""
     result = ClaimResult("residency", "e", "Data residency")
     state = _Residency(result, params)
     keys: list[StoredEvent] = []
@@ -572,6 +591,8 @@ def residency(events: Sequence[StoredEvent], params: AttestParams) -> ClaimResul
             state.request(s)
         elif _allowed(s, "enclave:place"):
             state.place(s)
+        elif _allowed(s, "enclave:terminated"):
+            state.ended(s)
         elif _allowed(s, "key:create") and params.in_period(s):
             keys.append(s)
     for s in keys:

@@ -280,6 +280,7 @@ def test_placement_claiming_another_country_than_the_logs_is_found() -> None:
 
 def test_a_relocation_moves_the_hosts_country() -> None:
     h = good_history()
+    h.end(B, "mad-1", ["0000:18:00.0"])  # an empty host may move
     moved = h.add(
         "action:confirm",
         "action/r1",
@@ -315,6 +316,49 @@ def test_key_without_country_is_a_violation() -> None:
     key = h.add("key:create", f"key/transit/enclave-{C}", {"request": C})
     [v] = residency(h.events, PARAMS).violations
     assert (v.seqs, "'country'" in v.message) == ([key], True)
+
+
+def test_a_host_relocated_while_it_carried_an_enclave_is_found() -> None:
+    h = good_history()
+    placed = h.place(
+        C,
+        "lis-1",
+        ["0000:19:00.0"],
+        UNCLASSIFIED,
+        tenant="research",
+        country="PT",
+        classified=False,
+    )
+    moved = h.add(
+        "action:confirm",
+        "action/1",
+        {
+            "kind": "host:relocate",
+            "params": {"host": "lis-1", "site": "mad-2"},
+            "to_country": "ES",
+        },
+    )
+    [v] = residency(h.events, PARAMS).violations
+    assert v.seqs == [placed, moved]
+    assert "relocated to ES while it carried enclaves" in v.message
+    # Once the enclave has ended, moving the host is no violation.
+    h = good_history()
+    h.place(
+        C,
+        "lis-1",
+        ["0000:19:00.0"],
+        UNCLASSIFIED,
+        tenant="research",
+        country="PT",
+        classified=False,
+    )
+    h.end(C, "lis-1", ["0000:19:00.0"])
+    h.add(
+        "action:confirm",
+        "action/1",
+        {"kind": "host:relocate", "params": {"host": "lis-1", "site": "mad-2"}, "to_country": "ES"},
+    )
+    assert residency(h.events, PARAMS).verdict == "holds"
 
 
 # -- (f) -------------------------------------------------------------------------------------
