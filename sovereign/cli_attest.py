@@ -119,6 +119,12 @@ def _emit(
         click.echo(json.dumps(shown, indent=2, sort_keys=True))
     else:
         click.echo(format_summary(report))
+        clearance = report["scope"].get("clearance")
+        if views and clearance:
+            click.echo(
+                f"\nnote: the report is scoped to clearance {clearance['level']}: a control "
+                "marked evidenced is so only for the events at or below it"
+            )
         for found in views.values():
             click.echo("")
             click.echo(format_framework(found), nl=False)

@@ -358,5 +358,22 @@ def test_api_attestation_for_auditors(tmp_path: Path, idp: Any, token: Any) -> N
         assert get("auditor", "/api/v1/audit/attestation?since=yesterday").status_code == 422
         actions = [e["action"] for e in stored(app)]
         assert "audit:attest" in actions
+        # The auditor's note read offline against a framework says which scope it covers.
+        (tmp_path / "report.note").write_text(body["note"])
+        (tmp_path / "log.pub").write_text(client.get("/api/v1/audit/public-key").text)
+        read = CliRunner().invoke(
+            main,
+            [
+                "audit",
+                "verify-attestation",
+                str(tmp_path / "report.note"),
+                "--key",
+                f"@{tmp_path / 'log.pub'}",
+                "--framework",
+                "c5",
+            ],
+        )
+        assert "the report is scoped to clearance SECRET" in read.output
+        assert re.search(r"^PSS-12 +\[", read.output, re.M)
     finally:
         app.extensions["sovereign"].close()
