@@ -71,6 +71,7 @@ def empty_request_form(**defaults: Any) -> RequestForm:
     """A blank form with ``defaults`` filled in."""
     values: dict[str, Any] = dict.fromkeys(REQUEST_FIELDS, "")
     values["compartments"] = []
+    values["residency"] = []
     values.update(defaults)
     return RequestForm(values=values)
 
@@ -79,6 +80,8 @@ def parse_request_form(form: MultiDict[str, str]) -> RequestForm:
     """Validate the posted request form against the API's schema."""
     values: dict[str, Any] = {name: form.get(name, "").strip() for name in REQUEST_FIELDS}
     values["compartments"] = form.getlist("compartments")
+    # Countries ticked narrow the tenant's residency; none ticked: any country it allows.
+    values["residency"] = form.getlist("residency")
     errors: dict[str, str] = {}
     memory: Any = values["memory_gib"]
     try:
@@ -101,6 +104,7 @@ def parse_request_form(form: MultiDict[str, str]) -> RequestForm:
         "image": values["image"],
         "purpose": values["purpose"],
         "lease_hours": values["lease_hours"],
+        "residency": values["residency"] or None,
     }
     try:
         body = RequestCreate.model_validate(data)

@@ -93,6 +93,21 @@ def test_quota_in_use_counts_committed_requests(users: Users):
     assert "2 GPUs, 112 vCPUs, 960 GiB memory, 7992 GiB disk" in html
 
 
+def test_a_request_may_keep_to_some_of_its_tenants_countries(app: Flask, users: Users):
+    analyst = users("analyst-research")
+    html = text(analyst.get("/requests/new"))
+    assert '<td id="residency-research">ES, PT</td>' in html
+    assert 'id="country-ES"' in html and 'id="country-PT"' in html
+    rid = file_request(analyst, {**CIVIL_FORM, "residency": "PT"})
+    assert '<dd id="residency">PT</dd>' in text(analyst.get(f"/requests/{rid}"))
+    (created,) = events(app, action="request:create", target=f"request/{rid}")
+    assert created.event.details["residency"] == ["PT"]
+    # A country the form does not offer (sent by hand) is refused next to the field.
+    page = post(analyst, "/requests", {**CIVIL_FORM, "residency": "FR"})
+    assert page.status_code == 422
+    assert "FR" in text(page)
+
+
 def test_filing_a_request_shows_it_with_its_approvals_and_records_it(app: Flask, users: Users):
     analyst = users("analyst-defence")
     rid = file_request(analyst)

@@ -155,6 +155,7 @@ def _form_page(ctx: CallContext, form: RequestForm, error: str | None = None) ->
         choices=choices,
         levels=services().scheme.levels[: top + 1],
         compartments=sorted(compartments),
+        countries=sorted({code for choice in choices for code in choice.tenant.residency}),
         images=services().catalog.images(ctx),
         gpu_models=list(app_context.settings().gpu_models),
         max_lease_hours=services().policy.max_lease_hours,
