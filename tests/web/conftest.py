@@ -4,6 +4,7 @@ a browser would), a real SQLite database, and the Flask test client with its coo
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -145,6 +146,25 @@ class Users:
             assert response.status_code == 302, response.get_data(as_text=True)
             self.clients[username] = client
         return self.clients[username]
+
+
+@contextmanager
+def bundled_app(tmp_path: Path, idp_url: str) -> Iterator[Flask]:
+    """The console app with the embedded default's sites and simulated hosts registered (a
+    test module's ``app`` fixture uses it where its pages need hosts)."""
+    from devstack.cli import _register_bundled_hosts
+
+    app = make_app(
+        tmp_path,
+        idp_url,
+        ENCLAVE_POOL_PATH=str(tmp_path / "pool"),
+        ENCLAVE_CONSOLE_DIR=str(tmp_path / "consoles"),
+    )
+    _register_bundled_hosts(app.extensions["sovereign"])
+    try:
+        yield app
+    finally:
+        app.extensions["sovereign"].close()
 
 
 @pytest.fixture

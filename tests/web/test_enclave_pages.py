@@ -15,7 +15,6 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from devstack.cli import _register_bundled_hosts
 from sovereign.domain.fleet import domain_name
 from sovereign.domain.identity import Principal, Role
 from sovereign.services.auditing import EventFilter
@@ -25,7 +24,7 @@ from tests.web.conftest import (
     SECRET_FORM,
     Users,
     banners,
-    make_app,
+    bundled_app,
     post,
     request_id_from,
     sequence,
@@ -45,16 +44,9 @@ Reconcile = Callable[[], None]
 
 @pytest.fixture
 def app(tmp_path: Path, console_idp: Any) -> Iterator[Flask]:
-    """The console app with the embedded default's two simulated hosts registered."""
-    app = make_app(
-        tmp_path,
-        console_idp.url,
-        ENCLAVE_POOL_PATH=str(tmp_path / "pool"),
-        ENCLAVE_CONSOLE_DIR=str(tmp_path / "consoles"),
-    )
-    _register_bundled_hosts(app.extensions["sovereign"])
-    yield app
-    app.extensions["sovereign"].close()
+    """The console app with the embedded default's sites and three simulated hosts."""
+    with bundled_app(tmp_path, console_idp.url) as app:
+        yield app
 
 
 @pytest.fixture

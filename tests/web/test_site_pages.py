@@ -14,7 +14,7 @@ from flask import Flask
 from devstack.cli import _register_bundled_hosts
 from sovereign.cli_hosts import cli_context
 from sovereign.domain.actions import ActionState
-from tests.web.conftest import Users, make_app, post, text
+from tests.web.conftest import Users, bundled_app, post, text
 
 pytestmark = [pytest.mark.idp, pytest.mark.libvirt]
 
@@ -22,15 +22,8 @@ pytestmark = [pytest.mark.idp, pytest.mark.libvirt]
 @pytest.fixture
 def app(tmp_path: Path, console_idp: Any) -> Iterator[Flask]:
     """The console app with the embedded default's sites and three simulated hosts."""
-    app = make_app(
-        tmp_path,
-        console_idp.url,
-        ENCLAVE_POOL_PATH=str(tmp_path / "pool"),
-        ENCLAVE_CONSOLE_DIR=str(tmp_path / "consoles"),
-    )
-    _register_bundled_hosts(app.extensions["sovereign"])
-    yield app
-    app.extensions["sovereign"].close()
+    with bundled_app(tmp_path, console_idp.url) as app:
+        yield app
 
 
 def host(app: Flask, name: str) -> Any:
