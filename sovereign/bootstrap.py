@@ -56,7 +56,7 @@ from sovereign.services.sessions import SessionAuditService
 from sovereign.services.signin import SignInClient
 from sovereign.services.sites import SiteService
 from sovereign.services.usage import UsageService
-from sovereign.settings import Settings
+from sovereign.settings import Settings, VaultCountry
 
 __all__ = [
     "Services",
@@ -136,7 +136,7 @@ def build_services(
                 country.addr,
                 settings.vault_token,
                 settings.vault_timeout_s,
-                verify=settings.vault_ca_bundle or True,
+                verify=country.ca_bundle or settings.vault_ca_bundle or True,
             )
             probe.name = f"vault-{code}"
             default_probes.append(probe)
@@ -332,14 +332,17 @@ def build_hypervisor(config: Settings | Mapping[str, Any]) -> Hypervisor:
     )
 
 
-def vault_clients(config: Settings | Mapping[str, Any], addr: str | None = None) -> Any:
+def vault_clients(config: Settings | Mapping[str, Any], country: VaultCountry | None = None) -> Any:
     """An authenticated hvac client factory: AppRole, or the dev server's token; for
-    ``VAULT_ADDR``, or ``addr`` (a country's Vault, with the same credentials)."""
+    ``VAULT_ADDR``, or a country's Vault (with its own AppRole and CA bundle where it has them,
+    else those of ``VAULT_ADDR``)."""
     settings = Settings.of(config)
     from sovereign.adapters.vault import AppRoleAuth, TokenAuth, VaultClients  # noqa: PLC0415
 
-    if settings.vault_role_id:
-        auth: Any = AppRoleAuth(
+    if country is not None and country.role_id is not None:
+        auth: Any = AppRoleAuth(country.role_id, secret_id_file=country.secret_id_file)
+    elif settings.vault_role_id:
+        auth = AppRoleAuth(
             settings.vault_role_id,
             secret_id_file=settings.vault_secret_id_file,
             wrapped_token=settings.vault_wrapped_secret_id,
@@ -351,10 +354,12 @@ def vault_clients(config: Settings | Mapping[str, Any], addr: str | None = None)
     return VaultClients(
         # As before the typed settings: only AUDIT_SIGNER="vault" named without VAULT_ADDR gets
         # here with None (hvac's own default address); everything else checks VAULT_ADDR first.
-        addr if addr is not None else cast("str", settings.vault_addr),
+        country.addr if country is not None else cast("str", settings.vault_addr),
         auth,
         timeout_s=settings.vault_timeout_s,
-        verify=settings.vault_ca_bundle or True,
+        verify=(country.ca_bundle if country is not None else None)
+        or settings.vault_ca_bundle
+        or True,
     )
 
 
@@ -374,7 +379,7 @@ def build_key_stores(
             if settings.vault_addr:
                 from sovereign.adapters.vault import VaultSecretStore  # noqa: PLC0415
 
-                store = VaultSecretStore(vault_clients(settings, country.addr))
+                store = VaultSecretStore(vault_clients(settings, country))
             else:
                 from sovereign.adapters.memory_secrets import MemorySecretStore  # noqa: PLC0415
 

@@ -309,6 +309,17 @@ def verify(config: Mapping[str, Any]) -> None:
             raise ConfigurationError(
                 reason="production keeps keys in Vault: set SOVEREIGN_VAULT_ADDR"
             )
+        countries = config.get("VAULT_COUNTRIES")
+        plain = [
+            code
+            for code, entry in (countries.items() if isinstance(countries, dict) else ())
+            if isinstance(entry, dict) and not str(entry.get("addr", "")).startswith("https://")
+        ]
+        if plain:
+            raise ConfigurationError(
+                reason=f"VAULT_COUNTRIES: production reaches each country's Vault over https "
+                f"({', '.join(sorted(plain))})"
+            )
         if config.get("VAULT_TOKEN"):
             raise ConfigurationError(
                 reason="a static Vault token is for the dev server only; use AppRole "

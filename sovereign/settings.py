@@ -47,10 +47,15 @@ def _colours(value: Any) -> dict[str, tuple[str, ...]]:
 @dataclass(frozen=True)
 class VaultCountry:
     """The Vault of one country's keys: its address and transit mount prefix (None: the
-    default ``VAULT_MOUNT_PREFIX``)."""
+    default ``VAULT_MOUNT_PREFIX``), and its own AppRole and CA bundle (None: the ones of
+    ``VAULT_ADDR``; a Vault run by another country's operators should have its own, so that
+    no one Vault's operators hold a credential that works at another)."""
 
     addr: str
     mount_prefix: str | None = None
+    role_id: str | None = None
+    secret_id_file: str | None = None
+    ca_bundle: str | None = None
 
 
 def _vault_countries(value: Any) -> dict[str, VaultCountry]:
@@ -65,18 +70,36 @@ def _vault_countries(value: Any) -> dict[str, VaultCountry]:
             check_country(code)
         except InvalidInputError as e:
             raise ValueError(e.message) from e
-        if not isinstance(entry, Mapping) or set(entry) - {"addr", "mount_prefix"}:
-            raise ValueError(f'{code}: must be {{"addr": URL, "mount_prefix": optional}}')
+        if not isinstance(entry, Mapping) or set(entry) - _COUNTRY_KEYS:
+            raise ValueError(
+                f'{code}: must be {{"addr": URL}} and optionally "mount_prefix", "role_id", '
+                '"secret_id_file", "ca_bundle"'
+            )
         addr, prefix = entry.get("addr"), entry.get("mount_prefix")
+        role_id, secret_file, ca_bundle = (
+            entry.get("role_id"),
+            entry.get("secret_id_file"),
+            entry.get("ca_bundle"),
+        )
+        for name, text in (
+            ("role_id", role_id),
+            ("secret_id_file", secret_file),
+            ("ca_bundle", ca_bundle),
+        ):
+            if text is not None and not (isinstance(text, str) and text.strip()):
+                raise ValueError(f"{code}: {name} must be a non-empty string")
+        if (role_id is None) != (secret_file is None):
+            raise ValueError(f"{code}: role_id and secret_id_file go together")
         if not isinstance(addr, str) or not addr.startswith(("https://", "http://")):
             raise ValueError(f"{code}: addr must be an http(s) URL, got {addr!r}")
         if prefix is not None and not (isinstance(prefix, str) and _MOUNT.fullmatch(prefix)):
             raise ValueError(f"{code}: mount_prefix must be letters, digits, '-' or '_'")
-        countries[code] = VaultCountry(addr, prefix)
+        countries[code] = VaultCountry(addr, prefix, role_id, secret_file, ca_bundle)
     return countries
 
 
 _MOUNT = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_COUNTRY_KEYS = frozenset({"addr", "mount_prefix", "role_id", "secret_id_file", "ca_bundle"})
 
 
 @dataclass(frozen=True)

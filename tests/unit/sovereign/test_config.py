@@ -47,6 +47,9 @@ def test_production_needs_vault_with_approle(tmp_path, monkeypatch):
         load(tmp_path, monkeypatch, VAULT_ADDR=None)
     with pytest.raises(ConfigurationError, match="static Vault token is for the dev server"):
         load(tmp_path, monkeypatch, VAULT_TOKEN="root")
+    with pytest.raises(ConfigurationError, match=r"each country's Vault over https \(PT\)"):
+        load(tmp_path, monkeypatch, VAULT_COUNTRIES={"PT": {"addr": "http://vault.pt:8200"}})
+    assert load(tmp_path, monkeypatch, VAULT_COUNTRIES={"PT": {"addr": "https://vault.pt"}})
     cfg = load(tmp_path, monkeypatch)
     assert cfg["AUDIT_SIGNER"] == "vault"
     assert cfg["AUDIT_KEYS_PATH"] == str(tmp_path / "audit-keys.txt")

@@ -9,6 +9,7 @@ import pytest
 
 from sovereign import app_context
 from sovereign import config as configuration
+from sovereign.bootstrap import vault_clients
 from sovereign.errors import ConfigurationError
 from sovereign.settings import Settings
 
@@ -86,6 +87,17 @@ def test_vault_countries_are_checked(tmp_path, monkeypatch):
     plain = {"PT": {"addr": "https://vault.pt.example:8200"}}
     loaded = app_context.settings(_app(tmp_path, monkeypatch, VAULT_COUNTRIES=plain))
     assert loaded.vault_countries["PT"].mount_prefix is None
+    own = {
+        "PT": {
+            "addr": "https://vault.pt.example:8200",
+            "role_id": "pt-role",
+            "secret_id_file": "/etc/sovereign/pt-secret-id",
+            "ca_bundle": "/etc/sovereign/pt-ca.pem",
+        }
+    }
+    pt_vault = app_context.settings(_app(tmp_path, monkeypatch, VAULT_COUNTRIES=own))
+    assert pt_vault.vault_countries["PT"].role_id == "pt-role"
+    assert pt_vault.vault_countries["PT"].ca_bundle == "/etc/sovereign/pt-ca.pem"
     for bad in (
         ["PT"],
         {"XX": {"addr": "https://v"}},
@@ -93,6 +105,37 @@ def test_vault_countries_are_checked(tmp_path, monkeypatch):
         {"PT": {"addr": "v"}},
         {"PT": {"addr": "https://v", "token": "s"}},
         {"PT": {"addr": "https://v", "mount_prefix": "a/b"}},
+        {"PT": {"addr": "https://v", "role_id": "r"}},  # without its secret id file
+        {"PT": {"addr": "https://v", "secret_id_file": ""}},
     ):
         with pytest.raises(ConfigurationError, match="VAULT_COUNTRIES"):
             _app(tmp_path, monkeypatch, VAULT_COUNTRIES=bad)
+
+
+def test_a_countrys_vault_uses_its_own_approle_and_ca_bundle(tmp_path, monkeypatch):
+    countries = {
+        "PT": {
+            "addr": "https://vault.pt.example:8200",
+            "role_id": "pt-role",
+            "secret_id_file": str(tmp_path / "pt-secret-id"),
+            "ca_bundle": str(tmp_path / "pt-ca.pem"),
+        },
+        "FR": {"addr": "https://vault.fr.example:8200"},
+    }
+    settings = app_context.settings(
+        _app(
+            tmp_path,
+            monkeypatch,
+            VAULT_ADDR="https://vault.es.example:8200",
+            VAULT_ROLE_ID="es-role",
+            VAULT_SECRET_ID_FILE=str(tmp_path / "es-secret-id"),
+            VAULT_COUNTRIES=countries,
+        )
+    )
+    portugal = vault_clients(settings, settings.vault_countries["PT"])
+    assert (portugal.addr, portugal.auth.role_id) == ("https://vault.pt.example:8200", "pt-role")
+    assert portugal._session.verify == str(tmp_path / "pt-ca.pem")
+    # A country without credentials of its own uses those of VAULT_ADDR.
+    france = vault_clients(settings, settings.vault_countries["FR"])
+    assert (france.addr, france.auth.role_id) == ("https://vault.fr.example:8200", "es-role")
+    assert france._session.verify is True
