@@ -349,8 +349,8 @@ def crypto_erase(events: Sequence[StoredEvent], params: AttestParams) -> ClaimRe
 
 def two_person(events: Sequence[StoredEvent], params: AttestParams) -> ClaimResult:
     """(d) Approvals at or above the two-person level had two distinct, cleared officers,
-    neither the requester; every confirmed action had a cleared proposer and a different,
-    cleared confirmer."""
+    neither the requester (below it, one cleared officer, not the requester); every confirmed
+    action had a cleared proposer and a different, cleared confirmer."""
     result = ClaimResult("two-person", "d", "Two-person control")
     creators: dict[str, StoredEvent] = {}
     approvals: dict[str, list[StoredEvent]] = {}
@@ -400,8 +400,9 @@ def _check_approval(
     if label is None:
         result.missing(final, "label")
         return
-    if label.rank < threshold:
-        return
+    # Below the two-person level one cleared officer suffices, but never the requester (the
+    # separation of duties holds at every level).
+    two_needed = label.rank >= threshold
     result.checked += 1
     seqs = [a.seq for a in approvals]
     created = creators.get(final.event.target)
@@ -419,7 +420,7 @@ def _check_approval(
                 )
                 ok = False
     distinct = {_who(a) for a in approvals}
-    if len(distinct) < 2:
+    if two_needed and len(distinct) < 2:
         result.violate(
             seqs,
             f"{final.event.target} ({label}) was approved by {len(distinct)} distinct "

@@ -34,7 +34,8 @@ def test_every_claim_holds_over_a_consistent_history() -> None:
     assert by_id["co-residency"].checked == 2
     assert by_id["gpu-handover"].checked == 1
     assert by_id["crypto-erase"].checked == 1
-    assert by_id["two-person"].checked == 2  # the SECRET approval and the kill switch
+    # The SECRET approval (two officers), the UNCLASSIFIED one (one) and the kill switch.
+    assert by_id["two-person"].checked == 3
     assert by_id["residency"].checked == 4  # two placements, two keys
     assert "1 clean certificate(s) came from simulated GPUs" in by_id["gpu-handover"].notes[0]
 
@@ -181,6 +182,16 @@ def test_the_requester_approving_is_found() -> None:
     first = h.seq_of("request:approve", f"request/{C}")
     [v] = two_person(h.events, PARAMS).violations
     assert v.seqs == [created, first]
+    assert "its own requester" in v.message
+
+
+def test_the_requester_approving_below_the_two_person_level_is_found_too() -> None:
+    h = good_history()
+    h.request(C, "research", UNCLASSIFIED, ["analyst"])  # one approval suffices, not their own
+    created = h.seq_of("request:create", f"request/{C}")
+    own = h.seq_of("request:approve", f"request/{C}")
+    [v] = two_person(h.events, PARAMS).violations
+    assert v.seqs == [created, own]
     assert "its own requester" in v.message
 
 
