@@ -21,10 +21,11 @@ same header. The client address is ``request.remote_addr``, so behind a trusted-
 it is the real client's.
 
 Storage is ``RATELIMIT_STORAGE_URI`` (Flask-Limiter reads it, and the other ``RATELIMIT_*``
-keys it knows, from ``app.config`` itself): ``memory://`` by default, which
-counts per process, so N replicas allow N times the limit; point every replica at one shared
-store (``redis://...``, needs the ``limits[redis]`` extra) for one count across them. If that
-store fails, each process falls back to counting in memory
+keys it knows, from ``app.config`` itself): ``memory://`` by default, served by
+:class:`SweptMemoryStorage` (the library's in-memory counters without the timer thread it starts
+on every hit), which counts per process, so N replicas allow N times the limit; point every
+replica at one shared store (``redis://...``, needs the ``limits[redis]`` extra) for one count
+across them. If that store fails, each process falls back to counting in memory
 (``RATELIMIT_IN_MEMORY_FALLBACK_ENABLED``).
 """
 
@@ -33,10 +34,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from flask import Flask, current_app, g, request
 from flask.wrappers import Response
 from flask_limiter import ApplicationLimit, Limiter, RequestLimit
+from limits.storage import MemoryStorage
 
 from sovereign import app_context
 from sovereign.channels.statuses import RETRY_AFTER
@@ -65,12 +68,42 @@ EXEMPT_ENDPOINTS = frozenset({"ops.healthz", "metrics_endpoint", "console.static
 ANONYMOUS_ENDPOINTS = frozenset(
     {"console.login", "console.callback", "ops.readyz", "ops.openapi_document"}
 )
+#: How often :class:`SweptMemoryStorage` drops counters whose window has passed (seconds).
+SWEEP_S = 5.0
+#: The scheme :class:`SweptMemoryStorage` registers; ``memory://`` in the configuration means it.
+SWEPT_MEMORY = "sovereign-memory"
+
 #: ``g`` flag set by whoever refuses an authentication (see :func:`note_auth_failure`).
 AUTH_FAILED = "sovereign_auth_failed"
 
 #: Who is writing, from a request that has not reached its view yet: a function per channel
 #: that returns the verified subject, or None if it cannot tell.
 SubjectResolver = Callable[[], str | None]
+
+
+class SweptMemoryStorage(MemoryStorage):
+    """``memory://`` counting that starts no thread on the request path.
+
+    The library's in-memory storage expires a counter when it is next read (``get``, which every
+    hit calls first) and, for counters nobody reads again, starts a timer thread whenever none is
+    alive: about one new thread per request under load, and ``Thread.start`` waits for the new
+    thread to be scheduled. Here the sweep of abandoned counters runs in the caller's thread at
+    most every :data:`SWEEP_S` seconds instead; what is counted, and when a window ends, is the
+    library's own logic unchanged. (This replaces the library's private ``__schedule_expiry``;
+    ``limits`` is pinned below its next major version and a test holds both behaviours.)
+    """
+
+    STORAGE_SCHEME = [SWEPT_MEMORY]  # noqa: RUF012 - the library's registry reads it
+
+    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, **options: Any):
+        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
+        self._swept = time.monotonic()
+
+    def _MemoryStorage__schedule_expiry(self) -> None:  # noqa: N802 - the library's own name
+        now = time.monotonic()
+        if now - self._swept >= SWEEP_S:
+            self._swept = now
+            self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
 
 
 def client_address() -> str:
@@ -168,6 +201,10 @@ def install(app: Flask, *, api_prefix: str, open_endpoints: frozenset[str]) -> L
             "with several replicas, point them at one shared store"
         )
     app.extensions[EXTENSION] = {"open": open_endpoints, "prefix": api_prefix}
+    if settings.ratelimit_storage_uri.startswith("memory://"):
+        app.config["RATELIMIT_STORAGE_URI"] = settings.ratelimit_storage_uri.replace(
+            "memory", SWEPT_MEMORY, 1
+        )
     limiter = Limiter(
         key_func=client_address,
         application_limits=[
