@@ -200,6 +200,32 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise invalid from e
 
 
+def request_page(
+    stmt: sa.Select[Any], visibility: Visibility, query: RequestFilter
+) -> sa.Select[Any]:
+    """``stmt`` (a select from ``enclave_requests``) narrowed to the rows ``visibility`` lets
+    the caller list and ``query`` asks for, newest first, after the keyset cursor, and one row
+    more than a page (which says whether another page follows). The one statement shape both
+    the repository and the read model list requests with, so they see exactly the same rows.
+
+    :raises InvalidInputError: if the cursor was not made by :func:`encode_cursor`.
+    """
+    t = enclave_requests
+    stmt = stmt.where(_visible(t.c.label_level, t.c.label_compartments, visibility))
+    if visibility.tenants is not None:
+        stmt = stmt.where(t.c.tenant.in_(sorted(visibility.tenants)))
+    if query.state is not None:
+        stmt = stmt.where(t.c.state == query.state.value)
+    if query.tenant is not None:
+        stmt = stmt.where(t.c.tenant == query.tenant)
+    if query.cursor is not None:
+        stamp, ident = decode_cursor(query.cursor)
+        stmt = stmt.where(
+            sa.or_(t.c.created_at < stamp, sa.and_(t.c.created_at == stamp, t.c.id < ident))
+        )
+    return stmt.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(query.limit + 1)
+
+
 class SqlRequestRepository:
     """Requests in ``enclave_requests`` and their decisions in ``approvals``."""
 
@@ -271,23 +297,7 @@ class SqlRequestRepository:
             )
 
     def list(self, visibility: Visibility, query: RequestFilter) -> Page[EnclaveRequest]:
-        t = enclave_requests
-        stmt = REQUESTS.select().where(
-            _visible(t.c.label_level, t.c.label_compartments, visibility)
-        )
-        if visibility.tenants is not None:
-            stmt = stmt.where(t.c.tenant.in_(sorted(visibility.tenants)))
-        if query.state is not None:
-            stmt = stmt.where(t.c.state == query.state.value)
-        if query.tenant is not None:
-            stmt = stmt.where(t.c.tenant == query.tenant)
-        if query.cursor is not None:
-            stamp, ident = decode_cursor(query.cursor)
-            stmt = stmt.where(
-                sa.or_(t.c.created_at < stamp, sa.and_(t.c.created_at == stamp, t.c.id < ident))
-            )
-        stmt = stmt.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(query.limit + 1)
-        rows = list(self._conn.execute(stmt))
+        rows = list(self._conn.execute(request_page(REQUESTS.select(), visibility, query)))
         more = len(rows) > query.limit
         rows = rows[: query.limit]
         decisions = self._approvals_for([r.id for r in rows])
