@@ -220,9 +220,10 @@ def request_page(
         stmt = stmt.where(t.c.tenant == query.tenant)
     if query.cursor is not None:
         stamp, ident = decode_cursor(query.cursor)
-        stmt = stmt.where(
-            sa.or_(t.c.created_at < stamp, sa.and_(t.c.created_at == stamp, t.c.id < ident))
-        )
+        # (created_at, id) < (stamp, ident), spelled so that both databases seek the index to
+        # the cursor (created_at <= stamp bounds the range) instead of walking past every
+        # newer row: a deep page costs what the first one does.
+        stmt = stmt.where(t.c.created_at <= stamp, sa.or_(t.c.created_at < stamp, t.c.id < ident))
     return stmt.order_by(t.c.created_at.desc(), t.c.id.desc()).limit(query.limit + 1)
 
 

@@ -17,8 +17,11 @@ write anything.
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,9 +30,16 @@ import sqlalchemy as sa
 
 from audit import AuditQuery
 from audit.sql import audit_log, compartments_within
-from sovereign.adapters.database import encode_cursor, request_page, translate_errors
+from sovereign.adapters.database import (
+    decode_cursor,
+    encode_cursor,
+    request_page,
+    translate_errors,
+)
 from sovereign.adapters.tables import approvals, enclave_requests, tenants
 from sovereign.domain.policy import Visibility
+from sovereign.domain.requests import RequestState
+from sovereign.errors import DependencyUnavailableError
 from sovereign.services.ports import Document, Page, RequestFilter
 
 #: SQLAlchemy's SQLite text form of a UTC timestamp: ``YYYY-MM-DD HH:MM:SS.ffffff``.
@@ -124,34 +134,200 @@ _APPROVAL_COLUMNS = (
 )
 
 
+#: Parameters a statement may hold that no call fills in (compartments_within's separators,
+#: SQLite's OFFSET 0); any other value must be a call's, or the read model refuses to prepare it.
+_CONSTANTS = frozenset({",", 0})
+#: Shapes of statements kept prepared (a shape: which filters, how many levels, compartments,
+#: tenants or ids; the lattice and the tenants are few, so this is rarely reached).
+_PREPARED_CACHE = 1024
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A statement compiled once for its shape: the driver's SQL text and, per parameter (in
+    the driver's order), a constant or the name of the value each call supplies."""
+
+    sql: str
+    #: (parameter name, slot or None, constant, bind processor or None)
+    params: tuple[tuple[str, str | None, Any, Callable[[Any], Any] | None], ...]
+    positional: bool
+
+    def values(self, given: dict[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
+        """The driver's parameters for one call's ``given`` values."""
+        out = []
+        for _, slot, constant, process in self.params:
+            value = constant if slot is None else given[slot]
+            out.append(value if process is None else process(value))
+        if self.positional:
+            return tuple(out)
+        return {name: value for (name, *_), value in zip(self.params, out, strict=True)}
+
+
+def _prepare(stmt: sa.Select[Any], slots: dict[Any, str], dialect: sa.Dialect) -> _Prepared:
+    """Compile ``stmt``, built with a unique stand-in value for each value a call supplies
+    (``slots``: stand-in -> slot name), into SQL text and a parameter recipe.
+
+    :raises AssertionError: if a parameter is neither a stand-in nor a known constant (the
+        statement changed shape: better to fail than to bind a stale value).
+    """
+    compiled = stmt.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+    names = compiled.positiontup if compiled.positiontup is not None else list(compiled.params)
+    params: list[tuple[str, str | None, Any, Callable[[Any], Any] | None]] = []
+    for name in names:
+        value = compiled.params[name]
+        bind = compiled.binds.get(name)
+        process = None if bind is None else bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if isinstance(value, Hashable) and value in slots:
+            params.append((name, slots[value], None, process))
+        else:
+            assert value in _CONSTANTS, f"parameter {name} = {value!r} is no call's value"
+            params.append((name, None, value, process))
+    return _Prepared(compiled.string, tuple(params), compiled.positiontup is not None)
+
+
+#: Stand-ins for the values of a call (unique: no real value equals one).
+_CURSOR_AT = datetime(1970, 1, 1, 0, 0, 0, 424242, tzinfo=UTC)
+_CURSOR_ID = uuid.UUID(int=0x5E_4D_1E)
+_LIMIT = 987_654
+_SINCE = datetime(1970, 1, 2, 0, 0, 0, 424242, tzinfo=UTC)
+_UNTIL = datetime(1970, 1, 3, 0, 0, 0, 424242, tzinfo=UTC)
+_BEFORE = 987_654_321
+_AFTER = 987_654_322
+
+
+@functools.cache
+def _stand_in(kind: str, i: int = 0) -> str:
+    """The stand-in for the ``i``-th value of ``kind`` (a NUL never occurs in a real one)."""
+    return f"\x00{kind}{i:04d}"
+
+
+@functools.cache
+def _stand_ins(kind: str, count: int) -> tuple[str, ...]:
+    return tuple(_stand_in(kind, i) for i in range(count))
+
+
 class SqlReadModel:
-    """Request pages and audit events read into documents, each in a read-only transaction."""
+    """Request pages and audit events read into documents, each in a read-only transaction.
+
+    Each statement is built by the same code as the domain path's, once per shape, with
+    stand-ins for the values, compiled for the engine's dialect, and then run straight on the
+    driver's cursor: no statement building, compilation, type conversion or row objects per
+    call (those cost more than the query itself on a 50-row page).
+    """
 
     def __init__(self, engine: sa.Engine) -> None:
         self._engine = engine
+        self._dialect = engine.dialect
         self._labels = _LabelDocs()
+        self._prepared: dict[tuple[Any, ...], _Prepared] = {}
+        dbapi = engine.dialect.loaded_dbapi
+        self._lost: tuple[type[BaseException], ...] = (dbapi.OperationalError, dbapi.InterfaceError)
 
-    def _rows(self, *statements: sa.Select[Any]) -> list[list[Any]]:
-        """The rows of each statement, read in one read-only transaction.
+    def _statement(
+        self, key: tuple[Any, ...], build: Callable[[], tuple[sa.Select[Any], dict[Any, str]]]
+    ) -> _Prepared:
+        found = self._prepared.get(key)
+        if found is None:
+            found = _prepare(*build(), self._dialect)
+            if len(self._prepared) < _PREPARED_CACHE:
+                self._prepared[key] = found
+        return found
+
+    def _run(self, *steps: Callable[[Any], Any]) -> list[Any]:
+        """Run each step with the driver's cursor, in one read-only transaction.
 
         :raises DependencyUnavailableError: the database is lost.
         """
-        with translate_errors(), self._engine.connect() as conn:
-            ro = conn.execution_options(sovereign_readonly=True)
-            with ro.begin():
-                return [list(ro.execute(s)) for s in statements]
+        try:
+            with translate_errors(), self._engine.connect() as conn:
+                ro = conn.execution_options(sovereign_readonly=True)
+                with ro.begin():
+                    cursor = ro.connection.driver_connection.cursor()  # type: ignore[union-attr]
+                    try:
+                        return [step(cursor) for step in steps]
+                    finally:
+                        cursor.close()
+        except self._lost as e:
+            raise DependencyUnavailableError(dependency="database") from e
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _request_statement(self, visibility: Visibility, query: RequestFilter) -> _Prepared:
+        tenants = None if visibility.tenants is None else len(visibility.tenants)
+        key = (
+            "requests",
+            len(visibility.levels),
+            len(visibility.compartments),
+            tenants,
+            query.state is not None,
+            query.tenant is not None,
+            query.cursor is not None,
+        )
+
+        def build() -> tuple[sa.Select[Any], dict[Any, str]]:
+            levels = tuple(_stand_in("level", i) for i in range(len(visibility.levels)))
+            compartments = [_stand_in("comp", i) for i in range(len(visibility.compartments))]
+            names = [_stand_in("tenant", i) for i in range(tenants or 0)]
+            slots: dict[Any, str] = {s: s for s in (*levels, *names)}
+            slots.update({f",{c},": c for c in compartments})
+            slots.update({_CURSOR_AT: "cursor_at", _CURSOR_ID: "cursor_id", _LIMIT + 1: "limit"})
+            slots[_stand_in("tenant-filter")] = "tenant"
+            # A state is an enum: the only other string parameters are stand-ins.
+            slots[RequestState.PENDING.value] = "state"
+            shape = RequestFilter(
+                state=RequestState.PENDING if query.state is not None else None,
+                tenant=_stand_in("tenant-filter") if query.tenant is not None else None,
+                limit=_LIMIT,
+                cursor=encode_cursor(_CURSOR_AT, _CURSOR_ID) if query.cursor is not None else None,
+            )
+            stand_in = Visibility(
+                levels, frozenset(compartments), None if tenants is None else frozenset(names)
+            )
+            columns = sa.select(*_REQUEST_COLUMNS).select_from(_REQUEST_FROM)
+            return request_page(columns, stand_in, shape), slots
+
+        return self._statement(key, build)
 
     def requests(self, visibility: Visibility, query: RequestFilter) -> Page[Document]:
         """A page of ``RequestOut`` documents (less ``approvals_needed``), newest first."""
-        columns = sa.select(*_REQUEST_COLUMNS).select_from(_REQUEST_FROM)
-        stmt = request_page(columns, visibility, query)
-        with translate_errors(), self._engine.connect() as conn:
-            ro = conn.execution_options(sovereign_readonly=True)
-            with ro.begin():
-                rows = list(ro.execute(stmt))
-                more = len(rows) > query.limit
-                rows = rows[: query.limit]
-                decided = self._approvals(ro, [row[0] for row in rows])
+        prepared = self._request_statement(visibility, query)
+        given: dict[str, Any] = {"limit": query.limit + 1}
+        given.update({_stand_in("level", i): v for i, v in enumerate(visibility.levels)})
+        given.update(
+            {_stand_in("comp", i): f",{c}," for i, c in enumerate(sorted(visibility.compartments))}
+        )
+        if visibility.tenants is not None:
+            given.update(
+                {_stand_in("tenant", i): v for i, v in enumerate(sorted(visibility.tenants))}
+            )
+        if query.state is not None:
+            given["state"] = query.state.value
+        if query.tenant is not None:
+            given["tenant"] = query.tenant
+        if query.cursor is not None:
+            given["cursor_at"], given["cursor_id"] = decode_cursor(query.cursor)
+        params = prepared.values(given)
+
+        def page(cursor: Any) -> tuple[list[Any], list[Any]]:
+            cursor.execute(prepared.sql, params)
+            rows = cursor.fetchmany(query.limit + 1)
+            ids = [row[0] for row in rows[: query.limit]]
+            return rows, self._approvals(cursor, ids) if ids else []
+
+        ((rows, decisions),) = self._run(page)
+        more = len(rows) > query.limit
+        rows = rows[: query.limit]
+        decided: dict[Any, list[Document]] = {}
+        for request_id, officer, officer_name, decision, reason, decided_at in decisions:
+            decided.setdefault(request_id, []).append(
+                {
+                    "officer": officer,
+                    "officer_name": officer_name,
+                    "decision": decision,
+                    "reason": reason,
+                    "decided_at": _stamp(decided_at),
+                }
+            )
         labels = self._labels
         items: list[Document] = []
         for (
@@ -176,11 +352,11 @@ class SqlReadModel:
             residency,
             country,
         ) in rows:
-            decisions = decided.get(ident, ())
-            approvers = {o for o, d in decisions if d["decision"] == "approve"}
+            approvals_of = decided.get(ident, [])
+            approvers = {d["officer"] for d in approvals_of if d["decision"] == "approve"}
             items.append(
                 {
-                    "id": str(ident),
+                    "id": _uuid_text(ident),
                     "tenant": tenant,
                     "requester": requester,
                     "requester_name": requester_name,
@@ -197,7 +373,7 @@ class SqlReadModel:
                     "lease_hours": lease_hours,
                     "state": state,
                     "reason": reason,
-                    "approvals": [d for _, d in decisions],
+                    "approvals": approvals_of,
                     "approvals_received": len(approvers),
                     "created_at": _stamp(created_at),
                     "updated_at": _stamp(updated_at),
@@ -208,68 +384,146 @@ class SqlReadModel:
         cursor = None
         if more and rows:
             last = rows[-1]
-            cursor = encode_cursor(_instant(last[16]), last[0])
+            cursor = encode_cursor(_instant(last[16]), _uuid(last[0]))
         return Page(items, cursor)
 
-    @staticmethod
-    def _approvals(
-        conn: sa.Connection, ids: list[uuid.UUID]
-    ) -> dict[uuid.UUID, list[tuple[str, Document]]]:
-        """The decisions on each of ``ids``, oldest first: (officer, ``ApprovalOut`` document)."""
-        found: dict[uuid.UUID, list[tuple[str, Document]]] = {}
-        if not ids:
-            return found
-        stmt = (
-            sa.select(*_APPROVAL_COLUMNS)
-            .where(_a.c.request_id.in_(ids))
-            .order_by(_a.c.decided_at, _a.c.id)
-        )
-        for request_id, officer, officer_name, decision, reason, decided_at in conn.execute(stmt):
-            found.setdefault(request_id, []).append(
-                (
-                    officer,
-                    {
-                        "officer": officer,
-                        "officer_name": officer_name,
-                        "decision": decision,
-                        "reason": reason,
-                        "decided_at": _stamp(decided_at),
-                    },
-                )
+    def _approvals(self, cursor: Any, ids: list[Any]) -> list[Any]:
+        """The rows of the decisions on ``ids`` (as the driver returned them), oldest first."""
+        stand_ins = _stand_ins("id", len(ids))
+
+        def build() -> tuple[sa.Select[Any], dict[Any, str]]:
+            # The ids are bound as the driver returned them: SQLite's stored text, compared as
+            # text; PostgreSQL's UUIDs, compared as uuid.
+            column = _raw(_a.c.request_id) if self._dialect.name == "sqlite" else _a.c.request_id
+            stmt = (
+                sa.select(*_APPROVAL_COLUMNS)
+                .where(column.in_(stand_ins))
+                .order_by(_a.c.decided_at, _a.c.id)
             )
-        return found
+            return stmt, {s: s for s in stand_ins}
+
+        prepared = self._statement(("approvals", len(ids)), build)
+        cursor.execute(prepared.sql, prepared.values(dict(zip(stand_ins, ids, strict=True))))
+        return list(cursor.fetchall())
+
+    # -- audit events ----------------------------------------------------------------------
 
     def events(self, query: AuditQuery) -> list[Document]:
         """``AuditEventOut`` documents of the sequenced events matching ``query``."""
-        t = audit_log
-        order = t.c.seq.asc() if query.ascending else t.c.seq.desc()
-        stmt = sa.select(t.c.seq, t.c.entry, t.c.leaf_hash).order_by(order).limit(query.limit)
-        # The conditions of SqlAuditStore.query, in its shape (the log's indexes serve both).
-        if query.actor is not None:
-            stmt = stmt.where(t.c.actor == query.actor)
-        if query.action is not None:
-            stmt = stmt.where(t.c.action == query.action)
-        if query.target is not None:
-            stmt = stmt.where(t.c.target == query.target)
-        if query.since is not None:
-            stmt = stmt.where(t.c.time >= query.since)
-        if query.until is not None:
-            stmt = stmt.where(t.c.time < query.until)
-        if query.before_seq is not None:
-            stmt = stmt.where(t.c.seq < query.before_seq)
-        if query.after_seq is not None:
-            stmt = stmt.where(t.c.seq > query.after_seq)
-        if query.levels is not None:
-            stmt = stmt.where(sa.or_(t.c.label_level.is_(None), t.c.label_level.in_(query.levels)))
-        if query.compartments is not None:
-            stmt = stmt.where(
-                sa.or_(
-                    t.c.label_compartments.is_(None),
-                    compartments_within(t.c.label_compartments, query.compartments),
-                )
+        levels = None if query.levels is None else len(query.levels)
+        compartments = None if query.compartments is None else len(query.compartments)
+        key = (
+            "events",
+            query.actor is not None,
+            query.action is not None,
+            query.target is not None,
+            query.since is not None,
+            query.until is not None,
+            query.before_seq is not None,
+            query.after_seq is not None,
+            query.ascending,
+            levels,
+            compartments,
+        )
+
+        def build() -> tuple[sa.Select[Any], dict[Any, str]]:
+            level_names = [_stand_in("level", i) for i in range(levels or 0)]
+            comp_names = [_stand_in("comp", i) for i in range(compartments or 0)]
+            shape = AuditQuery(
+                actor=_stand_in("actor") if query.actor is not None else None,
+                action=_stand_in("action") if query.action is not None else None,
+                target=_stand_in("target") if query.target is not None else None,
+                since=_SINCE if query.since is not None else None,
+                until=_UNTIL if query.until is not None else None,
+                levels=level_names if levels is not None else None,
+                compartments=frozenset(comp_names) if compartments is not None else None,
+                before_seq=_BEFORE if query.before_seq is not None else None,
+                after_seq=_AFTER if query.after_seq is not None else None,
+                ascending=query.ascending,
+                limit=_LIMIT,
             )
-        (rows,) = self._rows(stmt)
+            slots: dict[Any, str] = {s: s for s in level_names}
+            slots.update({f",{c},": c for c in comp_names})
+            slots.update(
+                {
+                    _stand_in("actor"): "actor",
+                    _stand_in("action"): "action",
+                    _stand_in("target"): "target",
+                    _SINCE: "since",
+                    _UNTIL: "until",
+                    _BEFORE: "before",
+                    _AFTER: "after",
+                    _LIMIT: "limit",
+                }
+            )
+            return _event_statement(shape), slots
+
+        prepared = self._statement(key, build)
+        given: dict[str, Any] = {
+            "actor": query.actor,
+            "action": query.action,
+            "target": query.target,
+            "since": query.since,
+            "until": query.until,
+            "before": query.before_seq,
+            "after": query.after_seq,
+            "limit": query.limit,
+        }
+        given.update({_stand_in("level", i): v for i, v in enumerate(query.levels or ())})
+        given.update(
+            {_stand_in("comp", i): f",{c}," for i, c in enumerate(sorted(query.compartments or ()))}
+        )
+        params = prepared.values(given)
+
+        def read(cursor: Any) -> list[Any]:
+            cursor.execute(prepared.sql, params)
+            return list(cursor.fetchall())
+
+        (rows,) = self._run(read)
         return [_event(seq, entry, leaf_hash) for seq, entry, leaf_hash in rows]
+
+
+def _event_statement(query: AuditQuery) -> sa.Select[Any]:
+    """The statement of :meth:`audit.sql.SqlAuditStore.query`, in its shape, for ``query``."""
+    t = audit_log
+    order = t.c.seq.asc() if query.ascending else t.c.seq.desc()
+    stmt = sa.select(t.c.seq, t.c.entry, t.c.leaf_hash).order_by(order).limit(query.limit)
+    if query.actor is not None:
+        stmt = stmt.where(t.c.actor == query.actor)
+    if query.action is not None:
+        stmt = stmt.where(t.c.action == query.action)
+    if query.target is not None:
+        stmt = stmt.where(t.c.target == query.target)
+    if query.since is not None:
+        stmt = stmt.where(t.c.time >= query.since)
+    if query.until is not None:
+        stmt = stmt.where(t.c.time < query.until)
+    if query.before_seq is not None:
+        stmt = stmt.where(t.c.seq < query.before_seq)
+    if query.after_seq is not None:
+        stmt = stmt.where(t.c.seq > query.after_seq)
+    if query.levels is not None:
+        stmt = stmt.where(sa.or_(t.c.label_level.is_(None), t.c.label_level.in_(query.levels)))
+    if query.compartments is not None:
+        stmt = stmt.where(
+            sa.or_(
+                t.c.label_compartments.is_(None),
+                compartments_within(t.c.label_compartments, query.compartments),
+            )
+        )
+    return stmt
+
+
+def _uuid_text(value: Any) -> str:
+    """A stored id as the API writes it: SQLite holds 32 hex digits, PostgreSQL a UUID."""
+    if isinstance(value, str) and len(value) == 32:
+        return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
+    return str(uuid.UUID(str(value)))
+
+
+def _uuid(value: Any) -> uuid.UUID:
+    """A stored id as a UUID."""
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
 
 def _event(seq: int, entry: bytes, leaf_hash: bytes) -> Document:
