@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from audit import AuditQuery
 from audit.sql import audit_log, compartments_within
 from sovereign.adapters.database import (
+    compartment_subsets,
     decode_cursor,
     encode_cursor,
     request_page,
@@ -196,6 +197,14 @@ _AFTER = 987_654_322
 
 
 @functools.cache
+def _derived(compartments: tuple[str, ...]) -> frozenset[str]:
+    """The parameters a label filter derives from ``compartments`` (either form of
+    :func:`~sovereign.adapters.database._visible`), but the constant empty set."""
+    found = {f",{c}," for c in compartments} | set(compartment_subsets(compartments))
+    return frozenset(found - _CONSTANTS)
+
+
+@functools.cache
 def _stand_in(kind: str, i: int = 0) -> str:
     """The stand-in for the ``i``-th value of ``kind`` (a NUL never occurs in a real one)."""
     return f"\x00{kind}{i:04d}"
@@ -254,10 +263,13 @@ class SqlReadModel:
 
     def _request_statement(self, visibility: Visibility, query: RequestFilter) -> _Prepared:
         tenants = None if visibility.tenants is None else len(visibility.tenants)
+        # The compartments are part of the shape (a clearance's; few distinct ones exist): the
+        # strings derived from them are bound as themselves.
+        compartments = tuple(sorted(visibility.compartments))
         key = (
             "requests",
             len(visibility.levels),
-            len(visibility.compartments),
+            compartments,
             tenants,
             query.state is not None,
             query.tenant is not None,
@@ -266,10 +278,8 @@ class SqlReadModel:
 
         def build() -> tuple[sa.Select[Any], dict[Any, str]]:
             levels = tuple(_stand_in("level", i) for i in range(len(visibility.levels)))
-            compartments = [_stand_in("comp", i) for i in range(len(visibility.compartments))]
             names = [_stand_in("tenant", i) for i in range(tenants or 0)]
-            slots: dict[Any, str] = {s: s for s in (*levels, *names)}
-            slots.update({f",{c},": c for c in compartments})
+            slots: dict[Any, str] = {s: s for s in (*levels, *names, *_derived(compartments))}
             slots.update({_CURSOR_AT: "cursor_at", _CURSOR_ID: "cursor_id", _LIMIT + 1: "limit"})
             slots[_stand_in("tenant-filter")] = "tenant"
             # A state is an enum: the only other string parameters are stand-ins.
@@ -288,14 +298,18 @@ class SqlReadModel:
 
         return self._statement(key, build)
 
-    def requests(self, visibility: Visibility, query: RequestFilter) -> Page[Document]:
-        """A page of ``RequestOut`` documents (less ``approvals_needed``), newest first."""
+    def request_sql(
+        self, visibility: Visibility, query: RequestFilter
+    ) -> tuple[str, tuple[Any, ...] | dict[str, Any]]:
+        """The SQL text and driver parameters a page of :meth:`requests` runs (to explain it, or
+        to time it raw).
+
+        :raises InvalidInputError: a cursor that no page returned.
+        """
         prepared = self._request_statement(visibility, query)
         given: dict[str, Any] = {"limit": query.limit + 1}
         given.update({_stand_in("level", i): v for i, v in enumerate(visibility.levels)})
-        given.update(
-            {_stand_in("comp", i): f",{c}," for i, c in enumerate(sorted(visibility.compartments))}
-        )
+        given.update({d: d for d in _derived(tuple(sorted(visibility.compartments)))})
         if visibility.tenants is not None:
             given.update(
                 {_stand_in("tenant", i): v for i, v in enumerate(sorted(visibility.tenants))}
@@ -306,10 +320,14 @@ class SqlReadModel:
             given["tenant"] = query.tenant
         if query.cursor is not None:
             given["cursor_at"], given["cursor_id"] = decode_cursor(query.cursor)
-        params = prepared.values(given)
+        return prepared.sql, prepared.values(given)
+
+    def requests(self, visibility: Visibility, query: RequestFilter) -> Page[Document]:
+        """A page of ``RequestOut`` documents (less ``approvals_needed``), newest first."""
+        sql, params = self.request_sql(visibility, query)
 
         def page(cursor: Any) -> tuple[list[Any], list[Any]]:
-            cursor.execute(prepared.sql, params)
+            cursor.execute(sql, params)
             rows = cursor.fetchmany(query.limit + 1)
             ids = [row[0] for row in rows[: query.limit]]
             return rows, self._approvals(cursor, ids) if ids else []
