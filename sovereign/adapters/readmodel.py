@@ -428,6 +428,17 @@ class SqlReadModel:
 
     def events(self, query: AuditQuery) -> list[Document]:
         """``AuditEventOut`` documents of the sequenced events matching ``query``."""
+        sql, params = self.event_sql(query)
+
+        def read(cursor: Any) -> list[Any]:
+            cursor.execute(sql, params)
+            return list(cursor.fetchall())
+
+        (rows,) = self._run(read)
+        return [_event(seq, entry, leaf_hash) for seq, entry, leaf_hash in rows]
+
+    def event_sql(self, query: AuditQuery) -> tuple[str, tuple[Any, ...] | dict[str, Any]]:
+        """The SQL text and driver parameters :meth:`events` runs for ``query``."""
         levels = None if query.levels is None else len(query.levels)
         compartments = None if query.compartments is None else len(query.compartments)
         key = (
@@ -491,14 +502,7 @@ class SqlReadModel:
         given.update(
             {_stand_in("comp", i): f",{c}," for i, c in enumerate(sorted(query.compartments or ()))}
         )
-        params = prepared.values(given)
-
-        def read(cursor: Any) -> list[Any]:
-            cursor.execute(prepared.sql, params)
-            return list(cursor.fetchall())
-
-        (rows,) = self._run(read)
-        return [_event(seq, entry, leaf_hash) for seq, entry, leaf_hash in rows]
+        return prepared.sql, prepared.values(given)
 
 
 def _event_statement(query: AuditQuery) -> sa.Select[Any]:

@@ -10,9 +10,11 @@ tenants, and each of them on a deep page (with the keyset cursor).
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -196,3 +198,17 @@ def test_request_pages_walk_an_index_in_order(engine: sa.Engine, shape: str, dee
     if "OFFSET" in sql:  # SQLAlchemy writes SQLite's LIMIT as LIMIT ? OFFSET ?, always 0
         assert sql.rstrip().endswith("OFFSET ?") and isinstance(params, tuple) and params[-1] == 0
     assert_ordered_by_index(engine, explain(engine, sql, params))
+
+
+def test_no_listing_pages_by_offset():
+    """Keyset pagination throughout: no statement of the control plane or the audit library
+    skips rows with OFFSET (SQLAlchemy's ``.offset()``)."""
+    root = Path(__file__).resolve().parents[2]
+    sources = [*(root / "sovereign").rglob("*.py"), *(root / "audit").rglob("*.py")]
+    found = [
+        f"{path.relative_to(root)}:{n}"
+        for path in sources
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\.offset\(|\bOFFSET\s+[?:%]", line)
+    ]
+    assert not found, found
