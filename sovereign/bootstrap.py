@@ -186,7 +186,7 @@ def build_services(
         clock=clock,
     )
     hosts = HostService(uow, hypervisor, scheme, actions, clock=clock)
-    enclaves = EnclaveService(uow, policy, ending, actions, hypervisor, clock=clock)
+    enclaves = EnclaveService(uow, policy, ending, actions, hypervisor, clock=clock, reads=reads)
     auth_failures = AuthFailureAudit(uow, interval_s=settings.auth_failure_interval_s, clock=clock)
     if workloads is None:
         workloads = build_workloads(settings)

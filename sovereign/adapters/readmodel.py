@@ -37,7 +37,7 @@ from sovereign.adapters.database import (
     request_page,
     translate_errors,
 )
-from sovereign.adapters.tables import approvals, enclave_requests, tenants
+from sovereign.adapters.tables import approvals, enclave_requests, enclaves, hosts, tenants
 from sovereign.domain.policy import Visibility
 from sovereign.domain.requests import RequestState
 from sovereign.errors import DependencyUnavailableError
@@ -215,6 +215,26 @@ def _stand_ins(kind: str, count: int) -> tuple[str, ...]:
     return tuple(_stand_in(kind, i) for i in range(count))
 
 
+#: Requests that never had an enclave: the enclave listing leaves them out.
+_NEVER_PLACED = frozenset(
+    {RequestState.PENDING.value, RequestState.REJECTED.value, RequestState.CANCELLED.value}
+)
+_e = enclaves
+_PLACEMENT_COLUMNS = (
+    _e.c.id,
+    _e.c.host,
+    _e.c.gpus,
+    _e.c.domain_name,
+    _raw(_e.c.lease_expires_at),
+    _e.c.step,
+    _e.c.error,
+    _e.c.country,
+    hosts.c.site,
+    hosts.c.country,
+    hosts.c.name,
+)
+
+
 class SqlReadModel:
     """Request pages and audit events read into documents, each in a read-only transaction.
 
@@ -324,15 +344,94 @@ class SqlReadModel:
 
     def requests(self, visibility: Visibility, query: RequestFilter) -> Page[Document]:
         """A page of ``RequestOut`` documents (less ``approvals_needed``), newest first."""
+        return self._requests(visibility, query)[0]
+
+    def enclaves(self, visibility: Visibility, query: RequestFilter) -> Page[Document]:
+        """The page of requests :meth:`requests` reads, less those that never got past
+        approval, each as an ``EnclaveOut`` document around its ``RequestOut`` document (less
+        ``approvals_needed``); the cursor is the request page's."""
+        page, placed = self._requests(visibility, query, enclaves=True)
+        items = []
+        for doc in page.items:
+            if doc["state"] in _NEVER_PLACED:
+                continue
+            where = placed.get(doc["id"])
+            items.append(
+                {
+                    "id": doc["id"],
+                    "state": doc["state"],
+                    "request": doc,
+                    "host": where["host"] if where else None,
+                    "site": where["site"] if where else None,
+                    "country": where["country"] if where else None,
+                    "gpus": where["gpus"] if where else [],
+                    "domain_name": where["domain_name"] if where else None,
+                    "lease_expires_at": where["lease_expires_at"] if where else None,
+                    "step": where["step"] if where else "",
+                    "error": where["error"] if where else "",
+                }
+            )
+        return Page(items, page.next_cursor)
+
+    def _placements(self, cursor: Any, ids: list[Any]) -> dict[str, Document]:
+        """Where each of ``ids`` (as the driver returned them) runs, by id text: its enclave's
+        row and its host's site and country, as ``EnclaveOut`` reads them."""
+        stand_ins = _stand_ins("id", len(ids))
+
+        def build() -> tuple[sa.Select[Any], dict[Any, str]]:
+            column = _raw(_e.c.id) if self._dialect.name == "sqlite" else _e.c.id
+            stmt = (
+                sa.select(*_PLACEMENT_COLUMNS)
+                .select_from(_e.outerjoin(hosts, hosts.c.name == _e.c.host))
+                .where(column.in_(stand_ins))
+            )
+            return stmt, {s: s for s in stand_ins}
+
+        prepared = self._statement(("placements", len(ids)), build)
+        cursor.execute(prepared.sql, prepared.values(dict(zip(stand_ins, ids, strict=True))))
+        found: dict[str, Document] = {}
+        for (
+            ident,
+            host,
+            gpus,
+            domain,
+            lease,
+            step,
+            error,
+            placed,
+            site,
+            host_country,
+            known,
+        ) in cursor.fetchall():
+            found[_uuid_text(ident)] = {
+                "host": host,
+                "site": site,
+                # Where it was placed (its host's country then), else its host's, as the
+                # domain path reads it (an old enclave has "").
+                "country": placed or (host_country if known is not None else None),
+                "gpus": [g for g in gpus.split(",") if g],
+                "domain_name": domain,
+                "lease_expires_at": _stamp(lease),
+                "step": step,
+                "error": error,
+            }
+        return found
+
+    def _requests(
+        self, visibility: Visibility, query: RequestFilter, *, enclaves: bool = False
+    ) -> tuple[Page[Document], dict[str, Document]]:
         sql, params = self.request_sql(visibility, query)
 
-        def page(cursor: Any) -> tuple[list[Any], list[Any]]:
+        def page(cursor: Any) -> tuple[list[Any], list[Any], dict[str, Document]]:
             cursor.execute(sql, params)
             rows = cursor.fetchmany(query.limit + 1)
             ids = [row[0] for row in rows[: query.limit]]
-            return rows, self._approvals(cursor, ids) if ids else []
+            if not ids:
+                return rows, [], {}
+            placed = self._placements(cursor, ids) if enclaves else {}
+            return rows, self._approvals(cursor, ids), placed
 
-        ((rows, decisions),) = self._run(page)
+        ((rows, decisions, placements),) = self._run(page)
         more = len(rows) > query.limit
         rows = rows[: query.limit]
         decided: dict[Any, list[Document]] = {}
@@ -403,7 +502,7 @@ class SqlReadModel:
         if more and rows:
             last = rows[-1]
             cursor = encode_cursor(_instant(last[16]), _uuid(last[0]))
-        return Page(items, cursor)
+        return Page(items, cursor), placements
 
     def _approvals(self, cursor: Any, ids: list[Any]) -> list[Any]:
         """The rows of the decisions on ``ids`` (as the driver returned them), oldest first."""

@@ -414,6 +414,15 @@ class ReadModel(Protocol):
         """
         ...
 
+    def enclaves(self, visibility: Visibility, query: RequestFilter) -> Page[Document]:
+        """The request page :meth:`requests` reads, less requests never past approval, as
+        ``EnclaveOut`` documents (their ``request`` less ``approvals_needed``).
+
+        :raises InvalidInputError: a cursor that no page returned.
+        :raises DependencyUnavailableError: the database is lost.
+        """
+        ...
+
     def events(self, query: AuditQuery) -> list[Document]:
         """Sequenced events matching ``query``, as ``AuditEventOut`` documents, newest first
         (as :meth:`AuditStore.query` returns them).

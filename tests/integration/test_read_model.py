@@ -23,10 +23,12 @@ import pytest
 from flask import Flask
 
 from audit import AuditEvent, AuditQuery, Outcome
-from sovereign.api import routing, schemas, v1
+from sovereign.api import fleet_schemas, routing, schemas, v1
 from sovereign.api.ops import TITLE, VERSION
 from sovereign.api.routing import openapi
+from sovereign.domain.fleet import Enclave
 from sovereign.domain.identity import Role
+from sovereign.domain.policy import Visibility
 from sovereign.domain.requests import Approval, Decision, EnclaveRequest, RequestState
 from sovereign.domain.tenants import Resources
 from sovereign.errors import PolicyDeniedError
@@ -144,6 +146,41 @@ def seed_requests(services: Services, count: int = 42) -> None:
         uow.commit()
 
 
+def seed_enclaves(services: Services) -> None:
+    """Enclaves for half the requests past approval: on either host, with GPUs or none, a step
+    and an error or none, the country they were placed in or none recorded (an old one)."""
+    with services.uow() as uow:
+        placed = [
+            r
+            for r in uow.requests.list(
+                Visibility.everything(services.policy.scheme), RequestFilter(limit=200)
+            ).items
+            if r.state in (RequestState.APPROVED, RequestState.RUNNING)
+        ]
+        for i, r in enumerate(placed[::2]):
+            uow.enclaves.add(
+                Enclave(
+                    id=r.id,
+                    host="secret-1" if r.tenant == "defence" else "civil-1",
+                    gpus=("0000:3a:00.0", "0000:3b:00.0")[: i % 3],
+                    domain_name=f"enc-{r.id.hex[:12]}",
+                    label=r.label,
+                    classified=r.tenant == "defence",
+                    tenant=r.tenant,
+                    vcpus=r.resources.vcpus,
+                    memory_mib=r.resources.memory_mib,
+                    disk_gib=r.resources.disk_gib,
+                    lease_expires_at=r.created_at + timedelta(hours=r.lease_hours),
+                    created_at=r.created_at,
+                    updated_at=r.updated_at,
+                    step="provision:boot" if i % 2 else "",
+                    error="" if i % 2 else "host unreachable",
+                    country="ES" if i % 2 else "",
+                )
+            )
+        uow.commit()
+
+
 def seed_events(services: Services, count: int = 40) -> None:
     """Sequenced events: labelled at every level and compartment set, and unlabelled; with and
     without details, reasons and microseconds."""
@@ -190,8 +227,8 @@ def _times_are_rfc3339(node: Any) -> None:
     # jsonschema checks date-time only when rfc3339-validator is installed: say it here too.
     if isinstance(node, dict):
         for key, value in node.items():
-            if key in {"created_at", "updated_at", "decided_at", "time"}:
-                assert schemas.RFC3339_DATE_TIME.fullmatch(value), value
+            if key in {"created_at", "updated_at", "decided_at", "time", "lease_expires_at"}:
+                assert value is None or schemas.RFC3339_DATE_TIME.fullmatch(value), value
             _times_are_rfc3339(value)
     elif isinstance(node, list):
         for value in node:
@@ -274,6 +311,39 @@ def _seeded(services: Services, i: int) -> EnclaveRequest:
         created_at=BASE,
         updated_at=BASE,
     )
+
+
+@pytest.mark.parametrize(
+    "flt",
+    [RequestFilter(limit=PAGE), RequestFilter(limit=PAGE, tenant="defence")],
+    ids=["all", "defence"],
+)
+def test_enclave_pages_equal_the_domain_paths_for_every_caller(
+    services: Services, document: dict[str, Any], flt: RequestFilter
+):
+    seed_requests(services)
+    seed_enclaves(services)
+    check = validator(document, "EnclaveList")
+    placed = 0
+    for who in READERS:
+        caller = ctx(who)
+        cursor = None
+        while True:
+            query = RequestFilter(tenant=flt.tenant, limit=flt.limit, cursor=cursor)
+            read = _read(services.enclaves.page(caller, query))
+            page = services.enclaves.list(caller, query)
+            domain = fleet_schemas.EnclaveList(
+                items=[fleet_schemas.EnclaveOut.of(v, services.policy) for v in page.items],
+                next_cursor=page.next_cursor,
+            ).model_dump(mode="json")
+            check.validate(read)
+            _times_are_rfc3339(read)
+            assert read == domain, who.username
+            placed += sum(1 for item in read["items"] if item["host"] is not None)
+            cursor = domain["next_cursor"]
+            if cursor is None:
+                break
+    assert placed  # the seed's enclaves were compared, not only requests without one
 
 
 def test_the_seed_fills_every_optional_field_and_leaves_each_empty_somewhere(
