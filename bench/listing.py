@@ -292,10 +292,11 @@ def main() -> int:  # noqa: PLR0915 - one straight script: seed, walk, report
             call = caller(user)
             base = {"limit": str(PAGE), **params}
             walk(call, "/api/v1/requests", base, 2)  # warm: statements prepared, caches filled
-            latencies = walk(call, "/api/v1/requests", base, PAGES)
-            latencies += walk(
-                call, "/api/v1/requests", {**base, "cursor": deep_request}, DEEP_PAGES
-            )
+            latencies = []
+            for _ in range(args.rounds):
+                latencies += walk(call, "/api/v1/requests", base, PAGES)
+                deep = {**base, "cursor": deep_request}
+                latencies += walk(call, "/api/v1/requests", deep, DEEP_PAGES)
             every_request_page += latencies
             p50, p99 = summary(latencies)
             figures[f"requests_{name}_p50_ms"], figures[f"requests_{name}_p99_ms"] = p50, p99
