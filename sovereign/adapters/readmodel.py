@@ -1,10 +1,11 @@
 """The read model: listings straight from rows to the API's output documents (SQLAlchemy Core).
 
-Owns :class:`SqlReadModel`, the SQL implementation of :class:`~sovereign.services.ports.ReadModel`:
-one statement selects exactly the columns a page shows (a second one its requests' approvals),
-and each row becomes a JSON-ready dict in one pass, with no domain object and no pydantic model
-per item; the API encodes the page with orjson. Writes, and every read that decides something,
-keep the domain path (:mod:`sovereign.adapters.database`).
+Owns :class:`SqlReadModel`, the SQL implementation of
+:class:`~sovereign.services.ports.ReadModel`: one statement selects exactly the columns a page
+shows (one more its requests' approvals, and for enclaves one more their placements), and each
+row becomes a JSON-ready dict in one pass, with no domain object and no pydantic model per
+item; the API encodes the page with orjson. Writes, and every read that decides something, keep
+the domain path (:mod:`sovereign.adapters.database`).
 
 Visibility is not decided here, only applied: requests are narrowed by
 :func:`sovereign.adapters.database.request_page`, the very function the request repository lists
@@ -168,7 +169,7 @@ def _prepare(stmt: sa.Select[Any], slots: dict[Any, str], dialect: sa.Dialect) -
     """Compile ``stmt``, built with a unique stand-in value for each value a call supplies
     (``slots``: stand-in -> slot name), into SQL text and a parameter recipe.
 
-    :raises AssertionError: if a parameter is neither a stand-in nor a known constant (the
+    :raises ValueError: if a parameter is neither a stand-in nor a known constant (the
         statement changed shape: better to fail than to bind a stale value).
     """
     compiled = stmt.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
@@ -180,9 +181,10 @@ def _prepare(stmt: sa.Select[Any], slots: dict[Any, str], dialect: sa.Dialect) -
         process = None if bind is None else bind.type.dialect_impl(dialect).bind_processor(dialect)
         if isinstance(value, Hashable) and value in slots:
             params.append((name, slots[value], None, process))
-        else:
-            assert value in _CONSTANTS, f"parameter {name} = {value!r} is no call's value"
+        elif isinstance(value, Hashable) and value in _CONSTANTS:
             params.append((name, None, value, process))
+        else:
+            raise ValueError(f"parameter {name} = {value!r} is neither a call's nor a constant")
     return _Prepared(compiled.string, tuple(params), compiled.positiontup is not None)
 
 
@@ -236,7 +238,8 @@ _PLACEMENT_COLUMNS = (
 
 
 class SqlReadModel:
-    """Request pages and audit events read into documents, each in a read-only transaction.
+    """Request and enclave pages and audit events read into documents, each page in one
+    read-only transaction.
 
     Each statement is built by the same code as the domain path's, once per shape, with
     stand-ins for the values, compiled for the engine's dialect, and then run straight on the
@@ -639,7 +642,7 @@ def _uuid_text(value: Any) -> str:
     """A stored id as the API writes it: SQLite holds 32 hex digits, PostgreSQL a UUID."""
     if isinstance(value, str) and len(value) == 32:
         return f"{value[:8]}-{value[8:12]}-{value[12:16]}-{value[16:20]}-{value[20:]}"
-    return str(uuid.UUID(str(value)))
+    return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
 
 
 def _uuid(value: Any) -> uuid.UUID:
