@@ -21,7 +21,7 @@ APT_TEST := $(APT_RUN) postgresql qemu-system-x86 libvirt-daemon-system swtpm sw
 # tiny guest (bench/enclaves.py's boot), without the browser.
 APT_BENCH := $(APT_RUN) postgresql qemu-system-x86 libvirt-daemon-system swtpm swtpm-tools \
              busybox-static cpio
-BENCHMARKS := api audit enclaves gpu_scrub keys placement workloads
+BENCHMARKS := api audit enclaves gpu_scrub keys listing placement workloads
 
 .PHONY: run test lint typecheck contracts ansible pytest bench bench-setup clean help
 

@@ -4,7 +4,8 @@ What is measured
     Four endpoints, each served by gunicorn with two sync workers on 127.0.0.1:
 
     * ``list``: ``GET /api/v1/requests?limit=50`` of the real control plane, whose SQLite
-      database holds 10,000 seeded requests, so each call reads, maps and serialises 50;
+      database holds 10,000 seeded requests, so each call reads and serialises 50 (from the
+      read model: rows straight to JSON, no domain objects or pydantic models per item);
     * ``create``: ``POST /api/v1/requests`` (one SECRET/NATO request per call, committed with its
       audit event);
     * ``raw_get`` and ``raw_post``: a bare Flask app written by this script (no auth, no

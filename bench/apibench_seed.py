@@ -71,6 +71,8 @@ def prepare_database(url: str, idp_url: str, subject: str, count: int) -> None:
         }
         for i in range(count)
     ]
+    if not rows:
+        return
     engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:

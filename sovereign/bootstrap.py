@@ -44,6 +44,7 @@ from sovereign.services.ports import (
     Hypervisor,
     IdentityProvider,
     Probe,
+    ReadModel,
     Sanitizer,
     SecretStore,
     UnitOfWorkFactory,
@@ -74,6 +75,17 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+def _read_model(uow: UnitOfWorkFactory) -> ReadModel | None:
+    """The read model over the SQL unit of work's engine; none over the in-memory one (whose
+    services list through the repositories only)."""
+    if getattr(uow, "engine", None) is None:
+        return None
+    from sovereign.adapters.database import SqlUnitOfWorkFactory  # noqa: PLC0415
+    from sovereign.adapters.readmodel import SqlReadModel  # noqa: PLC0415
+
+    return SqlReadModel(uow.engine) if isinstance(uow, SqlUnitOfWorkFactory) else None
 
 
 def build_services(
@@ -115,6 +127,7 @@ def build_services(
         default_probes.append(DatabaseProbe(engine))
         if audit_log is None:
             audit_log = _sql_audit_log(settings, engine)
+    reads = _read_model(uow)
     if identity is None:
         identity = _keycloak(settings, scheme)
     default_probes.append(_IdentityProbe(identity))
@@ -173,7 +186,7 @@ def build_services(
         clock=clock,
     )
     hosts = HostService(uow, hypervisor, scheme, actions, clock=clock)
-    enclaves = EnclaveService(uow, policy, ending, actions, hypervisor, clock=clock)
+    enclaves = EnclaveService(uow, policy, ending, actions, hypervisor, clock=clock, reads=reads)
     auth_failures = AuthFailureAudit(uow, interval_s=settings.auth_failure_interval_s, clock=clock)
     if workloads is None:
         workloads = build_workloads(settings)
@@ -199,10 +212,11 @@ def build_services(
             clock=clock,
             # Which allowed country a new enclave is pinned to first (parity, when it is on).
             country_order=usage.country_order,
+            reads=reads,
         ),
         keys=keys,
         catalog=CatalogService(uow, scheme, clock),
-        audit=AuditReadService(uow, policy, clock, audit_log),
+        audit=AuditReadService(uow, policy, clock, audit_log, reads=reads),
         hypervisor=hypervisor,
         actions=actions,
         hosts=hosts,

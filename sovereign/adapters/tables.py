@@ -106,11 +106,13 @@ enclave_requests = sa.Table(
     # country the enclave was pinned to at final approval (NULL before, and for old rows).
     sa.Column("residency", sa.Text, nullable=True),
     sa.Column("country", sa.String(2), nullable=True),
-    # Keyset pages, newest first: all tenants, and one tenant (an analyst's view).
+    # Keyset pages, newest first: all tenants, one tenant (an analyst's view), one state (an
+    # officer's queue) and one tenant's requests in one state (migration 0012). The quota sum
+    # and the reconciler's claims by state use the last two's prefixes.
     sa.Index("ix_enclave_requests_created", "created_at", "id"),
     sa.Index("ix_enclave_requests_tenant_created", "tenant", "created_at", "id"),
-    sa.Index("ix_enclave_requests_tenant_state", "tenant", "state"),
-    sa.Index("ix_enclave_requests_state", "state"),
+    sa.Index("ix_enclave_requests_state_created", "state", "created_at", "id"),
+    sa.Index("ix_enclave_requests_tenant_state_created", "tenant", "state", "created_at", "id"),
 )
 
 approvals = sa.Table(

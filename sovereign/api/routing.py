@@ -7,6 +7,11 @@ Also ``multipart/form-data`` bodies (:func:`parse_form`: uploads of job code and
 operation with its own size limit, refused with 413 above it before anything is parsed), and
 views that answer with their own :class:`~flask.Response` (bytes, extra headers). Uploaded
 files are held in memory only (:class:`~sovereign.channels.uploads.MemoryFormDataParser`).
+
+Listings answer from a read model: a view returns :class:`Json`, the page already encoded (by
+:func:`encode`, orjson), and the route passes it through without building or validating the
+``response`` model, which still documents it; tests hold the read model's output to the
+document and to what the model would have built.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from flask import Blueprint, Flask, Response, g, request
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
@@ -33,8 +39,30 @@ from sovereign.errors import AuthenticationError, InvalidInputError
 from sovereign.services.authfailures import AUTH_FAILURE
 from sovereign.services.recording import CallContext
 
-View = Callable[..., BaseModel | str | Response]
 TEXT = "text/plain"
+
+
+@dataclass(frozen=True)
+class Json:
+    """A response body already serialised as JSON, in the shape of the operation's documented
+    ``response`` schema (a read model's page); the route sends it as it is."""
+
+    body: bytes
+
+
+def encode(document: dict[str, Any]) -> Json:
+    """``document`` (JSON-ready values; aware datetimes are written as pydantic writes them,
+    UTC as ``Z``) as a :class:`Json` body.
+
+    :raises TypeError: if it holds something JSON cannot represent.
+    """
+    try:
+        return Json(orjson.dumps(document, option=orjson.OPT_UTC_Z))
+    except orjson.JSONEncodeError as e:
+        raise TypeError(f"not JSON-serialisable: {e}") from e
+
+
+View = Callable[..., BaseModel | str | Json | Response]
 
 PATH_PARAM = re.compile(r"<(?:(\w+):)?(\w+)>")
 #: Largest integer a path parameter may hold: a signed 64-bit column (SQLite, PostgreSQL
@@ -364,6 +392,8 @@ class Api:
                 result = op.view(**kwargs)
                 if isinstance(result, Response):
                     return result
+                if isinstance(result, Json):
+                    return Response(result.body, status=op.status, mimetype=op.media_type)
                 body = result if isinstance(result, str) else result.model_dump_json()
                 return Response(body, status=op.status, mimetype=op.media_type)
 

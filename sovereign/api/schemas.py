@@ -1,7 +1,10 @@
 """The API's request and response schemas (pydantic), the single source of the OpenAPI document.
 
 Owns the shape of every body and query the API accepts or returns, with limits. Unknown fields
-are refused. Domain objects are turned into responses here, and nowhere else.
+are refused. Domain objects are turned into responses here, and nowhere else; the listings of
+requests, enclaves and audit events are the one exception, built from rows by the read model
+(:class:`~sovereign.services.ports.ReadModel`) in the shapes these models document, which a test
+holds them to (and to what ``*Out.of`` makes of the same rows).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import uuid
 from flask import Blueprint
 
 from sovereign.api import schemas as s
-from sovereign.api.routing import TEXT, Api
+from sovereign.api.routing import TEXT, Api, Json, encode
 from sovereign.app_context import services
 from sovereign.domain.requests import EnclaveRequest
 from sovereign.services.auditing import EventFilter
@@ -53,22 +53,15 @@ def create_request(ctx: CallContext, body: s.RequestCreate) -> s.RequestOut:
     response=s.RequestPage,
     roles="analysts (their tenants), officers and auditors; always up to your clearance",
 )
-def list_requests(ctx: CallContext, query: s.RequestQuery) -> s.RequestPage:
-    """Newest first, one page at a time."""
-    page = services().requests.list(
+def list_requests(ctx: CallContext, query: s.RequestQuery) -> Json:
+    """Newest first, one page at a time (from the read model: a ``RequestPage``)."""
+    page = services().requests.page(
         ctx,
         RequestFilter(
             state=query.state, tenant=query.tenant, limit=query.limit, cursor=query.cursor
         ),
     )
-    residencies = services().requests.residency(page.items)
-    return s.RequestPage(
-        items=[
-            s.RequestOut.of(r, services().policy, residency)
-            for r, residency in zip(page.items, residencies, strict=True)
-        ],
-        next_cursor=page.next_cursor,
-    )
+    return encode({"items": page.items, "next_cursor": page.next_cursor})
 
 
 @api.route(
@@ -168,9 +161,10 @@ def me(ctx: CallContext) -> s.MeOut:
     response=s.AuditEventPage,
     roles="auditors and officers, up to their clearance",
 )
-def list_audit_events(ctx: CallContext, query: s.EventQuery) -> s.AuditEventPage:
-    """Newest first; filter by actor, action, target and time range."""
-    page = services().audit.events(
+def list_audit_events(ctx: CallContext, query: s.EventQuery) -> Json:
+    """Newest first; filter by actor, action, target and time range (from the read model: an
+    ``AuditEventPage``)."""
+    page = services().audit.event_page(
         ctx,
         EventFilter(
             actor=query.actor,
@@ -182,9 +176,7 @@ def list_audit_events(ctx: CallContext, query: s.EventQuery) -> s.AuditEventPage
             limit=query.limit,
         ),
     )
-    return s.AuditEventPage(
-        items=[s.AuditEventOut.of(e) for e in page.items], next_cursor=page.next_cursor
-    )
+    return encode({"items": page.items, "next_cursor": page.next_cursor})
 
 
 @api.route(

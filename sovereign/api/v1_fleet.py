@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 
 from sovereign.api import fleet_schemas as f
-from sovereign.api.routing import TEXT
+from sovereign.api.routing import TEXT, Json, encode
 from sovereign.api.v1 import api
 from sovereign.app_context import services
 from sovereign.services.ports import RequestFilter
@@ -214,18 +214,16 @@ def propose_gpu_return(
     response=f.EnclaveList,
     roles="analysts (their tenants), officers and auditors; up to your clearance",
 )
-def list_enclaves(ctx: CallContext, query: f.EnclaveQuery) -> f.EnclaveList:
-    """Approved requests and their enclaves, newest first."""
-    page = services().enclaves.list(
+def list_enclaves(ctx: CallContext, query: f.EnclaveQuery) -> Json:
+    """Approved requests and their enclaves, newest first (from the read model: an
+    ``EnclaveList``)."""
+    page = services().enclaves.page(
         ctx,
         RequestFilter(
             state=query.state, tenant=query.tenant, limit=query.limit, cursor=query.cursor
         ),
     )
-    policy = services().policy
-    return f.EnclaveList(
-        items=[f.EnclaveOut.of(v, policy) for v in page.items], next_cursor=page.next_cursor
-    )
+    return encode({"items": page.items, "next_cursor": page.next_cursor})
 
 
 @api.route(

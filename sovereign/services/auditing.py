@@ -21,7 +21,14 @@ from sovereign.errors import (
     InvalidInputError,
     NotFoundError,
 )
-from sovereign.services.ports import AuditLog, Consistency, Page, UnitOfWorkFactory
+from sovereign.services.ports import (
+    AuditLog,
+    Consistency,
+    Document,
+    Page,
+    ReadModel,
+    UnitOfWorkFactory,
+)
 from sovereign.services.recording import CallContext, Clock, Recorder, utcnow
 
 
@@ -68,9 +75,11 @@ class AuditReadService:
         policy: AccessPolicy,
         clock: Clock = utcnow,
         log: AuditLog | None = None,
+        reads: ReadModel | None = None,
     ) -> None:
         self._uow = uow_factory
         self._policy = policy
+        self._reads = reads
         self._recorder = Recorder(uow_factory, clock)
         self._log = log
 
@@ -122,15 +131,12 @@ class AuditReadService:
             raise InvalidInputError(reason="need 0 < from <= to")
         return self.log.consistency(old_size, new_size)
 
-    def events(self, ctx: CallContext, flt: EventFilter) -> Page[StoredEvent]:
-        """Events the caller may read, newest first.
-
-        :raises PolicyDeniedError: wrong role. :raises InvalidInputError: ``before`` out of range.
-        """
+    def _events_query(self, ctx: CallContext, flt: EventFilter) -> AuditQuery:
+        """The query for a page of :meth:`events` (one more than a page: is there another?)."""
         visibility = self._readable(ctx, "audit:read", "audit-log")
         if flt.before is not None and not 0 <= flt.before <= MAX_SEQ:
             raise InvalidInputError(reason="the cursor is not a sequence number of this log")
-        query = AuditQuery(
+        return AuditQuery(
             actor=flt.actor,
             action=flt.action,
             target=flt.target,
@@ -141,11 +147,33 @@ class AuditReadService:
             before_seq=flt.before,
             limit=flt.limit + 1,
         )
+
+    def events(self, ctx: CallContext, flt: EventFilter) -> Page[StoredEvent]:
+        """Events the caller may read, newest first.
+
+        :raises PolicyDeniedError: wrong role. :raises InvalidInputError: ``before`` out of range.
+        """
+        query = self._events_query(ctx, flt)
         with self._uow(readonly=True) as uow:
             found = uow.audit.query(query)
         more = len(found) > flt.limit
         found = found[: flt.limit]
         return Page(found, str(found[-1].seq) if more and found else None)
+
+    def event_page(self, ctx: CallContext, flt: EventFilter) -> Page[Document]:
+        """What :meth:`events` lists, read from the read model as the API's
+        ``AuditEventOut`` documents: the same checks, refusals, visibility, rows and cursor.
+
+        :raises PolicyDeniedError: wrong role. :raises InvalidInputError: ``before`` out of range.
+        :raises DependencyUnavailableError: no read model (the in-memory backend), or no database.
+        """
+        query = self._events_query(ctx, flt)
+        if self._reads is None:
+            raise DependencyUnavailableError(dependency="read model")
+        found = self._reads.events(query)
+        more = len(found) > flt.limit
+        found = found[: flt.limit]
+        return Page(found, str(found[-1]["seq"]) if more and found else None)
 
     def verify(self, ctx: CallContext) -> LogCheck:
         """Rebuild the whole tree and hold it to every checkpoint and the witness (auditors and

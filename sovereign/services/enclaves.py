@@ -28,11 +28,19 @@ from sovereign.domain.placement import Placement, as_seen_by, place
 from sovereign.domain.policy import AccessPolicy, Visibility
 from sovereign.domain.requests import EnclaveRequest, RequestState
 from sovereign.domain.residency import allowed_countries
-from sovereign.errors import InvalidInputError, NotFoundError, PolicyDeniedError, SovereignError
+from sovereign.errors import (
+    DependencyUnavailableError,
+    InvalidInputError,
+    NotFoundError,
+    PolicyDeniedError,
+    SovereignError,
+)
 from sovereign.services.collaborators import EnclaveKeyring, Proposals
 from sovereign.services.ports import (
+    Document,
     Hypervisor,
     Page,
+    ReadModel,
     RequestFilter,
     UnitOfWork,
     UnitOfWorkFactory,
@@ -93,6 +101,7 @@ class EnclaveService:
         hypervisor: Hypervisor,
         *,
         clock: Clock = utcnow,
+        reads: ReadModel | None = None,
     ) -> None:
         self._uow = uow_factory
         self._policy = policy
@@ -100,6 +109,7 @@ class EnclaveService:
         self._actions = actions
         self._hypervisor = hypervisor
         self._recorder = Recorder(uow_factory, clock)
+        self._reads = reads
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -133,6 +143,26 @@ class EnclaveService:
                 if r.state not in (S.PENDING, S.REJECTED, S.CANCELLED)
             ]
         return Page(views, page.next_cursor)
+
+    def page(self, ctx: CallContext, query: RequestFilter) -> Page[Document]:
+        """What :meth:`list` lists, read from the read model as the API's ``EnclaveOut``
+        documents: the same refusal (recorded), visibility, items and cursor.
+
+        :raises PolicyDeniedError: no role that reads requests.
+        :raises DependencyUnavailableError: no read model (the in-memory backend), or no database.
+        """
+        with self._recorder.decision(ctx, "enclave:list", "enclaves"):
+            visibility = self._policy.request_visibility(ctx.principal)
+        if self._reads is None:
+            raise DependencyUnavailableError(dependency="read model")
+        page = self._reads.enclaves(visibility, query)
+        scheme = self._policy.scheme
+        for doc in page.items:
+            request = doc["request"]
+            request["approvals_needed"] = self._policy.approvals_needed(
+                scheme.label(request["label"]["level"])
+            )
+        return page
 
     def get(self, ctx: CallContext, enclave_id: uuid.UUID) -> EnclaveView:
         """One enclave, if the caller may see its request. :raises NotFoundError:."""

@@ -1,7 +1,8 @@
 """The ports the services depend on, as ``typing.Protocol``.
 
 Owns the interfaces of the repositories (jobs, datasets and sealed blobs among them), the unit
-of work, the identity provider, the enclaves' agents (:class:`Workloads`, :class:`AgentSession`),
+of work, the read model of the listings (:class:`ReadModel`), the identity provider, the
+enclaves' agents (:class:`Workloads`, :class:`AgentSession`),
 the GPU sanitizer (:class:`Sanitizer`, with :class:`HandoverRequest` and
 :class:`HandoverEvidence`) and the readiness probes, and the values that cross them (with
 :func:`plan_for`, which reads one).
@@ -386,6 +387,48 @@ class AuditSequencer(Protocol):
 
     def sequence(self) -> Any:
         """Sequence queued events and sign a checkpoint. :raises ConflictError: on tamper."""
+        ...
+
+
+#: One item of a listing as the API shows it: JSON-ready values (strings, numbers, lists,
+#: dicts, None, aware datetimes), shaped as the API's output schema for that item.
+Document = dict[str, Any]
+
+
+class ReadModel(Protocol):
+    """Listings read straight from rows into the API's output documents, without domain
+    objects: the read side of requests and of the audit log. SQL only (the in-memory backend has
+    none; its services list through the repositories).
+
+    The caller decides visibility; a read model applies it in the same statements as the
+    repositories (:meth:`RequestRepository.list`, :meth:`AuditStore.query`), so a page holds
+    exactly the rows the domain path would, in the same order, with the same cursor.
+    """
+
+    def requests(self, visibility: Visibility, query: RequestFilter) -> Page[Document]:
+        """A page of requests as ``RequestOut`` documents, less ``approvals_needed`` (policy:
+        the service adds it).
+
+        :raises InvalidInputError: a cursor that no page returned.
+        :raises DependencyUnavailableError: the database is lost.
+        """
+        ...
+
+    def enclaves(self, visibility: Visibility, query: RequestFilter) -> Page[Document]:
+        """The request page :meth:`requests` reads, less requests never past approval, as
+        ``EnclaveOut`` documents (their ``request`` less ``approvals_needed``).
+
+        :raises InvalidInputError: a cursor that no page returned.
+        :raises DependencyUnavailableError: the database is lost.
+        """
+        ...
+
+    def events(self, query: AuditQuery) -> list[Document]:
+        """Sequenced events matching ``query``, as ``AuditEventOut`` documents, newest first
+        (as :meth:`AuditStore.query` returns them).
+
+        :raises DependencyUnavailableError: the database is lost.
+        """
         ...
 
 

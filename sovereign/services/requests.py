@@ -24,9 +24,21 @@ from sovereign.domain.policy import AccessPolicy
 from sovereign.domain.requests import Decision, EnclaveRequest, RequestState
 from sovereign.domain.residency import allowed_countries, narrow
 from sovereign.domain.tenants import Resources, Tenant
-from sovereign.errors import ConcurrentUpdateError, InvalidInputError, NotFoundError
+from sovereign.errors import (
+    ConcurrentUpdateError,
+    DependencyUnavailableError,
+    InvalidInputError,
+    NotFoundError,
+)
 from sovereign.services.collaborators import EnclaveKeyring
-from sovereign.services.ports import Page, RequestFilter, UnitOfWork, UnitOfWorkFactory
+from sovereign.services.ports import (
+    Document,
+    Page,
+    ReadModel,
+    RequestFilter,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
 from sovereign.services.recording import (
     CallContext,
     Clock,
@@ -97,9 +109,16 @@ class RequestService:
         keys: EnclaveKeyring | None = None,
         country_order: CountryOrder = sorted_countries,
         clock: Clock = utcnow,
+        reads: ReadModel | None = None,
     ) -> None:
         self._uow = uow_factory
         self._policy = policy
+        self._reads = reads
+        # Approvals needed depend on the level alone (the two-person threshold).
+        self._needed = {
+            level: policy.approvals_needed(policy.scheme.label(level))
+            for level in policy.scheme.levels
+        }
         self._keys = keys
         self._country_order = country_order
         self._gpu_models = frozenset(gpu_models)
@@ -217,6 +236,23 @@ class RequestService:
             visibility = self._policy.request_visibility(ctx.principal)
         with self._uow(readonly=True) as uow:
             return uow.requests.list(visibility, query)
+
+    def page(self, ctx: CallContext, query: RequestFilter) -> Page[Document]:
+        """What :meth:`list` lists, read from the read model as the API's ``RequestOut``
+        documents: the same refusal (recorded), the same visibility, rows and cursor.
+
+        :raises PolicyDeniedError: no such role.
+        :raises DependencyUnavailableError: no read model (the in-memory backend), or no database.
+        """
+        with self._recorder.decision(ctx, "request:list", "requests"):
+            visibility = self._policy.request_visibility(ctx.principal)
+        if self._reads is None:
+            raise DependencyUnavailableError(dependency="read model")
+        page = self._reads.requests(visibility, query)
+        needed = self._needed
+        for doc in page.items:
+            doc["approvals_needed"] = needed[doc["label"]["level"]]
+        return page
 
     # -- decide ------------------------------------------------------------------------------
 
