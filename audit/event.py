@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -131,17 +132,45 @@ def _plain(value: Any) -> bool:
     (any, escaped identically: short escapes for ``\\b\\t\\n\\f\\r``, ``\\u00xx`` for other
     control characters, nothing else escaped), safe integers, booleans, None, lists and tuples,
     and objects with string keys that sort the same in code point and UTF-16 order. Floats
-    (ECMAScript number formatting) and anything else take the reference path."""
-    if value is None or isinstance(value, bool | str):
+    (ECMAScript number formatting) and anything else take the reference path.
+
+    A loop over a stack rather than recursion: this runs on every appended event.
+    """
+    stack = [value]
+    pop, push, extend = stack.pop, stack.append, stack.extend
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is str or item is None or kind is bool:
+            continue
+        if kind is dict:
+            for key, inner in item.items():
+                if type(key) is not str or not _sorts_like_utf16(key):
+                    return False
+                push(inner)
+        elif kind is list or kind is tuple:
+            extend(item)
+        elif kind is int:
+            if not -_MAX_SAFE_INT <= item <= _MAX_SAFE_INT:
+                return False
+        elif not _plain_subclass(item, push):
+            return False
+    return True
+
+
+def _plain_subclass(item: Any, push: Callable[[Any], None]) -> bool:
+    """:func:`_plain` for subclasses of the plain types (a StrEnum, an IntEnum, an OrderedDict):
+    orjson serialises them as their base type, as the reference does."""
+    if isinstance(item, bool | str):
         return True
-    if isinstance(value, int):
-        return -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT
-    if isinstance(value, list | tuple):
-        return all(_plain(v) for v in value)
-    if isinstance(value, dict):
-        return all(
-            isinstance(k, str) and _sorts_like_utf16(k) and _plain(v) for k, v in value.items()
-        )
+    if isinstance(item, int):
+        return -_MAX_SAFE_INT <= item <= _MAX_SAFE_INT
+    if isinstance(item, list | tuple):
+        push(list(item))
+        return True
+    if isinstance(item, dict):
+        push(dict(item))
+        return True
     return False
 
 

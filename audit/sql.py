@@ -158,15 +158,26 @@ def _utc(value: datetime) -> datetime:
 def insert_many(
     conn: sa.Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> None:
-    """``executemany`` straight on the driver: the append path writes thousands of rows per
-    transaction, and SQLAlchemy's per-row parameter processing cost more than the inserts.
-    Values must already be what the driver stores (see :func:`time_param`)."""
+    """Insert ``rows`` straight through the driver, in the connection's transaction: the append
+    path writes thousands of rows per transaction, and SQLAlchemy's per-row parameter
+    processing cost more than the inserts. PostgreSQL (psycopg) takes a ``COPY ... FROM
+    STDIN`` (one stream, no per-row round trip or statement); SQLite an ``executemany``
+    (in-process). Values must already be what the driver stores (see :func:`time_param`)."""
+    names = ", ".join(columns)
+    if conn.dialect.driver == "psycopg":
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            with cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        finally:
+            cursor.close()
+        return
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    sql = (
-        f"INSERT INTO {table.name} ({', '.join(columns)}) "  # noqa: S608 - names are our own constants
-        f"VALUES ({', '.join([mark] * len(columns))})"
+    conn.exec_driver_sql(
+        f"INSERT INTO {table.name} ({names}) VALUES ({', '.join([mark] * len(columns))})",  # noqa: S608 - our own names
+        rows if isinstance(rows, list) else list(rows),
     )
-    conn.exec_driver_sql(sql, rows if isinstance(rows, list) else list(rows))
 
 
 def _sqlite_time(t: datetime) -> str:
