@@ -1,9 +1,12 @@
 """The sequencer: turns queued events into the Merkle log, then signs a checkpoint.
 
-Owns the only code that writes ``audit_log``, ``audit_nodes`` and ``audit_checkpoints``. One
-sequencer runs at a time per database: on PostgreSQL a transaction-level advisory lock makes
-that safe with several control-plane processes; on SQLite the write lock does (the engine must
-begin write transactions IMMEDIATE, as the control plane's does).
+Owns the code that drains ``audit_pending`` into ``audit_log`` and ``audit_nodes``, and the only
+code that writes ``audit_checkpoints``. On SQLite the appender sequences events itself in the
+business transaction (see :mod:`audit.sql`), so there the queue stays empty (only rows an older
+version queued are drained) and a run mostly signs a checkpoint. One sequencer runs at a time
+per database: on PostgreSQL a transaction-level advisory lock makes that safe with several
+control-plane processes; on SQLite the write lock does (the engine must begin write
+transactions IMMEDIATE, as the control plane's does).
 
 Each run, in one transaction per batch: restore the tree's frontier from the stored nodes, check
 it against the latest signed checkpoint (so it never signs a root inconsistent with an earlier
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,55 +32,46 @@ from audit.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from audit.merkle import (
     ConsistencyProofError,
     Frontier,
-    leaf_hash,
+    leaf_hashes,
     verify_consistency,
 )
 from audit.note import NoteError, NoteVerifier
 from audit.signer import Signer
 from audit.sql import (
+    LOG_COLUMNS,
     MissingNodeError,
     SqlLogReader,
     audit_checkpoints,
     audit_log,
     audit_nodes,
     audit_pending,
+    insert_many,
+    log_rows,
 )
 from audit.store import INDEX_COLUMNS, index_columns
 from audit.witness import WitnessFile
 
 log = logging.getLogger(__name__)
 
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 #: Advisory lock key for PostgreSQL (any constant bigint; "sovq" in ASCII).
 SEQUENCER_LOCK = 0x736F7671
 DEFAULT_BATCH = 5000
 
 
-def _insert_many(
-    conn: sa.Connection, table: sa.Table, columns: tuple[str, ...], rows: Sequence[Sequence[Any]]
-) -> None:
-    """``executemany`` straight on the driver: the sequencer's hot path writes thousands of
-    rows per batch, and SQLAlchemy's per-row parameter processing cost more than the inserts.
-    Values must already be what the driver stores (see :func:`_time_param`)."""
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    sql = (
-        f"INSERT INTO {table.name} ({', '.join(columns)}) "  # noqa: S608 - names are our own constants
-        f"VALUES ({', '.join([mark] * len(columns))})"
-    )
-    conn.exec_driver_sql(sql, list(map(tuple, rows)))
-
-
-def _time_param(conn: sa.Connection) -> Callable[[datetime], Any]:
-    """How a UTC time is stored: PostgreSQL takes the datetime; SQLite stores the text that
-    SQLAlchemy's DateTime type writes (so queries through SQLAlchemy compare like with like)."""
-    if conn.dialect.name == "sqlite":
-        return lambda t: t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-    return lambda t: t
-
-
-def _index_row(entry: bytes, stamp: Callable[[datetime], Any]) -> tuple[Any, ...]:
-    columns = index_columns(entry)
-    columns["time"] = stamp(columns["time"])
-    return tuple(columns[name] for name in INDEX_COLUMNS)
+def _index_rows(rows: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+    """The filter columns of queued ``(id, entry, *INDEX_COLUMNS)`` rows: carried in the row
+    since migration 0011, read out of the entry for rows queued before it (NULL ``actor``)."""
+    for row in rows:
+        if row.actor is None:
+            columns = index_columns(bytes(row.entry))
+            yield tuple(columns[name] for name in INDEX_COLUMNS)
+        else:
+            yield (_utc(row.time), *row[3:])
 
 
 class TamperError(RuntimeError):
@@ -147,9 +141,10 @@ class Sequencer:
     def _sequence_batch(self) -> int:
         with self._engine.begin() as conn:
             self._lock(conn)
+            q = audit_pending.c
             pending = conn.execute(
-                sa.select(audit_pending.c.id, audit_pending.c.entry)
-                .order_by(audit_pending.c.id)
+                sa.select(q.id, q.entry, *(q[name] for name in INDEX_COLUMNS))
+                .order_by(q.id)
                 .limit(self._batch)
             ).all()
             if not pending:
@@ -157,21 +152,13 @@ class Sequencer:
             reader = SqlLogReader(conn)
             size = reader.size()
             frontier = self._trusted_frontier(reader, size)
-            entries = [bytes(row[1]) for row in pending]
-            leaves = [leaf_hash(e) for e in entries]
+            entries = [bytes(row.entry) for row in pending]
+            leaves = leaf_hashes(entries)
             nodes = frontier.extend(leaves)
-            stamp = _time_param(conn)
-            _insert_many(
-                conn,
-                audit_log,
-                ("seq", "entry", "leaf_hash", *INDEX_COLUMNS),
-                [
-                    (size + i, e, h, *_index_row(e, stamp))
-                    for i, (e, h) in enumerate(zip(entries, leaves, strict=True))
-                ],
-            )
+            rows = log_rows(conn, size, entries, leaves, _index_rows(pending))
+            insert_many(conn, audit_log, LOG_COLUMNS, rows)
             if nodes:
-                _insert_many(conn, audit_nodes, ("level", "idx", "hash"), nodes)
+                insert_many(conn, audit_nodes, ("level", "idx", "hash"), nodes)
             # Exactly the rows read: under READ COMMITTED a lower id committed after our SELECT
             # must stay queued for the next batch, not vanish (fail-closed means no lost event).
             conn.execute(

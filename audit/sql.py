@@ -2,16 +2,29 @@
 
 Owns the log's tables and the code that reads and writes them:
 
-- ``audit_pending``: where business transactions append events (fail-closed: the insert is part
-  of the caller's transaction, so no event means no change). A queue, drained by the sequencer.
+- ``audit_pending``: on PostgreSQL, where business transactions append events (fail-closed: the
+  insert is part of the caller's transaction, so no event means no change), with the filter
+  columns already computed. A queue, drained by the sequencer. Unused on SQLite (see below).
 - ``audit_log``: the sequenced log. One row per leaf: ``seq`` is the leaf index (0-based,
   contiguous), ``entry`` the event's canonical bytes, ``leaf_hash`` = SHA-256(0x00 || entry),
-  and a few columns copied out of the entry for filtering.
+  and a few columns copied out of the event for filtering (:func:`audit.store.event_columns`).
 - ``audit_nodes``: the hash of every complete perfect subtree, ``(level, idx)`` covering leaves
   ``[idx * 2**level, (idx + 1) * 2**level)``, so any inclusion or consistency proof needs only
   O(log n) point reads. A node table (rather than tiles) because both databases index it well
   and a proof is ~2 log2(n) primary-key lookups: well under the 5 ms budget at 10**6 leaves.
 - ``audit_checkpoints``: every signed checkpoint (C2SP tlog-checkpoint notes).
+
+On SQLite the database has one writer at a time and the control plane begins every write
+transaction ``BEGIN IMMEDIATE``, so the appender itself is the single sequencer: in the
+business transaction it reads the log's size, assigns the next indices, and writes the leaves
+and the nodes they complete straight into ``audit_log`` and ``audit_nodes`` (no queue, one
+write per event). The tree's frontier is cached per engine, keyed on the size and last leaf
+hash read inside the transaction, so another process's appends (or a rolled-back transaction
+of ours) only cost restoring it from the stored nodes. Two writers that somehow overlap (an
+engine without ``BEGIN IMMEDIATE``) cannot both commit the same index: ``seq`` and the node
+keys are primary keys. The sequencer then only drains what an older version queued and signs
+checkpoints. On PostgreSQL several control-plane processes commit concurrently, so indices are
+assigned after commit by the sequencer, which holds an advisory lock.
 
 Database triggers make the log tables insert-only (see the migrations); the proofs are the real
 guarantee. :class:`SqlLogReader` is the SQL implementation of :class:`audit.store.LogReader`,
@@ -22,15 +35,24 @@ shared with the control plane.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Iterator
+import threading
+import weakref
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from audit.event import MAX_ACTOR, MAX_TARGET, AuditEvent, event_from_entry
-from audit.merkle import NodeGetter, consistency_proof, inclusion_proof
-from audit.store import INDEX_COLUMNS, AuditQuery, StoredCheckpoint, StoredEvent
+from audit.merkle import Frontier, NodeGetter, consistency_proof, inclusion_proof, leaf_hashes
+from audit.store import (
+    INDEX_COLUMNS,
+    AuditQuery,
+    StoredCheckpoint,
+    StoredEvent,
+    event_columns,
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -45,34 +67,54 @@ metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 # SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL wants BIGINT for a log.
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
+
+def _filter_columns(*, nullable: bool) -> list[sa.Column[Any]]:
+    """The filter columns (:data:`audit.store.INDEX_COLUMNS`), declared once for both tables."""
+    return [
+        sa.Column("time", sa.DateTime(timezone=True), nullable=nullable),
+        sa.Column("actor", sa.String(MAX_ACTOR), nullable=nullable),
+        sa.Column("action", sa.String(100), nullable=nullable),
+        sa.Column("target", sa.String(MAX_TARGET), nullable=nullable),
+        sa.Column("outcome", sa.String(10), nullable=nullable),
+        sa.Column("label_level", sa.String(64), nullable=True),
+        sa.Column("label_compartments", sa.String(1024), nullable=True),
+    ]
+
+
+#: The queue (PostgreSQL). The filter columns are NULL only in rows queued before migration
+#: 0011, which the sequencer reads out of the entry instead.
 audit_pending = sa.Table(
     "audit_pending",
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
     sa.Column("entry", sa.LargeBinary, nullable=False),
+    *_filter_columns(nullable=True),
 )
 
+#: ``seq`` is INTEGER on SQLite so that it is the rowid (one B-tree, not two). The indexes are
+#: those the query API walks (:meth:`SqlAuditStore.query`): newest first by ``seq`` within one
+#: actor, action or target, and a time range.
 audit_log = sa.Table(
     "audit_log",
     metadata,
-    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("seq", BigId, primary_key=True, autoincrement=False),
     sa.Column("entry", sa.LargeBinary, nullable=False),
     sa.Column("leaf_hash", sa.LargeBinary(32), nullable=False),
-    sa.Column("time", sa.DateTime(timezone=True), nullable=False, index=True),
-    sa.Column("actor", sa.String(MAX_ACTOR), nullable=False, index=True),
-    sa.Column("action", sa.String(100), nullable=False, index=True),
-    sa.Column("target", sa.String(MAX_TARGET), nullable=False, index=True),
-    sa.Column("outcome", sa.String(10), nullable=False),
-    sa.Column("label_level", sa.String(64), nullable=True),
-    sa.Column("label_compartments", sa.String(1024), nullable=True),
+    *_filter_columns(nullable=False),
+    sa.Index("ix_audit_log_actor_seq", "actor", "seq"),
+    sa.Index("ix_audit_log_action_seq", "action", "seq"),
+    sa.Index("ix_audit_log_target_seq", "target", "seq"),
+    sa.Index("ix_audit_log_time_seq", "time", "seq"),
 )
 
+#: Small fixed-size rows under a composite key: WITHOUT ROWID on SQLite (one B-tree, not two).
 audit_nodes = sa.Table(
     "audit_nodes",
     metadata,
     sa.Column("level", sa.SmallInteger, primary_key=True, autoincrement=False),
     sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("hash", sa.LargeBinary(32), nullable=False),
+    sqlite_with_rowid=False,
 )
 
 audit_checkpoints = sa.Table(
@@ -113,50 +155,192 @@ def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def insert_many(
+    conn: sa.Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
+    """Insert ``rows`` straight through the driver, in the connection's transaction: the append
+    path writes thousands of rows per transaction, and SQLAlchemy's per-row parameter
+    processing cost more than the inserts. PostgreSQL (psycopg) takes a ``COPY ... FROM
+    STDIN`` (one stream, no per-row round trip or statement); SQLite an ``executemany``
+    (in-process). Values must already be what the driver stores (see :func:`time_param`)."""
+    names = ", ".join(columns)
+    if conn.dialect.driver == "psycopg":
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        try:
+            with cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        finally:
+            cursor.close()
+        return
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    conn.exec_driver_sql(
+        f"INSERT INTO {table.name} ({names}) VALUES ({', '.join([mark] * len(columns))})",  # noqa: S608 - our own names
+        rows if isinstance(rows, list) else list(rows),
+    )
+
+
+def _sqlite_time(t: datetime) -> str:
+    # The text SQLAlchemy's DateTime writes on SQLite (microseconds always), for UTC times, so
+    # that queries through SQLAlchemy compare like with like.
+    return t.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def time_param(conn: sa.Connection) -> Callable[[datetime], Any]:
+    """How a UTC time is stored: PostgreSQL takes the datetime; SQLite the text SQLAlchemy's
+    DateTime type writes."""
+    if conn.dialect.name == "sqlite":
+        return _sqlite_time
+    return lambda t: t
+
+
+def log_rows(
+    conn: sa.Connection,
+    start: int,
+    entries: Sequence[bytes],
+    leaves: Sequence[bytes],
+    columns: Iterable[tuple[Any, ...]],
+) -> list[tuple[Any, ...]]:
+    """``audit_log`` rows (:data:`LOG_COLUMNS` order) for events from index ``start`` on."""
+    stamp = time_param(conn)
+    return [
+        (start + i, entry, leaf, stamp(cols[0]), *cols[1:])
+        for i, (entry, leaf, cols) in enumerate(zip(entries, leaves, columns, strict=True))
+    ]
+
+
+#: The columns of an ``audit_log`` row as :func:`log_rows` builds it.
+LOG_COLUMNS = ("seq", "entry", "leaf_hash", *INDEX_COLUMNS)
+
+
+@dataclass(frozen=True)
+class _CachedFrontier:
+    size: int
+    last_leaf: bytes
+    hashes: tuple[bytes, ...]
+
+
+#: The frontier each engine's last append left, by engine (SQLite only, see the module doc).
+_FRONTIERS: weakref.WeakKeyDictionary[sa.Engine, _CachedFrontier] = weakref.WeakKeyDictionary()
+_FRONTIERS_LOCK = threading.Lock()
+
+
+def frontier_positions(size: int) -> list[tuple[int, int]]:
+    """The ``(level, index)`` of each frontier node of a tree of ``size`` leaves, largest first."""
+    found = []
+    start = 0
+    for level in range(size.bit_length() - 1, -1, -1):
+        if size >> level & 1:
+            found.append((level, start >> level))
+            start += 1 << level
+    return found
+
+
 class SqlAuditStore:
-    """Appends events to the pending queue in the caller's transaction; queries the log."""
+    """Appends events in the caller's transaction (sequenced at once on SQLite, queued on
+    PostgreSQL); queries the log."""
 
     def __init__(self, connection: sa.Connection) -> None:
         self._conn = connection
 
     def append(self, events: Iterable[AuditEvent]) -> None:
-        """Queue ``events`` in the caller's transaction; errors propagate to fail it."""
-        rows = [{"entry": e.canonical_bytes()} for e in events]
-        if rows:
-            self._conn.execute(audit_pending.insert(), rows)
+        """Add ``events`` in order in the caller's transaction; errors propagate to fail it."""
+        batch = list(events)
+        if not batch:
+            return
+        if self._conn.dialect.name == "sqlite":
+            self._append_sequenced(batch)
+        else:
+            self._queue(batch)
+
+    def _queue(self, events: list[AuditEvent]) -> None:
+        stamp = time_param(self._conn)
+        rows = [
+            (e.canonical_bytes(), stamp(cols[0]), *cols[1:])
+            for e, cols in ((e, event_columns(e)) for e in events)
+        ]
+        insert_many(self._conn, audit_pending, ("entry", *INDEX_COLUMNS), rows)
+
+    def _append_sequenced(self, events: list[AuditEvent]) -> None:
+        """Assign the next indices and write leaves and completed nodes (SQLite's single
+        writer; the caller's transaction holds the write lock from its first statement)."""
+        conn = self._conn
+        entries = [e.canonical_bytes() for e in events]
+        leaves = leaf_hashes(entries)
+        frontier = self._frontier()
+        start = frontier.size
+        nodes = frontier.extend(leaves)
+        insert_many(
+            conn,
+            audit_log,
+            LOG_COLUMNS,
+            log_rows(conn, start, entries, leaves, map(event_columns, events)),
+        )
+        if nodes:
+            insert_many(conn, audit_nodes, ("level", "idx", "hash"), nodes)
+        with _FRONTIERS_LOCK:
+            _FRONTIERS[conn.engine] = _CachedFrontier(frontier.size, leaves[-1], frontier.hashes)
+
+    def _frontier(self) -> Frontier:
+        """The frontier of the log as this transaction sees it: the cached one if the size and
+        the last leaf hash read now match it, else restored from the stored nodes."""
+        t = audit_log
+        last = self._conn.execute(
+            sa.select(t.c.seq, t.c.leaf_hash).order_by(t.c.seq.desc()).limit(1)
+        ).first()
+        if last is None:
+            return Frontier()
+        size, last_leaf = int(last[0]) + 1, bytes(last[1])
+        with _FRONTIERS_LOCK:
+            cached = _FRONTIERS.get(self._conn.engine)
+        if cached is not None and (cached.size, cached.last_leaf) == (size, last_leaf):
+            return Frontier(size, cached.hashes)
+        wanted = frontier_positions(size)
+        found = SqlLogReader(self._conn).nodes(wanted)
+        try:
+            return Frontier(size, [found[w] for w in wanted])
+        except KeyError as e:
+            raise MissingNodeError(f"the stored tree lacks frontier node {e.args[0]}") from None
 
     def query(self, query: AuditQuery) -> list[StoredEvent]:
         """Sequenced events matching ``query``, newest first, using the table's indexes."""
-        t = audit_log
-        order = t.c.seq.asc() if query.ascending else t.c.seq.desc()
-        stmt = sa.select(t.c.seq, t.c.entry, t.c.leaf_hash).order_by(order).limit(query.limit)
-        if query.actor is not None:
-            stmt = stmt.where(t.c.actor == query.actor)
-        if query.action is not None:
-            stmt = stmt.where(t.c.action == query.action)
-        if query.target is not None:
-            stmt = stmt.where(t.c.target == query.target)
-        if query.since is not None:
-            stmt = stmt.where(t.c.time >= query.since)
-        if query.until is not None:
-            stmt = stmt.where(t.c.time < query.until)
-        if query.before_seq is not None:
-            stmt = stmt.where(t.c.seq < query.before_seq)
-        if query.after_seq is not None:
-            stmt = stmt.where(t.c.seq > query.after_seq)
-        if query.levels is not None:
-            stmt = stmt.where(sa.or_(t.c.label_level.is_(None), t.c.label_level.in_(query.levels)))
-        if query.compartments is not None:
-            stmt = stmt.where(
-                sa.or_(
-                    t.c.label_compartments.is_(None),
-                    compartments_within(t.c.label_compartments, query.compartments),
-                )
-            )
         return [
             StoredEvent(seq=row.seq, event=event_from_entry(row.entry), leaf_hash=row.leaf_hash)
-            for row in self._conn.execute(stmt)
+            for row in self._conn.execute(query_statement(query))
         ]
+
+
+def query_statement(query: AuditQuery) -> sa.Select[Any]:
+    """The SELECT behind :meth:`SqlAuditStore.query` (the EXPLAIN tests hold its plans to the
+    indexes): equality filters and the cursor pick an index walk in ``seq`` order; the label
+    filters are residual predicates on the rows it reads."""
+    t = audit_log
+    order = t.c.seq.asc() if query.ascending else t.c.seq.desc()
+    stmt = sa.select(t.c.seq, t.c.entry, t.c.leaf_hash).order_by(order).limit(query.limit)
+    if query.actor is not None:
+        stmt = stmt.where(t.c.actor == query.actor)
+    if query.action is not None:
+        stmt = stmt.where(t.c.action == query.action)
+    if query.target is not None:
+        stmt = stmt.where(t.c.target == query.target)
+    if query.since is not None:
+        stmt = stmt.where(t.c.time >= query.since)
+    if query.until is not None:
+        stmt = stmt.where(t.c.time < query.until)
+    if query.before_seq is not None:
+        stmt = stmt.where(t.c.seq < query.before_seq)
+    if query.after_seq is not None:
+        stmt = stmt.where(t.c.seq > query.after_seq)
+    if query.levels is not None:
+        stmt = stmt.where(sa.or_(t.c.label_level.is_(None), t.c.label_level.in_(query.levels)))
+    if query.compartments is not None:
+        stmt = stmt.where(
+            sa.or_(
+                t.c.label_compartments.is_(None),
+                compartments_within(t.c.label_compartments, query.compartments),
+            )
+        )
+    return stmt
 
 
 class MissingNodeError(LookupError):
@@ -175,7 +359,8 @@ class SqlLogReader:
         return 0 if top is None else int(top) + 1
 
     def pending(self) -> int:
-        """Number of events waiting for the sequencer."""
+        """Number of events waiting for the sequencer (0 on SQLite, whose appends are
+        sequenced at once, unless an older version left some queued)."""
         return int(
             self._conn.execute(sa.select(sa.func.count()).select_from(audit_pending)).scalar_one()
         )

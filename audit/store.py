@@ -3,19 +3,21 @@
 Owns :class:`AuditStore` (append events, query them), :class:`AuditQuery` and
 :class:`StoredEvent` (an event with its sequence number); :class:`LogReader`, what the offline
 verifier reads the sequenced log through, with :class:`StoredCheckpoint`; and the filter columns
-a backend copies out of each event (:func:`index_columns`), which the verifier holds to the
-event's bytes. Backends must append atomically with the caller's transaction and raise on
+a backend copies out of each event (:func:`event_columns` when it holds the event,
+:func:`index_columns` from its bytes: one derivation, :func:`_columns`), which the verifier holds
+to the event's bytes. Backends must append atomically with the caller's transaction and raise on
 failure, never drop an event silently. Pure: no database library is imported here (an
 import-linter contract keeps it so); :mod:`audit.sql` is the SQL backend.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
+
+import orjson
 
 from audit.event import AuditEvent
 from audit.merkle import leaf_hash
@@ -144,19 +146,45 @@ INDEX_COLUMNS = (
 )
 
 
+def _columns(
+    time: datetime, actor: str, action: str, target: str, outcome: str, *, label: Any
+) -> tuple[Any, ...]:
+    """The filter columns, in :data:`INDEX_COLUMNS` order: the one place they are derived."""
+    return (
+        time,
+        actor,
+        action,
+        target,
+        outcome,
+        label["level"] if label else None,
+        encode_compartments(label["compartments"]) if label else None,
+    )
+
+
+def event_columns(event: AuditEvent) -> tuple[Any, ...]:
+    """The filter columns of ``event`` (time in UTC), in :data:`INDEX_COLUMNS` order.
+
+    What an appender stores beside the event's bytes, without parsing them again.
+    """
+    time = event.time if event.time.tzinfo is UTC else event.time.astimezone(UTC)
+    return _columns(
+        time, event.actor, event.action, event.target, event.outcome.value, label=event.label
+    )
+
+
 def index_columns(entry: bytes) -> dict[str, Any]:
-    """The filter columns for an entry, read from the entry itself."""
-    data = json.loads(entry)
-    label = data.get("label")
-    return {
-        "time": datetime.fromisoformat(data["time"].replace("Z", "+00:00")),
-        "actor": data["actor"],
-        "action": data["action"],
-        "target": data["target"],
-        "outcome": data["outcome"],
-        "label_level": label["level"] if label else None,
-        "label_compartments": encode_compartments(label["compartments"]) if label else None,
-    }
+    """The filter columns for an entry, read from the entry itself (what the verifier expects)."""
+    data = orjson.loads(entry)
+    time = datetime.fromisoformat(data["time"].replace("Z", "+00:00"))
+    values = _columns(
+        time,
+        data["actor"],
+        data["action"],
+        data["target"],
+        data["outcome"],
+        label=data.get("label"),
+    )
+    return dict(zip(INDEX_COLUMNS, values, strict=True))
 
 
 class MemoryAuditStore:

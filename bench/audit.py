@@ -7,11 +7,15 @@ What is measured
     commit is durable on both:
 
     1. ``append``: events appended through the public API, ``SqlAuditStore(conn).append(batch)``
-       in transactions of ``--txn`` (1000) events, with the sequencer included: its
-       ``run_once()`` (sequence all queued events in batches, store leaves and nodes, delete them
-       from the queue, sign and store a checkpoint, fsync it to a witness file) runs in the same
-       thread after every ``--sequence-every`` (10) transactions and once more at the end, so
-       the rate counts everything from the first append to the final signed checkpoint.
+       in transactions of ``--txn`` (1000) events, with the sequencer included. On SQLite the
+       append itself sequences (serialise, leaf hashes, frontier, leaves and nodes written in
+       the business transaction) and the sequencer's ``run_once()`` only signs and stores a
+       checkpoint (after checking the stored tree against the last one) and fsyncs it to a
+       witness file; on PostgreSQL the append queues (entry plus filter columns) and
+       ``run_once()`` also sequences the queue in batches, stores leaves and nodes and
+       deletes them from the queue. It runs in the same thread after every
+       ``--sequence-every`` (10) transactions and once more at the end, so the rate counts
+       everything from the first append to the final signed checkpoint.
        Interleaving rather than a second thread: SQLite has one writer at a time
        (``BEGIN IMMEDIATE``) and Python one running thread, so a sequencer thread would mostly
        take turns with the appender anyway; inline it costs the same work, the numbers are
@@ -40,7 +44,9 @@ What is measured
        a sample of the proofs is verified offline. Nearest-rank p50 and p99.
 
     ``--profile`` adds a pass of the SQLite append path under cProfile (not in the figures) and
-    prints where its time goes. SQL statements are timed by kind in every append run.
+    prints where its time goes. SQL statements are timed by kind in every append run; on
+    PostgreSQL the bulk inserts are ``COPY`` streams (:func:`audit.sql.insert_many`), which are
+    not cursor statements, so their time shows in the phases only.
 
 Output
     Progress on stderr; the last line on stdout is one JSON object (rates in events per
@@ -97,9 +103,19 @@ from sovereign.adapters.database import create_engine
 from sovereign.adapters.migrations import upgrade
 
 KEY_NAME = "sovereign.bench-audit"
-#: The goals this benchmark tracks, judged on the SQLite figures (``append_ratio`` on
-#: ``sqlite_append_ratio``, ``proof_p99_ms`` at 1,000,000 events); PostgreSQL is reported beside.
-GOALS = {"append_ratio": 0.5, "sqlite_append_per_s": 30_000, "verify_ratio": 0.4, "proof_p99_ms": 5}
+#: The goals this benchmark tracks (issue 16): ``append_ratio`` is judged on
+#: ``sqlite_append_ratio``, ``pg_append_ratio`` on PostgreSQL, ``proof_p99_ms`` at 1,000,000
+#: events. The compass goal for ``append_ratio`` stays 0.5 (half the speed of a bare
+#: ``executemany`` of the same bytes); 0.25 is this step's.
+GOALS = {
+    "append_ratio": 0.25,
+    "sqlite_append_per_s": 30_000,
+    "pg_append_ratio": 0.3,
+    "verify_ratio": 0.4,
+    "proof_p99_ms": 5,
+}
+#: Where ``append_ratio`` is headed once this step's goal holds.
+COMPASS_APPEND_RATIO = 0.5
 STOP_TIMEOUT_S = 30
 
 _STARTED = benchkit.STARTED
@@ -320,9 +336,11 @@ def main() -> int:
     with ExitStack() as stack:
         figures = run(settings, stack)
     figures["goals"] = GOALS
+    figures["compass_append_ratio"] = COMPASS_APPEND_RATIO
     figures["goals_met"] = {
         "append_ratio": figures["sqlite_append_ratio"] >= GOALS["append_ratio"],
         "sqlite_append_per_s": figures["sqlite_append_per_s"] >= GOALS["sqlite_append_per_s"],
+        "pg_append_ratio": figures.get("pg_append_ratio", 0) >= GOALS["pg_append_ratio"],
         "verify_ratio": figures["verify_ratio"] >= GOALS["verify_ratio"],
         "proof_p99_ms": figures["proof_p99_ms"] <= GOALS["proof_p99_ms"],
     }

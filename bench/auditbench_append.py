@@ -328,12 +328,16 @@ def new_sequencer(engine: sa.Engine, signer: Ed25519Signer, witness: WitnessFile
 
 #: Functions whose cumulative time the profile summary shows, by a readable name.
 PROFILE_FUNCTIONS = {
+    "SqlAuditStore.append (all of the append)": ("audit/sql.py", "append"),
     "serialise (AuditEvent.canonical_bytes)": ("audit/event.py", "canonical_bytes"),
-    "SqlAuditStore.append (incl. serialise)": ("audit/sql.py", "append"),
-    "sequencer: _sequence_batch": ("audit/sequencer.py", "_sequence_batch"),
+    "filter columns (event_columns)": ("audit/store.py", "event_columns"),
+    "leaf hashes": ("audit/merkle.py", "leaf_hashes"),
+    "append: frontier (cached or restored)": ("audit/sql.py", "_frontier"),
+    "Frontier.extend": ("audit/merkle.py", "extend"),
+    "rows (log_rows, incl. time text)": ("audit/sql.py", "log_rows"),
+    "insert_many (driver executemany)": ("audit/sql.py", "insert_many"),
+    "sequencer: _sequence_batch (empty queue on SQLite)": ("audit/sequencer.py", "_sequence_batch"),
     "sequencer: _trusted_frontier": ("audit/sequencer.py", "_trusted_frontier"),
-    "sequencer: index_columns": ("audit/store.py", "index_columns"),
-    "sequencer: Frontier.extend": ("audit/merkle.py", "extend"),
     "sequencer: consistency_proof": ("audit/merkle.py", "consistency_proof"),
     "sequencer: _checkpoint": ("audit/sequencer.py", "_checkpoint"),
     "open_checkpoint (Ed25519 verify)": ("audit/checkpoint.py", "open_checkpoint"),

@@ -397,12 +397,16 @@ def audit_public_key() -> None:
 
 @audit.command("sequence")
 def audit_sequence() -> None:
-    """Sequence queued events and sign a checkpoint now (the worker does this continuously)."""
+    """Sequence queued events and sign a checkpoint now (the worker does this continuously).
+
+    On SQLite events are sequenced as they are appended, so only the checkpoint is new.
+    """
     try:
         run = _audit_log(read_only=False).sequence()
     except SovereignError as e:
         _fail(e)
-    click.echo(f"sequenced {run.sequenced} events; log size {run.size}")
+    signed = f"signed a checkpoint at {run.size}" if run.checkpoint else "no new checkpoint"
+    click.echo(f"sequenced {run.sequenced} queued events; log size {run.size}; {signed}")
 
 
 # -- worker -----------------------------------------------------------------------------------

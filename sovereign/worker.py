@@ -354,7 +354,8 @@ def run_worker(
 
     def sequence() -> None:
         run = sequencer.sequence()
-        if run.sequenced:
+        # On SQLite appends are sequenced in their own transactions: only a checkpoint shows.
+        if run.sequenced or run.checkpoint is not None:
             echo(f"sequenced {run.sequenced}; size {run.size}")
 
     jobs = start_jobs(services, job_poll_s or 0.15, environment) if reconciler else None

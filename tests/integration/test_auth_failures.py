@@ -88,7 +88,7 @@ def test_an_unwritable_log_still_answers_401(app: Flask, client: FlaskClient):
     engine = sa.create_engine(app.config["DATABASE_URL"])
     with engine.begin() as conn:
         conn.exec_driver_sql(
-            "CREATE TRIGGER audit_broken BEFORE INSERT ON audit_pending "
+            "CREATE TRIGGER audit_broken BEFORE INSERT ON audit_log "
             "BEGIN SELECT RAISE(ABORT, 'audit disk full'); END"
         )
     engine.dispose()

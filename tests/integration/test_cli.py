@@ -96,7 +96,8 @@ def test_auditor_tools(env: dict[str, str], tmp_path: Path):
     demo = Path(__file__).parents[2] / "sovereign" / "data" / "demo.json"
     assert runner.invoke(main, ["bootstrap", str(demo)]).exit_code == 0
     sequenced = runner.invoke(main, ["audit", "sequence"])
-    assert "sequenced 4 events; log size 4" in sequenced.output
+    # SQLite sequences events as they are appended; the run signs the first checkpoint.
+    assert "sequenced 0 queued events; log size 4; signed a checkpoint at 4" in sequenced.output
 
     verified = runner.invoke(main, ["audit", "verify"])
     assert verified.exit_code == 0, verified.output

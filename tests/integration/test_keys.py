@@ -147,7 +147,7 @@ def test_vault_down_at_approval_is_a_503_and_nothing_changes(
     state = client.get(f"/api/v1/requests/{rid}", headers=auth("officer-1")).get_json()
     assert state["state"] == "pending"
     assert state["approvals_received"] == 1
-    # The failures are on the record: queued (the sequencer cannot sign while Vault is down).
+    # The failures are on the record (in the log; no checkpoint signed while Vault is down).
     db = sqlite3.connect(app.config["DATABASE_URL"].removeprefix("sqlite:///"))
     try:
         rows = [r[0] for r in db.execute("SELECT entry FROM audit_pending")]

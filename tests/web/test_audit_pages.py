@@ -58,8 +58,9 @@ def test_the_event_browser_shows_seq_leaf_hash_and_the_most_sensitive_banner(
     numbers = seqs(html)
     assert numbers == sorted(numbers, reverse=True)
     # 4 bootstrap events; then each user's session:login before their decisions: create;
-    # approval; key:create, approval; create.
-    assert len(numbers) == 13
+    # approval; key:create, approval; create; and the auditor's own sign-in (SQLite sequences
+    # each event as it is recorded, before any checkpoint covers it).
+    assert len(numbers) == 14
     hashes = re.findall(r'<code class="hash">([0-9a-f]{64})</code>', html)
     assert len(hashes) == len(numbers)
     assert f"request/{filed['secret']}" in html and "request:approve" in html
@@ -91,7 +92,7 @@ def test_filters_and_pages(users: Users, filed: dict[str, str]):
     assert len(seqs(html)) == 2  # session:login, request:approve
     assert 'value="user:officer-1"' in html  # the filter is kept in the form
     first = text(auditor.get("/audit?limit=20"))
-    assert len(seqs(first)) == 13 and 'rel="next"' not in first
+    assert len(seqs(first)) == 14 and 'rel="next"' not in first  # 13 + the auditor's sign-in
     # A page of 10 over more events: the next link carries the cursor and the filters.
     for _ in range(3):
         request_id_from(post(users("analyst-research"), "/requests", CIVIL_FORM))
@@ -167,7 +168,7 @@ def test_verify_now_says_intact_and_is_recorded(app: Flask, users: Users, filed:
     html = text(page)
     assert page.status_code == 200
     assert "Audit log intact" in html
-    assert "13 events" in html
+    assert "14 events" in html  # 13 + the auditor's sign-in, sequenced as it was recorded
     sequence(app)
     assert len(seqs(text(auditor.get("/audit?action=audit:verify")))) == 1
 
@@ -214,10 +215,10 @@ def test_exports_download_with_seq_and_leaf_hash(users: Users, filed: dict[str, 
         'attachment; filename="sovereign-audit-'
     )
     lines = export.get_data(as_text=True).splitlines()
-    assert len(lines) == 13
+    assert len(lines) == 14  # 13 + the auditor's sign-in, sequenced as it was recorded
     if fmt == "jsonl":
         records = [json.loads(line) for line in lines]
-        assert [r["seq"] for r in records] == list(range(13))
+        assert [r["seq"] for r in records] == list(range(14))
         assert all(len(r["leaf_hash"]) == 64 for r in records)
     elif fmt == "cef":
         assert all(

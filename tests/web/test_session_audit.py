@@ -62,7 +62,7 @@ def break_the_audit_log(app: Flask) -> None:
     engine = sa.create_engine(app.config["DATABASE_URL"])
     with engine.begin() as conn:
         conn.exec_driver_sql(
-            "CREATE TRIGGER audit_broken BEFORE INSERT ON audit_pending "
+            "CREATE TRIGGER audit_broken BEFORE INSERT ON audit_log "
             "BEGIN SELECT RAISE(ABORT, 'audit disk full'); END"
         )
     engine.dispose()

@@ -55,7 +55,7 @@ class CountingSequencer:
 
     def sequence(self) -> Any:
         self.runs += 1
-        return SimpleNamespace(sequenced=2, size=2 * self.runs)
+        return SimpleNamespace(sequenced=2, size=2 * self.runs, checkpoint=None)
 
 
 def test_the_sequencer_thread_runs_at_start_and_once_more_when_stopped():
