@@ -6,7 +6,7 @@ scan. They replace ``(state)`` and ``(tenant, state)``, which are their prefixes
 the reconciler's claims by state still use them).
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 Create Date: 2026-12-07 07:10:00.000000
 """
 
@@ -16,7 +16,7 @@ from alembic import op
 
 
 revision = '0012'
-down_revision = '0010'
+down_revision = '0011'
 branch_labels = None
 depends_on = None
 
