@@ -120,6 +120,20 @@ def _all_bytes(values: Sequence[Any]) -> Sequence[bytes]:
     return values if set(map(type, values)) <= {bytes} else [_as_bytes(v) for v in values]
 
 
+def _stored_times(values: Sequence[Any]) -> list[Any]:
+    """Stored times as aware datetimes (see :func:`_stored_time`), in bulk."""
+    if set(map(type, values)) == {str}:
+        # SQLite: naive UTC text, parsed with its offset added in one C call per value.
+        try:
+            return [_fromisoformat(v + "+00:00") for v in values]
+        except ValueError:
+            pass  # one holds an offset already, or is no time at all: value by value
+    return [_stored_time(v) for v in values]
+
+
+_fromisoformat = datetime.fromisoformat
+
+
 def _stored_time(value: Any) -> Any:
     """A stored time as an aware datetime (SQLite stores text); anything else as it is."""
     if isinstance(value, str):
@@ -263,8 +277,7 @@ class SqlLogReader:
                 by_column = list(zip(*rows, strict=True))
                 values = None
                 if columns:
-                    times = [_stored_time(v) for v in by_column[3]]
-                    values = list(zip(times, *by_column[4:], strict=True))
+                    values = list(zip(_stored_times(by_column[3]), *by_column[4:], strict=True))
                 yield RowBatch(
                     by_column[0], _all_bytes(by_column[1]), _all_bytes(by_column[2]), values
                 )

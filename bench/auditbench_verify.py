@@ -142,7 +142,7 @@ def measure_verify(
                 log(f"{db}: {what}: hashed {done:,} of {total:,} events")
 
         gc.collect()
-        with engine.connect() as conn:
+        with engine.connect() as conn, benchkit.project_path_only():
             start = time.perf_counter()
             report = verify_log(
                 SqlLogReader(conn),
