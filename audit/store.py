@@ -221,7 +221,8 @@ def index_values(entry: bytes) -> tuple[Any, ...]:
         data = _decoder.decode(text)
     label = data.get("label")
     return (
-        datetime.fromisoformat(data["time"].replace("Z", "+00:00")),
+        # Python 3.11 reads the "Z" of UTC times itself.
+        datetime.fromisoformat(data["time"]),
         data["actor"],
         data["action"],
         data["target"],
