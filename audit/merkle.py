@@ -233,6 +233,37 @@ class Frontier:
         self._size = size
         return out
 
+    def join(self, size: int, hashes: Sequence[bytes]) -> None:
+        """Append ``size`` leaves given by their compact range, computed over them alone.
+
+        This joins trees hashed apart (in other processes, say) into one. The joined range must
+        be aligned: the current size must be a multiple of the largest power of two in ``size``,
+        as it is for the chunks ``[i * 2**k, i * 2**k + n)``, ``n <= 2**k``, of one log.
+
+        :raises ValueError: if ``hashes`` are not the frontier hashes of ``size`` leaves or the
+            range is not aligned; then nothing is appended.
+        """
+        if size < 0 or len(hashes) != size.bit_count():
+            raise ValueError(
+                f"a range of {size} leaves has {size.bit_count()} hashes, not {len(hashes)}"
+            )
+        _check_hashes(hashes, "frontier hashes")
+        if size and self._size % (1 << (size.bit_length() - 1)):
+            raise ValueError(f"a range of {size} leaves cannot start at {self._size}: not aligned")
+        sha256 = hashlib.sha256
+        prefix = _NODE_PREFIX
+        stack = self._hashes
+        levels = [lvl for lvl in range(size.bit_length() - 1, -1, -1) if size >> lvl & 1]
+        for lvl, subtree in zip(levels, hashes, strict=True):
+            # Merge with equal-sized subtrees on the frontier, as an append of that node would.
+            node = bytes(subtree)
+            carry = self._size >> lvl
+            while carry & 1:
+                node = sha256(prefix + stack.pop() + node).digest()
+                carry >>= 1
+            stack.append(node)
+            self._size += 1 << lvl
+
     def root(self) -> bytes:
         """Return the Merkle Tree Hash of the current tree (``EMPTY_ROOT`` when empty)."""
         hashes = self._hashes

@@ -27,16 +27,18 @@ What is measured
        durable transaction per ``--txn`` events. ``append_ratio`` = append / raw_insert.
     2. ``verify``: ``verify_log(SqlLogReader(conn), ...)`` over a SQLite log of ``--events``
        (1,000,000) events, checking every signed checkpoint (one per 100,000 events) and the
-       witness file, as ``sovereign audit verify`` runs it: the tree, then a second pass that
-       holds the filter columns to each event's bytes; ``verify_tree_only`` is the same with
-       ``check_columns=False``. The log is bulk-loaded with exactly what the sequencer writes
+       witness file, as ``sovereign audit verify`` runs it: the tree and, in the same pass,
+       the filter columns held to each event's bytes; ``verify_tree_only`` is the same with
+       ``check_columns=False``; both with a ``SqlLogSource``, so that from
+       ``audit.verify.PARALLEL_MIN_EVENTS`` events on a worker process checks part of the log.
+       The log is bulk-loaded with exactly what the sequencer writes
        (canonical entries, leaf hashes, every node from ``Frontier.extend``, checkpoints signed
        with ``sign_checkpoint``), and afterwards the real sequencer extends it, which it refuses
        unless the stored tree matches the signed checkpoints. ``raw_sha256``: the bare loop
        ``sha256(b"\\x00" + entry).digest()`` over the same entries. ``verify_ratio`` = verify /
-       raw_sha256. On PostgreSQL the log left by step 1 is verified (``pg_verify_*``), after a
-       ``CHECKPOINT`` and ``VACUUM (ANALYZE)`` so that the append phase's write-back is not
-       timed with the reads.
+       raw_sha256, ``verify_tree_only_ratio`` = verify_tree_only / raw_sha256. On PostgreSQL
+       the log left by step 1 is verified (``pg_verify_*``), after a ``CHECKPOINT`` and
+       ``VACUUM (ANALYZE)`` so that the append phase's write-back is not timed with the reads.
     3. ``proof``: latency of what ``GET /api/v1/audit/proof/{seq}`` does below the web layer,
        ``SqlAuditLog.proof(seq)``: find the smallest checkpoint covering the event, build the
        inclusion path from stored nodes, fetch the entry and format the C2SP tlog-proof, on a
@@ -63,7 +65,8 @@ This file is the entry point (options, sections, the JSON summary); the measurem
 ``auditbench_events.py`` (the events), ``auditbench_append.py`` (append, raw inserts, the
 PostgreSQL cluster, the profile) and ``auditbench_verify.py`` (bulk load, verify, proofs).
 
-Run from the repository root: ``.venv/bin/python bench/audit.py [--events N] [--quick]``.
+Run from the repository root: ``.venv/bin/python bench/audit.py [--events N] [--quick]
+[--parts append,verify]`` (``--parts verify``: only the SQLite verify log and its proofs).
 """
 
 from __future__ import annotations
@@ -111,11 +114,15 @@ GOALS = {
     "append_ratio": 0.25,
     "sqlite_append_per_s": 30_000,
     "pg_append_ratio": 0.3,
-    "verify_ratio": 0.4,
+    "verify_ratio": 0.2,
+    "verify_tree_only_ratio": 0.35,
     "proof_p99_ms": 5,
 }
 #: Where ``append_ratio`` is headed once this step's goal holds.
 COMPASS_APPEND_RATIO = 0.5
+#: The parts ``--parts`` may name: the append path on both databases (with PostgreSQL's verify
+#: and proofs), and SQLite's bulk-loaded verify log with its proofs.
+PARTS = ("append", "verify")
 STOP_TIMEOUT_S = 30
 
 _STARTED = benchkit.STARTED
@@ -143,6 +150,7 @@ class Settings:
     proofs: int
     seed: int
     profile: bool
+    parts: frozenset[str]
 
 
 def parse_args() -> Settings:
@@ -159,7 +167,15 @@ def parse_args() -> Settings:
     parser.add_argument("--seed", type=int, default=2026, help="random seed")
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run")
     parser.add_argument("--profile", action="store_true", help="also profile the append path")
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated parts to run, of {', '.join(PARTS)} (default: all)",
+    )
     args = parser.parse_args()
+    parts = frozenset(p.strip() for p in args.parts.split(",") if p.strip())
+    if not parts or parts - set(PARTS):
+        parser.error(f"--parts takes a comma-separated list of {', '.join(PARTS)}")
     if args.quick:
         args.events, args.append, args.pg_append, args.proofs = 20_000, 10_000, 10_000, 100
     if min(args.events, args.append, args.pg_append, args.txn, args.sequence_every) < 1:
@@ -174,6 +190,7 @@ def parse_args() -> Settings:
         proofs=args.proofs,
         seed=args.seed,
         profile=args.profile,
+        parts=parts,
     )
 
 
@@ -287,13 +304,9 @@ def sqlite_verify(ctx: Context) -> dict[str, Any]:
     }
 
 
-def run(settings: Settings, stack: ExitStack) -> dict[str, Any]:
-    """Run every section; return the figures."""
-    workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-audit-")))
-    ctx = Context(settings, stack, workdir, Ed25519Signer.generate(KEY_NAME))
-    figures: dict[str, Any] = {"bench": "audit", "cpu_count": os.cpu_count()}
-    figures |= {"txn_events": settings.txn, "sequence_every_txns": settings.every}
-
+def append_parts(ctx: Context, missing: str | None) -> dict[str, Any]:
+    """Section 1 on SQLite, sections 1 to 3 on PostgreSQL (``missing`` says why not)."""
+    settings = ctx.settings
     count = max(settings.append, settings.pg_append)
     events = EventSource(settings.seed).events(count)
     began = time.perf_counter()
@@ -304,19 +317,32 @@ def run(settings: Settings, stack: ExitStack) -> dict[str, Any]:
         f"{count:,} events built; canonical_bytes {rate(count, serialise_s):,.0f}/s; "
         f"entry bytes p50 {percentile(sizes, 0.5)}, min {sizes[0]}, max {sizes[-1]}"
     )
-    figures["serialize_per_s"] = rate(count, serialise_s)
-    figures["entry_bytes_p50"] = percentile(sizes, 0.5)
-
+    figures: dict[str, Any] = {
+        "serialize_per_s": rate(count, serialise_s),
+        "entry_bytes_p50": percentile(sizes, 0.5),
+    }
     figures |= sqlite_append(ctx, events, entries)
-    missing = postgres_missing()
     if missing is None:
         figures |= postgres(ctx, events, entries)
     else:
         log(f"PostgreSQL figures skipped: {missing}")
         figures["pg_skipped"] = missing
-    del events, entries  # the bulk load needs the memory
-    figures |= sqlite_verify(ctx)
-    if missing is None:
+    return figures
+
+
+def run(settings: Settings, stack: ExitStack) -> dict[str, Any]:
+    """Run every section; return the figures."""
+    workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-audit-")))
+    ctx = Context(settings, stack, workdir, Ed25519Signer.generate(KEY_NAME))
+    figures: dict[str, Any] = {"bench": "audit", "cpu_count": os.cpu_count()}
+    figures |= {"txn_events": settings.txn, "sequence_every_txns": settings.every}
+
+    missing = postgres_missing()
+    if "append" in settings.parts:
+        figures |= append_parts(ctx, missing)
+    if "verify" in settings.parts:
+        figures |= sqlite_verify(ctx)
+    if "append" in settings.parts and "verify" in settings.parts and missing is None:
         figures["pg_verify_ratio"] = round(
             figures["pg_verify_per_s"] / figures["raw_sha256_per_s"], 3
         )
@@ -337,12 +363,19 @@ def main() -> int:
         figures = run(settings, stack)
     figures["goals"] = GOALS
     figures["compass_append_ratio"] = COMPASS_APPEND_RATIO
+    # Each goal is judged on its figure, where this run measured it.
+    judged = {
+        "append_ratio": ("sqlite_append_ratio", True),
+        "sqlite_append_per_s": ("sqlite_append_per_s", True),
+        "pg_append_ratio": ("pg_append_ratio", True),
+        "verify_ratio": ("verify_ratio", True),
+        "verify_tree_only_ratio": ("verify_tree_only_ratio", True),
+        "proof_p99_ms": ("proof_p99_ms", False),
+    }
     figures["goals_met"] = {
-        "append_ratio": figures["sqlite_append_ratio"] >= GOALS["append_ratio"],
-        "sqlite_append_per_s": figures["sqlite_append_per_s"] >= GOALS["sqlite_append_per_s"],
-        "pg_append_ratio": figures.get("pg_append_ratio", 0) >= GOALS["pg_append_ratio"],
-        "verify_ratio": figures["verify_ratio"] >= GOALS["verify_ratio"],
-        "proof_p99_ms": figures["proof_p99_ms"] <= GOALS["proof_p99_ms"],
+        goal: (figures[name] >= GOALS[goal]) if higher else (figures[name] <= GOALS[goal])
+        for goal, (name, higher) in judged.items()
+        if name in figures
     }
     figures["duration_s"] = round(time.monotonic() - _STARTED, 1)
     print(json.dumps(figures), flush=True)

@@ -20,7 +20,13 @@ from audit.event import AuditEvent, canonical_json
 from audit.merkle import Frontier, leaf_hashes
 from audit.proof import verify_proof
 from audit.signer import Ed25519Signer
-from audit.sql import SqlAuditStore, SqlLogReader, audit_checkpoints, audit_log
+from audit.sql import (
+    SqlAuditStore,
+    SqlLogReader,
+    SqlLogSource,
+    audit_checkpoints,
+    audit_log,
+)
 from audit.store import encode_compartments
 from audit.verify import verify_log
 from audit.witness import WitnessFile
@@ -120,7 +126,8 @@ def measure_verify(
     engine: sa.Engine, signer: Ed25519Signer, witness: WitnessFile, size: int, db: str
 ) -> tuple[float, float]:
     """Seconds ``verify_log`` takes over the whole log (which must hold ``size`` events):
-    as ``sovereign audit verify`` runs it (tree and filter columns), and the tree alone."""
+    as ``sovereign audit verify`` runs it (tree and filter columns, with a worker process from
+    :data:`audit.verify.PARALLEL_MIN_EVENTS` events on), and the tree alone."""
     timings = []
     for check_columns in (True, False):
         what = "tree and columns" if check_columns else "tree only"
@@ -135,7 +142,7 @@ def measure_verify(
                 log(f"{db}: {what}: hashed {done:,} of {total:,} events")
 
         gc.collect()
-        with engine.connect() as conn:
+        with engine.connect() as conn, benchkit.project_path_only():
             start = time.perf_counter()
             report = verify_log(
                 SqlLogReader(conn),
@@ -144,13 +151,15 @@ def measure_verify(
                 witness=witness.read(),
                 progress=progress,
                 check_columns=check_columns,
+                source=SqlLogSource.for_engine(engine),
             )
             seconds = time.perf_counter() - start
         if report.size != size or report.witnessed != report.checkpoints:
             raise RuntimeError(f"{db}: verified {report}, expected {size} events, all witnessed")
         log(
             f"{db}: verify_log ({what}) {rate(size, seconds):,.0f} events/s ({size:,} events, "
-            f"{report.checkpoints} checkpoints, {seconds:.1f} s)"
+            f"{report.checkpoints} checkpoints, {seconds:.1f} s, "
+            f"{report.worker_events:,} checked by a worker process)"
         )
         timings.append(seconds)
     return timings[0], timings[1]

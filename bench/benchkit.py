@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
@@ -24,6 +25,23 @@ sys.path.append(str(_HERE))
 
 #: When the benchmark process started (for the elapsed time in progress lines and reports).
 STARTED = time.monotonic()
+
+
+@contextmanager
+def project_path_only() -> Iterator[None]:
+    """Leave this folder off ``sys.path`` for the duration (the benchmarks are imported by then).
+
+    For code that spawns worker processes without the benchmark as their main module
+    (``audit.verify``): they start with this process's ``sys.path``, and with this folder on it
+    ``import audit`` there finds ``bench/audit.py`` (an editable install's finder comes after
+    ``sys.path``).
+    """
+    saved = list(sys.path)
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
 
 
 def progress(name: str) -> Callable[[str], None]:

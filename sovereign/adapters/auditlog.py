@@ -22,7 +22,7 @@ from audit.note import NoteError, NoteVerifier, parse_verifier_key, sign_note
 from audit.proof import Proof, format_proof
 from audit.sequencer import Sequencer, SequencerRun, TamperError
 from audit.signer import Ed25519FileSigner, Signer, SignerError
-from audit.sql import MissingNodeError, SqlAuditStore, SqlLogReader
+from audit.sql import MissingNodeError, SqlAuditStore, SqlLogReader, SqlLogSource
 from audit.store import AuditQuery, StoredEvent
 from audit.verify import LogVerificationError, VerifyReport, verify_log
 from audit.witness import WitnessError, WitnessFile
@@ -211,6 +211,9 @@ class SqlAuditLog:
     ) -> VerifyReport:
         """Rebuild and check the whole log against its checkpoints and the witness.
 
+        A large log is checked by this process and a worker process that reads its share
+        through its own connection (see :func:`audit.verify.verify_log`).
+
         :raises LogVerificationError: naming the first problem.
         """
         try:
@@ -226,6 +229,7 @@ class SqlAuditLog:
                 witness=witnessed,
                 progress=progress,
                 check_columns=check_columns,
+                source=SqlLogSource.for_engine(self._engine),
             )
 
     def signed_sizes(self) -> list[int]:

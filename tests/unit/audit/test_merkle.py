@@ -934,3 +934,29 @@ def test_merkle_imports_only_the_standard_library() -> None:
             assert node.module is not None
             imported.add(node.module.split(".")[0])
     assert imported <= {"__future__", "hashlib", "collections", "itertools"}, imported
+
+
+@given(st.integers(0, 200), st.integers(0, 6))
+def test_frontier_join_of_aligned_chunks_is_the_whole_tree(n: int, k: int) -> None:
+    # How the verifier joins chunks hashed in other processes: [i * 2**k, (i + 1) * 2**k).
+    leaves = _leaves(n)
+    whole = Frontier()
+    whole.extend(leaves)
+    joined = Frontier()
+    for start in range(0, n, 1 << k):
+        part = Frontier()
+        part.extend(leaves[start : start + (1 << k)])
+        joined.join(part.size, part.hashes)
+    assert (joined.size, joined.hashes, joined.root()) == (whole.size, whole.hashes, whole.root())
+
+
+def test_frontier_join_refuses_unaligned_or_malformed_ranges() -> None:
+    frontier = Frontier()
+    frontier.extend(_leaves(2))
+    part = Frontier()
+    part.extend(_leaves(4))
+    with pytest.raises(ValueError, match="not aligned"):
+        frontier.join(4, part.hashes)
+    with pytest.raises(ValueError, match="hashes"):
+        frontier.join(3, part.hashes)
+    assert frontier.size == 2

@@ -108,3 +108,49 @@ def test_a_truncated_log_is_found() -> None:
     del reader.entries_[5:], reader.leaves[5:], reader.columns[5:]
     with pytest.raises(LogVerificationError, match="truncated"):
         verify(reader)
+
+
+def test_an_entry_that_is_no_event_is_reported_not_raised() -> None:
+    # Signed and hashed like any other, but its filter columns cannot be read out of it.
+    reader = MemoryLogReader()
+    frontier = Frontier()
+    for entry in (event(0).canonical_bytes(), b'{"not": "an event"}'):
+        reader.entries_.append(entry)
+        reader.leaves.append(leaf_hash(entry))
+        reader.columns.append(index_columns(event(0).canonical_bytes()))
+        frontier.extend([reader.leaves[-1]], emit=False)
+    note = sign_checkpoint(Checkpoint(ORIGIN, 2, frontier.root()), [SIGNER])
+    reader.stored.append(StoredCheckpoint(2, frontier.root(), note))
+    with pytest.raises(LogVerificationError, match="event 1 is not a well-formed event") as caught:
+        verify(reader)
+    assert caught.value.index == 1
+    assert verify_log(reader, [SIGNER.verifier], ORIGIN, check_columns=False).size == 2
+
+
+def test_the_columns_are_checked_against_the_hashed_bytes() -> None:
+    # A reader whose column read hands back other bytes than its hash read is caught.
+    reader = build(5, signed_at=(5,))
+    original = reader.filter_columns
+
+    def lying() -> Iterator[tuple[int, bytes, dict[str, Any]]]:
+        for seq, entry, columns in original():
+            yield seq, (b"{}" if seq == 3 else entry), columns
+
+    reader.filter_columns = lying  # type: ignore[method-assign]
+    with pytest.raises(LogVerificationError, match="other bytes") as caught:
+        verify(reader)
+    assert caught.value.index == 3
+
+
+def test_a_removed_event_fails_the_next_checkpoint_and_two_processes_need_a_source() -> None:
+    reader = build(8, signed_at=(4, 8))
+    del reader.entries_[6], reader.leaves[6], reader.columns[6]
+    reader.entries_.append(event(8).canonical_bytes())  # keeps the size at 8
+    reader.leaves.append(leaf_hash(reader.entries_[-1]))
+    reader.columns.append(index_columns(reader.entries_[-1]))
+    # Every index comes from enumerate(), so the rows after 5 moved down: no gap, a bad root.
+    with pytest.raises(LogVerificationError, match="signed at that size") as caught:
+        verify(reader)
+    assert caught.value.index == 4
+    with pytest.raises(ValueError, match="source"):
+        verify_log(reader, [SIGNER.verifier], ORIGIN, processes=2)
