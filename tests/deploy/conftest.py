@@ -39,7 +39,9 @@ class Estate:
         return result.returncode, result.stdout + result.stderr
 
 
-@pytest.fixture(scope="session")
+# Package scope: the guest (QEMU without KVM) keeps a core busy even when idle, so it is shut
+# down as soon as the deployment tests are done, not at the end of the whole session.
+@pytest.fixture(scope="package")
 def estate() -> Iterator[Estate]:
     workdir = Path(tempfile.mkdtemp(prefix="sovereign-estate-"))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
