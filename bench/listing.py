@@ -140,12 +140,14 @@ def seed_requests(path: Path, count: int, subject: str) -> list[tuple[datetime, 
 
 
 def seed_events(path: Path, count: int) -> list[dict[str, Any]]:
-    """``count`` sequenced events (seq 0..count-1); returns their filter columns by seq."""
+    """``count`` sequenced events after those already logged (on SQLite the bootstrap's own
+    events are in the log already); returns their filter columns in order."""
     source = EventSource(seed=7)
     columns: list[dict[str, Any]] = []
     batch: list[tuple[Any, ...]] = []
     with sqlite3.connect(path) as conn:
-        for seq in range(count):
+        (first,) = conn.execute("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_log").fetchone()
+        for seq in range(first, first + count):
             fields = source.fields()
             entry = canonical_json(wire(fields))
             label = fields["label"]
@@ -170,7 +172,7 @@ def seed_events(path: Path, count: int) -> list[dict[str, Any]]:
             if len(batch) == 50_000:
                 _insert_events(conn, batch)
                 batch.clear()
-                log(f"  {seq + 1} events")
+                log(f"  {seq + 1 - first} events")
         _insert_events(conn, batch)
     return columns
 
