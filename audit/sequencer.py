@@ -161,9 +161,12 @@ class Sequencer:
                 insert_many(conn, audit_nodes, ("level", "idx", "hash"), nodes)
             # Exactly the rows read: under READ COMMITTED a lower id committed after our SELECT
             # must stay queued for the next batch, not vanish (fail-closed means no lost event).
-            conn.execute(
-                audit_pending.delete().where(audit_pending.c.id.in_([r[0] for r in pending]))
-            )
+            ids = [r[0] for r in pending]
+            if conn.dialect.name == "postgresql":
+                # One array parameter: thousands of IN parameters cost more than the delete.
+                conn.exec_driver_sql("DELETE FROM audit_pending WHERE id = ANY(%s)", (ids,))
+            else:
+                conn.execute(audit_pending.delete().where(audit_pending.c.id.in_(ids)))
         return len(pending)
 
     def _trusted_frontier(self, reader: SqlLogReader, size: int) -> Frontier:
