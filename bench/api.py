@@ -15,7 +15,8 @@ What is measured
     Both control plane calls carry a real RS256 bearer token for ``analyst-defence`` issued by
     the in-process development identity provider, so token verification is part of the cost.
     ``list_ratio`` and ``create_ratio`` compare each call's throughput with the bare one;
-    ``goal_ratio`` is the target for both.
+    ``goals`` holds the targets (issue 16: ``list_ratio`` >= 0.4, ``create_ratio`` >= 0.3, with
+    SQLite's FULL sync kept) and ``goals_met`` says which this run met.
 
 How
     A pool of client processes (default 2, with 2 threads each) runs a closed loop: send a
@@ -74,7 +75,7 @@ PAGE = 50
 #: More than this share of failed calls on any endpoint fails the benchmark.
 MAX_ERROR_RATE = 0.01
 #: The throughput the control plane should reach, as a share of the bare app's.
-GOAL_RATIO = 0.4
+GOALS = {"list_ratio": 0.4, "create_ratio": 0.3}
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 #: A call that takes longer than this fails (and bounds how long a stretch can overrun).
@@ -527,8 +528,8 @@ def main() -> int:
     create_ratio = results["create"].per_s / max(results["raw_post"].per_s, 1e-9)
     figures["list_ratio"] = round(list_ratio, 3)
     figures["create_ratio"] = round(create_ratio, 3)
-    figures["goal_ratio"] = GOAL_RATIO
-    figures["goal_met"] = min(list_ratio, create_ratio) >= GOAL_RATIO
+    figures["goals"] = GOALS
+    figures["goals_met"] = {name: figures[name] >= goal for name, goal in GOALS.items()}
     print(json.dumps(figures), flush=True)
 
     failing = [n for n, r in results.items() if r.error_rate > MAX_ERROR_RATE]
