@@ -30,7 +30,7 @@ import orjson
 import sqlalchemy as sa
 
 from audit import AuditQuery
-from audit.sql import audit_log, compartments_within
+from audit.sql import query_statement
 from sovereign.adapters.database import (
     compartment_subsets,
     decode_cursor,
@@ -587,7 +587,7 @@ class SqlReadModel:
                     _LIMIT: "limit",
                 }
             )
-            return _event_statement(shape), slots
+            return query_statement(shape), slots
 
         prepared = self._statement(key, build)
         given: dict[str, Any] = {
@@ -605,37 +605,6 @@ class SqlReadModel:
             {_stand_in("comp", i): f",{c}," for i, c in enumerate(sorted(query.compartments or ()))}
         )
         return prepared.sql, prepared.values(given)
-
-
-def _event_statement(query: AuditQuery) -> sa.Select[Any]:
-    """The statement of :meth:`audit.sql.SqlAuditStore.query`, in its shape, for ``query``."""
-    t = audit_log
-    order = t.c.seq.asc() if query.ascending else t.c.seq.desc()
-    stmt = sa.select(t.c.seq, t.c.entry, t.c.leaf_hash).order_by(order).limit(query.limit)
-    if query.actor is not None:
-        stmt = stmt.where(t.c.actor == query.actor)
-    if query.action is not None:
-        stmt = stmt.where(t.c.action == query.action)
-    if query.target is not None:
-        stmt = stmt.where(t.c.target == query.target)
-    if query.since is not None:
-        stmt = stmt.where(t.c.time >= query.since)
-    if query.until is not None:
-        stmt = stmt.where(t.c.time < query.until)
-    if query.before_seq is not None:
-        stmt = stmt.where(t.c.seq < query.before_seq)
-    if query.after_seq is not None:
-        stmt = stmt.where(t.c.seq > query.after_seq)
-    if query.levels is not None:
-        stmt = stmt.where(sa.or_(t.c.label_level.is_(None), t.c.label_level.in_(query.levels)))
-    if query.compartments is not None:
-        stmt = stmt.where(
-            sa.or_(
-                t.c.label_compartments.is_(None),
-                compartments_within(t.c.label_compartments, query.compartments),
-            )
-        )
-    return stmt
 
 
 def _uuid_text(value: Any) -> str:
