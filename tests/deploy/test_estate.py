@@ -138,11 +138,13 @@ def test_hypervisor_answers_over_qemu_tls_to_the_control_plane_only(
 def test_hypervisor_is_registered_with_its_site(host: testinfra.host.Host) -> None:
     # sovereign-manage: the CLI with the control plane's configuration, as its user.
     out = host.check_output("runuser -u sovereign -- /usr/local/sbin/sovereign-manage hosts list")
-    assert "ci-node" in out and "ci-lab" in out
+    # NAME STATE ACCREDITATION SITE COUNTRY GPUS; the role names the host after the first two
+    # labels of its inventory name (ci-node-sovereign).
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert [row[3:5] for row in rows if row[0] == "ci-node-sovereign"] == [["ci-lab", "ES"]], out
     # The role recorded the site first, in the estate's country; the host took it.
     sites = host.check_output("runuser -u sovereign -- /usr/local/sbin/sovereign-manage sites list")
-    assert any(line.split()[:2] == ["ci-lab", "ES"] for line in sites.splitlines())
-    assert any(line.split()[0] == "ci-node" and " ES " in line for line in out.splitlines()[1:])
+    assert any(line.split()[:2] == ["ci-lab", "ES"] for line in sites.splitlines()), sites
 
 
 def test_no_default_network_and_no_password_logins(host: testinfra.host.Host) -> None:
