@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
-BENCHMARKS = ("api", "audit", "enclaves", "gpu_scrub", "keys", "placement", "workloads")
+BENCHMARKS = ("api", "audit", "enclaves", "gpu_scrub", "keys", "listing", "placement", "workloads")
 #: The modules the benchmarks are split into, beside them in bench/.
 HELPERS = ("apibench_seed", "auditbench_append", "auditbench_events", "auditbench_verify")
 
