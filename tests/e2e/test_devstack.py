@@ -221,8 +221,10 @@ def run_a_job(base: str, rid: str, analyst: dict[str, str]) -> None:
     assert job.status_code == 201, job.text
     jid = job.json()["id"]
     assert job.json()["simulated"] is True
+    # The job runs unbuffered, so print() writes its text and its newline separately: a
+    # read between the two sees half a line. The first line is there once its newline is.
     first = b""
-    while not first and time.monotonic() - started < 20:
+    while b"\n" not in first and time.monotonic() - started < 20:
         first = requests.get(f"{base}/api/v1/jobs/{jid}/logs", headers=analyst, timeout=10).content
     latency = time.monotonic() - started
     assert first == b"hello from the enclave\n"
