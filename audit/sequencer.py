@@ -47,6 +47,7 @@ from audit.sql import (
     audit_pending,
     insert_many,
     log_rows,
+    summarise_time_blocks,
 )
 from audit.store import INDEX_COLUMNS, index_columns
 from audit.witness import WitnessFile
@@ -159,6 +160,7 @@ class Sequencer:
             insert_many(conn, audit_log, LOG_COLUMNS, rows)
             if nodes:
                 insert_many(conn, audit_nodes, ("level", "idx", "hash"), nodes)
+            summarise_time_blocks(conn, size, size + len(rows))
             # Exactly the rows read: under READ COMMITTED a lower id committed after our SELECT
             # must stay queued for the next batch, not vanish (fail-closed means no lost event).
             ids = [r[0] for r in pending]

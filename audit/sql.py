@@ -13,6 +13,12 @@ Owns the log's tables and the code that reads and writes them:
   O(log n) point reads. A node table (rather than tiles) because both databases index it well
   and a proof is ~2 log2(n) primary-key lookups: well under the 5 ms budget at 10**6 leaves.
 - ``audit_checkpoints``: every signed checkpoint (C2SP tlog-checkpoint notes).
+- ``audit_time_blocks``: the earliest and latest ``time`` in each complete block of
+  :data:`TIME_BLOCK` leaves, written by the appender when it completes a block. Event times are
+  only roughly monotone in ``seq`` (an event is stamped before it is sequenced), so no index
+  bounds a newest-first walk by ``seq`` under a time filter; these summaries do: a ``since`` or
+  ``until`` page seeks straight to the blocks that can hold matches (see
+  :func:`query_statement`).
 
 On SQLite the database has one writer at a time and the control plane begins every write
 transaction ``BEGIN IMMEDIATE``, so the appender itself is the single sequencer: in the
@@ -53,6 +59,7 @@ from audit.store import (
     RowBatch,
     StoredCheckpoint,
     StoredEvent,
+    TimeBlock,
     event_columns,
 )
 
@@ -128,8 +135,22 @@ audit_checkpoints = sa.Table(
     sa.Column("signed_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+#: Leaves per block of :data:`audit_time_blocks`: a time-filtered page reads at most about
+#: this many rows beyond its matches, and the summaries are one row per this many events.
+TIME_BLOCK = 1024
+
+#: The time range of each complete block of leaves ``[block * TIME_BLOCK, (block + 1) *
+#: TIME_BLOCK)``. Complete blocks never change, so neither do their rows.
+audit_time_blocks = sa.Table(
+    "audit_time_blocks",
+    metadata,
+    sa.Column("block", BigId, primary_key=True, autoincrement=False),
+    sa.Column("min_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("max_time", sa.DateTime(timezone=True), nullable=False),
+)
+
 #: Tables that only ever grow; triggers refuse UPDATE and DELETE (and TRUNCATE) on them.
-APPEND_ONLY_TABLES = ("audit_log", "audit_nodes", "audit_checkpoints")
+APPEND_ONLY_TABLES = ("audit_log", "audit_nodes", "audit_checkpoints", "audit_time_blocks")
 
 
 def compartments_within(
@@ -209,6 +230,30 @@ def log_rows(
         (start + i, entry, leaf, stamp(cols[0]), *cols[1:])
         for i, (entry, leaf, cols) in enumerate(zip(entries, leaves, columns, strict=True))
     ]
+
+
+def summarise_time_blocks(conn: sa.Connection, old_size: int, new_size: int) -> None:
+    """Write the time range of every block the log's growth from ``old_size`` to ``new_size``
+    leaves completed, in the caller's transaction. Costs nothing unless a block boundary was
+    crossed; then summarises every complete block after the last one summarised, so blocks
+    stay contiguous even if an earlier append did not write its own (a log written before
+    this table existed is summarised by its migration)."""
+    if new_size // TIME_BLOCK == old_size // TIME_BLOCK:
+        return
+    b, t = audit_time_blocks, audit_log
+    first = conn.execute(sa.select(sa.func.coalesce(sa.func.max(b.c.block) + 1, 0))).scalar_one()
+    end = new_size // TIME_BLOCK
+    if first >= end:
+        return
+    block = t.c.seq // TIME_BLOCK
+    conn.execute(
+        b.insert().from_select(
+            ["block", "min_time", "max_time"],
+            sa.select(block, sa.func.min(t.c.time), sa.func.max(t.c.time))
+            .where(t.c.seq >= first * TIME_BLOCK, t.c.seq < end * TIME_BLOCK)
+            .group_by(block),
+        )
+    )
 
 
 #: The columns of an ``audit_log`` row as :func:`log_rows` builds it.
@@ -309,6 +354,7 @@ class SqlAuditStore:
         )
         if nodes:
             insert_many(conn, audit_nodes, ("level", "idx", "hash"), nodes)
+        summarise_time_blocks(conn, start, frontier.size)
         with _FRONTIERS_LOCK:
             _FRONTIERS[conn.engine] = _CachedFrontier(frontier.size, leaves[-1], frontier.hashes)
 
@@ -344,7 +390,9 @@ class SqlAuditStore:
 def query_statement(query: AuditQuery) -> sa.Select[Any]:
     """The SELECT behind :meth:`SqlAuditStore.query` (the EXPLAIN tests hold its plans to the
     indexes): equality filters and the cursor pick an index walk in ``seq`` order; the label
-    filters are residual predicates on the rows it reads."""
+    filters are residual predicates on the rows it reads. A time bound also bounds ``seq``
+    by the block summaries (:func:`first_seq_since`, :func:`end_seq_until`), so the walk
+    starts and stops near its matches."""
     t = audit_log
     order = t.c.seq.asc() if query.ascending else t.c.seq.desc()
     stmt = sa.select(t.c.seq, t.c.entry, t.c.leaf_hash).order_by(order).limit(query.limit)
@@ -354,14 +402,24 @@ def query_statement(query: AuditQuery) -> sa.Select[Any]:
         stmt = stmt.where(t.c.action == query.action)
     if query.target is not None:
         stmt = stmt.where(t.c.target == query.target)
+    # The seq range: one lower and one upper bound each, because SQLite walks a range by only
+    # one of several bounds on a side (a cursor and a time bound are joined in SQL).
+    lower: list[sa.ColumnElement[Any]] = []  # seq >= each
+    upper: list[sa.ColumnElement[Any]] = []  # seq < each
     if query.since is not None:
         stmt = stmt.where(t.c.time >= query.since)
+        lower.append(first_seq_since(query.since))
     if query.until is not None:
         stmt = stmt.where(t.c.time < query.until)
+        upper.append(end_seq_until(query.until))
     if query.before_seq is not None:
-        stmt = stmt.where(t.c.seq < query.before_seq)
+        upper.append(sa.literal(query.before_seq, sa.BigInteger))
     if query.after_seq is not None:
-        stmt = stmt.where(t.c.seq > query.after_seq)
+        lower.append(sa.literal(query.after_seq, sa.BigInteger) + _ONE)
+    if lower:
+        stmt = stmt.where(t.c.seq >= _extreme(lower, highest=True))
+    if upper:
+        stmt = stmt.where(t.c.seq < _extreme(upper, highest=False))
     if query.levels is not None:
         stmt = stmt.where(sa.or_(t.c.label_level.is_(None), t.c.label_level.in_(query.levels)))
     if query.compartments is not None:
@@ -372,6 +430,53 @@ def query_statement(query: AuditQuery) -> sa.Select[Any]:
             )
         )
     return stmt
+
+
+#: Integer constants of the summary bounds, inlined into the SQL (no parameters: the read
+#: model prepares these statements and binds only a call's own values).
+_BLOCK = sa.literal_column(str(TIME_BLOCK), sa.BigInteger)
+_ONE = sa.literal_column("1", sa.BigInteger)
+_ZERO = sa.literal_column("0", sa.BigInteger)
+
+
+def _extreme(bounds: list[sa.ColumnElement[Any]], *, highest: bool) -> sa.ColumnElement[Any]:
+    """The highest (or lowest) of ``bounds``, as one SQL expression."""
+    found = bounds[0]
+    for bound in bounds[1:]:
+        wins = bound > found if highest else bound < found
+        found = sa.case((wins, bound), else_=found)
+    return found
+
+
+def _summarised() -> sa.ScalarSelect[Any]:
+    """The first leaf after the summarised blocks: the start of the unsummarised tail."""
+    b = audit_time_blocks
+    return sa.select(
+        sa.func.coalesce(sa.func.max(b.c.block) + _ONE, _ZERO) * _BLOCK
+    ).scalar_subquery()
+
+
+def first_seq_since(since: datetime) -> sa.ColumnElement[Any]:
+    """No event before this ``seq`` has ``time >= since``: the first summarised block whose
+    latest time reaches ``since``, else the tail (where the summaries say nothing)."""
+    b = audit_time_blocks
+    first_block = sa.select(sa.func.min(b.c.block) * _BLOCK).where(b.c.max_time >= since)
+    return sa.func.coalesce(first_block.scalar_subquery(), _summarised())
+
+
+def end_seq_until(until: datetime) -> sa.ColumnElement[Any]:
+    """No event from this ``seq`` on has ``time < until``: one past the last such event of the
+    tail (at most a block of rows, read newest first), else the end of the last summarised
+    block whose earliest time is before ``until``, else 0."""
+    b, t = audit_time_blocks, audit_log
+    in_tail = (
+        sa.select(t.c.seq + _ONE)
+        .where(t.c.seq >= _summarised(), t.c.time < until)
+        .order_by(t.c.seq.desc())
+        .limit(_ONE)
+    )
+    last_block = sa.select((sa.func.max(b.c.block) + _ONE) * _BLOCK).where(b.c.min_time < until)
+    return sa.func.coalesce(in_tail.scalar_subquery(), last_block.scalar_subquery(), _ZERO)
 
 
 class MissingNodeError(LookupError):
@@ -480,6 +585,28 @@ class SqlLogReader:
                 return
             yield from rows
             last = int(rows[-1][0])
+
+    def time_summaries(self) -> list[TimeBlock]:
+        """Every stored block summary, in block order, as stored."""
+        b = audit_time_blocks
+        rows = self._conn.execute(
+            sa.select(b.c.block, b.c.min_time, b.c.max_time).order_by(b.c.block)
+        )
+        return [(int(k), _utc(lo), _utc(hi)) for k, lo, hi in rows]
+
+    def block_times(self, blocks: int) -> list[TimeBlock]:
+        """The time range of each of the first ``blocks`` blocks the log holds whole, from the
+        log's rows."""
+        t = audit_log
+        block = t.c.seq // TIME_BLOCK
+        whole = min(blocks, self.size() // TIME_BLOCK)
+        rows = self._conn.execute(
+            sa.select(block, sa.func.min(t.c.time), sa.func.max(t.c.time))
+            .where(t.c.seq < whole * TIME_BLOCK)
+            .group_by(block)
+            .order_by(block)
+        )
+        return [(int(k), _utc(lo), _utc(hi)) for k, lo, hi in rows]
 
     def checkpoints(self) -> list[StoredCheckpoint]:
         """Every stored checkpoint, smallest first."""

@@ -164,6 +164,25 @@ class BatchLogReader(LogReader, Protocol):
         ...
 
 
+#: One block's time range: ``(block, earliest time, latest time)``.
+TimeBlock = tuple[int, datetime, datetime]
+
+
+@runtime_checkable
+class SummarisedLogReader(LogReader, Protocol):
+    """A :class:`LogReader` whose backend keeps time summaries of blocks of events (which
+    bound time-filtered queries), so the verifier can hold them to the events."""
+
+    def time_summaries(self) -> Sequence[TimeBlock]:
+        """Every stored summary, in block order, as stored (nothing checked)."""
+        ...
+
+    def block_times(self, blocks: int) -> Sequence[TimeBlock]:
+        """The earliest and latest stored ``time`` column of each of the first ``blocks``
+        blocks that the log holds whole, in block order, computed now from the rows."""
+        ...
+
+
 class LogSource(Protocol):
     """Opens further readers of the same log, in any process (picklable, cheap to send).
 

@@ -52,6 +52,7 @@ from audit.store import (
     LogReader,
     LogSource,
     RowBatch,
+    SummarisedLogReader,
     index_values,
 )
 from audit.witness import WitnessedCheckpoint
@@ -188,6 +189,8 @@ def verify_log(
         else:
             scans = [task.scan(reader, index, meter.add) for index in range(len(task.plan))]
     frontier = _join(scans, targets)
+    if check_columns and isinstance(reader, SummarisedLogReader):
+        _check_time_summaries(reader)
     meter.done()
     return VerifyReport(
         size=frontier.size,
@@ -457,6 +460,31 @@ def _check_columns(
                     "filtered views could hide or misattribute it",
                 )
     return None
+
+
+def _check_time_summaries(reader: SummarisedLogReader) -> None:
+    """Each stored time summary is its block's time range (read from the filter columns, which
+    the scan held to the events), for blocks 0, 1, 2... in turn: a summary that narrows a
+    block's range, or a block left out, would let a time-filtered view skip its events."""
+    stored = reader.time_summaries()
+    actual = reader.block_times(len(stored))
+    for k, (block, lo, hi) in enumerate(stored):
+        if block != k:
+            raise LogVerificationError(
+                f"the time summaries skip block {k} (the next is block {block}): "
+                "time-filtered views could skip its events"
+            )
+        if k >= len(actual):
+            raise LogVerificationError(
+                f"there is a time summary for block {k}, which the log does not hold whole"
+            )
+        _, real_lo, real_hi = actual[k]
+        if (lo, hi) != (real_lo, real_hi):
+            raise LogVerificationError(
+                f"the time summary of block {k} says its events run from {lo.isoformat()} to "
+                f"{hi.isoformat()} but they run from {real_lo.isoformat()} to "
+                f"{real_hi.isoformat()}: time-filtered views could skip them"
+            )
 
 
 # -- the chunks together --------------------------------------------------------------------------

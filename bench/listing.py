@@ -19,7 +19,9 @@ How
     SQLite, migrated to head, the demo catalog bootstrapped; requests and events are written by
     ``executemany`` straight into the tables, each column computed as the repositories and the
     sequencer would (events from ``auditbench_events.EventSource``: canonical bytes, leaf hash,
-    filter columns; no Merkle nodes or checkpoints, which listing never reads). The app is
+    filter columns; no Merkle nodes or checkpoints, which listing never reads), stamped 1.5 ms
+    apart from just after the bootstrap's own events on, as a log's history runs; the block
+    summaries are written as the appender writes them. The app is
     called in-process through Flask's test client (gunicorn would add the same per-call cost
     to every page, and driving it would make the run much longer), each call with a real RS256
     bearer token from the development identity provider. Latency is wall time per call, one
@@ -52,11 +54,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 import benchkit  # first: it stops bench/audit.py shadowing the audit package
+import sqlalchemy as sa
 from apibench_seed import IMAGE, prepare_database, token_subject
 from auditbench_events import BASE_TIME, EventSource, wire
 
 from audit.event import canonical_json
 from audit.merkle import leaf_hash
+from audit.sql import audit_log, summarise_time_blocks
 from audit.store import AuditQuery, encode_compartments
 from devstack.idp import DEMO_PASSWORD, password_token, start_dev_idp
 from devstack.stack import free_port
@@ -139,16 +143,22 @@ def seed_requests(path: Path, count: int, subject: str) -> list[tuple[datetime, 
     return keys
 
 
-def seed_events(path: Path, count: int) -> list[dict[str, Any]]:
+def seed_events(path: Path, count: int) -> tuple[datetime, list[dict[str, Any]]]:
     """``count`` sequenced events after those already logged (on SQLite the bootstrap's own
-    events are in the log already); returns their filter columns in order."""
+    events are in the log already), stamped from a second after the last of those on; returns
+    the first event's time and their filter columns in order."""
     source = EventSource(seed=7)
     columns: list[dict[str, Any]] = []
     batch: list[tuple[Any, ...]] = []
     with sqlite3.connect(path) as conn:
-        (first,) = conn.execute("SELECT COALESCE(MAX(seq) + 1, 0) FROM audit_log").fetchone()
+        (first, latest) = conn.execute(
+            "SELECT COALESCE(MAX(seq) + 1, 0), MAX(time) FROM audit_log"
+        ).fetchone()
+        start = BASE_TIME if latest is None else parse_stamp(latest) + timedelta(seconds=1)
+        shift = start - BASE_TIME
         for seq in range(first, first + count):
             fields = source.fields()
+            fields["time"] += shift
             entry = canonical_json(wire(fields))
             label = fields["label"]
             at: datetime = fields["time"]
@@ -174,7 +184,23 @@ def seed_events(path: Path, count: int) -> list[dict[str, Any]]:
                 batch.clear()
                 log(f"  {seq + 1 - first} events")
         _insert_events(conn, batch)
-    return columns
+    return start, columns
+
+
+def parse_stamp(text: str) -> datetime:
+    """A time as :func:`stamp` writes it (SQLAlchemy's text in SQLite), back as UTC."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def summarise(url: str) -> None:
+    """Summarise the seeded blocks as the appender does when it completes one."""
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            size = conn.execute(sa.select(sa.func.count()).select_from(audit_log)).scalar_one()
+            summarise_time_blocks(conn, 0, size)
+    finally:
+        engine.dispose()
 
 
 def _insert_events(conn: sqlite3.Connection, batch: list[tuple[Any, ...]]) -> None:
@@ -242,7 +268,8 @@ def main() -> int:  # noqa: PLR0915 - one straight script: seed, walk, report
         keys = seed_requests(db, args.requests, subject)
         log(f"{args.requests} requests seeded in {time.monotonic() - began:.1f} s")
         began = time.monotonic()
-        columns = seed_events(db, args.events)
+        events_start, columns = seed_events(db, args.events)
+        summarise(url)
         log(f"{args.events} events seeded in {time.monotonic() - began:.1f} s")
         with sqlite3.connect(db) as conn:
             conn.execute("ANALYZE")
@@ -273,7 +300,7 @@ def main() -> int:  # noqa: PLR0915 - one straight script: seed, walk, report
         deep_at, deep_id = keys[len(keys) // 10]
         deep_request = encode_cursor(deep_at, deep_id)
         deep_event = str(len(columns) // 10)
-        middle = BASE_TIME + timedelta(microseconds=1500 * (len(columns) // 2))
+        middle = events_start + timedelta(microseconds=1500 * (len(columns) // 2))
         figures: dict[str, Any] = {
             "bench": "listing",
             "requests_seeded": args.requests,

@@ -105,6 +105,7 @@ def test_database_grants_are_as_documented(host: testinfra.host.Host) -> None:
         "audit_log": {"SELECT", "INSERT"},
         "audit_nodes": {"SELECT", "INSERT"},
         "audit_checkpoints": {"SELECT", "INSERT"},
+        "audit_time_blocks": {"SELECT", "INSERT"},
         "audit_pending": {"SELECT", "INSERT", "DELETE"},
     }
 
