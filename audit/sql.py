@@ -55,6 +55,7 @@ from audit.event import MAX_ACTOR, MAX_TARGET, AuditEvent, event_from_entry
 from audit.merkle import Frontier, NodeGetter, consistency_proof, inclusion_proof, leaf_hashes
 from audit.store import (
     INDEX_COLUMNS,
+    TIME_BLOCK,
     AuditQuery,
     RowBatch,
     StoredCheckpoint,
@@ -135,12 +136,9 @@ audit_checkpoints = sa.Table(
     sa.Column("signed_at", sa.DateTime(timezone=True), nullable=False),
 )
 
-#: Leaves per block of :data:`audit_time_blocks`: a time-filtered page reads at most about
-#: this many rows beyond its matches, and the summaries are one row per this many events.
-TIME_BLOCK = 1024
-
 #: The time range of each complete block of leaves ``[block * TIME_BLOCK, (block + 1) *
-#: TIME_BLOCK)``. Complete blocks never change, so neither do their rows.
+#: TIME_BLOCK)``. Complete blocks never change, so neither do their rows. A time-filtered page
+#: reads at most about a block of rows beyond its matches; the summaries are one row a block.
 audit_time_blocks = sa.Table(
     "audit_time_blocks",
     metadata,
@@ -591,20 +589,6 @@ class SqlLogReader:
         b = audit_time_blocks
         rows = self._conn.execute(
             sa.select(b.c.block, b.c.min_time, b.c.max_time).order_by(b.c.block)
-        )
-        return [(int(k), _utc(lo), _utc(hi)) for k, lo, hi in rows]
-
-    def block_times(self, blocks: int) -> list[TimeBlock]:
-        """The time range of each of the first ``blocks`` blocks the log holds whole, from the
-        log's rows."""
-        t = audit_log
-        block = t.c.seq // TIME_BLOCK
-        whole = min(blocks, self.size() // TIME_BLOCK)
-        rows = self._conn.execute(
-            sa.select(block, sa.func.min(t.c.time), sa.func.max(t.c.time))
-            .where(t.c.seq < whole * TIME_BLOCK)
-            .group_by(block)
-            .order_by(block)
         )
         return [(int(k), _utc(lo), _utc(hi)) for k, lo, hi in rows]
 

@@ -164,22 +164,22 @@ class BatchLogReader(LogReader, Protocol):
         ...
 
 
+#: Events per block of a backend's time summaries: block ``k`` is the events
+#: ``[k * TIME_BLOCK, (k + 1) * TIME_BLOCK)``.
+TIME_BLOCK = 1024
+
 #: One block's time range: ``(block, earliest time, latest time)``.
 TimeBlock = tuple[int, datetime, datetime]
 
 
 @runtime_checkable
 class SummarisedLogReader(LogReader, Protocol):
-    """A :class:`LogReader` whose backend keeps time summaries of blocks of events (which
-    bound time-filtered queries), so the verifier can hold them to the events."""
+    """A :class:`LogReader` whose backend keeps the time range of each complete block of
+    :data:`TIME_BLOCK` events (which bounds time-filtered queries), so the verifier can hold
+    the summaries to the events."""
 
     def time_summaries(self) -> Sequence[TimeBlock]:
         """Every stored summary, in block order, as stored (nothing checked)."""
-        ...
-
-    def block_times(self, blocks: int) -> Sequence[TimeBlock]:
-        """The earliest and latest stored ``time`` column of each of the first ``blocks``
-        blocks that the log holds whole, in block order, computed now from the rows."""
         ...
 
 

@@ -48,11 +48,13 @@ from audit.note import NoteError, NoteVerifier
 from audit.store import (
     INDEX_COLUMNS,
     MALFORMED_EVENT_ERRORS,
+    TIME_BLOCK,
     BatchLogReader,
     LogReader,
     LogSource,
     RowBatch,
     SummarisedLogReader,
+    TimeBlock,
     index_values,
 )
 from audit.witness import WitnessedCheckpoint
@@ -190,7 +192,7 @@ def verify_log(
             scans = [task.scan(reader, index, meter.add) for index in range(len(task.plan))]
     frontier = _join(scans, targets)
     if check_columns and isinstance(reader, SummarisedLogReader):
-        _check_time_summaries(reader)
+        _check_time_summaries(reader.time_summaries(), scans, total)
     meter.done()
     return VerifyReport(
         size=frontier.size,
@@ -302,6 +304,9 @@ class _Scan:
     #: ``(size, compact range of [start, size))`` at each signed size in ``(start, start+good]``.
     signed: tuple[tuple[int, tuple[bytes, ...]], ...]
     error: _Found | None
+    #: The time range of the good events of each block the chunk touches (only when the
+    #: columns are checked): a chunk may hold part of a block, so ranges are merged.
+    times: dict[int, tuple[Any, Any]]
 
 
 @dataclass(frozen=True)
@@ -364,6 +369,7 @@ def _scan(
 ) -> _Scan:
     """Check the events ``[start, stop)`` from ``batches``; stop at the first problem."""
     frontier = Frontier()
+    times: dict[int, tuple[Any, Any]] = {}
     wanted = [size - start for size in signed_sizes if start < size <= stop]
     at: list[tuple[int, tuple[bytes, ...]]] = []
     expected = start
@@ -373,6 +379,9 @@ def _scan(
         if n <= 0:
             break  # the row after the chunk
         leaves, error = _check(expected, batch, n, columns)
+        if columns:
+            assert batch.columns is not None
+            _fold_times(times, expected, [c[0] for c in batch.columns[: len(leaves)]])
         pos = 0
         while pos < len(leaves):
             # Extend up to the next signed size, note the compact range there, go on.
@@ -391,7 +400,7 @@ def _scan(
     else:
         if expected < stop:
             error = _Found(expected, f"event {expected} is missing (no later event is stored)")
-    return _Scan(start, frontier.size, frontier.hashes, tuple(at), error)
+    return _Scan(start, frontier.size, frontier.hashes, tuple(at), error, times)
 
 
 def _check(
@@ -462,23 +471,43 @@ def _check_columns(
     return None
 
 
-def _check_time_summaries(reader: SummarisedLogReader) -> None:
-    """Each stored time summary is its block's time range (read from the filter columns, which
-    the scan held to the events), for blocks 0, 1, 2... in turn: a summary that narrows a
+def _fold_times(into: dict[int, tuple[Any, Any]], first: int, times: Sequence[Any]) -> None:
+    """Widen each block's time range in ``into`` by ``times``, the times of the events from
+    index ``first`` on (one slice per block: min and max run in C)."""
+    pos = 0
+    while pos < len(times):
+        block = (first + pos) // TIME_BLOCK
+        end = min(len(times), (block + 1) * TIME_BLOCK - first)
+        part = times[pos:end]
+        _widen(into, block, min(part), max(part))
+        pos = end
+
+
+def _widen(into: dict[int, tuple[Any, Any]], block: int, lo: Any, hi: Any) -> None:
+    """Widen ``block``'s range in ``into`` to take in ``[lo, hi]``."""
+    seen = into.get(block)
+    into[block] = (lo, hi) if seen is None else (min(lo, seen[0]), max(hi, seen[1]))
+
+
+def _check_time_summaries(stored: Sequence[TimeBlock], scans: Sequence[_Scan], size: int) -> None:
+    """Each stored time summary is the time range of its block's events (whose time columns
+    the scans held to their bytes), for blocks 0, 1, 2... in turn: a summary that narrows a
     block's range, or a block left out, would let a time-filtered view skip its events."""
-    stored = reader.time_summaries()
-    actual = reader.block_times(len(stored))
+    times: dict[int, tuple[Any, Any]] = {}
+    for scan in scans:
+        for block, (first, last) in scan.times.items():
+            _widen(times, block, first, last)
     for k, (block, lo, hi) in enumerate(stored):
         if block != k:
             raise LogVerificationError(
                 f"the time summaries skip block {k} (the next is block {block}): "
                 "time-filtered views could skip its events"
             )
-        if k >= len(actual):
+        if (k + 1) * TIME_BLOCK > size:
             raise LogVerificationError(
                 f"there is a time summary for block {k}, which the log does not hold whole"
             )
-        _, real_lo, real_hi = actual[k]
+        real_lo, real_hi = times[k]
         if (lo, hi) != (real_lo, real_hi):
             raise LogVerificationError(
                 f"the time summary of block {k} says its events run from {lo.isoformat()} to "

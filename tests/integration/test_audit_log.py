@@ -75,7 +75,8 @@ PLAN_SIZES = [1, 4, 11, 16, 46, 49, 57, 58, 74, 86]
 #: drop or disable the append-only triggers. Run as the tables' owner after migrating.
 APP_ROLE = "sovereign_app"
 APP_ROLE_GRANTS = """\
-GRANT SELECT, INSERT ON audit_log, audit_nodes, audit_checkpoints, audit_time_blocks TO sovereign_app;
+GRANT SELECT, INSERT ON audit_log, audit_nodes, audit_checkpoints, audit_time_blocks
+    TO sovereign_app;
 GRANT SELECT, INSERT, DELETE ON audit_pending TO sovereign_app;
 GRANT USAGE ON SEQUENCE audit_pending_id_seq TO sovereign_app;
 """

@@ -27,15 +27,15 @@ from audit.sequencer import Sequencer
 from audit.signer import Ed25519Signer
 from audit.sql import (
     LOG_COLUMNS,
-    TIME_BLOCK,
     SqlAuditStore,
     SqlLogReader,
+    SqlLogSource,
     audit_log,
     audit_time_blocks,
     insert_many,
     log_rows,
 )
-from audit.store import AuditQuery, event_columns
+from audit.store import TIME_BLOCK, AuditQuery, event_columns
 from audit.verify import LogVerificationError, verify_log
 from sovereign.adapters.database import create_engine
 from sovereign.adapters.migrations import upgrade
@@ -169,8 +169,26 @@ def test_time_filtered_pages_are_exactly_the_matching_events(appended: Appended)
 
 
 def _verify(log: Appended) -> None:
-    with log.engine.connect() as conn:
-        verify_log(SqlLogReader(conn), [log.signer.verifier], ORIGIN)
+    """Verify in one process, then in two (chunks smaller than a block, so each block's range
+    is pieced together from several chunks, some checked by the worker); both must agree."""
+    outcomes = []
+    for processes in (1, 2):
+        with log.engine.connect() as conn:
+            try:
+                verify_log(
+                    SqlLogReader(conn),
+                    [log.signer.verifier],
+                    ORIGIN,
+                    source=SqlLogSource.for_engine(log.engine),
+                    processes=processes,
+                )
+            except LogVerificationError as e:
+                outcomes.append(str(e))
+            else:
+                outcomes.append("intact")
+    assert outcomes[0] == outcomes[1], outcomes
+    if outcomes[0] != "intact":
+        raise LogVerificationError(outcomes[0])
 
 
 def test_verify_holds_the_summaries_to_the_events(appended: Appended):
