@@ -288,7 +288,8 @@ def test_request_two_officer_approval_and_audit_in_the_browser(browser: Any, sta
     )
     page.fill("#approve-reason", "Justified by the mission brief; NATO releasable data only.")
     page.click("#approve")
-    page.wait_for_selector("#approval-status")
+    # The page being left has an #approval-status too: wait for the new one's text.
+    page.wait_for_selector("#approval-status:has-text('1 of 2 approvals: officer-1')")
     assert page.inner_text("#approval-status") == "1 of 2 approvals: officer-1"
     assert "1 of 2 approvals: officer-1" in page.inner_text(".message")
     assert page.locator("#approve").count() == 0
@@ -301,7 +302,7 @@ def test_request_two_officer_approval_and_audit_in_the_browser(browser: Any, sta
     page = officer2.page
     officer2.shot("07-officer-2-decides")
     page.click("#approve")
-    page.wait_for_selector("#approval-status")
+    page.wait_for_selector("#approval-status:has-text('2 of 2 approvals')")
     assert page.inner_text("#approval-status") == "2 of 2 approvals: officer-1, officer-2"
     assert page.inner_text(".state") == "approved"
     officer2.shot("08-approved")
@@ -386,7 +387,7 @@ def test_request_two_officer_approval_and_audit_in_the_browser(browser: Any, sta
     assert officer2.banners() == ["SECRET//NATO", "SECRET//NATO"]
     officer2.shot("18-two-person-actions")
     page.click("table.actions button:has-text('Confirm')")
-    page.wait_for_selector(".message-success")
+    page.wait_for_selector(".message-success:has-text('2 of 2 officers')")
     assert "2 of 2 officers: officer-1, officer-2" in page.inner_text(".message-success")
     analyst.wait_for_state(f"/enclaves/{request_id}", "terminated")
     analyst.shot("19-enclave-terminated")
