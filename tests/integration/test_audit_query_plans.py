@@ -37,6 +37,7 @@ from audit.sql import (
     log_rows,
     query_statement,
     summarise_time_blocks,
+    time_param,
 )
 from audit.store import AuditQuery, event_columns
 from sovereign.adapters.database import create_engine
@@ -258,11 +259,8 @@ def test_time_bounded_pages_read_about_a_page_of_rows(engine: sa.Engine):
                     dialect=conn.dialect, compile_kwargs={"render_postcompile": True}
                 )
                 params = tuple(compiled.params[k] for k in compiled.positiontup or ())
-                params = tuple(_sqlite_text(v) if isinstance(v, datetime) else v for v in params)
+                stamp = time_param(conn)  # how the log stores a time (SQLite: its text)
+                params = tuple(stamp(v) if isinstance(v, datetime) else v for v in params)
                 steps = _vm_steps(conn, compiled.string, params)
                 # At most a block of unsummarised tail, a walk of the summaries and a page.
                 assert steps < whole / 10, (name, steps, whole)
-
-
-def _sqlite_text(value: datetime) -> str:
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
